@@ -1,0 +1,528 @@
+//! Configuration: every setting is a `CLASSPULSE_*` environment variable (ECS tasks are tuned
+//! that way), parsed into one typed [`Config`] and validated before anything connects.
+//!
+//! [`VARS`] is the single list of variables with their defaults; `classpulse config`, the
+//! README table (checked by a test) and the parser all read it.
+
+use std::collections::{BTreeMap, HashMap};
+use std::fmt;
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::time::Duration;
+
+use chrono::{DateTime, Utc};
+use url::Url;
+
+/// One configuration variable.
+#[derive(Debug, Clone, Copy)]
+pub struct VarSpec {
+    /// Full variable name.
+    pub name: &'static str,
+    /// Default value as text (empty: unset).
+    pub default: &'static str,
+    /// What it does, for `classpulse config` and the README.
+    pub meaning: &'static str,
+    /// Masked wherever values are shown.
+    pub secret: bool,
+}
+
+const fn var(name: &'static str, default: &'static str, meaning: &'static str) -> VarSpec {
+    VarSpec {
+        name,
+        default,
+        meaning,
+        secret: false,
+    }
+}
+
+/// Every variable classpulse reads.
+pub const VARS: &[VarSpec] = &[
+    var("CLASSPULSE_SOURCE", "simulator", "Where events come from: `simulator` (built in, no servers)."),
+    var("CLASSPULSE_LAKE_URL", "file://./classpulse-data", "Lake and dead-letter location: `file://DIR` or `s3://bucket/prefix`."),
+    var("CLASSPULSE_S3_ENDPOINT", "", "S3 endpoint override for local servers (unset in production: AWS default)."),
+    var("CLASSPULSE_BATCH_MAX_EVENTS", "500", "Events the decoder hands to the sinks at once (cut at message boundaries)."),
+    var("CLASSPULSE_CHANNEL_CAPACITY", "16", "Batches queued between stages before the source is slowed."),
+    var("CLASSPULSE_MAX_MESSAGE_BYTES", "1MiB", "Larger messages are dead-lettered as `too_large` without being parsed."),
+    var("CLASSPULSE_MAX_CLOCK_SKEW", "60s", "How far in the future `event_created` may be before `timestamp_skew`."),
+    var("CLASSPULSE_LAKE_MAX_EVENTS", "1000000", "An object is closed at this many records."),
+    var("CLASSPULSE_LAKE_MAX_BYTES", "64MiB", "An object is closed at this many (encoded) bytes."),
+    var("CLASSPULSE_LAKE_MAX_AGE", "300s", "An object is closed this long after it was opened, even with no new data."),
+    var("CLASSPULSE_LAKE_MAX_BUFFER_BYTES", "256MiB", "Cap on bytes buffered in all open objects; the largest are cut early. Part of the task's memory budget."),
+    var("CLASSPULSE_COMMIT_INTERVAL", "5s", "How often durable positions are committed to the source."),
+    var("CLASSPULSE_SHUTDOWN_TIMEOUT", "25s", "Drain deadline after SIGTERM (ECS stops tasks after 30 s)."),
+    var("CLASSPULSE_HTTP_ADDR", "127.0.0.1:9898", "Address of /metrics, /healthz and /readyz (port 0: any free port)."),
+    var("CLASSPULSE_LOG_FORMAT", "text", "`text`, or `json` for ECS/CloudWatch."),
+    var("CLASSPULSE_LOG_LEVEL", "info", "tracing filter, e.g. `info` or `classpulse=debug`."),
+    var("CLASSPULSE_PROGRESS_INTERVAL", "5s", "How often `run` logs a progress line (0s: never)."),
+    var("CLASSPULSE_SIM_STUDIOS", "20", "Simulator: studios running classes."),
+    var("CLASSPULSE_SIM_MEMBERS", "12", "Simulator: members in each class."),
+    var("CLASSPULSE_SIM_CLASS_MINUTES", "60", "Simulator: length of a class."),
+    var("CLASSPULSE_SIM_DURATION", "60m", "Simulator: span of event time simulated (the run ends after it)."),
+    var("CLASSPULSE_SIM_SPEEDUP", "120", "Simulator: event time runs this many times faster than the wall clock (0: as fast as possible)."),
+    var("CLASSPULSE_SIM_PARTITIONS", "4", "Simulator: partitions classes are spread over, as on a Kafka topic."),
+    var("CLASSPULSE_SIM_SEED", "", "Simulator: random seed; with CLASSPULSE_SIM_START set too, a run is reproducible event for event."),
+    var("CLASSPULSE_SIM_START", "", "Simulator: event time of the start (RFC 3339); default: now minus the duration."),
+    var("CLASSPULSE_SIM_DUPLICATE_RATE", "0.01", "Simulator: share of events sent twice (producer retries)."),
+    var("CLASSPULSE_SIM_OUT_OF_ORDER_RATE", "0.02", "Simulator: share of events delayed by a few seconds."),
+    var("CLASSPULSE_SIM_INVALID_RATE", "0.005", "Simulator: share of events corrupted (each ends as a dead letter)."),
+];
+
+/// Where events come from.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum SourceKind {
+    /// The built-in studio simulator.
+    Simulator,
+}
+
+/// Where the lake lives.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum LakeLocation {
+    /// A local directory (the embedded default).
+    Local(PathBuf),
+    /// An S3 bucket and key prefix (no leading or trailing `/`).
+    S3 { bucket: String, prefix: String },
+}
+
+/// Log output format.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum LogFormat {
+    /// Human-readable lines.
+    Text,
+    /// One JSON object per line.
+    Json,
+}
+
+/// Lake and dead-letter object settings.
+#[derive(Debug, Clone)]
+pub struct LakeConfig {
+    /// Directory or bucket.
+    pub location: LakeLocation,
+    /// S3 endpoint override (local servers); `None` in production.
+    pub s3_endpoint: Option<Url>,
+    /// Records per object at most.
+    pub max_events: usize,
+    /// Encoded bytes per object at most.
+    pub max_bytes: usize,
+    /// Age at which an open object is closed.
+    pub max_age: Duration,
+    /// Bytes buffered across all open objects at most.
+    pub max_buffer_bytes: usize,
+}
+
+/// Simulator settings.
+#[derive(Debug, Clone)]
+pub struct SimulatorConfig {
+    /// Studios running classes.
+    pub studios: u32,
+    /// Members per class.
+    pub members_per_class: u32,
+    /// Length of one class.
+    pub class_length: Duration,
+    /// Event time simulated.
+    pub duration: Duration,
+    /// Event-time seconds per wall-clock second; 0 means unpaced.
+    pub speedup: f64,
+    /// Partitions classes are spread over.
+    pub partitions: u32,
+    /// Seed; random when unset.
+    pub seed: Option<u64>,
+    /// Event time at the start; now minus the duration when unset.
+    pub start: Option<DateTime<Utc>>,
+    /// Share of events sent twice.
+    pub duplicate_rate: f64,
+    /// Share of events delayed.
+    pub out_of_order_rate: f64,
+    /// Share of events corrupted.
+    pub invalid_rate: f64,
+}
+
+/// The whole configuration, validated.
+#[derive(Debug, Clone)]
+pub struct Config {
+    /// Which source to run.
+    pub source: SourceKind,
+    /// Lake and dead letters.
+    pub lake: LakeConfig,
+    /// Events per decoded batch.
+    pub batch_max_events: usize,
+    /// Capacity of each bounded channel between stages.
+    pub channel_capacity: usize,
+    /// Largest message parsed.
+    pub max_message_bytes: usize,
+    /// Allowed future skew of event time.
+    pub max_clock_skew: Duration,
+    /// Interval between commits to the source.
+    pub commit_interval: Duration,
+    /// Drain deadline.
+    pub shutdown_timeout: Duration,
+    /// HTTP listen address.
+    pub http_addr: SocketAddr,
+    /// Log format.
+    pub log_format: LogFormat,
+    /// Log filter directive.
+    pub log_level: String,
+    /// Progress line interval; zero disables it.
+    pub progress_interval: Duration,
+    /// Simulator settings (used when `source` is `simulator`).
+    pub simulator: SimulatorConfig,
+}
+
+/// An invalid or unknown variable. Its message names the variable, the value (masked if
+/// secret) and what is allowed.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("{variable}={value:?} is invalid: {allowed}")]
+pub struct ConfigError {
+    /// The variable.
+    pub variable: String,
+    /// The value given (masked for secrets).
+    pub value: String,
+    /// What would have been accepted.
+    pub allowed: String,
+}
+
+/// Reads variables with their defaults and records what was parsed from where.
+struct Reader<'a> {
+    env: &'a HashMap<String, String>,
+}
+
+impl Reader<'_> {
+    fn raw(&self, name: &'static str) -> &str {
+        match self.env.get(name) {
+            Some(value) => value.as_str(),
+            None => spec(name).default,
+        }
+    }
+
+    fn error(&self, name: &'static str, allowed: impl Into<String>) -> ConfigError {
+        let spec = spec(name);
+        let value = if spec.secret { "****".to_owned() } else { self.raw(name).to_owned() };
+        ConfigError {
+            variable: name.to_owned(),
+            value,
+            allowed: allowed.into(),
+        }
+    }
+
+    fn parse<T>(&self, name: &'static str, allowed: &str, parse: impl FnOnce(&str) -> Option<T>) -> Result<T, ConfigError> {
+        parse(self.raw(name).trim()).ok_or_else(|| self.error(name, allowed))
+    }
+
+    fn integer(&self, name: &'static str, min: u64, max: u64) -> Result<u64, ConfigError> {
+        let allowed = format!("expected a whole number from {min} to {max}");
+        self.parse(name, &allowed, |text| text.parse::<u64>().ok().filter(|n| (min..=max).contains(n)))
+    }
+
+    fn fraction(&self, name: &'static str) -> Result<f64, ConfigError> {
+        self.parse(name, "expected a number from 0 to 1", |text| {
+            text.parse::<f64>().ok().filter(|n| (0.0..=1.0).contains(n))
+        })
+    }
+
+    fn duration(&self, name: &'static str, min: Duration, max: Duration) -> Result<Duration, ConfigError> {
+        let allowed = format!(
+            "expected a duration such as 500ms, 30s, 5m or 1h, from {min:?} to {max:?}"
+        );
+        self.parse(name, &allowed, |text| parse_duration(text).filter(|d| (min..=max).contains(d)))
+    }
+
+    fn bytes(&self, name: &'static str, min: usize, max: usize) -> Result<usize, ConfigError> {
+        let allowed = format!("expected a size such as 65536, 512KiB, 64MiB or 1GiB, from {min} to {max} bytes");
+        self.parse(name, &allowed, |text| parse_bytes(text).filter(|n| (min..=max).contains(n)))
+    }
+
+    fn optional(&self, name: &'static str) -> Option<&str> {
+        Some(self.raw(name).trim()).filter(|text| !text.is_empty())
+    }
+}
+
+fn spec(name: &str) -> &'static VarSpec {
+    VARS.iter()
+        .find(|spec| spec.name == name)
+        .unwrap_or_else(|| panic!("{name} is read but not declared in config::VARS"))
+}
+
+/// Parses `500ms`, `30s`, `5m`, `1h`, or a bare number of seconds.
+pub fn parse_duration(text: &str) -> Option<Duration> {
+    let split = text.find(|c: char| !(c.is_ascii_digit() || c == '.')).unwrap_or(text.len());
+    let (number, unit) = text.split_at(split);
+    let number: f64 = number.parse().ok()?;
+    let seconds = match unit.trim() {
+        "ms" => number / 1000.0,
+        "" | "s" => number,
+        "m" => number * 60.0,
+        "h" => number * 3600.0,
+        _ => return None,
+    };
+    Duration::try_from_secs_f64(seconds).ok()
+}
+
+/// Parses `65536`, `512KiB`, `64MiB`, `1GiB`.
+pub fn parse_bytes(text: &str) -> Option<usize> {
+    let split = text.find(|c: char| !c.is_ascii_digit()).unwrap_or(text.len());
+    let (number, unit) = text.split_at(split);
+    let number: usize = number.parse().ok()?;
+    let factor = match unit.trim() {
+        "" | "B" => 1,
+        "KiB" => 1 << 10,
+        "MiB" => 1 << 20,
+        "GiB" => 1 << 30,
+        _ => return None,
+    };
+    number.checked_mul(factor)
+}
+
+impl Config {
+    /// Reads the process environment.
+    pub fn from_env() -> Result<Config, ConfigError> {
+        Config::from_vars(&std::env::vars().collect())
+    }
+
+    /// Parses and validates `env` (only `CLASSPULSE_*` names are looked at). Pure: connects
+    /// to nothing.
+    pub fn from_vars(env: &HashMap<String, String>) -> Result<Config, ConfigError> {
+        let mut unknown: Vec<&String> = env
+            .keys()
+            .filter(|name| name.starts_with("CLASSPULSE_") && !VARS.iter().any(|spec| spec.name == name.as_str()))
+            .collect();
+        unknown.sort();
+        if let Some(name) = unknown.first() {
+            return Err(ConfigError {
+                variable: (*name).clone(),
+                value: env[*name].clone(),
+                allowed: "no such variable; `classpulse config` lists them all".to_owned(),
+            });
+        }
+        let read = Reader { env };
+
+        let source = read.parse("CLASSPULSE_SOURCE", "expected simulator", |text| match text {
+            "simulator" => Some(SourceKind::Simulator),
+            _ => None,
+        })?;
+        let location = read.parse(
+            "CLASSPULSE_LAKE_URL",
+            "expected file://DIR or s3://bucket/prefix",
+            parse_lake_url,
+        )?;
+        let s3_endpoint = match read.optional("CLASSPULSE_S3_ENDPOINT") {
+            None => None,
+            Some(_) => Some(read.parse("CLASSPULSE_S3_ENDPOINT", "expected an http(s):// URL", |text| {
+                Url::parse(text).ok().filter(|url| matches!(url.scheme(), "http" | "https"))
+            })?),
+        };
+        let max_bytes = read.bytes("CLASSPULSE_LAKE_MAX_BYTES", 1 << 10, 5 << 30)?;
+        let max_buffer_bytes = read.bytes("CLASSPULSE_LAKE_MAX_BUFFER_BYTES", 1 << 20, 64 << 30)?;
+        if max_buffer_bytes < max_bytes {
+            return Err(read.error(
+                "CLASSPULSE_LAKE_MAX_BUFFER_BYTES",
+                format!("must be at least CLASSPULSE_LAKE_MAX_BYTES ({max_bytes} bytes)"),
+            ));
+        }
+        let lake = LakeConfig {
+            location,
+            s3_endpoint,
+            max_events: read.integer("CLASSPULSE_LAKE_MAX_EVENTS", 1, 100_000_000)? as usize,
+            max_bytes,
+            max_age: read.duration("CLASSPULSE_LAKE_MAX_AGE", Duration::from_secs(1), Duration::from_secs(24 * 3600))?,
+            max_buffer_bytes,
+        };
+
+        let simulator = SimulatorConfig {
+            studios: read.integer("CLASSPULSE_SIM_STUDIOS", 1, 10_000)? as u32,
+            members_per_class: read.integer("CLASSPULSE_SIM_MEMBERS", 1, 200)? as u32,
+            class_length: Duration::from_secs(60 * read.integer("CLASSPULSE_SIM_CLASS_MINUTES", 1, 24 * 60)?),
+            duration: read.duration("CLASSPULSE_SIM_DURATION", Duration::from_secs(1), Duration::from_secs(7 * 24 * 3600))?,
+            speedup: read.parse("CLASSPULSE_SIM_SPEEDUP", "expected a number from 0 to 1000000 (0: unpaced)", |text| {
+                text.parse::<f64>().ok().filter(|n| (0.0..=1_000_000.0).contains(n))
+            })?,
+            partitions: read.integer("CLASSPULSE_SIM_PARTITIONS", 1, 1024)? as u32,
+            seed: match read.optional("CLASSPULSE_SIM_SEED") {
+                None => None,
+                Some(_) => Some(read.integer("CLASSPULSE_SIM_SEED", 0, u64::MAX)?),
+            },
+            start: match read.optional("CLASSPULSE_SIM_START") {
+                None => None,
+                Some(_) => Some(read.parse("CLASSPULSE_SIM_START", "expected RFC 3339, e.g. 2026-11-25T17:00:00Z", |text| {
+                    DateTime::parse_from_rfc3339(text).ok().map(|time| time.with_timezone(&Utc))
+                })?),
+            },
+            duplicate_rate: read.fraction("CLASSPULSE_SIM_DUPLICATE_RATE")?,
+            out_of_order_rate: read.fraction("CLASSPULSE_SIM_OUT_OF_ORDER_RATE")?,
+            invalid_rate: read.fraction("CLASSPULSE_SIM_INVALID_RATE")?,
+        };
+
+        Ok(Config {
+            source,
+            lake,
+            batch_max_events: read.integer("CLASSPULSE_BATCH_MAX_EVENTS", 1, 100_000)? as usize,
+            channel_capacity: read.integer("CLASSPULSE_CHANNEL_CAPACITY", 1, 4096)? as usize,
+            max_message_bytes: read.bytes("CLASSPULSE_MAX_MESSAGE_BYTES", 1 << 10, 256 << 20)?,
+            max_clock_skew: read.duration("CLASSPULSE_MAX_CLOCK_SKEW", Duration::ZERO, Duration::from_secs(24 * 3600))?,
+            commit_interval: read.duration("CLASSPULSE_COMMIT_INTERVAL", Duration::from_millis(10), Duration::from_secs(3600))?,
+            shutdown_timeout: read.duration("CLASSPULSE_SHUTDOWN_TIMEOUT", Duration::from_secs(1), Duration::from_secs(3600))?,
+            http_addr: read.parse("CLASSPULSE_HTTP_ADDR", "expected host:port, e.g. 127.0.0.1:9898", |text| text.parse().ok())?,
+            log_format: read.parse("CLASSPULSE_LOG_FORMAT", "expected text or json", |text| match text {
+                "text" => Some(LogFormat::Text),
+                "json" => Some(LogFormat::Json),
+                _ => None,
+            })?,
+            log_level: read.parse("CLASSPULSE_LOG_LEVEL", "expected a tracing filter such as info or classpulse=debug", |text| {
+                tracing_subscriber::EnvFilter::try_new(text).ok().map(|_| text.to_owned())
+            })?,
+            progress_interval: read.duration("CLASSPULSE_PROGRESS_INTERVAL", Duration::ZERO, Duration::from_secs(3600))?,
+            simulator,
+        })
+    }
+}
+
+fn parse_lake_url(text: &str) -> Option<LakeLocation> {
+    if let Some(path) = text.strip_prefix("file://") {
+        return Some(path).filter(|path| !path.is_empty()).map(|path| LakeLocation::Local(PathBuf::from(path)));
+    }
+    let rest = text.strip_prefix("s3://")?;
+    let (bucket, prefix) = rest.split_once('/').unwrap_or((rest, ""));
+    let valid_bucket = (3..=63).contains(&bucket.len())
+        && bucket.chars().all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || c == '-' || c == '.');
+    valid_bucket.then(|| LakeLocation::S3 {
+        bucket: bucket.to_owned(),
+        prefix: prefix.trim_matches('/').to_owned(),
+    })
+}
+
+/// One line of `classpulse config`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct EffectiveVar {
+    /// Variable name.
+    pub name: &'static str,
+    /// Value in force (masked if secret; empty when unset).
+    pub value: String,
+    /// Whether the value is the default.
+    pub is_default: bool,
+}
+
+/// The value of every variable, as `classpulse config` prints it.
+pub fn effective(env: &HashMap<String, String>) -> Vec<EffectiveVar> {
+    VARS.iter()
+        .map(|spec| {
+            let given = env.get(spec.name);
+            let value = given.map_or(spec.default, String::as_str);
+            EffectiveVar {
+                name: spec.name,
+                value: if spec.secret && !value.is_empty() { "****".to_owned() } else { value.to_owned() },
+                is_default: given.is_none(),
+            }
+        })
+        .collect()
+}
+
+impl fmt::Display for EffectiveVar {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let origin = if self.is_default { "default" } else { "set" };
+        write!(f, "{}={} ({origin})", self.name, self.value)
+    }
+}
+
+/// Only `CLASSPULSE_*` variables, for `effective` and tests.
+pub fn classpulse_vars() -> HashMap<String, String> {
+    std::env::vars().filter(|(name, _)| name.starts_with("CLASSPULSE_")).collect()
+}
+
+/// Variables sorted by name, for stable output.
+pub fn sorted(env: &HashMap<String, String>) -> BTreeMap<&str, &str> {
+    env.iter().map(|(k, v)| (k.as_str(), v.as_str())).collect()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn env(pairs: &[(&str, &str)]) -> HashMap<String, String> {
+        pairs.iter().map(|(k, v)| (k.to_string(), v.to_string())).collect()
+    }
+
+    #[test]
+    fn defaults_are_valid() {
+        let config = Config::from_vars(&HashMap::new()).expect("defaults must validate");
+        assert_eq!(config.source, SourceKind::Simulator);
+        assert_eq!(config.lake.location, LakeLocation::Local(PathBuf::from("./classpulse-data")));
+        assert_eq!(config.batch_max_events, 500);
+        assert_eq!(config.shutdown_timeout, Duration::from_secs(25));
+        assert_eq!(config.lake.max_bytes, 64 << 20);
+        assert_eq!(config.http_addr, "127.0.0.1:9898".parse().unwrap());
+    }
+
+    #[test]
+    fn invalid_value_names_variable_value_and_allowed() {
+        let error = Config::from_vars(&env(&[("CLASSPULSE_BATCH_MAX_EVENTS", "abc")])).unwrap_err();
+        assert_eq!(error.variable, "CLASSPULSE_BATCH_MAX_EVENTS");
+        let message = error.to_string();
+        assert!(message.contains("CLASSPULSE_BATCH_MAX_EVENTS=\"abc\""), "{message}");
+        assert!(message.contains("1 to 100000"), "{message}");
+    }
+
+    #[test]
+    fn every_variable_rejects_garbage_except_free_text() {
+        // Free-form values where any text is meaningful are exempt.
+        let free_text = ["CLASSPULSE_LOG_LEVEL"];
+        for spec in VARS.iter().filter(|spec| !free_text.contains(&spec.name)) {
+            let result = Config::from_vars(&env(&[(spec.name, "not a valid value ☃")]));
+            let error = result.expect_err(spec.name);
+            assert_eq!(error.variable, spec.name);
+        }
+    }
+
+    #[test]
+    fn unknown_classpulse_variable_is_an_error() {
+        let error = Config::from_vars(&env(&[("CLASSPULSE_BATCH_MAX_EVENT", "10")])).unwrap_err();
+        assert_eq!(error.variable, "CLASSPULSE_BATCH_MAX_EVENT");
+        assert!(Config::from_vars(&env(&[("OTHER_VAR", "x")])).is_ok());
+    }
+
+    #[test]
+    fn durations_and_sizes() {
+        assert_eq!(parse_duration("500ms"), Some(Duration::from_millis(500)));
+        assert_eq!(parse_duration("25"), Some(Duration::from_secs(25)));
+        assert_eq!(parse_duration("5m"), Some(Duration::from_secs(300)));
+        assert_eq!(parse_duration("1.5h"), Some(Duration::from_secs(5400)));
+        assert_eq!(parse_duration("5 parsecs"), None);
+        assert_eq!(parse_duration("-1s"), None);
+        assert_eq!(parse_bytes("64MiB"), Some(64 << 20));
+        assert_eq!(parse_bytes("1024"), Some(1024));
+        assert_eq!(parse_bytes("1MB"), None);
+        assert_eq!(parse_bytes("99999999999999999999GiB"), None);
+    }
+
+    #[test]
+    fn lake_urls() {
+        assert_eq!(
+            parse_lake_url("s3://studio-lake/raw/v1/"),
+            Some(LakeLocation::S3 {
+                bucket: "studio-lake".into(),
+                prefix: "raw/v1".into()
+            })
+        );
+        assert_eq!(parse_lake_url("file:///tmp/lake"), Some(LakeLocation::Local("/tmp/lake".into())));
+        assert_eq!(parse_lake_url("s3://Bad_Bucket"), None);
+        assert_eq!(parse_lake_url("gs://bucket"), None);
+        assert_eq!(parse_lake_url("file://"), None);
+    }
+
+    #[test]
+    fn buffer_cap_must_hold_one_object() {
+        let error = Config::from_vars(&env(&[
+            ("CLASSPULSE_LAKE_MAX_BYTES", "64MiB"),
+            ("CLASSPULSE_LAKE_MAX_BUFFER_BYTES", "32MiB"),
+        ]))
+        .unwrap_err();
+        assert_eq!(error.variable, "CLASSPULSE_LAKE_MAX_BUFFER_BYTES");
+    }
+
+    #[test]
+    fn effective_marks_defaults() {
+        let shown = effective(&env(&[("CLASSPULSE_SIM_STUDIOS", "3")]));
+        let studios = shown.iter().find(|v| v.name == "CLASSPULSE_SIM_STUDIOS").unwrap();
+        assert_eq!((studios.value.as_str(), studios.is_default), ("3", false));
+        let source = shown.iter().find(|v| v.name == "CLASSPULSE_SOURCE").unwrap();
+        assert!(source.is_default);
+        assert_eq!(shown.len(), VARS.len());
+    }
+}

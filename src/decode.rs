@@ -1,0 +1,647 @@
+//! Message decoding and validation: the hot path.
+//!
+//! A message (Kafka value, Kinesis record data, simulator payload) holds one event as a JSON
+//! object, a JSON array of events, or newline-delimited events. Each event is decoded and
+//! validated on its own, so one bad event never rejects its neighbours; every rejection gets a
+//! [`RejectReason`] from a fixed set and a detail naming the field.
+//!
+//! Each JSON member is read as a [`Scalar`], which accepts any JSON value, so serde itself only
+//! fails on malformed JSON and duplicate members. All other rules are checked once, in
+//! [`check_field`], against the field table in [`crate::event`].
+
+use std::borrow::Cow;
+use std::fmt;
+use std::sync::Arc;
+
+use bytes::Bytes;
+use chrono::DateTime;
+use serde::de::{self, Deserializer, IgnoredAny, MapAccess, SeqAccess, Visitor};
+use serde::Deserialize;
+use serde_json::value::RawValue;
+
+use crate::event::{
+    fields_of, EventType, FieldKind, FieldSpec, Metrics, PerformanceEvent, CLASS_ID, DEVICE_ID,
+    EVENT_CREATED, EVENT_ID, EVENT_TYPE, MEMBER_ID, MIN_EVENT_TIME_MS, SCHEMA_VERSION, STUDIO_ID,
+    SUPPORTED_SCHEMA_VERSIONS,
+};
+
+/// Why an input was rejected. The string forms are the `reason` label values and the
+/// dead-letter `reason` field; the set is fixed so metric cardinality stays small.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub enum RejectReason {
+    /// Not parseable as JSON (or not UTF-8, or empty).
+    NotJson,
+    /// Larger than `CLASSPULSE_MAX_MESSAGE_BYTES`; not parsed.
+    TooLarge,
+    /// A required field is absent or null.
+    MissingField,
+    /// A field holds the wrong JSON type (or the event is not an object).
+    BadType,
+    /// A string field breaks its format: length, characters, timestamp syntax.
+    BadFormat,
+    /// A number outside its allowed range.
+    OutOfRange,
+    /// `event_type` names no known device kind.
+    UnknownEventType,
+    /// `schema_version` is not one this build understands.
+    UnknownSchemaVersion,
+    /// The message key names another class than the event.
+    WrongKey,
+    /// `event_created` is further in the future than `CLASSPULSE_MAX_CLOCK_SKEW`.
+    TimestampSkew,
+    /// The same member appears twice in one object.
+    DuplicateField,
+}
+
+impl RejectReason {
+    /// Every reason, in a fixed order.
+    pub const ALL: [RejectReason; 11] = [
+        RejectReason::NotJson,
+        RejectReason::TooLarge,
+        RejectReason::MissingField,
+        RejectReason::BadType,
+        RejectReason::BadFormat,
+        RejectReason::OutOfRange,
+        RejectReason::UnknownEventType,
+        RejectReason::UnknownSchemaVersion,
+        RejectReason::WrongKey,
+        RejectReason::TimestampSkew,
+        RejectReason::DuplicateField,
+    ];
+
+    /// The reason code as written in dead letters and metric labels.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            RejectReason::NotJson => "not_json",
+            RejectReason::TooLarge => "too_large",
+            RejectReason::MissingField => "missing_field",
+            RejectReason::BadType => "bad_type",
+            RejectReason::BadFormat => "bad_format",
+            RejectReason::OutOfRange => "out_of_range",
+            RejectReason::UnknownEventType => "unknown_event_type",
+            RejectReason::UnknownSchemaVersion => "unknown_schema_version",
+            RejectReason::WrongKey => "wrong_key",
+            RejectReason::TimestampSkew => "timestamp_skew",
+            RejectReason::DuplicateField => "duplicate_field",
+        }
+    }
+}
+
+impl fmt::Display for RejectReason {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+/// A rejected input: the reason code and a human-readable detail naming what was wrong.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Rejection {
+    /// Machine-readable reason.
+    pub reason: RejectReason,
+    /// For people: which field, what it held, what is allowed.
+    pub detail: String,
+}
+
+impl Rejection {
+    fn new(reason: RejectReason, detail: impl Into<String>) -> Rejection {
+        Rejection {
+            reason,
+            detail: detail.into(),
+        }
+    }
+}
+
+/// One message as a source delivers it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct RawMessage {
+    /// Position within its partition (Kafka offset, or the source's ordinal).
+    pub offset: u64,
+    /// `studio_id:class_id` when the producer keyed the message.
+    pub key: Option<Bytes>,
+    /// The payload; `None` for a Kafka tombstone.
+    pub payload: Option<Bytes>,
+}
+
+/// An input that failed validation, with everything needed to find and replay it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct RejectedInput {
+    /// Offset of the message that carried it.
+    pub offset: u64,
+    /// Index within a batched message; `None` when the whole message was rejected.
+    pub index: Option<u32>,
+    /// The rejected bytes exactly as received (the element, or the whole message).
+    pub raw: Bytes,
+    /// Why it was rejected.
+    pub rejection: Rejection,
+}
+
+/// Limits the decoder enforces, from the configuration.
+#[derive(Debug, Clone, Copy)]
+pub struct DecodeLimits {
+    /// Messages larger than this are rejected as `too_large` without being parsed.
+    pub max_message_bytes: usize,
+    /// How far in the future (ms) `event_created` may be before `timestamp_skew`.
+    pub max_clock_skew_ms: i64,
+}
+
+/// Decodes every event of `message`, appending valid events to `events` and rejections to
+/// `rejected`. `now_ms` is the arrival time used for the clock-skew rule.
+pub fn decode_message(
+    message: &RawMessage,
+    limits: &DecodeLimits,
+    now_ms: i64,
+    events: &mut Vec<PerformanceEvent>,
+    rejected: &mut Vec<RejectedInput>,
+) {
+    let whole_message_rejected = |rejection: Rejection| RejectedInput {
+        offset: message.offset,
+        index: None,
+        raw: message.payload.clone().unwrap_or_default(),
+        rejection,
+    };
+    let payload = match &message.payload {
+        Some(payload) => payload,
+        None => {
+            let rejection = Rejection::new(RejectReason::NotJson, "message has no payload (tombstone)");
+            rejected.push(whole_message_rejected(rejection));
+            return;
+        }
+    };
+    if payload.len() > limits.max_message_bytes {
+        let detail = format!(
+            "message is {} bytes, more than CLASSPULSE_MAX_MESSAGE_BYTES={}",
+            payload.len(),
+            limits.max_message_bytes
+        );
+        rejected.push(whole_message_rejected(Rejection::new(RejectReason::TooLarge, detail)));
+        return;
+    }
+    let ctx = EventContext {
+        key: message.key.as_deref(),
+        limits,
+        now_ms,
+        offset: message.offset,
+    };
+    let mut decode_element = |index: Option<u32>, element: &[u8]| match decode_event(element, &ctx) {
+        Ok(event) => events.push(event),
+        Err(rejection) => rejected.push(RejectedInput {
+            offset: message.offset,
+            index,
+            raw: payload.slice_ref(element),
+            rejection,
+        }),
+    };
+
+    match payload.iter().find(|b| !b.is_ascii_whitespace()) {
+        None => {
+            let rejection = Rejection::new(RejectReason::NotJson, "message is empty");
+            rejected.push(whole_message_rejected(rejection));
+        }
+        Some(b'[') => match serde_json::from_slice::<Vec<&RawValue>>(payload) {
+            Ok(elements) => {
+                for (index, element) in elements.iter().enumerate() {
+                    decode_element(Some(index as u32), element.get().as_bytes());
+                }
+            }
+            Err(error) => {
+                let rejection = Rejection::new(RejectReason::NotJson, format!("batch array: {error}"));
+                rejected.push(whole_message_rejected(rejection));
+            }
+        },
+        Some(_) => {
+            // One object, or newline-delimited objects. Try the whole payload as a JSON stream
+            // first (this also accepts a pretty-printed single object); if any part is broken,
+            // fall back to lines so that the good lines survive.
+            let stream = serde_json::Deserializer::from_slice(payload).into_iter::<&RawValue>();
+            match stream.collect::<Result<Vec<_>, _>>() {
+                Ok(elements) if elements.len() == 1 => decode_element(None, elements[0].get().as_bytes()),
+                Ok(elements) => {
+                    for (index, element) in elements.iter().enumerate() {
+                        decode_element(Some(index as u32), element.get().as_bytes());
+                    }
+                }
+                Err(_) => {
+                    let lines = payload.split(|b| *b == b'\n');
+                    let non_blank = lines.filter(|line| line.iter().any(|b| !b.is_ascii_whitespace()));
+                    for (index, line) in non_blank.enumerate() {
+                        decode_element(Some(index as u32), trim_ascii(line));
+                    }
+                }
+            }
+        }
+    }
+}
+
+fn trim_ascii(bytes: &[u8]) -> &[u8] {
+    let start = bytes.iter().position(|b| !b.is_ascii_whitespace()).unwrap_or(bytes.len());
+    let end = bytes.iter().rposition(|b| !b.is_ascii_whitespace()).map_or(start, |i| i + 1);
+    &bytes[start..end]
+}
+
+/// What one event is checked against besides its own content.
+struct EventContext<'a> {
+    key: Option<&'a [u8]>,
+    limits: &'a DecodeLimits,
+    now_ms: i64,
+    offset: u64,
+}
+
+/// Decodes and validates one event (a JSON object).
+fn decode_event(bytes: &[u8], ctx: &EventContext<'_>) -> Result<PerformanceEvent, Rejection> {
+    let wire: WireEvent<'_> = serde_json::from_slice(bytes).map_err(|e| serde_rejection("event", e))?;
+    let event_id = check_string(&EVENT_ID, &wire.event_id)?;
+    let event_type_name = check_string(&EVENT_TYPE, &wire.event_type)?;
+    let event_time_ms = check_timestamp(&EVENT_CREATED, &wire.event_created)?;
+    let studio_id = check_string(&STUDIO_ID, &wire.studio_id)?;
+    let class_id = check_string(&CLASS_ID, &wire.class_id)?;
+    let member_id = check_string(&MEMBER_ID, &wire.member_id)?;
+    let device_id = check_optional_string(&DEVICE_ID, &wire.device_id)?;
+    let schema_version = match check_optional_number(&SCHEMA_VERSION, &wire.schema_version) {
+        Ok(version) => version.unwrap_or(1.0) as i64,
+        Err(rejection) if rejection.reason == RejectReason::OutOfRange => {
+            return Err(Rejection::new(
+                RejectReason::UnknownSchemaVersion,
+                format!(
+                    "schema_version {} is not supported (supported: {SUPPORTED_SCHEMA_VERSIONS:?})",
+                    wire.schema_version
+                ),
+            ))
+        }
+        Err(rejection) => return Err(rejection),
+    };
+    let event_type = EventType::from_wire(event_type_name).ok_or_else(|| {
+        Rejection::new(
+            RejectReason::UnknownEventType,
+            format!(
+                "event_type {:?} is not one of heart_rate, treadmill, rower, bike, free_weights",
+                truncate_for_detail(event_type_name)
+            ),
+        )
+    })?;
+    let raw_data = wire.event_data.ok_or_else(|| missing("event_data"))?;
+    let data: WireData<'_> =
+        serde_json::from_str(raw_data.get()).map_err(|e| serde_rejection("event_data", e))?;
+    let metrics = check_event_data(event_type, &data)?;
+
+    if let Some(key) = ctx.key {
+        if !key_matches(key, studio_id, class_id) {
+            return Err(Rejection::new(
+                RejectReason::WrongKey,
+                format!(
+                    "event is for class {studio_id}:{class_id} but the message key is {:?}",
+                    truncate_for_detail(&String::from_utf8_lossy(key))
+                ),
+            ));
+        }
+    }
+    let skew_ms = event_time_ms - ctx.now_ms;
+    if skew_ms > ctx.limits.max_clock_skew_ms {
+        return Err(Rejection::new(
+            RejectReason::TimestampSkew,
+            format!(
+                "event_created is {:.1} s in the future, more than CLASSPULSE_MAX_CLOCK_SKEW={} s",
+                skew_ms as f64 / 1000.0,
+                ctx.limits.max_clock_skew_ms / 1000
+            ),
+        ));
+    }
+
+    Ok(PerformanceEvent {
+        event_id: event_id.into(),
+        event_type,
+        event_time_ms,
+        studio_id: Arc::from(studio_id),
+        class_id: Arc::from(class_id),
+        member_id: member_id.into(),
+        device_id: device_id.map(Into::into),
+        schema_version: schema_version as u16,
+        metrics,
+        event_data: raw_data.to_owned(),
+        offset: ctx.offset,
+    })
+}
+
+fn key_matches(key: &[u8], studio_id: &str, class_id: &str) -> bool {
+    key.len() == studio_id.len() + 1 + class_id.len()
+        && key.starts_with(studio_id.as_bytes())
+        && key[studio_id.len()] == b':'
+        && key.ends_with(class_id.as_bytes())
+}
+
+/// Checks the type-specific fields and builds the typed metrics.
+fn check_event_data(event_type: EventType, data: &WireData<'_>) -> Result<Metrics, Rejection> {
+    let mut metrics = Metrics::default();
+    for spec in fields_of(event_type) {
+        let value = data.get(spec.name);
+        match spec.kind {
+            FieldKind::Number { .. } => {
+                let number = check_optional_number(spec, value)?;
+                if let Some(slot) = metrics.number_mut(spec.name) {
+                    *slot = number;
+                }
+            }
+            FieldKind::Integer { .. } => {
+                metrics.reps = check_optional_number(spec, value)?.map(|n| n as u32);
+            }
+            FieldKind::String { .. } => {
+                metrics.exercise = check_optional_string(spec, value)?.map(str::to_owned);
+            }
+            FieldKind::Timestamp | FieldKind::EventType | FieldKind::Object => {
+                unreachable!("event_data holds only numbers and strings: {}", spec.name)
+            }
+        }
+    }
+    Ok(metrics)
+}
+
+fn missing(name: &str) -> Rejection {
+    Rejection::new(RejectReason::MissingField, format!("{name} is missing"))
+}
+
+fn bad_type(spec: &FieldSpec, expected: &str, found: &Scalar<'_>) -> Rejection {
+    Rejection::new(
+        RejectReason::BadType,
+        format!("{} must be {expected}, found {}", spec.name, found.type_name()),
+    )
+}
+
+/// Checks a required string field.
+fn check_string<'v>(spec: &FieldSpec, value: &'v Scalar<'_>) -> Result<&'v str, Rejection> {
+    check_optional_string(spec, value)?.ok_or_else(|| missing(spec.name))
+}
+
+/// Checks a string field that may be absent (required ones are reported missing).
+fn check_optional_string<'v>(spec: &FieldSpec, value: &'v Scalar<'_>) -> Result<Option<&'v str>, Rejection> {
+    let text = match value {
+        Scalar::Absent | Scalar::Null if spec.required => return Err(missing(spec.name)),
+        Scalar::Absent | Scalar::Null => return Ok(None),
+        Scalar::Str(text) => text.as_ref(),
+        other => return Err(bad_type(spec, "a string", other)),
+    };
+    if let FieldKind::String {
+        min_len,
+        max_len,
+        charset,
+    } = spec.kind
+    {
+        let chars = text.chars().count();
+        if chars < min_len || chars > max_len {
+            return Err(Rejection::new(
+                RejectReason::BadFormat,
+                format!("{} has {chars} characters, allowed {min_len} to {max_len}", spec.name),
+            ));
+        }
+        if let Some(bad) = text.chars().find(|c| !charset.allows(*c)) {
+            let allowed = charset.pattern().unwrap_or("no control characters");
+            return Err(Rejection::new(
+                RejectReason::BadFormat,
+                format!("{} contains {bad:?}; allowed: {allowed}", spec.name),
+            ));
+        }
+    }
+    Ok(Some(text))
+}
+
+/// Checks a numeric field that may be absent (required ones are reported missing).
+fn check_optional_number(spec: &FieldSpec, value: &Scalar<'_>) -> Result<Option<f64>, Rejection> {
+    let (min, max, integer) = match spec.kind {
+        FieldKind::Number { min, max } => (min, max, false),
+        FieldKind::Integer { min, max } => (min, max, true),
+        _ => unreachable!("{} is not numeric", spec.name),
+    };
+    let number = match value {
+        Scalar::Absent | Scalar::Null if spec.required => return Err(missing(spec.name)),
+        Scalar::Absent | Scalar::Null => return Ok(None),
+        Scalar::Num(number) => *number,
+        other => {
+            let expected = if integer { "a whole number" } else { "a number" };
+            return Err(bad_type(spec, expected, other));
+        }
+    };
+    if integer && number.fract() != 0.0 {
+        return Err(Rejection::new(
+            RejectReason::BadType,
+            format!("{} must be a whole number, found {number}", spec.name),
+        ));
+    }
+    if !(min..=max).contains(&number) {
+        return Err(Rejection::new(
+            RejectReason::OutOfRange,
+            format!("{} is {number}, allowed {min} to {max}", spec.name),
+        ));
+    }
+    Ok(Some(number))
+}
+
+/// Checks `event_created` and returns epoch milliseconds.
+fn check_timestamp(spec: &FieldSpec, value: &Scalar<'_>) -> Result<i64, Rejection> {
+    let millis = match value {
+        Scalar::Absent | Scalar::Null => return Err(missing(spec.name)),
+        Scalar::Num(number) if number.fract() == 0.0 => *number,
+        Scalar::Num(number) => {
+            return Err(Rejection::new(
+                RejectReason::BadType,
+                format!("{} must be whole epoch milliseconds, found {number}", spec.name),
+            ))
+        }
+        Scalar::Str(text) => match DateTime::parse_from_rfc3339(text) {
+            Ok(time) => time.timestamp_millis() as f64,
+            Err(error) => {
+                return Err(Rejection::new(
+                    RejectReason::BadFormat,
+                    format!(
+                        "{} {:?} is not RFC 3339 with an offset: {error}",
+                        spec.name,
+                        truncate_for_detail(text)
+                    ),
+                ))
+            }
+        },
+        other => return Err(bad_type(spec, "an RFC 3339 string or epoch milliseconds", other)),
+    };
+    // Anything past year 9999 in epoch ms is also far beyond i64-safe f64 precision concerns;
+    // the skew rule rejects future times, this rejects the impossible past.
+    if millis < MIN_EVENT_TIME_MS as f64 || millis > i64::MAX as f64 / 2.0 {
+        return Err(Rejection::new(
+            RejectReason::OutOfRange,
+            format!("{} is {millis} ms since the epoch, before 2000-01-01 or absurdly late", spec.name),
+        ));
+    }
+    Ok(millis as i64)
+}
+
+fn truncate_for_detail(text: &str) -> Cow<'_, str> {
+    const MAX: usize = 80;
+    match text.char_indices().nth(MAX) {
+        Some((cut, _)) => Cow::Owned(format!("{}…", &text[..cut])),
+        None => Cow::Borrowed(text),
+    }
+}
+
+/// Maps a serde_json error to a rejection. Member values are [`Scalar`]s, which accept any
+/// JSON, so only malformed JSON, duplicate members, numbers beyond f64 and non-objects land here.
+fn serde_rejection(what: &str, error: serde_json::Error) -> Rejection {
+    let message = error.to_string();
+    let reason = if message.starts_with("duplicate field") {
+        RejectReason::DuplicateField
+    } else if message.starts_with("number out of range") {
+        RejectReason::OutOfRange
+    } else if message.starts_with("invalid type") {
+        RejectReason::BadType
+    } else {
+        RejectReason::NotJson
+    };
+    Rejection::new(reason, format!("{what}: {message}"))
+}
+
+/// Any JSON value, reduced to what validation needs. Never fails to deserialize.
+#[derive(Debug, Default, Clone, PartialEq)]
+pub(crate) enum Scalar<'a> {
+    /// The member is not there.
+    #[default]
+    Absent,
+    /// JSON `null`.
+    Null,
+    /// Any JSON number.
+    Num(f64),
+    /// A JSON string (borrowed when it had no escapes).
+    Str(Cow<'a, str>),
+    /// A boolean, array or object, by type name.
+    Other(&'static str),
+}
+
+impl Scalar<'_> {
+    fn type_name(&self) -> &'static str {
+        match self {
+            Scalar::Absent => "nothing",
+            Scalar::Null => "null",
+            Scalar::Num(_) => "a number",
+            Scalar::Str(_) => "a string",
+            Scalar::Other(name) => name,
+        }
+    }
+}
+
+impl fmt::Display for Scalar<'_> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            Scalar::Num(number) => write!(f, "{number}"),
+            Scalar::Str(text) => write!(f, "{:?}", truncate_for_detail(text)),
+            other => f.write_str(other.type_name()),
+        }
+    }
+}
+
+impl<'de: 'a, 'a> Deserialize<'de> for Scalar<'a> {
+    fn deserialize<D: Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
+        struct ScalarVisitor;
+        impl<'de> Visitor<'de> for ScalarVisitor {
+            type Value = Scalar<'de>;
+            fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+                f.write_str("any JSON value")
+            }
+            fn visit_bool<E: de::Error>(self, _: bool) -> Result<Self::Value, E> {
+                Ok(Scalar::Other("a boolean"))
+            }
+            fn visit_i64<E: de::Error>(self, v: i64) -> Result<Self::Value, E> {
+                Ok(Scalar::Num(v as f64))
+            }
+            fn visit_u64<E: de::Error>(self, v: u64) -> Result<Self::Value, E> {
+                Ok(Scalar::Num(v as f64))
+            }
+            fn visit_f64<E: de::Error>(self, v: f64) -> Result<Self::Value, E> {
+                Ok(Scalar::Num(v))
+            }
+            fn visit_borrowed_str<E: de::Error>(self, v: &'de str) -> Result<Self::Value, E> {
+                Ok(Scalar::Str(Cow::Borrowed(v)))
+            }
+            fn visit_str<E: de::Error>(self, v: &str) -> Result<Self::Value, E> {
+                Ok(Scalar::Str(Cow::Owned(v.to_owned())))
+            }
+            fn visit_unit<E: de::Error>(self) -> Result<Self::Value, E> {
+                Ok(Scalar::Null)
+            }
+            fn visit_seq<A: SeqAccess<'de>>(self, mut seq: A) -> Result<Self::Value, A::Error> {
+                while seq.next_element::<IgnoredAny>()?.is_some() {}
+                Ok(Scalar::Other("an array"))
+            }
+            fn visit_map<A: MapAccess<'de>>(self, mut map: A) -> Result<Self::Value, A::Error> {
+                while map.next_entry::<IgnoredAny, IgnoredAny>()?.is_some() {}
+                Ok(Scalar::Other("an object"))
+            }
+        }
+        deserializer.deserialize_any(ScalarVisitor)
+    }
+}
+
+/// The base members of an event; anything else at the top level is ignored.
+#[derive(Deserialize)]
+struct WireEvent<'a> {
+    #[serde(default, borrow)]
+    event_id: Scalar<'a>,
+    #[serde(default, borrow)]
+    event_type: Scalar<'a>,
+    #[serde(default, borrow)]
+    event_created: Scalar<'a>,
+    #[serde(default, borrow)]
+    studio_id: Scalar<'a>,
+    #[serde(default, borrow)]
+    class_id: Scalar<'a>,
+    #[serde(default, borrow)]
+    member_id: Scalar<'a>,
+    #[serde(default, borrow)]
+    device_id: Scalar<'a>,
+    #[serde(default, borrow)]
+    schema_version: Scalar<'a>,
+    #[serde(default, borrow)]
+    event_data: Option<&'a RawValue>,
+}
+
+/// The known `event_data` members of every type; which ones count depends on the type.
+#[derive(Deserialize)]
+struct WireData<'a> {
+    #[serde(default, borrow)]
+    bpm: Scalar<'a>,
+    #[serde(default, borrow)]
+    speed_kph: Scalar<'a>,
+    #[serde(default, borrow)]
+    incline_pct: Scalar<'a>,
+    #[serde(default, borrow)]
+    distance_m: Scalar<'a>,
+    #[serde(default, borrow)]
+    calories: Scalar<'a>,
+    #[serde(default, borrow)]
+    stroke_rate_spm: Scalar<'a>,
+    #[serde(default, borrow)]
+    watts: Scalar<'a>,
+    #[serde(default, borrow)]
+    cadence_rpm: Scalar<'a>,
+    #[serde(default, borrow)]
+    exercise: Scalar<'a>,
+    #[serde(default, borrow)]
+    reps: Scalar<'a>,
+    #[serde(default, borrow)]
+    weight_kg: Scalar<'a>,
+}
+
+impl<'a> WireData<'a> {
+    fn get(&self, name: &str) -> &Scalar<'a> {
+        match name {
+            "bpm" => &self.bpm,
+            "speed_kph" => &self.speed_kph,
+            "incline_pct" => &self.incline_pct,
+            "distance_m" => &self.distance_m,
+            "calories" => &self.calories,
+            "stroke_rate_spm" => &self.stroke_rate_spm,
+            "watts" => &self.watts,
+            "cadence_rpm" => &self.cadence_rpm,
+            "exercise" => &self.exercise,
+            "reps" => &self.reps,
+            "weight_kg" => &self.weight_kg,
+            _ => unreachable!("event_data field {name} is missing from WireData"),
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests;

@@ -1,0 +1,188 @@
+//! The `classpulse` command.
+
+use std::process::ExitCode;
+use std::sync::Arc;
+
+use anyhow::Context;
+use chrono::Utc;
+use clap::{Parser, Subcommand};
+use tokio_util::sync::CancellationToken;
+
+use classpulse::config::{self, Config, LakeLocation, LogFormat, SourceKind};
+use classpulse::decode::DecodeLimits;
+use classpulse::health::Health;
+use classpulse::pipeline::{Pipeline, RunReport, Settings};
+use classpulse::sink::dead_letter::{DeadLetterFormat, NdjsonZstEncoder};
+use classpulse::sink::lake::{LakeFormat, ParquetEncoder};
+use classpulse::sink::object::{ObjectLimits, ObjectSink, ObjectWriter};
+use classpulse::sink::Sink;
+use classpulse::source::simulator::{Simulator, SimulatorStats};
+use classpulse::source::Source;
+use classpulse::stats::Stats;
+use classpulse::{http, metrics, schema, shutdown};
+
+/// Exit code for invalid configuration.
+const CONFIG_ERROR_EXIT_CODE: u8 = 2;
+
+#[derive(Parser)]
+#[command(name = "classpulse", version, about = "Consume fitness-studio performance events: validate, land in the lake, aggregate per class.")]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Run the pipeline (configured by CLASSPULSE_* variables; with none, the built-in simulator
+    /// writes to ./classpulse-data).
+    Run,
+    /// Print the effective configuration (every variable, its value, whether it is the default)
+    /// and exit.
+    Config,
+    /// Print the JSON Schema of a performance event.
+    Schema,
+}
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    match cli.command {
+        Command::Config => {
+            let env = config::classpulse_vars();
+            for line in config::effective(&env) {
+                println!("{line}");
+            }
+            match Config::from_vars(&env) {
+                Ok(_) => ExitCode::SUCCESS,
+                Err(error) => config_error(&error),
+            }
+        }
+        Command::Schema => {
+            print!("{}", schema::performance_event_schema_text());
+            ExitCode::SUCCESS
+        }
+        Command::Run => {
+            let config = match Config::from_env() {
+                Ok(config) => config,
+                Err(error) => return config_error(&error),
+            };
+            init_logging(&config);
+            let runtime = match tokio::runtime::Runtime::new() {
+                Ok(runtime) => runtime,
+                Err(error) => {
+                    eprintln!("classpulse: cannot start the runtime: {error}");
+                    return ExitCode::FAILURE;
+                }
+            };
+            match runtime.block_on(run(config)) {
+                Ok(()) => ExitCode::SUCCESS,
+                Err(error) => {
+                    tracing::error!(error = format!("{error:#}"), "classpulse stopped");
+                    eprintln!("classpulse: {error:#}");
+                    ExitCode::FAILURE
+                }
+            }
+        }
+    }
+}
+
+fn config_error(error: &config::ConfigError) -> ExitCode {
+    eprintln!("classpulse: {error}");
+    ExitCode::from(CONFIG_ERROR_EXIT_CODE)
+}
+
+fn init_logging(config: &Config) {
+    let filter = tracing_subscriber::EnvFilter::new(&config.log_level);
+    let builder = tracing_subscriber::fmt().with_env_filter(filter).with_writer(std::io::stderr);
+    match config.log_format {
+        LogFormat::Json => builder.json().flatten_event(true).init(),
+        LogFormat::Text => builder.init(),
+    }
+}
+
+async fn run(config: Config) -> anyhow::Result<()> {
+    let metrics_handle = metrics::install().context("installing the metrics recorder")?;
+    let health = Health::new();
+    let stats = Arc::new(Stats::default());
+    let shutdown = shutdown::on_signals().context("installing signal handlers")?;
+    let http_shutdown = CancellationToken::new();
+    let http_addr = http::serve(config.http_addr, metrics_handle, health.clone(), http_shutdown.clone())
+        .await
+        .with_context(|| format!("binding CLASSPULSE_HTTP_ADDR={}", config.http_addr))?;
+    tracing::info!(addr = %http_addr, "http endpoints listening");
+
+    let (source, simulator_stats): (Box<dyn Source>, Option<Arc<SimulatorStats>>) = match config.source {
+        SourceKind::Simulator => {
+            let simulator = Simulator::new(&config.simulator, config.batch_max_events, Utc::now());
+            let stats = simulator.stats();
+            (Box::new(simulator), Some(stats))
+        }
+    };
+    let writer = ObjectWriter::open(&config.lake, source.kind(), health.clone(), Arc::clone(&stats))?;
+    let limits = ObjectLimits::from_config(&config.lake);
+    let sinks: Vec<Box<dyn Sink>> = vec![
+        Box::new(ObjectSink::new(LakeFormat { source_kind: source.kind() }, ParquetEncoder::new, writer.clone(), limits)),
+        Box::new(ObjectSink::new(DeadLetterFormat { source_kind: source.kind() }, NdjsonZstEncoder::new, writer, limits)),
+    ];
+    let settings = Settings {
+        batch_max_events: config.batch_max_events,
+        channel_capacity: config.channel_capacity,
+        limits: DecodeLimits {
+            max_message_bytes: config.max_message_bytes,
+            max_clock_skew_ms: config.max_clock_skew.as_millis() as i64,
+        },
+        commit_interval: config.commit_interval,
+        shutdown_timeout: config.shutdown_timeout,
+        progress_interval: config.progress_interval,
+    };
+    tracing::info!(source = source.kind(), lake = %describe_lake(&config.lake.location), "classpulse starting");
+    let pipeline = Pipeline::new(source, sinks, settings, Arc::clone(&stats), health);
+    let report = pipeline.run(shutdown).await;
+    http_shutdown.cancel();
+    let report = report?;
+    print_summary(&config, &report, &stats, simulator_stats.as_deref());
+    Ok(())
+}
+
+fn describe_lake(location: &LakeLocation) -> String {
+    match location {
+        LakeLocation::Local(directory) => directory.display().to_string(),
+        LakeLocation::S3 { bucket, prefix } => format!("s3://{bucket}/{prefix}"),
+    }
+}
+
+fn print_summary(config: &Config, report: &RunReport, stats: &Stats, simulator: Option<&SimulatorStats>) {
+    let events = Stats::get(&stats.events);
+    let seconds = report.elapsed.as_secs_f64().max(1e-3);
+    println!("classpulse run finished ({:?}) in {seconds:.1} s", report.ending);
+    if let Some(sim) = simulator {
+        println!(
+            "  simulator      {} classes, {} events generated, {} sent twice, {} delayed, {} corrupted",
+            SimulatorStats::get(&sim.classes),
+            SimulatorStats::get(&sim.events),
+            SimulatorStats::get(&sim.duplicates),
+            SimulatorStats::get(&sim.delayed),
+            SimulatorStats::get(&sim.corrupted),
+        );
+    }
+    println!(
+        "  events in      {events} valid from {} messages ({:.0} events/s)",
+        Stats::get(&stats.messages),
+        events as f64 / seconds
+    );
+    let reasons: Vec<String> = stats.rejected_by_reason().iter().map(|(reason, n)| format!("{reason} {n}")).collect();
+    println!("  rejected       {} ({})", stats.rejected_total(), if reasons.is_empty() { "none".into() } else { reasons.join(", ") });
+    let lake = describe_lake(&config.lake.location);
+    println!(
+        "  lake           {} events in {} Parquet objects, {} bytes, under {lake}/events",
+        Stats::get(&stats.lake_records),
+        Stats::get(&stats.lake_objects),
+        Stats::get(&stats.lake_bytes),
+    );
+    println!(
+        "  dead letters   {} in {} objects, under {lake}/dead-letters",
+        Stats::get(&stats.dead_letter_records),
+        Stats::get(&stats.dead_letter_objects),
+    );
+    let committed: Vec<String> = report.committed.iter().map(|(partition, next)| format!("{partition}@{next}")).collect();
+    println!("  committed      {}", committed.join(" "));
+}

@@ -1,0 +1,162 @@
+//! Every metric classpulse exports, declared here and nowhere else.
+//!
+//! Names are `classpulse_<thing>_<unit>`; label values come from small fixed sets (event
+//! types, reason codes, sink names, partitions), never from ids in the data. Callers record per
+//! batch, not per event.
+
+use std::time::Duration;
+
+use metrics::{counter, describe_counter, describe_gauge, describe_histogram, gauge, histogram, Unit};
+use metrics_exporter_prometheus::{Matcher, PrometheusBuilder, PrometheusHandle};
+
+use crate::ack::PartitionId;
+use crate::decode::RejectReason;
+use crate::event::EventType;
+
+/// Messages read from the source. Labels: `source`.
+pub const MESSAGES_IN: &str = "classpulse_messages_in_total";
+/// Valid events decoded. Labels: `event_type`.
+pub const EVENTS_IN: &str = "classpulse_events_in_total";
+/// Rejected inputs sent to the dead-letter sink. Labels: `reason`.
+pub const EVENTS_REJECTED: &str = "classpulse_events_rejected_total";
+/// Records made durable by a sink. Labels: `sink`.
+pub const SINK_RECORDS: &str = "classpulse_sink_records_total";
+/// Objects written by a sink. Labels: `sink`.
+pub const SINK_OBJECTS: &str = "classpulse_sink_objects_total";
+/// Bytes written by a sink. Labels: `sink`.
+pub const SINK_BYTES: &str = "classpulse_sink_bytes_total";
+/// Latency of one durable write (PUT, batch write). Labels: `sink`.
+pub const SINK_WRITE_SECONDS: &str = "classpulse_sink_write_seconds";
+/// Write attempts that failed and will be retried. Labels: `sink`, `reason`.
+pub const SINK_RETRIES: &str = "classpulse_sink_retries_total";
+/// Bytes held in open objects or buffers. Labels: `sink`.
+pub const SINK_BUFFERED_BYTES: &str = "classpulse_sink_buffered_bytes";
+/// Events per decoded batch.
+pub const BATCH_EVENTS: &str = "classpulse_batch_events";
+/// From `event_created` to durable in a sink. Labels: `sink`.
+pub const END_TO_END_SECONDS: &str = "classpulse_end_to_end_latency_seconds";
+/// Messages between the position read and the partition's end. Labels: `source`, `partition`.
+pub const SOURCE_LAG_MESSAGES: &str = "classpulse_source_lag_messages";
+/// How far behind the source is in time (0 when caught up). Labels: `source`, `partition`.
+pub const SOURCE_LAG_SECONDS: &str = "classpulse_source_lag_seconds";
+/// Position commits made to the source. Labels: `source`.
+pub const SOURCE_COMMITS: &str = "classpulse_source_commits_total";
+/// Batches handed to the sinks and not yet durable everywhere.
+pub const BATCHES_IN_FLIGHT: &str = "classpulse_batches_in_flight";
+/// Resident memory of the process.
+pub const RESIDENT_MEMORY_BYTES: &str = "classpulse_process_resident_memory_bytes";
+/// Time the last drain took.
+pub const DRAIN_SECONDS: &str = "classpulse_drain_seconds";
+
+/// Installs the Prometheus recorder and describes every metric. Returns the handle that
+/// renders `/metrics`. Call once per process.
+pub fn install() -> Result<PrometheusHandle, metrics_exporter_prometheus::BuildError> {
+    let latency_buckets = [
+        0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0, 120.0, 300.0, 600.0,
+    ];
+    let batch_buckets = [1.0, 10.0, 50.0, 100.0, 250.0, 500.0, 1000.0, 2500.0, 5000.0, 10000.0];
+    let handle = PrometheusBuilder::new()
+        .set_buckets_for_metric(Matcher::Suffix("_seconds".into()), &latency_buckets)?
+        .set_buckets_for_metric(Matcher::Full(BATCH_EVENTS.into()), &batch_buckets)?
+        .install_recorder()?;
+    describe();
+    Ok(handle)
+}
+
+fn describe() {
+    describe_counter!(MESSAGES_IN, Unit::Count, "Messages read from the source.");
+    describe_counter!(EVENTS_IN, Unit::Count, "Valid events decoded, by event type.");
+    describe_counter!(EVENTS_REJECTED, Unit::Count, "Inputs rejected and dead-lettered, by reason.");
+    describe_counter!(SINK_RECORDS, Unit::Count, "Records made durable, by sink.");
+    describe_counter!(SINK_OBJECTS, Unit::Count, "Objects written, by sink.");
+    describe_counter!(SINK_BYTES, Unit::Bytes, "Bytes written, by sink.");
+    describe_histogram!(SINK_WRITE_SECONDS, Unit::Seconds, "Latency of one durable write, by sink.");
+    describe_counter!(SINK_RETRIES, Unit::Count, "Failed write attempts that will be retried, by sink and reason.");
+    describe_gauge!(SINK_BUFFERED_BYTES, Unit::Bytes, "Bytes buffered in open objects, by sink.");
+    describe_histogram!(BATCH_EVENTS, Unit::Count, "Events per batch handed to the sinks.");
+    describe_histogram!(END_TO_END_SECONDS, Unit::Seconds, "From event_created to durable, by sink.");
+    describe_gauge!(SOURCE_LAG_MESSAGES, Unit::Count, "Messages between the read position and the end, by partition.");
+    describe_gauge!(SOURCE_LAG_SECONDS, Unit::Seconds, "How far the source is behind in time (0 when caught up), by partition.");
+    describe_counter!(SOURCE_COMMITS, Unit::Count, "Position commits made to the source.");
+    describe_gauge!(BATCHES_IN_FLIGHT, Unit::Count, "Batches handed to the sinks and not yet durable everywhere.");
+    describe_gauge!(RESIDENT_MEMORY_BYTES, Unit::Bytes, "Resident set size of the process.");
+    describe_gauge!(DRAIN_SECONDS, Unit::Seconds, "Time the last drain took.");
+}
+
+/// Counts for one decoded batch.
+pub fn record_decoded(source: &'static str, messages: usize, by_type: &[u64; 5], by_reason: &[u64; 11]) {
+    counter!(MESSAGES_IN, "source" => source).increment(messages as u64);
+    for (event_type, count) in EventType::ALL.iter().zip(by_type) {
+        if *count > 0 {
+            counter!(EVENTS_IN, "event_type" => event_type.as_str()).increment(*count);
+        }
+    }
+    for (reason, count) in RejectReason::ALL.iter().zip(by_reason) {
+        if *count > 0 {
+            counter!(EVENTS_REJECTED, "reason" => reason.as_str()).increment(*count);
+        }
+    }
+    histogram!(BATCH_EVENTS).record(by_type.iter().sum::<u64>() as f64);
+}
+
+/// One durable write by a sink.
+pub fn record_sink_write(sink: &'static str, records: usize, bytes: usize, took: Duration) {
+    counter!(SINK_RECORDS, "sink" => sink).increment(records as u64);
+    counter!(SINK_OBJECTS, "sink" => sink).increment(1);
+    counter!(SINK_BYTES, "sink" => sink).increment(bytes as u64);
+    histogram!(SINK_WRITE_SECONDS, "sink" => sink).record(took.as_secs_f64());
+}
+
+/// End-to-end latencies of one durable write, as `(latency seconds, events)` buckets.
+pub fn record_end_to_end(sink: &'static str, buckets: impl IntoIterator<Item = (f64, u64)>) {
+    let histogram = histogram!(END_TO_END_SECONDS, "sink" => sink);
+    for (seconds, count) in buckets {
+        histogram.record_many(seconds, count as usize);
+    }
+}
+
+/// A write attempt that failed and will be retried. `reason` is from a fixed set.
+pub fn record_sink_retry(sink: &'static str, reason: &'static str) {
+    counter!(SINK_RETRIES, "sink" => sink, "reason" => reason).increment(1);
+}
+
+/// Bytes a sink holds in memory.
+pub fn set_sink_buffered(sink: &'static str, bytes: usize) {
+    gauge!(SINK_BUFFERED_BYTES, "sink" => sink).set(bytes as f64);
+}
+
+/// Lag of one partition.
+pub fn set_source_lag(source: &'static str, partition: &PartitionId, messages: u64, seconds: f64) {
+    let label = partition.to_string();
+    gauge!(SOURCE_LAG_MESSAGES, "source" => source, "partition" => label.clone()).set(messages as f64);
+    gauge!(SOURCE_LAG_SECONDS, "source" => source, "partition" => label).set(seconds);
+}
+
+/// One commit of positions to the source.
+pub fn record_commit(source: &'static str) {
+    counter!(SOURCE_COMMITS, "source" => source).increment(1);
+}
+
+/// Batches in flight.
+pub fn set_batches_in_flight(batches: usize) {
+    gauge!(BATCHES_IN_FLIGHT).set(batches as f64);
+}
+
+/// The last drain's duration.
+pub fn set_drain_duration(took: Duration) {
+    gauge!(DRAIN_SECONDS).set(took.as_secs_f64());
+}
+
+/// Reads the resident set size from /proc (Linux, as on ECS) and publishes it.
+pub fn sample_process_memory() {
+    if let Some(bytes) = resident_memory_bytes() {
+        gauge!(RESIDENT_MEMORY_BYTES).set(bytes as f64);
+    }
+}
+
+/// Resident set size in bytes, where the platform tells.
+pub fn resident_memory_bytes() -> Option<u64> {
+    let statm = std::fs::read_to_string("/proc/self/statm").ok()?;
+    let resident_pages: u64 = statm.split_whitespace().nth(1)?.parse().ok()?;
+    Some(resident_pages * 4096)
+}

@@ -1,0 +1,444 @@
+//! The pipeline: source -> decode/validate -> every sink, over bounded channels, with
+//! acknowledgements flowing back to the source and a drain on shutdown.
+//!
+//! ```text
+//!  source loop ──RawBatch──▶ decode stage ──Arc<DecodedBatch>──▶ lake sink task
+//!      ▲                        │ registers each batch   ├──────▶ dead-letter sink task
+//!      │                        ▼                        └──────▶ (more sinks)
+//!      └──commit frontiers── AckTracker ◀── sinks drop their AckToken clones once durable
+//! ```
+//!
+//! Every channel is bounded, so a slow sink slows the decoder, which slows the source. A
+//! shutdown stops the source, lets the decoder finish, has every sink flush, commits the last
+//! frontiers and returns, all within the shutdown timeout.
+
+use std::collections::BTreeMap;
+use std::sync::Arc;
+use std::time::Duration;
+
+use chrono::Utc;
+use tokio::sync::mpsc;
+use tokio::task::JoinHandle;
+use tokio::time::Instant;
+use tokio_util::sync::CancellationToken;
+
+use crate::ack::{AckTracker, PartitionId};
+use crate::decode::{decode_message, DecodeLimits, RejectReason};
+use crate::event::EventType;
+use crate::health::Health;
+use crate::metrics;
+use crate::retry::Backoff;
+use crate::sink::{run_sink, DecodedBatch, Sink, SinkError};
+use crate::source::{RawBatch, Source, SourceError};
+use crate::stats::Stats;
+
+/// Pipeline settings, from the configuration.
+#[derive(Debug, Clone)]
+pub struct Settings {
+    /// Events per decoded batch (cut at message boundaries).
+    pub batch_max_events: usize,
+    /// Capacity of every channel between stages.
+    pub channel_capacity: usize,
+    /// Decoder limits.
+    pub limits: DecodeLimits,
+    /// How often frontiers are committed.
+    pub commit_interval: Duration,
+    /// Drain deadline.
+    pub shutdown_timeout: Duration,
+    /// Progress log interval; zero disables it.
+    pub progress_interval: Duration,
+}
+
+/// How a run ended.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Ending {
+    /// A bounded source (the simulator) ran out; everything was flushed.
+    SourceEnded,
+    /// A shutdown signal drained the pipeline.
+    Drained,
+}
+
+/// The result of a run.
+#[derive(Debug, Clone)]
+pub struct RunReport {
+    /// How it ended.
+    pub ending: Ending,
+    /// The last frontier committed per partition.
+    pub committed: BTreeMap<PartitionId, u64>,
+    /// Wall-clock time of the run.
+    pub elapsed: Duration,
+}
+
+/// Why a run failed.
+#[derive(Debug, thiserror::Error)]
+pub enum PipelineError {
+    /// The source failed in a way retrying cannot fix.
+    #[error(transparent)]
+    Source(#[from] SourceError),
+    /// A sink stopped.
+    #[error(transparent)]
+    Sink(#[from] SinkError),
+    /// The drain did not finish in time; positions not yet durable were not committed and
+    /// will be read again after a restart.
+    #[error("drain did not finish within {timeout:?}; {in_flight} batches were not durable and will be replayed")]
+    DrainTimeout {
+        /// The configured deadline.
+        timeout: Duration,
+        /// Batches left unacknowledged.
+        in_flight: usize,
+    },
+    /// A stage ended unexpectedly (a panic, or a channel closed early).
+    #[error("pipeline stage failed: {0}")]
+    Stage(String),
+}
+
+impl PipelineError {
+    /// Whether restarting the process may succeed.
+    pub fn is_retryable(&self) -> bool {
+        match self {
+            PipelineError::Source(error) => error.is_retryable(),
+            PipelineError::Sink(error) => error.is_retryable(),
+            PipelineError::DrainTimeout { .. } | PipelineError::Stage(_) => true,
+        }
+    }
+}
+
+/// A source wired to its sinks.
+pub struct Pipeline {
+    source: Box<dyn Source>,
+    sinks: Vec<Box<dyn Sink>>,
+    settings: Settings,
+    stats: Arc<Stats>,
+    health: Health,
+    acks: AckTracker,
+}
+
+impl Pipeline {
+    /// Wires `source` to `sinks`.
+    pub fn new(source: Box<dyn Source>, sinks: Vec<Box<dyn Sink>>, settings: Settings, stats: Arc<Stats>, health: Health) -> Pipeline {
+        Pipeline {
+            source,
+            sinks,
+            settings,
+            stats,
+            health,
+            acks: AckTracker::new(),
+        }
+    }
+
+    /// Runs until the source ends or `shutdown` is cancelled, then drains.
+    pub async fn run(self, shutdown: CancellationToken) -> Result<RunReport, PipelineError> {
+        let started = Instant::now();
+        let Pipeline {
+            mut source,
+            sinks,
+            settings,
+            stats,
+            health,
+            acks,
+        } = self;
+        let source_kind = source.kind();
+        let capacity = settings.channel_capacity;
+
+        let mut sink_inputs = Vec::new();
+        let mut sink_tasks: Vec<JoinHandle<Result<(), SinkError>>> = Vec::new();
+        for sink in sinks {
+            let (sender, receiver) = mpsc::channel(capacity);
+            sink_inputs.push(sender);
+            sink_tasks.push(tokio::spawn(run_sink(sink, receiver)));
+        }
+        let (raw_sender, raw_receiver) = mpsc::channel::<RawBatch>(capacity);
+        let decoder = tokio::spawn(decode_stage(
+            raw_receiver,
+            sink_inputs,
+            settings.clone(),
+            acks.clone(),
+            Arc::clone(&stats),
+            source_kind,
+        ));
+
+        let mut committer = Committer {
+            acks: acks.clone(),
+            committed: BTreeMap::new(),
+        };
+        let mut progress = Progress::new(settings.progress_interval, Arc::clone(&stats));
+        let mut commit_tick = tokio::time::interval(settings.commit_interval);
+        let mut housekeeping = tokio::time::interval(Duration::from_secs(1));
+        let mut backoff = Backoff::new(Duration::from_millis(100), Duration::from_secs(10));
+        health.ready("source");
+        health.ready("pipeline");
+
+        let ending = loop {
+            tokio::select! {
+                biased;
+                _ = shutdown.cancelled() => break Ending::Drained,
+                _ = commit_tick.tick() => committer.commit(source.as_mut()).await?,
+                _ = housekeeping.tick() => {
+                    metrics::set_batches_in_flight(acks.in_flight());
+                    metrics::sample_process_memory();
+                    progress.maybe_log(&acks);
+                }
+                batch = source.next_batch() => match batch {
+                    Ok(Some(batch)) => {
+                        backoff = Backoff::new(Duration::from_millis(100), Duration::from_secs(10));
+                        tokio::select! {
+                            sent = raw_sender.send(batch) => if sent.is_err() {
+                                break Ending::SourceEnded; // the decoder stopped; its error is reported below
+                            },
+                            _ = shutdown.cancelled() => break Ending::Drained,
+                        }
+                    }
+                    Ok(None) => break Ending::SourceEnded,
+                    Err(error) if error.is_retryable() => {
+                        health.not_ready("source", error.to_string());
+                        tracing::warn!(source = source_kind, error = %error, "source unavailable, retrying");
+                        tokio::time::sleep(backoff.next_delay()).await;
+                    }
+                    Err(error) => return Err(error.into()),
+                }
+            }
+        };
+
+        // Drain: no more input; the decoder finishes, every sink flushes, then the last commit.
+        drop(raw_sender);
+        health.not_ready("pipeline", "draining");
+        let drain_started = Instant::now();
+        tracing::info!(ending = ?ending, in_flight = acks.in_flight(), "draining");
+        let drained = async {
+            let decoded = join(decoder).await;
+            let mut sinks_result = Ok(());
+            for task in sink_tasks {
+                if let Err(error) = join(task).await {
+                    sinks_result = sinks_result.and(Err(error));
+                }
+            }
+            decoded.and(sinks_result)
+        };
+        let result = match ending {
+            Ending::Drained => match tokio::time::timeout(settings.shutdown_timeout, drained).await {
+                Ok(result) => result,
+                Err(_) => Err(PipelineError::DrainTimeout {
+                    timeout: settings.shutdown_timeout,
+                    in_flight: acks.in_flight(),
+                }),
+            },
+            // A bounded source ended: flush without a deadline unless a signal arrives.
+            Ending::SourceEnded => {
+                tokio::pin!(drained);
+                tokio::select! {
+                    result = &mut drained => result,
+                    _ = shutdown.cancelled() => match tokio::time::timeout(settings.shutdown_timeout, drained).await {
+                        Ok(result) => result,
+                        Err(_) => Err(PipelineError::DrainTimeout { timeout: settings.shutdown_timeout, in_flight: acks.in_flight() }),
+                    },
+                }
+            }
+        };
+        // Whatever happened, commit what is durable, and nothing else after this point.
+        committer.commit(source.as_mut()).await?;
+        acks.close();
+        metrics::set_drain_duration(drain_started.elapsed());
+        metrics::set_batches_in_flight(acks.in_flight());
+        result?;
+        progress.log_now(&acks);
+        Ok(RunReport {
+            ending,
+            committed: committer.committed,
+            elapsed: started.elapsed(),
+        })
+    }
+}
+
+async fn join<T>(task: JoinHandle<Result<T, impl Into<PipelineError>>>) -> Result<T, PipelineError> {
+    match task.await {
+        Ok(result) => result.map_err(Into::into),
+        Err(error) => Err(PipelineError::Stage(error.to_string())),
+    }
+}
+
+/// Hands durable frontiers to the source.
+struct Committer {
+    acks: AckTracker,
+    /// Last frontier committed per partition.
+    committed: BTreeMap<PartitionId, u64>,
+}
+
+impl Committer {
+    async fn commit(&mut self, source: &mut dyn Source) -> Result<(), PipelineError> {
+        let frontiers = self.acks.take_committable();
+        if frontiers.is_empty() {
+            return Ok(());
+        }
+        match source.commit(&frontiers).await {
+            Ok(()) => {
+                metrics::record_commit(source.kind());
+                self.committed.extend(frontiers);
+                Ok(())
+            }
+            // A failed commit only means a longer replay after a crash; the next one retries.
+            Err(error) if error.is_retryable() => {
+                tracing::warn!(error = %error, "commit failed, will retry");
+                Ok(())
+            }
+            Err(error) => Err(error.into()),
+        }
+    }
+}
+
+/// The decode stage: raw messages in, validated batches out to every sink.
+async fn decode_stage(
+    mut input: mpsc::Receiver<RawBatch>,
+    outputs: Vec<mpsc::Sender<Arc<DecodedBatch>>>,
+    settings: Settings,
+    acks: AckTracker,
+    stats: Arc<Stats>,
+    source_kind: &'static str,
+) -> Result<(), PipelineError> {
+    while let Some(raw) = input.recv().await {
+        let now_ms = Utc::now().timestamp_millis();
+        for batch in decode_batch(raw, &settings.limits, settings.batch_max_events, now_ms, &acks) {
+            record_decoded(&stats, source_kind, &batch);
+            let batch = Arc::new(batch);
+            for output in &outputs {
+                output
+                    .send(Arc::clone(&batch))
+                    .await
+                    .map_err(|_| PipelineError::Stage("a sink stopped accepting batches".into()))?;
+            }
+        }
+    }
+    Ok(())
+}
+
+/// Decodes a raw batch into batches of about `max_events` records (cut at message
+/// boundaries), each registered with `acks`.
+pub fn decode_batch(raw: RawBatch, limits: &DecodeLimits, max_events: usize, now_ms: i64, acks: &AckTracker) -> Vec<DecodedBatch> {
+    let mut batches = Vec::new();
+    let mut events = Vec::new();
+    let mut rejected = Vec::new();
+    let mut first_offset = None;
+    let mut cut = |first: &mut Option<u64>, last: u64, events: &mut Vec<_>, rejected: &mut Vec<_>| {
+        let Some(first_offset) = first.take() else { return };
+        batches.push(DecodedBatch {
+            partition: raw.partition.clone(),
+            first_offset,
+            last_offset: last,
+            events: std::mem::take(events),
+            rejected: std::mem::take(rejected),
+            received_at_ms: now_ms,
+            ack: acks.register(&raw.partition, last),
+        });
+    };
+    let last_offset = raw.messages.last().map(|message| message.offset);
+    for message in &raw.messages {
+        first_offset.get_or_insert(message.offset);
+        decode_message(message, limits, now_ms, &mut events, &mut rejected);
+        if events.len() + rejected.len() >= max_events {
+            cut(&mut first_offset, message.offset, &mut events, &mut rejected);
+        }
+    }
+    if let Some(last) = last_offset {
+        cut(&mut first_offset, last, &mut events, &mut rejected);
+    }
+    batches
+}
+
+fn record_decoded(stats: &Stats, source_kind: &'static str, batch: &DecodedBatch) {
+    let mut by_type = [0u64; 5];
+    for event in &batch.events {
+        by_type[EventType::ALL.iter().position(|t| *t == event.event_type).unwrap_or(0)] += 1;
+    }
+    let mut by_reason = [0u64; 11];
+    for rejected in &batch.rejected {
+        let index = RejectReason::ALL.iter().position(|r| *r == rejected.rejection.reason).unwrap_or(0);
+        by_reason[index] += 1;
+        Stats::add(&stats.rejected[index], 1);
+    }
+    let messages = (batch.last_offset - batch.first_offset + 1) as usize;
+    Stats::add(&stats.messages, messages as u64);
+    Stats::add(&stats.events, batch.events.len() as u64);
+    metrics::record_decoded(source_kind, messages, &by_type, &by_reason);
+}
+
+/// The progress line.
+struct Progress {
+    interval: Duration,
+    stats: Arc<Stats>,
+    last_at: Instant,
+    last_events: u64,
+}
+
+impl Progress {
+    fn new(interval: Duration, stats: Arc<Stats>) -> Progress {
+        Progress {
+            interval,
+            stats,
+            last_at: Instant::now(),
+            last_events: 0,
+        }
+    }
+
+    fn maybe_log(&mut self, acks: &AckTracker) {
+        if !self.interval.is_zero() && self.last_at.elapsed() >= self.interval {
+            self.log_now(acks);
+        }
+    }
+
+    fn log_now(&mut self, acks: &AckTracker) {
+        let events = Stats::get(&self.stats.events);
+        let seconds = self.last_at.elapsed().as_secs_f64().max(1e-3);
+        tracing::info!(
+            events_in = events,
+            rejected = self.stats.rejected_total(),
+            events_per_second = ((events - self.last_events) as f64 / seconds).round() as u64,
+            lake_objects = Stats::get(&self.stats.lake_objects),
+            lake_events = Stats::get(&self.stats.lake_records),
+            dead_letters = Stats::get(&self.stats.dead_letter_records),
+            batches_in_flight = acks.in_flight(),
+            "progress"
+        );
+        self.last_at = Instant::now();
+        self.last_events = events;
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::decode::RawMessage;
+    use bytes::Bytes;
+
+    fn message(offset: u64, events: usize) -> RawMessage {
+        let body: Vec<String> = (0..events)
+            .map(|i| {
+                format!(
+                    r#"{{"event_id":"e{offset}-{i}","event_type":"heart_rate","event_created":1764090000000,"studio_id":"s1","class_id":"c1","member_id":"m{i}","event_data":{{"bpm":120}}}}"#
+                )
+            })
+            .collect();
+        RawMessage {
+            offset,
+            key: None,
+            payload: Some(Bytes::from(format!("[{}]", body.join(",")))),
+        }
+    }
+
+    #[test]
+    fn batches_are_cut_at_message_boundaries() {
+        let acks = AckTracker::new();
+        let limits = DecodeLimits {
+            max_message_bytes: 1 << 20,
+            max_clock_skew_ms: 60_000,
+        };
+        let raw = RawBatch {
+            partition: PartitionId::new("t", 0),
+            messages: (10..15).map(|offset| message(offset, 3)).collect(),
+        };
+        let batches = decode_batch(raw, &limits, 5, 1_764_090_000_000, &acks);
+        let ranges: Vec<_> = batches.iter().map(|b| (b.first_offset, b.last_offset, b.events.len())).collect();
+        assert_eq!(ranges, vec![(10, 11, 6), (12, 13, 6), (14, 14, 3)]);
+        assert_eq!(acks.in_flight(), 3);
+        drop(batches);
+        assert_eq!(acks.take_committable(), vec![(PartitionId::new("t", 0), 15)]);
+    }
+}

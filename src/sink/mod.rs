@@ -1,0 +1,133 @@
+//! Sinks: where decoded batches go and become durable.
+//!
+//! Every sink receives every [`DecodedBatch`] (shared, not copied) through its own bounded
+//! channel and keeps what it stores: the lake keeps valid events, the dead-letter sink keeps
+//! rejected inputs. A sink holds a clone of the batch's [`AckToken`] until its part of the batch
+//! is durable; that is how the source learns what it may commit. Sinks retry transient failures
+//! themselves (with backoff and jitter) and return an error only when they cannot go on.
+
+pub mod dead_letter;
+pub mod lake;
+pub mod object;
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use async_trait::async_trait;
+use tokio::sync::mpsc;
+
+use crate::ack::{AckToken, PartitionId};
+use crate::decode::RejectedInput;
+use crate::event::PerformanceEvent;
+
+/// The unit that flows from the decoder to the sinks: the outcome of decoding consecutive
+/// messages of one partition.
+#[derive(Debug)]
+pub struct DecodedBatch {
+    /// The partition the messages came from.
+    pub partition: PartitionId,
+    /// Offset of the first message in the batch.
+    pub first_offset: u64,
+    /// Offset of the last message in the batch.
+    pub last_offset: u64,
+    /// Valid events, in message order.
+    pub events: Vec<PerformanceEvent>,
+    /// Inputs that failed validation, in message order.
+    pub rejected: Vec<RejectedInput>,
+    /// When the decoder received the messages (epoch ms).
+    pub received_at_ms: i64,
+    /// Held until every sink has made its part durable.
+    pub ack: AckToken,
+}
+
+/// Why a sink stopped.
+#[derive(Debug, thiserror::Error)]
+pub enum SinkError {
+    /// Records could not be encoded: a bug, not a backend problem.
+    #[error("{sink}: encoding failed: {detail}")]
+    Encode {
+        /// The sink.
+        sink: &'static str,
+        /// What went wrong.
+        detail: String,
+    },
+    /// The sink's backend could not be set up at start-up.
+    #[error("{sink}: cannot start: {detail}")]
+    Setup {
+        /// The sink.
+        sink: &'static str,
+        /// What went wrong.
+        detail: String,
+    },
+}
+
+impl SinkError {
+    /// Whether trying again can succeed. Transient write failures never reach this type: the
+    /// sinks retry them.
+    pub fn is_retryable(&self) -> bool {
+        match self {
+            SinkError::Encode { .. } => false,
+            SinkError::Setup { .. } => true,
+        }
+    }
+}
+
+/// A destination for decoded batches.
+#[async_trait]
+pub trait Sink: Send {
+    /// Fixed name: metric label and log field.
+    fn name(&self) -> &'static str;
+
+    /// Takes what this sink stores from `batch`; may buffer it and flush it later.
+    async fn write(&mut self, batch: Arc<DecodedBatch>) -> Result<(), SinkError>;
+
+    /// Flushes what is due by age. Called on every tick of the driver.
+    async fn flush_due(&mut self) -> Result<(), SinkError>;
+
+    /// Makes everything buffered durable (end of input, drain).
+    async fn flush_all(&mut self) -> Result<(), SinkError>;
+}
+
+/// How often the driver asks a sink to flush what is due by age.
+pub const TICK: Duration = Duration::from_secs(1);
+
+/// Drives one sink until its input closes, then flushes everything.
+pub async fn run_sink(mut sink: Box<dyn Sink>, mut input: mpsc::Receiver<Arc<DecodedBatch>>) -> Result<(), SinkError> {
+    let mut tick = tokio::time::interval(TICK);
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    loop {
+        tokio::select! {
+            batch = input.recv() => match batch {
+                Some(batch) => sink.write(batch).await?,
+                None => break,
+            },
+            _ = tick.tick() => sink.flush_due().await?,
+        }
+    }
+    sink.flush_all().await?;
+    tracing::debug!(sink = sink.name(), "sink drained");
+    Ok(())
+}
+
+/// Accepts everything and holds nothing: for benchmarks of the rest of the pipeline.
+#[derive(Debug, Default)]
+pub struct NullSink;
+
+#[async_trait]
+impl Sink for NullSink {
+    fn name(&self) -> &'static str {
+        "null"
+    }
+
+    async fn write(&mut self, _batch: Arc<DecodedBatch>) -> Result<(), SinkError> {
+        Ok(())
+    }
+
+    async fn flush_due(&mut self) -> Result<(), SinkError> {
+        Ok(())
+    }
+
+    async fn flush_all(&mut self) -> Result<(), SinkError> {
+        Ok(())
+    }
+}

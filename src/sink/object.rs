@@ -1,0 +1,472 @@
+//! Object sinks: records grouped into objects per partition and hour, written through
+//! `object_store` (a local directory and S3 share one code path).
+//!
+//! The lake (Parquet) and the dead letters (zstd NDJSON) differ only in their [`ObjectFormat`];
+//! opening, cutting, naming, writing with retries and acknowledging live here once.
+//!
+//! Object keys are `{prefix}/{folder}/dt=YYYY-MM-DD/hour=HH/{source}-{stream}-{partition}-{first}-{last}.{ext}`,
+//! named by the source positions they hold, so a replay that cuts at the same positions
+//! overwrites instead of duplicating.
+
+use std::collections::BTreeMap;
+use std::sync::Arc;
+use std::time::Duration;
+
+use async_trait::async_trait;
+use bytes::Bytes;
+use chrono::{DateTime, Utc};
+use object_store::aws::AmazonS3Builder;
+use object_store::local::LocalFileSystem;
+use object_store::path::Path;
+use object_store::{Attribute, Attributes, ObjectStore, PutOptions, PutPayload};
+use tokio::time::Instant;
+
+use super::{DecodedBatch, Sink, SinkError};
+use crate::ack::{AckToken, PartitionId};
+use crate::config::{LakeConfig, LakeLocation};
+use crate::health::Health;
+use crate::metrics;
+use crate::retry::Backoff;
+use crate::stats::Stats;
+
+const HOUR_MS: i64 = 3_600_000;
+
+/// Encodes the records of one object.
+pub trait Encoder: Send {
+    /// Records appended so far.
+    fn records(&self) -> usize;
+    /// Bytes this encoder holds in memory (what the object would be if cut now, roughly).
+    fn buffered_bytes(&self) -> usize;
+    /// Finishes the object. `metadata` is also attached to the object where the store allows.
+    fn finish(self, metadata: &[(&'static str, String)]) -> Result<Bytes, String>;
+}
+
+/// What distinguishes one kind of object sink from another.
+pub trait ObjectFormat: Send + 'static {
+    /// The per-object encoder.
+    type Encoder: Encoder;
+    /// Sink name (metric label).
+    const SINK: &'static str;
+    /// Folder under the lake prefix.
+    const FOLDER: &'static str;
+    /// File extension, without the dot.
+    const EXTENSION: &'static str;
+
+    /// Appends the records of `batch` this format stores to `objects`.
+    fn append(&mut self, batch: &DecodedBatch, objects: &mut PartitionObjects<Self::Encoder>) -> Result<(), String>;
+}
+
+/// Limits that make an object close.
+#[derive(Debug, Clone, Copy)]
+pub struct ObjectLimits {
+    /// Records per object.
+    pub max_records: usize,
+    /// Encoded bytes per object.
+    pub max_bytes: usize,
+    /// Time since the object was opened.
+    pub max_age: Duration,
+    /// Bytes across all open objects of the sink.
+    pub max_buffer_bytes: usize,
+}
+
+impl ObjectLimits {
+    /// The limits configured for the lake.
+    pub fn from_config(lake: &LakeConfig) -> ObjectLimits {
+        ObjectLimits {
+            max_records: lake.max_events,
+            max_bytes: lake.max_bytes,
+            max_age: lake.max_age,
+            max_buffer_bytes: lake.max_buffer_bytes,
+        }
+    }
+}
+
+/// An object being filled.
+pub struct OpenObject<E> {
+    /// Encodes the records.
+    pub encoder: E,
+    /// Source positions held.
+    first_offset: u64,
+    last_offset: u64,
+    /// Event-time range held (epoch ms).
+    min_time_ms: i64,
+    max_time_ms: i64,
+    /// Records per event-time second, for end-to-end latency once durable.
+    times: Vec<(i64, u64)>,
+    opened_at: Instant,
+    /// One clone per batch that contributed; dropped once the object is durable.
+    tokens: Vec<AckToken>,
+}
+
+impl<E: Encoder> OpenObject<E> {
+    fn new(encoder: E) -> OpenObject<E> {
+        OpenObject {
+            encoder,
+            first_offset: u64::MAX,
+            last_offset: 0,
+            min_time_ms: i64::MAX,
+            max_time_ms: i64::MIN,
+            times: Vec::new(),
+            opened_at: Instant::now(),
+            tokens: Vec::new(),
+        }
+    }
+
+    /// Records that a record at `offset` with time `time_ms` from the batch of `token` was
+    /// appended to the encoder.
+    pub fn include(&mut self, offset: u64, time_ms: i64, token: &AckToken) {
+        self.first_offset = self.first_offset.min(offset);
+        self.last_offset = self.last_offset.max(offset);
+        self.min_time_ms = self.min_time_ms.min(time_ms);
+        self.max_time_ms = self.max_time_ms.max(time_ms);
+        let second = time_ms.div_euclid(1000);
+        match self.times.last_mut() {
+            Some((last, count)) if *last == second => *count += 1,
+            _ => self.times.push((second, 1)),
+        }
+        if !self.tokens.last().is_some_and(|last| last.same_batch(token)) {
+            self.tokens.push(token.clone());
+        }
+    }
+}
+
+/// The open objects of one partition, by hour of record time.
+pub struct PartitionObjects<E> {
+    by_hour: BTreeMap<i64, OpenObject<E>>,
+    new_encoder: fn() -> E,
+}
+
+impl<E: Encoder> PartitionObjects<E> {
+    /// The open object for records whose time falls in the hour of `time_ms`.
+    pub fn for_time(&mut self, time_ms: i64) -> &mut OpenObject<E> {
+        let new_encoder = self.new_encoder;
+        self.by_hour
+            .entry(time_ms.div_euclid(HOUR_MS))
+            .or_insert_with(|| OpenObject::new(new_encoder()))
+    }
+}
+
+/// Where objects go, and how they are written.
+#[derive(Clone)]
+pub struct ObjectWriter {
+    store: Arc<dyn ObjectStore>,
+    /// Key prefix inside the store (may be empty).
+    prefix: String,
+    /// S3 keeps user metadata; the local filesystem refuses it.
+    supports_metadata: bool,
+    /// Names the source in object keys ("kafka", "simulator").
+    source_kind: &'static str,
+    health: Health,
+    /// Totals for the summary.
+    stats: Arc<Stats>,
+}
+
+impl ObjectWriter {
+    /// Opens the lake's store. Connects to nothing yet.
+    pub fn open(lake: &LakeConfig, source_kind: &'static str, health: Health, stats: Arc<Stats>) -> Result<ObjectWriter, SinkError> {
+        let setup_error = |detail: String| SinkError::Setup { sink: "lake", detail };
+        let (store, prefix, supports_metadata): (Arc<dyn ObjectStore>, String, bool) = match &lake.location {
+            LakeLocation::Local(directory) => {
+                std::fs::create_dir_all(directory)
+                    .map_err(|e| setup_error(format!("cannot create {}: {e}", directory.display())))?;
+                let store = LocalFileSystem::new_with_prefix(directory)
+                    .map_err(|e| setup_error(format!("{}: {e}", directory.display())))?;
+                (Arc::new(store), String::new(), false)
+            }
+            LakeLocation::S3 { bucket, prefix } => {
+                let mut builder = AmazonS3Builder::from_env().with_bucket_name(bucket);
+                if let Some(endpoint) = &lake.s3_endpoint {
+                    builder = builder
+                        .with_endpoint(endpoint.as_str().trim_end_matches('/'))
+                        .with_allow_http(endpoint.scheme() == "http")
+                        .with_virtual_hosted_style_request(false);
+                }
+                let store = builder.build().map_err(|e| setup_error(format!("s3://{bucket}: {e}")))?;
+                (Arc::new(store), prefix.clone(), true)
+            }
+        };
+        Ok(ObjectWriter {
+            store,
+            prefix,
+            supports_metadata,
+            source_kind,
+            health,
+            stats,
+        })
+    }
+
+    /// The store, for readers (tests, redrive).
+    pub fn store(&self) -> Arc<dyn ObjectStore> {
+        Arc::clone(&self.store)
+    }
+
+    /// The key of an object of `folder` holding `partition`'s records `first..=last` of `hour`.
+    pub fn key(&self, folder: &str, partition: &PartitionId, hour: i64, first: u64, last: u64, extension: &str) -> Path {
+        let start = DateTime::<Utc>::from_timestamp_millis(hour * HOUR_MS).unwrap_or_default();
+        let name = format!(
+            "{folder}/dt={}/hour={}/{}-{}-{}-{first:020}-{last:020}.{extension}",
+            start.format("%Y-%m-%d"),
+            start.format("%H"),
+            self.source_kind,
+            sanitize(&partition.stream),
+            partition.index,
+        );
+        if self.prefix.is_empty() {
+            Path::from(name)
+        } else {
+            Path::from(format!("{}/{name}", self.prefix))
+        }
+    }
+
+    /// Writes one object, retrying with backoff until it succeeds. Failures that retrying
+    /// alone cannot fix (permissions, a missing bucket) mark `sink` not ready until a write
+    /// succeeds again, and are logged at most once a minute.
+    pub async fn put(&self, sink: &'static str, key: &Path, body: Bytes, metadata: &[(&'static str, String)]) -> Duration {
+        let mut attributes = Attributes::new();
+        if self.supports_metadata {
+            for (name, value) in metadata {
+                attributes.insert(Attribute::Metadata((*name).into()), value.clone().into());
+            }
+        }
+        let mut backoff = Backoff::new(Duration::from_millis(100), Duration::from_secs(30));
+        let mut last_logged: Option<Instant> = None;
+        loop {
+            let options = PutOptions {
+                attributes: attributes.clone(),
+                ..PutOptions::default()
+            };
+            let started = Instant::now();
+            match self.store.put_opts(key, PutPayload::from_bytes(body.clone()), options).await {
+                Ok(_) => {
+                    if backoff.attempts() > 0 {
+                        tracing::info!(sink, key = %key, attempts = backoff.attempts() + 1, "write succeeded after retries");
+                    }
+                    self.health.ready(sink);
+                    return started.elapsed();
+                }
+                Err(error) => {
+                    let reason = classify(&error);
+                    metrics::record_sink_retry(sink, reason);
+                    if reason != "transient" {
+                        self.health.not_ready(sink, format!("{reason} writing {key}: {error}"));
+                    }
+                    let log_now = last_logged.is_none_or(|at| at.elapsed() >= Duration::from_secs(60));
+                    if log_now {
+                        tracing::warn!(sink, key = %key, reason, error = %error, attempt = backoff.attempts() + 1, "write failed, retrying");
+                        last_logged = Some(Instant::now());
+                    }
+                    tokio::time::sleep(backoff.next_delay()).await;
+                }
+            }
+        }
+    }
+}
+
+/// A fixed-set reason for a failed write (metric label).
+fn classify(error: &object_store::Error) -> &'static str {
+    match error {
+        object_store::Error::NotFound { .. } => "not_found",
+        object_store::Error::PermissionDenied { .. } | object_store::Error::Unauthenticated { .. } => "access_denied",
+        object_store::Error::NotSupported { .. } | object_store::Error::NotImplemented { .. } => "not_supported",
+        _ => "transient",
+    }
+}
+
+/// Keeps a stream name safe as one path segment.
+fn sanitize(name: &str) -> String {
+    name.chars()
+        .map(|c| if c.is_ascii_alphanumeric() || matches!(c, '_' | '.' | '-') { c } else { '_' })
+        .collect()
+}
+
+/// A sink that writes objects of format `F`.
+pub struct ObjectSink<F: ObjectFormat> {
+    format: F,
+    writer: ObjectWriter,
+    limits: ObjectLimits,
+    new_encoder: fn() -> F::Encoder,
+    /// Open objects by partition.
+    partitions: BTreeMap<PartitionId, PartitionObjects<F::Encoder>>,
+}
+
+impl<F: ObjectFormat> ObjectSink<F> {
+    /// A sink writing through `writer`, cutting objects at `limits`.
+    pub fn new(format: F, new_encoder: fn() -> F::Encoder, writer: ObjectWriter, limits: ObjectLimits) -> ObjectSink<F> {
+        ObjectSink {
+            format,
+            writer,
+            limits,
+            new_encoder,
+            partitions: BTreeMap::new(),
+        }
+    }
+
+    fn buffered_bytes(&self) -> usize {
+        let objects = self.partitions.values().flat_map(|p| p.by_hour.values());
+        objects.map(|object| object.encoder.buffered_bytes()).sum()
+    }
+
+    /// Removes and returns the objects `select` picks.
+    fn take(&mut self, mut select: impl FnMut(&OpenObject<F::Encoder>) -> bool) -> Vec<(PartitionId, i64, OpenObject<F::Encoder>)> {
+        let mut taken = Vec::new();
+        for (partition, objects) in self.partitions.iter_mut() {
+            let hours: Vec<i64> = objects.by_hour.iter().filter(|(_, o)| select(o)).map(|(h, _)| *h).collect();
+            for hour in hours {
+                if let Some(object) = objects.by_hour.remove(&hour) {
+                    taken.push((partition.clone(), hour, object));
+                }
+            }
+        }
+        taken
+    }
+
+    /// Takes the largest open objects until the rest fit under the buffer cap.
+    fn take_over_cap(&mut self) -> Vec<(PartitionId, i64, OpenObject<F::Encoder>)> {
+        let mut buffered = self.buffered_bytes();
+        let mut taken = Vec::new();
+        while buffered > self.limits.max_buffer_bytes {
+            let largest = self
+                .partitions
+                .iter()
+                .flat_map(|(partition, objects)| objects.by_hour.iter().map(move |(hour, o)| (o.encoder.buffered_bytes(), partition, *hour)))
+                .max_by_key(|(bytes, _, _)| *bytes)
+                .map(|(bytes, partition, hour)| (bytes, partition.clone(), hour));
+            let Some((bytes, partition, hour)) = largest else { break };
+            if let Some(object) = self.partitions.get_mut(&partition).and_then(|p| p.by_hour.remove(&hour)) {
+                taken.push((partition, hour, object));
+            }
+            buffered -= bytes;
+        }
+        taken
+    }
+
+    async fn flush(&mut self, objects: Vec<(PartitionId, i64, OpenObject<F::Encoder>)>) -> Result<(), SinkError> {
+        for (partition, hour, object) in objects {
+            flush_one::<F>(&self.writer, &partition, hour, object).await?;
+        }
+        self.partitions.retain(|_, objects| !objects.by_hour.is_empty());
+        metrics::set_sink_buffered(F::SINK, self.buffered_bytes());
+        Ok(())
+    }
+}
+
+/// Encodes and writes one object, then acknowledges its share of every batch in it.
+async fn flush_one<F: ObjectFormat>(writer: &ObjectWriter, partition: &PartitionId, hour: i64, object: OpenObject<F::Encoder>) -> Result<(), SinkError> {
+    let OpenObject { encoder, first_offset, last_offset, min_time_ms, max_time_ms, times, tokens, .. } = object;
+    let records = encoder.records();
+    if records == 0 {
+        return Ok(());
+    }
+    let metadata = [
+        ("record-count", records.to_string()),
+        ("min-time", format_time(min_time_ms)),
+        ("max-time", format_time(max_time_ms)),
+        ("source", writer.source_kind.to_owned()),
+        ("stream", partition.stream.to_string()),
+        ("partition", partition.index.to_string()),
+        ("first-position", first_offset.to_string()),
+        ("last-position", last_offset.to_string()),
+        ("schema-version", "1".to_owned()),
+        ("classpulse-version", env!("CARGO_PKG_VERSION").to_owned()),
+    ];
+    let key = writer.key(F::FOLDER, partition, hour, first_offset, last_offset, F::EXTENSION);
+    let body = match encoder.finish(&metadata) {
+        Ok(body) => body,
+        Err(detail) => {
+            for token in &tokens {
+                token.fail();
+            }
+            return Err(SinkError::Encode { sink: F::SINK, detail });
+        }
+    };
+    let bytes = body.len();
+    let took = writer.put(F::SINK, &key, body, &metadata).await;
+    metrics::record_sink_write(F::SINK, records, bytes, took);
+    writer.stats.record_object(F::SINK, records, bytes);
+    let durable_ms = Utc::now().timestamp_millis();
+    metrics::record_end_to_end(
+        F::SINK,
+        times.iter().map(|(second, count)| (((durable_ms - second * 1000) as f64 / 1000.0).max(0.0), *count)),
+    );
+    tracing::debug!(sink = F::SINK, key = %key, records, bytes, took_ms = took.as_millis() as u64, "object written");
+    // Dropping the tokens acknowledges this object's share of each batch.
+    drop(tokens);
+    Ok(())
+}
+
+fn format_time(time_ms: i64) -> String {
+    DateTime::<Utc>::from_timestamp_millis(time_ms)
+        .map(|time| time.to_rfc3339_opts(chrono::SecondsFormat::Millis, true))
+        .unwrap_or_default()
+}
+
+#[async_trait]
+impl<F: ObjectFormat> Sink for ObjectSink<F> {
+    fn name(&self) -> &'static str {
+        F::SINK
+    }
+
+    async fn write(&mut self, batch: Arc<DecodedBatch>) -> Result<(), SinkError> {
+        let new_encoder = self.new_encoder;
+        let objects = self.partitions.entry(batch.partition.clone()).or_insert_with(|| PartitionObjects {
+            by_hour: BTreeMap::new(),
+            new_encoder,
+        });
+        self.format
+            .append(&batch, objects)
+            .map_err(|detail| SinkError::Encode { sink: F::SINK, detail })?;
+        drop(batch);
+        let limits = self.limits;
+        let mut full = self.take(|o| o.encoder.records() >= limits.max_records || o.encoder.buffered_bytes() >= limits.max_bytes);
+        full.extend(self.take_over_cap());
+        if !full.is_empty() {
+            self.flush(full).await?;
+        }
+        metrics::set_sink_buffered(F::SINK, self.buffered_bytes());
+        Ok(())
+    }
+
+    async fn flush_due(&mut self) -> Result<(), SinkError> {
+        let max_age = self.limits.max_age;
+        let due = self.take(|o| o.opened_at.elapsed() >= max_age);
+        self.flush(due).await
+    }
+
+    async fn flush_all(&mut self) -> Result<(), SinkError> {
+        let all = self.take(|_| true);
+        self.flush(all).await
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn keys_are_hive_partitioned_and_sort_by_position() {
+        let lake = LakeConfig {
+            location: LakeLocation::S3 {
+                bucket: "lake".into(),
+                prefix: "raw".into(),
+            },
+            s3_endpoint: Some("http://127.0.0.1:1".parse().unwrap()),
+            max_events: 10,
+            max_bytes: 1 << 20,
+            max_age: Duration::from_secs(60),
+            max_buffer_bytes: 1 << 20,
+        };
+        let writer = ObjectWriter::open(&lake, "kafka", Health::new(), Arc::default()).unwrap();
+        let hour = DateTime::parse_from_rfc3339("2026-11-25T17:42:00Z").unwrap().timestamp_millis() / HOUR_MS;
+        let key = writer.key("events", &PartitionId::new("perf/events", 3), hour, 42, 1042, "parquet");
+        assert_eq!(
+            key.as_ref(),
+            "raw/events/dt=2026-11-25/hour=17/kafka-perf_events-3-00000000000000000042-00000000000000001042.parquet"
+        );
+    }
+
+    #[test]
+    fn sanitize_keeps_one_path_segment() {
+        assert_eq!(sanitize("../../etc"), ".._.._etc");
+        assert_eq!(sanitize("topic.v1-a_b"), "topic.v1-a_b");
+    }
+}

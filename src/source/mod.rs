@@ -1,0 +1,55 @@
+//! Sources: where messages come from, and where durable positions are committed back to.
+//!
+//! A source hands the pipeline [`RawBatch`]es, each holding messages of one partition in offset
+//! order, and later receives the frontier of each partition (the next offset to read after a
+//! restart) through [`Source::commit`]. The pipeline commits only positions whose events every
+//! sink has made durable (see [`crate::ack`]).
+
+pub mod simulator;
+
+use async_trait::async_trait;
+
+use crate::ack::PartitionId;
+use crate::decode::RawMessage;
+
+/// Messages of one partition, in offset order.
+#[derive(Debug, Clone)]
+pub struct RawBatch {
+    /// The partition they came from.
+    pub partition: PartitionId,
+    /// The messages; never empty.
+    pub messages: Vec<RawMessage>,
+}
+
+/// A source failure.
+#[derive(Debug, thiserror::Error)]
+pub enum SourceError {
+    /// The source's backend is unreachable or refused a request; retrying may help.
+    #[error("source unavailable: {0}")]
+    Unavailable(String),
+    /// A setting or permission problem that retrying will not fix.
+    #[error("source misconfigured: {0}")]
+    Fatal(String),
+}
+
+impl SourceError {
+    /// Whether trying again later can succeed.
+    pub fn is_retryable(&self) -> bool {
+        matches!(self, SourceError::Unavailable(_))
+    }
+}
+
+/// A stream of messages with committable positions.
+#[async_trait]
+pub trait Source: Send {
+    /// Short fixed name: metric label and lake object name prefix.
+    fn kind(&self) -> &'static str;
+
+    /// The next batch. `Ok(None)` means a bounded source has ended.
+    ///
+    /// Cancel-safe: the pipeline may drop the future when a shutdown starts.
+    async fn next_batch(&mut self) -> Result<Option<RawBatch>, SourceError>;
+
+    /// Records that every message below `next_offset` of each partition is durable.
+    async fn commit(&mut self, frontiers: &[(PartitionId, u64)]) -> Result<(), SourceError>;
+}
