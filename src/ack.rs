@@ -118,7 +118,9 @@ impl AckTracker {
         state.next_batch_id += 1;
         let acks = state.partitions.entry(partition.clone()).or_default();
         debug_assert!(
-            acks.pending.back().is_none_or(|last| last.end_offset <= last_offset + 1),
+            acks.pending
+                .back()
+                .is_none_or(|last| last.end_offset <= last_offset + 1),
             "batches of {partition} registered out of offset order"
         );
         acks.pending.push_back(PendingBatch {
@@ -153,7 +155,11 @@ impl AckTracker {
     /// Batches registered and not yet acknowledged, over all partitions.
     pub fn in_flight(&self) -> usize {
         let state = self.shared.lock();
-        state.partitions.values().map(|acks| acks.pending.len()).sum()
+        state
+            .partitions
+            .values()
+            .map(|acks| acks.pending.len())
+            .sum()
     }
 
     /// Partitions whose frontier is stuck behind a failed batch.
@@ -187,8 +193,13 @@ impl AckTracker {
 
     fn in_flight_not_failed(&self) -> usize {
         let state = self.shared.lock();
-        let pending = state.partitions.values().flat_map(|acks| acks.pending.iter());
-        pending.filter(|batch| batch.state == BatchState::InFlight).count()
+        let pending = state
+            .partitions
+            .values()
+            .flat_map(|acks| acks.pending.iter());
+        pending
+            .filter(|batch| batch.state == BatchState::InFlight)
+            .count()
     }
 
     /// Stops tracking: completions after this change nothing, so batches dropped by an aborted
@@ -201,7 +212,9 @@ impl AckTracker {
 impl Shared {
     fn lock(&self) -> MutexGuard<'_, TrackerState> {
         // A panic while holding the lock leaves consistent state (every update is one step).
-        self.state.lock().unwrap_or_else(|poisoned| poisoned.into_inner())
+        self.state
+            .lock()
+            .unwrap_or_else(|poisoned| poisoned.into_inner())
     }
 
     fn complete(&self, partition: &PartitionId, batch_id: u64, outcome: BatchState) {
@@ -213,7 +226,10 @@ impl Shared {
             let Some(acks) = state.partitions.get_mut(partition) else {
                 return;
             };
-            if let Ok(position) = acks.pending.binary_search_by_key(&batch_id, |batch| batch.id) {
+            if let Ok(position) = acks
+                .pending
+                .binary_search_by_key(&batch_id, |batch| batch.id)
+            {
                 acks.pending[position].state = outcome;
             }
             acks.failed |= outcome == BatchState::Failed;
@@ -263,7 +279,11 @@ impl AckToken {
 
 impl fmt::Debug for AckToken {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        write!(f, "AckToken({}#{})", self.inner.partition, self.inner.batch_id)
+        write!(
+            f,
+            "AckToken({}#{})",
+            self.inner.partition, self.inner.batch_id
+        )
     }
 }
 
@@ -274,7 +294,8 @@ impl Drop for TokenInner {
         } else {
             BatchState::Durable
         };
-        self.shared.complete(&self.partition, self.batch_id, outcome);
+        self.shared
+            .complete(&self.partition, self.batch_id, outcome);
     }
 }
 
@@ -295,7 +316,10 @@ mod tests {
         let second_copy = second.clone();
         drop(second);
         drop(second_copy);
-        assert!(tracker.take_committable().is_empty(), "batch 0..=9 is still in flight");
+        assert!(
+            tracker.take_committable().is_empty(),
+            "batch 0..=9 is still in flight"
+        );
         drop(first);
         assert_eq!(tracker.take_committable(), vec![(partition(0), 20)]);
         assert!(tracker.take_committable().is_empty(), "nothing moved since");

@@ -195,7 +195,11 @@ impl Reader<'_> {
 
     fn error(&self, name: &'static str, allowed: impl Into<String>) -> ConfigError {
         let spec = spec(name);
-        let value = if spec.secret { "****".to_owned() } else { self.raw(name).to_owned() };
+        let value = if spec.secret {
+            "****".to_owned()
+        } else {
+            self.raw(name).to_owned()
+        };
         ConfigError {
             variable: name.to_owned(),
             value,
@@ -203,13 +207,20 @@ impl Reader<'_> {
         }
     }
 
-    fn parse<T>(&self, name: &'static str, allowed: &str, parse: impl FnOnce(&str) -> Option<T>) -> Result<T, ConfigError> {
+    fn parse<T>(
+        &self,
+        name: &'static str,
+        allowed: &str,
+        parse: impl FnOnce(&str) -> Option<T>,
+    ) -> Result<T, ConfigError> {
         parse(self.raw(name).trim()).ok_or_else(|| self.error(name, allowed))
     }
 
     fn integer(&self, name: &'static str, min: u64, max: u64) -> Result<u64, ConfigError> {
         let allowed = format!("expected a whole number from {min} to {max}");
-        self.parse(name, &allowed, |text| text.parse::<u64>().ok().filter(|n| (min..=max).contains(n)))
+        self.parse(name, &allowed, |text| {
+            text.parse::<u64>().ok().filter(|n| (min..=max).contains(n))
+        })
     }
 
     fn fraction(&self, name: &'static str) -> Result<f64, ConfigError> {
@@ -218,16 +229,26 @@ impl Reader<'_> {
         })
     }
 
-    fn duration(&self, name: &'static str, min: Duration, max: Duration) -> Result<Duration, ConfigError> {
-        let allowed = format!(
-            "expected a duration such as 500ms, 30s, 5m or 1h, from {min:?} to {max:?}"
-        );
-        self.parse(name, &allowed, |text| parse_duration(text).filter(|d| (min..=max).contains(d)))
+    fn duration(
+        &self,
+        name: &'static str,
+        min: Duration,
+        max: Duration,
+    ) -> Result<Duration, ConfigError> {
+        let allowed =
+            format!("expected a duration such as 500ms, 30s, 5m or 1h, from {min:?} to {max:?}");
+        self.parse(name, &allowed, |text| {
+            parse_duration(text).filter(|d| (min..=max).contains(d))
+        })
     }
 
     fn bytes(&self, name: &'static str, min: usize, max: usize) -> Result<usize, ConfigError> {
-        let allowed = format!("expected a size such as 65536, 512KiB, 64MiB or 1GiB, from {min} to {max} bytes");
-        self.parse(name, &allowed, |text| parse_bytes(text).filter(|n| (min..=max).contains(n)))
+        let allowed = format!(
+            "expected a size such as 65536, 512KiB, 64MiB or 1GiB, from {min} to {max} bytes"
+        );
+        self.parse(name, &allowed, |text| {
+            parse_bytes(text).filter(|n| (min..=max).contains(n))
+        })
     }
 
     fn optional(&self, name: &'static str) -> Option<&str> {
@@ -243,7 +264,9 @@ fn spec(name: &str) -> &'static VarSpec {
 
 /// Parses `500ms`, `30s`, `5m`, `1h`, or a bare number of seconds.
 pub fn parse_duration(text: &str) -> Option<Duration> {
-    let split = text.find(|c: char| !(c.is_ascii_digit() || c == '.')).unwrap_or(text.len());
+    let split = text
+        .find(|c: char| !(c.is_ascii_digit() || c == '.'))
+        .unwrap_or(text.len());
     let (number, unit) = text.split_at(split);
     let number: f64 = number.parse().ok()?;
     let seconds = match unit.trim() {
@@ -258,7 +281,9 @@ pub fn parse_duration(text: &str) -> Option<Duration> {
 
 /// Parses `65536`, `512KiB`, `64MiB`, `1GiB`.
 pub fn parse_bytes(text: &str) -> Option<usize> {
-    let split = text.find(|c: char| !c.is_ascii_digit()).unwrap_or(text.len());
+    let split = text
+        .find(|c: char| !c.is_ascii_digit())
+        .unwrap_or(text.len());
     let (number, unit) = text.split_at(split);
     let number: usize = number.parse().ok()?;
     let factor = match unit.trim() {
@@ -282,7 +307,10 @@ impl Config {
     pub fn from_vars(env: &HashMap<String, String>) -> Result<Config, ConfigError> {
         let mut unknown: Vec<&String> = env
             .keys()
-            .filter(|name| name.starts_with("CLASSPULSE_") && !VARS.iter().any(|spec| spec.name == name.as_str()))
+            .filter(|name| {
+                name.starts_with("CLASSPULSE_")
+                    && !VARS.iter().any(|spec| spec.name == name.as_str())
+            })
             .collect();
         unknown.sort();
         if let Some(name) = unknown.first() {
@@ -294,10 +322,14 @@ impl Config {
         }
         let read = Reader { env };
 
-        let source = read.parse("CLASSPULSE_SOURCE", "expected simulator", |text| match text {
-            "simulator" => Some(SourceKind::Simulator),
-            _ => None,
-        })?;
+        let source = read.parse(
+            "CLASSPULSE_SOURCE",
+            "expected simulator",
+            |text| match text {
+                "simulator" => Some(SourceKind::Simulator),
+                _ => None,
+            },
+        )?;
         let location = read.parse(
             "CLASSPULSE_LAKE_URL",
             "expected file://DIR or s3://bucket/prefix",
@@ -305,9 +337,15 @@ impl Config {
         )?;
         let s3_endpoint = match read.optional("CLASSPULSE_S3_ENDPOINT") {
             None => None,
-            Some(_) => Some(read.parse("CLASSPULSE_S3_ENDPOINT", "expected an http(s):// URL", |text| {
-                Url::parse(text).ok().filter(|url| matches!(url.scheme(), "http" | "https"))
-            })?),
+            Some(_) => Some(read.parse(
+                "CLASSPULSE_S3_ENDPOINT",
+                "expected an http(s):// URL",
+                |text| {
+                    Url::parse(text)
+                        .ok()
+                        .filter(|url| matches!(url.scheme(), "http" | "https"))
+                },
+            )?),
         };
         let max_bytes = read.bytes("CLASSPULSE_LAKE_MAX_BYTES", 1 << 10, 5 << 30)?;
         let max_buffer_bytes = read.bytes("CLASSPULSE_LAKE_MAX_BUFFER_BYTES", 1 << 20, 64 << 30)?;
@@ -322,18 +360,34 @@ impl Config {
             s3_endpoint,
             max_events: read.integer("CLASSPULSE_LAKE_MAX_EVENTS", 1, 100_000_000)? as usize,
             max_bytes,
-            max_age: read.duration("CLASSPULSE_LAKE_MAX_AGE", Duration::from_secs(1), Duration::from_secs(24 * 3600))?,
+            max_age: read.duration(
+                "CLASSPULSE_LAKE_MAX_AGE",
+                Duration::from_secs(1),
+                Duration::from_secs(24 * 3600),
+            )?,
             max_buffer_bytes,
         };
 
         let simulator = SimulatorConfig {
             studios: read.integer("CLASSPULSE_SIM_STUDIOS", 1, 10_000)? as u32,
             members_per_class: read.integer("CLASSPULSE_SIM_MEMBERS", 1, 200)? as u32,
-            class_length: Duration::from_secs(60 * read.integer("CLASSPULSE_SIM_CLASS_MINUTES", 1, 24 * 60)?),
-            duration: read.duration("CLASSPULSE_SIM_DURATION", Duration::from_secs(1), Duration::from_secs(7 * 24 * 3600))?,
-            speedup: read.parse("CLASSPULSE_SIM_SPEEDUP", "expected a number from 0 to 1000000 (0: unpaced)", |text| {
-                text.parse::<f64>().ok().filter(|n| (0.0..=1_000_000.0).contains(n))
-            })?,
+            class_length: Duration::from_secs(
+                60 * read.integer("CLASSPULSE_SIM_CLASS_MINUTES", 1, 24 * 60)?,
+            ),
+            duration: read.duration(
+                "CLASSPULSE_SIM_DURATION",
+                Duration::from_secs(1),
+                Duration::from_secs(7 * 24 * 3600),
+            )?,
+            speedup: read.parse(
+                "CLASSPULSE_SIM_SPEEDUP",
+                "expected a number from 0 to 1000000 (0: unpaced)",
+                |text| {
+                    text.parse::<f64>()
+                        .ok()
+                        .filter(|n| (0.0..=1_000_000.0).contains(n))
+                },
+            )?,
             partitions: read.integer("CLASSPULSE_SIM_PARTITIONS", 1, 1024)? as u32,
             seed: match read.optional("CLASSPULSE_SIM_SEED") {
                 None => None,
@@ -341,9 +395,15 @@ impl Config {
             },
             start: match read.optional("CLASSPULSE_SIM_START") {
                 None => None,
-                Some(_) => Some(read.parse("CLASSPULSE_SIM_START", "expected RFC 3339, e.g. 2026-11-25T17:00:00Z", |text| {
-                    DateTime::parse_from_rfc3339(text).ok().map(|time| time.with_timezone(&Utc))
-                })?),
+                Some(_) => Some(read.parse(
+                    "CLASSPULSE_SIM_START",
+                    "expected RFC 3339, e.g. 2026-11-25T17:00:00Z",
+                    |text| {
+                        DateTime::parse_from_rfc3339(text)
+                            .ok()
+                            .map(|time| time.with_timezone(&Utc))
+                    },
+                )?),
             },
             duplicate_rate: read.fraction("CLASSPULSE_SIM_DUPLICATE_RATE")?,
             out_of_order_rate: read.fraction("CLASSPULSE_SIM_OUT_OF_ORDER_RATE")?,
@@ -356,19 +416,47 @@ impl Config {
             batch_max_events: read.integer("CLASSPULSE_BATCH_MAX_EVENTS", 1, 100_000)? as usize,
             channel_capacity: read.integer("CLASSPULSE_CHANNEL_CAPACITY", 1, 4096)? as usize,
             max_message_bytes: read.bytes("CLASSPULSE_MAX_MESSAGE_BYTES", 1 << 10, 256 << 20)?,
-            max_clock_skew: read.duration("CLASSPULSE_MAX_CLOCK_SKEW", Duration::ZERO, Duration::from_secs(24 * 3600))?,
-            commit_interval: read.duration("CLASSPULSE_COMMIT_INTERVAL", Duration::from_millis(10), Duration::from_secs(3600))?,
-            shutdown_timeout: read.duration("CLASSPULSE_SHUTDOWN_TIMEOUT", Duration::from_secs(1), Duration::from_secs(3600))?,
-            http_addr: read.parse("CLASSPULSE_HTTP_ADDR", "expected host:port, e.g. 127.0.0.1:9898", |text| text.parse().ok())?,
-            log_format: read.parse("CLASSPULSE_LOG_FORMAT", "expected text or json", |text| match text {
-                "text" => Some(LogFormat::Text),
-                "json" => Some(LogFormat::Json),
-                _ => None,
+            max_clock_skew: read.duration(
+                "CLASSPULSE_MAX_CLOCK_SKEW",
+                Duration::ZERO,
+                Duration::from_secs(24 * 3600),
+            )?,
+            commit_interval: read.duration(
+                "CLASSPULSE_COMMIT_INTERVAL",
+                Duration::from_millis(10),
+                Duration::from_secs(3600),
+            )?,
+            shutdown_timeout: read.duration(
+                "CLASSPULSE_SHUTDOWN_TIMEOUT",
+                Duration::from_secs(1),
+                Duration::from_secs(3600),
+            )?,
+            http_addr: read.parse(
+                "CLASSPULSE_HTTP_ADDR",
+                "expected host:port, e.g. 127.0.0.1:9898",
+                |text| text.parse().ok(),
+            )?,
+            log_format: read.parse("CLASSPULSE_LOG_FORMAT", "expected text or json", |text| {
+                match text {
+                    "text" => Some(LogFormat::Text),
+                    "json" => Some(LogFormat::Json),
+                    _ => None,
+                }
             })?,
-            log_level: read.parse("CLASSPULSE_LOG_LEVEL", "expected a tracing filter such as info or classpulse=debug", |text| {
-                tracing_subscriber::EnvFilter::try_new(text).ok().map(|_| text.to_owned())
-            })?,
-            progress_interval: read.duration("CLASSPULSE_PROGRESS_INTERVAL", Duration::ZERO, Duration::from_secs(3600))?,
+            log_level: read.parse(
+                "CLASSPULSE_LOG_LEVEL",
+                "expected a tracing filter such as info or classpulse=debug",
+                |text| {
+                    tracing_subscriber::EnvFilter::try_new(text)
+                        .ok()
+                        .map(|_| text.to_owned())
+                },
+            )?,
+            progress_interval: read.duration(
+                "CLASSPULSE_PROGRESS_INTERVAL",
+                Duration::ZERO,
+                Duration::from_secs(3600),
+            )?,
             simulator,
         })
     }
@@ -376,12 +464,16 @@ impl Config {
 
 fn parse_lake_url(text: &str) -> Option<LakeLocation> {
     if let Some(path) = text.strip_prefix("file://") {
-        return Some(path).filter(|path| !path.is_empty()).map(|path| LakeLocation::Local(PathBuf::from(path)));
+        return Some(path)
+            .filter(|path| !path.is_empty())
+            .map(|path| LakeLocation::Local(PathBuf::from(path)));
     }
     let rest = text.strip_prefix("s3://")?;
     let (bucket, prefix) = rest.split_once('/').unwrap_or((rest, ""));
     let valid_bucket = (3..=63).contains(&bucket.len())
-        && bucket.chars().all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || c == '-' || c == '.');
+        && bucket
+            .chars()
+            .all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || c == '-' || c == '.');
     valid_bucket.then(|| LakeLocation::S3 {
         bucket: bucket.to_owned(),
         prefix: prefix.trim_matches('/').to_owned(),
@@ -407,7 +499,11 @@ pub fn effective(env: &HashMap<String, String>) -> Vec<EffectiveVar> {
             let value = given.map_or(spec.default, String::as_str);
             EffectiveVar {
                 name: spec.name,
-                value: if spec.secret && !value.is_empty() { "****".to_owned() } else { value.to_owned() },
+                value: if spec.secret && !value.is_empty() {
+                    "****".to_owned()
+                } else {
+                    value.to_owned()
+                },
                 is_default: given.is_none(),
             }
         })
@@ -423,7 +519,9 @@ impl fmt::Display for EffectiveVar {
 
 /// Only `CLASSPULSE_*` variables, for `effective` and tests.
 pub fn classpulse_vars() -> HashMap<String, String> {
-    std::env::vars().filter(|(name, _)| name.starts_with("CLASSPULSE_")).collect()
+    std::env::vars()
+        .filter(|(name, _)| name.starts_with("CLASSPULSE_"))
+        .collect()
 }
 
 /// Variables sorted by name, for stable output.
@@ -436,14 +534,20 @@ mod tests {
     use super::*;
 
     fn env(pairs: &[(&str, &str)]) -> HashMap<String, String> {
-        pairs.iter().map(|(k, v)| (k.to_string(), v.to_string())).collect()
+        pairs
+            .iter()
+            .map(|(k, v)| (k.to_string(), v.to_string()))
+            .collect()
     }
 
     #[test]
     fn defaults_are_valid() {
         let config = Config::from_vars(&HashMap::new()).expect("defaults must validate");
         assert_eq!(config.source, SourceKind::Simulator);
-        assert_eq!(config.lake.location, LakeLocation::Local(PathBuf::from("./classpulse-data")));
+        assert_eq!(
+            config.lake.location,
+            LakeLocation::Local(PathBuf::from("./classpulse-data"))
+        );
         assert_eq!(config.batch_max_events, 500);
         assert_eq!(config.shutdown_timeout, Duration::from_secs(25));
         assert_eq!(config.lake.max_bytes, 64 << 20);
@@ -455,7 +559,10 @@ mod tests {
         let error = Config::from_vars(&env(&[("CLASSPULSE_BATCH_MAX_EVENTS", "abc")])).unwrap_err();
         assert_eq!(error.variable, "CLASSPULSE_BATCH_MAX_EVENTS");
         let message = error.to_string();
-        assert!(message.contains("CLASSPULSE_BATCH_MAX_EVENTS=\"abc\""), "{message}");
+        assert!(
+            message.contains("CLASSPULSE_BATCH_MAX_EVENTS=\"abc\""),
+            "{message}"
+        );
         assert!(message.contains("1 to 100000"), "{message}");
     }
 
@@ -500,7 +607,10 @@ mod tests {
                 prefix: "raw/v1".into()
             })
         );
-        assert_eq!(parse_lake_url("file:///tmp/lake"), Some(LakeLocation::Local("/tmp/lake".into())));
+        assert_eq!(
+            parse_lake_url("file:///tmp/lake"),
+            Some(LakeLocation::Local("/tmp/lake".into()))
+        );
         assert_eq!(parse_lake_url("s3://Bad_Bucket"), None);
         assert_eq!(parse_lake_url("gs://bucket"), None);
         assert_eq!(parse_lake_url("file://"), None);
@@ -519,9 +629,15 @@ mod tests {
     #[test]
     fn effective_marks_defaults() {
         let shown = effective(&env(&[("CLASSPULSE_SIM_STUDIOS", "3")]));
-        let studios = shown.iter().find(|v| v.name == "CLASSPULSE_SIM_STUDIOS").unwrap();
+        let studios = shown
+            .iter()
+            .find(|v| v.name == "CLASSPULSE_SIM_STUDIOS")
+            .unwrap();
         assert_eq!((studios.value.as_str(), studios.is_default), ("3", false));
-        let source = shown.iter().find(|v| v.name == "CLASSPULSE_SOURCE").unwrap();
+        let source = shown
+            .iter()
+            .find(|v| v.name == "CLASSPULSE_SOURCE")
+            .unwrap();
         assert!(source.is_default);
         assert_eq!(shown.len(), VARS.len());
     }

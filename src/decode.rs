@@ -162,7 +162,8 @@ pub fn decode_message(
     let payload = match &message.payload {
         Some(payload) => payload,
         None => {
-            let rejection = Rejection::new(RejectReason::NotJson, "message has no payload (tombstone)");
+            let rejection =
+                Rejection::new(RejectReason::NotJson, "message has no payload (tombstone)");
             rejected.push(whole_message_rejected(rejection));
             return;
         }
@@ -173,7 +174,10 @@ pub fn decode_message(
             payload.len(),
             limits.max_message_bytes
         );
-        rejected.push(whole_message_rejected(Rejection::new(RejectReason::TooLarge, detail)));
+        rejected.push(whole_message_rejected(Rejection::new(
+            RejectReason::TooLarge,
+            detail,
+        )));
         return;
     }
     let ctx = EventContext {
@@ -182,7 +186,8 @@ pub fn decode_message(
         now_ms,
         offset: message.offset,
     };
-    let mut decode_element = |index: Option<u32>, element: &[u8]| match decode_event(element, &ctx) {
+    let mut decode_element = |index: Option<u32>, element: &[u8]| match decode_event(element, &ctx)
+    {
         Ok(event) => events.push(event),
         Err(rejection) => rejected.push(RejectedInput {
             offset: message.offset,
@@ -204,7 +209,8 @@ pub fn decode_message(
                 }
             }
             Err(error) => {
-                let rejection = Rejection::new(RejectReason::NotJson, format!("batch array: {error}"));
+                let rejection =
+                    Rejection::new(RejectReason::NotJson, format!("batch array: {error}"));
                 rejected.push(whole_message_rejected(rejection));
             }
         },
@@ -214,7 +220,9 @@ pub fn decode_message(
             // fall back to lines so that the good lines survive.
             let stream = serde_json::Deserializer::from_slice(payload).into_iter::<&RawValue>();
             match stream.collect::<Result<Vec<_>, _>>() {
-                Ok(elements) if elements.len() == 1 => decode_element(None, elements[0].get().as_bytes()),
+                Ok(elements) if elements.len() == 1 => {
+                    decode_element(None, elements[0].get().as_bytes())
+                }
                 Ok(elements) => {
                     for (index, element) in elements.iter().enumerate() {
                         decode_element(Some(index as u32), element.get().as_bytes());
@@ -222,7 +230,8 @@ pub fn decode_message(
                 }
                 Err(_) => {
                     let lines = payload.split(|b| *b == b'\n');
-                    let non_blank = lines.filter(|line| line.iter().any(|b| !b.is_ascii_whitespace()));
+                    let non_blank =
+                        lines.filter(|line| line.iter().any(|b| !b.is_ascii_whitespace()));
                     for (index, line) in non_blank.enumerate() {
                         decode_element(Some(index as u32), trim_ascii(line));
                     }
@@ -233,8 +242,14 @@ pub fn decode_message(
 }
 
 fn trim_ascii(bytes: &[u8]) -> &[u8] {
-    let start = bytes.iter().position(|b| !b.is_ascii_whitespace()).unwrap_or(bytes.len());
-    let end = bytes.iter().rposition(|b| !b.is_ascii_whitespace()).map_or(start, |i| i + 1);
+    let start = bytes
+        .iter()
+        .position(|b| !b.is_ascii_whitespace())
+        .unwrap_or(bytes.len());
+    let end = bytes
+        .iter()
+        .rposition(|b| !b.is_ascii_whitespace())
+        .map_or(start, |i| i + 1);
     &bytes[start..end]
 }
 
@@ -248,7 +263,8 @@ struct EventContext<'a> {
 
 /// Decodes and validates one event (a JSON object).
 fn decode_event(bytes: &[u8], ctx: &EventContext<'_>) -> Result<PerformanceEvent, Rejection> {
-    let wire: WireEvent<'_> = serde_json::from_slice(bytes).map_err(|e| serde_rejection("event", e))?;
+    let wire: WireEvent<'_> =
+        serde_json::from_slice(bytes).map_err(|e| serde_rejection("event", e))?;
     let event_id = check_string(&EVENT_ID, &wire.event_id)?;
     let event_type_name = check_string(&EVENT_TYPE, &wire.event_type)?;
     let event_time_ms = check_timestamp(&EVENT_CREATED, &wire.event_created)?;
@@ -361,7 +377,11 @@ fn missing(name: &str) -> Rejection {
 fn bad_type(spec: &FieldSpec, expected: &str, found: &Scalar<'_>) -> Rejection {
     Rejection::new(
         RejectReason::BadType,
-        format!("{} must be {expected}, found {}", spec.name, found.type_name()),
+        format!(
+            "{} must be {expected}, found {}",
+            spec.name,
+            found.type_name()
+        ),
     )
 }
 
@@ -371,7 +391,10 @@ fn check_string<'v>(spec: &FieldSpec, value: &'v Scalar<'_>) -> Result<&'v str, 
 }
 
 /// Checks a string field that may be absent (required ones are reported missing).
-fn check_optional_string<'v>(spec: &FieldSpec, value: &'v Scalar<'_>) -> Result<Option<&'v str>, Rejection> {
+fn check_optional_string<'v>(
+    spec: &FieldSpec,
+    value: &'v Scalar<'_>,
+) -> Result<Option<&'v str>, Rejection> {
     let text = match value {
         Scalar::Absent | Scalar::Null if spec.required => return Err(missing(spec.name)),
         Scalar::Absent | Scalar::Null => return Ok(None),
@@ -388,7 +411,10 @@ fn check_optional_string<'v>(spec: &FieldSpec, value: &'v Scalar<'_>) -> Result<
         if chars < min_len || chars > max_len {
             return Err(Rejection::new(
                 RejectReason::BadFormat,
-                format!("{} has {chars} characters, allowed {min_len} to {max_len}", spec.name),
+                format!(
+                    "{} has {chars} characters, allowed {min_len} to {max_len}",
+                    spec.name
+                ),
             ));
         }
         if let Some(bad) = text.chars().find(|c| !charset.allows(*c)) {
@@ -414,7 +440,11 @@ fn check_optional_number(spec: &FieldSpec, value: &Scalar<'_>) -> Result<Option<
         Scalar::Absent | Scalar::Null => return Ok(None),
         Scalar::Num(number) => *number,
         other => {
-            let expected = if integer { "a whole number" } else { "a number" };
+            let expected = if integer {
+                "a whole number"
+            } else {
+                "a number"
+            };
             return Err(bad_type(spec, expected, other));
         }
     };
@@ -441,7 +471,10 @@ fn check_timestamp(spec: &FieldSpec, value: &Scalar<'_>) -> Result<i64, Rejectio
         Scalar::Num(number) => {
             return Err(Rejection::new(
                 RejectReason::BadType,
-                format!("{} must be whole epoch milliseconds, found {number}", spec.name),
+                format!(
+                    "{} must be whole epoch milliseconds, found {number}",
+                    spec.name
+                ),
             ))
         }
         Scalar::Str(text) => match DateTime::parse_from_rfc3339(text) {
@@ -457,14 +490,23 @@ fn check_timestamp(spec: &FieldSpec, value: &Scalar<'_>) -> Result<i64, Rejectio
                 ))
             }
         },
-        other => return Err(bad_type(spec, "an RFC 3339 string or epoch milliseconds", other)),
+        other => {
+            return Err(bad_type(
+                spec,
+                "an RFC 3339 string or epoch milliseconds",
+                other,
+            ))
+        }
     };
     // Anything past year 9999 in epoch ms is also far beyond i64-safe f64 precision concerns;
     // the skew rule rejects future times, this rejects the impossible past.
     if millis < MIN_EVENT_TIME_MS as f64 || millis > i64::MAX as f64 / 2.0 {
         return Err(Rejection::new(
             RejectReason::OutOfRange,
-            format!("{} is {millis} ms since the epoch, before 2000-01-01 or absurdly late", spec.name),
+            format!(
+                "{} is {millis} ms since the epoch, before 2000-01-01 or absurdly late",
+                spec.name
+            ),
         ));
     }
     Ok(millis as i64)

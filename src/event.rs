@@ -185,7 +185,11 @@ pub const CLASS_ID: FieldSpec = id(
     "One class session at the studio (a recurring class gets a new id each time).",
 );
 /// The member.
-pub const MEMBER_ID: FieldSpec = id("member_id", Charset::Id, "The member wearing or using the device.");
+pub const MEMBER_ID: FieldSpec = id(
+    "member_id",
+    Charset::Id,
+    "The member wearing or using the device.",
+);
 /// The sending device.
 pub const DEVICE_ID: FieldSpec = optional(id(
     "device_id",
@@ -204,7 +208,8 @@ pub const EVENT_DATA: FieldSpec = FieldSpec {
     name: "event_data",
     kind: FieldKind::Object,
     required: true,
-    description: "Type-specific measurements; unknown members are kept in the lake but not aggregated.",
+    description:
+        "Type-specific measurements; unknown members are kept in the lake but not aggregated.",
 };
 
 /// The base fields every event carries, in wire order.
@@ -238,7 +243,8 @@ const CALORIES: FieldSpec = optional(number(
     "Energy since the class started (cumulative), kcal.",
 ));
 
-const HEART_RATE_FIELDS: &[FieldSpec] = &[number("bpm", 25.0, 250.0, "Heart rate, beats per minute.")];
+const HEART_RATE_FIELDS: &[FieldSpec] =
+    &[number("bpm", 25.0, 250.0, "Heart rate, beats per minute.")];
 const TREADMILL_FIELDS: &[FieldSpec] = &[
     number("speed_kph", 0.0, 30.0, "Belt speed, km/h."),
     number("incline_pct", -5.0, 30.0, "Incline, percent."),
@@ -422,7 +428,10 @@ mod tests {
         assert!(Charset::IdWithColon.allows(':'));
         for c in ['/', ' ', '\\', '\n', '"', '\''] {
             assert!(!Charset::Id.allows(c), "{c:?} must not be allowed in ids");
-            assert!(!Charset::IdWithColon.allows(c), "{c:?} must not be allowed in event ids");
+            assert!(
+                !Charset::IdWithColon.allows(c),
+                "{c:?} must not be allowed in event ids"
+            );
         }
         assert!(!Charset::Text.allows('\u{7}'));
         assert!(Charset::Text.allows('é'));

@@ -27,13 +27,19 @@ impl Health {
     }
 
     fn set(&self, component: &'static str, state: Option<String>) {
-        let mut components = self.components.lock().unwrap_or_else(|poisoned| poisoned.into_inner());
+        let mut components = self
+            .components
+            .lock()
+            .unwrap_or_else(|poisoned| poisoned.into_inner());
         components.insert(component, state);
     }
 
     /// Whether every component is ready, and a line per component.
     pub fn report(&self) -> (bool, String) {
-        let components = self.components.lock().unwrap_or_else(|poisoned| poisoned.into_inner());
+        let components = self
+            .components
+            .lock()
+            .unwrap_or_else(|poisoned| poisoned.into_inner());
         let all_ready = components.values().all(Option::is_none);
         let lines = components
             .iter()
@@ -57,7 +63,10 @@ mod tests {
         health.not_ready("source", "broker unreachable");
         let (ready, text) = health.report();
         assert!(!ready);
-        assert!(text.contains("source: not ready: broker unreachable"), "{text}");
+        assert!(
+            text.contains("source: not ready: broker unreachable"),
+            "{text}"
+        );
         health.ready("source");
         assert!(health.report().0);
     }

@@ -45,7 +45,9 @@ pub async fn serve(
             health,
         });
     tokio::spawn(async move {
-        let served = axum::serve(listener, app).with_graceful_shutdown(shutdown.cancelled_owned()).await;
+        let served = axum::serve(listener, app)
+            .with_graceful_shutdown(shutdown.cancelled_owned())
+            .await;
         if let Err(error) = served {
             tracing::error!(error = %error, "http server failed");
         }
@@ -60,6 +62,10 @@ async fn render_metrics(State(state): State<AppState>) -> String {
 
 async fn readiness(State(state): State<AppState>) -> (StatusCode, String) {
     let (ready, report) = state.health.report();
-    let status = if ready { StatusCode::OK } else { StatusCode::SERVICE_UNAVAILABLE };
+    let status = if ready {
+        StatusCode::OK
+    } else {
+        StatusCode::SERVICE_UNAVAILABLE
+    };
     (status, report)
 }

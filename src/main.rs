@@ -1,5 +1,6 @@
 //! The `classpulse` command.
 
+use std::io::IsTerminal;
 use std::process::ExitCode;
 use std::sync::Arc;
 
@@ -25,7 +26,11 @@ use classpulse::{http, metrics, schema, shutdown};
 const CONFIG_ERROR_EXIT_CODE: u8 = 2;
 
 #[derive(Parser)]
-#[command(name = "classpulse", version, about = "Consume fitness-studio performance events: validate, land in the lake, aggregate per class.")]
+#[command(
+    name = "classpulse",
+    version,
+    about = "Consume fitness-studio performance events: validate, land in the lake, aggregate per class."
+)]
 struct Cli {
     #[command(subcommand)]
     command: Command,
@@ -92,7 +97,10 @@ fn config_error(error: &config::ConfigError) -> ExitCode {
 
 fn init_logging(config: &Config) {
     let filter = tracing_subscriber::EnvFilter::new(&config.log_level);
-    let builder = tracing_subscriber::fmt().with_env_filter(filter).with_writer(std::io::stderr);
+    let builder = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr)
+        .with_ansi(std::io::stderr().is_terminal());
     match config.log_format {
         LogFormat::Json => builder.json().flatten_event(true).init(),
         LogFormat::Text => builder.init(),
@@ -105,23 +113,49 @@ async fn run(config: Config) -> anyhow::Result<()> {
     let stats = Arc::new(Stats::default());
     let shutdown = shutdown::on_signals().context("installing signal handlers")?;
     let http_shutdown = CancellationToken::new();
-    let http_addr = http::serve(config.http_addr, metrics_handle, health.clone(), http_shutdown.clone())
-        .await
-        .with_context(|| format!("binding CLASSPULSE_HTTP_ADDR={}", config.http_addr))?;
+    let http_addr = http::serve(
+        config.http_addr,
+        metrics_handle,
+        health.clone(),
+        http_shutdown.clone(),
+    )
+    .await
+    .with_context(|| format!("binding CLASSPULSE_HTTP_ADDR={}", config.http_addr))?;
     tracing::info!(addr = %http_addr, "http endpoints listening");
 
-    let (source, simulator_stats): (Box<dyn Source>, Option<Arc<SimulatorStats>>) = match config.source {
+    let (source, simulator_stats): (Box<dyn Source>, Option<Arc<SimulatorStats>>) = match config
+        .source
+    {
         SourceKind::Simulator => {
             let simulator = Simulator::new(&config.simulator, config.batch_max_events, Utc::now());
             let stats = simulator.stats();
             (Box::new(simulator), Some(stats))
         }
     };
-    let writer = ObjectWriter::open(&config.lake, source.kind(), health.clone(), Arc::clone(&stats))?;
+    let writer = ObjectWriter::open(
+        &config.lake,
+        source.kind(),
+        health.clone(),
+        Arc::clone(&stats),
+    )?;
     let limits = ObjectLimits::from_config(&config.lake);
     let sinks: Vec<Box<dyn Sink>> = vec![
-        Box::new(ObjectSink::new(LakeFormat { source_kind: source.kind() }, ParquetEncoder::new, writer.clone(), limits)),
-        Box::new(ObjectSink::new(DeadLetterFormat { source_kind: source.kind() }, NdjsonZstEncoder::new, writer, limits)),
+        Box::new(ObjectSink::new(
+            LakeFormat {
+                source_kind: source.kind(),
+            },
+            ParquetEncoder::new,
+            writer.clone(),
+            limits,
+        )),
+        Box::new(ObjectSink::new(
+            DeadLetterFormat {
+                source_kind: source.kind(),
+            },
+            NdjsonZstEncoder::new,
+            writer,
+            limits,
+        )),
     ];
     let settings = Settings {
         batch_max_events: config.batch_max_events,
@@ -150,10 +184,18 @@ fn describe_lake(location: &LakeLocation) -> String {
     }
 }
 
-fn print_summary(config: &Config, report: &RunReport, stats: &Stats, simulator: Option<&SimulatorStats>) {
+fn print_summary(
+    config: &Config,
+    report: &RunReport,
+    stats: &Stats,
+    simulator: Option<&SimulatorStats>,
+) {
     let events = Stats::get(&stats.events);
     let seconds = report.elapsed.as_secs_f64().max(1e-3);
-    println!("classpulse run finished ({:?}) in {seconds:.1} s", report.ending);
+    println!(
+        "classpulse run finished ({:?}) in {seconds:.1} s",
+        report.ending
+    );
     if let Some(sim) = simulator {
         println!(
             "  simulator      {} classes, {} events generated, {} sent twice, {} delayed, {} corrupted",
@@ -169,8 +211,20 @@ fn print_summary(config: &Config, report: &RunReport, stats: &Stats, simulator: 
         Stats::get(&stats.messages),
         events as f64 / seconds
     );
-    let reasons: Vec<String> = stats.rejected_by_reason().iter().map(|(reason, n)| format!("{reason} {n}")).collect();
-    println!("  rejected       {} ({})", stats.rejected_total(), if reasons.is_empty() { "none".into() } else { reasons.join(", ") });
+    let reasons: Vec<String> = stats
+        .rejected_by_reason()
+        .iter()
+        .map(|(reason, n)| format!("{reason} {n}"))
+        .collect();
+    println!(
+        "  rejected       {} ({})",
+        stats.rejected_total(),
+        if reasons.is_empty() {
+            "none".into()
+        } else {
+            reasons.join(", ")
+        }
+    );
     let lake = describe_lake(&config.lake.location);
     println!(
         "  lake           {} events in {} Parquet objects, {} bytes, under {lake}/events",
@@ -183,6 +237,10 @@ fn print_summary(config: &Config, report: &RunReport, stats: &Stats, simulator: 
         Stats::get(&stats.dead_letter_records),
         Stats::get(&stats.dead_letter_objects),
     );
-    let committed: Vec<String> = report.committed.iter().map(|(partition, next)| format!("{partition}@{next}")).collect();
+    let committed: Vec<String> = report
+        .committed
+        .iter()
+        .map(|(partition, next)| format!("{partition}@{next}"))
+        .collect();
     println!("  committed      {}", committed.join(" "));
 }

@@ -6,7 +6,9 @@
 
 use std::time::Duration;
 
-use metrics::{counter, describe_counter, describe_gauge, describe_histogram, gauge, histogram, Unit};
+use metrics::{
+    counter, describe_counter, describe_gauge, describe_histogram, gauge, histogram, Unit,
+};
 use metrics_exporter_prometheus::{Matcher, PrometheusBuilder, PrometheusHandle};
 
 use crate::ack::PartitionId;
@@ -52,9 +54,12 @@ pub const DRAIN_SECONDS: &str = "classpulse_drain_seconds";
 /// renders `/metrics`. Call once per process.
 pub fn install() -> Result<PrometheusHandle, metrics_exporter_prometheus::BuildError> {
     let latency_buckets = [
-        0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0, 120.0, 300.0, 600.0,
+        0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0, 120.0, 300.0,
+        600.0,
     ];
-    let batch_buckets = [1.0, 10.0, 50.0, 100.0, 250.0, 500.0, 1000.0, 2500.0, 5000.0, 10000.0];
+    let batch_buckets = [
+        1.0, 10.0, 50.0, 100.0, 250.0, 500.0, 1000.0, 2500.0, 5000.0, 10000.0,
+    ];
     let handle = PrometheusBuilder::new()
         .set_buckets_for_metric(Matcher::Suffix("_seconds".into()), &latency_buckets)?
         .set_buckets_for_metric(Matcher::Full(BATCH_EVENTS.into()), &batch_buckets)?
@@ -65,26 +70,79 @@ pub fn install() -> Result<PrometheusHandle, metrics_exporter_prometheus::BuildE
 
 fn describe() {
     describe_counter!(MESSAGES_IN, Unit::Count, "Messages read from the source.");
-    describe_counter!(EVENTS_IN, Unit::Count, "Valid events decoded, by event type.");
-    describe_counter!(EVENTS_REJECTED, Unit::Count, "Inputs rejected and dead-lettered, by reason.");
+    describe_counter!(
+        EVENTS_IN,
+        Unit::Count,
+        "Valid events decoded, by event type."
+    );
+    describe_counter!(
+        EVENTS_REJECTED,
+        Unit::Count,
+        "Inputs rejected and dead-lettered, by reason."
+    );
     describe_counter!(SINK_RECORDS, Unit::Count, "Records made durable, by sink.");
     describe_counter!(SINK_OBJECTS, Unit::Count, "Objects written, by sink.");
     describe_counter!(SINK_BYTES, Unit::Bytes, "Bytes written, by sink.");
-    describe_histogram!(SINK_WRITE_SECONDS, Unit::Seconds, "Latency of one durable write, by sink.");
-    describe_counter!(SINK_RETRIES, Unit::Count, "Failed write attempts that will be retried, by sink and reason.");
-    describe_gauge!(SINK_BUFFERED_BYTES, Unit::Bytes, "Bytes buffered in open objects, by sink.");
-    describe_histogram!(BATCH_EVENTS, Unit::Count, "Events per batch handed to the sinks.");
-    describe_histogram!(END_TO_END_SECONDS, Unit::Seconds, "From event_created to durable, by sink.");
-    describe_gauge!(SOURCE_LAG_MESSAGES, Unit::Count, "Messages between the read position and the end, by partition.");
-    describe_gauge!(SOURCE_LAG_SECONDS, Unit::Seconds, "How far the source is behind in time (0 when caught up), by partition.");
-    describe_counter!(SOURCE_COMMITS, Unit::Count, "Position commits made to the source.");
-    describe_gauge!(BATCHES_IN_FLIGHT, Unit::Count, "Batches handed to the sinks and not yet durable everywhere.");
-    describe_gauge!(RESIDENT_MEMORY_BYTES, Unit::Bytes, "Resident set size of the process.");
+    describe_histogram!(
+        SINK_WRITE_SECONDS,
+        Unit::Seconds,
+        "Latency of one durable write, by sink."
+    );
+    describe_counter!(
+        SINK_RETRIES,
+        Unit::Count,
+        "Failed write attempts that will be retried, by sink and reason."
+    );
+    describe_gauge!(
+        SINK_BUFFERED_BYTES,
+        Unit::Bytes,
+        "Bytes buffered in open objects, by sink."
+    );
+    describe_histogram!(
+        BATCH_EVENTS,
+        Unit::Count,
+        "Events per batch handed to the sinks."
+    );
+    describe_histogram!(
+        END_TO_END_SECONDS,
+        Unit::Seconds,
+        "From event_created to durable, by sink."
+    );
+    describe_gauge!(
+        SOURCE_LAG_MESSAGES,
+        Unit::Count,
+        "Messages between the read position and the end, by partition."
+    );
+    describe_gauge!(
+        SOURCE_LAG_SECONDS,
+        Unit::Seconds,
+        "How far the source is behind in time (0 when caught up), by partition."
+    );
+    describe_counter!(
+        SOURCE_COMMITS,
+        Unit::Count,
+        "Position commits made to the source."
+    );
+    describe_gauge!(
+        BATCHES_IN_FLIGHT,
+        Unit::Count,
+        "Batches handed to the sinks and not yet durable everywhere."
+    );
+    describe_gauge!(
+        RESIDENT_MEMORY_BYTES,
+        Unit::Bytes,
+        "Resident set size of the process."
+    );
     describe_gauge!(DRAIN_SECONDS, Unit::Seconds, "Time the last drain took.");
 }
 
 /// Counts for one decoded batch.
-pub fn record_decoded(source: &'static str, messages: usize, by_type: &[u64; 5], by_reason: &[u64; 11]) {
+pub fn record_decoded(
+    source: &'static str,
+    messages: usize,
+    by_type: &[u64; 5],
+    by_reason: &[u64; 11],
+) {
     counter!(MESSAGES_IN, "source" => source).increment(messages as u64);
     for (event_type, count) in EventType::ALL.iter().zip(by_type) {
         if *count > 0 {
@@ -128,7 +186,8 @@ pub fn set_sink_buffered(sink: &'static str, bytes: usize) {
 /// Lag of one partition.
 pub fn set_source_lag(source: &'static str, partition: &PartitionId, messages: u64, seconds: f64) {
     let label = partition.to_string();
-    gauge!(SOURCE_LAG_MESSAGES, "source" => source, "partition" => label.clone()).set(messages as f64);
+    gauge!(SOURCE_LAG_MESSAGES, "source" => source, "partition" => label.clone())
+        .set(messages as f64);
     gauge!(SOURCE_LAG_SECONDS, "source" => source, "partition" => label).set(seconds);
 }
 

@@ -115,7 +115,13 @@ pub struct Pipeline {
 
 impl Pipeline {
     /// Wires `source` to `sinks`.
-    pub fn new(source: Box<dyn Source>, sinks: Vec<Box<dyn Sink>>, settings: Settings, stats: Arc<Stats>, health: Health) -> Pipeline {
+    pub fn new(
+        source: Box<dyn Source>,
+        sinks: Vec<Box<dyn Sink>>,
+        settings: Settings,
+        stats: Arc<Stats>,
+        health: Health,
+    ) -> Pipeline {
         Pipeline {
             source,
             sinks,
@@ -215,7 +221,8 @@ impl Pipeline {
             decoded.and(sinks_result)
         };
         let result = match ending {
-            Ending::Drained => match tokio::time::timeout(settings.shutdown_timeout, drained).await {
+            Ending::Drained => match tokio::time::timeout(settings.shutdown_timeout, drained).await
+            {
                 Ok(result) => result,
                 Err(_) => Err(PipelineError::DrainTimeout {
                     timeout: settings.shutdown_timeout,
@@ -249,7 +256,9 @@ impl Pipeline {
     }
 }
 
-async fn join<T>(task: JoinHandle<Result<T, impl Into<PipelineError>>>) -> Result<T, PipelineError> {
+async fn join<T>(
+    task: JoinHandle<Result<T, impl Into<PipelineError>>>,
+) -> Result<T, PipelineError> {
     match task.await {
         Ok(result) => result.map_err(Into::into),
         Err(error) => Err(PipelineError::Stage(error.to_string())),
@@ -296,7 +305,13 @@ async fn decode_stage(
 ) -> Result<(), PipelineError> {
     while let Some(raw) = input.recv().await {
         let now_ms = Utc::now().timestamp_millis();
-        for batch in decode_batch(raw, &settings.limits, settings.batch_max_events, now_ms, &acks) {
+        for batch in decode_batch(
+            raw,
+            &settings.limits,
+            settings.batch_max_events,
+            now_ms,
+            &acks,
+        ) {
             record_decoded(&stats, source_kind, &batch);
             let batch = Arc::new(batch);
             for output in &outputs {
@@ -312,29 +327,43 @@ async fn decode_stage(
 
 /// Decodes a raw batch into batches of about `max_events` records (cut at message
 /// boundaries), each registered with `acks`.
-pub fn decode_batch(raw: RawBatch, limits: &DecodeLimits, max_events: usize, now_ms: i64, acks: &AckTracker) -> Vec<DecodedBatch> {
+pub fn decode_batch(
+    raw: RawBatch,
+    limits: &DecodeLimits,
+    max_events: usize,
+    now_ms: i64,
+    acks: &AckTracker,
+) -> Vec<DecodedBatch> {
     let mut batches = Vec::new();
     let mut events = Vec::new();
     let mut rejected = Vec::new();
     let mut first_offset = None;
-    let mut cut = |first: &mut Option<u64>, last: u64, events: &mut Vec<_>, rejected: &mut Vec<_>| {
-        let Some(first_offset) = first.take() else { return };
-        batches.push(DecodedBatch {
-            partition: raw.partition.clone(),
-            first_offset,
-            last_offset: last,
-            events: std::mem::take(events),
-            rejected: std::mem::take(rejected),
-            received_at_ms: now_ms,
-            ack: acks.register(&raw.partition, last),
-        });
-    };
+    let mut cut =
+        |first: &mut Option<u64>, last: u64, events: &mut Vec<_>, rejected: &mut Vec<_>| {
+            let Some(first_offset) = first.take() else {
+                return;
+            };
+            batches.push(DecodedBatch {
+                partition: raw.partition.clone(),
+                first_offset,
+                last_offset: last,
+                events: std::mem::take(events),
+                rejected: std::mem::take(rejected),
+                received_at_ms: now_ms,
+                ack: acks.register(&raw.partition, last),
+            });
+        };
     let last_offset = raw.messages.last().map(|message| message.offset);
     for message in &raw.messages {
         first_offset.get_or_insert(message.offset);
         decode_message(message, limits, now_ms, &mut events, &mut rejected);
         if events.len() + rejected.len() >= max_events {
-            cut(&mut first_offset, message.offset, &mut events, &mut rejected);
+            cut(
+                &mut first_offset,
+                message.offset,
+                &mut events,
+                &mut rejected,
+            );
         }
     }
     if let Some(last) = last_offset {
@@ -346,11 +375,17 @@ pub fn decode_batch(raw: RawBatch, limits: &DecodeLimits, max_events: usize, now
 fn record_decoded(stats: &Stats, source_kind: &'static str, batch: &DecodedBatch) {
     let mut by_type = [0u64; 5];
     for event in &batch.events {
-        by_type[EventType::ALL.iter().position(|t| *t == event.event_type).unwrap_or(0)] += 1;
+        by_type[EventType::ALL
+            .iter()
+            .position(|t| *t == event.event_type)
+            .unwrap_or(0)] += 1;
     }
     let mut by_reason = [0u64; 11];
     for rejected in &batch.rejected {
-        let index = RejectReason::ALL.iter().position(|r| *r == rejected.rejection.reason).unwrap_or(0);
+        let index = RejectReason::ALL
+            .iter()
+            .position(|r| *r == rejected.rejection.reason)
+            .unwrap_or(0);
         by_reason[index] += 1;
         Stats::add(&stats.rejected[index], 1);
     }
@@ -435,10 +470,16 @@ mod tests {
             messages: (10..15).map(|offset| message(offset, 3)).collect(),
         };
         let batches = decode_batch(raw, &limits, 5, 1_764_090_000_000, &acks);
-        let ranges: Vec<_> = batches.iter().map(|b| (b.first_offset, b.last_offset, b.events.len())).collect();
+        let ranges: Vec<_> = batches
+            .iter()
+            .map(|b| (b.first_offset, b.last_offset, b.events.len()))
+            .collect();
         assert_eq!(ranges, vec![(10, 11, 6), (12, 13, 6), (14, 14, 3)]);
         assert_eq!(acks.in_flight(), 3);
         drop(batches);
-        assert_eq!(acks.take_committable(), vec![(PartitionId::new("t", 0), 15)]);
+        assert_eq!(
+            acks.take_committable(),
+            vec![(PartitionId::new("t", 0), 15)]
+        );
     }
 }

@@ -22,7 +22,11 @@ pub struct Backoff {
 impl Backoff {
     /// Starts at `base`, doubling up to `max`.
     pub fn new(base: Duration, max: Duration) -> Backoff {
-        Backoff { base, max, attempt: 0 }
+        Backoff {
+            base,
+            max,
+            attempt: 0,
+        }
     }
 
     /// Failed attempts so far.
@@ -72,6 +76,9 @@ mod tests {
             let mut backoff = Backoff::new(Duration::from_secs(1), Duration::from_secs(1));
             delays.insert(backoff.next_delay());
         }
-        assert!(delays.len() > 10, "full jitter should rarely repeat a delay: {delays:?}");
+        assert!(
+            delays.len() > 10,
+            "full jitter should rarely repeat a delay: {delays:?}"
+        );
     }
 }

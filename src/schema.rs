@@ -39,17 +39,33 @@ pub fn performance_event_schema() -> Value {
 }
 
 fn object_members(fields: &[FieldSpec]) -> (Map<String, Value>, Vec<&'static str>) {
-    let properties = fields.iter().map(|field| (field.name.to_owned(), field_schema(field))).collect();
-    let required = fields.iter().filter(|field| field.required).map(|field| field.name).collect();
+    let properties = fields
+        .iter()
+        .map(|field| (field.name.to_owned(), field_schema(field)))
+        .collect();
+    let required = fields
+        .iter()
+        .filter(|field| field.required)
+        .map(|field| field.name)
+        .collect();
     (properties, required)
 }
 
 fn field_schema(field: &FieldSpec) -> Value {
     let mut schema = match field.kind {
-        FieldKind::Number { min, max } => json!({ "type": "number", "minimum": min, "maximum": max }),
-        FieldKind::Integer { min, max } => json!({ "type": "integer", "minimum": min as i64, "maximum": max as i64 }),
-        FieldKind::String { min_len, max_len, charset } => {
-            let mut schema = json!({ "type": "string", "minLength": min_len, "maxLength": max_len });
+        FieldKind::Number { min, max } => {
+            json!({ "type": "number", "minimum": min, "maximum": max })
+        }
+        FieldKind::Integer { min, max } => {
+            json!({ "type": "integer", "minimum": min as i64, "maximum": max as i64 })
+        }
+        FieldKind::String {
+            min_len,
+            max_len,
+            charset,
+        } => {
+            let mut schema =
+                json!({ "type": "string", "minLength": min_len, "maxLength": max_len });
             if let Some(pattern) = charset.pattern() {
                 schema["pattern"] = json!(pattern);
             }
@@ -59,7 +75,9 @@ fn field_schema(field: &FieldSpec) -> Value {
             { "type": "string", "format": "date-time" },
             { "type": "integer", "minimum": MIN_EVENT_TIME_MS },
         ] }),
-        FieldKind::EventType => json!({ "type": "string", "enum": EventType::ALL.map(EventType::as_str) }),
+        FieldKind::EventType => {
+            json!({ "type": "string", "enum": EventType::ALL.map(EventType::as_str) })
+        }
         FieldKind::Object => json!({ "type": "object" }),
     };
     schema["description"] = json!(field.description);
@@ -79,8 +97,12 @@ mod tests {
 
     #[test]
     fn committed_schema_matches_the_code() {
-        let committed = std::fs::read_to_string(concat!(env!("CARGO_MANIFEST_DIR"), "/", "schemas/performance-event.v1.json"))
-            .expect("schemas/performance-event.v1.json exists");
+        let committed = std::fs::read_to_string(concat!(
+            env!("CARGO_MANIFEST_DIR"),
+            "/",
+            "schemas/performance-event.v1.json"
+        ))
+        .expect("schemas/performance-event.v1.json exists");
         assert!(
             committed == performance_event_schema_text(),
             "the event contract changed: run `cargo run -- schema > {SCHEMA_PATH}` and review the diff"

@@ -18,13 +18,19 @@ pub fn on_signals() -> std::io::Result<CancellationToken> {
             _ = terminate.recv() => "SIGTERM",
             _ = interrupt.recv() => "SIGINT",
         };
-        tracing::info!(signal = first, "shutdown requested, draining (send again to exit at once)");
+        tracing::info!(
+            signal = first,
+            "shutdown requested, draining (send again to exit at once)"
+        );
         drain.cancel();
         let second = tokio::select! {
             _ = terminate.recv() => "SIGTERM",
             _ = interrupt.recv() => "SIGINT",
         };
-        tracing::warn!(signal = second, "second signal, exiting without finishing the drain");
+        tracing::warn!(
+            signal = second,
+            "second signal, exiting without finishing the drain"
+        );
         std::process::exit(FORCED_EXIT_CODE);
     });
     Ok(token)

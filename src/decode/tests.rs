@@ -45,7 +45,13 @@ fn decode(payload: &[u8]) -> (Vec<PerformanceEvent>, Vec<RejectedInput>) {
 
 fn decode_keyed(payload: &[u8], key: Option<&str>) -> (Vec<PerformanceEvent>, Vec<RejectedInput>) {
     let (mut events, mut rejected) = (Vec::new(), Vec::new());
-    decode_message(&message_with_key(payload, key), &limits(), NOW_MS, &mut events, &mut rejected);
+    decode_message(
+        &message_with_key(payload, key),
+        &limits(),
+        NOW_MS,
+        &mut events,
+        &mut rejected,
+    );
     (events, rejected)
 }
 
@@ -75,7 +81,10 @@ fn a_valid_heart_rate_event_decodes_fully() {
     assert_eq!(&*event.event_id, "01JD6Z8K9Q3V7N2M4P5R6S7T8U");
     assert_eq!(event.event_type, EventType::HeartRate);
     assert_eq!(event.event_time_ms, NOW_MS - 1750);
-    assert_eq!((&*event.studio_id, &*event.class_id, &*event.member_id), ("studio-0007", "20251125T1700-hiit", "m00070042"));
+    assert_eq!(
+        (&*event.studio_id, &*event.class_id, &*event.member_id),
+        ("studio-0007", "20251125T1700-hiit", "m00070042")
+    );
     assert_eq!(event.device_id.as_deref(), Some("hr:0a:1b:2c"));
     assert_eq!(event.schema_version, 1);
     assert_eq!(event.metrics.bpm, Some(142.0));
@@ -85,20 +94,44 @@ fn a_valid_heart_rate_event_decodes_fully() {
 #[test]
 fn every_type_decodes_its_metrics() {
     let cases = [
-        ("treadmill", json!({"speed_kph": 10.5, "incline_pct": -2, "distance_m": 1200.0, "calories": 80})),
-        ("rower", json!({"stroke_rate_spm": 28, "watts": 210, "distance_m": 900})),
-        ("bike", json!({"cadence_rpm": 95, "watts": 260, "distance_m": 5000, "calories": 120.5})),
-        ("free_weights", json!({"exercise": "squat", "reps": 10, "weight_kg": 60})),
+        (
+            "treadmill",
+            json!({"speed_kph": 10.5, "incline_pct": -2, "distance_m": 1200.0, "calories": 80}),
+        ),
+        (
+            "rower",
+            json!({"stroke_rate_spm": 28, "watts": 210, "distance_m": 900}),
+        ),
+        (
+            "bike",
+            json!({"cadence_rpm": 95, "watts": 260, "distance_m": 5000, "calories": 120.5}),
+        ),
+        (
+            "free_weights",
+            json!({"exercise": "squat", "reps": 10, "weight_kg": 60}),
+        ),
     ];
     for (event_type, data) in cases {
         let (events, rejected) = decode(event_of(event_type, data).to_string().as_bytes());
         assert!(rejected.is_empty(), "{event_type}: {rejected:?}");
         let metrics = &events[0].metrics;
         match event_type {
-            "treadmill" => assert_eq!((metrics.speed_kph, metrics.incline_pct, metrics.calories), (Some(10.5), Some(-2.0), Some(80.0))),
-            "rower" => assert_eq!((metrics.stroke_rate_spm, metrics.watts, metrics.calories), (Some(28.0), Some(210.0), None)),
-            "bike" => assert_eq!((metrics.cadence_rpm, metrics.distance_m), (Some(95.0), Some(5000.0))),
-            _ => assert_eq!((metrics.exercise.as_deref(), metrics.reps, metrics.weight_kg), (Some("squat"), Some(10), Some(60.0))),
+            "treadmill" => assert_eq!(
+                (metrics.speed_kph, metrics.incline_pct, metrics.calories),
+                (Some(10.5), Some(-2.0), Some(80.0))
+            ),
+            "rower" => assert_eq!(
+                (metrics.stroke_rate_spm, metrics.watts, metrics.calories),
+                (Some(28.0), Some(210.0), None)
+            ),
+            "bike" => assert_eq!(
+                (metrics.cadence_rpm, metrics.distance_m),
+                (Some(95.0), Some(5000.0))
+            ),
+            _ => assert_eq!(
+                (metrics.exercise.as_deref(), metrics.reps, metrics.weight_kg),
+                (Some("squat"), Some(10), Some(60.0))
+            ),
         }
     }
 }
@@ -107,9 +140,15 @@ fn every_type_decodes_its_metrics() {
 fn epoch_millis_and_offsets_are_event_time() {
     let mut event = heart_rate();
     event["event_created"] = json!(NOW_MS - 5000);
-    assert_eq!(decode(event.to_string().as_bytes()).0[0].event_time_ms, NOW_MS - 5000);
+    assert_eq!(
+        decode(event.to_string().as_bytes()).0[0].event_time_ms,
+        NOW_MS - 5000
+    );
     event["event_created"] = json!("2025-11-25T11:59:55-05:00");
-    assert_eq!(decode(event.to_string().as_bytes()).0[0].event_time_ms, NOW_MS - 5000);
+    assert_eq!(
+        decode(event.to_string().as_bytes()).0[0].event_time_ms,
+        NOW_MS - 5000
+    );
 }
 
 #[test]
@@ -119,14 +158,25 @@ fn unknown_fields_are_kept_raw_but_not_aggregated() {
     event["firmware"] = json!("2.1.0");
     let (events, rejected) = decode(event.to_string().as_bytes());
     assert!(rejected.is_empty(), "{rejected:?}");
-    assert_eq!(events[0].metrics.watts, None, "watts is not a heart_rate metric");
+    assert_eq!(
+        events[0].metrics.watts, None,
+        "watts is not a heart_rate metric"
+    );
     let raw: Value = serde_json::from_str(events[0].event_data.get()).unwrap();
     assert_eq!(raw["rr_intervals_ms"], json!([410, 395]));
 }
 
 #[test]
 fn missing_fields() {
-    for field in ["event_id", "event_type", "event_created", "studio_id", "class_id", "member_id", "event_data"] {
+    for field in [
+        "event_id",
+        "event_type",
+        "event_created",
+        "studio_id",
+        "class_id",
+        "member_id",
+        "event_data",
+    ] {
         let mut event = heart_rate();
         event.as_object_mut().unwrap().remove(field);
         assert_rejected(&event, RejectReason::MissingField, field);
@@ -134,8 +184,16 @@ fn missing_fields() {
     let mut null_member = heart_rate();
     null_member["member_id"] = Value::Null;
     assert_rejected(&null_member, RejectReason::MissingField, "member_id");
-    assert_rejected(&event_of("rower", json!({"watts": 100, "distance_m": 5})), RejectReason::MissingField, "stroke_rate_spm");
-    assert_rejected(&event_of("free_weights", json!({"exercise": "squat", "reps": 5})), RejectReason::MissingField, "weight_kg");
+    assert_rejected(
+        &event_of("rower", json!({"watts": 100, "distance_m": 5})),
+        RejectReason::MissingField,
+        "stroke_rate_spm",
+    );
+    assert_rejected(
+        &event_of("free_weights", json!({"exercise": "squat", "reps": 5})),
+        RejectReason::MissingField,
+        "weight_kg",
+    );
 }
 
 #[test]
@@ -144,18 +202,42 @@ fn optional_fields_may_be_absent_or_null() {
     event.as_object_mut().unwrap().remove("device_id");
     event["schema_version"] = Value::Null;
     assert_eq!(decode(event.to_string().as_bytes()).0.len(), 1);
-    let treadmill = event_of("treadmill", json!({"speed_kph": 8, "incline_pct": 1, "distance_m": 10, "calories": null}));
-    assert_eq!(decode(treadmill.to_string().as_bytes()).0[0].metrics.calories, None);
+    let treadmill = event_of(
+        "treadmill",
+        json!({"speed_kph": 8, "incline_pct": 1, "distance_m": 10, "calories": null}),
+    );
+    assert_eq!(
+        decode(treadmill.to_string().as_bytes()).0[0]
+            .metrics
+            .calories,
+        None
+    );
 }
 
 #[test]
 fn bad_types() {
     let cases = [
-        ("event_id", json!(12345), "event_id must be a string, found a number"),
-        ("studio_id", json!(["a"]), "studio_id must be a string, found an array"),
+        (
+            "event_id",
+            json!(12345),
+            "event_id must be a string, found a number",
+        ),
+        (
+            "studio_id",
+            json!(["a"]),
+            "studio_id must be a string, found an array",
+        ),
         ("event_created", json!(true), "event_created must be"),
-        ("event_created", json!(1764090000000.5), "whole epoch milliseconds"),
-        ("schema_version", json!("1"), "schema_version must be a whole number"),
+        (
+            "event_created",
+            json!(1764090000000.5),
+            "whole epoch milliseconds",
+        ),
+        (
+            "schema_version",
+            json!("1"),
+            "schema_version must be a whole number",
+        ),
         ("event_data", json!("bpm=120"), "invalid type"),
     ];
     for (field, value, detail) in cases {
@@ -163,31 +245,70 @@ fn bad_types() {
         event[field] = value;
         assert_rejected(&event, RejectReason::BadType, detail);
     }
-    assert_rejected(&event_of("heart_rate", json!({"bpm": "120"})), RejectReason::BadType, "bpm must be a number, found a string");
-    assert_rejected(&event_of("free_weights", json!({"exercise": "squat", "reps": 2.5, "weight_kg": 5})), RejectReason::BadType, "reps must be a whole number");
+    assert_rejected(
+        &event_of("heart_rate", json!({"bpm": "120"})),
+        RejectReason::BadType,
+        "bpm must be a number, found a string",
+    );
+    assert_rejected(
+        &event_of(
+            "free_weights",
+            json!({"exercise": "squat", "reps": 2.5, "weight_kg": 5}),
+        ),
+        RejectReason::BadType,
+        "reps must be a whole number",
+    );
     let (events, rejected) = decode(b"[1, \"two\", null]");
     assert!(events.is_empty());
     assert_eq!(rejected.len(), 3);
-    assert!(rejected.iter().all(|r| r.rejection.reason == RejectReason::BadType), "{rejected:?}");
+    assert!(
+        rejected
+            .iter()
+            .all(|r| r.rejection.reason == RejectReason::BadType),
+        "{rejected:?}"
+    );
 }
 
 #[test]
 fn bad_formats() {
     let cases = [
         ("event_id", json!(""), "event_id has 0 characters"),
-        ("event_id", json!("x".repeat(65)), "event_id has 65 characters"),
-        ("member_id", json!("../../etc/passwd"), "member_id contains '/'"),
+        (
+            "event_id",
+            json!("x".repeat(65)),
+            "event_id has 65 characters",
+        ),
+        (
+            "member_id",
+            json!("../../etc/passwd"),
+            "member_id contains '/'",
+        ),
         ("class_id", json!("studio:class"), "class_id contains ':'"),
         ("studio_id", json!("studio 7"), "studio_id contains ' '"),
-        ("event_created", json!("2025-11-25 17:00:00"), "not RFC 3339"),
-        ("event_created", json!("2025-11-25T17:00:00"), "not RFC 3339"),
+        (
+            "event_created",
+            json!("2025-11-25 17:00:00"),
+            "not RFC 3339",
+        ),
+        (
+            "event_created",
+            json!("2025-11-25T17:00:00"),
+            "not RFC 3339",
+        ),
     ];
     for (field, value, detail) in cases {
         let mut event = heart_rate();
         event[field] = value;
         assert_rejected(&event, RejectReason::BadFormat, detail);
     }
-    assert_rejected(&event_of("free_weights", json!({"exercise": "", "reps": 5, "weight_kg": 5})), RejectReason::BadFormat, "exercise");
+    assert_rejected(
+        &event_of(
+            "free_weights",
+            json!({"exercise": "", "reps": 5, "weight_kg": 5}),
+        ),
+        RejectReason::BadFormat,
+        "exercise",
+    );
 }
 
 #[test]
@@ -213,41 +334,76 @@ fn out_of_range_values_at_both_edges() {
         }
     };
     for (event_type, field, min, max) in cases {
-        for (value, accepted) in [(min, true), (max, true), (min - 1.0, false), (max + 1.0, false)] {
+        for (value, accepted) in [
+            (min, true),
+            (max, true),
+            (min - 1.0, false),
+            (max + 1.0, false),
+        ] {
             let mut data = base(event_type);
             data[field] = json!(value);
             let event = event_of(event_type, data);
             let (events, rejected) = decode(event.to_string().as_bytes());
             if accepted {
-                assert_eq!(events.len(), 1, "{event_type}.{field}={value} should be accepted: {rejected:?}");
+                assert_eq!(
+                    events.len(),
+                    1,
+                    "{event_type}.{field}={value} should be accepted: {rejected:?}"
+                );
             } else {
                 assert_rejected(&event, RejectReason::OutOfRange, field);
             }
         }
     }
-    assert_rejected(&event_of("treadmill", json!({"speed_kph": 8, "incline_pct": 1, "distance_m": -1})), RejectReason::OutOfRange, "distance_m");
+    assert_rejected(
+        &event_of(
+            "treadmill",
+            json!({"speed_kph": 8, "incline_pct": 1, "distance_m": -1}),
+        ),
+        RejectReason::OutOfRange,
+        "distance_m",
+    );
     let mut ancient = heart_rate();
     ancient["event_created"] = json!(86_400_000);
     assert_rejected(&ancient, RejectReason::OutOfRange, "before 2000-01-01");
     let huge = br#"{"event_id":"a","event_type":"heart_rate","event_created":1764090000000,"studio_id":"s","class_id":"c","member_id":"m","event_data":{"bpm":1e999}}"#;
     let (_, rejected) = decode(huge);
-    assert_eq!(rejected[0].rejection.reason, RejectReason::OutOfRange, "{:?}", rejected[0].rejection);
+    assert_eq!(
+        rejected[0].rejection.reason,
+        RejectReason::OutOfRange,
+        "{:?}",
+        rejected[0].rejection
+    );
 }
 
 #[test]
 fn unknown_event_type_and_schema_version() {
-    assert_rejected(&event_of("elliptical", json!({})), RejectReason::UnknownEventType, "elliptical");
+    assert_rejected(
+        &event_of("elliptical", json!({})),
+        RejectReason::UnknownEventType,
+        "elliptical",
+    );
     let mut event = heart_rate();
     event["schema_version"] = json!(2);
-    assert_rejected(&event, RejectReason::UnknownSchemaVersion, "schema_version 2");
+    assert_rejected(
+        &event,
+        RejectReason::UnknownSchemaVersion,
+        "schema_version 2",
+    );
 }
 
 #[test]
 fn duplicate_members_are_rejected() {
     let payload = br#"{"event_id":"a","event_id":"b","event_type":"heart_rate","event_created":1764090000000,"studio_id":"s","class_id":"c","member_id":"m","event_data":{"bpm":100}}"#;
-    assert_eq!(decode(payload).1[0].rejection.reason, RejectReason::DuplicateField);
+    assert_eq!(
+        decode(payload).1[0].rejection.reason,
+        RejectReason::DuplicateField
+    );
     let payload = br#"{"event_id":"a","event_type":"heart_rate","event_created":1764090000000,"studio_id":"s","class_id":"c","member_id":"m","event_data":{"bpm":100,"bpm":300}}"#;
-    assert_eq!(decode(payload).1[0].rejection.reason, RejectReason::DuplicateField);
+    assert_eq!(
+        decode(payload).1[0].rejection.reason,
+        RejectReason::DuplicateField
+    );
 }
 
 #[test]
@@ -266,10 +422,14 @@ fn message_key_must_name_the_events_class() {
     let payload = heart_rate().to_string();
     let (events, _) = decode_keyed(payload.as_bytes(), Some("studio-0007:20251125T1700-hiit"));
     assert_eq!(events.len(), 1);
-    let (events, rejected) = decode_keyed(payload.as_bytes(), Some("studio-0007:20251125T1800-ride"));
+    let (events, rejected) =
+        decode_keyed(payload.as_bytes(), Some("studio-0007:20251125T1800-ride"));
     assert!(events.is_empty());
     assert_eq!(rejected[0].rejection.reason, RejectReason::WrongKey);
-    assert!(rejected[0].rejection.detail.contains("studio-0007:20251125T1700-hiit"));
+    assert!(rejected[0]
+        .rejection
+        .detail
+        .contains("studio-0007:20251125T1700-hiit"));
 }
 
 #[test]
@@ -284,19 +444,40 @@ fn arrays_and_ndjson_decode_each_event_on_its_own() {
     assert_eq!(events.len(), 2);
     assert_eq!(rejected.len(), 1);
     assert_eq!(rejected[0].index, Some(1));
-    assert_eq!(&rejected[0].raw[..], bad.as_bytes(), "the dead letter holds exactly the bad element");
+    assert_eq!(
+        &rejected[0].raw[..],
+        bad.as_bytes(),
+        "the dead letter holds exactly the bad element"
+    );
 
     let ndjson = format!("{good}\n{bad}\n\n{{not json\n{good}\n");
     let (events, rejected) = decode(ndjson.as_bytes());
     assert_eq!(events.len(), 2);
-    let reasons: Vec<_> = rejected.iter().map(|r| (r.index, r.rejection.reason)).collect();
-    assert_eq!(reasons, vec![(Some(1), RejectReason::OutOfRange), (Some(2), RejectReason::NotJson)]);
+    let reasons: Vec<_> = rejected
+        .iter()
+        .map(|r| (r.index, r.rejection.reason))
+        .collect();
+    assert_eq!(
+        reasons,
+        vec![
+            (Some(1), RejectReason::OutOfRange),
+            (Some(2), RejectReason::NotJson)
+        ]
+    );
     assert_eq!(&rejected[1].raw[..], b"{not json");
 
     let pretty = serde_json::to_string_pretty(&heart_rate()).unwrap();
     let (events, rejected) = decode(pretty.as_bytes());
-    assert_eq!((events.len(), rejected.len()), (1, 0), "a pretty-printed single event is one event");
-    assert_eq!(decode(b"[]").0.len() + decode(b"[]").1.len(), 0, "an empty batch holds nothing to lose");
+    assert_eq!(
+        (events.len(), rejected.len()),
+        (1, 0),
+        "a pretty-printed single event is one event"
+    );
+    assert_eq!(
+        decode(b"[]").0.len() + decode(b"[]").1.len(),
+        0,
+        "an empty batch holds nothing to lose"
+    );
 }
 
 #[test]
@@ -315,7 +496,11 @@ fn whole_message_rejections() {
         assert_eq!(rejected[0].rejection.reason, reason, "{payload:?}");
         assert_eq!(&rejected[0].raw[..], payload, "raw bytes are kept");
     }
-    let tombstone = RawMessage { offset: 1, key: None, payload: None };
+    let tombstone = RawMessage {
+        offset: 1,
+        key: None,
+        payload: None,
+    };
     let (mut events, mut rejected) = (Vec::new(), Vec::new());
     decode_message(&tombstone, &limits(), NOW_MS, &mut events, &mut rejected);
     assert!(rejected[0].rejection.detail.contains("tombstone"));
@@ -327,8 +512,15 @@ fn oversized_messages_are_rejected_unparsed() {
     payload.extend(std::iter::repeat_n(b' ', 70 * 1024));
     let (_, rejected) = decode(&payload);
     assert_eq!(rejected[0].rejection.reason, RejectReason::TooLarge);
-    assert!(rejected[0].rejection.detail.contains("CLASSPULSE_MAX_MESSAGE_BYTES=65536"));
-    assert_eq!(rejected[0].raw.len(), payload.len(), "the whole message is kept for redrive");
+    assert!(rejected[0]
+        .rejection
+        .detail
+        .contains("CLASSPULSE_MAX_MESSAGE_BYTES=65536"));
+    assert_eq!(
+        rejected[0].raw.len(),
+        payload.len(),
+        "the whole message is kept for redrive"
+    );
 }
 
 #[test]
@@ -340,22 +532,42 @@ fn deeply_nested_json_never_overflows_the_stack() {
     };
     let decode_big = |payload: String| {
         let (mut events, mut rejected) = (Vec::new(), Vec::new());
-        decode_message(&message_with_key(payload.as_bytes(), None), &limits, NOW_MS, &mut events, &mut rejected);
+        decode_message(
+            &message_with_key(payload.as_bytes(), None),
+            &limits,
+            NOW_MS,
+            &mut events,
+            &mut rejected,
+        );
         (events, rejected)
     };
     // In a known field: skipped without recursion, then rejected for its type.
     let mut in_known = heart_rate().to_string();
-    in_known = in_known.replacen("\"member_id\":\"m00070042\"", &format!("\"member_id\":{nested}"), 1);
+    in_known = in_known.replacen(
+        "\"member_id\":\"m00070042\"",
+        &format!("\"member_id\":{nested}"),
+        1,
+    );
     let (events, rejected) = decode_big(in_known);
     assert!(events.is_empty());
-    assert_eq!(rejected[0].rejection.reason, RejectReason::BadType, "{}", rejected[0].rejection.detail);
+    assert_eq!(
+        rejected[0].rejection.reason,
+        RejectReason::BadType,
+        "{}",
+        rejected[0].rejection.detail
+    );
     // In an unknown top-level field: ignored without recursion, the event is accepted.
     let mut in_unknown = heart_rate().to_string();
     in_unknown.insert_str(1, &format!("\"deep\":{nested},"));
     assert_eq!(decode_big(in_unknown).0.len(), 1);
     // As a batch element: kept raw, rejected as not an object.
     let (_, rejected) = decode_big(format!("[{nested}]"));
-    assert_eq!(rejected[0].rejection.reason, RejectReason::BadType, "{}", rejected[0].rejection.detail);
+    assert_eq!(
+        rejected[0].rejection.reason,
+        RejectReason::BadType,
+        "{}",
+        rejected[0].rejection.detail
+    );
     assert_eq!(rejected[0].raw.len(), nested.len());
 }
 
@@ -363,12 +575,22 @@ fn deeply_nested_json_never_overflows_the_stack() {
 fn reason_codes_are_the_documented_set() {
     // The README and the dead-letter docs list these codes; a new reason needs both updated.
     let reached: std::collections::BTreeSet<&str> = [
-        "not_json", "too_large", "missing_field", "bad_type", "bad_format", "out_of_range",
-        "unknown_event_type", "unknown_schema_version", "wrong_key", "timestamp_skew", "duplicate_field",
+        "not_json",
+        "too_large",
+        "missing_field",
+        "bad_type",
+        "bad_format",
+        "out_of_range",
+        "unknown_event_type",
+        "unknown_schema_version",
+        "wrong_key",
+        "timestamp_skew",
+        "duplicate_field",
     ]
     .into_iter()
     .collect();
-    let all: std::collections::BTreeSet<&str> = RejectReason::ALL.iter().map(|r| r.as_str()).collect();
+    let all: std::collections::BTreeSet<&str> =
+        RejectReason::ALL.iter().map(|r| r.as_str()).collect();
     assert_eq!(reached, all);
 }
 

@@ -87,7 +87,10 @@ impl Encoder for NdjsonZstEncoder {
     }
 
     fn finish(self, _metadata: &[(&'static str, String)]) -> Result<Bytes, String> {
-        self.encoder.finish().map(Bytes::from).map_err(|e| e.to_string())
+        self.encoder
+            .finish()
+            .map(Bytes::from)
+            .map_err(|e| e.to_string())
     }
 }
 
@@ -103,7 +106,11 @@ impl ObjectFormat for DeadLetterFormat {
     const FOLDER: &'static str = "dead-letters";
     const EXTENSION: &'static str = "ndjson.zst";
 
-    fn append(&mut self, batch: &DecodedBatch, objects: &mut PartitionObjects<NdjsonZstEncoder>) -> Result<(), String> {
+    fn append(
+        &mut self,
+        batch: &DecodedBatch,
+        objects: &mut PartitionObjects<NdjsonZstEncoder>,
+    ) -> Result<(), String> {
         if batch.rejected.is_empty() {
             return Ok(());
         }
@@ -123,7 +130,9 @@ impl ObjectFormat for DeadLetterFormat {
                 index: rejected.index,
                 received_at: received_at.clone(),
                 raw: text,
-                raw_base64: text.is_none().then(|| base64::engine::general_purpose::STANDARD.encode(&rejected.raw)),
+                raw_base64: text
+                    .is_none()
+                    .then(|| base64::engine::general_purpose::STANDARD.encode(&rejected.raw)),
             };
             object.encoder.append(&line)?;
             object.include(rejected.offset, batch.received_at_ms, &batch.ack);

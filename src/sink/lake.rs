@@ -8,7 +8,9 @@
 
 use std::sync::{Arc, LazyLock};
 
-use arrow_array::builder::{Float64Builder, Int32Builder, Int64Builder, StringBuilder, TimestampMillisecondBuilder};
+use arrow_array::builder::{
+    Float64Builder, Int32Builder, Int64Builder, StringBuilder, TimestampMillisecondBuilder,
+};
 use arrow_array::{ArrayRef, RecordBatch};
 use arrow_schema::{DataType, Field, Schema, SchemaRef, TimeUnit};
 use bytes::Bytes;
@@ -37,7 +39,11 @@ pub static SCHEMA: LazyLock<SchemaRef> = LazyLock::new(|| {
         Field::new("device_id", DataType::Utf8, true),
         Field::new("schema_version", DataType::Int32, false),
     ];
-    fields.extend(Metrics::NUMBER_NAMES.iter().map(|name| Field::new(*name, DataType::Float64, true)));
+    fields.extend(
+        Metrics::NUMBER_NAMES
+            .iter()
+            .map(|name| Field::new(*name, DataType::Float64, true)),
+    );
     fields.extend([
         Field::new("exercise", DataType::Utf8, true),
         Field::new("reps", DataType::Int32, true),
@@ -88,7 +94,8 @@ struct EventColumns {
 impl EventColumns {
     fn new() -> EventColumns {
         let utc = || TimestampMillisecondBuilder::with_capacity(CHUNK_ROWS).with_timezone("UTC");
-        let strings = |bytes_per_row| StringBuilder::with_capacity(CHUNK_ROWS, CHUNK_ROWS * bytes_per_row);
+        let strings =
+            |bytes_per_row| StringBuilder::with_capacity(CHUNK_ROWS, CHUNK_ROWS * bytes_per_row);
         EventColumns {
             event_id: strings(36),
             event_type: strings(10),
@@ -119,12 +126,15 @@ impl EventColumns {
         self.class_id.append_value(&event.class_id);
         self.member_id.append_value(&event.member_id);
         self.device_id.append_option(event.device_id.as_deref());
-        self.schema_version.append_value(i32::from(event.schema_version));
+        self.schema_version
+            .append_value(i32::from(event.schema_version));
         for (builder, value) in self.numbers.iter_mut().zip(event.metrics.numbers()) {
             builder.append_option(value);
         }
-        self.exercise.append_option(event.metrics.exercise.as_deref());
-        self.reps.append_option(event.metrics.reps.map(|reps| reps as i32));
+        self.exercise
+            .append_option(event.metrics.exercise.as_deref());
+        self.reps
+            .append_option(event.metrics.reps.map(|reps| reps as i32));
         self.event_data.append_value(event.event_data.get());
         self.source.append_value(ingest.source);
         self.stream.append_value(ingest.stream);
@@ -148,7 +158,10 @@ impl EventColumns {
             &self.source,
             &self.stream,
         ];
-        let string_bytes: usize = strings.iter().map(|b| b.values_slice().len() + 4 * self.rows).sum();
+        let string_bytes: usize = strings
+            .iter()
+            .map(|b| b.values_slice().len() + 4 * self.rows)
+            .sum();
         string_bytes + self.rows * (8 * 13 + 4 * 3)
     }
 
@@ -163,7 +176,11 @@ impl EventColumns {
             Arc::new(self.device_id.finish()),
             Arc::new(self.schema_version.finish()),
         ];
-        columns.extend(self.numbers.iter_mut().map(|builder| Arc::new(builder.finish()) as ArrayRef));
+        columns.extend(
+            self.numbers
+                .iter_mut()
+                .map(|builder| Arc::new(builder.finish()) as ArrayRef),
+        );
         columns.extend([
             Arc::new(self.exercise.finish()) as ArrayRef,
             Arc::new(self.reps.finish()),
@@ -239,7 +256,10 @@ impl Encoder for ParquetEncoder {
     fn finish(mut self, metadata: &[(&'static str, String)]) -> Result<Bytes, String> {
         self.encode_chunk()?;
         for (name, value) in metadata {
-            self.writer.append_key_value_metadata(KeyValue::new(format!("classpulse.{name}"), value.clone()));
+            self.writer.append_key_value_metadata(KeyValue::new(
+                format!("classpulse.{name}"),
+                value.clone(),
+            ));
         }
         let bytes = self.writer.into_inner().map_err(|e| e.to_string())?;
         Ok(Bytes::from(bytes))
@@ -258,7 +278,11 @@ impl ObjectFormat for LakeFormat {
     const FOLDER: &'static str = "events";
     const EXTENSION: &'static str = "parquet";
 
-    fn append(&mut self, batch: &DecodedBatch, objects: &mut PartitionObjects<ParquetEncoder>) -> Result<(), String> {
+    fn append(
+        &mut self,
+        batch: &DecodedBatch,
+        objects: &mut PartitionObjects<ParquetEncoder>,
+    ) -> Result<(), String> {
         let ingest = Ingest {
             source: self.source_kind,
             stream: &batch.partition.stream,

@@ -92,7 +92,10 @@ pub trait Sink: Send {
 pub const TICK: Duration = Duration::from_secs(1);
 
 /// Drives one sink until its input closes, then flushes everything.
-pub async fn run_sink(mut sink: Box<dyn Sink>, mut input: mpsc::Receiver<Arc<DecodedBatch>>) -> Result<(), SinkError> {
+pub async fn run_sink(
+    mut sink: Box<dyn Sink>,
+    mut input: mpsc::Receiver<Arc<DecodedBatch>>,
+) -> Result<(), SinkError> {
     let mut tick = tokio::time::interval(TICK);
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     loop {

@@ -53,7 +53,11 @@ pub trait ObjectFormat: Send + 'static {
     const EXTENSION: &'static str;
 
     /// Appends the records of `batch` this format stores to `objects`.
-    fn append(&mut self, batch: &DecodedBatch, objects: &mut PartitionObjects<Self::Encoder>) -> Result<(), String>;
+    fn append(
+        &mut self,
+        batch: &DecodedBatch,
+        objects: &mut PartitionObjects<Self::Encoder>,
+    ) -> Result<(), String>;
 }
 
 /// Limits that make an object close.
@@ -124,7 +128,11 @@ impl<E: Encoder> OpenObject<E> {
             Some((last, count)) if *last == second => *count += 1,
             _ => self.times.push((second, 1)),
         }
-        if !self.tokens.last().is_some_and(|last| last.same_batch(token)) {
+        if !self
+            .tokens
+            .last()
+            .is_some_and(|last| last.same_batch(token))
+        {
             self.tokens.push(token.clone());
         }
     }
@@ -163,28 +171,40 @@ pub struct ObjectWriter {
 
 impl ObjectWriter {
     /// Opens the lake's store. Connects to nothing yet.
-    pub fn open(lake: &LakeConfig, source_kind: &'static str, health: Health, stats: Arc<Stats>) -> Result<ObjectWriter, SinkError> {
-        let setup_error = |detail: String| SinkError::Setup { sink: "lake", detail };
-        let (store, prefix, supports_metadata): (Arc<dyn ObjectStore>, String, bool) = match &lake.location {
-            LakeLocation::Local(directory) => {
-                std::fs::create_dir_all(directory)
-                    .map_err(|e| setup_error(format!("cannot create {}: {e}", directory.display())))?;
-                let store = LocalFileSystem::new_with_prefix(directory)
-                    .map_err(|e| setup_error(format!("{}: {e}", directory.display())))?;
-                (Arc::new(store), String::new(), false)
-            }
-            LakeLocation::S3 { bucket, prefix } => {
-                let mut builder = AmazonS3Builder::from_env().with_bucket_name(bucket);
-                if let Some(endpoint) = &lake.s3_endpoint {
-                    builder = builder
-                        .with_endpoint(endpoint.as_str().trim_end_matches('/'))
-                        .with_allow_http(endpoint.scheme() == "http")
-                        .with_virtual_hosted_style_request(false);
-                }
-                let store = builder.build().map_err(|e| setup_error(format!("s3://{bucket}: {e}")))?;
-                (Arc::new(store), prefix.clone(), true)
-            }
+    pub fn open(
+        lake: &LakeConfig,
+        source_kind: &'static str,
+        health: Health,
+        stats: Arc<Stats>,
+    ) -> Result<ObjectWriter, SinkError> {
+        let setup_error = |detail: String| SinkError::Setup {
+            sink: "lake",
+            detail,
         };
+        let (store, prefix, supports_metadata): (Arc<dyn ObjectStore>, String, bool) =
+            match &lake.location {
+                LakeLocation::Local(directory) => {
+                    std::fs::create_dir_all(directory).map_err(|e| {
+                        setup_error(format!("cannot create {}: {e}", directory.display()))
+                    })?;
+                    let store = LocalFileSystem::new_with_prefix(directory)
+                        .map_err(|e| setup_error(format!("{}: {e}", directory.display())))?;
+                    (Arc::new(store), String::new(), false)
+                }
+                LakeLocation::S3 { bucket, prefix } => {
+                    let mut builder = AmazonS3Builder::from_env().with_bucket_name(bucket);
+                    if let Some(endpoint) = &lake.s3_endpoint {
+                        builder = builder
+                            .with_endpoint(endpoint.as_str().trim_end_matches('/'))
+                            .with_allow_http(endpoint.scheme() == "http")
+                            .with_virtual_hosted_style_request(false);
+                    }
+                    let store = builder
+                        .build()
+                        .map_err(|e| setup_error(format!("s3://{bucket}: {e}")))?;
+                    (Arc::new(store), prefix.clone(), true)
+                }
+            };
         Ok(ObjectWriter {
             store,
             prefix,
@@ -201,7 +221,15 @@ impl ObjectWriter {
     }
 
     /// The key of an object of `folder` holding `partition`'s records `first..=last` of `hour`.
-    pub fn key(&self, folder: &str, partition: &PartitionId, hour: i64, first: u64, last: u64, extension: &str) -> Path {
+    pub fn key(
+        &self,
+        folder: &str,
+        partition: &PartitionId,
+        hour: i64,
+        first: u64,
+        last: u64,
+        extension: &str,
+    ) -> Path {
         let start = DateTime::<Utc>::from_timestamp_millis(hour * HOUR_MS).unwrap_or_default();
         let name = format!(
             "{folder}/dt={}/hour={}/{}-{}-{}-{first:020}-{last:020}.{extension}",
@@ -221,7 +249,13 @@ impl ObjectWriter {
     /// Writes one object, retrying with backoff until it succeeds. Failures that retrying
     /// alone cannot fix (permissions, a missing bucket) mark `sink` not ready until a write
     /// succeeds again, and are logged at most once a minute.
-    pub async fn put(&self, sink: &'static str, key: &Path, body: Bytes, metadata: &[(&'static str, String)]) -> Duration {
+    pub async fn put(
+        &self,
+        sink: &'static str,
+        key: &Path,
+        body: Bytes,
+        metadata: &[(&'static str, String)],
+    ) -> Duration {
         let mut attributes = Attributes::new();
         if self.supports_metadata {
             for (name, value) in metadata {
@@ -236,7 +270,11 @@ impl ObjectWriter {
                 ..PutOptions::default()
             };
             let started = Instant::now();
-            match self.store.put_opts(key, PutPayload::from_bytes(body.clone()), options).await {
+            match self
+                .store
+                .put_opts(key, PutPayload::from_bytes(body.clone()), options)
+                .await
+            {
                 Ok(_) => {
                     if backoff.attempts() > 0 {
                         tracing::info!(sink, key = %key, attempts = backoff.attempts() + 1, "write succeeded after retries");
@@ -248,9 +286,11 @@ impl ObjectWriter {
                     let reason = classify(&error);
                     metrics::record_sink_retry(sink, reason);
                     if reason != "transient" {
-                        self.health.not_ready(sink, format!("{reason} writing {key}: {error}"));
+                        self.health
+                            .not_ready(sink, format!("{reason} writing {key}: {error}"));
                     }
-                    let log_now = last_logged.is_none_or(|at| at.elapsed() >= Duration::from_secs(60));
+                    let log_now =
+                        last_logged.is_none_or(|at| at.elapsed() >= Duration::from_secs(60));
                     if log_now {
                         tracing::warn!(sink, key = %key, reason, error = %error, attempt = backoff.attempts() + 1, "write failed, retrying");
                         last_logged = Some(Instant::now());
@@ -266,8 +306,11 @@ impl ObjectWriter {
 fn classify(error: &object_store::Error) -> &'static str {
     match error {
         object_store::Error::NotFound { .. } => "not_found",
-        object_store::Error::PermissionDenied { .. } | object_store::Error::Unauthenticated { .. } => "access_denied",
-        object_store::Error::NotSupported { .. } | object_store::Error::NotImplemented { .. } => "not_supported",
+        object_store::Error::PermissionDenied { .. }
+        | object_store::Error::Unauthenticated { .. } => "access_denied",
+        object_store::Error::NotSupported { .. } | object_store::Error::NotImplemented { .. } => {
+            "not_supported"
+        }
         _ => "transient",
     }
 }
@@ -275,7 +318,13 @@ fn classify(error: &object_store::Error) -> &'static str {
 /// Keeps a stream name safe as one path segment.
 fn sanitize(name: &str) -> String {
     name.chars()
-        .map(|c| if c.is_ascii_alphanumeric() || matches!(c, '_' | '.' | '-') { c } else { '_' })
+        .map(|c| {
+            if c.is_ascii_alphanumeric() || matches!(c, '_' | '.' | '-') {
+                c
+            } else {
+                '_'
+            }
+        })
         .collect()
 }
 
@@ -291,7 +340,12 @@ pub struct ObjectSink<F: ObjectFormat> {
 
 impl<F: ObjectFormat> ObjectSink<F> {
     /// A sink writing through `writer`, cutting objects at `limits`.
-    pub fn new(format: F, new_encoder: fn() -> F::Encoder, writer: ObjectWriter, limits: ObjectLimits) -> ObjectSink<F> {
+    pub fn new(
+        format: F,
+        new_encoder: fn() -> F::Encoder,
+        writer: ObjectWriter,
+        limits: ObjectLimits,
+    ) -> ObjectSink<F> {
         ObjectSink {
             format,
             writer,
@@ -307,10 +361,18 @@ impl<F: ObjectFormat> ObjectSink<F> {
     }
 
     /// Removes and returns the objects `select` picks.
-    fn take(&mut self, mut select: impl FnMut(&OpenObject<F::Encoder>) -> bool) -> Vec<(PartitionId, i64, OpenObject<F::Encoder>)> {
+    fn take(
+        &mut self,
+        mut select: impl FnMut(&OpenObject<F::Encoder>) -> bool,
+    ) -> Vec<(PartitionId, i64, OpenObject<F::Encoder>)> {
         let mut taken = Vec::new();
         for (partition, objects) in self.partitions.iter_mut() {
-            let hours: Vec<i64> = objects.by_hour.iter().filter(|(_, o)| select(o)).map(|(h, _)| *h).collect();
+            let hours: Vec<i64> = objects
+                .by_hour
+                .iter()
+                .filter(|(_, o)| select(o))
+                .map(|(h, _)| *h)
+                .collect();
             for hour in hours {
                 if let Some(object) = objects.by_hour.remove(&hour) {
                     taken.push((partition.clone(), hour, object));
@@ -328,11 +390,22 @@ impl<F: ObjectFormat> ObjectSink<F> {
             let largest = self
                 .partitions
                 .iter()
-                .flat_map(|(partition, objects)| objects.by_hour.iter().map(move |(hour, o)| (o.encoder.buffered_bytes(), partition, *hour)))
+                .flat_map(|(partition, objects)| {
+                    objects
+                        .by_hour
+                        .iter()
+                        .map(move |(hour, o)| (o.encoder.buffered_bytes(), partition, *hour))
+                })
                 .max_by_key(|(bytes, _, _)| *bytes)
                 .map(|(bytes, partition, hour)| (bytes, partition.clone(), hour));
-            let Some((bytes, partition, hour)) = largest else { break };
-            if let Some(object) = self.partitions.get_mut(&partition).and_then(|p| p.by_hour.remove(&hour)) {
+            let Some((bytes, partition, hour)) = largest else {
+                break;
+            };
+            if let Some(object) = self
+                .partitions
+                .get_mut(&partition)
+                .and_then(|p| p.by_hour.remove(&hour))
+            {
                 taken.push((partition, hour, object));
             }
             buffered -= bytes;
@@ -340,19 +413,37 @@ impl<F: ObjectFormat> ObjectSink<F> {
         taken
     }
 
-    async fn flush(&mut self, objects: Vec<(PartitionId, i64, OpenObject<F::Encoder>)>) -> Result<(), SinkError> {
+    async fn flush(
+        &mut self,
+        objects: Vec<(PartitionId, i64, OpenObject<F::Encoder>)>,
+    ) -> Result<(), SinkError> {
         for (partition, hour, object) in objects {
             flush_one::<F>(&self.writer, &partition, hour, object).await?;
         }
-        self.partitions.retain(|_, objects| !objects.by_hour.is_empty());
+        self.partitions
+            .retain(|_, objects| !objects.by_hour.is_empty());
         metrics::set_sink_buffered(F::SINK, self.buffered_bytes());
         Ok(())
     }
 }
 
 /// Encodes and writes one object, then acknowledges its share of every batch in it.
-async fn flush_one<F: ObjectFormat>(writer: &ObjectWriter, partition: &PartitionId, hour: i64, object: OpenObject<F::Encoder>) -> Result<(), SinkError> {
-    let OpenObject { encoder, first_offset, last_offset, min_time_ms, max_time_ms, times, tokens, .. } = object;
+async fn flush_one<F: ObjectFormat>(
+    writer: &ObjectWriter,
+    partition: &PartitionId,
+    hour: i64,
+    object: OpenObject<F::Encoder>,
+) -> Result<(), SinkError> {
+    let OpenObject {
+        encoder,
+        first_offset,
+        last_offset,
+        min_time_ms,
+        max_time_ms,
+        times,
+        tokens,
+        ..
+    } = object;
     let records = encoder.records();
     if records == 0 {
         return Ok(());
@@ -369,14 +460,24 @@ async fn flush_one<F: ObjectFormat>(writer: &ObjectWriter, partition: &Partition
         ("schema-version", "1".to_owned()),
         ("classpulse-version", env!("CARGO_PKG_VERSION").to_owned()),
     ];
-    let key = writer.key(F::FOLDER, partition, hour, first_offset, last_offset, F::EXTENSION);
+    let key = writer.key(
+        F::FOLDER,
+        partition,
+        hour,
+        first_offset,
+        last_offset,
+        F::EXTENSION,
+    );
     let body = match encoder.finish(&metadata) {
         Ok(body) => body,
         Err(detail) => {
             for token in &tokens {
                 token.fail();
             }
-            return Err(SinkError::Encode { sink: F::SINK, detail });
+            return Err(SinkError::Encode {
+                sink: F::SINK,
+                detail,
+            });
         }
     };
     let bytes = body.len();
@@ -386,7 +487,12 @@ async fn flush_one<F: ObjectFormat>(writer: &ObjectWriter, partition: &Partition
     let durable_ms = Utc::now().timestamp_millis();
     metrics::record_end_to_end(
         F::SINK,
-        times.iter().map(|(second, count)| (((durable_ms - second * 1000) as f64 / 1000.0).max(0.0), *count)),
+        times.iter().map(|(second, count)| {
+            (
+                ((durable_ms - second * 1000) as f64 / 1000.0).max(0.0),
+                *count,
+            )
+        }),
     );
     tracing::debug!(sink = F::SINK, key = %key, records, bytes, took_ms = took.as_millis() as u64, "object written");
     // Dropping the tokens acknowledges this object's share of each batch.
@@ -408,16 +514,25 @@ impl<F: ObjectFormat> Sink for ObjectSink<F> {
 
     async fn write(&mut self, batch: Arc<DecodedBatch>) -> Result<(), SinkError> {
         let new_encoder = self.new_encoder;
-        let objects = self.partitions.entry(batch.partition.clone()).or_insert_with(|| PartitionObjects {
-            by_hour: BTreeMap::new(),
-            new_encoder,
-        });
+        let objects = self
+            .partitions
+            .entry(batch.partition.clone())
+            .or_insert_with(|| PartitionObjects {
+                by_hour: BTreeMap::new(),
+                new_encoder,
+            });
         self.format
             .append(&batch, objects)
-            .map_err(|detail| SinkError::Encode { sink: F::SINK, detail })?;
+            .map_err(|detail| SinkError::Encode {
+                sink: F::SINK,
+                detail,
+            })?;
         drop(batch);
         let limits = self.limits;
-        let mut full = self.take(|o| o.encoder.records() >= limits.max_records || o.encoder.buffered_bytes() >= limits.max_bytes);
+        let mut full = self.take(|o| {
+            o.encoder.records() >= limits.max_records
+                || o.encoder.buffered_bytes() >= limits.max_bytes
+        });
         full.extend(self.take_over_cap());
         if !full.is_empty() {
             self.flush(full).await?;
@@ -456,8 +571,18 @@ mod tests {
             max_buffer_bytes: 1 << 20,
         };
         let writer = ObjectWriter::open(&lake, "kafka", Health::new(), Arc::default()).unwrap();
-        let hour = DateTime::parse_from_rfc3339("2026-11-25T17:42:00Z").unwrap().timestamp_millis() / HOUR_MS;
-        let key = writer.key("events", &PartitionId::new("perf/events", 3), hour, 42, 1042, "parquet");
+        let hour = DateTime::parse_from_rfc3339("2026-11-25T17:42:00Z")
+            .unwrap()
+            .timestamp_millis()
+            / HOUR_MS;
+        let key = writer.key(
+            "events",
+            &PartitionId::new("perf/events", 3),
+            hour,
+            42,
+            1042,
+            "parquet",
+        );
         assert_eq!(
             key.as_ref(),
             "raw/events/dt=2026-11-25/hour=17/kafka-perf_events-3-00000000000000000042-00000000000000001042.parquet"

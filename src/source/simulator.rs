@@ -40,7 +40,14 @@ const MAX_DELAY_TICKS: i64 = 8;
 /// Size of each studio's member pool, from which a class draws its members.
 const MEMBERS_PER_STUDIO: u32 = 400;
 
-const EXERCISES: [&str; 6] = ["squat", "deadlift", "bench_press", "overhead_press", "row", "lunge"];
+const EXERCISES: [&str; 6] = [
+    "squat",
+    "deadlift",
+    "bench_press",
+    "overhead_press",
+    "row",
+    "lunge",
+];
 
 /// What the simulator sent, for the run summary and tests.
 #[derive(Debug, Default)]
@@ -143,8 +150,9 @@ impl Simulator {
 
         let mut classes = Vec::new();
         for studio in 0..config.studios {
-            // Studios do not start on the same second.
-            let mut class_start = start_ms + rng.random_range(0..=(class_ms / 6).max(1) / 1000) * 1000;
+            // Studios do not start on the same second (but short simulations stay busy).
+            let jitter_seconds = (class_ms / 6).min(duration_ms / 4) / 1000;
+            let mut class_start = start_ms + rng.random_range(0..=jitter_seconds) * 1000;
             while class_start < end_ms {
                 classes.push(plan_class(&mut rng, config, studio, class_start, class_ms));
                 class_start += class_ms;
@@ -254,7 +262,13 @@ impl Simulator {
     }
 
     /// Produces the events one member's devices send in the tick ending at `now_ms`.
-    fn member_tick(&mut self, class_index: usize, member_index: usize, now_ms: i64, out: &mut Vec<String>) {
+    fn member_tick(
+        &mut self,
+        class_index: usize,
+        member_index: usize,
+        now_ms: i64,
+        out: &mut Vec<String>,
+    ) {
         let tick_end = now_ms + TICK_MS;
         let class = &self.classes[class_index];
         let intensity = intensity_at(class, now_ms);
@@ -266,14 +280,23 @@ impl Simulator {
             let member = &self.classes[class_index].members[member_index];
             let effort = intensity * member.fitness;
             let noise: f64 = self.rng.random_range(-4.0..4.0);
-            let bpm = (member.rest_hr + (member.max_hr - member.rest_hr) * effort + noise).clamp(45.0, 215.0).round();
+            let bpm = (member.rest_hr + (member.max_hr - member.rest_hr) * effort + noise)
+                .clamp(45.0, 215.0)
+                .round();
             let data = format!("{{\"bpm\":{bpm}}}");
-            let json = self.event_json(class_index, member_index, EventType::HeartRate, time_ms, &data);
+            let json = self.event_json(
+                class_index,
+                member_index,
+                EventType::HeartRate,
+                time_ms,
+                &data,
+            );
             self.classes[class_index].members[member_index].next_hr_ms += SAMPLE_INTERVAL_MS;
             self.emit(class_index, json, out);
         }
         if let Some(time_ms) = machine_due {
-            let (machine, data, interval) = self.machine_reading(class_index, member_index, intensity);
+            let (machine, data, interval) =
+                self.machine_reading(class_index, member_index, intensity);
             let json = self.event_json(class_index, member_index, machine, time_ms, &data);
             self.classes[class_index].members[member_index].next_machine_ms += interval;
             self.emit(class_index, json, out);
@@ -281,7 +304,12 @@ impl Simulator {
     }
 
     /// The next reading of a member's machine: (type, event_data JSON, interval to the next).
-    fn machine_reading(&mut self, class_index: usize, member_index: usize, intensity: f64) -> (EventType, String, i64) {
+    fn machine_reading(
+        &mut self,
+        class_index: usize,
+        member_index: usize,
+        intensity: f64,
+    ) -> (EventType, String, i64) {
         let jitter: f64 = self.rng.random_range(0.95..1.05);
         let exercise = EXERCISES[self.rng.random_range(0..EXERCISES.len())];
         let reps: u32 = self.rng.random_range(6..=15);
@@ -328,14 +356,23 @@ impl Simulator {
             }
             EventType::FreeWeights | EventType::HeartRate => {
                 let weight = f64::from(load_step) * 2.5 * member.fitness;
-                let data = format!("{{\"exercise\":\"{exercise}\",\"reps\":{reps},\"weight_kg\":{weight:.1}}}");
+                let data = format!(
+                    "{{\"exercise\":\"{exercise}\",\"reps\":{reps},\"weight_kg\":{weight:.1}}}"
+                );
                 (EventType::FreeWeights, data, SET_INTERVAL_MS)
             }
         }
     }
 
     /// Serialises one event. Straps send RFC 3339 times, machines epoch milliseconds.
-    fn event_json(&mut self, class_index: usize, member_index: usize, event_type: EventType, time_ms: i64, data: &str) -> String {
+    fn event_json(
+        &mut self,
+        class_index: usize,
+        member_index: usize,
+        event_type: EventType,
+        time_ms: i64,
+        data: &str,
+    ) -> String {
         let id: u128 = self.rng.random();
         let class = &self.classes[class_index];
         let member = &class.members[member_index];
@@ -351,7 +388,11 @@ impl Simulator {
         } else {
             let _ = write!(json, "{time_ms}");
         }
-        let device_prefix = if event_type == EventType::HeartRate { "hr" } else { "eq" };
+        let device_prefix = if event_type == EventType::HeartRate {
+            "hr"
+        } else {
+            "eq"
+        };
         let _ = write!(
             json,
             ",\"studio_id\":\"{}\",\"class_id\":\"{}\",\"member_id\":\"{}\",\"device_id\":\"{device_prefix}-{}\",\"event_data\":{data}}}",
@@ -392,7 +433,11 @@ impl Simulator {
         match self.rng.random_range(0..kinds) {
             0 => replace_first_data_value(&json, "99999"),
             1 => remove_member(&json, "member_id"),
-            2 => json.replacen("\"event_created\":", "\"event_created\":\"yesterday\",\"was\":", 1),
+            2 => json.replacen(
+                "\"event_created\":",
+                "\"event_created\":\"yesterday\",\"was\":",
+                1,
+            ),
             3 => json.replacen("\"event_type\":\"", "\"event_type\":\"elliptical_", 1),
             4 => json.replacen("{\"event_id\"", "{\"schema_version\":7,\"event_id\"", 1),
             _ => json[..json.len() / 2].to_owned(),
@@ -438,7 +483,12 @@ impl Source for Simulator {
                 tokio::time::sleep_until(due).await;
                 let behind = Instant::now().saturating_duration_since(due).as_secs_f64();
                 for partition in &self.partitions {
-                    crate::metrics::set_source_lag(self.kind(), &partition.id, 0, behind * self.config.speedup);
+                    crate::metrics::set_source_lag(
+                        self.kind(),
+                        &partition.id,
+                        0,
+                        behind * self.config.speedup,
+                    );
                 }
             }
             self.generate();
@@ -453,7 +503,13 @@ impl Source for Simulator {
     }
 }
 
-fn plan_class(rng: &mut ChaCha8Rng, config: &SimulatorConfig, studio: u32, start_ms: i64, class_ms: i64) -> SimClass {
+fn plan_class(
+    rng: &mut ChaCha8Rng,
+    config: &SimulatorConfig,
+    studio: u32,
+    start_ms: i64,
+    class_ms: i64,
+) -> SimClass {
     const KINDS: [&str; 5] = ["hiit", "ride", "row", "strength", "run"];
     let kind = KINDS[rng.random_range(0..KINDS.len())];
     let studio_id = format!("studio-{studio:04}");
@@ -474,7 +530,12 @@ fn plan_class(rng: &mut ChaCha8Rng, config: &SimulatorConfig, studio: u32, start
                 "row" => EventType::Rower,
                 "strength" => EventType::FreeWeights,
                 "run" => EventType::Treadmill,
-                _ => [EventType::Treadmill, EventType::Rower, EventType::Bike, EventType::FreeWeights][rng.random_range(0..4)],
+                _ => [
+                    EventType::Treadmill,
+                    EventType::Rower,
+                    EventType::Bike,
+                    EventType::FreeWeights,
+                ][rng.random_range(0..4)],
             };
             SimMember {
                 member_id: format!("m{studio:04}{number:04}"),
@@ -523,12 +584,21 @@ fn intensity_at(class: &SimClass, time_ms: i64) -> f64 {
 
 /// Stable hash for partitioning (producers use murmur2; any stable hash does here).
 fn fnv1a(bytes: &[u8]) -> u64 {
-    bytes.iter().fold(0xcbf2_9ce4_8422_2325, |hash, byte| (hash ^ u64::from(*byte)).wrapping_mul(0x0100_0000_01b3))
+    bytes.iter().fold(0xcbf2_9ce4_8422_2325, |hash, byte| {
+        (hash ^ u64::from(*byte)).wrapping_mul(0x0100_0000_01b3)
+    })
 }
 
 fn uuid_text(bits: u128) -> String {
     let hex = format!("{bits:032x}");
-    format!("{}-{}-{}-{}-{}", &hex[0..8], &hex[8..12], &hex[12..16], &hex[16..20], &hex[20..32])
+    format!(
+        "{}-{}-{}-{}-{}",
+        &hex[0..8],
+        &hex[8..12],
+        &hex[12..16],
+        &hex[16..20],
+        &hex[20..32]
+    )
 }
 
 fn format_rfc3339(time_ms: i64) -> String {
@@ -593,7 +663,10 @@ mod tests {
         let second = drain(&mut Simulator::new(&small_config(7), 500, now)).await;
         let third = drain(&mut Simulator::new(&small_config(8), 500, now)).await;
         let payloads = |batches: &[RawBatch]| -> Vec<Bytes> {
-            batches.iter().flat_map(|b| b.messages.iter().map(|m| m.payload.clone().unwrap())).collect()
+            batches
+                .iter()
+                .flat_map(|b| b.messages.iter().map(|m| m.payload.clone().unwrap()))
+                .collect()
         };
         assert!(!first.is_empty());
         assert_eq!(payloads(&first), payloads(&second));
@@ -615,13 +688,28 @@ mod tests {
                 let expected = offsets.entry(batch.partition.clone()).or_default();
                 assert_eq!(message.offset, *expected, "offsets are dense per partition");
                 *expected += 1;
-                decode_message(message, &limits, Utc::now().timestamp_millis(), &mut events, &mut rejected);
+                decode_message(
+                    message,
+                    &limits,
+                    Utc::now().timestamp_millis(),
+                    &mut events,
+                    &mut rejected,
+                );
             }
         }
         let corrupted = SimulatorStats::get(&stats.corrupted);
-        assert!(corrupted > 10, "the test needs corrupted events, got {corrupted}");
-        assert_eq!(rejected.len() as u64, corrupted, "{:?}", rejected.iter().map(|r| &r.rejection).collect::<Vec<_>>());
-        let expected_valid = SimulatorStats::get(&stats.events) + SimulatorStats::get(&stats.duplicates);
+        assert!(
+            corrupted > 10,
+            "the test needs corrupted events, got {corrupted}"
+        );
+        assert_eq!(
+            rejected.len() as u64,
+            corrupted,
+            "{:?}",
+            rejected.iter().map(|r| &r.rejection).collect::<Vec<_>>()
+        );
+        let expected_valid =
+            SimulatorStats::get(&stats.events) + SimulatorStats::get(&stats.duplicates);
         assert_eq!(events.len() as u64, expected_valid);
         let types: std::collections::BTreeSet<_> = events.iter().map(|e| e.event_type).collect();
         assert_eq!(types.len(), 5, "every event type is simulated: {types:?}");
@@ -637,6 +725,9 @@ mod tests {
         drain(&mut simulator).await;
         let took = started.elapsed();
         let tolerance = Duration::from_millis(200);
-        assert!(took + tolerance >= expected && took <= expected + tolerance, "{took:?} vs {expected:?}");
+        assert!(
+            took + tolerance >= expected && took <= expected + tolerance,
+            "{took:?} vs {expected:?}"
+        );
     }
 }

@@ -1,0 +1,68 @@
+//! Decode + validate throughput: single-event messages and 500-event batches.
+//! Target: at least 1,000,000 events/s on one core.
+
+use bytes::Bytes;
+use chrono::Utc;
+use classpulse::decode::{decode_message, RawMessage};
+use criterion::{criterion_group, criterion_main, BatchSize, Criterion, Throughput};
+
+mod support;
+
+fn decode(c: &mut Criterion) {
+    let messages = support::messages(&support::simulation(10, 10));
+    let singles: Vec<RawMessage> = support::single_events(&messages)
+        .into_iter()
+        .take(5000)
+        .enumerate()
+        .map(|(offset, json)| RawMessage {
+            offset: offset as u64,
+            key: None,
+            payload: Some(Bytes::from(json)),
+        })
+        .collect();
+    let batch_json = format!(
+        "[{}]",
+        support::single_events(&messages)
+            .into_iter()
+            .take(500)
+            .collect::<Vec<_>>()
+            .join(",")
+    );
+    let batch = RawMessage {
+        offset: 0,
+        key: None,
+        payload: Some(Bytes::from(batch_json)),
+    };
+    let limits = support::limits();
+    let now_ms = Utc::now().timestamp_millis();
+
+    let mut group = c.benchmark_group("decode");
+    group.throughput(Throughput::Elements(singles.len() as u64));
+    group.bench_function("single_event_messages", |b| {
+        b.iter_batched_ref(
+            || (Vec::with_capacity(singles.len()), Vec::new()),
+            |(events, rejected)| {
+                for message in &singles {
+                    decode_message(message, &limits, now_ms, events, rejected);
+                }
+                assert_eq!(events.len(), singles.len());
+            },
+            BatchSize::SmallInput,
+        )
+    });
+    group.throughput(Throughput::Elements(500));
+    group.bench_function("batch_of_500", |b| {
+        b.iter_batched_ref(
+            || (Vec::with_capacity(500), Vec::new()),
+            |(events, rejected)| {
+                decode_message(&batch, &limits, now_ms, events, rejected);
+                assert_eq!(events.len(), 500);
+            },
+            BatchSize::SmallInput,
+        )
+    });
+    group.finish();
+}
+
+criterion_group!(benches, decode);
+criterion_main!(benches);

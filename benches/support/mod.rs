@@ -1,0 +1,81 @@
+#![allow(dead_code)] // each benchmark uses a different subset
+//! Realistic inputs for the benchmarks, made by the simulator.
+
+use std::time::Duration;
+
+use chrono::Utc;
+use classpulse::config::{Config, SimulatorConfig};
+use classpulse::decode::{decode_message, DecodeLimits, RawMessage};
+use classpulse::event::PerformanceEvent;
+use classpulse::source::simulator::Simulator;
+use classpulse::source::Source;
+use serde_json::value::RawValue;
+
+/// Decoder limits as configured by default.
+pub fn limits() -> DecodeLimits {
+    DecodeLimits {
+        max_message_bytes: 1 << 20,
+        max_clock_skew_ms: 60_000,
+    }
+}
+
+/// An unpaced, clean simulation of `studios` studios over `minutes` of event time.
+pub fn simulation(studios: u32, minutes: u64) -> SimulatorConfig {
+    let mut config = Config::from_vars(&Default::default()).unwrap().simulator;
+    config.studios = studios;
+    config.duration = Duration::from_secs(minutes * 60);
+    config.speedup = 0.0;
+    config.seed = Some(42);
+    config.start = Some("2026-11-25T17:00:00Z".parse().unwrap());
+    config.invalid_rate = 0.0;
+    config.duplicate_rate = 0.0;
+    config.out_of_order_rate = 0.0;
+    config
+}
+
+/// Every message of a simulation.
+pub fn messages(config: &SimulatorConfig) -> Vec<RawMessage> {
+    let runtime = tokio::runtime::Builder::new_current_thread()
+        .enable_time()
+        .build()
+        .unwrap();
+    runtime.block_on(async {
+        let mut simulator = Simulator::new(config, 500, Utc::now());
+        let mut messages = Vec::new();
+        while let Some(batch) = simulator.next_batch().await.unwrap() {
+            messages.extend(batch.messages);
+        }
+        messages
+    })
+}
+
+/// Each event of `messages` as its own JSON text.
+pub fn single_events(messages: &[RawMessage]) -> Vec<String> {
+    let mut events = Vec::new();
+    for message in messages {
+        let payload = std::str::from_utf8(message.payload.as_ref().unwrap()).unwrap();
+        if payload.starts_with('[') {
+            let elements: Vec<&RawValue> = serde_json::from_str(payload).unwrap();
+            events.extend(elements.iter().map(|e| e.get().to_owned()));
+        } else {
+            events.extend(payload.lines().map(str::to_owned));
+        }
+    }
+    events
+}
+
+/// Decoded events of `messages`.
+pub fn decoded(messages: &[RawMessage]) -> Vec<PerformanceEvent> {
+    let (mut events, mut rejected) = (Vec::new(), Vec::new());
+    for message in messages {
+        decode_message(
+            message,
+            &limits(),
+            Utc::now().timestamp_millis(),
+            &mut events,
+            &mut rejected,
+        );
+    }
+    assert!(rejected.is_empty());
+    events
+}

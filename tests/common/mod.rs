@@ -1,0 +1,212 @@
+//! Helpers shared by the integration tests: running the binary, reading what it wrote, and
+//! talking to its HTTP endpoints.
+
+#![allow(dead_code)] // each test binary uses a different subset
+
+use std::fs::File;
+use std::io::{BufRead, BufReader, Read, Write};
+use std::net::{SocketAddr, TcpStream};
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+use arrow_array::RecordBatch;
+use parquet::arrow::arrow_reader::ParquetRecordBatchReaderBuilder;
+use serde_json::Value;
+
+/// The `classpulse` binary with no inherited `CLASSPULSE_*` variables, JSON logs and a free
+/// HTTP port, writing its lake under `lake`.
+pub fn classpulse(lake: &Path) -> Command {
+    let mut command = Command::new(env!("CARGO_BIN_EXE_classpulse"));
+    for (name, _) in std::env::vars().filter(|(name, _)| name.starts_with("CLASSPULSE_")) {
+        command.env_remove(name);
+    }
+    command
+        .env("CLASSPULSE_LAKE_URL", format!("file://{}", lake.display()))
+        .env("CLASSPULSE_HTTP_ADDR", "127.0.0.1:0")
+        .env("CLASSPULSE_LOG_FORMAT", "json")
+        .env("CLASSPULSE_SIM_START", "2026-11-25T17:00:00Z")
+        .env("CLASSPULSE_SIM_SEED", "20261125");
+    command
+}
+
+/// A small, unpaced simulation.
+pub fn small_simulation(command: &mut Command) -> &mut Command {
+    command
+        .env("CLASSPULSE_SIM_STUDIOS", "6")
+        .env("CLASSPULSE_SIM_DURATION", "5m")
+        .env("CLASSPULSE_SIM_SPEEDUP", "0")
+        .env("CLASSPULSE_SIM_INVALID_RATE", "0.02")
+}
+
+/// A running classpulse whose stderr (JSON logs) is collected by a thread.
+pub struct Running {
+    pub child: Child,
+    pub http: SocketAddr,
+    logs: std::sync::mpsc::Receiver<String>,
+}
+
+impl Running {
+    /// Starts `command` and waits for its HTTP address.
+    pub fn start(command: &mut Command) -> Running {
+        let mut child = command
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()
+            .expect("classpulse starts");
+        let stderr = child.stderr.take().unwrap();
+        let (sender, logs) = std::sync::mpsc::channel();
+        std::thread::spawn(move || {
+            for line in BufReader::new(stderr).lines().map_while(Result::ok) {
+                if sender.send(line).is_err() {
+                    break;
+                }
+            }
+        });
+        let deadline = Instant::now() + Duration::from_secs(30);
+        loop {
+            let line = logs
+                .recv_timeout(deadline.saturating_duration_since(Instant::now()))
+                .expect("classpulse logs its http address");
+            let Ok(log) = serde_json::from_str::<Value>(&line) else {
+                continue;
+            };
+            if log["message"] == "http endpoints listening" {
+                let http = log["addr"].as_str().unwrap().parse().unwrap();
+                return Running { child, http, logs };
+            }
+        }
+    }
+
+    /// Sends a signal to the process.
+    pub fn signal(&self, name: &str) {
+        let status = Command::new("kill")
+            .arg(format!("-{name}"))
+            .arg(self.child.id().to_string())
+            .status()
+            .unwrap();
+        assert!(status.success());
+    }
+
+    /// Waits for the exit; returns the exit code, stdout, and the remaining log lines.
+    pub fn wait(mut self, timeout: Duration) -> (Option<i32>, String, Vec<String>) {
+        let deadline = Instant::now() + timeout;
+        let status = loop {
+            if let Some(status) = self.child.try_wait().unwrap() {
+                break status;
+            }
+            if Instant::now() > deadline {
+                let _ = self.child.kill();
+                panic!("classpulse did not exit within {timeout:?}");
+            }
+            std::thread::sleep(Duration::from_millis(50));
+        };
+        let mut stdout = String::new();
+        self.child
+            .stdout
+            .take()
+            .unwrap()
+            .read_to_string(&mut stdout)
+            .unwrap();
+        let logs = self.logs.try_iter().collect();
+        (status.code(), stdout, logs)
+    }
+}
+
+/// A plain HTTP/1.0 GET; returns the status code and body.
+pub fn http_get(addr: SocketAddr, path: &str) -> (u16, String) {
+    let mut stream = TcpStream::connect_timeout(&addr, Duration::from_secs(5))
+        .expect("http endpoint accepts connections");
+    stream
+        .set_read_timeout(Some(Duration::from_secs(5)))
+        .unwrap();
+    write!(stream, "GET {path} HTTP/1.0\r\nHost: {addr}\r\n\r\n").unwrap();
+    let mut response = String::new();
+    stream.read_to_string(&mut response).unwrap();
+    let status = response
+        .split_whitespace()
+        .nth(1)
+        .and_then(|code| code.parse().ok())
+        .unwrap_or(0);
+    let body = response
+        .split_once("\r\n\r\n")
+        .map(|(_, body)| body.to_owned())
+        .unwrap_or_default();
+    (status, body)
+}
+
+/// The value of an unlabelled or labelled series in Prometheus text, summed over labels.
+pub fn metric_sum(metrics: &str, name: &str) -> f64 {
+    metrics
+        .lines()
+        .filter(|line| !line.starts_with('#'))
+        .filter(|line| {
+            line.starts_with(&format!("{name} ")) || line.starts_with(&format!("{name}{{"))
+        })
+        .filter_map(|line| line.rsplit(' ').next()?.parse::<f64>().ok())
+        .sum()
+}
+
+/// Every file under `dir` whose name ends with `suffix`, sorted.
+pub fn files_under(dir: &Path, suffix: &str) -> Vec<PathBuf> {
+    let mut found = Vec::new();
+    let mut stack = vec![dir.to_path_buf()];
+    while let Some(dir) = stack.pop() {
+        let Ok(entries) = std::fs::read_dir(&dir) else {
+            continue;
+        };
+        for entry in entries.map_while(Result::ok) {
+            let path = entry.path();
+            if path.is_dir() {
+                stack.push(path);
+            } else if path.to_string_lossy().ends_with(suffix) {
+                found.push(path);
+            }
+        }
+    }
+    found.sort();
+    found
+}
+
+/// Every row of every Parquet object in the lake.
+pub fn read_lake(lake: &Path) -> Vec<RecordBatch> {
+    files_under(&lake.join("events"), ".parquet")
+        .into_iter()
+        .flat_map(|path| {
+            let reader = ParquetRecordBatchReaderBuilder::try_new(File::open(&path).unwrap())
+                .unwrap()
+                .build()
+                .unwrap();
+            reader.map(|batch| batch.unwrap()).collect::<Vec<_>>()
+        })
+        .collect()
+}
+
+/// Every dead-letter line in the lake.
+pub fn read_dead_letters(lake: &Path) -> Vec<Value> {
+    files_under(&lake.join("dead-letters"), ".ndjson.zst")
+        .into_iter()
+        .flat_map(|path| {
+            let text = zstd::decode_all(File::open(&path).unwrap()).unwrap();
+            String::from_utf8(text)
+                .unwrap()
+                .lines()
+                .map(|line| serde_json::from_str(line).unwrap())
+                .collect::<Vec<Value>>()
+        })
+        .collect()
+}
+
+/// The number after `label` in the run summary (e.g. "events in").
+pub fn summary_number(stdout: &str, label: &str) -> u64 {
+    let line = stdout
+        .lines()
+        .find(|line| line.trim_start().starts_with(label))
+        .unwrap_or_else(|| panic!("no {label:?} line in {stdout}"));
+    line.trim_start()[label.len()..]
+        .split_whitespace()
+        .next()
+        .unwrap()
+        .parse()
+        .unwrap()
+}
