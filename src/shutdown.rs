@@ -1,6 +1,6 @@
 //! Signals: the first SIGTERM or SIGINT starts a drain, a second one exits at once.
 
-use tokio::signal::unix::{signal, SignalKind};
+use tokio::signal::unix::{signal, Signal, SignalKind};
 use tokio_util::sync::CancellationToken;
 
 /// Exit code after a second signal cut the drain short (128 + SIGINT, as shells report it).
@@ -14,19 +14,13 @@ pub fn on_signals() -> std::io::Result<CancellationToken> {
     let token = CancellationToken::new();
     let drain = token.clone();
     tokio::spawn(async move {
-        let first = tokio::select! {
-            _ = terminate.recv() => "SIGTERM",
-            _ = interrupt.recv() => "SIGINT",
-        };
+        let first = next_signal(&mut terminate, &mut interrupt).await;
         tracing::info!(
             signal = first,
             "shutdown requested, draining (send again to exit at once)"
         );
         drain.cancel();
-        let second = tokio::select! {
-            _ = terminate.recv() => "SIGTERM",
-            _ = interrupt.recv() => "SIGINT",
-        };
+        let second = next_signal(&mut terminate, &mut interrupt).await;
         tracing::warn!(
             signal = second,
             "second signal, exiting without finishing the drain"
@@ -34,4 +28,11 @@ pub fn on_signals() -> std::io::Result<CancellationToken> {
         std::process::exit(FORCED_EXIT_CODE);
     });
     Ok(token)
+}
+
+async fn next_signal(terminate: &mut Signal, interrupt: &mut Signal) -> &'static str {
+    tokio::select! {
+        _ = terminate.recv() => "SIGTERM",
+        _ = interrupt.recv() => "SIGINT",
+    }
 }
