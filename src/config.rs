@@ -4,7 +4,7 @@
 //! [`VARS`] is the single list of variables with their defaults; `classpulse config`, the
 //! README table (checked by a test) and the parser all read it.
 
-use std::collections::{BTreeMap, HashMap};
+use std::collections::HashMap;
 use std::fmt;
 use std::net::SocketAddr;
 use std::path::PathBuf;
@@ -40,6 +40,8 @@ pub const VARS: &[VarSpec] = &[
     var("CLASSPULSE_SOURCE", "simulator", "Where events come from: `simulator` (built in, no servers)."),
     var("CLASSPULSE_LAKE_URL", "file://./classpulse-data", "Lake and dead-letter location: `file://DIR` or `s3://bucket/prefix`."),
     var("CLASSPULSE_S3_ENDPOINT", "", "S3 endpoint override for local servers (unset in production: AWS default)."),
+    var("CLASSPULSE_DYNAMODB_ENDPOINT", "", "DynamoDB endpoint override for local servers (unset in production)."),
+    var("CLASSPULSE_KINESIS_ENDPOINT", "", "Kinesis endpoint override for local servers (unset in production)."),
     var("CLASSPULSE_BATCH_MAX_EVENTS", "500", "Events the decoder hands to the sinks at once (cut at message boundaries)."),
     var("CLASSPULSE_CHANNEL_CAPACITY", "16", "Batches queued between stages before the source is slowed."),
     var("CLASSPULSE_MAX_MESSAGE_BYTES", "1MiB", "Larger messages are dead-lettered as `too_large` without being parsed."),
@@ -109,6 +111,16 @@ pub struct LakeConfig {
     pub max_buffer_bytes: usize,
 }
 
+/// Endpoint overrides for AWS services other than S3 (which the lake holds). `None` in
+/// production, where the SDK's default endpoints, credential chain and region apply.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct AwsEndpoints {
+    /// DynamoDB endpoint, e.g. `http://127.0.0.1:8000`.
+    pub dynamodb: Option<Url>,
+    /// Kinesis endpoint, e.g. `http://127.0.0.1:4567`.
+    pub kinesis: Option<Url>,
+}
+
 /// Simulator settings.
 #[derive(Debug, Clone)]
 pub struct SimulatorConfig {
@@ -143,6 +155,8 @@ pub struct Config {
     pub source: SourceKind,
     /// Lake and dead letters.
     pub lake: LakeConfig,
+    /// AWS endpoint overrides.
+    pub aws: AwsEndpoints,
     /// Events per decoded batch.
     pub batch_max_events: usize,
     /// Capacity of each bounded channel between stages.
@@ -254,6 +268,23 @@ impl Reader<'_> {
     fn optional(&self, name: &'static str) -> Option<&str> {
         Some(self.raw(name).trim()).filter(|text| !text.is_empty())
     }
+
+    /// An optional http(s) endpoint URL.
+    fn endpoint(&self, name: &'static str) -> Result<Option<Url>, ConfigError> {
+        if self.optional(name).is_none() {
+            return Ok(None);
+        }
+        self.parse(
+            name,
+            "expected an http(s):// URL such as http://127.0.0.1:8000",
+            |text| {
+                Url::parse(text)
+                    .ok()
+                    .filter(|url| matches!(url.scheme(), "http" | "https") && url.host().is_some())
+            },
+        )
+        .map(Some)
+    }
 }
 
 fn spec(name: &str) -> &'static VarSpec {
@@ -335,17 +366,10 @@ impl Config {
             "expected file://DIR or s3://bucket/prefix",
             parse_lake_url,
         )?;
-        let s3_endpoint = match read.optional("CLASSPULSE_S3_ENDPOINT") {
-            None => None,
-            Some(_) => Some(read.parse(
-                "CLASSPULSE_S3_ENDPOINT",
-                "expected an http(s):// URL",
-                |text| {
-                    Url::parse(text)
-                        .ok()
-                        .filter(|url| matches!(url.scheme(), "http" | "https"))
-                },
-            )?),
+        let s3_endpoint = read.endpoint("CLASSPULSE_S3_ENDPOINT")?;
+        let aws = AwsEndpoints {
+            dynamodb: read.endpoint("CLASSPULSE_DYNAMODB_ENDPOINT")?,
+            kinesis: read.endpoint("CLASSPULSE_KINESIS_ENDPOINT")?,
         };
         let max_bytes = read.bytes("CLASSPULSE_LAKE_MAX_BYTES", 1 << 10, 5 << 30)?;
         let max_buffer_bytes = read.bytes("CLASSPULSE_LAKE_MAX_BUFFER_BYTES", 1 << 20, 64 << 30)?;
@@ -413,6 +437,7 @@ impl Config {
         Ok(Config {
             source,
             lake,
+            aws,
             batch_max_events: read.integer("CLASSPULSE_BATCH_MAX_EVENTS", 1, 100_000)? as usize,
             channel_capacity: read.integer("CLASSPULSE_CHANNEL_CAPACITY", 1, 4096)? as usize,
             max_message_bytes: read.bytes("CLASSPULSE_MAX_MESSAGE_BYTES", 1 << 10, 256 << 20)?,
@@ -522,11 +547,6 @@ pub fn classpulse_vars() -> HashMap<String, String> {
     std::env::vars()
         .filter(|(name, _)| name.starts_with("CLASSPULSE_"))
         .collect()
-}
-
-/// Variables sorted by name, for stable output.
-pub fn sorted(env: &HashMap<String, String>) -> BTreeMap<&str, &str> {
-    env.iter().map(|(k, v)| (k.as_str(), v.as_str())).collect()
 }
 
 #[cfg(test)]

@@ -18,12 +18,14 @@
 //!   local directory and S3) behind [`sink::lake`] (Parquet) and [`sink::dead_letter`] (zstd
 //!   NDJSON).
 //!
-//! Around it: [`config`] (every `CLASSPULSE_*` variable, validated up front), [`metrics`]
+//! Around it: [`config`] (every `CLASSPULSE_*` variable, validated up front), [`aws`] (SDK
+//! clients with local endpoint overrides), [`metrics`]
 //! (every metric, declared once), [`http`] (`/metrics`, `/healthz`, `/readyz`), [`health`]
 //! (readiness), [`shutdown`] (signals), [`retry`] (backoff with jitter), [`schema`] (the JSON
 //! Schema of the contract), [`stats`] (totals for the progress line and summary).
 
 pub mod ack;
+pub mod aws;
 pub mod config;
 pub mod decode;
 pub mod event;

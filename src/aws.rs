@@ -1,0 +1,37 @@
+//! AWS clients. In production the SDK's default credential chain and region apply (the ECS task
+//! role); for local servers an endpoint override per service, and us-east-1 when no region is
+//! configured.
+
+use aws_config::meta::region::RegionProviderChain;
+use aws_config::{BehaviorVersion, SdkConfig};
+use url::Url;
+
+/// Region used when neither the environment nor a profile names one (local servers).
+pub const FALLBACK_REGION: &str = "us-east-1";
+
+/// Shared SDK configuration from the default chains.
+pub async fn sdk_config() -> SdkConfig {
+    let region = RegionProviderChain::default_provider().or_else(FALLBACK_REGION);
+    aws_config::defaults(BehaviorVersion::latest())
+        .region(region)
+        .load()
+        .await
+}
+
+/// A DynamoDB client, sent to `endpoint` when one is set.
+pub fn dynamodb(sdk: &SdkConfig, endpoint: Option<&Url>) -> aws_sdk_dynamodb::Client {
+    let mut builder = aws_sdk_dynamodb::config::Builder::from(sdk);
+    if let Some(endpoint) = endpoint {
+        builder = builder.endpoint_url(endpoint.as_str().trim_end_matches('/'));
+    }
+    aws_sdk_dynamodb::Client::from_conf(builder.build())
+}
+
+/// A Kinesis client, sent to `endpoint` when one is set.
+pub fn kinesis(sdk: &SdkConfig, endpoint: Option<&Url>) -> aws_sdk_kinesis::Client {
+    let mut builder = aws_sdk_kinesis::config::Builder::from(sdk);
+    if let Some(endpoint) = endpoint {
+        builder = builder.endpoint_url(endpoint.as_str().trim_end_matches('/'));
+    }
+    aws_sdk_kinesis::Client::from_conf(builder.build())
+}

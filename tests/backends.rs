@@ -1,0 +1,457 @@
+//! One smoke test per local server, through the clients classpulse uses: rdkafka, the AWS SDK
+//! (DynamoDB, Kinesis) and the lake's object writer on S3. Needs `scripts/backends up`.
+
+mod common;
+
+use std::collections::{BTreeMap, BTreeSet, HashMap};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use aws_sdk_dynamodb::types::{
+    AttributeDefinition, AttributeValue, BillingMode, KeySchemaElement, KeyType, PutRequest,
+    ScalarAttributeType, WriteRequest,
+};
+use aws_sdk_kinesis::primitives::Blob;
+use aws_sdk_kinesis::types::{ShardIteratorType, StreamStatus};
+use bytes::Bytes;
+use classpulse::ack::PartitionId;
+use classpulse::config::{LakeConfig, LakeLocation};
+use classpulse::health::Health;
+use classpulse::sink::object::ObjectWriter;
+use common::backends::*;
+use common::*;
+use futures::TryStreamExt;
+use object_store::ObjectStore;
+use rdkafka::admin::{AdminClient, AdminOptions, NewTopic, TopicReplication};
+use rdkafka::client::DefaultClientContext;
+use rdkafka::consumer::{CommitMode, Consumer, StreamConsumer};
+use rdkafka::producer::{FutureProducer, FutureRecord};
+use rdkafka::{ClientConfig, Message, Offset};
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn kafka_produce_and_consume_through_a_consumer_group() {
+    require(KAFKA);
+    let topic = unique_name("topic");
+    let admin: AdminClient<DefaultClientContext> = ClientConfig::new()
+        .set("bootstrap.servers", KAFKA)
+        .create()
+        .unwrap();
+    let created = admin
+        .create_topics(
+            &[NewTopic::new(&topic, 2, TopicReplication::Fixed(1))],
+            &AdminOptions::new(),
+        )
+        .await
+        .unwrap();
+    assert!(created.iter().all(Result::is_ok), "{created:?}");
+
+    let producer: FutureProducer = ClientConfig::new()
+        .set("bootstrap.servers", KAFKA)
+        .set("enable.idempotence", "true")
+        .create()
+        .unwrap();
+    let mut sent = BTreeSet::new();
+    for i in 0..20 {
+        let key = format!("studio-{:02}:class-{}", i % 4, i % 3);
+        let payload = format!("{{\"n\":{i}}}");
+        producer
+            .send(
+                FutureRecord::to(&topic).key(&key).payload(&payload),
+                Duration::from_secs(10),
+            )
+            .await
+            .unwrap();
+        sent.insert(payload);
+    }
+
+    let group = unique_name("group");
+    let consumer: StreamConsumer = ClientConfig::new()
+        .set("bootstrap.servers", KAFKA)
+        .set("group.id", &group)
+        .set("auto.offset.reset", "earliest")
+        .set("enable.auto.commit", "false")
+        .set("session.timeout.ms", "6000")
+        .set("heartbeat.interval.ms", "500")
+        .create()
+        .unwrap();
+    consumer.subscribe(&[&topic]).unwrap();
+    let mut received = BTreeSet::new();
+    let mut partitions = BTreeSet::new();
+    let deadline = Instant::now() + Duration::from_secs(60);
+    while received.len() < sent.len() {
+        let remaining = deadline.saturating_duration_since(Instant::now());
+        let message = tokio::time::timeout(remaining, consumer.recv())
+            .await
+            .expect("all messages within 60 s")
+            .unwrap();
+        partitions.insert(message.partition());
+        received.insert(String::from_utf8(message.payload().unwrap().to_vec()).unwrap());
+    }
+    assert_eq!(received, sent);
+    assert_eq!(partitions.len(), 2, "keys spread over both partitions");
+    consumer.commit_consumer_state(CommitMode::Sync).unwrap();
+    // committed() blocks on a broker round trip: keep it off the async workers.
+    let committed =
+        tokio::task::block_in_place(|| consumer.committed(Duration::from_secs(10))).unwrap();
+
+    let total: i64 = committed
+        .elements()
+        .iter()
+        .map(|e| {
+            if let Offset::Offset(o) = e.offset() {
+                o
+            } else {
+                0
+            }
+        })
+        .sum();
+    assert_eq!(
+        total, 20,
+        "committed offsets cover every message: {committed:?}"
+    );
+    // Closing a group consumer polls until it has left the group, and against tansu 0.6 that
+    // never completes (rust-rdkafka's close_queue loop; see fede1024/rust-rdkafka#509 for the
+    // same symptom elsewhere). Close it on its own thread with a bounded wait; the Kafka
+    // source must bound its close the same way or a drain could hang.
+    let (closed_sender, closed) = std::sync::mpsc::channel();
+    std::thread::spawn(move || {
+        drop(consumer);
+        let _ = closed_sender.send(());
+    });
+    if closed.recv_timeout(Duration::from_secs(5)).is_err() {
+        eprintln!("note: the consumer did not finish closing within 5 s");
+    }
+    admin
+        .delete_topics(&[&topic], &AdminOptions::new())
+        .await
+        .unwrap();
+}
+
+#[tokio::test]
+async fn kinesis_put_and_get_records_on_two_shards() {
+    require(KINESIS);
+    let sdk = sdk_config().await;
+    let kinesis = classpulse::aws::kinesis(&sdk, Some(&KINESIS.parse().unwrap()));
+    let stream = unique_name("stream");
+    kinesis
+        .create_stream()
+        .stream_name(&stream)
+        .shard_count(2)
+        .send()
+        .await
+        .unwrap();
+    let deadline = Instant::now() + Duration::from_secs(30);
+    loop {
+        let summary = kinesis
+            .describe_stream_summary()
+            .stream_name(&stream)
+            .send()
+            .await
+            .unwrap();
+        if summary
+            .stream_description_summary()
+            .unwrap()
+            .stream_status()
+            == &StreamStatus::Active
+        {
+            break;
+        }
+        assert!(Instant::now() < deadline, "stream not active in 30 s");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    let shards = kinesis
+        .list_shards()
+        .stream_name(&stream)
+        .send()
+        .await
+        .unwrap()
+        .shards()
+        .to_vec();
+    assert_eq!(shards.len(), 2);
+
+    // Five records aimed at each shard by its starting hash key.
+    let mut expected: BTreeMap<String, BTreeSet<String>> = BTreeMap::new();
+    for shard in &shards {
+        for i in 0..5 {
+            let data = format!("{}-{i}", shard.shard_id());
+            kinesis
+                .put_record()
+                .stream_name(&stream)
+                .partition_key("studio:class")
+                .explicit_hash_key(shard.hash_key_range().unwrap().starting_hash_key())
+                .data(Blob::new(data.clone()))
+                .send()
+                .await
+                .unwrap();
+            expected
+                .entry(shard.shard_id().to_owned())
+                .or_default()
+                .insert(data);
+        }
+    }
+    for shard in &shards {
+        let iterator = kinesis
+            .get_shard_iterator()
+            .stream_name(&stream)
+            .shard_id(shard.shard_id())
+            .shard_iterator_type(ShardIteratorType::TrimHorizon)
+            .send()
+            .await
+            .unwrap();
+        let records = kinesis
+            .get_records()
+            .shard_iterator(iterator.shard_iterator().unwrap())
+            .send()
+            .await
+            .unwrap();
+        let got: BTreeSet<String> = records
+            .records()
+            .iter()
+            .map(|r| String::from_utf8(r.data().as_ref().to_vec()).unwrap())
+            .collect();
+        assert_eq!(
+            got,
+            expected[shard.shard_id()],
+            "shard {}",
+            shard.shard_id()
+        );
+    }
+    kinesis
+        .delete_stream()
+        .stream_name(&stream)
+        .send()
+        .await
+        .unwrap();
+}
+
+#[tokio::test]
+async fn dynamodb_batch_write_and_read_back() {
+    require(DYNAMODB);
+    let sdk = sdk_config().await;
+    let dynamodb = classpulse::aws::dynamodb(&sdk, Some(&DYNAMODB.parse().unwrap()));
+    let table = unique_name("table");
+    let key = |name: &str, key_type| {
+        KeySchemaElement::builder()
+            .attribute_name(name)
+            .key_type(key_type)
+            .build()
+            .unwrap()
+    };
+    let attribute = |name: &str| {
+        AttributeDefinition::builder()
+            .attribute_name(name)
+            .attribute_type(ScalarAttributeType::S)
+            .build()
+            .unwrap()
+    };
+    dynamodb
+        .create_table()
+        .table_name(&table)
+        .key_schema(key("pk", KeyType::Hash))
+        .key_schema(key("sk", KeyType::Range))
+        .attribute_definitions(attribute("pk"))
+        .attribute_definitions(attribute("sk"))
+        .billing_mode(BillingMode::PayPerRequest)
+        .send()
+        .await
+        .unwrap();
+
+    let writes: Vec<WriteRequest> = (0..25)
+        .map(|minute| {
+            let item = HashMap::from([
+                (
+                    "pk".to_owned(),
+                    AttributeValue::S("studio-0001#m00010042".into()),
+                ),
+                (
+                    "sk".to_owned(),
+                    AttributeValue::S(format!("2026-11-25T17:{minute:02}")),
+                ),
+                (
+                    "samples".to_owned(),
+                    AttributeValue::N((minute * 15).to_string()),
+                ),
+            ]);
+            WriteRequest::builder()
+                .put_request(PutRequest::builder().set_item(Some(item)).build().unwrap())
+                .build()
+        })
+        .collect();
+    let written = dynamodb
+        .batch_write_item()
+        .request_items(&table, writes)
+        .send()
+        .await
+        .unwrap();
+    assert!(written
+        .unprocessed_items()
+        .is_none_or(|items| items.is_empty()));
+
+    let queried = dynamodb
+        .query()
+        .table_name(&table)
+        .key_condition_expression("pk = :pk AND sk BETWEEN :from AND :to")
+        .expression_attribute_values(":pk", AttributeValue::S("studio-0001#m00010042".into()))
+        .expression_attribute_values(":from", AttributeValue::S("2026-11-25T17:10".into()))
+        .expression_attribute_values(":to", AttributeValue::S("2026-11-25T17:19".into()))
+        .send()
+        .await
+        .unwrap();
+    let samples: Vec<&str> = queried
+        .items()
+        .iter()
+        .map(|item| item["samples"].as_n().unwrap().as_str())
+        .collect();
+    assert_eq!(
+        samples,
+        (10..20)
+            .map(|m| (m * 15).to_string())
+            .collect::<Vec<_>>()
+            .iter()
+            .map(String::as_str)
+            .collect::<Vec<_>>()
+    );
+    dynamodb
+        .delete_table()
+        .table_name(&table)
+        .send()
+        .await
+        .unwrap();
+}
+
+#[tokio::test]
+async fn s3_put_and_list_through_the_lake_writer() {
+    require(S3);
+    let s3 = s3_client().await;
+    let bucket = unique_name("bucket");
+    s3.create_bucket().bucket(&bucket).send().await.unwrap();
+
+    // The lake's writer reads credentials from the standard AWS variables, as in production.
+    let lake = LakeConfig {
+        location: LakeLocation::S3 {
+            bucket: bucket.clone(),
+            prefix: "lake/v1".into(),
+        },
+        s3_endpoint: Some(S3.parse().unwrap()),
+        max_events: 1000,
+        max_bytes: 1 << 20,
+        max_age: Duration::from_secs(60),
+        max_buffer_bytes: 1 << 20,
+    };
+    let writer = with_test_credentials(|| {
+        ObjectWriter::open(&lake, "kafka", Health::new(), Arc::default()).unwrap()
+    });
+    let partition = PartitionId::new("performance-events", 2);
+    let key = writer.key("events", &partition, 491_177, 100, 199, "parquet");
+    let metadata = [("record-count", "100".to_owned())];
+    writer
+        .put(
+            "lake",
+            &key,
+            Bytes::from_static(b"not really parquet"),
+            &metadata,
+        )
+        .await;
+
+    let listed: Vec<_> = writer.store().list(None).try_collect().await.unwrap();
+    assert_eq!(listed.len(), 1);
+    assert_eq!(listed[0].location, key);
+    assert!(
+        key.as_ref()
+            .starts_with("lake/v1/events/dt=2026-01-12/hour=17/"),
+        "{key}"
+    );
+    let head = s3
+        .head_object()
+        .bucket(&bucket)
+        .key(key.as_ref())
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(
+        head.metadata().unwrap()["record-count"],
+        "100",
+        "user metadata travels with the object"
+    );
+    delete_bucket(&s3, &bucket).await;
+}
+
+#[tokio::test]
+async fn run_writes_the_lake_to_s3() {
+    require(S3);
+    let s3 = s3_client().await;
+    let bucket = unique_name("bucket");
+    s3.create_bucket().bucket(&bucket).send().await.unwrap();
+    let scratch = tempfile::tempdir().unwrap();
+    let mut command = classpulse(scratch.path());
+    small_simulation(&mut command)
+        .env("CLASSPULSE_LAKE_URL", format!("s3://{bucket}/raw"))
+        .env("CLASSPULSE_S3_ENDPOINT", S3)
+        .env("AWS_ACCESS_KEY_ID", "test")
+        .env("AWS_SECRET_ACCESS_KEY", "test")
+        .env("AWS_REGION", "us-east-1")
+        .arg("run");
+    let output = tokio::task::spawn_blocking(move || command.output().unwrap())
+        .await
+        .unwrap();
+    let stdout = String::from_utf8_lossy(&output.stdout).to_string();
+    assert!(
+        output.status.success(),
+        "{stdout}\n{}",
+        String::from_utf8_lossy(&output.stderr)
+    );
+
+    let listed = s3
+        .list_objects_v2()
+        .bucket(&bucket)
+        .prefix("raw/events/")
+        .send()
+        .await
+        .unwrap();
+    let mut rows = 0;
+    for object in listed.contents() {
+        let body = s3
+            .get_object()
+            .bucket(&bucket)
+            .key(object.key().unwrap())
+            .send()
+            .await
+            .unwrap()
+            .body
+            .collect()
+            .await
+            .unwrap()
+            .into_bytes();
+        let reader = parquet::arrow::arrow_reader::ParquetRecordBatchReaderBuilder::try_new(body)
+            .unwrap()
+            .build()
+            .unwrap();
+        rows += reader.map(|batch| batch.unwrap().num_rows()).sum::<usize>();
+    }
+    assert!(rows > 0);
+    assert_eq!(rows as u64, summary_number(&stdout, "events in"));
+    let dead = s3
+        .list_objects_v2()
+        .bucket(&bucket)
+        .prefix("raw/dead-letters/")
+        .send()
+        .await
+        .unwrap();
+    assert!(
+        dead.key_count().unwrap_or(0) > 0,
+        "dead letters land beside the lake"
+    );
+    delete_bucket(&s3, &bucket).await;
+}
+
+/// Runs `f` with the standard AWS credential variables set to the local servers' test keys.
+/// The variables are process-wide, so every test that needs them sets the same values.
+fn with_test_credentials<T>(f: impl FnOnce() -> T) -> T {
+    // SAFETY: tests in this binary only ever set these to the same constant values.
+    unsafe {
+        std::env::set_var("AWS_ACCESS_KEY_ID", "test");
+        std::env::set_var("AWS_SECRET_ACCESS_KEY", "test");
+        std::env::set_var("AWS_REGION", "us-east-1");
+    }
+    f()
+}

@@ -1,0 +1,84 @@
+//! The local servers started by `scripts/backends up`, and per-test resources on them.
+//!
+//! Every test makes its own topic, stream, table or bucket with a unique name and removes it
+//! when done, so tests run in parallel and repeat. A test whose server is down fails and says
+//! how to start it; it never passes silently.
+
+use std::net::{SocketAddr, TcpStream};
+use std::sync::atomic::{AtomicU32, Ordering};
+use std::time::Duration;
+
+use aws_config::{BehaviorVersion, Region, SdkConfig};
+use aws_sdk_dynamodb::config::Credentials;
+
+/// Kafka protocol (tansu).
+pub const KAFKA: &str = "127.0.0.1:9092";
+/// DynamoDB Local.
+pub const DYNAMODB: &str = "http://127.0.0.1:8000";
+/// kinesalite.
+pub const KINESIS: &str = "http://127.0.0.1:4567";
+/// s3s-fs, access key `test`, secret `test`.
+pub const S3: &str = "http://127.0.0.1:8014";
+
+/// Fails the test unless the server at `url` (host:port or http://host:port) accepts
+/// connections.
+pub fn require(url: &str) {
+    let addr: SocketAddr = url.trim_start_matches("http://").parse().unwrap();
+    if TcpStream::connect_timeout(&addr, Duration::from_secs(2)).is_err() {
+        panic!("no server at {url}: start the local servers with `scripts/backends up` (./scripts/test does this)");
+    }
+}
+
+/// A name no other test (or earlier run) uses: lowercase, digits and dashes, valid for every
+/// backend (bucket names are the strictest).
+pub fn unique_name(kind: &str) -> String {
+    static COUNTER: AtomicU32 = AtomicU32::new(0);
+    let nanos = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .subsec_nanos();
+    format!(
+        "cp-{kind}-{}-{}-{nanos:x}",
+        std::process::id(),
+        COUNTER.fetch_add(1, Ordering::Relaxed)
+    )
+}
+
+/// SDK configuration for the local servers: fixed test credentials, us-east-1.
+pub async fn sdk_config() -> SdkConfig {
+    aws_config::defaults(BehaviorVersion::latest())
+        .region(Region::new("us-east-1"))
+        .credentials_provider(Credentials::new(
+            "test",
+            "test",
+            None,
+            None,
+            "classpulse-tests",
+        ))
+        .load()
+        .await
+}
+
+/// An S3 client for s3s-fs (path-style addressing).
+pub async fn s3_client() -> aws_sdk_s3::Client {
+    let sdk = sdk_config().await;
+    let config = aws_sdk_s3::config::Builder::from(&sdk)
+        .endpoint_url(S3)
+        .force_path_style(true)
+        .build();
+    aws_sdk_s3::Client::from_conf(config)
+}
+
+/// Deletes every object of `bucket`, then the bucket.
+pub async fn delete_bucket(s3: &aws_sdk_s3::Client, bucket: &str) {
+    let listed = s3.list_objects_v2().bucket(bucket).send().await.unwrap();
+    for object in listed.contents() {
+        s3.delete_object()
+            .bucket(bucket)
+            .key(object.key().unwrap())
+            .send()
+            .await
+            .unwrap();
+    }
+    s3.delete_bucket().bucket(bucket).send().await.unwrap();
+}
