@@ -171,7 +171,9 @@ impl Pipeline {
         let mut commit_tick = tokio::time::interval(settings.commit_interval);
         let mut housekeeping = tokio::time::interval(Duration::from_secs(1));
         let mut backoff = Backoff::new(Duration::from_millis(100), Duration::from_secs(10));
+        let mut stuck = Vec::new();
         health.ready("source");
+        health.ready("commits");
         health.ready("pipeline");
 
         let ending = loop {
@@ -183,6 +185,7 @@ impl Pipeline {
                     metrics::set_batches_in_flight(acks.in_flight());
                     metrics::sample_process_memory();
                     progress.maybe_log(&acks);
+                    report_stuck_partitions(&acks, &health, &mut stuck);
                 }
                 batch = source.next_batch() => match batch {
                     Ok(Some(batch)) => {
@@ -254,6 +257,29 @@ impl Pipeline {
             elapsed: started.elapsed(),
         })
     }
+}
+
+/// A partition behind a failed batch cannot commit until a restart replays it: say so on
+/// `/readyz` and in the log (once per change).
+fn report_stuck_partitions(acks: &AckTracker, health: &Health, reported: &mut Vec<PartitionId>) {
+    let failed = acks.failed_partitions();
+    if failed == *reported {
+        return;
+    }
+    if failed.is_empty() {
+        health.ready("commits");
+    } else {
+        let names: Vec<String> = failed.iter().map(ToString::to_string).collect();
+        tracing::warn!(
+            partitions = names.join(","),
+            "partitions cannot commit past a batch a sink failed; a restart replays them"
+        );
+        health.not_ready(
+            "commits",
+            format!("stuck behind a failed batch: {}", names.join(", ")),
+        );
+    }
+    *reported = failed;
 }
 
 async fn join<T>(
@@ -440,8 +466,186 @@ impl Progress {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::config::Config;
     use crate::decode::RawMessage;
+    use crate::sink::NullSink;
+    use crate::source::simulator::Simulator;
+    use async_trait::async_trait;
     use bytes::Bytes;
+
+    fn settings() -> Settings {
+        Settings {
+            batch_max_events: 100,
+            channel_capacity: 4,
+            limits: DecodeLimits {
+                max_message_bytes: 1 << 20,
+                max_clock_skew_ms: 60_000,
+            },
+            commit_interval: Duration::from_millis(10),
+            shutdown_timeout: Duration::from_secs(5),
+            progress_interval: Duration::ZERO,
+        }
+    }
+
+    fn simulator() -> Box<Simulator> {
+        let mut config = Config::from_vars(&Default::default()).unwrap().simulator;
+        config.studios = 6;
+        config.duration = Duration::from_secs(120);
+        config.speedup = 0.0;
+        config.seed = Some(5);
+        Box::new(Simulator::new(&config, 100, Utc::now()))
+    }
+
+    type CommitLog = Arc<std::sync::Mutex<Vec<(PartitionId, u64)>>>;
+
+    /// The simulator, recording every commit it receives.
+    struct RecordingSource {
+        inner: Box<Simulator>,
+        commits: CommitLog,
+    }
+
+    #[async_trait]
+    impl Source for RecordingSource {
+        fn kind(&self) -> &'static str {
+            "simulator"
+        }
+        async fn next_batch(&mut self) -> Result<Option<RawBatch>, SourceError> {
+            self.inner.next_batch().await
+        }
+        async fn commit(&mut self, frontiers: &[(PartitionId, u64)]) -> Result<(), SourceError> {
+            self.commits.lock().unwrap().extend_from_slice(frontiers);
+            Ok(())
+        }
+    }
+
+    /// Holds every batch until the end of input, and checks that nothing was committed while
+    /// it held them.
+    struct HoldingSink {
+        held: Vec<Arc<DecodedBatch>>,
+        commits: CommitLog,
+    }
+
+    #[async_trait]
+    impl Sink for HoldingSink {
+        fn name(&self) -> &'static str {
+            "holding"
+        }
+        async fn write(&mut self, batch: Arc<DecodedBatch>) -> Result<(), SinkError> {
+            self.held.push(batch);
+            Ok(())
+        }
+        async fn flush_due(&mut self) -> Result<(), SinkError> {
+            Ok(())
+        }
+        async fn flush_all(&mut self) -> Result<(), SinkError> {
+            // Several commit intervals pass in which there must be nothing to commit.
+            tokio::time::sleep(Duration::from_millis(100)).await;
+            assert!(!self.held.is_empty());
+            let committed = self.commits.lock().unwrap().clone();
+            assert!(
+                committed.is_empty(),
+                "committed while a sink still held the batches: {committed:?}"
+            );
+            self.held.clear();
+            Ok(())
+        }
+    }
+
+    /// Fails every batch of partition 1, counting them.
+    struct FailingSink {
+        failed: Arc<std::sync::atomic::AtomicUsize>,
+    }
+
+    #[async_trait]
+    impl Sink for FailingSink {
+        fn name(&self) -> &'static str {
+            "failing"
+        }
+        async fn write(&mut self, batch: Arc<DecodedBatch>) -> Result<(), SinkError> {
+            if batch.partition.index == 1 {
+                batch.ack.fail();
+                self.failed
+                    .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+            }
+            Ok(())
+        }
+        async fn flush_due(&mut self) -> Result<(), SinkError> {
+            Ok(())
+        }
+        async fn flush_all(&mut self) -> Result<(), SinkError> {
+            Ok(())
+        }
+    }
+
+    #[tokio::test]
+    async fn nothing_is_committed_before_every_sink_is_durable() {
+        let stats = Arc::new(Stats::default());
+        let commits = CommitLog::default();
+        let source = RecordingSource {
+            inner: simulator(),
+            commits: Arc::clone(&commits),
+        };
+        let holding = HoldingSink {
+            held: Vec::new(),
+            commits: Arc::clone(&commits),
+        };
+        let sinks: Vec<Box<dyn Sink>> = vec![Box::new(NullSink), Box::new(holding)];
+        let pipeline = Pipeline::new(
+            Box::new(source),
+            sinks,
+            settings(),
+            Arc::clone(&stats),
+            Health::new(),
+        );
+        let acks = pipeline.acks.clone();
+        let report = pipeline.run(CancellationToken::new()).await.unwrap();
+        assert_eq!(report.ending, Ending::SourceEnded);
+        assert!(Stats::get(&stats.events) > 1000);
+        // Once the holding sink let go, every partition with data was committed, in one commit.
+        assert!(report.committed.len() >= 2, "{:?}", report.committed);
+        assert_eq!(
+            commits.lock().unwrap().len(),
+            report.committed.len(),
+            "one final commit per partition"
+        );
+        assert_eq!(acks.in_flight(), 0);
+    }
+
+    #[tokio::test]
+    async fn a_failed_batch_is_never_committed() {
+        let failed = Arc::new(std::sync::atomic::AtomicUsize::new(0));
+        let failing = FailingSink {
+            failed: Arc::clone(&failed),
+        };
+        let sinks: Vec<Box<dyn Sink>> = vec![Box::new(NullSink), Box::new(failing)];
+        let report = Pipeline::new(
+            simulator(),
+            sinks,
+            settings(),
+            Arc::default(),
+            Health::new(),
+        )
+        .run(CancellationToken::new())
+        .await
+        .unwrap();
+        assert!(
+            failed.load(std::sync::atomic::Ordering::Relaxed) > 0,
+            "partition 1 had batches to fail"
+        );
+        assert!(
+            !report
+                .committed
+                .keys()
+                .any(|partition| partition.index == 1),
+            "partition 1 failed in one sink and must not be committed: {:?}",
+            report.committed
+        );
+        assert!(
+            report.committed.len() >= 2,
+            "the other partitions commit: {:?}",
+            report.committed
+        );
+    }
 
     fn message(offset: u64, events: usize) -> RawMessage {
         let body: Vec<String> = (0..events)
