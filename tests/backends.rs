@@ -455,3 +455,195 @@ fn with_test_credentials<T>(f: impl FnOnce() -> T) -> T {
     }
     f()
 }
+
+#[tokio::test]
+async fn large_objects_go_up_in_parts() {
+    require(S3);
+    let s3 = s3_client().await;
+    let bucket = unique_name("bucket");
+    s3.create_bucket().bucket(&bucket).send().await.unwrap();
+    let lake = LakeConfig {
+        location: LakeLocation::S3 {
+            bucket: bucket.clone(),
+            prefix: String::new(),
+        },
+        s3_endpoint: Some(S3.parse().unwrap()),
+        max_events: 1000,
+        max_bytes: 64 << 20,
+        max_age: Duration::from_secs(60),
+        max_buffer_bytes: 256 << 20,
+    };
+    let writer = with_test_credentials(|| {
+        ObjectWriter::open(&lake, "kafka", Health::new(), Arc::default()).unwrap()
+    });
+    let body: Vec<u8> = (0..classpulse::sink::object::MULTIPART_THRESHOLD + (4 << 20))
+        .map(|i| (i % 251) as u8)
+        .collect();
+    let key = writer.key(
+        "events",
+        &PartitionId::new("t", 0),
+        491_177,
+        0,
+        9,
+        "parquet",
+    );
+    writer
+        .put(
+            "lake",
+            &key,
+            Bytes::from(body.clone()),
+            &[("record-count", "10".to_owned())],
+        )
+        .await;
+    let object = s3
+        .get_object()
+        .bucket(&bucket)
+        .key(key.as_ref())
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(object.metadata().unwrap()["record-count"], "10");
+    let stored = object.body.collect().await.unwrap().into_bytes();
+    assert!(
+        stored[..] == body[..],
+        "the object reassembled from its parts is byte for byte the same"
+    );
+    delete_bucket(&s3, &bucket).await;
+}
+
+/// classpulse writing its lake to a local S3 endpoint, with the test credentials unless given.
+fn lake_on_s3(
+    scratch: &std::path::Path,
+    endpoint: &str,
+    bucket: &str,
+    secret: &str,
+) -> std::process::Command {
+    let mut command = classpulse(scratch);
+    small_simulation(&mut command)
+        .env("CLASSPULSE_LAKE_URL", format!("s3://{bucket}/raw"))
+        .env("CLASSPULSE_S3_ENDPOINT", endpoint)
+        .env("AWS_ACCESS_KEY_ID", "test")
+        .env("AWS_SECRET_ACCESS_KEY", secret)
+        .env("AWS_REGION", "us-east-1")
+        .arg("run");
+    command
+}
+
+/// Polls /readyz until it is 503 and mentions `expected`.
+async fn await_not_ready(running: &Running, expected: &str) -> String {
+    let deadline = Instant::now() + Duration::from_secs(30);
+    loop {
+        let (status, report) = http_get(running.http, "/readyz");
+        if status == 503 && report.contains(expected) {
+            return report;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "/readyz never reported {expected:?}: {status} {report}"
+        );
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_unreachable_s3_is_reported_and_nothing_is_lost_once_it_is_back() {
+    require(S3);
+    // An S3 server of this test's own, started late on a port nobody listens on yet.
+    let port = std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port();
+    let endpoint = format!("http://127.0.0.1:{port}");
+    let scratch = tempfile::tempdir().unwrap();
+    let running = Running::start(&mut lake_on_s3(
+        scratch.path(),
+        &endpoint,
+        "late-bucket",
+        "test",
+    ));
+    let report = await_not_ready(&running, "lake: not ready: transient").await;
+    assert!(
+        report.contains("raw/events") || report.contains("raw/dead-letters"),
+        "{report}"
+    );
+
+    let data = tempfile::tempdir().unwrap();
+    std::fs::create_dir(data.path().join("late-bucket")).unwrap();
+    let mut server = std::process::Command::new(s3s_fs_binary())
+        .args([
+            "--host",
+            "127.0.0.1",
+            "--port",
+            &port.to_string(),
+            "--access-key",
+            "test",
+            "--secret-key",
+            "test",
+        ])
+        .arg(data.path())
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::null())
+        .spawn()
+        .unwrap();
+    let (code, stdout, logs) =
+        tokio::task::spawn_blocking(move || running.wait(Duration::from_secs(90)))
+            .await
+            .unwrap();
+    server.kill().unwrap();
+    server.wait().unwrap();
+    assert_eq!(code, Some(0), "{stdout}\n{}", logs.join("\n"));
+    // s3s-fs keeps objects as files: read them as the lake.
+    let rows: usize = read_lake(&data.path().join("late-bucket/raw"))
+        .iter()
+        .map(|b| b.num_rows())
+        .sum();
+    assert_eq!(
+        rows as u64,
+        summary_number(&stdout, "events in"),
+        "every event buffered while S3 was away landed"
+    );
+    assert_eq!(
+        read_dead_letters(&data.path().join("late-bucket/raw")).len() as u64,
+        summary_number(&stdout, "rejected")
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn denied_writes_are_reported_and_never_committed() {
+    require(S3);
+    let s3 = s3_client().await;
+    let bucket = unique_name("bucket");
+    s3.create_bucket().bucket(&bucket).send().await.unwrap();
+    let scratch = tempfile::tempdir().unwrap();
+    let mut command = lake_on_s3(scratch.path(), S3, &bucket, "not-the-secret");
+    command.env("CLASSPULSE_SHUTDOWN_TIMEOUT", "2s");
+    let running = Running::start(&mut command);
+    await_not_ready(&running, "lake: not ready: access_denied").await;
+
+    running.signal("TERM");
+    let (code, stdout, logs) =
+        tokio::task::spawn_blocking(move || running.wait(Duration::from_secs(30)))
+            .await
+            .unwrap();
+    assert_eq!(
+        code,
+        Some(1),
+        "a drain that cannot make data durable fails: {stdout}"
+    );
+    let logs = logs.join("\n");
+    assert!(logs.contains("drain did not finish"), "{logs}");
+    assert!(
+        !stdout.contains("committed"),
+        "no summary, nothing committed: {stdout}"
+    );
+    let listed = s3.list_objects_v2().bucket(&bucket).send().await.unwrap();
+    assert_eq!(listed.key_count().unwrap_or(0), 0);
+    delete_bucket(&s3, &bucket).await;
+}
+
+fn s3s_fs_binary() -> std::path::PathBuf {
+    let backends = std::env::var("CP_BACKENDS_DIR")
+        .unwrap_or_else(|_| concat!(env!("CARGO_MANIFEST_DIR"), "/.backends").to_owned());
+    std::path::Path::new(&backends).join("cargo/bin/s3s-fs")
+}

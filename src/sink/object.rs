@@ -18,7 +18,9 @@ use chrono::{DateTime, Utc};
 use object_store::aws::AmazonS3Builder;
 use object_store::local::LocalFileSystem;
 use object_store::path::Path;
-use object_store::{Attribute, Attributes, ObjectStore, PutOptions, PutPayload};
+use object_store::{
+    Attribute, Attributes, ObjectStore, PutMultipartOptions, PutOptions, PutPayload,
+};
 use tokio::time::Instant;
 
 use super::{DecodedBatch, Sink, SinkError};
@@ -30,6 +32,15 @@ use crate::retry::Backoff;
 use crate::stats::Stats;
 
 const HOUR_MS: i64 = 3_600_000;
+/// Objects larger than this are uploaded in parts (S3 allows 5 GiB in one PUT, but parts
+/// retry cheaper and stream faster).
+pub const MULTIPART_THRESHOLD: usize = 16 << 20;
+/// Size of each part but the last (S3's minimum is 5 MiB).
+const MULTIPART_PART_BYTES: usize = 8 << 20;
+/// Consecutive transient failures after which a sink reports not ready.
+const FAILURES_BEFORE_NOT_READY: u32 = 3;
+/// Longest wait between write attempts.
+const MAX_RETRY_DELAY: Duration = Duration::from_secs(10);
 
 /// Encodes the records of one object.
 pub trait Encoder: Send {
@@ -262,19 +273,11 @@ impl ObjectWriter {
                 attributes.insert(Attribute::Metadata((*name).into()), value.clone().into());
             }
         }
-        let mut backoff = Backoff::new(Duration::from_millis(100), Duration::from_secs(30));
+        let mut backoff = Backoff::new(Duration::from_millis(100), MAX_RETRY_DELAY);
         let mut last_logged: Option<Instant> = None;
         loop {
-            let options = PutOptions {
-                attributes: attributes.clone(),
-                ..PutOptions::default()
-            };
             let started = Instant::now();
-            match self
-                .store
-                .put_opts(key, PutPayload::from_bytes(body.clone()), options)
-                .await
-            {
+            match self.put_once(key, &body, attributes.clone()).await {
                 Ok(_) => {
                     if backoff.attempts() > 0 {
                         tracing::info!(sink, key = %key, attempts = backoff.attempts() + 1, "write succeeded after retries");
@@ -285,7 +288,10 @@ impl ObjectWriter {
                 Err(error) => {
                     let reason = classify(&error);
                     metrics::record_sink_retry(sink, reason);
-                    if reason != "transient" {
+                    // Failures retrying cannot fix, and any failure that persists, make the sink
+                    // not ready; one transient blip does not flap readiness.
+                    if reason != "transient" || backoff.attempts() + 1 >= FAILURES_BEFORE_NOT_READY
+                    {
                         self.health
                             .not_ready(sink, format!("{reason} writing {key}: {error}"));
                     }
@@ -297,6 +303,50 @@ impl ObjectWriter {
                     }
                     tokio::time::sleep(backoff.next_delay()).await;
                 }
+            }
+        }
+    }
+}
+
+impl ObjectWriter {
+    /// One attempt: a single PUT, or a multipart upload for large objects (aborted on failure,
+    /// so no parts are left behind to bill for).
+    async fn put_once(
+        &self,
+        key: &Path,
+        body: &Bytes,
+        attributes: Attributes,
+    ) -> object_store::Result<()> {
+        if body.len() <= MULTIPART_THRESHOLD {
+            let options = PutOptions {
+                attributes,
+                ..PutOptions::default()
+            };
+            return self
+                .store
+                .put_opts(key, PutPayload::from_bytes(body.clone()), options)
+                .await
+                .map(|_| ());
+        }
+        let options = PutMultipartOptions {
+            attributes,
+            ..PutMultipartOptions::default()
+        };
+        let mut upload = self.store.put_multipart_opts(key, options).await?;
+        for part in body.chunks(MULTIPART_PART_BYTES) {
+            if let Err(error) = upload
+                .put_part(PutPayload::from_bytes(body.slice_ref(part)))
+                .await
+            {
+                let _ = upload.abort().await;
+                return Err(error);
+            }
+        }
+        match upload.complete().await {
+            Ok(_) => Ok(()),
+            Err(error) => {
+                let _ = upload.abort().await;
+                Err(error)
             }
         }
     }
@@ -587,6 +637,76 @@ mod tests {
             key.as_ref(),
             "raw/events/dt=2026-11-25/hour=17/kafka-perf_events-3-00000000000000000042-00000000000000001042.parquet"
         );
+    }
+
+    #[tokio::test]
+    async fn an_old_object_is_flushed_with_no_new_input() {
+        use crate::ack::AckTracker;
+        use crate::decode::{DecodeLimits, RawMessage};
+        use crate::pipeline::decode_batch;
+        use crate::sink::lake::{LakeFormat, ParquetEncoder};
+        use crate::sink::run_sink;
+        use crate::source::RawBatch;
+
+        let directory = tempfile::tempdir().unwrap();
+        let lake = LakeConfig {
+            location: LakeLocation::Local(directory.path().to_path_buf()),
+            s3_endpoint: None,
+            max_events: 1_000_000,
+            max_bytes: 64 << 20,
+            max_age: Duration::from_secs(1),
+            max_buffer_bytes: 256 << 20,
+        };
+        let writer = ObjectWriter::open(&lake, "kafka", Health::new(), Arc::default()).unwrap();
+        let sink = ObjectSink::new(
+            LakeFormat {
+                source_kind: "kafka",
+            },
+            ParquetEncoder::new,
+            writer,
+            ObjectLimits::from_config(&lake),
+        );
+        let (input, receiver) = tokio::sync::mpsc::channel(4);
+        let driver = tokio::spawn(run_sink(Box::new(sink), receiver));
+
+        let acks = AckTracker::new();
+        let event = r#"{"event_id":"e1","event_type":"heart_rate","event_created":1764090000000,"studio_id":"s1","class_id":"c1","member_id":"m1","event_data":{"bpm":120}}"#;
+        let raw = RawBatch {
+            partition: PartitionId::new("events", 0),
+            messages: vec![RawMessage {
+                offset: 7,
+                key: None,
+                payload: Some(Bytes::from(event)),
+            }],
+        };
+        let limits = DecodeLimits {
+            max_message_bytes: 1 << 20,
+            max_clock_skew_ms: 60_000,
+        };
+        for batch in decode_batch(raw, &limits, 500, 1_764_090_000_000, &acks) {
+            input.send(Arc::new(batch)).await.unwrap();
+        }
+
+        // The input stays open and silent: only the age limit can close the object.
+        let deadline = Instant::now() + Duration::from_secs(10);
+        let committable = loop {
+            let moved = acks.take_committable();
+            if !moved.is_empty() {
+                break moved;
+            }
+            assert!(
+                Instant::now() < deadline,
+                "the object was not flushed by age"
+            );
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        };
+        assert_eq!(committable, vec![(PartitionId::new("events", 0), 8)]);
+        let written = std::fs::read_dir(directory.path().join("events/dt=2025-11-25/hour=17"))
+            .unwrap()
+            .count();
+        assert_eq!(written, 1, "one object, acknowledged only once written");
+        drop(input);
+        driver.await.unwrap().unwrap();
     }
 
     #[test]
