@@ -50,6 +50,16 @@ fn decode(c: &mut Criterion) {
             BatchSize::SmallInput,
         )
     });
+    // Floor: serde_json only checking that each message is JSON, building nothing.
+    group.bench_function("baseline_serde_json_validate_only", |b| {
+        b.iter(|| {
+            for message in &singles {
+                let parsed: serde::de::IgnoredAny =
+                    serde_json::from_slice(message.payload.as_ref().unwrap()).unwrap();
+                std::hint::black_box(parsed);
+            }
+        })
+    });
     group.throughput(Throughput::Elements(500));
     group.bench_function("batch_of_500", |b| {
         b.iter_batched_ref(

@@ -186,58 +186,203 @@ pub fn decode_message(
         now_ms,
         offset: message.offset,
     };
-    let mut decode_element = |index: Option<u32>, element: &[u8]| match decode_event(element, &ctx)
-    {
-        Ok(event) => events.push(event),
-        Err(rejection) => rejected.push(RejectedInput {
-            offset: message.offset,
-            index,
-            raw: payload.slice_ref(element),
-            rejection,
-        }),
-    };
+    let mut interner = Interner::default();
+    let mut push_outcome =
+        |index: Option<u32>, element: &[u8], outcome: Result<PerformanceEvent, Rejection>| {
+            match outcome {
+                Ok(event) => events.push(event),
+                Err(rejection) => rejected.push(RejectedInput {
+                    offset: message.offset,
+                    index,
+                    raw: payload.slice_ref(element),
+                    rejection,
+                }),
+            }
+        };
 
     match payload.iter().find(|b| !b.is_ascii_whitespace()) {
         None => {
             let rejection = Rejection::new(RejectReason::NotJson, "message is empty");
             rejected.push(whole_message_rejected(rejection));
         }
-        Some(b'[') => match serde_json::from_slice::<Vec<&RawValue>>(payload) {
-            Ok(elements) => {
-                for (index, element) in elements.iter().enumerate() {
-                    decode_element(Some(index as u32), element.get().as_bytes());
+        Some(b'[') => match split_array(payload) {
+            Some(elements) => {
+                for (index, element) in elements.into_iter().enumerate() {
+                    let outcome = decode_event(element, &ctx, &mut interner);
+                    push_outcome(Some(index as u32), element, outcome);
                 }
             }
-            Err(error) => {
-                let rejection =
-                    Rejection::new(RejectReason::NotJson, format!("batch array: {error}"));
+            None => {
+                let rejection = Rejection::new(
+                    RejectReason::NotJson,
+                    "batch array: not closed (truncated message?)",
+                );
                 rejected.push(whole_message_rejected(rejection));
             }
         },
         Some(_) => {
-            // One object, or newline-delimited objects. Try the whole payload as a JSON stream
-            // first (this also accepts a pretty-printed single object); if any part is broken,
-            // fall back to lines so that the good lines survive.
-            let stream = serde_json::Deserializer::from_slice(payload).into_iter::<&RawValue>();
-            match stream.collect::<Result<Vec<_>, _>>() {
-                Ok(elements) if elements.len() == 1 => {
-                    decode_element(None, elements[0].get().as_bytes())
-                }
-                Ok(elements) => {
-                    for (index, element) in elements.iter().enumerate() {
-                        decode_element(Some(index as u32), element.get().as_bytes());
-                    }
-                }
-                Err(_) => {
-                    let lines = payload.split(|b| *b == b'\n');
-                    let non_blank =
-                        lines.filter(|line| line.iter().any(|b| !b.is_ascii_whitespace()));
-                    for (index, line) in non_blank.enumerate() {
-                        decode_element(Some(index as u32), trim_ascii(line));
-                    }
-                }
+            // One event, or several (newline-delimited or concatenated). A piece that is not
+            // JSON in a multi-line message means the structure cannot be trusted (a broken
+            // string swallows the next lines): fall back to one piece per line, so every good
+            // line survives.
+            // Most messages hold one event: parse it directly, and split only when serde finds
+            // more after it.
+            let whole = trim_ascii(payload);
+            let first_try = decode_event(whole, &ctx, &mut interner);
+            // A failure may also mean several events (a broken line followed by good ones).
+            let more_follow = matches!(&first_try, Err(r) if r.reason == RejectReason::NotJson
+                && (r.detail.contains("trailing characters") || whole.contains(&b'\n')));
+            if !more_follow {
+                push_outcome(None, whole, first_try);
+                return;
+            }
+            let pieces = split_stream(payload);
+            let mut outcomes: Vec<_> = pieces
+                .iter()
+                .map(|piece| (*piece, decode_event(piece, &ctx, &mut interner)))
+                .collect();
+            let broken = outcomes
+                .iter()
+                .any(|(_, outcome)| matches!(outcome, Err(r) if r.reason == RejectReason::NotJson));
+            if broken && payload.contains(&b'\n') {
+                let lines = payload
+                    .split(|b| *b == b'\n')
+                    .map(trim_ascii)
+                    .filter(|line| !line.is_empty());
+                outcomes = lines
+                    .map(|line| (line, decode_event(line, &ctx, &mut interner)))
+                    .collect();
+            }
+            let single = outcomes.len() == 1;
+            for (index, (piece, outcome)) in outcomes.into_iter().enumerate() {
+                push_outcome((!single).then_some(index as u32), piece, outcome);
             }
         }
+    }
+}
+
+/// Splits a JSON array into its elements by structure alone (strings and escapes skipped,
+/// brackets counted); each element is parsed on its own afterwards. `None` if the array is
+/// never closed. Anything after the closing bracket becomes one more (invalid) element.
+fn split_array(payload: &[u8]) -> Option<Vec<&[u8]>> {
+    let mut elements = Vec::new();
+    let mut i = payload.iter().position(|b| *b == b'[')? + 1;
+    loop {
+        while i < payload.len() && payload[i].is_ascii_whitespace() {
+            i += 1;
+        }
+        match payload.get(i) {
+            None => return None,
+            Some(b']') => break,
+            Some(_) => {}
+        }
+        let start = i;
+        let (mut depth, mut in_string) = (0usize, false);
+        while i < payload.len() {
+            let byte = payload[i];
+            if in_string {
+                match byte {
+                    b'\\' => i += 1,
+                    b'"' => in_string = false,
+                    _ => {}
+                }
+            } else {
+                match byte {
+                    b'"' => in_string = true,
+                    b'{' | b'[' => depth += 1,
+                    b'}' | b']' if depth > 0 => depth -= 1,
+                    b',' | b']' if depth == 0 => break,
+                    _ => {}
+                }
+            }
+            i += 1;
+        }
+        elements.push(trim_ascii(&payload[start..i.min(payload.len())]));
+        match payload.get(i) {
+            Some(b',') => i += 1,
+            Some(_) => {}
+            None => return None,
+        }
+    }
+    let rest = trim_ascii(&payload[i + 1..]);
+    if !rest.is_empty() {
+        elements.push(rest);
+    }
+    Some(elements)
+}
+
+/// Splits concatenated or newline-delimited JSON values by structure alone. An object or array
+/// ends where its brackets balance (so pretty-printed events stay whole); anything else runs
+/// to the end of its line.
+fn split_stream(payload: &[u8]) -> Vec<&[u8]> {
+    let mut pieces = Vec::new();
+    let mut i = 0;
+    loop {
+        while i < payload.len() && payload[i].is_ascii_whitespace() {
+            i += 1;
+        }
+        if i >= payload.len() {
+            return pieces;
+        }
+        let start = i;
+        i = match payload[i] {
+            b'{' | b'[' => value_end(payload, i),
+            _ => payload[i..]
+                .iter()
+                .position(|b| *b == b'\n')
+                .map_or(payload.len(), |n| i + n),
+        };
+        pieces.push(&payload[start..i]);
+    }
+}
+
+/// The index after the object or array starting at `start`, or the end of the payload.
+fn value_end(payload: &[u8], start: usize) -> usize {
+    let (mut depth, mut in_string) = (0usize, false);
+    let mut i = start;
+    while i < payload.len() {
+        let byte = payload[i];
+        if in_string {
+            match byte {
+                b'\\' => i += 1,
+                b'"' => in_string = false,
+                _ => {}
+            }
+        } else {
+            match byte {
+                b'"' => in_string = true,
+                b'{' | b'[' => depth += 1,
+                b'}' | b']' => {
+                    depth = depth.saturating_sub(1);
+                    if depth == 0 {
+                        return i + 1;
+                    }
+                }
+                _ => {}
+            }
+        }
+        i += 1;
+    }
+    payload.len()
+}
+
+/// Reuses the studio and class ids of consecutive events (a batch holds one class), saving two
+/// allocations per event.
+#[derive(Default)]
+struct Interner {
+    last: Option<(Arc<str>, Arc<str>)>,
+}
+
+impl Interner {
+    fn class(&mut self, studio_id: &str, class_id: &str) -> (Arc<str>, Arc<str>) {
+        if let Some((studio, class)) = &self.last {
+            if &**studio == studio_id && &**class == class_id {
+                return (Arc::clone(studio), Arc::clone(class));
+            }
+        }
+        let pair = (Arc::<str>::from(studio_id), Arc::<str>::from(class_id));
+        self.last = Some(pair.clone());
+        pair
     }
 }
 
@@ -262,7 +407,11 @@ struct EventContext<'a> {
 }
 
 /// Decodes and validates one event (a JSON object).
-fn decode_event(bytes: &[u8], ctx: &EventContext<'_>) -> Result<PerformanceEvent, Rejection> {
+fn decode_event(
+    bytes: &[u8],
+    ctx: &EventContext<'_>,
+    interner: &mut Interner,
+) -> Result<PerformanceEvent, Rejection> {
     let wire: WireEvent<'_> =
         serde_json::from_slice(bytes).map_err(|e| serde_rejection("event", e))?;
     let event_id = check_string(&EVENT_ID, &wire.event_id)?;
@@ -322,12 +471,13 @@ fn decode_event(bytes: &[u8], ctx: &EventContext<'_>) -> Result<PerformanceEvent
         ));
     }
 
+    let (studio_id, class_id) = interner.class(studio_id, class_id);
     Ok(PerformanceEvent {
         event_id: event_id.into(),
         event_type,
         event_time_ms,
-        studio_id: Arc::from(studio_id),
-        class_id: Arc::from(class_id),
+        studio_id,
+        class_id,
         member_id: member_id.into(),
         device_id: device_id.map(Into::into),
         schema_version: schema_version as u16,
@@ -407,7 +557,12 @@ fn check_optional_string<'v>(
         charset,
     } = spec.kind
     {
-        let chars = text.chars().count();
+        // Ids are ASCII: count and check bytes, not chars.
+        let chars = if text.is_ascii() {
+            text.len()
+        } else {
+            text.chars().count()
+        };
         if chars < min_len || chars > max_len {
             return Err(Rejection::new(
                 RejectReason::BadFormat,
@@ -417,7 +572,15 @@ fn check_optional_string<'v>(
                 ),
             ));
         }
-        if let Some(bad) = text.chars().find(|c| !charset.allows(*c)) {
+        let all_allowed = if text.is_ascii() {
+            charset.allows_ascii(text.as_bytes())
+        } else {
+            text.chars().all(|c| charset.allows(c))
+        };
+        if let Some(bad) = (!all_allowed)
+            .then(|| text.chars().find(|c| !charset.allows(*c)))
+            .flatten()
+        {
             let allowed = charset.pattern().unwrap_or("no control characters");
             return Err(Rejection::new(
                 RejectReason::BadFormat,
@@ -477,8 +640,11 @@ fn check_timestamp(spec: &FieldSpec, value: &Scalar<'_>) -> Result<i64, Rejectio
                 ),
             ))
         }
-        Scalar::Str(text) => match DateTime::parse_from_rfc3339(text) {
-            Ok(time) => time.timestamp_millis() as f64,
+        Scalar::Str(text) => match parse_rfc3339_millis(text).map_or_else(
+            || DateTime::parse_from_rfc3339(text).map(|t| t.timestamp_millis()),
+            Ok,
+        ) {
+            Ok(millis) => millis as f64,
             Err(error) => {
                 return Err(Rejection::new(
                     RejectReason::BadFormat,
@@ -510,6 +676,72 @@ fn check_timestamp(spec: &FieldSpec, value: &Scalar<'_>) -> Result<i64, Rejectio
         ));
     }
     Ok(millis as i64)
+}
+
+/// Epoch milliseconds of the common RFC 3339 shapes, `YYYY-MM-DDTHH:MM:SS[.fraction](Z|±HH:MM)`,
+/// without chrono's general parser. `None` for anything else (chrono then decides).
+fn parse_rfc3339_millis(text: &str) -> Option<i64> {
+    let bytes = text.as_bytes();
+    let digits = |range: std::ops::Range<usize>| -> Option<i64> {
+        let slice = bytes.get(range)?;
+        slice.iter().try_fold(0i64, |value, b| {
+            b.is_ascii_digit().then(|| value * 10 + i64::from(b - b'0'))
+        })
+    };
+    if bytes.len() < 20
+        || bytes[4] != b'-'
+        || bytes[7] != b'-'
+        || !matches!(bytes[10], b'T' | b't')
+        || bytes[13] != b':'
+        || bytes[16] != b':'
+    {
+        return None;
+    }
+    let (year, month, day) = (digits(0..4)?, digits(5..7)?, digits(8..10)?);
+    let (hour, minute, second) = (digits(11..13)?, digits(14..16)?, digits(17..19)?);
+    if !(1..=12).contains(&month) || hour > 23 || minute > 59 || second > 59 {
+        return None; // leap seconds and invalid fields: let chrono decide
+    }
+    let mut i = 19;
+    let mut millis = 0;
+    if bytes[i] == b'.' {
+        let start = i + 1;
+        i = start;
+        while i < bytes.len() && bytes[i].is_ascii_digit() {
+            i += 1;
+        }
+        let fraction = &bytes[start..i];
+        if fraction.is_empty() {
+            return None;
+        }
+        for (position, b) in fraction.iter().take(3).enumerate() {
+            millis += i64::from(b - b'0') * [100, 10, 1][position];
+        }
+    }
+    let offset_seconds = match bytes.get(i..)? {
+        [b'Z' | b'z'] => 0,
+        [sign @ (b'+' | b'-'), h1, h2, b':', m1, m2] => {
+            let hours = digits(i + 1..i + 3)?;
+            let minutes = digits(i + 4..i + 6)?;
+            let _ = (h1, h2, m1, m2);
+            if hours > 23 || minutes > 59 {
+                return None;
+            }
+            let seconds = hours * 3600 + minutes * 60;
+            if *sign == b'+' {
+                seconds
+            } else {
+                -seconds
+            }
+        }
+        _ => return None,
+    };
+    let date = chrono::NaiveDate::from_ymd_opt(year as i32, month as u32, day as u32)?;
+    let days = i64::from(
+        date.signed_duration_since(chrono::NaiveDate::from_ymd_opt(1970, 1, 1)?)
+            .num_days(),
+    );
+    Some(((days * 86_400 + hour * 3600 + minute * 60 + second - offset_seconds) * 1000) + millis)
 }
 
 fn truncate_for_detail(text: &str) -> Cow<'_, str> {

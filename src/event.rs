@@ -102,6 +102,32 @@ impl Charset {
         }
     }
 
+    /// Whether every byte of an ASCII string is allowed (a table lookup per byte: this runs on
+    /// every id of every event). Non-ASCII text goes through [`Charset::allows`].
+    pub fn allows_ascii(self, bytes: &[u8]) -> bool {
+        const fn table(colon: bool) -> [bool; 256] {
+            let mut table = [false; 256];
+            let mut byte = 0;
+            while byte < 256 {
+                let c = byte as u8;
+                table[byte] = c.is_ascii_alphanumeric()
+                    || c == b'_'
+                    || c == b'.'
+                    || c == b'-'
+                    || (colon && c == b':');
+                byte += 1;
+            }
+            table
+        }
+        static ID: [bool; 256] = table(false);
+        static ID_WITH_COLON: [bool; 256] = table(true);
+        match self {
+            Charset::Id => bytes.iter().all(|b| ID[usize::from(*b)]),
+            Charset::IdWithColon => bytes.iter().all(|b| ID_WITH_COLON[usize::from(*b)]),
+            Charset::Text => bytes.iter().all(|b| !b.is_ascii_control()),
+        }
+    }
+
     /// The same rule as a JSON Schema / ECMA regex character class.
     pub fn pattern(self) -> Option<&'static str> {
         match self {
@@ -420,6 +446,19 @@ mod tests {
         }
         assert_eq!(EventType::from_wire("HeartRate"), None);
         assert_eq!(EventType::from_wire("elliptical"), None);
+    }
+
+    #[test]
+    fn ascii_table_agrees_with_the_char_rule() {
+        for charset in [Charset::Id, Charset::IdWithColon, Charset::Text] {
+            for byte in 0u8..128 {
+                assert_eq!(
+                    charset.allows_ascii(&[byte]),
+                    charset.allows(char::from(byte)),
+                    "{charset:?} {byte}"
+                );
+            }
+        }
     }
 
     #[test]

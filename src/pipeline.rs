@@ -493,6 +493,7 @@ mod tests {
         config.duration = Duration::from_secs(120);
         config.speedup = 0.0;
         config.seed = Some(5);
+        config.start = Some("2026-11-25T17:00:00Z".parse().unwrap());
         Box::new(Simulator::new(&config, 100, Utc::now()))
     }
 
@@ -551,8 +552,9 @@ mod tests {
         }
     }
 
-    /// Fails every batch of partition 1, counting them.
+    /// Fails every batch of the first partition it sees, counting them.
     struct FailingSink {
+        target: Arc<std::sync::OnceLock<u32>>,
         failed: Arc<std::sync::atomic::AtomicUsize>,
     }
 
@@ -562,7 +564,7 @@ mod tests {
             "failing"
         }
         async fn write(&mut self, batch: Arc<DecodedBatch>) -> Result<(), SinkError> {
-            if batch.partition.index == 1 {
+            if *self.target.get_or_init(|| batch.partition.index) == batch.partition.index {
                 batch.ack.fail();
                 self.failed
                     .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
@@ -614,7 +616,9 @@ mod tests {
     #[tokio::test]
     async fn a_failed_batch_is_never_committed() {
         let failed = Arc::new(std::sync::atomic::AtomicUsize::new(0));
+        let target = Arc::new(std::sync::OnceLock::new());
         let failing = FailingSink {
+            target: Arc::clone(&target),
             failed: Arc::clone(&failed),
         };
         let sinks: Vec<Box<dyn Sink>> = vec![Box::new(NullSink), Box::new(failing)];

@@ -1,4 +1,5 @@
 use super::*;
+use crate::event::MIN_EVENT_TIME_MS;
 use proptest::prelude::*;
 use serde_json::{json, Value};
 
@@ -149,6 +150,38 @@ fn epoch_millis_and_offsets_are_event_time() {
         decode(event.to_string().as_bytes()).0[0].event_time_ms,
         NOW_MS - 5000
     );
+}
+
+proptest! {
+    /// The fast RFC 3339 path agrees with chrono wherever it answers.
+    #[test]
+    fn fast_rfc3339_agrees_with_chrono(millis in MIN_EVENT_TIME_MS..4_102_444_800_000i64, offset_minutes in -(23 * 60 + 59)..=(23 * 60 + 59), fraction_digits in 0usize..10) {
+        let offset = chrono::FixedOffset::east_opt(offset_minutes * 60).unwrap();
+        let time = chrono::DateTime::from_timestamp_millis(millis).unwrap().with_timezone(&offset);
+        let mut text = time.format("%Y-%m-%dT%H:%M:%S").to_string();
+        if fraction_digits > 0 {
+            let nanos = format!("{:09}", time.timestamp_subsec_nanos());
+            text.push('.');
+            text.push_str(&format!("{nanos:0<10}")[..fraction_digits]);
+        }
+        text.push_str(&if offset_minutes == 0 { "Z".to_owned() } else { time.format("%:z").to_string() });
+        let expected = chrono::DateTime::parse_from_rfc3339(&text).unwrap().timestamp_millis();
+        prop_assert_eq!(parse_rfc3339_millis(&text), Some(expected), "{}", text);
+    }
+}
+
+#[test]
+fn fast_rfc3339_leaves_odd_shapes_to_chrono() {
+    for text in [
+        "2025-11-25 17:00:00Z",
+        "2025-11-25T17:00:60Z",
+        "2025-02-30T00:00:00Z",
+        "2025-11-25T17:00:00",
+        "2025-11-25T17:00:00.Z",
+        "2025-11-25T17:00:00+0100",
+    ] {
+        assert_eq!(parse_rfc3339_millis(text), None, "{text}");
+    }
 }
 
 #[test]
@@ -481,6 +514,45 @@ fn arrays_and_ndjson_decode_each_event_on_its_own() {
 }
 
 #[test]
+fn splitting_respects_strings_escapes_and_nesting() {
+    let mut tricky = heart_rate();
+    tricky["event_data"]["note"] = json!("a, b] c} \\\" [{ \n end");
+    tricky["event_data"]["nested"] = json!([{"x": [1, {"y": "]"}]}]);
+    let tricky = tricky.to_string();
+    let good = heart_rate().to_string();
+
+    let (events, rejected) = decode(format!("[ {tricky} ,\n {good} ]").as_bytes());
+    assert_eq!((events.len(), rejected.len()), (2, 0), "{rejected:?}");
+
+    let pretty = serde_json::to_string_pretty(&heart_rate()).unwrap();
+    let (events, rejected) = decode(format!("{pretty}\n{pretty}{tricky}").as_bytes());
+    assert_eq!(
+        (events.len(), rejected.len()),
+        (3, 0),
+        "concatenated pretty events: {rejected:?}"
+    );
+
+    let (events, rejected) = decode(format!("[{good}] trailing").as_bytes());
+    assert_eq!(events.len(), 1);
+    assert_eq!(rejected[0].rejection.reason, RejectReason::NotJson);
+    assert_eq!(&rejected[0].raw[..], b"trailing");
+
+    let (events, rejected) = decode(format!("[{good},{good}").as_bytes());
+    assert!(events.is_empty(), "an unclosed array is rejected whole");
+    assert_eq!(
+        (rejected[0].index, rejected[0].rejection.reason),
+        (None, RejectReason::NotJson)
+    );
+
+    // A truncated line with an open string does not swallow the good lines after it.
+    let truncated = &good[..good.len() / 2];
+    let (events, rejected) = decode(format!("{good}\n{truncated}\n{good}\n{good}").as_bytes());
+    assert_eq!(events.len(), 3, "{rejected:?}");
+    assert_eq!(rejected.len(), 1);
+    assert_eq!(&rejected[0].raw[..], truncated.as_bytes());
+}
+
+#[test]
 fn whole_message_rejections() {
     let cases: [(&[u8], RejectReason); 5] = [
         (b"", RejectReason::NotJson),
@@ -669,6 +741,22 @@ proptest! {
         for r in &rejected {
             prop_assert!(!r.rejection.detail.is_empty());
             prop_assert!(r.raw.len() <= payload.len());
+        }
+    }
+
+    #[test]
+    fn arrays_split_correctly_whatever_the_strings_hold(notes in prop::collection::vec(any::<String>(), 1..8)) {
+        let elements: Vec<String> = notes.iter().map(|note| {
+            let mut event = heart_rate();
+            event["event_data"]["note"] = json!(note);
+            event.to_string()
+        }).collect();
+        let (events, rejected) = decode(format!("[{}]", elements.join(",")).as_bytes());
+        prop_assert!(rejected.is_empty(), "{:?}", rejected);
+        prop_assert_eq!(events.len(), notes.len());
+        for (event, note) in events.iter().zip(&notes) {
+            let raw: Value = serde_json::from_str(event.event_data.get()).unwrap();
+            prop_assert_eq!(raw["note"].as_str().unwrap(), note.as_str());
         }
     }
 
