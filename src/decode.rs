@@ -277,23 +277,17 @@ fn split_array(payload: &[u8]) -> Option<Vec<&[u8]>> {
             Some(_) => {}
         }
         let start = i;
-        let (mut depth, mut in_string) = (0usize, false);
+        let mut depth = 0usize;
         while i < payload.len() {
-            let byte = payload[i];
-            if in_string {
-                match byte {
-                    b'\\' => i += 1,
-                    b'"' => in_string = false,
-                    _ => {}
+            match payload[i] {
+                b'"' => {
+                    i = string_end(payload, i);
+                    continue;
                 }
-            } else {
-                match byte {
-                    b'"' => in_string = true,
-                    b'{' | b'[' => depth += 1,
-                    b'}' | b']' if depth > 0 => depth -= 1,
-                    b',' | b']' if depth == 0 => break,
-                    _ => {}
-                }
+                b'{' | b'[' => depth += 1,
+                b'}' | b']' if depth > 0 => depth -= 1,
+                b',' | b']' if depth == 0 => break,
+                _ => {}
             }
             i += 1;
         }
@@ -338,30 +332,38 @@ fn split_stream(payload: &[u8]) -> Vec<&[u8]> {
 
 /// The index after the object or array starting at `start`, or the end of the payload.
 fn value_end(payload: &[u8], start: usize) -> usize {
-    let (mut depth, mut in_string) = (0usize, false);
+    let mut depth = 0usize;
     let mut i = start;
     while i < payload.len() {
-        let byte = payload[i];
-        if in_string {
-            match byte {
-                b'\\' => i += 1,
-                b'"' => in_string = false,
-                _ => {}
+        match payload[i] {
+            b'"' => {
+                i = string_end(payload, i);
+                continue;
             }
-        } else {
-            match byte {
-                b'"' => in_string = true,
-                b'{' | b'[' => depth += 1,
-                b'}' | b']' => {
-                    depth = depth.saturating_sub(1);
-                    if depth == 0 {
-                        return i + 1;
-                    }
+            b'{' | b'[' => depth += 1,
+            b'}' | b']' => {
+                depth = depth.saturating_sub(1);
+                if depth == 0 {
+                    return i + 1;
                 }
-                _ => {}
             }
+            _ => {}
         }
         i += 1;
+    }
+    payload.len()
+}
+
+/// The index after the string whose opening quote is at `quote` (escapes skipped), or the end
+/// of the payload for an unterminated string.
+fn string_end(payload: &[u8], quote: usize) -> usize {
+    let mut i = quote + 1;
+    while i < payload.len() {
+        match payload[i] {
+            b'\\' => i += 2,
+            b'"' => return i + 1,
+            _ => i += 1,
+        }
     }
     payload.len()
 }

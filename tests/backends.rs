@@ -401,33 +401,7 @@ async fn run_writes_the_lake_to_s3() {
         String::from_utf8_lossy(&output.stderr)
     );
 
-    let listed = s3
-        .list_objects_v2()
-        .bucket(&bucket)
-        .prefix("raw/events/")
-        .send()
-        .await
-        .unwrap();
-    let mut rows = 0;
-    for object in listed.contents() {
-        let body = s3
-            .get_object()
-            .bucket(&bucket)
-            .key(object.key().unwrap())
-            .send()
-            .await
-            .unwrap()
-            .body
-            .collect()
-            .await
-            .unwrap()
-            .into_bytes();
-        let reader = parquet::arrow::arrow_reader::ParquetRecordBatchReaderBuilder::try_new(body)
-            .unwrap()
-            .build()
-            .unwrap();
-        rows += reader.map(|batch| batch.unwrap().num_rows()).sum::<usize>();
-    }
+    let rows = s3_lake_rows(&s3, &bucket, "raw/events/").await;
     assert!(rows > 0);
     assert_eq!(rows as u64, summary_number(&stdout, "events in"));
     let dead = s3

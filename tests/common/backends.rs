@@ -82,3 +82,31 @@ pub async fn delete_bucket(s3: &aws_sdk_s3::Client, bucket: &str) {
     }
     s3.delete_bucket().bucket(bucket).send().await.unwrap();
 }
+
+/// Rows of every Parquet object under `prefix` in `bucket`.
+pub async fn s3_lake_rows(s3: &aws_sdk_s3::Client, bucket: &str, prefix: &str) -> usize {
+    let listed = s3
+        .list_objects_v2()
+        .bucket(bucket)
+        .prefix(prefix)
+        .send()
+        .await
+        .unwrap();
+    let mut rows = 0;
+    for object in listed.contents() {
+        let response = s3
+            .get_object()
+            .bucket(bucket)
+            .key(object.key().unwrap())
+            .send()
+            .await
+            .unwrap();
+        let body = response.body.collect().await.unwrap().into_bytes();
+        let reader = parquet::arrow::arrow_reader::ParquetRecordBatchReaderBuilder::try_new(body)
+            .unwrap()
+            .build()
+            .unwrap();
+        rows += reader.map(|batch| batch.unwrap().num_rows()).sum::<usize>();
+    }
+    rows
+}
