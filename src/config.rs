@@ -37,7 +37,10 @@ const fn var(name: &'static str, default: &'static str, meaning: &'static str) -
 
 /// Every variable classpulse reads.
 pub const VARS: &[VarSpec] = &[
-    var("CLASSPULSE_SOURCE", "simulator", "Where events come from: `simulator` (built in, no servers)."),
+    var("CLASSPULSE_SOURCE", "simulator", "Where events come from: `simulator` (built in, no servers) or `kafka`."),
+    var("CLASSPULSE_KAFKA_BROKERS", "", "Kafka bootstrap servers, `host:port,...` (required with `kafka`)."),
+    var("CLASSPULSE_KAFKA_TOPICS", "", "Topics to consume, comma-separated (required with `kafka`)."),
+    var("CLASSPULSE_KAFKA_GROUP_ID", "classpulse", "Consumer group: every task of one deployment shares it."),
     var("CLASSPULSE_LAKE_URL", "file://./classpulse-data", "Lake and dead-letter location: `file://DIR` or `s3://bucket/prefix`."),
     var("CLASSPULSE_S3_ENDPOINT", "", "S3 endpoint override for local servers (unset in production: AWS default)."),
     var("CLASSPULSE_DYNAMODB_ENDPOINT", "", "DynamoDB endpoint override for local servers (unset in production)."),
@@ -74,6 +77,34 @@ pub const VARS: &[VarSpec] = &[
 pub enum SourceKind {
     /// The built-in studio simulator.
     Simulator,
+    /// A Kafka consumer group.
+    Kafka,
+}
+
+/// Prefix of the librdkafka pass-through: `CLASSPULSE_KAFKA_PROP_FETCH_MAX_BYTES=...` sets
+/// `fetch.max.bytes`.
+pub const KAFKA_PROP_PREFIX: &str = "CLASSPULSE_KAFKA_PROP_";
+
+/// Kafka consumer settings.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct KafkaConfig {
+    /// Bootstrap servers.
+    pub brokers: String,
+    /// Topics to subscribe to.
+    pub topics: Vec<String>,
+    /// Consumer group id.
+    pub group_id: String,
+    /// librdkafka properties from `CLASSPULSE_KAFKA_PROP_*`, applied last (they win).
+    pub properties: Vec<(String, String)>,
+}
+
+impl KafkaConfig {
+    /// Whether a librdkafka property holds a secret (masked wherever shown).
+    pub fn is_secret(property: &str) -> bool {
+        ["password", "secret", "sasl.jaas", "key.pem", "token"]
+            .iter()
+            .any(|word| property.contains(word))
+    }
 }
 
 /// Where the lake lives.
@@ -153,6 +184,8 @@ pub struct SimulatorConfig {
 pub struct Config {
     /// Which source to run.
     pub source: SourceKind,
+    /// Kafka settings (used when `source` is `kafka`).
+    pub kafka: KafkaConfig,
     /// Lake and dead letters.
     pub lake: LakeConfig,
     /// AWS endpoint overrides.
@@ -269,6 +302,70 @@ impl Reader<'_> {
         Some(self.raw(name).trim()).filter(|text| !text.is_empty())
     }
 
+    /// Kafka settings; brokers and topics are required when `required`.
+    fn kafka(&self, required: bool) -> Result<KafkaConfig, ConfigError> {
+        let brokers = self.raw("CLASSPULSE_KAFKA_BROKERS").trim().to_owned();
+        let topics: Vec<String> = self
+            .raw("CLASSPULSE_KAFKA_TOPICS")
+            .split(',')
+            .map(str::trim)
+            .filter(|topic| !topic.is_empty())
+            .map(str::to_owned)
+            .collect();
+        let valid_broker = |broker: &str| {
+            broker.rsplit_once(':').is_some_and(|(host, port)| {
+                !host.is_empty()
+                    && !host.contains(char::is_whitespace)
+                    && port.parse::<u16>().is_ok()
+            })
+        };
+        let brokers_valid = brokers
+            .split(',')
+            .map(str::trim)
+            .filter(|b| !b.is_empty())
+            .all(valid_broker);
+        if (required && brokers.is_empty()) || !brokers_valid {
+            return Err(self.error(
+                "CLASSPULSE_KAFKA_BROKERS",
+                "host:port[,host:port...] (required with CLASSPULSE_SOURCE=kafka)",
+            ));
+        }
+        let valid_topic = |topic: &String| {
+            topic.len() <= 249
+                && topic
+                    .chars()
+                    .all(|c| c.is_ascii_alphanumeric() || matches!(c, '.' | '_' | '-'))
+        };
+        if (required && topics.is_empty()) || !topics.iter().all(valid_topic) {
+            return Err(self.error(
+                "CLASSPULSE_KAFKA_TOPICS",
+                "one or more topic names ([A-Za-z0-9._-]), comma-separated",
+            ));
+        }
+        let group_id = self.raw("CLASSPULSE_KAFKA_GROUP_ID").trim().to_owned();
+        if group_id.is_empty() {
+            return Err(self.error("CLASSPULSE_KAFKA_GROUP_ID", "a non-empty consumer group id"));
+        }
+        let mut properties: Vec<(String, String)> = self
+            .env
+            .iter()
+            .filter_map(|(name, value)| {
+                let property = name
+                    .strip_prefix(KAFKA_PROP_PREFIX)?
+                    .to_ascii_lowercase()
+                    .replace('_', ".");
+                Some((property, value.clone()))
+            })
+            .collect();
+        properties.sort();
+        Ok(KafkaConfig {
+            brokers,
+            topics,
+            group_id,
+            properties,
+        })
+    }
+
     /// An optional http(s) endpoint URL.
     fn endpoint(&self, name: &'static str) -> Result<Option<Url>, ConfigError> {
         if self.optional(name).is_none() {
@@ -340,6 +437,7 @@ impl Config {
             .keys()
             .filter(|name| {
                 name.starts_with("CLASSPULSE_")
+                    && !name.starts_with(KAFKA_PROP_PREFIX)
                     && !VARS.iter().any(|spec| spec.name == name.as_str())
             })
             .collect();
@@ -353,14 +451,17 @@ impl Config {
         }
         let read = Reader { env };
 
-        let source = read.parse(
-            "CLASSPULSE_SOURCE",
-            "expected simulator",
-            |text| match text {
-                "simulator" => Some(SourceKind::Simulator),
-                _ => None,
-            },
-        )?;
+        let source =
+            read.parse(
+                "CLASSPULSE_SOURCE",
+                "expected simulator or kafka",
+                |text| match text {
+                    "simulator" => Some(SourceKind::Simulator),
+                    "kafka" => Some(SourceKind::Kafka),
+                    _ => None,
+                },
+            )?;
+        let kafka = read.kafka(source == SourceKind::Kafka)?;
         let location = read.parse(
             "CLASSPULSE_LAKE_URL",
             "expected file://DIR or s3://bucket/prefix",
@@ -436,6 +537,7 @@ impl Config {
 
         Ok(Config {
             source,
+            kafka,
             lake,
             aws,
             batch_max_events: read.integer("CLASSPULSE_BATCH_MAX_EVENTS", 1, 100_000)? as usize,
@@ -516,9 +618,30 @@ pub struct EffectiveVar {
     pub is_default: bool,
 }
 
-/// The value of every variable, as `classpulse config` prints it.
+/// The value of every variable, as `classpulse config` prints it: the declared ones, then the
+/// librdkafka pass-through (secret-looking properties masked).
 pub fn effective(env: &HashMap<String, String>) -> Vec<EffectiveVar> {
-    VARS.iter()
+    let mut passthrough: Vec<EffectiveVar> = env
+        .iter()
+        .filter(|(name, _)| name.starts_with(KAFKA_PROP_PREFIX))
+        .map(|(name, value)| {
+            let property = name[KAFKA_PROP_PREFIX.len()..]
+                .to_ascii_lowercase()
+                .replace('_', ".");
+            EffectiveVar {
+                name: "CLASSPULSE_KAFKA_PROP_*",
+                value: if KafkaConfig::is_secret(&property) {
+                    format!("{property}=****")
+                } else {
+                    format!("{property}={value}")
+                },
+                is_default: false,
+            }
+        })
+        .collect();
+    passthrough.sort_by(|a, b| a.value.cmp(&b.value));
+    let declared: Vec<EffectiveVar> = VARS
+        .iter()
         .map(|spec| {
             let given = env.get(spec.name);
             let value = given.map_or(spec.default, String::as_str);
@@ -532,7 +655,8 @@ pub fn effective(env: &HashMap<String, String>) -> Vec<EffectiveVar> {
                 is_default: given.is_none(),
             }
         })
-        .collect()
+        .collect();
+    declared.into_iter().chain(passthrough).collect()
 }
 
 impl fmt::Display for EffectiveVar {
@@ -589,7 +713,7 @@ mod tests {
     #[test]
     fn every_variable_rejects_garbage_except_free_text() {
         // Free-form values where any text is meaningful are exempt.
-        let free_text = ["CLASSPULSE_LOG_LEVEL"];
+        let free_text = ["CLASSPULSE_LOG_LEVEL", "CLASSPULSE_KAFKA_GROUP_ID"];
         for spec in VARS.iter().filter(|spec| !free_text.contains(&spec.name)) {
             let result = Config::from_vars(&env(&[(spec.name, "not a valid value ☃")]));
             let error = result.expect_err(spec.name);
@@ -644,6 +768,44 @@ mod tests {
         ]))
         .unwrap_err();
         assert_eq!(error.variable, "CLASSPULSE_LAKE_MAX_BUFFER_BYTES");
+    }
+
+    #[test]
+    fn kafka_needs_brokers_and_topics_and_passes_properties_through() {
+        let error = Config::from_vars(&env(&[("CLASSPULSE_SOURCE", "kafka")])).unwrap_err();
+        assert_eq!(error.variable, "CLASSPULSE_KAFKA_BROKERS");
+        let error = Config::from_vars(&env(&[
+            ("CLASSPULSE_SOURCE", "kafka"),
+            ("CLASSPULSE_KAFKA_BROKERS", "b:9092"),
+        ]))
+        .unwrap_err();
+        assert_eq!(error.variable, "CLASSPULSE_KAFKA_TOPICS");
+        let config = Config::from_vars(&env(&[
+            ("CLASSPULSE_SOURCE", "kafka"),
+            ("CLASSPULSE_KAFKA_BROKERS", "b1:9092,b2:9092"),
+            ("CLASSPULSE_KAFKA_TOPICS", "perf-a, perf-b"),
+            ("CLASSPULSE_KAFKA_PROP_FETCH_MAX_BYTES", "1048576"),
+            ("CLASSPULSE_KAFKA_PROP_SASL_PASSWORD", "hunter2"),
+        ]))
+        .unwrap();
+        assert_eq!(config.kafka.topics, vec!["perf-a", "perf-b"]);
+        assert_eq!(
+            config.kafka.properties[0],
+            ("fetch.max.bytes".to_owned(), "1048576".to_owned())
+        );
+        let shown: Vec<String> =
+            effective(&env(&[("CLASSPULSE_KAFKA_PROP_SASL_PASSWORD", "hunter2")]))
+                .iter()
+                .map(ToString::to_string)
+                .collect();
+        assert!(
+            shown.iter().any(|line| line.contains("sasl.password=****")),
+            "{shown:?}"
+        );
+        assert!(
+            !shown.iter().any(|line| line.contains("hunter2")),
+            "secrets never printed"
+        );
     }
 
     #[test]

@@ -4,7 +4,7 @@
 //!
 //! An event's path, in order:
 //!
-//! - [`source`]: where messages come from ([`source::simulator`] built in; Kafka and Kinesis
+//! - [`source`]: where messages come from ([`source::simulator`] built in, [`source::kafka`]; Kinesis
 //!   plug in behind the same [`source::Source`] trait). A source yields [`source::RawBatch`]es,
 //!   one partition each, and takes back committed positions.
 //! - [`decode`]: the hot path. Splits a message into events (object, array or NDJSON), validates

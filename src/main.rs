@@ -17,6 +17,7 @@ use classpulse::sink::dead_letter::{DeadLetterFormat, NdjsonZstEncoder};
 use classpulse::sink::lake::{LakeFormat, ParquetEncoder};
 use classpulse::sink::object::{ObjectLimits, ObjectSink, ObjectWriter};
 use classpulse::sink::Sink;
+use classpulse::source::kafka::KafkaSource;
 use classpulse::source::simulator::{Simulator, SimulatorStats};
 use classpulse::source::Source;
 use classpulse::stats::Stats;
@@ -131,6 +132,10 @@ async fn run(config: Config) -> anyhow::Result<()> {
             let stats = simulator.stats();
             (Box::new(simulator), Some(stats))
         }
+        SourceKind::Kafka => (
+            Box::new(KafkaSource::new(&config.kafka, config.batch_max_events)?),
+            None,
+        ),
     };
     let writer = ObjectWriter::open(
         &config.lake,

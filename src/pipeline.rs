@@ -247,6 +247,7 @@ impl Pipeline {
         // Whatever happened, commit what is durable, and nothing else after this point.
         committer.commit(source.as_mut()).await?;
         acks.close();
+        source.shutdown().await;
         metrics::set_drain_duration(drain_started.elapsed());
         metrics::set_batches_in_flight(acks.in_flight());
         result?;

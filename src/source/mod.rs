@@ -5,6 +5,7 @@
 //! restart) through [`Source::commit`]. The pipeline commits only positions whose events every
 //! sink has made durable (see [`crate::ack`]).
 
+pub mod kafka;
 pub mod simulator;
 
 use async_trait::async_trait;
@@ -52,4 +53,8 @@ pub trait Source: Send {
 
     /// Records that every message below `next_offset` of each partition is durable.
     async fn commit(&mut self, frontiers: &[(PartitionId, u64)]) -> Result<(), SourceError>;
+
+    /// Called once after the last commit: make the commits durable and release the
+    /// partitions, within a bounded time.
+    async fn shutdown(&mut self) {}
 }

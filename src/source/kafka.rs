@@ -1,0 +1,198 @@
+//! The Kafka source: one member of a consumer group (MSK in production), at least once.
+//!
+//! Offsets are never committed by librdkafka on its own (`enable.auto.commit=false`): the
+//! pipeline hands [`Source::commit`] the frontier of each partition once every sink has made
+//! everything before it durable, and only then is it committed (asynchronously, batched by
+//! `CLASSPULSE_COMMIT_INTERVAL`; synchronously once more at shutdown). A crash replays from the
+//! last durable frontier.
+//!
+//! Not yet here (see the Kafka source issue): flushing and committing a revoked partition's
+//! data before the rebalance completes (today the next owner replays it), pausing partitions
+//! under backpressure, lag metrics, a dead-letter topic, MSK IAM authentication.
+
+use std::collections::{BTreeMap, VecDeque};
+use std::sync::Arc;
+use std::time::Duration;
+
+use async_trait::async_trait;
+use bytes::Bytes;
+use futures::FutureExt;
+use rdkafka::consumer::{CommitMode, Consumer, StreamConsumer};
+use rdkafka::{ClientConfig, Message, Offset, TopicPartitionList};
+
+use super::{RawBatch, Source, SourceError};
+use crate::ack::PartitionId;
+use crate::config::KafkaConfig;
+use crate::decode::RawMessage;
+
+/// How long shutdown waits for the final commit and for the consumer to leave its group.
+const CLOSE_TIMEOUT: Duration = Duration::from_secs(5);
+
+/// A Kafka consumer-group member.
+pub struct KafkaSource {
+    /// `None` once shut down.
+    consumer: Option<Arc<StreamConsumer>>,
+    /// Batches read but not yet handed out, one partition each.
+    ready: VecDeque<RawBatch>,
+    /// Messages gathered per call, at most.
+    max_messages: usize,
+    /// The last frontier committed per partition, for the final synchronous commit.
+    committed: BTreeMap<PartitionId, u64>,
+}
+
+impl KafkaSource {
+    /// Creates the consumer and subscribes. Connects lazily: a broker that is down shows as
+    /// retries, not as a start-up failure.
+    pub fn new(config: &KafkaConfig, max_messages: usize) -> Result<KafkaSource, SourceError> {
+        let mut client = ClientConfig::new();
+        client
+            .set("bootstrap.servers", &config.brokers)
+            .set("group.id", &config.group_id)
+            .set("enable.auto.commit", "false")
+            // A new group reads the backlog instead of skipping it.
+            .set("auto.offset.reset", "earliest")
+            .set("enable.partition.eof", "false")
+            .set("partition.assignment.strategy", "cooperative-sticky")
+            .set("client.id", format!("classpulse-{}", std::process::id()));
+        for (property, value) in &config.properties {
+            client.set(property, value);
+        }
+        let consumer: StreamConsumer = client
+            .create()
+            .map_err(|error| SourceError::Fatal(format!("kafka consumer: {error}")))?;
+        let topics: Vec<&str> = config.topics.iter().map(String::as_str).collect();
+        consumer
+            .subscribe(&topics)
+            .map_err(|error| SourceError::Fatal(format!("subscribing to {topics:?}: {error}")))?;
+        tracing::info!(brokers = %config.brokers, topics = ?topics, group = %config.group_id, "kafka consumer subscribed");
+        Ok(KafkaSource {
+            consumer: Some(Arc::new(consumer)),
+            ready: VecDeque::new(),
+            max_messages: max_messages.max(1),
+            committed: BTreeMap::new(),
+        })
+    }
+
+    fn to_raw(message: &rdkafka::message::BorrowedMessage<'_>) -> (PartitionId, RawMessage) {
+        let partition = PartitionId::new(message.topic(), message.partition() as u32);
+        let raw = RawMessage {
+            offset: message.offset() as u64,
+            key: message.key().map(Bytes::copy_from_slice),
+            payload: message.payload().map(Bytes::copy_from_slice),
+        };
+        (partition, raw)
+    }
+
+    fn offsets(frontiers: &[(PartitionId, u64)]) -> Result<TopicPartitionList, SourceError> {
+        let mut list = TopicPartitionList::new();
+        for (partition, next_offset) in frontiers {
+            list.add_partition_offset(
+                &partition.stream,
+                partition.index as i32,
+                Offset::Offset(*next_offset as i64),
+            )
+            .map_err(|error| SourceError::Fatal(format!("offset for {partition}: {error}")))?;
+        }
+        Ok(list)
+    }
+}
+
+#[async_trait]
+impl Source for KafkaSource {
+    fn kind(&self) -> &'static str {
+        "kafka"
+    }
+
+    async fn next_batch(&mut self) -> Result<Option<RawBatch>, SourceError> {
+        if let Some(batch) = self.ready.pop_front() {
+            return Ok(Some(batch));
+        }
+        let Some(consumer) = &self.consumer else {
+            return Ok(None);
+        };
+        // Wait for one message (cancel-safe: a pending recv has taken nothing from the queue),
+        // then take whatever else is already there without waiting.
+        let first = consumer
+            .recv()
+            .await
+            .map_err(|error| SourceError::Unavailable(format!("kafka: {error}")))?;
+        let mut by_partition: BTreeMap<PartitionId, Vec<RawMessage>> = BTreeMap::new();
+        let (partition, message) = Self::to_raw(&first);
+        by_partition.entry(partition).or_default().push(message);
+        drop(first);
+        for _ in 1..self.max_messages {
+            match consumer.recv().now_or_never() {
+                Some(Ok(message)) => {
+                    let (partition, raw) = Self::to_raw(&message);
+                    by_partition.entry(partition).or_default().push(raw);
+                }
+                Some(Err(error)) => tracing::warn!(error = %error, "kafka consumer error"),
+                None => break,
+            }
+        }
+        self.ready.extend(
+            by_partition
+                .into_iter()
+                .map(|(partition, messages)| RawBatch {
+                    partition,
+                    messages,
+                }),
+        );
+        Ok(self.ready.pop_front())
+    }
+
+    async fn commit(&mut self, frontiers: &[(PartitionId, u64)]) -> Result<(), SourceError> {
+        let offsets = Self::offsets(frontiers)?;
+        let Some(consumer) = &self.consumer else {
+            return Ok(());
+        };
+        consumer
+            .commit(&offsets, CommitMode::Async)
+            .map_err(|error| SourceError::Unavailable(format!("committing offsets: {error}")))?;
+        self.committed.extend(frontiers.iter().cloned());
+        Ok(())
+    }
+
+    async fn shutdown(&mut self) {
+        let Some(consumer) = self.consumer.take() else {
+            return;
+        };
+        let frontiers: Vec<_> = self
+            .committed
+            .iter()
+            .map(|(p, o)| (p.clone(), *o))
+            .collect();
+        let committer = Arc::clone(&consumer);
+        let offsets = Self::offsets(&frontiers);
+        // Both calls block on the broker; keep them off the async workers and bound them.
+        let final_commit = tokio::task::spawn_blocking(move || match offsets {
+            Ok(offsets) if offsets.count() > 0 => committer
+                .commit(&offsets, CommitMode::Sync)
+                .map_err(|e| e.to_string()),
+            Ok(_) => Ok(()),
+            Err(error) => Err(error.to_string()),
+        });
+        match tokio::time::timeout(CLOSE_TIMEOUT, final_commit).await {
+            Ok(Ok(Ok(()))) => {
+                tracing::info!(partitions = frontiers.len(), "final offsets committed")
+            }
+            Ok(Ok(Err(error))) => tracing::warn!(
+                error,
+                "final commit failed; the next owner replays from the last one"
+            ),
+            _ => tracing::warn!(
+                "final commit did not finish in time; the next owner replays from the last one"
+            ),
+        }
+        // Leaving the group can hang (it never finishes against tansu 0.6): do it on a thread
+        // of its own and do not wait past the close timeout.
+        let (closed_sender, closed) = tokio::sync::oneshot::channel();
+        std::thread::spawn(move || {
+            drop(consumer);
+            let _ = closed_sender.send(());
+        });
+        if tokio::time::timeout(CLOSE_TIMEOUT, closed).await.is_err() {
+            tracing::warn!("kafka consumer did not leave its group in time; the broker will expire the session");
+        }
+    }
+}

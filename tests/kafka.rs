@@ -1,0 +1,223 @@
+//! The Kafka source against the local broker: everything produced lands once, the committed
+//! offsets reach the end of every partition, and a restart resumes from them.
+
+mod common;
+
+use std::collections::BTreeMap;
+use std::time::{Duration, Instant};
+
+use chrono::Utc;
+use classpulse::config::Config;
+use classpulse::decode::{decode_message, DecodeLimits, RawMessage};
+use classpulse::source::simulator::Simulator;
+use classpulse::source::Source;
+use common::backends::*;
+use common::*;
+use rdkafka::admin::{AdminClient, AdminOptions, NewTopic, TopicReplication};
+use rdkafka::client::DefaultClientContext;
+use rdkafka::consumer::{BaseConsumer, Consumer};
+use rdkafka::producer::{FutureProducer, FutureRecord};
+use rdkafka::{ClientConfig, Offset, TopicPartitionList};
+
+const PARTITIONS: i32 = 3;
+
+/// The messages of a small seeded simulation, and how many valid and rejected events they hold.
+async fn simulated_messages(seed: u64, start: &str) -> (Vec<RawMessage>, u64, u64) {
+    let mut config = Config::from_vars(&Default::default()).unwrap().simulator;
+    config.studios = 4;
+    config.duration = Duration::from_secs(180);
+    config.speedup = 0.0;
+    config.seed = Some(seed);
+    config.start = Some(start.parse().unwrap());
+    config.invalid_rate = 0.02;
+    let mut simulator = Simulator::new(&config, 500, Utc::now());
+    let mut messages = Vec::new();
+    while let Some(batch) = simulator.next_batch().await.unwrap() {
+        messages.extend(batch.messages);
+    }
+    let limits = DecodeLimits {
+        max_message_bytes: 1 << 20,
+        max_clock_skew_ms: 60_000,
+    };
+    let (mut events, mut rejected) = (Vec::new(), Vec::new());
+    for message in &messages {
+        decode_message(
+            message,
+            &limits,
+            Utc::now().timestamp_millis(),
+            &mut events,
+            &mut rejected,
+        );
+    }
+    (messages, events.len() as u64, rejected.len() as u64)
+}
+
+/// Produces `messages`; returns the end offset (last delivered + 1) of each partition written.
+async fn produce(topic: &str, messages: &[RawMessage]) -> BTreeMap<i32, i64> {
+    let producer: FutureProducer = ClientConfig::new()
+        .set("bootstrap.servers", KAFKA)
+        .set("linger.ms", "5")
+        .create()
+        .unwrap();
+    let sends = messages.iter().map(|message| {
+        // One class, one partition: the partition is chosen from the key here, as producers
+        // do, so the spread does not depend on how fresh the client's metadata is.
+        let key = message.key.as_deref().unwrap();
+        let partition = (key.iter().fold(0u32, |hash, b| {
+            hash.wrapping_mul(31).wrapping_add(u32::from(*b))
+        }) % PARTITIONS as u32) as i32;
+        let record = FutureRecord::to(topic)
+            .payload(message.payload.as_deref().unwrap())
+            .key(key)
+            .partition(partition);
+        producer.send(record, Duration::from_secs(30))
+    });
+    let mut ends = BTreeMap::new();
+    for delivered in futures::future::join_all(sends).await {
+        let delivery = delivered.unwrap();
+        let end = ends.entry(delivery.partition).or_insert(0);
+        *end = (*end).max(delivery.offset + 1);
+    }
+    ends
+}
+
+/// Runs classpulse on `topic` until it has made `events` events durable in the lake, then
+/// stops it with SIGTERM. Returns its stdout.
+fn consume_until(lake: &std::path::Path, topic: &str, group: &str, events: u64) -> String {
+    let mut command = classpulse(lake);
+    command
+        .env("CLASSPULSE_SOURCE", "kafka")
+        .env("CLASSPULSE_KAFKA_BROKERS", KAFKA)
+        .env("CLASSPULSE_KAFKA_TOPICS", topic)
+        .env("CLASSPULSE_KAFKA_GROUP_ID", group)
+        .env("CLASSPULSE_KAFKA_PROP_SESSION_TIMEOUT_MS", "6000")
+        .env("CLASSPULSE_KAFKA_PROP_HEARTBEAT_INTERVAL_MS", "500")
+        .env("CLASSPULSE_LAKE_MAX_AGE", "1s")
+        .env("CLASSPULSE_COMMIT_INTERVAL", "200ms")
+        .arg("run");
+    let running = Running::start(&mut command);
+    let deadline = Instant::now() + Duration::from_secs(90);
+    loop {
+        let (_, metrics) = http_get(running.http, "/metrics");
+        let durable = metric_sum(&metrics, "classpulse_sink_records_total{sink=\"lake\"}");
+        if durable as u64 >= events {
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "only {durable} of {events} events durable after 90 s"
+        );
+        std::thread::sleep(Duration::from_millis(250));
+    }
+    // Let the commit interval pass once more so the last frontier is committed before the drain.
+    std::thread::sleep(Duration::from_millis(500));
+    running.signal("TERM");
+    let (code, stdout, logs) = running.wait(Duration::from_secs(30));
+    assert_eq!(code, Some(0), "{stdout}\n{}", logs.join("\n"));
+    stdout
+}
+
+/// Committed offset of each partition of `topic` for `group`. (End offsets come from the
+/// producer's delivery reports: tansu 0.6 answers ListOffsets(latest) with a batch count.)
+fn committed(topic: &str, group: &str) -> BTreeMap<i32, i64> {
+    let consumer: BaseConsumer = ClientConfig::new()
+        .set("bootstrap.servers", KAFKA)
+        .set("group.id", group)
+        .create()
+        .unwrap();
+    let mut partitions = TopicPartitionList::new();
+    for partition in 0..PARTITIONS {
+        partitions.add_partition(topic, partition);
+    }
+    let committed = consumer
+        .committed_offsets(partitions, Duration::from_secs(10))
+        .unwrap();
+    let result = (0..PARTITIONS)
+        .filter_map(
+            |partition| match committed.find_partition(topic, partition)?.offset() {
+                Offset::Offset(offset) => Some((partition, offset)),
+                _ => None,
+            },
+        )
+        .collect();
+    // No group membership was joined, so closing cannot hang; close off-thread anyway.
+    std::thread::spawn(move || drop(consumer));
+    result
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn every_event_lands_once_and_offsets_reach_the_end_then_a_restart_resumes() {
+    require(KAFKA);
+    let topic = unique_name("events");
+    let group = unique_name("group");
+    let admin: AdminClient<DefaultClientContext> = ClientConfig::new()
+        .set("bootstrap.servers", KAFKA)
+        .create()
+        .unwrap();
+    let created = admin
+        .create_topics(
+            &[NewTopic::new(
+                &topic,
+                PARTITIONS,
+                TopicReplication::Fixed(1),
+            )],
+            &AdminOptions::new(),
+        )
+        .await
+        .unwrap();
+    assert!(created.iter().all(Result::is_ok), "{created:?}");
+
+    let (first, first_valid, first_rejected) = simulated_messages(1, "2026-11-25T17:00:00Z").await;
+    let ends = produce(&topic, &first).await;
+    assert!(
+        ends.len() >= 2,
+        "keys spread over partitions, so commits are per partition: {ends:?}"
+    );
+    let lake = tempfile::tempdir().unwrap();
+    let stdout = {
+        let (lake, topic, group) = (lake.path().to_owned(), topic.clone(), group.clone());
+        tokio::task::spawn_blocking(move || consume_until(&lake, &topic, &group, first_valid))
+            .await
+            .unwrap()
+    };
+    assert_eq!(
+        summary_number(&stdout, "events in"),
+        first_valid,
+        "{stdout}"
+    );
+    let rows: usize = read_lake(lake.path()).iter().map(|b| b.num_rows()).sum();
+    assert_eq!(rows as u64, first_valid);
+    assert_eq!(read_dead_letters(lake.path()).len() as u64, first_rejected);
+    let offsets = {
+        let (topic, group) = (topic.clone(), group.clone());
+        tokio::task::spawn_blocking(move || committed(&topic, &group))
+            .await
+            .unwrap()
+    };
+    assert_eq!(
+        offsets, ends,
+        "committed offsets reach the end of every partition written"
+    );
+
+    // More events, same group: a restart reads only what is new.
+    let (second, second_valid, _) = simulated_messages(2, "2026-11-25T18:00:00Z").await;
+    produce(&topic, &second).await;
+    let stdout = {
+        let (lake, topic, group) = (lake.path().to_owned(), topic.clone(), group.clone());
+        tokio::task::spawn_blocking(move || consume_until(&lake, &topic, &group, second_valid))
+            .await
+            .unwrap()
+    };
+    assert_eq!(
+        summary_number(&stdout, "events in"),
+        second_valid,
+        "the restart resumed from the committed offsets: {stdout}"
+    );
+    let rows: usize = read_lake(lake.path()).iter().map(|b| b.num_rows()).sum();
+    assert_eq!(rows as u64, first_valid + second_valid);
+
+    admin
+        .delete_topics(&[&topic], &AdminOptions::new())
+        .await
+        .unwrap();
+}
