@@ -92,6 +92,7 @@ fn consume_until(lake: &std::path::Path, topic: &str, group: &str, events: u64) 
         .env("CLASSPULSE_KAFKA_GROUP_ID", group)
         .env("CLASSPULSE_KAFKA_PROP_SESSION_TIMEOUT_MS", "6000")
         .env("CLASSPULSE_KAFKA_PROP_HEARTBEAT_INTERVAL_MS", "500")
+        .env("CLASSPULSE_KAFKA_PROP_STATISTICS_INTERVAL_MS", "200")
         .env("CLASSPULSE_LAKE_MAX_AGE", "1s")
         .env("CLASSPULSE_COMMIT_INTERVAL", "200ms")
         .arg("run");
@@ -106,6 +107,34 @@ fn consume_until(lake: &std::path::Path, topic: &str, group: &str, events: u64) 
         assert!(
             Instant::now() < deadline,
             "only {durable} of {events} events durable after 90 s"
+        );
+        std::thread::sleep(Duration::from_millis(250));
+    }
+    // Caught up: every partition's lag is published and reads zero, in messages and in seconds.
+    let deadline = Instant::now() + Duration::from_secs(15);
+    loop {
+        let (_, metrics) = http_get(running.http, "/metrics");
+        let lag_lines: Vec<&str> = metrics
+            .lines()
+            .filter(|l| l.starts_with("classpulse_source_lag_messages{"))
+            .collect();
+        let seconds_lines: Vec<&str> = metrics
+            .lines()
+            .filter(|l| l.starts_with("classpulse_source_lag_seconds{"))
+            .collect();
+        let all_zero = |lines: &[&str]| lines.iter().all(|l| l.ends_with(" 0"));
+        // Every partition with data has a series (an empty one may not: nothing fetched yet).
+        if lag_lines.len() >= 2 && all_zero(&lag_lines) && all_zero(&seconds_lines) {
+            assert!(
+                lag_lines.iter().all(|l| l.contains("source=\"kafka\"")
+                    && l.contains(&format!("partition=\"{topic}/"))),
+                "{lag_lines:?}"
+            );
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "lag never reached zero: {lag_lines:?} {seconds_lines:?}"
         );
         std::thread::sleep(Duration::from_millis(250));
     }

@@ -6,19 +6,23 @@
 //! `CLASSPULSE_COMMIT_INTERVAL`; synchronously once more at shutdown). A crash replays from the
 //! last durable frontier.
 //!
+//! Lag comes from librdkafka's statistics (`statistics.interval.ms`, 5 s by default): messages
+//! behind the partition's high watermark as seen in fetch responses, and how old the newest
+//! consumed message is while there is lag (0 once caught up, so an idle topic never looks late).
+//!
 //! Not yet here (see the Kafka source issue): flushing and committing a revoked partition's
 //! data before the rebalance completes (today the next owner replays it), pausing partitions
-//! under backpressure, lag metrics, a dead-letter topic, MSK IAM authentication.
+//! under backpressure, a dead-letter topic, MSK IAM authentication.
 
-use std::collections::{BTreeMap, VecDeque};
-use std::sync::Arc;
+use std::collections::{BTreeMap, HashMap, VecDeque};
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use async_trait::async_trait;
 use bytes::Bytes;
 use futures::FutureExt;
-use rdkafka::consumer::{CommitMode, Consumer, StreamConsumer};
-use rdkafka::{ClientConfig, Message, Offset, TopicPartitionList};
+use rdkafka::consumer::{CommitMode, Consumer, ConsumerContext, StreamConsumer};
+use rdkafka::{ClientConfig, ClientContext, Message, Offset, Statistics, TopicPartitionList};
 
 use super::{RawBatch, Source, SourceError};
 use crate::ack::PartitionId;
@@ -28,10 +32,49 @@ use crate::decode::RawMessage;
 /// How long shutdown waits for the final commit and for the consumer to leave its group.
 const CLOSE_TIMEOUT: Duration = Duration::from_secs(5);
 
+/// Newest consumed message time (epoch ms) per partition, shared with the statistics callback.
+type LastSeen = Arc<Mutex<HashMap<PartitionId, i64>>>;
+
+/// librdkafka callbacks of the source's consumer.
+pub struct SourceContext {
+    last_seen: LastSeen,
+}
+
+impl ClientContext for SourceContext {
+    /// Publishes lag per assigned partition (called on librdkafka's statistics interval).
+    fn stats(&self, statistics: Statistics) {
+        let now_ms = chrono::Utc::now().timestamp_millis();
+        let last_seen = self
+            .last_seen
+            .lock()
+            .unwrap_or_else(|poisoned| poisoned.into_inner());
+        for (topic, topic_stats) in &statistics.topics {
+            for (index, partition_stats) in &topic_stats.partitions {
+                // -1 is librdkafka's internal "unassigned" partition; a negative lag means
+                // not known yet (nothing fetched), which is not reported rather than shown as -1.
+                if *index < 0 || partition_stats.consumer_lag < 0 {
+                    continue;
+                }
+                let partition = PartitionId::new(topic.as_str(), *index as u32);
+                let lag = partition_stats.consumer_lag as u64;
+                let seconds = match (lag, last_seen.get(&partition)) {
+                    (0, _) | (_, None) => 0.0,
+                    (_, Some(seen_ms)) => ((now_ms - seen_ms) as f64 / 1000.0).max(0.0),
+                };
+                crate::metrics::set_source_lag("kafka", &partition, lag, seconds);
+            }
+        }
+    }
+}
+
+impl ConsumerContext for SourceContext {}
+
 /// A Kafka consumer-group member.
 pub struct KafkaSource {
     /// `None` once shut down.
-    consumer: Option<Arc<StreamConsumer>>,
+    consumer: Option<Arc<StreamConsumer<SourceContext>>>,
+    /// Newest consumed message time per partition, for lag in seconds.
+    last_seen: LastSeen,
     /// Batches read but not yet handed out, one partition each.
     ready: VecDeque<RawBatch>,
     /// Messages gathered per call, at most.
@@ -53,12 +96,17 @@ impl KafkaSource {
             .set("auto.offset.reset", "earliest")
             .set("enable.partition.eof", "false")
             .set("partition.assignment.strategy", "cooperative-sticky")
-            .set("client.id", format!("classpulse-{}", std::process::id()));
+            .set("client.id", format!("classpulse-{}", std::process::id()))
+            .set("statistics.interval.ms", "5000");
         for (property, value) in &config.properties {
             client.set(property, value);
         }
-        let consumer: StreamConsumer = client
-            .create()
+        let last_seen = LastSeen::default();
+        let context = SourceContext {
+            last_seen: Arc::clone(&last_seen),
+        };
+        let consumer: StreamConsumer<SourceContext> = client
+            .create_with_context(context)
             .map_err(|error| SourceError::Fatal(format!("kafka consumer: {error}")))?;
         let topics: Vec<&str> = config.topics.iter().map(String::as_str).collect();
         consumer
@@ -67,6 +115,7 @@ impl KafkaSource {
         tracing::info!(brokers = %config.brokers, topics = ?topics, group = %config.group_id, "kafka consumer subscribed");
         Ok(KafkaSource {
             consumer: Some(Arc::new(consumer)),
+            last_seen,
             ready: VecDeque::new(),
             max_messages: max_messages.max(1),
             committed: BTreeMap::new(),
@@ -117,17 +166,36 @@ impl Source for KafkaSource {
             .await
             .map_err(|error| SourceError::Unavailable(format!("kafka: {error}")))?;
         let mut by_partition: BTreeMap<PartitionId, Vec<RawMessage>> = BTreeMap::new();
+        // Newest message time per partition: (offset, epoch ms).
+        let mut newest: BTreeMap<PartitionId, (u64, i64)> = BTreeMap::new();
+        let mut note_time =
+            |partition: &PartitionId, offset: u64, timestamp: rdkafka::Timestamp| {
+                if let Some(time_ms) = timestamp.to_millis() {
+                    newest.insert(partition.clone(), (offset, time_ms));
+                }
+            };
         let (partition, message) = Self::to_raw(&first);
+        note_time(&partition, message.offset, first.timestamp());
         by_partition.entry(partition).or_default().push(message);
         drop(first);
         for _ in 1..self.max_messages {
             match consumer.recv().now_or_never() {
                 Some(Ok(message)) => {
                     let (partition, raw) = Self::to_raw(&message);
+                    note_time(&partition, raw.offset, message.timestamp());
                     by_partition.entry(partition).or_default().push(raw);
                 }
                 Some(Err(error)) => tracing::warn!(error = %error, "kafka consumer error"),
                 None => break,
+            }
+        }
+        {
+            let mut last_seen = self
+                .last_seen
+                .lock()
+                .unwrap_or_else(|poisoned| poisoned.into_inner());
+            for (partition, (_, time_ms)) in &newest {
+                last_seen.insert(partition.clone(), *time_ms);
             }
         }
         self.ready.extend(
