@@ -94,6 +94,7 @@ fn consume_until(lake: &std::path::Path, topic: &str, group: &str, events: u64) 
         .env("CLASSPULSE_KAFKA_PROP_HEARTBEAT_INTERVAL_MS", "500")
         .env("CLASSPULSE_KAFKA_PROP_STATISTICS_INTERVAL_MS", "200")
         .env("CLASSPULSE_LAKE_MAX_AGE", "1s")
+        .env("CLASSPULSE_MAX_MESSAGE_BYTES", "16KiB")
         .env("CLASSPULSE_COMMIT_INTERVAL", "200ms")
         .arg("run");
     let running = Running::start(&mut command);
@@ -196,7 +197,25 @@ async fn every_event_lands_once_and_offsets_reach_the_end_then_a_restart_resumes
         .unwrap();
     assert!(created.iter().all(Result::is_ok), "{created:?}");
 
-    let (first, first_valid, first_rejected) = simulated_messages(1, "2026-11-25T17:00:00Z").await;
+    let (mut first, mut first_valid, mut first_rejected) = simulated_messages(1, "2026-11-25T17:00:00Z").await;
+    // Poison in the middle of the stream: each becomes a dead letter and the partition moves on.
+    let key = first[0].key.clone();
+    let event = |bpm: u32| {
+        format!(r#"{{"event_id":"poison-{bpm}","event_type":"heart_rate","event_created":1764090000000,"studio_id":"s1","class_id":"c1","member_id":"m1","event_data":{{"bpm":{bpm}}}}}"#)
+    };
+    let poison = [
+        "this is not json".to_owned(),
+        format!("[{}]", vec![event(120); 200].join(",")), // larger than the 16 KiB limit set below
+        format!("[{},{}]", event(130), event(999)).replace("\"s1\"", "\"studio-x\"").replace("\"c1\"", "\"class-x\""),
+    ];
+    let poison_key = Some(bytes::Bytes::from_static(b"studio-x:class-x"));
+    let middle = first.len() / 2;
+    for (i, payload) in poison.iter().enumerate() {
+        let key = if i == 2 { poison_key.clone() } else { key.clone() };
+        first.insert(middle, RawMessage { offset: 0, key, payload: Some(bytes::Bytes::from(payload.clone())) });
+    }
+    first_valid += 1; // the good half of the mixed batch
+    first_rejected += 3; // not_json, too_large, out_of_range
     let ends = produce(&topic, &first).await;
     assert!(
         ends.len() >= 2,
@@ -216,7 +235,11 @@ async fn every_event_lands_once_and_offsets_reach_the_end_then_a_restart_resumes
     );
     let rows: usize = read_lake(lake.path()).iter().map(|b| b.num_rows()).sum();
     assert_eq!(rows as u64, first_valid);
-    assert_eq!(read_dead_letters(lake.path()).len() as u64, first_rejected);
+    let dead_letters = read_dead_letters(lake.path());
+    assert_eq!(dead_letters.len() as u64, first_rejected);
+    for reason in ["not_json", "too_large", "out_of_range"] {
+        assert!(dead_letters.iter().any(|letter| letter["reason"] == reason && letter["stream"] == topic.as_str()), "no {reason} dead letter");
+    }
     let offsets = {
         let (topic, group) = (topic.clone(), group.clone());
         tokio::task::spawn_blocking(move || committed(&topic, &group))
