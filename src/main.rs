@@ -133,7 +133,11 @@ async fn run(config: Config) -> anyhow::Result<()> {
             (Box::new(simulator), Some(stats))
         }
         SourceKind::Kafka => (
-            Box::new(KafkaSource::new(&config.kafka, config.batch_max_events)?),
+            Box::new(KafkaSource::new(
+                &config.kafka,
+                config.batch_max_events,
+                health.clone(),
+            )?),
             None,
         ),
     };

@@ -197,22 +197,38 @@ async fn every_event_lands_once_and_offsets_reach_the_end_then_a_restart_resumes
         .unwrap();
     assert!(created.iter().all(Result::is_ok), "{created:?}");
 
-    let (mut first, mut first_valid, mut first_rejected) = simulated_messages(1, "2026-11-25T17:00:00Z").await;
+    let (mut first, mut first_valid, mut first_rejected) =
+        simulated_messages(1, "2026-11-25T17:00:00Z").await;
     // Poison in the middle of the stream: each becomes a dead letter and the partition moves on.
     let key = first[0].key.clone();
     let event = |bpm: u32| {
-        format!(r#"{{"event_id":"poison-{bpm}","event_type":"heart_rate","event_created":1764090000000,"studio_id":"s1","class_id":"c1","member_id":"m1","event_data":{{"bpm":{bpm}}}}}"#)
+        format!(
+            r#"{{"event_id":"poison-{bpm}","event_type":"heart_rate","event_created":1764090000000,"studio_id":"s1","class_id":"c1","member_id":"m1","event_data":{{"bpm":{bpm}}}}}"#
+        )
     };
     let poison = [
         "this is not json".to_owned(),
         format!("[{}]", vec![event(120); 200].join(",")), // larger than the 16 KiB limit set below
-        format!("[{},{}]", event(130), event(999)).replace("\"s1\"", "\"studio-x\"").replace("\"c1\"", "\"class-x\""),
+        format!("[{},{}]", event(130), event(999))
+            .replace("\"s1\"", "\"studio-x\"")
+            .replace("\"c1\"", "\"class-x\""),
     ];
     let poison_key = Some(bytes::Bytes::from_static(b"studio-x:class-x"));
     let middle = first.len() / 2;
     for (i, payload) in poison.iter().enumerate() {
-        let key = if i == 2 { poison_key.clone() } else { key.clone() };
-        first.insert(middle, RawMessage { offset: 0, key, payload: Some(bytes::Bytes::from(payload.clone())) });
+        let key = if i == 2 {
+            poison_key.clone()
+        } else {
+            key.clone()
+        };
+        first.insert(
+            middle,
+            RawMessage {
+                offset: 0,
+                key,
+                payload: Some(bytes::Bytes::from(payload.clone())),
+            },
+        );
     }
     first_valid += 1; // the good half of the mixed batch
     first_rejected += 3; // not_json, too_large, out_of_range
@@ -238,7 +254,12 @@ async fn every_event_lands_once_and_offsets_reach_the_end_then_a_restart_resumes
     let dead_letters = read_dead_letters(lake.path());
     assert_eq!(dead_letters.len() as u64, first_rejected);
     for reason in ["not_json", "too_large", "out_of_range"] {
-        assert!(dead_letters.iter().any(|letter| letter["reason"] == reason && letter["stream"] == topic.as_str()), "no {reason} dead letter");
+        assert!(
+            dead_letters
+                .iter()
+                .any(|letter| letter["reason"] == reason && letter["stream"] == topic.as_str()),
+            "no {reason} dead letter"
+        );
     }
     let offsets = {
         let (topic, group) = (topic.clone(), group.clone());
@@ -272,4 +293,55 @@ async fn every_event_lands_once_and_offsets_reach_the_end_then_a_restart_resumes
         .delete_topics(&[&topic], &AdminOptions::new())
         .await
         .unwrap();
+}
+
+#[test]
+fn no_reachable_broker_makes_the_source_not_ready() {
+    let port = std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port();
+    let lake = tempfile::tempdir().unwrap();
+    let mut command = classpulse(lake.path());
+    command
+        .env("CLASSPULSE_SOURCE", "kafka")
+        .env("CLASSPULSE_KAFKA_BROKERS", format!("127.0.0.1:{port}"))
+        .env("CLASSPULSE_KAFKA_TOPICS", "nowhere")
+        .env("CLASSPULSE_SHUTDOWN_TIMEOUT", "5s")
+        .arg("run");
+    let running = Running::start(&mut command);
+    let deadline = Instant::now() + Duration::from_secs(20);
+    loop {
+        let (status, report) = http_get(running.http, "/readyz");
+        let source_line = report
+            .lines()
+            .find(|line| line.starts_with("source:"))
+            .unwrap_or_default()
+            .to_owned();
+        if status == 503
+            && source_line.contains("not ready")
+            && source_line.to_lowercase().contains("broker")
+        {
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "/readyz never reported the missing broker: {status} {report}"
+        );
+        std::thread::sleep(Duration::from_millis(200));
+    }
+    assert_eq!(
+        http_get(running.http, "/healthz").0,
+        200,
+        "alive while not ready"
+    );
+    running.signal("TERM");
+    let (code, stdout, logs) = running.wait(Duration::from_secs(30));
+    assert_eq!(
+        code,
+        Some(0),
+        "nothing was read, so the drain has nothing to wait for: {stdout}\n{}",
+        logs.join("\n")
+    );
 }

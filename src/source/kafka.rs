@@ -22,12 +22,14 @@ use async_trait::async_trait;
 use bytes::Bytes;
 use futures::FutureExt;
 use rdkafka::consumer::{CommitMode, Consumer, ConsumerContext, StreamConsumer};
+use rdkafka::error::{KafkaError, RDKafkaErrorCode};
 use rdkafka::{ClientConfig, ClientContext, Message, Offset, Statistics, TopicPartitionList};
 
 use super::{RawBatch, Source, SourceError};
 use crate::ack::PartitionId;
 use crate::config::KafkaConfig;
 use crate::decode::RawMessage;
+use crate::health::Health;
 
 /// How long shutdown waits for the final commit and for the consumer to leave its group.
 const CLOSE_TIMEOUT: Duration = Duration::from_secs(5);
@@ -38,9 +40,19 @@ type LastSeen = Arc<Mutex<HashMap<PartitionId, i64>>>;
 /// librdkafka callbacks of the source's consumer.
 pub struct SourceContext {
     last_seen: LastSeen,
+    health: Health,
 }
 
 impl ClientContext for SourceContext {
+    /// Client-level errors; librdkafka retries on its own, so these only inform readiness.
+    fn error(&self, error: KafkaError, reason: &str) {
+        if error.rdkafka_error_code() == Some(RDKafkaErrorCode::AllBrokersDown) {
+            self.health
+                .not_ready("source", format!("kafka: no broker reachable ({reason})"));
+        }
+        tracing::warn!(error = %error, reason, "kafka client error");
+    }
+
     /// Publishes lag per assigned partition (called on librdkafka's statistics interval).
     fn stats(&self, statistics: Statistics) {
         let now_ms = chrono::Utc::now().timestamp_millis();
@@ -75,6 +87,8 @@ pub struct KafkaSource {
     consumer: Option<Arc<StreamConsumer<SourceContext>>>,
     /// Newest consumed message time per partition, for lag in seconds.
     last_seen: LastSeen,
+    /// Readiness: a message received means the brokers are back.
+    health: Health,
     /// Batches read but not yet handed out, one partition each.
     ready: VecDeque<RawBatch>,
     /// Messages gathered per call, at most.
@@ -86,7 +100,11 @@ pub struct KafkaSource {
 impl KafkaSource {
     /// Creates the consumer and subscribes. Connects lazily: a broker that is down shows as
     /// retries, not as a start-up failure.
-    pub fn new(config: &KafkaConfig, max_messages: usize) -> Result<KafkaSource, SourceError> {
+    pub fn new(
+        config: &KafkaConfig,
+        max_messages: usize,
+        health: Health,
+    ) -> Result<KafkaSource, SourceError> {
         let mut client = ClientConfig::new();
         client
             .set("bootstrap.servers", &config.brokers)
@@ -104,6 +122,7 @@ impl KafkaSource {
         let last_seen = LastSeen::default();
         let context = SourceContext {
             last_seen: Arc::clone(&last_seen),
+            health: health.clone(),
         };
         let consumer: StreamConsumer<SourceContext> = client
             .create_with_context(context)
@@ -116,6 +135,7 @@ impl KafkaSource {
         Ok(KafkaSource {
             consumer: Some(Arc::new(consumer)),
             last_seen,
+            health,
             ready: VecDeque::new(),
             max_messages: max_messages.max(1),
             committed: BTreeMap::new(),
@@ -165,6 +185,7 @@ impl Source for KafkaSource {
             .recv()
             .await
             .map_err(|error| SourceError::Unavailable(format!("kafka: {error}")))?;
+        self.health.ready("source");
         let mut by_partition: BTreeMap<PartitionId, Vec<RawMessage>> = BTreeMap::new();
         // Newest message time per partition: (offset, epoch ms).
         let mut newest: BTreeMap<PartitionId, (u64, i64)> = BTreeMap::new();
