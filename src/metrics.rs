@@ -35,7 +35,8 @@ pub const SINK_RETRIES: &str = "classpulse_sink_retries_total";
 pub const SINK_BUFFERED_BYTES: &str = "classpulse_sink_buffered_bytes";
 /// Events per decoded batch.
 pub const BATCH_EVENTS: &str = "classpulse_batch_events";
-/// From `event_created` to durable in a sink. Labels: `sink`.
+/// From `event_created` to durable in a sink (for dead letters, which may have no valid event
+/// time: from receipt to durable). Labels: `sink`.
 pub const END_TO_END_SECONDS: &str = "classpulse_end_to_end_latency_seconds";
 /// Messages between the position read and the partition's end. Labels: `source`, `partition`.
 pub const SOURCE_LAG_MESSAGES: &str = "classpulse_source_lag_messages";

@@ -189,7 +189,10 @@ impl Pipeline {
                 }
                 batch = source.next_batch() => match batch {
                     Ok(Some(batch)) => {
-                        backoff = Backoff::new(Duration::from_millis(100), Duration::from_secs(10));
+                        if backoff.attempts() > 0 {
+                            health.ready("source");
+                            backoff = Backoff::new(Duration::from_millis(100), Duration::from_secs(10));
+                        }
                         tokio::select! {
                             sent = raw_sender.send(batch) => if sent.is_err() {
                                 break Ending::SourceEnded; // the decoder stopped; its error is reported below
