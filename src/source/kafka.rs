@@ -187,23 +187,22 @@ impl Source for KafkaSource {
             .map_err(|error| SourceError::Unavailable(format!("kafka: {error}")))?;
         self.health.ready("source");
         let mut by_partition: BTreeMap<PartitionId, Vec<RawMessage>> = BTreeMap::new();
-        // Newest message time per partition: (offset, epoch ms).
-        let mut newest: BTreeMap<PartitionId, (u64, i64)> = BTreeMap::new();
-        let mut note_time =
-            |partition: &PartitionId, offset: u64, timestamp: rdkafka::Timestamp| {
-                if let Some(time_ms) = timestamp.to_millis() {
-                    newest.insert(partition.clone(), (offset, time_ms));
-                }
-            };
+        // Newest message time per partition (epoch ms), for lag in seconds.
+        let mut newest: BTreeMap<PartitionId, i64> = BTreeMap::new();
+        let mut note_time = |partition: &PartitionId, timestamp: rdkafka::Timestamp| {
+            if let Some(time_ms) = timestamp.to_millis() {
+                newest.insert(partition.clone(), time_ms);
+            }
+        };
         let (partition, message) = Self::to_raw(&first);
-        note_time(&partition, message.offset, first.timestamp());
+        note_time(&partition, first.timestamp());
         by_partition.entry(partition).or_default().push(message);
         drop(first);
         for _ in 1..self.max_messages {
             match consumer.recv().now_or_never() {
                 Some(Ok(message)) => {
                     let (partition, raw) = Self::to_raw(&message);
-                    note_time(&partition, raw.offset, message.timestamp());
+                    note_time(&partition, message.timestamp());
                     by_partition.entry(partition).or_default().push(raw);
                 }
                 Some(Err(error)) => tracing::warn!(error = %error, "kafka consumer error"),
@@ -215,7 +214,7 @@ impl Source for KafkaSource {
                 .last_seen
                 .lock()
                 .unwrap_or_else(|poisoned| poisoned.into_inner());
-            for (partition, (_, time_ms)) in &newest {
+            for (partition, time_ms) in &newest {
                 last_seen.insert(partition.clone(), *time_ms);
             }
         }
