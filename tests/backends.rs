@@ -15,15 +15,13 @@ use aws_sdk_kinesis::primitives::Blob;
 use aws_sdk_kinesis::types::{ShardIteratorType, StreamStatus};
 use bytes::Bytes;
 use classpulse::ack::PartitionId;
-use classpulse::config::{LakeConfig, LakeLocation};
 use classpulse::health::Health;
 use classpulse::sink::object::ObjectWriter;
 use common::backends::*;
 use common::*;
 use futures::TryStreamExt;
 use object_store::ObjectStore;
-use rdkafka::admin::{AdminClient, AdminOptions, NewTopic, TopicReplication};
-use rdkafka::client::DefaultClientContext;
+use rdkafka::admin::AdminOptions;
 use rdkafka::consumer::{CommitMode, Consumer, StreamConsumer};
 use rdkafka::producer::{FutureProducer, FutureRecord};
 use rdkafka::{ClientConfig, Message, Offset};
@@ -31,19 +29,7 @@ use rdkafka::{ClientConfig, Message, Offset};
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn kafka_produce_and_consume_through_a_consumer_group() {
     require(KAFKA);
-    let topic = unique_name("topic");
-    let admin: AdminClient<DefaultClientContext> = ClientConfig::new()
-        .set("bootstrap.servers", KAFKA)
-        .create()
-        .unwrap();
-    let created = admin
-        .create_topics(
-            &[NewTopic::new(&topic, 2, TopicReplication::Fixed(1))],
-            &AdminOptions::new(),
-        )
-        .await
-        .unwrap();
-    assert!(created.iter().all(Result::is_ok), "{created:?}");
+    let (admin, topic) = create_topic(2).await;
 
     let producer: FutureProducer = ClientConfig::new()
         .set("bootstrap.servers", KAFKA)
@@ -327,17 +313,7 @@ async fn s3_put_and_list_through_the_lake_writer() {
     s3.create_bucket().bucket(&bucket).send().await.unwrap();
 
     // The lake's writer reads credentials from the standard AWS variables, as in production.
-    let lake = LakeConfig {
-        location: LakeLocation::S3 {
-            bucket: bucket.clone(),
-            prefix: "lake/v1".into(),
-        },
-        s3_endpoint: Some(S3.parse().unwrap()),
-        max_events: 1000,
-        max_bytes: 1 << 20,
-        max_age: Duration::from_secs(60),
-        max_buffer_bytes: 1 << 20,
-    };
+    let lake = s3_lake(&bucket, "lake/v1");
     let writer = with_test_credentials(|| {
         ObjectWriter::open(&lake, "kafka", Health::new(), Arc::default()).unwrap()
     });
@@ -436,17 +412,7 @@ async fn large_objects_go_up_in_parts() {
     let s3 = s3_client().await;
     let bucket = unique_name("bucket");
     s3.create_bucket().bucket(&bucket).send().await.unwrap();
-    let lake = LakeConfig {
-        location: LakeLocation::S3 {
-            bucket: bucket.clone(),
-            prefix: String::new(),
-        },
-        s3_endpoint: Some(S3.parse().unwrap()),
-        max_events: 1000,
-        max_bytes: 64 << 20,
-        max_age: Duration::from_secs(60),
-        max_buffer_bytes: 256 << 20,
-    };
+    let lake = s3_lake(&bucket, "");
     let writer = with_test_credentials(|| {
         ObjectWriter::open(&lake, "kafka", Health::new(), Arc::default()).unwrap()
     });

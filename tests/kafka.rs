@@ -6,23 +6,19 @@ mod common;
 use std::collections::BTreeMap;
 use std::time::{Duration, Instant};
 
-use chrono::Utc;
 use classpulse::config::Config;
-use classpulse::decode::{decode_message, DecodeLimits, RawMessage};
-use classpulse::source::simulator::Simulator;
-use classpulse::source::Source;
+use classpulse::decode::RawMessage;
 use common::backends::*;
 use common::*;
-use rdkafka::admin::{AdminClient, AdminOptions, NewTopic, TopicReplication};
-use rdkafka::client::DefaultClientContext;
+use rdkafka::admin::AdminOptions;
 use rdkafka::consumer::{BaseConsumer, Consumer};
 use rdkafka::producer::{FutureProducer, FutureRecord};
 use rdkafka::{ClientConfig, Offset, TopicPartitionList};
 
 const PARTITIONS: i32 = 3;
 
-/// The messages of a small seeded simulation, and how many valid and rejected events they hold.
-async fn simulated_messages(seed: u64, start: &str) -> (Vec<RawMessage>, u64, u64) {
+/// The messages of a small seeded simulation.
+async fn simulated_messages(seed: u64, start: &str) -> Vec<RawMessage> {
     let mut config = Config::from_vars(&Default::default()).unwrap().simulator;
     config.studios = 4;
     config.duration = Duration::from_secs(180);
@@ -30,26 +26,7 @@ async fn simulated_messages(seed: u64, start: &str) -> (Vec<RawMessage>, u64, u6
     config.seed = Some(seed);
     config.start = Some(start.parse().unwrap());
     config.invalid_rate = 0.02;
-    let mut simulator = Simulator::new(&config, 500, Utc::now());
-    let mut messages = Vec::new();
-    while let Some(batch) = simulator.next_batch().await.unwrap() {
-        messages.extend(batch.messages);
-    }
-    let limits = DecodeLimits {
-        max_message_bytes: 1 << 20,
-        max_clock_skew_ms: 60_000,
-    };
-    let (mut events, mut rejected) = (Vec::new(), Vec::new());
-    for message in &messages {
-        decode_message(
-            message,
-            &limits,
-            Utc::now().timestamp_millis(),
-            &mut events,
-            &mut rejected,
-        );
-    }
-    (messages, events.len() as u64, rejected.len() as u64)
+    simulate(&config).await
 }
 
 /// Produces `messages`; returns the end offset (last delivered + 1) of each partition written.
@@ -183,27 +160,12 @@ fn committed(topic: &str, group: &str) -> BTreeMap<i32, i64> {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn every_event_lands_once_and_offsets_reach_the_end_then_a_restart_resumes() {
     require(KAFKA);
-    let topic = unique_name("events");
+    let (admin, topic) = create_topic(PARTITIONS).await;
     let group = unique_name("group");
-    let admin: AdminClient<DefaultClientContext> = ClientConfig::new()
-        .set("bootstrap.servers", KAFKA)
-        .create()
-        .unwrap();
-    let created = admin
-        .create_topics(
-            &[NewTopic::new(
-                &topic,
-                PARTITIONS,
-                TopicReplication::Fixed(1),
-            )],
-            &AdminOptions::new(),
-        )
-        .await
-        .unwrap();
-    assert!(created.iter().all(Result::is_ok), "{created:?}");
 
-    let (mut first, mut first_valid, mut first_rejected) =
-        simulated_messages(1, "2026-11-25T17:00:00Z").await;
+    let mut first = simulated_messages(1, "2026-11-25T17:00:00Z").await;
+    let (events, rejected) = decode_all(&first);
+    let (mut first_valid, mut first_rejected) = (events.len() as u64, rejected.len() as u64);
     // Poison in the middle of the stream: each becomes a dead letter and the partition moves on.
     let key = first[0].key.clone();
     let event = |bpm: u32| {
@@ -278,7 +240,8 @@ async fn every_event_lands_once_and_offsets_reach_the_end_then_a_restart_resumes
     );
 
     // More events, same group: a restart reads only what is new.
-    let (second, second_valid, _) = simulated_messages(2, "2026-11-25T18:00:00Z").await;
+    let second = simulated_messages(2, "2026-11-25T18:00:00Z").await;
+    let second_valid = decode_all(&second).0.len() as u64;
     produce(&topic, &second).await;
     let stdout = {
         let (lake, topic, group) = (lake.path().to_owned(), topic.clone(), group.clone());
@@ -367,38 +330,10 @@ fn lake_ids(lake: &std::path::Path) -> BTreeMap<String, u32> {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_member_killed_mid_stream_loses_nothing() {
     require(KAFKA);
-    let topic = unique_name("events");
+    let (admin, topic) = create_topic(PARTITIONS).await;
     let group = unique_name("group");
-    let admin: AdminClient<DefaultClientContext> = ClientConfig::new()
-        .set("bootstrap.servers", KAFKA)
-        .create()
-        .unwrap();
-    admin
-        .create_topics(
-            &[NewTopic::new(
-                &topic,
-                PARTITIONS,
-                TopicReplication::Fixed(1),
-            )],
-            &AdminOptions::new(),
-        )
-        .await
-        .unwrap();
-    let (messages, _, _) = simulated_messages(3, "2026-11-25T19:00:00Z").await;
-    let limits = DecodeLimits {
-        max_message_bytes: 1 << 20,
-        max_clock_skew_ms: 60_000,
-    };
-    let (mut events, mut rejected) = (Vec::new(), Vec::new());
-    for message in &messages {
-        decode_message(
-            message,
-            &limits,
-            Utc::now().timestamp_millis(),
-            &mut events,
-            &mut rejected,
-        );
-    }
+    let messages = simulated_messages(3, "2026-11-25T19:00:00Z").await;
+    let (events, _) = decode_all(&messages);
     // Producer retries send some ids twice: count how often each id was sent.
     let mut sent: BTreeMap<String, u32> = BTreeMap::new();
     for event in &events {

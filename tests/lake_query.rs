@@ -8,9 +8,6 @@ use std::process::Command;
 
 use chrono::{DateTime, Utc};
 use classpulse::config::Config;
-use classpulse::decode::{decode_message, DecodeLimits};
-use classpulse::source::simulator::Simulator;
-use classpulse::source::Source;
 use common::*;
 
 /// The same simulation `small_simulation` runs, decoded in-process: (event type, date) -> count.
@@ -23,32 +20,16 @@ async fn expected_counts() -> BTreeMap<(String, String), u64> {
         .filter(|(name, _)| name.starts_with("CLASSPULSE_SIM_"))
         .collect();
     let config = Config::from_vars(&vars).unwrap();
-    let mut simulator = Simulator::new(&config.simulator, config.batch_max_events, Utc::now());
-    let limits = DecodeLimits {
-        max_message_bytes: config.max_message_bytes,
-        max_clock_skew_ms: 60_000,
-    };
+    let (events, _) = decode_all(&simulate(&config.simulator).await);
     let mut counts = BTreeMap::new();
-    while let Some(batch) = simulator.next_batch().await.unwrap() {
-        for message in &batch.messages {
-            let (mut events, mut rejected) = (Vec::new(), Vec::new());
-            decode_message(
-                message,
-                &limits,
-                Utc::now().timestamp_millis(),
-                &mut events,
-                &mut rejected,
-            );
-            for event in events {
-                let date = DateTime::<Utc>::from_timestamp_millis(event.event_time_ms)
-                    .unwrap()
-                    .format("%Y-%m-%d")
-                    .to_string();
-                *counts
-                    .entry((event.event_type.as_str().to_owned(), date))
-                    .or_default() += 1;
-            }
-        }
+    for event in events {
+        let date = DateTime::<Utc>::from_timestamp_millis(event.event_time_ms)
+            .unwrap()
+            .format("%Y-%m-%d")
+            .to_string();
+        *counts
+            .entry((event.event_type.as_str().to_owned(), date))
+            .or_default() += 1;
     }
     counts
 }

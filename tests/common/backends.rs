@@ -110,3 +110,46 @@ pub async fn s3_lake_rows(s3: &aws_sdk_s3::Client, bucket: &str, prefix: &str) -
     }
     rows
 }
+
+/// Creates a topic with a unique name; returns the admin client (to delete it) and the name.
+pub async fn create_topic(
+    partitions: i32,
+) -> (
+    rdkafka::admin::AdminClient<rdkafka::client::DefaultClientContext>,
+    String,
+) {
+    use rdkafka::admin::{AdminClient, AdminOptions, NewTopic, TopicReplication};
+    let topic = unique_name("topic");
+    let admin: AdminClient<_> = rdkafka::ClientConfig::new()
+        .set("bootstrap.servers", KAFKA)
+        .create()
+        .unwrap();
+    let created = admin
+        .create_topics(
+            &[NewTopic::new(
+                &topic,
+                partitions,
+                TopicReplication::Fixed(1),
+            )],
+            &AdminOptions::new(),
+        )
+        .await
+        .unwrap();
+    assert!(created.iter().all(Result::is_ok), "{created:?}");
+    (admin, topic)
+}
+
+/// Lake settings for `bucket`/`prefix` on the local S3 server.
+pub fn s3_lake(bucket: &str, prefix: &str) -> classpulse::config::LakeConfig {
+    classpulse::config::LakeConfig {
+        location: classpulse::config::LakeLocation::S3 {
+            bucket: bucket.to_owned(),
+            prefix: prefix.to_owned(),
+        },
+        s3_endpoint: Some(S3.parse().unwrap()),
+        max_events: 1000,
+        max_bytes: 64 << 20,
+        max_age: Duration::from_secs(60),
+        max_buffer_bytes: 256 << 20,
+    }
+}

@@ -212,3 +212,37 @@ pub fn summary_number(stdout: &str, label: &str) -> u64 {
         .parse()
         .unwrap()
 }
+
+/// Every message of a simulation run in-process (unpaced, as configured).
+pub async fn simulate(
+    config: &classpulse::config::SimulatorConfig,
+) -> Vec<classpulse::decode::RawMessage> {
+    use classpulse::source::Source;
+    let mut simulator =
+        classpulse::source::simulator::Simulator::new(config, 500, chrono::Utc::now());
+    let mut messages = Vec::new();
+    while let Some(batch) = simulator.next_batch().await.unwrap() {
+        messages.extend(batch.messages);
+    }
+    messages
+}
+
+/// Decodes `messages` with the default limits: the events and rejections classpulse should
+/// produce from them.
+pub fn decode_all(
+    messages: &[classpulse::decode::RawMessage],
+) -> (
+    Vec<classpulse::event::PerformanceEvent>,
+    Vec<classpulse::decode::RejectedInput>,
+) {
+    let limits = classpulse::decode::DecodeLimits {
+        max_message_bytes: 1 << 20,
+        max_clock_skew_ms: 60_000,
+    };
+    let (mut events, mut rejected) = (Vec::new(), Vec::new());
+    let now_ms = chrono::Utc::now().timestamp_millis();
+    for message in messages {
+        classpulse::decode::decode_message(message, &limits, now_ms, &mut events, &mut rejected);
+    }
+    (events, rejected)
+}
