@@ -16,6 +16,7 @@ fn decode(c: &mut Criterion) {
         .enumerate()
         .map(|(offset, json)| RawMessage {
             offset: offset as u64,
+            timestamp_ms: None,
             key: None,
             payload: Some(Bytes::from(json)),
         })
@@ -30,6 +31,7 @@ fn decode(c: &mut Criterion) {
     );
     let batch = RawMessage {
         offset: 0,
+        timestamp_ms: None,
         key: None,
         payload: Some(Bytes::from(batch_json)),
     };

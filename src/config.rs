@@ -53,6 +53,12 @@ pub const VARS: &[VarSpec] = &[
     var("CLASSPULSE_LAKE_MAX_BYTES", "64MiB", "An object is closed at this many (encoded) bytes."),
     var("CLASSPULSE_LAKE_MAX_AGE", "300s", "An object is closed this long after it was opened, even with no new data."),
     var("CLASSPULSE_LAKE_MAX_BUFFER_BYTES", "256MiB", "Cap on bytes buffered in all open objects; the largest are cut early. Part of the task's memory budget."),
+    var("CLASSPULSE_HR_MAX_BPM", "190", "Heart rate taken as 100% for zones: zone 1 from 50%, each zone 10 points wide, zone 5 from 90%."),
+    var("CLASSPULSE_HR_MAX_GAP", "5s", "A heart-rate sample counts for the gap to the member's previous one, at most this long."),
+    var("CLASSPULSE_WATERMARK_DELAY", "10s", "A class's watermark trails its newest event time by this much (out-of-order tolerance)."),
+    var("CLASSPULSE_ALLOWED_LATENESS", "5m", "Events up to this far behind the watermark still update aggregates; older ones are `late`."),
+    var("CLASSPULSE_CLASS_IDLE_TIMEOUT", "10m", "A class is final once its partition's event time, or the wall clock, passes its last event by this much."),
+    var("CLASSPULSE_AGG_CHECKPOINT_INTERVAL", "30s", "How often aggregate state is checkpointed and final results written; commits wait for it."),
     var("CLASSPULSE_COMMIT_INTERVAL", "5s", "How often durable positions are committed to the source."),
     var("CLASSPULSE_SHUTDOWN_TIMEOUT", "25s", "Drain deadline after SIGTERM (ECS stops tasks after 30 s)."),
     var("CLASSPULSE_HTTP_ADDR", "127.0.0.1:9898", "Address of /metrics, /healthz and /readyz (port 0: any free port)."),
@@ -152,6 +158,25 @@ pub struct AwsEndpoints {
     pub kinesis: Option<Url>,
 }
 
+/// Class aggregate settings (the definitions are in [`crate::aggregate`]).
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct AggregateConfig {
+    /// Heart rate taken as 100% for zones.
+    pub hr_max_bpm: f64,
+    /// Longest time one heart-rate sample counts for.
+    pub hr_max_gap: Duration,
+    /// How far a class's watermark trails its newest event.
+    pub watermark_delay: Duration,
+    /// How far behind the watermark an event may be and still count.
+    pub allowed_lateness: Duration,
+    /// Idle time after which a class is final.
+    pub class_idle_timeout: Duration,
+    /// Interval between checkpoints.
+    pub checkpoint_interval: Duration,
+    /// How far ahead of its arrival an event's time may pull the watermark.
+    pub max_clock_skew: Duration,
+}
+
 /// Simulator settings.
 #[derive(Debug, Clone)]
 pub struct SimulatorConfig {
@@ -212,6 +237,8 @@ pub struct Config {
     pub progress_interval: Duration,
     /// Simulator settings (used when `source` is `simulator`).
     pub simulator: SimulatorConfig,
+    /// Class aggregates.
+    pub aggregates: AggregateConfig,
 }
 
 /// An invalid or unknown variable. Its message names the variable, the value (masked if
@@ -535,19 +562,53 @@ impl Config {
             invalid_rate: read.fraction("CLASSPULSE_SIM_INVALID_RATE")?,
         };
 
+        let max_clock_skew = read.duration(
+            "CLASSPULSE_MAX_CLOCK_SKEW",
+            Duration::ZERO,
+            Duration::from_secs(24 * 3600),
+        )?;
+        let minute = Duration::from_secs(60);
+        let day = Duration::from_secs(24 * 3600);
+        let aggregates = AggregateConfig {
+            hr_max_bpm: read.parse(
+                "CLASSPULSE_HR_MAX_BPM",
+                "expected a heart rate from 100 to 250",
+                |text| {
+                    text.parse::<f64>()
+                        .ok()
+                        .filter(|n| (100.0..=250.0).contains(n))
+                },
+            )?,
+            hr_max_gap: read.duration("CLASSPULSE_HR_MAX_GAP", Duration::from_secs(1), minute)?,
+            watermark_delay: read.duration(
+                "CLASSPULSE_WATERMARK_DELAY",
+                Duration::ZERO,
+                60 * minute,
+            )?,
+            allowed_lateness: read.duration("CLASSPULSE_ALLOWED_LATENESS", Duration::ZERO, day)?,
+            class_idle_timeout: read.duration(
+                "CLASSPULSE_CLASS_IDLE_TIMEOUT",
+                Duration::from_secs(1),
+                day,
+            )?,
+            checkpoint_interval: read.duration(
+                "CLASSPULSE_AGG_CHECKPOINT_INTERVAL",
+                Duration::from_millis(100),
+                Duration::from_secs(3600),
+            )?,
+            max_clock_skew,
+        };
+
         Ok(Config {
             source,
             kafka,
             lake,
             aws,
+            aggregates,
             batch_max_events: read.integer("CLASSPULSE_BATCH_MAX_EVENTS", 1, 100_000)? as usize,
             channel_capacity: read.integer("CLASSPULSE_CHANNEL_CAPACITY", 1, 4096)? as usize,
             max_message_bytes: read.bytes("CLASSPULSE_MAX_MESSAGE_BYTES", 1 << 10, 256 << 20)?,
-            max_clock_skew: read.duration(
-                "CLASSPULSE_MAX_CLOCK_SKEW",
-                Duration::ZERO,
-                Duration::from_secs(24 * 3600),
-            )?,
+            max_clock_skew,
             commit_interval: read.duration(
                 "CLASSPULSE_COMMIT_INTERVAL",
                 Duration::from_millis(10),

@@ -20,9 +20,9 @@ use serde::Deserialize;
 use serde_json::value::RawValue;
 
 use crate::event::{
-    fields_of, EventType, FieldKind, FieldSpec, Metrics, PerformanceEvent, CLASS_ID, DEVICE_ID,
-    EVENT_CREATED, EVENT_ID, EVENT_TYPE, MEMBER_ID, MIN_EVENT_TIME_MS, SCHEMA_VERSION, STUDIO_ID,
-    SUPPORTED_SCHEMA_VERSIONS,
+    fields_of, EventType, FieldKind, FieldSpec, Metrics, PerformanceEvent, Verdict, CLASS_ID,
+    DEVICE_ID, EVENT_CREATED, EVENT_ID, EVENT_TYPE, MEMBER_ID, MIN_EVENT_TIME_MS, SCHEMA_VERSION,
+    STUDIO_ID, SUPPORTED_SCHEMA_VERSIONS,
 };
 
 /// Why an input was rejected. The string forms are the `reason` label values and the
@@ -116,6 +116,10 @@ impl Rejection {
 pub struct RawMessage {
     /// Position within its partition (Kafka offset, or the source's ordinal).
     pub offset: u64,
+    /// When the message reached the source (Kafka record timestamp, Kinesis approximate
+    /// arrival, the simulator's clock), epoch ms. Stable on replay, unlike the time it is read,
+    /// so event-time decisions that depend on it replay the same way.
+    pub timestamp_ms: Option<i64>,
     /// `studio_id:class_id` when the producer keyed the message.
     pub key: Option<Bytes>,
     /// The payload; `None` for a Kafka tombstone.
@@ -184,6 +188,7 @@ pub fn decode_message(
         key: message.key.as_deref(),
         limits,
         now_ms,
+        arrival_ms: message.timestamp_ms.unwrap_or(now_ms),
         offset: message.offset,
     };
     let mut interner = Interner::default();
@@ -405,6 +410,7 @@ struct EventContext<'a> {
     key: Option<&'a [u8]>,
     limits: &'a DecodeLimits,
     now_ms: i64,
+    arrival_ms: i64,
     offset: u64,
 }
 
@@ -486,6 +492,8 @@ fn decode_event(
         metrics,
         event_data: raw_data.to_owned(),
         offset: ctx.offset,
+        arrival_ms: ctx.arrival_ms,
+        verdict: Verdict::Counted,
     })
 }
 
@@ -739,10 +747,9 @@ fn parse_rfc3339_millis(text: &str) -> Option<i64> {
         _ => return None,
     };
     let date = chrono::NaiveDate::from_ymd_opt(year as i32, month as u32, day as u32)?;
-    let days = i64::from(
-        date.signed_duration_since(chrono::NaiveDate::from_ymd_opt(1970, 1, 1)?)
-            .num_days(),
-    );
+    let days = date
+        .signed_duration_since(chrono::NaiveDate::from_ymd_opt(1970, 1, 1)?)
+        .num_days();
     Some(((days * 86_400 + hour * 3600 + minute * 60 + second - offset_seconds) * 1000) + millis)
 }
 

@@ -424,6 +424,27 @@ pub struct PerformanceEvent {
     pub event_data: Box<RawValue>,
     /// Offset of the message that carried it, within its partition.
     pub offset: u64,
+    /// When its message reached the source, epoch ms (see [`crate::decode::RawMessage`]).
+    pub arrival_ms: i64,
+    /// What the aggregator made of it; the lake stores it accordingly.
+    pub verdict: Verdict,
+}
+
+/// What the aggregator decided about an event. Every event still reaches the lake unless it is
+/// a duplicate; nothing is dropped without being counted.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum Verdict {
+    /// Counted in the aggregates (or not judged: aggregation off, or a replayed position the
+    /// restored state already includes).
+    #[default]
+    Counted,
+    /// The same `event_id` was already counted for its class: left out of the aggregates and
+    /// the lake (`classpulse_events_duplicate_total`).
+    Duplicate,
+    /// Older than its class's watermark minus the allowed lateness, or for a class already
+    /// finalised: left out of the aggregates, kept in the lake with `late = true`
+    /// (`classpulse_events_late_total`).
+    Late,
 }
 
 impl PerformanceEvent {

@@ -25,6 +25,7 @@
 //! Schema of the contract), [`stats`] (totals for the progress line and summary).
 
 pub mod ack;
+pub mod aggregate;
 pub mod aws;
 pub mod config;
 pub mod decode;

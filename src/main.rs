@@ -9,6 +9,8 @@ use chrono::Utc;
 use clap::{Parser, Subcommand};
 use tokio_util::sync::CancellationToken;
 
+use classpulse::aggregate::stage::AggregateStage;
+use classpulse::aggregate::Rules;
 use classpulse::config::{self, Config, LakeLocation, LogFormat, SourceKind};
 use classpulse::decode::DecodeLimits;
 use classpulse::health::Health;
@@ -148,6 +150,13 @@ async fn run(config: Config) -> anyhow::Result<()> {
         Arc::clone(&stats),
     )?;
     let limits = ObjectLimits::from_config(&config.lake);
+    let aggregates = AggregateStage::new(
+        Rules::from_config(&config.aggregates),
+        config.aggregates.checkpoint_interval,
+        writer.clone(),
+        health.clone(),
+        Arc::clone(&stats),
+    );
     let sinks: Vec<Box<dyn Sink>> = vec![
         Box::new(ObjectSink::new(
             LakeFormat {
@@ -178,7 +187,8 @@ async fn run(config: Config) -> anyhow::Result<()> {
         progress_interval: config.progress_interval,
     };
     tracing::info!(source = source.kind(), lake = %describe_lake(&config.lake.location), "classpulse starting");
-    let pipeline = Pipeline::new(source, sinks, settings, Arc::clone(&stats), health);
+    let pipeline = Pipeline::new(source, sinks, settings, Arc::clone(&stats), health)
+        .with_aggregates(aggregates);
     let report = pipeline.run(shutdown).await;
     http_shutdown.cancel();
     let report = report?;
@@ -246,6 +256,54 @@ fn print_summary(
         Stats::get(&stats.dead_letter_records),
         Stats::get(&stats.dead_letter_objects),
     );
+    println!(
+        "  aggregates     {} classes final, {} result objects under {lake}/aggregates",
+        Stats::get(&stats.classes_final),
+        Stats::get(&stats.aggregate_objects),
+    );
+    println!(
+        "  duplicates     {} left out of the lake and the aggregates",
+        Stats::get(&stats.duplicates),
+    );
+    println!(
+        "  late           {} in the lake with late = true, left out of the aggregates",
+        Stats::get(&stats.late),
+    );
+    if let Some(class) = stats
+        .top_class
+        .lock()
+        .unwrap_or_else(|e| e.into_inner())
+        .as_ref()
+    {
+        let board = |leaders: &[classpulse::aggregate::output::Leader], unit: &str| {
+            let shown: Vec<_> = leaders.iter().filter(|l| l.value > 0.0).collect();
+            if shown.is_empty() {
+                return "none".to_owned();
+            }
+            shown
+                .into_iter()
+                .take(3)
+                .enumerate()
+                .map(|(rank, leader)| {
+                    format!(
+                        "{}. {} {:.1}{unit}",
+                        rank + 1,
+                        leader.member_id,
+                        leader.value
+                    )
+                })
+                .collect::<Vec<_>>()
+                .join(", ")
+        };
+        println!(
+            "  top class      {}:{} ({} members): effort {}; distance {}",
+            class.studio_id,
+            class.class_id,
+            class.members,
+            board(&class.leaderboard_effort, " pts"),
+            board(&class.leaderboard_distance, " m"),
+        );
+    }
     let committed: Vec<String> = report
         .committed
         .iter()

@@ -51,6 +51,21 @@ pub const RESIDENT_MEMORY_BYTES: &str = "classpulse_process_resident_memory_byte
 /// Time the last drain took.
 pub const DRAIN_SECONDS: &str = "classpulse_drain_seconds";
 
+/// Events left out of the aggregates as duplicates (and out of the lake).
+pub const EVENTS_DUPLICATE: &str = "classpulse_events_duplicate_total";
+/// Events left out of the aggregates as late (kept in the lake, flagged).
+pub const EVENTS_LATE: &str = "classpulse_events_late_total";
+/// Classes with open aggregate state.
+pub const AGGREGATE_CLASSES_OPEN: &str = "classpulse_aggregate_classes_open";
+/// Classes made final. Labels: `trigger` (`event_time`, `idle`, `end_of_input`).
+pub const AGGREGATE_CLASSES_FINAL: &str = "classpulse_aggregate_classes_final_total";
+/// Approximate memory held by aggregate state.
+pub const AGGREGATE_STATE_BYTES: &str = "classpulse_aggregate_state_bytes";
+/// Time to write one round of aggregate checkpoints and final results.
+pub const AGGREGATE_CHECKPOINT_SECONDS: &str = "classpulse_aggregate_checkpoint_seconds";
+/// Bytes of aggregate checkpoints written.
+pub const AGGREGATE_CHECKPOINT_BYTES: &str = "classpulse_aggregate_checkpoint_bytes_total";
+
 /// Installs the Prometheus recorder and describes every metric. Returns the handle that
 /// renders `/metrics`. Call once per process.
 pub fn install() -> Result<PrometheusHandle, metrics_exporter_prometheus::BuildError> {
@@ -70,6 +85,41 @@ pub fn install() -> Result<PrometheusHandle, metrics_exporter_prometheus::BuildE
 }
 
 fn describe() {
+    describe_counter!(
+        EVENTS_DUPLICATE,
+        Unit::Count,
+        "Events with an event_id already counted for their class: left out of aggregates and lake."
+    );
+    describe_counter!(
+        EVENTS_LATE,
+        Unit::Count,
+        "Events beyond the allowed lateness or for a final class: left out of aggregates, flagged in the lake."
+    );
+    describe_gauge!(
+        AGGREGATE_CLASSES_OPEN,
+        Unit::Count,
+        "Classes with open aggregate state."
+    );
+    describe_counter!(
+        AGGREGATE_CLASSES_FINAL,
+        Unit::Count,
+        "Classes made final, by trigger (event_time, idle, end_of_input)."
+    );
+    describe_gauge!(
+        AGGREGATE_STATE_BYTES,
+        Unit::Bytes,
+        "Approximate memory held by aggregate state."
+    );
+    describe_histogram!(
+        AGGREGATE_CHECKPOINT_SECONDS,
+        Unit::Seconds,
+        "Time to write one round of aggregate checkpoints and final results."
+    );
+    describe_counter!(
+        AGGREGATE_CHECKPOINT_BYTES,
+        Unit::Bytes,
+        "Bytes of aggregate checkpoints written."
+    );
     describe_counter!(MESSAGES_IN, Unit::Count, "Messages read from the source.");
     describe_counter!(
         EVENTS_IN,
@@ -219,4 +269,31 @@ pub fn resident_memory_bytes() -> Option<u64> {
     let statm = std::fs::read_to_string("/proc/self/statm").ok()?;
     let resident_pages: u64 = statm.split_whitespace().nth(1)?.parse().ok()?;
     Some(resident_pages * 4096)
+}
+
+/// Records what the aggregator made of a batch's events.
+pub fn record_verdicts(duplicate: u64, late: u64) {
+    if duplicate > 0 {
+        counter!(EVENTS_DUPLICATE).increment(duplicate);
+    }
+    if late > 0 {
+        counter!(EVENTS_LATE).increment(late);
+    }
+}
+
+/// Records a class made final.
+pub fn record_class_final(trigger: &'static str) {
+    counter!(AGGREGATE_CLASSES_FINAL, "trigger" => trigger).increment(1);
+}
+
+/// Sets the size of the aggregate state.
+pub fn set_aggregate_state(open_classes: usize, approx_bytes: usize) {
+    gauge!(AGGREGATE_CLASSES_OPEN).set(open_classes as f64);
+    gauge!(AGGREGATE_STATE_BYTES).set(approx_bytes as f64);
+}
+
+/// Records one round of checkpoints written.
+pub fn record_aggregate_checkpoint(bytes: usize, took: Duration) {
+    counter!(AGGREGATE_CHECKPOINT_BYTES).increment(bytes as u64);
+    histogram!(AGGREGATE_CHECKPOINT_SECONDS).record(took.as_secs_f64());
 }

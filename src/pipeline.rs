@@ -23,6 +23,7 @@ use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 
 use crate::ack::{AckTracker, PartitionId};
+use crate::aggregate::stage::{AggregateError, AggregateStage};
 use crate::decode::{decode_message, DecodeLimits, RejectReason};
 use crate::event::EventType;
 use crate::health::Health;
@@ -87,6 +88,9 @@ pub enum PipelineError {
         /// Batches left unacknowledged.
         in_flight: usize,
     },
+    /// The aggregate stage stopped.
+    #[error(transparent)]
+    Aggregate(#[from] AggregateError),
     /// A stage ended unexpectedly (a panic, or a channel closed early).
     #[error("pipeline stage failed: {0}")]
     Stage(String),
@@ -98,6 +102,7 @@ impl PipelineError {
         match self {
             PipelineError::Source(error) => error.is_retryable(),
             PipelineError::Sink(error) => error.is_retryable(),
+            PipelineError::Aggregate(error) => error.is_retryable(),
             PipelineError::DrainTimeout { .. } | PipelineError::Stage(_) => true,
         }
     }
@@ -111,6 +116,7 @@ pub struct Pipeline {
     stats: Arc<Stats>,
     health: Health,
     acks: AckTracker,
+    aggregates: Option<AggregateStage>,
 }
 
 impl Pipeline {
@@ -129,7 +135,14 @@ impl Pipeline {
             stats,
             health,
             acks: AckTracker::new(),
+            aggregates: None,
         }
+    }
+
+    /// Puts the aggregate stage between the decoder and the sinks.
+    pub fn with_aggregates(mut self, stage: AggregateStage) -> Pipeline {
+        self.aggregates = Some(stage);
+        self
     }
 
     /// Runs until the source ends or `shutdown` is cancelled, then drains.
@@ -142,6 +155,7 @@ impl Pipeline {
             stats,
             health,
             acks,
+            aggregates,
         } = self;
         let source_kind = source.kind();
         let capacity = settings.channel_capacity;
@@ -153,10 +167,19 @@ impl Pipeline {
             sink_inputs.push(sender);
             sink_tasks.push(tokio::spawn(run_sink(sink, receiver)));
         }
+        let source_ended = CancellationToken::new();
+        let (downstream, aggregator) = match aggregates {
+            Some(stage) => {
+                let (sender, receiver) = mpsc::channel(capacity);
+                let task = tokio::spawn(stage.run(receiver, sink_inputs, source_ended.clone()));
+                (Downstream::Aggregates(sender), Some(task))
+            }
+            None => (Downstream::Sinks(sink_inputs), None),
+        };
         let (raw_sender, raw_receiver) = mpsc::channel::<RawBatch>(capacity);
         let decoder = tokio::spawn(decode_stage(
             raw_receiver,
-            sink_inputs,
+            downstream,
             settings.clone(),
             acks.clone(),
             Arc::clone(&stats),
@@ -212,12 +235,18 @@ impl Pipeline {
         };
 
         // Drain: no more input; the decoder finishes, every sink flushes, then the last commit.
+        if ending == Ending::SourceEnded {
+            source_ended.cancel();
+        }
         drop(raw_sender);
         health.not_ready("pipeline", "draining");
         let drain_started = Instant::now();
         tracing::info!(ending = ?ending, in_flight = acks.in_flight(), "draining");
         let drained = async {
-            let decoded = join(decoder).await;
+            let mut decoded = join(decoder).await;
+            if let Some(aggregator) = aggregator {
+                decoded = decoded.and(join(aggregator).await);
+            }
             let mut sinks_result = Ok(());
             for task in sink_tasks {
                 if let Err(error) = join(task).await {
@@ -324,10 +353,18 @@ impl Committer {
     }
 }
 
+/// Where the decoder sends its batches.
+enum Downstream {
+    /// Straight to every sink.
+    Sinks(Vec<mpsc::Sender<Arc<DecodedBatch>>>),
+    /// To the aggregate stage, which passes them on.
+    Aggregates(mpsc::Sender<DecodedBatch>),
+}
+
 /// The decode stage: raw messages in, validated batches out to every sink.
 async fn decode_stage(
     mut input: mpsc::Receiver<RawBatch>,
-    outputs: Vec<mpsc::Sender<Arc<DecodedBatch>>>,
+    downstream: Downstream,
     settings: Settings,
     acks: AckTracker,
     stats: Arc<Stats>,
@@ -343,12 +380,20 @@ async fn decode_stage(
             &acks,
         ) {
             record_decoded(&stats, source_kind, &batch);
-            let batch = Arc::new(batch);
-            for output in &outputs {
-                output
-                    .send(Arc::clone(&batch))
-                    .await
-                    .map_err(|_| PipelineError::Stage("a sink stopped accepting batches".into()))?;
+            let stopped = || PipelineError::Stage("a sink stopped accepting batches".into());
+            match &downstream {
+                Downstream::Aggregates(output) => {
+                    output.send(batch).await.map_err(|_| stopped())?
+                }
+                Downstream::Sinks(outputs) => {
+                    let batch = Arc::new(batch);
+                    for output in outputs {
+                        output
+                            .send(Arc::clone(&batch))
+                            .await
+                            .map_err(|_| stopped())?;
+                    }
+                }
             }
         }
     }
@@ -665,6 +710,7 @@ mod tests {
             .collect();
         RawMessage {
             offset,
+            timestamp_ms: None,
             key: None,
             payload: Some(Bytes::from(format!("[{}]", body.join(",")))),
         }

@@ -2,6 +2,9 @@
 //! inside the process, so the few numbers the process reports itself are kept here too.
 
 use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Mutex;
+
+use crate::aggregate::output::ClassSummary;
 
 use crate::decode::RejectReason;
 
@@ -24,6 +27,16 @@ pub struct Stats {
     pub dead_letter_objects: AtomicU64,
     /// Dead letters written.
     pub dead_letter_records: AtomicU64,
+    /// Events left out of the aggregates as duplicates.
+    pub duplicates: AtomicU64,
+    /// Events left out of the aggregates as late.
+    pub late: AtomicU64,
+    /// Classes made final.
+    pub classes_final: AtomicU64,
+    /// Final result objects written.
+    pub aggregate_objects: AtomicU64,
+    /// The final class with the highest effort on its leaderboard, for the run summary.
+    pub top_class: Mutex<Option<ClassSummary>>,
 }
 
 impl Stats {

@@ -53,16 +53,7 @@ fn config_command_prints_every_variable_and_its_origin() {
 #[test]
 fn run_lands_every_event_in_parquet_and_every_rejection_in_dead_letters() {
     let lake = tempfile::tempdir().unwrap();
-    let output = small_simulation(&mut classpulse(lake.path()))
-        .arg("run")
-        .output()
-        .unwrap();
-    let stdout = String::from_utf8_lossy(&output.stdout);
-    assert!(
-        output.status.success(),
-        "{stdout}\n{}",
-        String::from_utf8_lossy(&output.stderr)
-    );
+    let stdout = run_to_end(small_simulation(&mut classpulse(lake.path())).arg("run"));
 
     let valid = summary_number(&stdout, "events in");
     let rejected = summary_number(&stdout, "rejected");
@@ -75,7 +66,7 @@ fn run_lands_every_event_in_parquet_and_every_rejection_in_dead_letters() {
     // The lake holds exactly the valid events, with their typed values.
     let batches = read_lake(lake.path());
     let rows: usize = batches.iter().map(|b| b.num_rows()).sum();
-    assert_eq!(rows as u64, valid);
+    assert_eq!(rows as u64, expected_lake_rows(&stdout));
     let mut types = BTreeSet::new();
     for batch in &batches {
         let event_type = batch
@@ -132,7 +123,7 @@ fn run_lands_every_event_in_parquet_and_every_rejection_in_dead_letters() {
         reader.metadata().file_metadata().num_rows()
     );
     let name = object.file_name().unwrap().to_string_lossy().to_string();
-    assert!(name.starts_with("simulator-simulator-"), "{name}");
+    assert!(name.starts_with("simulator-sim-"), "{name}");
     assert!(
         object
             .to_string_lossy()
@@ -234,7 +225,7 @@ fn sigterm_drains_with_everything_counted_durable() {
     // Everything counted as received is durable in the lake or the dead letters.
     let valid = summary_number(&stdout, "events in");
     let rows: usize = read_lake(lake.path()).iter().map(|b| b.num_rows()).sum();
-    assert_eq!(rows as u64, valid, "{stdout}");
+    assert_eq!(rows as u64, expected_lake_rows(&stdout), "{stdout}");
     assert_eq!(
         read_dead_letters(lake.path()).len() as u64,
         summary_number(&stdout, "rejected")

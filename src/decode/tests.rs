@@ -35,6 +35,7 @@ fn event_of(event_type: &str, data: Value) -> Value {
 fn message_with_key(payload: &[u8], key: Option<&str>) -> RawMessage {
     RawMessage {
         offset: 41,
+        timestamp_ms: None,
         key: key.map(|k| Bytes::copy_from_slice(k.as_bytes())),
         payload: Some(Bytes::copy_from_slice(payload)),
     }
@@ -570,6 +571,7 @@ fn whole_message_rejections() {
     }
     let tombstone = RawMessage {
         offset: 1,
+        timestamp_ms: None,
         key: None,
         payload: None,
     };

@@ -9,7 +9,8 @@
 use std::sync::{Arc, LazyLock};
 
 use arrow_array::builder::{
-    Float64Builder, Int32Builder, Int64Builder, StringBuilder, TimestampMillisecondBuilder,
+    BooleanBuilder, Float64Builder, Int32Builder, Int64Builder, StringBuilder,
+    TimestampMillisecondBuilder,
 };
 use arrow_array::{ArrayRef, RecordBatch};
 use arrow_schema::{DataType, Field, Schema, SchemaRef, TimeUnit};
@@ -21,7 +22,7 @@ use parquet::file::properties::WriterProperties;
 
 use super::object::{Encoder, ObjectFormat, PartitionObjects};
 use super::DecodedBatch;
-use crate::event::{Metrics, PerformanceEvent};
+use crate::event::{Metrics, PerformanceEvent, Verdict};
 
 /// Rows buffered in arrow builders before they are encoded into the open row group.
 const CHUNK_ROWS: usize = 8192;
@@ -53,6 +54,7 @@ pub static SCHEMA: LazyLock<SchemaRef> = LazyLock::new(|| {
         Field::new("partition", DataType::Int32, false),
         Field::new("position", DataType::Int64, false),
         Field::new("ingested_at", utc(), false),
+        Field::new("late", DataType::Boolean, false),
     ]);
     Arc::new(Schema::new(fields))
 });
@@ -88,6 +90,7 @@ struct EventColumns {
     partition: Int32Builder,
     position: Int64Builder,
     ingested_at: TimestampMillisecondBuilder,
+    late: BooleanBuilder,
     rows: usize,
 }
 
@@ -114,6 +117,7 @@ impl EventColumns {
             partition: Int32Builder::with_capacity(CHUNK_ROWS),
             position: Int64Builder::with_capacity(CHUNK_ROWS),
             ingested_at: utc(),
+            late: BooleanBuilder::with_capacity(CHUNK_ROWS),
             rows: 0,
         }
     }
@@ -141,6 +145,7 @@ impl EventColumns {
         self.partition.append_value(ingest.partition as i32);
         self.position.append_value(event.offset as i64);
         self.ingested_at.append_value(ingest.received_at_ms);
+        self.late.append_value(event.verdict == Verdict::Late);
         self.rows += 1;
     }
 
@@ -162,7 +167,7 @@ impl EventColumns {
             .iter()
             .map(|b| b.values_slice().len() + 4 * self.rows)
             .sum();
-        string_bytes + self.rows * (8 * 13 + 4 * 3)
+        string_bytes + self.rows * (8 * 13 + 4 * 3 + 1)
     }
 
     fn finish(&mut self) -> Result<RecordBatch, String> {
@@ -190,6 +195,7 @@ impl EventColumns {
             Arc::new(self.partition.finish()),
             Arc::new(self.position.finish()),
             Arc::new(self.ingested_at.finish()),
+            Arc::new(self.late.finish()),
         ]);
         self.rows = 0;
         RecordBatch::try_new(SCHEMA.clone(), columns).map_err(|e| e.to_string())
@@ -289,7 +295,12 @@ impl ObjectFormat for LakeFormat {
             partition: batch.partition.index,
             received_at_ms: batch.received_at_ms,
         };
-        for event in &batch.events {
+        // A duplicate is already in the lake (or on its way there) as its first copy.
+        for event in batch
+            .events
+            .iter()
+            .filter(|e| e.verdict != Verdict::Duplicate)
+        {
             let object = objects.for_time(event.event_time_ms);
             object.encoder.append(event, &ingest)?;
             object.include(event.offset, event.event_time_ms, &batch.ack);

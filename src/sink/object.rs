@@ -231,6 +231,20 @@ impl ObjectWriter {
         Arc::clone(&self.store)
     }
 
+    /// `relative` under the store's prefix.
+    pub fn path(&self, relative: &str) -> Path {
+        if self.prefix.is_empty() {
+            Path::from(relative)
+        } else {
+            Path::from(format!("{}/{relative}", self.prefix))
+        }
+    }
+
+    /// The source kind that names objects.
+    pub fn source_kind(&self) -> &'static str {
+        self.source_kind
+    }
+
     /// The key of an object of `folder` holding `partition`'s records `first..=last` of `hour`.
     pub fn key(
         &self,
@@ -250,11 +264,7 @@ impl ObjectWriter {
             sanitize(&partition.stream),
             partition.index,
         );
-        if self.prefix.is_empty() {
-            Path::from(name)
-        } else {
-            Path::from(format!("{}/{name}", self.prefix))
-        }
+        self.path(&name)
     }
 
     /// Writes one object, retrying with backoff until it succeeds. Failures that retrying
@@ -353,7 +363,7 @@ impl ObjectWriter {
 }
 
 /// A fixed-set reason for a failed write (metric label).
-fn classify(error: &object_store::Error) -> &'static str {
+pub fn classify(error: &object_store::Error) -> &'static str {
     match error {
         object_store::Error::NotFound { .. } => "not_found",
         object_store::Error::PermissionDenied { .. }
@@ -361,12 +371,21 @@ fn classify(error: &object_store::Error) -> &'static str {
         object_store::Error::NotSupported { .. } | object_store::Error::NotImplemented { .. } => {
             "not_supported"
         }
+        // S3 LIST failures arrive as `Generic` with the HTTP status only in the message.
+        object_store::Error::Generic { source, .. } => {
+            let text = source.to_string();
+            if text.contains("403 Forbidden") || text.contains("401 Unauthorized") {
+                "access_denied"
+            } else {
+                "transient"
+            }
+        }
         _ => "transient",
     }
 }
 
 /// Keeps a stream name safe as one path segment.
-fn sanitize(name: &str) -> String {
+pub fn sanitize(name: &str) -> String {
     name.chars()
         .map(|c| {
             if c.is_ascii_alphanumeric() || matches!(c, '_' | '.' | '-') {
@@ -675,6 +694,7 @@ mod tests {
             partition: PartitionId::new("events", 0),
             messages: vec![RawMessage {
                 offset: 7,
+                timestamp_ms: None,
                 key: None,
                 payload: Some(Bytes::from(event)),
             }],

@@ -146,6 +146,7 @@ impl KafkaSource {
         let partition = PartitionId::new(message.topic(), message.partition() as u32);
         let raw = RawMessage {
             offset: message.offset() as u64,
+            timestamp_ms: message.timestamp().to_millis(),
             key: message.key().map(Bytes::copy_from_slice),
             payload: message.payload().map(Bytes::copy_from_slice),
         };

@@ -158,9 +158,13 @@ impl Simulator {
                 class_start += class_ms;
             }
         }
+        // The stream is named by what determines it: a run with the same seed and start is the
+        // same stream (a replay, whose results the checkpoints already hold); any other run is
+        // a new one, whose positions start again at 0.
+        let stream: Arc<str> = format!("sim-{seed}-{start_ms}").into();
         let partitions = (0..config.partitions)
             .map(|index| PartitionState {
-                id: PartitionId::new("simulator", index),
+                id: PartitionId::new(Arc::clone(&stream), index),
                 next_offset: 0,
                 pending: Vec::new(),
             })
@@ -455,6 +459,7 @@ impl Simulator {
         let partition = &mut self.partitions[class.partition];
         partition.pending.push(RawMessage {
             offset: partition.next_offset,
+            timestamp_ms: Some(self.clock_ms),
             key: Some(class.key.clone()),
             payload: Some(Bytes::from(payload)),
         });

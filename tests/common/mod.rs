@@ -41,6 +41,18 @@ pub fn small_simulation(command: &mut Command) -> &mut Command {
         .env("CLASSPULSE_SIM_INVALID_RATE", "0.02")
 }
 
+/// Runs `command` to its end and returns its stdout; fails the test if it fails.
+pub fn run_to_end(command: &mut Command) -> String {
+    let output = command.output().unwrap();
+    let stdout = String::from_utf8_lossy(&output.stdout).to_string();
+    assert!(
+        output.status.success(),
+        "{stdout}\n{}",
+        String::from_utf8_lossy(&output.stderr)
+    );
+    stdout
+}
+
 /// A running classpulse whose stderr (JSON logs) is collected by a thread.
 pub struct Running {
     pub child: Child,
@@ -67,9 +79,12 @@ impl Running {
         });
         let deadline = Instant::now() + Duration::from_secs(30);
         loop {
-            let line = logs
-                .recv_timeout(deadline.saturating_duration_since(Instant::now()))
-                .expect("classpulse logs its http address");
+            let Ok(line) = logs.recv_timeout(deadline.saturating_duration_since(Instant::now()))
+            else {
+                let _ = child.kill();
+                let _ = child.wait();
+                panic!("classpulse did not log its http address");
+            };
             let Ok(log) = serde_json::from_str::<Value>(&line) else {
                 continue;
             };
@@ -211,6 +226,11 @@ pub fn summary_number(stdout: &str, label: &str) -> u64 {
         .unwrap()
         .parse()
         .unwrap()
+}
+
+/// Rows the lake must hold after a run: valid events but the duplicates left out.
+pub fn expected_lake_rows(stdout: &str) -> u64 {
+    summary_number(stdout, "events in") - summary_number(stdout, "duplicates")
 }
 
 /// Every message of a simulation run in-process (unpaced, as configured).

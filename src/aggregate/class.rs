@@ -1,0 +1,640 @@
+//! One class's aggregate state: what each member did, minute by minute, and the results built
+//! from it. Pure logic, no I/O: the partition state ([`super::partition`]) decides which events
+//! reach it (not duplicates, not late).
+
+use std::collections::{BTreeMap, BTreeSet};
+
+use serde::{Deserialize, Serialize};
+
+use super::output::{
+    CardioSummary, ClassMinute, ClassResult, ClassSummary, Leader, MemberSummary, Positions,
+    TypeCounts,
+};
+use super::Rules;
+use crate::event::{EventType, PerformanceEvent};
+
+/// Length of a class-minute window.
+pub const MINUTE_MS: i64 = 60_000;
+/// Members on each leaderboard.
+pub const LEADERBOARD_SIZE: usize = 10;
+
+/// Count, sum, min and max of a measurement.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Serialize, Deserialize)]
+pub struct Stat {
+    /// Values seen.
+    pub count: u64,
+    /// Their sum.
+    pub sum: f64,
+    /// Smallest (meaningless when `count` is 0).
+    pub min: f64,
+    /// Largest (meaningless when `count` is 0).
+    pub max: f64,
+}
+
+impl Stat {
+    /// Adds a value.
+    pub fn add(&mut self, value: f64) {
+        if self.count == 0 {
+            self.min = value;
+            self.max = value;
+        } else {
+            self.min = self.min.min(value);
+            self.max = self.max.max(value);
+        }
+        self.count += 1;
+        self.sum += value;
+    }
+
+    /// The mean, if any value was seen.
+    pub fn mean(&self) -> Option<f64> {
+        (self.count > 0).then(|| self.sum / self.count as f64)
+    }
+
+    /// The smallest value, if any.
+    pub fn min(&self) -> Option<f64> {
+        (self.count > 0).then_some(self.min)
+    }
+
+    /// The largest value, if any.
+    pub fn max(&self) -> Option<f64> {
+        (self.count > 0).then_some(self.max)
+    }
+
+    /// Max minus min of a cumulative counter (0 when unseen).
+    pub fn span(&self) -> f64 {
+        if self.count > 0 {
+            self.max - self.min
+        } else {
+            0.0
+        }
+    }
+}
+
+/// The heart-rate zone (0 for zone 1 .. 4 for zone 5) of `bpm`, or `None` under 50% of
+/// `max_bpm`. Compared as `bpm * 10 >= max * k`, so 60% of 190 (114) is exactly zone 2.
+pub fn zone(bpm: f64, max_bpm: f64) -> Option<usize> {
+    (5..=9)
+        .rev()
+        .find(|tenths| bpm * 10.0 >= max_bpm * f64::from(*tenths))
+        .map(|tenths| tenths as usize - 5)
+}
+
+/// `effort_points` from time in zones: minutes in zone 4 plus twice the minutes in zone 5,
+/// rounded down to 0.1.
+pub fn effort_points(zone_ms: &[i64; 5]) -> f64 {
+    let tenths = (zone_ms[3] + 2 * zone_ms[4]) / 6_000;
+    tenths as f64 / 10.0
+}
+
+/// Heart-rate state of one member. Samples wait in `pending`, ordered by event time (then
+/// event id), until nothing can arrive before them any more; then they are *sealed*: each
+/// adds the gap to the previous sealed sample to its zone. So out-of-order arrival within the
+/// allowed lateness gives exactly the zones of the sorted samples.
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+pub struct HeartRate {
+    /// Every counted sample's bpm.
+    pub bpm: Stat,
+    /// Samples not yet sealed, by (event time, event id).
+    pub pending: BTreeMap<(i64, Box<str>), f64>,
+    /// Event time of the last sealed sample.
+    pub last_sealed_ms: Option<i64>,
+    /// Milliseconds in each zone, from sealed samples.
+    pub zone_ms: [i64; 5],
+}
+
+impl HeartRate {
+    fn add(&mut self, time_ms: i64, event_id: &str, bpm: f64) {
+        self.bpm.add(bpm);
+        self.pending.insert((time_ms, event_id.into()), bpm);
+    }
+
+    /// Seals every pending sample older than `limit_ms`.
+    pub fn seal_before(&mut self, limit_ms: i64, rules: &Rules) {
+        while let Some(entry) = self.pending.first_entry() {
+            if entry.key().0 >= limit_ms {
+                break;
+            }
+            let ((time_ms, _), bpm) = entry.remove_entry();
+            accumulate(
+                &mut self.zone_ms,
+                &mut self.last_sealed_ms,
+                time_ms,
+                bpm,
+                rules,
+            );
+        }
+    }
+
+    /// Zone times as if every pending sample were sealed now (live values).
+    pub fn zone_ms_now(&self, rules: &Rules) -> [i64; 5] {
+        let mut zone_ms = self.zone_ms;
+        let mut last = self.last_sealed_ms;
+        for ((time_ms, _), bpm) in &self.pending {
+            accumulate(&mut zone_ms, &mut last, *time_ms, *bpm, rules);
+        }
+        zone_ms
+    }
+}
+
+fn accumulate(
+    zone_ms: &mut [i64; 5],
+    last: &mut Option<i64>,
+    time_ms: i64,
+    bpm: f64,
+    rules: &Rules,
+) {
+    let duration = last.map_or(0, |previous| (time_ms - previous).min(rules.hr_max_gap_ms));
+    if let Some(zone) = zone(bpm, rules.hr_max_bpm) {
+        zone_ms[zone] += duration;
+    }
+    *last = Some(time_ms);
+}
+
+/// A treadmill, rower or bike of one member.
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+pub struct Cardio {
+    /// Events counted.
+    pub samples: u64,
+    /// Cumulative distance readings.
+    pub distance_m: Stat,
+    /// Cumulative energy readings.
+    pub calories: Stat,
+    /// Treadmill speed.
+    pub speed_kph: Stat,
+    /// Rower and bike power.
+    pub watts: Stat,
+    /// Bike cadence.
+    pub cadence_rpm: Stat,
+    /// Rower stroke rate.
+    pub stroke_rate_spm: Stat,
+    /// Smallest and largest distance reading per event-time minute (for distance per minute).
+    pub minute_distance: BTreeMap<i64, (f64, f64)>,
+}
+
+impl Cardio {
+    fn add(&mut self, event: &PerformanceEvent, minute_ms: i64) {
+        let metrics = &event.metrics;
+        self.samples += 1;
+        for (stat, value) in [
+            (&mut self.calories, metrics.calories),
+            (&mut self.speed_kph, metrics.speed_kph),
+            (&mut self.watts, metrics.watts),
+            (&mut self.cadence_rpm, metrics.cadence_rpm),
+            (&mut self.stroke_rate_spm, metrics.stroke_rate_spm),
+        ] {
+            if let Some(value) = value {
+                stat.add(value);
+            }
+        }
+        if let Some(distance) = metrics.distance_m {
+            self.distance_m.add(distance);
+            let range = self
+                .minute_distance
+                .entry(minute_ms)
+                .or_insert((distance, distance));
+            range.0 = range.0.min(distance);
+            range.1 = range.1.max(distance);
+        }
+    }
+
+    /// Distance gained in `minute_ms`: its largest reading minus the largest reading of any
+    /// earlier minute (or its own smallest, for the first), never negative. Over all minutes
+    /// these add up to the class distance of a device whose counter only grows.
+    pub fn distance_in_minute(&self, minute_ms: i64) -> f64 {
+        let Some((low, high)) = self.minute_distance.get(&minute_ms) else {
+            return 0.0;
+        };
+        let before = self
+            .minute_distance
+            .range(..minute_ms)
+            .map(|(_, (_, high))| *high)
+            .fold(None, |acc: Option<f64>, high| {
+                Some(acc.map_or(high, |a| a.max(high)))
+            });
+        (high - before.unwrap_or(*low)).max(0.0)
+    }
+
+    fn summary(&self) -> Option<CardioSummary> {
+        (self.samples > 0).then(|| CardioSummary {
+            events: self.samples,
+            distance_m: self.distance_m.span(),
+            calories: self.calories.span(),
+            avg_speed_kph: self.speed_kph.mean(),
+            max_speed_kph: self.speed_kph.max(),
+            avg_watts: self.watts.mean(),
+            max_watts: self.watts.max(),
+            avg_cadence_rpm: self.cadence_rpm.mean(),
+            max_cadence_rpm: self.cadence_rpm.max(),
+            avg_stroke_rate_spm: self.stroke_rate_spm.mean(),
+            max_stroke_rate_spm: self.stroke_rate_spm.max(),
+        })
+    }
+}
+
+/// Free-weights sets of one member.
+#[derive(Debug, Clone, Copy, Default, Serialize, Deserialize)]
+pub struct Weights {
+    /// Sets (events).
+    pub sets: u64,
+    /// Repetitions over all sets.
+    pub reps_total: u64,
+    /// Sum of reps x weight_kg.
+    pub volume_kg: f64,
+}
+
+/// One member in one class.
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+pub struct MemberState {
+    /// Events counted, by type (in [`EventType::ALL`] order).
+    pub events: [u64; 5],
+    /// Heart rate.
+    pub heart_rate: HeartRate,
+    /// Treadmill, rower, bike (in that order).
+    pub cardio: [Cardio; 3],
+    /// Free weights.
+    pub weights: Weights,
+}
+
+fn cardio_index(event_type: EventType) -> Option<usize> {
+    match event_type {
+        EventType::Treadmill => Some(0),
+        EventType::Rower => Some(1),
+        EventType::Bike => Some(2),
+        EventType::HeartRate | EventType::FreeWeights => None,
+    }
+}
+
+fn type_index(event_type: EventType) -> usize {
+    match event_type {
+        EventType::HeartRate => 0,
+        EventType::Treadmill => 1,
+        EventType::Rower => 2,
+        EventType::Bike => 3,
+        EventType::FreeWeights => 4,
+    }
+}
+
+impl MemberState {
+    fn add(&mut self, event: &PerformanceEvent, minute_ms: i64) {
+        self.events[type_index(event.event_type)] += 1;
+        let metrics = &event.metrics;
+        match event.event_type {
+            EventType::HeartRate => {
+                if let Some(bpm) = metrics.bpm {
+                    self.heart_rate
+                        .add(event.event_time_ms, &event.event_id, bpm);
+                }
+            }
+            EventType::FreeWeights => {
+                let reps = u64::from(metrics.reps.unwrap_or(0));
+                self.weights.sets += 1;
+                self.weights.reps_total += reps;
+                self.weights.volume_kg += reps as f64 * metrics.weight_kg.unwrap_or(0.0);
+            }
+            other => {
+                if let Some(index) = cardio_index(other) {
+                    self.cardio[index].add(event, minute_ms);
+                }
+            }
+        }
+    }
+
+    /// Total distance over the member's machines.
+    fn distance_m(&self) -> f64 {
+        self.cardio.iter().map(|c| c.distance_m.span()).sum()
+    }
+}
+
+/// One event-time minute of a class.
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+pub struct Minute {
+    /// Events counted.
+    pub events: u64,
+    /// Members with at least one event.
+    pub members: BTreeSet<Box<str>>,
+    /// Heart-rate samples.
+    pub bpm: Stat,
+}
+
+/// Everything aggregated about one class so far.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct ClassState {
+    /// The studio.
+    pub studio_id: Box<str>,
+    /// The class.
+    pub class_id: Box<str>,
+    /// Largest event time seen, each capped at its arrival plus the allowed clock skew.
+    pub max_time_ms: i64,
+    /// Earliest and latest event time counted.
+    pub first_event_ms: i64,
+    /// Latest event time counted.
+    pub last_event_ms: i64,
+    /// Hashes of counted event ids (xxh3-128) with their event time, for duplicates; pruned
+    /// once older than the watermark minus the allowed lateness.
+    pub seen: std::collections::HashMap<u128, i64>,
+    /// Members by id.
+    pub members: BTreeMap<Box<str>, MemberState>,
+    /// Minute windows by start time.
+    pub minutes: BTreeMap<i64, Minute>,
+    /// Source positions of the first and last event counted.
+    pub first_offset: u64,
+    /// Position of the last event counted.
+    pub last_offset: u64,
+    /// Wall-clock time the class last received an event (for the processing-time idle rule).
+    pub last_seen_wall_ms: i64,
+}
+
+impl ClassState {
+    /// An empty class.
+    pub fn new(studio_id: &str, class_id: &str, wall_ms: i64) -> ClassState {
+        ClassState {
+            studio_id: studio_id.into(),
+            class_id: class_id.into(),
+            max_time_ms: i64::MIN,
+            first_event_ms: i64::MAX,
+            last_event_ms: i64::MIN,
+            seen: Default::default(),
+            members: BTreeMap::new(),
+            minutes: BTreeMap::new(),
+            first_offset: u64::MAX,
+            last_offset: 0,
+            last_seen_wall_ms: wall_ms,
+        }
+    }
+
+    /// The watermark: newest (capped) event time minus the delay.
+    pub fn watermark_ms(&self, rules: &Rules) -> i64 {
+        self.max_time_ms.saturating_sub(rules.watermark_delay_ms)
+    }
+
+    /// Events older than this are late.
+    pub fn lateness_limit_ms(&self, rules: &Rules) -> i64 {
+        self.watermark_ms(rules)
+            .saturating_sub(rules.allowed_lateness_ms)
+    }
+
+    /// Moves the watermark for an event, whatever is decided about it.
+    pub fn observe(&mut self, event: &PerformanceEvent, rules: &Rules) {
+        let capped = event
+            .event_time_ms
+            .min(event.arrival_ms.saturating_add(rules.max_clock_skew_ms));
+        self.max_time_ms = self.max_time_ms.max(capped);
+    }
+
+    /// Counts an event that is neither a duplicate nor late.
+    pub fn add(&mut self, event: &PerformanceEvent, id_hash: u128) {
+        self.seen.insert(id_hash, event.event_time_ms);
+        self.first_event_ms = self.first_event_ms.min(event.event_time_ms);
+        self.last_event_ms = self.last_event_ms.max(event.event_time_ms);
+        self.first_offset = self.first_offset.min(event.offset);
+        self.last_offset = self.last_offset.max(event.offset);
+        let minute_ms = event.event_time_ms.div_euclid(MINUTE_MS) * MINUTE_MS;
+        let minute = self.minutes.entry(minute_ms).or_default();
+        minute.events += 1;
+        if !minute.members.contains(&*event.member_id) {
+            minute.members.insert(event.member_id.clone());
+        }
+        if let Some(bpm) = event.metrics.bpm {
+            minute.bpm.add(bpm);
+        }
+        match self.members.get_mut(&*event.member_id) {
+            Some(member) => member.add(event, minute_ms),
+            None => {
+                let mut member = MemberState::default();
+                member.add(event, minute_ms);
+                self.members.insert(event.member_id.clone(), member);
+            }
+        }
+    }
+
+    /// Seals heart-rate samples and forgets event ids that can no longer matter: nothing
+    /// older than the lateness limit is counted any more.
+    pub fn compact(&mut self, rules: &Rules) {
+        let limit = self.lateness_limit_ms(rules);
+        for member in self.members.values_mut() {
+            member.heart_rate.seal_before(limit, rules);
+        }
+        self.seen.retain(|_, time_ms| *time_ms >= limit);
+    }
+
+    /// Seals everything (the class is final).
+    pub fn seal_all(&mut self, rules: &Rules) {
+        for member in self.members.values_mut() {
+            member.heart_rate.seal_before(i64::MAX, rules);
+        }
+        self.seen.clear();
+    }
+
+    /// The results: class summary, member summaries, minute windows.
+    pub fn result(&self, rules: &Rules, partition: &str, is_final: bool) -> ClassResult {
+        let mut members = Vec::with_capacity(self.members.len());
+        for (member_id, member) in &self.members {
+            let zone_ms = if is_final {
+                member.heart_rate.zone_ms
+            } else {
+                member.heart_rate.zone_ms_now(rules)
+            };
+            let hr = &member.heart_rate.bpm;
+            let [treadmill, rower, bike] = &member.cardio;
+            members.push(MemberSummary {
+                studio_id: self.studio_id.clone(),
+                class_id: self.class_id.clone(),
+                member_id: member_id.clone(),
+                is_final,
+                events: TypeCounts::from_array(member.events),
+                hr_samples: hr.count,
+                hr_min: hr.min(),
+                hr_max: hr.max(),
+                hr_avg: hr.mean(),
+                zone_seconds: zone_ms.map(|ms| ms as f64 / 1000.0),
+                effort_points: effort_points(&zone_ms),
+                distance_m: member.distance_m(),
+                calories: member.cardio.iter().map(|c| c.calories.span()).sum(),
+                treadmill: treadmill.summary(),
+                rower: rower.summary(),
+                bike: bike.summary(),
+                sets: member.weights.sets,
+                reps_total: member.weights.reps_total,
+                volume_kg: member.weights.volume_kg,
+            });
+        }
+
+        let minutes = self
+            .minutes
+            .iter()
+            .map(|(start_ms, minute)| ClassMinute {
+                studio_id: self.studio_id.clone(),
+                class_id: self.class_id.clone(),
+                minute_start_ms: *start_ms,
+                is_final,
+                events: minute.events,
+                members_active: minute.members.len() as u64,
+                hr_avg: minute.bpm.mean(),
+                distance_m: self
+                    .members
+                    .values()
+                    .flat_map(|m| m.cardio.iter())
+                    .map(|c| c.distance_in_minute(*start_ms))
+                    .sum(),
+            })
+            .collect();
+
+        let leaders = |value: &dyn Fn(&MemberSummary) -> f64| {
+            let mut ranked: Vec<Leader> = members
+                .iter()
+                .map(|m| Leader {
+                    member_id: m.member_id.clone(),
+                    value: value(m),
+                })
+                .collect();
+            ranked.sort_by(|a, b| {
+                b.value
+                    .total_cmp(&a.value)
+                    .then_with(|| a.member_id.cmp(&b.member_id))
+            });
+            ranked.truncate(LEADERBOARD_SIZE);
+            ranked
+        };
+        let mut events = [0u64; 5];
+        let mut bpm = Stat::default();
+        for member in self.members.values() {
+            for (total, n) in events.iter_mut().zip(member.events) {
+                *total += n;
+            }
+            let hr = &member.heart_rate.bpm;
+            if hr.count > 0 {
+                // Merge: counts and sums add; min and max combine.
+                if bpm.count == 0 {
+                    bpm = *hr;
+                } else {
+                    bpm.count += hr.count;
+                    bpm.sum += hr.sum;
+                    bpm.min = bpm.min.min(hr.min);
+                    bpm.max = bpm.max.max(hr.max);
+                }
+            }
+        }
+        let summary = ClassSummary {
+            studio_id: self.studio_id.clone(),
+            class_id: self.class_id.clone(),
+            is_final,
+            members: members.len() as u64,
+            events: TypeCounts::from_array(events),
+            first_event_ms: self.first_event_ms,
+            last_event_ms: self.last_event_ms,
+            hr_samples: bpm.count,
+            hr_avg: bpm.mean(),
+            zone_seconds: members.iter().fold([0.0; 5], |mut acc, m| {
+                for (total, s) in acc.iter_mut().zip(m.zone_seconds) {
+                    *total += s;
+                }
+                acc
+            }),
+            effort_points: members.iter().map(|m| m.effort_points).sum(),
+            distance_m: members.iter().map(|m| m.distance_m).sum(),
+            calories: members.iter().map(|m| m.calories).sum(),
+            sets: members.iter().map(|m| m.sets).sum(),
+            reps_total: members.iter().map(|m| m.reps_total).sum(),
+            volume_kg: members.iter().map(|m| m.volume_kg).sum(),
+            leaderboard_effort: leaders(&|m| m.effort_points),
+            leaderboard_distance: leaders(&|m| m.distance_m),
+            positions: Positions {
+                partition: partition.to_owned(),
+                first_offset: self.first_offset,
+                last_offset: self.last_offset,
+            },
+        };
+        ClassResult {
+            summary,
+            members,
+            minutes,
+        }
+    }
+
+    /// Rough heap bytes held (for the memory report).
+    pub fn approx_bytes(&self) -> usize {
+        let members: usize = self
+            .members
+            .values()
+            .map(|m| {
+                std::mem::size_of::<MemberState>()
+                    + m.heart_rate.pending.len() * 80
+                    + m.cardio
+                        .iter()
+                        .map(|c| c.minute_distance.len() * 40)
+                        .sum::<usize>()
+            })
+            .sum();
+        let minutes: usize = self
+            .minutes
+            .values()
+            .map(|m| 64 + m.members.len() * 48)
+            .sum();
+        std::mem::size_of::<ClassState>() + self.seen.capacity() * 40 + members + minutes
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn zones_follow_the_percent_bands() {
+        let max = 190.0;
+        assert_eq!(zone(94.0, max), None); // 49.5%
+        assert_eq!(zone(95.0, max), Some(0)); // 50%
+        assert_eq!(zone(113.9, max), Some(0));
+        assert_eq!(zone(114.0, max), Some(1)); // 60% exactly
+        assert_eq!(zone(133.0, max), Some(2)); // 70%
+        assert_eq!(zone(152.0, max), Some(3)); // 80%
+        assert_eq!(zone(170.9, max), Some(3));
+        assert_eq!(zone(171.0, max), Some(4)); // 90%
+        assert_eq!(zone(240.0, max), Some(4));
+    }
+
+    #[test]
+    fn effort_points_round_down_to_a_tenth() {
+        // 1 min 5 s in zone 4 and 30 s in zone 5: 65/60 + 2*30/60 = 2.0833 -> 2.0
+        assert_eq!(effort_points(&[0, 0, 0, 65_000, 30_000]), 2.0);
+        // 5.99 s short of 0.1 point
+        assert_eq!(effort_points(&[0, 0, 0, 5_990, 0]), 0.0);
+        assert_eq!(effort_points(&[0, 0, 0, 6_000, 0]), 0.1);
+        assert_eq!(effort_points(&[60_000; 5]), 3.0);
+    }
+
+    #[test]
+    fn samples_count_the_capped_gap_to_the_previous_one() {
+        let rules = Rules::default();
+        let mut hr = HeartRate::default();
+        // zone 5, zone 5 after 4 s, zone 4 after a 60 s gap (capped to 5 s), zone 1 after 2 s.
+        for (time, bpm) in [(0, 180.0), (4_000, 180.0), (64_000, 160.0), (66_000, 100.0)] {
+            hr.add(time, &format!("e{time}"), bpm);
+        }
+        assert_eq!(hr.zone_ms_now(&rules), [2_000, 0, 0, 5_000, 4_000]);
+        hr.seal_before(64_000, &rules);
+        assert_eq!(hr.zone_ms, [0, 0, 0, 0, 4_000]);
+        hr.seal_before(i64::MAX, &rules);
+        assert_eq!(hr.zone_ms, [2_000, 0, 0, 5_000, 4_000]);
+    }
+
+    #[test]
+    fn minute_distances_add_up_to_the_class_distance() {
+        let mut cardio = Cardio::default();
+        for (minute, low, high) in [
+            (0, 100.0, 180.0),
+            (60_000, 195.0, 260.0),
+            (180_000, 300.0, 310.0),
+        ] {
+            cardio.minute_distance.insert(minute, (low, high));
+            cardio.distance_m.add(low);
+            cardio.distance_m.add(high);
+        }
+        let per_minute: f64 = [0, 60_000, 180_000]
+            .iter()
+            .map(|m| cardio.distance_in_minute(*m))
+            .sum();
+        assert_eq!(per_minute, cardio.distance_m.span());
+        assert_eq!(cardio.distance_in_minute(60_000), 80.0);
+        assert_eq!(cardio.distance_in_minute(120_000), 0.0);
+    }
+}

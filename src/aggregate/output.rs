@@ -1,0 +1,303 @@
+//! What the aggregates look like outside: the three record kinds, and where final results
+//! land in the object store (the embedded default's directory, or S3 beside the lake).
+//!
+//! Final results are written once per class, as JSON that query engines read as is:
+//!
+//! ```text
+//! {prefix}/aggregates/classes/dt=YYYY-MM-DD/{studio}-{class}.json      one class summary
+//! {prefix}/aggregates/members/dt=YYYY-MM-DD/{studio}-{class}.ndjson    one line per member
+//! {prefix}/aggregates/minutes/dt=YYYY-MM-DD/{studio}-{class}.ndjson    one line per minute
+//! ```
+//!
+//! `dt` is the date of the class's first event. The keys depend only on the class, and the
+//! content only on the events counted, so writing a result again (after a crash, from a
+//! restored checkpoint) replaces it with identical bytes.
+
+use chrono::{DateTime, SecondsFormat, Utc};
+use object_store::path::Path;
+use serde::{Deserialize, Serialize, Serializer};
+
+use crate::event::EventType;
+
+/// Counts per event type.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct TypeCounts {
+    /// Heart-rate samples.
+    pub heart_rate: u64,
+    /// Treadmill readings.
+    pub treadmill: u64,
+    /// Rower readings.
+    pub rower: u64,
+    /// Bike readings.
+    pub bike: u64,
+    /// Free-weights sets.
+    pub free_weights: u64,
+}
+
+impl TypeCounts {
+    /// From counts in [`EventType::ALL`] order.
+    pub fn from_array(counts: [u64; 5]) -> TypeCounts {
+        debug_assert_eq!(EventType::ALL[0], EventType::HeartRate);
+        let [heart_rate, treadmill, rower, bike, free_weights] = counts;
+        TypeCounts {
+            heart_rate,
+            treadmill,
+            rower,
+            bike,
+            free_weights,
+        }
+    }
+
+    /// All events.
+    pub fn total(&self) -> u64 {
+        self.heart_rate + self.treadmill + self.rower + self.bike + self.free_weights
+    }
+}
+
+/// One machine of one member.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct CardioSummary {
+    /// Readings counted.
+    pub events: u64,
+    /// Max minus min of the cumulative distance.
+    pub distance_m: f64,
+    /// Max minus min of the cumulative energy.
+    pub calories: f64,
+    /// Treadmill speed.
+    #[serde(skip_serializing_if = "Option::is_none", default)]
+    pub avg_speed_kph: Option<f64>,
+    /// Treadmill speed.
+    #[serde(skip_serializing_if = "Option::is_none", default)]
+    pub max_speed_kph: Option<f64>,
+    /// Rower or bike power.
+    #[serde(skip_serializing_if = "Option::is_none", default)]
+    pub avg_watts: Option<f64>,
+    /// Rower or bike power.
+    #[serde(skip_serializing_if = "Option::is_none", default)]
+    pub max_watts: Option<f64>,
+    /// Bike cadence.
+    #[serde(skip_serializing_if = "Option::is_none", default)]
+    pub avg_cadence_rpm: Option<f64>,
+    /// Bike cadence.
+    #[serde(skip_serializing_if = "Option::is_none", default)]
+    pub max_cadence_rpm: Option<f64>,
+    /// Rower stroke rate.
+    #[serde(skip_serializing_if = "Option::is_none", default)]
+    pub avg_stroke_rate_spm: Option<f64>,
+    /// Rower stroke rate.
+    #[serde(skip_serializing_if = "Option::is_none", default)]
+    pub max_stroke_rate_spm: Option<f64>,
+}
+
+/// A member in a class.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct MemberSummary {
+    /// The studio.
+    pub studio_id: Box<str>,
+    /// The class.
+    pub class_id: Box<str>,
+    /// The member.
+    pub member_id: Box<str>,
+    /// Whether the class is over (else a live value).
+    #[serde(rename = "final")]
+    pub is_final: bool,
+    /// Events counted by type.
+    pub events: TypeCounts,
+    /// Heart-rate samples.
+    pub hr_samples: u64,
+    /// Lowest bpm.
+    pub hr_min: Option<f64>,
+    /// Highest bpm.
+    pub hr_max: Option<f64>,
+    /// Mean bpm.
+    pub hr_avg: Option<f64>,
+    /// Seconds in zones 1 to 5.
+    pub zone_seconds: [f64; 5],
+    /// Minutes in zone 4 plus twice the minutes in zone 5, rounded down to 0.1.
+    pub effort_points: f64,
+    /// Distance over all machines.
+    pub distance_m: f64,
+    /// Energy over all machines.
+    pub calories: f64,
+    /// Treadmill, if used.
+    pub treadmill: Option<CardioSummary>,
+    /// Rower, if used.
+    pub rower: Option<CardioSummary>,
+    /// Bike, if used.
+    pub bike: Option<CardioSummary>,
+    /// Free-weights sets.
+    pub sets: u64,
+    /// Repetitions over all sets.
+    pub reps_total: u64,
+    /// Sum of reps x weight_kg.
+    pub volume_kg: f64,
+}
+
+/// A place on a leaderboard.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Leader {
+    /// The member.
+    pub member_id: Box<str>,
+    /// Their effort points or distance.
+    pub value: f64,
+}
+
+/// The source positions a result includes.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Positions {
+    /// `stream/partition`.
+    pub partition: String,
+    /// Position of the first event counted.
+    pub first_offset: u64,
+    /// Position of the last event counted.
+    pub last_offset: u64,
+}
+
+/// A class.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct ClassSummary {
+    /// The studio.
+    pub studio_id: Box<str>,
+    /// The class.
+    pub class_id: Box<str>,
+    /// Whether the class is over (else a live value).
+    #[serde(rename = "final")]
+    pub is_final: bool,
+    /// Members seen.
+    pub members: u64,
+    /// Events counted by type.
+    pub events: TypeCounts,
+    /// Earliest event time counted.
+    #[serde(
+        rename = "first_event",
+        serialize_with = "rfc3339",
+        deserialize_with = "from_rfc3339"
+    )]
+    pub first_event_ms: i64,
+    /// Latest event time counted.
+    #[serde(
+        rename = "last_event",
+        serialize_with = "rfc3339",
+        deserialize_with = "from_rfc3339"
+    )]
+    pub last_event_ms: i64,
+    /// Heart-rate samples.
+    pub hr_samples: u64,
+    /// Mean bpm over all samples.
+    pub hr_avg: Option<f64>,
+    /// Member seconds in zones 1 to 5.
+    pub zone_seconds: [f64; 5],
+    /// Sum of the members' effort points.
+    pub effort_points: f64,
+    /// Sum of the members' distance.
+    pub distance_m: f64,
+    /// Sum of the members' energy.
+    pub calories: f64,
+    /// Free-weights sets.
+    pub sets: u64,
+    /// Repetitions.
+    pub reps_total: u64,
+    /// Volume lifted.
+    pub volume_kg: f64,
+    /// Top members by effort points (ties by member id).
+    pub leaderboard_effort: Vec<Leader>,
+    /// Top members by distance (ties by member id).
+    pub leaderboard_distance: Vec<Leader>,
+    /// What the result includes.
+    pub positions: Positions,
+}
+
+/// One event-time minute of a class.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct ClassMinute {
+    /// The studio.
+    pub studio_id: Box<str>,
+    /// The class.
+    pub class_id: Box<str>,
+    /// Start of the minute.
+    #[serde(
+        rename = "minute",
+        serialize_with = "rfc3339",
+        deserialize_with = "from_rfc3339"
+    )]
+    pub minute_start_ms: i64,
+    /// Whether the class is over.
+    #[serde(rename = "final")]
+    pub is_final: bool,
+    /// Events counted.
+    pub events: u64,
+    /// Members with an event in the minute.
+    pub members_active: u64,
+    /// Mean bpm in the minute.
+    pub hr_avg: Option<f64>,
+    /// Distance gained in the minute over all machines.
+    pub distance_m: f64,
+}
+
+/// Everything written for one class.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct ClassResult {
+    /// The class summary.
+    pub summary: ClassSummary,
+    /// One per member.
+    pub members: Vec<MemberSummary>,
+    /// One per minute with events.
+    pub minutes: Vec<ClassMinute>,
+}
+
+impl ClassResult {
+    /// The objects to write, `(key relative to the prefix, body)`.
+    pub fn objects(&self) -> Result<Vec<(String, Vec<u8>)>, serde_json::Error> {
+        let summary = &self.summary;
+        let date = DateTime::<Utc>::from_timestamp_millis(summary.first_event_ms)
+            .unwrap_or_default()
+            .format("%Y-%m-%d");
+        let name = format!("dt={date}/{}-{}", summary.studio_id, summary.class_id);
+        let ndjson = |lines: Vec<Vec<u8>>| {
+            let mut body = Vec::new();
+            for line in lines {
+                body.extend_from_slice(&line);
+                body.push(b'\n');
+            }
+            body
+        };
+        let mut summary_body = serde_json::to_vec(summary)?;
+        summary_body.push(b'\n');
+        let members = self
+            .members
+            .iter()
+            .map(serde_json::to_vec)
+            .collect::<Result<Vec<_>, _>>()?;
+        let minutes = self
+            .minutes
+            .iter()
+            .map(serde_json::to_vec)
+            .collect::<Result<Vec<_>, _>>()?;
+        Ok(vec![
+            (format!("aggregates/classes/{name}.json"), summary_body),
+            (format!("aggregates/members/{name}.ndjson"), ndjson(members)),
+            (format!("aggregates/minutes/{name}.ndjson"), ndjson(minutes)),
+        ])
+    }
+}
+
+/// `prefix/relative`, or `relative` with no prefix.
+pub fn prefixed(prefix: &str, relative: &str) -> Path {
+    if prefix.is_empty() {
+        Path::from(relative)
+    } else {
+        Path::from(format!("{prefix}/{relative}"))
+    }
+}
+
+fn rfc3339<S: Serializer>(time_ms: &i64, serializer: S) -> Result<S::Ok, S::Error> {
+    let time = DateTime::<Utc>::from_timestamp_millis(*time_ms).unwrap_or_default();
+    serializer.serialize_str(&time.to_rfc3339_opts(SecondsFormat::Millis, true))
+}
+
+fn from_rfc3339<'de, D: serde::Deserializer<'de>>(deserializer: D) -> Result<i64, D::Error> {
+    let text = String::deserialize(deserializer)?;
+    DateTime::parse_from_rfc3339(&text)
+        .map(|time| time.timestamp_millis())
+        .map_err(serde::de::Error::custom)
+}

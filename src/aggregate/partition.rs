@@ -1,0 +1,339 @@
+//! The aggregate state of one source partition: its open classes, the classes already final,
+//! its event-time clock and the position it includes. This is the unit that is checkpointed,
+//! restored when the partition is assigned again, and handed between tasks.
+//!
+//! Every decision about an event depends only on the events before it in the partition (and
+//! their arrival timestamps, which the source stores with them), never on batch boundaries or
+//! the wall clock, so a replay from a checkpoint decides exactly as the first run did. The one
+//! wall-clock decision, finalising a class that stopped receiving events, is recorded in the
+//! checkpoint before its result is written.
+
+use std::collections::{BTreeMap, HashMap};
+
+use serde::{Deserialize, Serialize};
+use xxhash_rust::xxh3::xxh3_128;
+
+use super::class::ClassState;
+use super::output::ClassResult;
+use super::Rules;
+use crate::event::{PerformanceEvent, Verdict};
+
+/// Checkpoint format version; bump it on any change to the serialised types.
+pub const CHECKPOINT_VERSION: u32 = 1;
+/// How long a final class is remembered after its last event (event time on the partition's
+/// clock): events for it in that time are late, not a new class.
+pub const FINALISED_MEMORY_MS: i64 = 24 * 3_600_000;
+
+/// Why a class became final.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
+pub enum Trigger {
+    /// The partition's event time passed the class's last event by the idle timeout.
+    EventTime,
+    /// No event for the idle timeout of wall-clock time.
+    Idle,
+    /// A bounded source ended.
+    EndOfInput,
+}
+
+impl Trigger {
+    /// Metric label.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Trigger::EventTime => "event_time",
+            Trigger::Idle => "idle",
+            Trigger::EndOfInput => "end_of_input",
+        }
+    }
+}
+
+/// What happened to the events of one batch.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct Tally {
+    /// Counted in the aggregates.
+    pub counted: u64,
+    /// Left out as duplicates.
+    pub duplicate: u64,
+    /// Left out as late.
+    pub late: u64,
+    /// At or below the restored position: already in the state.
+    pub replayed: u64,
+}
+
+/// A class that became final, with its result.
+#[derive(Debug, Clone)]
+pub struct Finalised {
+    /// Why.
+    pub trigger: Trigger,
+    /// The result written for it.
+    pub result: ClassResult,
+}
+
+/// One partition's aggregate state.
+#[derive(Debug)]
+pub struct PartitionState {
+    /// `stream/partition`, written into results.
+    pub name: String,
+    /// Last position whose events are in the state.
+    pub position: Option<u64>,
+    /// Newest capped event time on the partition minus the watermark delay.
+    pub clock_ms: i64,
+    /// Open classes by `studio_id:class_id`.
+    pub classes: HashMap<String, ClassState>,
+    /// Final classes by `studio_id:class_id`, with their last event time.
+    pub finalised: BTreeMap<String, i64>,
+    /// Rendered result objects `(key, body)` of final classes, written after the checkpoint
+    /// that records them is durable.
+    pub outbox: Vec<(String, Vec<u8>)>,
+}
+
+/// The serialised form (postcard, then zstd).
+#[derive(Serialize, Deserialize)]
+struct Checkpoint<C> {
+    version: u32,
+    name: String,
+    position: Option<u64>,
+    clock_ms: i64,
+    classes: Vec<C>,
+    finalised: BTreeMap<String, i64>,
+    outbox: Vec<(String, Vec<u8>)>,
+}
+
+/// A checkpoint that cannot be read.
+#[derive(Debug, thiserror::Error)]
+#[error("aggregate checkpoint is unreadable: {0}")]
+pub struct CheckpointError(String);
+
+impl PartitionState {
+    /// An empty state.
+    pub fn new(name: String) -> PartitionState {
+        PartitionState {
+            name,
+            position: None,
+            clock_ms: i64::MIN,
+            classes: HashMap::new(),
+            finalised: BTreeMap::new(),
+            outbox: Vec::new(),
+        }
+    }
+
+    /// Judges and counts `events` (consecutive events of the partition ending at
+    /// `last_offset`), setting each one's [`Verdict`]. Returns what became of them and the
+    /// classes the events' clock made final on the way.
+    pub fn apply(
+        &mut self,
+        events: &mut [PerformanceEvent],
+        last_offset: u64,
+        rules: &Rules,
+        wall_ms: i64,
+    ) -> (Tally, Vec<Finalised>) {
+        let mut tally = Tally::default();
+        let mut finalised = Vec::new();
+        let restored = self.position;
+        let mut key = String::new();
+        for event in events.iter_mut() {
+            if restored.is_some_and(|position| event.offset <= position) {
+                tally.replayed += 1;
+                continue;
+            }
+            if !key_is(&key, event) {
+                key.clear();
+                key.push_str(&event.studio_id);
+                key.push(':');
+                key.push_str(&event.class_id);
+            }
+            let capped = event
+                .event_time_ms
+                .min(event.arrival_ms.saturating_add(rules.max_clock_skew_ms));
+            let due = self.classes.get(&key).is_some_and(|class| {
+                self.clock_ms
+                    >= class
+                        .max_time_ms
+                        .saturating_add(rules.class_idle_timeout_ms)
+            });
+            if due {
+                finalised.push(self.finalise(&key, Trigger::EventTime, rules));
+            }
+            let verdict = if self.finalised.contains_key(&key) {
+                Verdict::Late
+            } else {
+                let class = if self.classes.contains_key(&key) {
+                    self.classes.get_mut(&key).expect("checked above")
+                } else {
+                    self.classes.entry(key.clone()).or_insert_with(|| {
+                        ClassState::new(&event.studio_id, &event.class_id, wall_ms)
+                    })
+                };
+                let verdict = judge(class, event, rules);
+                class.observe(event, rules);
+                class.last_seen_wall_ms = wall_ms;
+                verdict
+            };
+            match verdict {
+                Verdict::Counted => tally.counted += 1,
+                Verdict::Duplicate => tally.duplicate += 1,
+                Verdict::Late => tally.late += 1,
+            }
+            event.verdict = verdict;
+            self.clock_ms = self
+                .clock_ms
+                .max(capped.saturating_sub(rules.watermark_delay_ms));
+        }
+        if self.position.is_none_or(|position| last_offset > position) {
+            self.position = Some(last_offset);
+        }
+        (tally, finalised)
+    }
+
+    /// Finalises classes whose time is up (by the partition's event time, or by
+    /// `wall_ms` for classes that stopped receiving events), compacts the rest, and forgets
+    /// final classes long past.
+    pub fn sweep(&mut self, rules: &Rules, wall_ms: i64) -> Vec<Finalised> {
+        let mut due = Vec::new();
+        for (key, class) in &mut self.classes {
+            if self.clock_ms
+                >= class
+                    .max_time_ms
+                    .saturating_add(rules.class_idle_timeout_ms)
+            {
+                due.push((key.clone(), Trigger::EventTime));
+            } else if wall_ms - class.last_seen_wall_ms >= rules.class_idle_timeout_ms {
+                due.push((key.clone(), Trigger::Idle));
+            } else {
+                class.compact(rules);
+            }
+        }
+        due.sort();
+        let finalised = due
+            .into_iter()
+            .map(|(key, trigger)| self.finalise(&key, trigger, rules))
+            .collect();
+        let horizon = self.clock_ms.saturating_sub(FINALISED_MEMORY_MS);
+        self.finalised.retain(|_, last_ms| *last_ms >= horizon);
+        finalised
+    }
+
+    /// Finalises every open class (a bounded source ended).
+    pub fn finalise_all(&mut self, rules: &Rules) -> Vec<Finalised> {
+        let mut keys: Vec<String> = self.classes.keys().cloned().collect();
+        keys.sort();
+        keys.iter()
+            .map(|key| self.finalise(key, Trigger::EndOfInput, rules))
+            .collect()
+    }
+
+    fn finalise(&mut self, key: &str, trigger: Trigger, rules: &Rules) -> Finalised {
+        let mut class = self
+            .classes
+            .remove(key)
+            .unwrap_or_else(|| unreachable!("finalising a class that is not open"));
+        class.seal_all(rules);
+        let result = class.result(rules, &self.name, true);
+        match result.objects() {
+            Ok(objects) => self.outbox.extend(objects),
+            // Plain structs of numbers and strings always serialise.
+            Err(error) => unreachable!("class result does not serialise: {error}"),
+        }
+        self.finalised.insert(key.to_owned(), class.max_time_ms);
+        Finalised { trigger, result }
+    }
+
+    /// Live results of every open class.
+    pub fn live_results(&self, rules: &Rules) -> Vec<ClassResult> {
+        let mut results: Vec<ClassResult> = self
+            .classes
+            .values()
+            .map(|class| class.result(rules, &self.name, false))
+            .collect();
+        results.sort_by(|a, b| {
+            (&a.summary.studio_id, &a.summary.class_id)
+                .cmp(&(&b.summary.studio_id, &b.summary.class_id))
+        });
+        results
+    }
+
+    /// Rough heap bytes held.
+    pub fn approx_bytes(&self) -> usize {
+        self.classes
+            .values()
+            .map(ClassState::approx_bytes)
+            .sum::<usize>()
+            + self.finalised.len() * 64
+            + self
+                .outbox
+                .iter()
+                .map(|(k, v)| k.len() + v.len())
+                .sum::<usize>()
+    }
+
+    /// Serialises the state (postcard, zstd level 1).
+    pub fn encode(&self) -> Vec<u8> {
+        let mut classes: Vec<&ClassState> = self.classes.values().collect();
+        classes.sort_by(|a, b| (&a.studio_id, &a.class_id).cmp(&(&b.studio_id, &b.class_id)));
+        let checkpoint = Checkpoint {
+            version: CHECKPOINT_VERSION,
+            name: self.name.clone(),
+            position: self.position,
+            clock_ms: self.clock_ms,
+            classes,
+            finalised: self.finalised.clone(),
+            outbox: self.outbox.clone(),
+        };
+        let plain = postcard::to_stdvec(&checkpoint)
+            .unwrap_or_else(|error| unreachable!("aggregate state does not serialise: {error}"));
+        zstd::bulk::compress(&plain, 1)
+            .unwrap_or_else(|error| unreachable!("zstd cannot compress in memory: {error}"))
+    }
+
+    /// Reads a state written by [`PartitionState::encode`]. Wall-clock idle times restart at
+    /// `wall_ms`: a task that was down is not a class that went quiet.
+    pub fn decode(bytes: &[u8], wall_ms: i64) -> Result<PartitionState, CheckpointError> {
+        let plain =
+            zstd::stream::decode_all(bytes).map_err(|e| CheckpointError(format!("zstd: {e}")))?;
+        let version = plain.first().copied().map(u32::from).unwrap_or(0);
+        if version != CHECKPOINT_VERSION {
+            return Err(CheckpointError(format!(
+                "format version {version}, this build reads {CHECKPOINT_VERSION}"
+            )));
+        }
+        let checkpoint: Checkpoint<ClassState> =
+            postcard::from_bytes(&plain).map_err(|e| CheckpointError(format!("postcard: {e}")))?;
+        let classes = checkpoint
+            .classes
+            .into_iter()
+            .map(|mut class| {
+                class.last_seen_wall_ms = wall_ms;
+                (format!("{}:{}", class.studio_id, class.class_id), class)
+            })
+            .collect();
+        Ok(PartitionState {
+            name: checkpoint.name,
+            position: checkpoint.position,
+            clock_ms: checkpoint.clock_ms,
+            classes,
+            finalised: checkpoint.finalised,
+            outbox: checkpoint.outbox,
+        })
+    }
+}
+
+fn key_is(key: &str, event: &PerformanceEvent) -> bool {
+    let (studio, class) = (&*event.studio_id, &*event.class_id);
+    key.len() == studio.len() + 1 + class.len()
+        && key.starts_with(studio)
+        && key.ends_with(class)
+        && key.as_bytes()[studio.len()] == b':'
+}
+
+/// Late first (so an old duplicate is late whenever its id was forgotten), then duplicate,
+/// else counted.
+fn judge(class: &mut ClassState, event: &PerformanceEvent, rules: &Rules) -> Verdict {
+    if event.event_time_ms < class.lateness_limit_ms(rules) {
+        return Verdict::Late;
+    }
+    let id_hash = xxh3_128(event.event_id.as_bytes());
+    if class.seen.contains_key(&id_hash) {
+        return Verdict::Duplicate;
+    }
+    class.add(event, id_hash);
+    Verdict::Counted
+}

@@ -1,0 +1,586 @@
+//! A straightforward batch computation of the aggregate definitions, written independently of
+//! the streaming code, and property tests that the streaming stage (shuffled arrival within
+//! the lateness bound, duplicates, compaction at random points, a checkpoint round trip in
+//! the middle) gives the same results.
+
+use std::collections::{BTreeMap, BTreeSet, HashSet};
+use std::sync::Arc;
+
+use proptest::prelude::*;
+use serde_json::Value;
+
+use super::output::{
+    CardioSummary, ClassMinute, ClassResult, ClassSummary, Leader, MemberSummary, Positions,
+    TypeCounts,
+};
+use super::partition::PartitionState;
+use super::Rules;
+use crate::event::{EventType, Metrics, PerformanceEvent, Verdict};
+
+const PARTITION: &str = "test/0";
+
+/// The results of one class from its events, in arrival order (first copy of an id counts).
+pub fn batch_result(arrivals: &[PerformanceEvent], rules: &Rules) -> ClassResult {
+    let mut ids = HashSet::new();
+    let events: Vec<&PerformanceEvent> = arrivals
+        .iter()
+        .filter(|e| ids.insert(e.event_id.clone()))
+        .collect();
+    let first = events[0];
+    let mut by_member: BTreeMap<&str, Vec<&PerformanceEvent>> = BTreeMap::new();
+    for event in &events {
+        by_member.entry(&event.member_id).or_default().push(event);
+    }
+    let mean = |values: &[f64]| {
+        (!values.is_empty()).then(|| values.iter().sum::<f64>() / values.len() as f64)
+    };
+    let max = |values: &[f64]| values.iter().copied().reduce(f64::max);
+    let min = |values: &[f64]| values.iter().copied().reduce(f64::min);
+    let span = |values: &[f64]| max(values).unwrap_or(0.0) - min(values).unwrap_or(0.0);
+
+    let mut members = Vec::new();
+    for (member_id, events) in &by_member {
+        let mut counts = [0u64; 5];
+        for e in events {
+            counts[EventType::ALL
+                .iter()
+                .position(|t| *t == e.event_type)
+                .unwrap()] += 1;
+        }
+        let mut hr: Vec<(i64, &str, f64)> = events
+            .iter()
+            .filter(|e| e.event_type == EventType::HeartRate)
+            .map(|e| (e.event_time_ms, &*e.event_id, e.metrics.bpm.unwrap()))
+            .collect();
+        hr.sort_by(|a, b| (a.0, a.1).cmp(&(b.0, b.1)));
+        let mut zone_ms = [0i64; 5];
+        for (i, (time, _, bpm)) in hr.iter().enumerate() {
+            let duration = if i == 0 {
+                0
+            } else {
+                (time - hr[i - 1].0).min(rules.hr_max_gap_ms)
+            };
+            let percent = bpm * 100.0 / rules.hr_max_bpm;
+            let zone = match percent {
+                p if p >= 90.0 => Some(4),
+                p if p >= 80.0 => Some(3),
+                p if p >= 70.0 => Some(2),
+                p if p >= 60.0 => Some(1),
+                p if p >= 50.0 => Some(0),
+                _ => None,
+            };
+            if let Some(zone) = zone {
+                zone_ms[zone] += duration;
+            }
+        }
+        let effort = ((zone_ms[3] as f64 / 60_000.0 + 2.0 * zone_ms[4] as f64 / 60_000.0) * 10.0
+            + 1e-9)
+            .floor()
+            / 10.0;
+        let bpms: Vec<f64> = hr.iter().map(|s| s.2).collect();
+        let cardio = |t: EventType| {
+            let of: Vec<&Metrics> = events
+                .iter()
+                .filter(|e| e.event_type == t)
+                .map(|e| &e.metrics)
+                .collect();
+            if of.is_empty() {
+                return None;
+            }
+            let values = |f: fn(&Metrics) -> Option<f64>| {
+                of.iter().filter_map(|m| f(m)).collect::<Vec<f64>>()
+            };
+            Some(CardioSummary {
+                events: of.len() as u64,
+                distance_m: span(&values(|m| m.distance_m)),
+                calories: span(&values(|m| m.calories)),
+                avg_speed_kph: mean(&values(|m| m.speed_kph)),
+                max_speed_kph: max(&values(|m| m.speed_kph)),
+                avg_watts: mean(&values(|m| m.watts)),
+                max_watts: max(&values(|m| m.watts)),
+                avg_cadence_rpm: mean(&values(|m| m.cadence_rpm)),
+                max_cadence_rpm: max(&values(|m| m.cadence_rpm)),
+                avg_stroke_rate_spm: mean(&values(|m| m.stroke_rate_spm)),
+                max_stroke_rate_spm: max(&values(|m| m.stroke_rate_spm)),
+            })
+        };
+        let (treadmill, rower, bike) = (
+            cardio(EventType::Treadmill),
+            cardio(EventType::Rower),
+            cardio(EventType::Bike),
+        );
+        let machines = [&treadmill, &rower, &bike];
+        let sets: Vec<&&PerformanceEvent> = events
+            .iter()
+            .filter(|e| e.event_type == EventType::FreeWeights)
+            .collect();
+        members.push(MemberSummary {
+            studio_id: first.studio_id.as_ref().into(),
+            class_id: first.class_id.as_ref().into(),
+            member_id: (*member_id).into(),
+            is_final: true,
+            events: TypeCounts::from_array(counts),
+            hr_samples: bpms.len() as u64,
+            hr_min: min(&bpms),
+            hr_max: max(&bpms),
+            hr_avg: mean(&bpms),
+            zone_seconds: zone_ms.map(|ms| ms as f64 / 1000.0),
+            effort_points: effort,
+            distance_m: machines
+                .iter()
+                .filter_map(|m| m.as_ref())
+                .map(|m| m.distance_m)
+                .sum(),
+            calories: machines
+                .iter()
+                .filter_map(|m| m.as_ref())
+                .map(|m| m.calories)
+                .sum(),
+            treadmill: treadmill.clone(),
+            rower: rower.clone(),
+            bike: bike.clone(),
+            sets: sets.len() as u64,
+            reps_total: sets
+                .iter()
+                .map(|e| u64::from(e.metrics.reps.unwrap()))
+                .sum(),
+            volume_kg: sets
+                .iter()
+                .map(|e| f64::from(e.metrics.reps.unwrap()) * e.metrics.weight_kg.unwrap())
+                .sum(),
+        });
+    }
+
+    // Minutes: distance gained = this minute's largest reading minus the largest before it.
+    let minute_of = |t: i64| t.div_euclid(60_000) * 60_000;
+    let minute_starts: BTreeSet<i64> = events.iter().map(|e| minute_of(e.event_time_ms)).collect();
+    let minutes = minute_starts
+        .iter()
+        .map(|start| {
+            let here: Vec<&&PerformanceEvent> = events
+                .iter()
+                .filter(|e| minute_of(e.event_time_ms) == *start)
+                .collect();
+            let bpms: Vec<f64> = here.iter().filter_map(|e| e.metrics.bpm).collect();
+            let mut distance = 0.0;
+            for (member, of_member) in &by_member {
+                let _ = member;
+                for t in [EventType::Treadmill, EventType::Rower, EventType::Bike] {
+                    let readings = |pick: &dyn Fn(i64) -> bool| -> Vec<f64> {
+                        of_member
+                            .iter()
+                            .filter(|e| e.event_type == t && pick(minute_of(e.event_time_ms)))
+                            .filter_map(|e| e.metrics.distance_m)
+                            .collect()
+                    };
+                    let now = readings(&|m| m == *start);
+                    if now.is_empty() {
+                        continue;
+                    }
+                    let before = max(&readings(&|m| m < *start));
+                    distance +=
+                        (max(&now).unwrap() - before.unwrap_or(min(&now).unwrap())).max(0.0);
+                }
+            }
+            ClassMinute {
+                studio_id: first.studio_id.as_ref().into(),
+                class_id: first.class_id.as_ref().into(),
+                minute_start_ms: *start,
+                is_final: true,
+                events: here.len() as u64,
+                members_active: here
+                    .iter()
+                    .map(|e| &e.member_id)
+                    .collect::<BTreeSet<_>>()
+                    .len() as u64,
+                hr_avg: mean(&bpms),
+                distance_m: distance,
+            }
+        })
+        .collect();
+
+    let leaders = |value: fn(&MemberSummary) -> f64| {
+        let mut ranked: Vec<Leader> = members
+            .iter()
+            .map(|m| Leader {
+                member_id: m.member_id.clone(),
+                value: value(m),
+            })
+            .collect();
+        ranked.sort_by(|a, b| {
+            b.value
+                .partial_cmp(&a.value)
+                .unwrap()
+                .then(a.member_id.cmp(&b.member_id))
+        });
+        ranked.truncate(10);
+        ranked
+    };
+    let all_bpm: Vec<f64> = events.iter().filter_map(|e| e.metrics.bpm).collect();
+    let mut counts = [0u64; 5];
+    for e in &events {
+        counts[EventType::ALL
+            .iter()
+            .position(|t| *t == e.event_type)
+            .unwrap()] += 1;
+    }
+    let summary = ClassSummary {
+        studio_id: first.studio_id.as_ref().into(),
+        class_id: first.class_id.as_ref().into(),
+        is_final: true,
+        members: members.len() as u64,
+        events: TypeCounts::from_array(counts),
+        first_event_ms: events.iter().map(|e| e.event_time_ms).min().unwrap(),
+        last_event_ms: events.iter().map(|e| e.event_time_ms).max().unwrap(),
+        hr_samples: all_bpm.len() as u64,
+        hr_avg: mean(&all_bpm),
+        zone_seconds: members.iter().fold([0.0; 5], |mut acc, m| {
+            for (a, s) in acc.iter_mut().zip(m.zone_seconds) {
+                *a += s;
+            }
+            acc
+        }),
+        effort_points: members.iter().map(|m| m.effort_points).sum(),
+        distance_m: members.iter().map(|m| m.distance_m).sum(),
+        calories: members.iter().map(|m| m.calories).sum(),
+        sets: members.iter().map(|m| m.sets).sum(),
+        reps_total: members.iter().map(|m| m.reps_total).sum(),
+        volume_kg: members.iter().map(|m| m.volume_kg).sum(),
+        leaderboard_effort: leaders(|m| m.effort_points),
+        leaderboard_distance: leaders(|m| m.distance_m),
+        positions: Positions {
+            partition: PARTITION.into(),
+            first_offset: events.iter().map(|e| e.offset).min().unwrap(),
+            last_offset: events.iter().map(|e| e.offset).max().unwrap(),
+        },
+    };
+    ClassResult {
+        summary,
+        members,
+        minutes,
+    }
+}
+
+/// Asserts two JSON values are equal, numbers to a relative 1e-9 (sums in another order).
+pub fn assert_close(actual: &Value, expected: &Value, path: &str) {
+    match (actual, expected) {
+        (Value::Number(a), Value::Number(b)) => {
+            let (a, b) = (a.as_f64().unwrap(), b.as_f64().unwrap());
+            assert!(
+                (a - b).abs() <= 1e-9 * a.abs().max(b.abs()).max(1.0),
+                "{path}: {a} != {b}"
+            );
+        }
+        (Value::Array(a), Value::Array(b)) => {
+            assert_eq!(a.len(), b.len(), "{path}: lengths");
+            for (i, (a, b)) in a.iter().zip(b).enumerate() {
+                assert_close(a, b, &format!("{path}[{i}]"));
+            }
+        }
+        (Value::Object(a), Value::Object(b)) => {
+            let keys_a: Vec<_> = a.keys().collect();
+            let keys_b: Vec<_> = b.keys().collect();
+            assert_eq!(keys_a, keys_b, "{path}: keys");
+            for (key, value) in a {
+                assert_close(value, &b[key], &format!("{path}.{key}"));
+            }
+        }
+        _ => assert_eq!(actual, expected, "{path}"),
+    }
+}
+
+/// A test event.
+pub fn event(
+    id: &str,
+    member: &str,
+    time_ms: i64,
+    event_type: EventType,
+    metrics: Metrics,
+    offset: u64,
+) -> PerformanceEvent {
+    PerformanceEvent {
+        event_id: id.into(),
+        event_type,
+        event_time_ms: time_ms,
+        studio_id: Arc::from("studio-1"),
+        class_id: Arc::from("class-1"),
+        member_id: member.into(),
+        device_id: None,
+        schema_version: 1,
+        metrics,
+        event_data: serde_json::value::RawValue::from_string("{}".into()).unwrap(),
+        offset,
+        arrival_ms: time_ms,
+        verdict: Verdict::Counted,
+    }
+}
+
+/// One member's machine and readings: (event time, bpm, cumulative distance, reps) per step.
+type MemberReadings = (EventType, Vec<(i64, f64, f64, u32)>);
+
+/// One member's readings: a heart-rate sample and a machine reading at each step.
+fn member_events() -> impl Strategy<Value = MemberReadings> {
+    let machine = prop_oneof![
+        Just(EventType::Treadmill),
+        Just(EventType::Rower),
+        Just(EventType::Bike),
+        Just(EventType::FreeWeights),
+    ];
+    // (gap to previous ms, bpm, distance gained, reps)
+    let steps = prop::collection::vec((0i64..9_000, 80u32..200, 0.0f64..40.0, 1u32..20), 1..60);
+    (machine, steps).prop_map(|(machine, steps)| {
+        let mut time = 1_700_000_000_000i64;
+        let mut distance = 0.0;
+        let readings = steps
+            .into_iter()
+            .map(|(gap, bpm, gained, reps)| {
+                time += gap;
+                distance += gained;
+                (time, f64::from(bpm), distance, reps)
+            })
+            .collect();
+        (machine, readings)
+    })
+}
+
+fn class_events(members: Vec<MemberReadings>) -> Vec<PerformanceEvent> {
+    let mut events = Vec::new();
+    for (m, (machine, readings)) in members.into_iter().enumerate() {
+        let member = format!("member-{m}");
+        for (i, (time, bpm, distance, reps)) in readings.into_iter().enumerate() {
+            let id = format!("{member}-hr-{i}");
+            events.push(event(
+                &id,
+                &member,
+                time,
+                EventType::HeartRate,
+                Metrics {
+                    bpm: Some(bpm),
+                    ..Metrics::default()
+                },
+                0,
+            ));
+            let metrics = match machine {
+                EventType::FreeWeights => Metrics {
+                    exercise: Some("squat".into()),
+                    reps: Some(reps),
+                    weight_kg: Some(bpm / 4.0),
+                    ..Metrics::default()
+                },
+                EventType::Treadmill => Metrics {
+                    speed_kph: Some(bpm / 20.0),
+                    incline_pct: Some(1.0),
+                    distance_m: Some(distance),
+                    calories: Some(distance / 15.0),
+                    ..Metrics::default()
+                },
+                EventType::Rower => Metrics {
+                    stroke_rate_spm: Some(bpm / 6.0),
+                    watts: Some(bpm),
+                    distance_m: Some(distance),
+                    calories: Some(distance / 12.0),
+                    ..Metrics::default()
+                },
+                _ => Metrics {
+                    cadence_rpm: Some(bpm / 2.0),
+                    watts: Some(bpm * 1.5),
+                    distance_m: Some(distance),
+                    calories: Some(distance / 20.0),
+                    ..Metrics::default()
+                },
+            };
+            // Machines report a little after the strap, sometimes in the same millisecond.
+            events.push(event(
+                &format!("{member}-m-{i}"),
+                &member,
+                time + (i as i64 % 3) * 700,
+                machine,
+                metrics,
+                0,
+            ));
+        }
+    }
+    events
+}
+
+fn to_json(result: &ClassResult) -> Value {
+    serde_json::to_value(result).unwrap()
+}
+
+proptest! {
+    #![proptest_config(ProptestConfig { cases: 64, ..ProptestConfig::default() })]
+
+    /// Arrival shuffled within the lateness bound, with duplicates, in random batches with
+    /// compaction between them and a checkpoint round trip: the same results as the batch
+    /// computation.
+    #[test]
+    fn streaming_equals_batch(
+        members in prop::collection::vec(member_events(), 1..5),
+        jitter_seed in prop::collection::vec(0i64..1_000_000, 1..400),
+        duplicate_every in 2usize..12,
+        cuts in prop::collection::vec(1usize..80, 1..20),
+        checkpoint_after in 0usize..20,
+    ) {
+        let rules = Rules { allowed_lateness_ms: 20_000, watermark_delay_ms: 5_000, ..Rules::default() };
+        let bound = rules.allowed_lateness_ms + rules.watermark_delay_ms;
+        let events = class_events(members);
+        // Arrival key: event time plus a jitter below the lateness bound; every n-th event is
+        // sent again later (still within the bound).
+        let mut arrivals: Vec<(i64, usize, PerformanceEvent)> = Vec::new();
+        for (i, e) in events.into_iter().enumerate() {
+            let jitter = jitter_seed[i % jitter_seed.len()] % bound;
+            if i % duplicate_every == 0 {
+                let again = (jitter + bound / 3) % bound;
+                arrivals.push((e.event_time_ms + again.max(jitter), arrivals.len(), e.clone()));
+            }
+            arrivals.push((e.event_time_ms + jitter, arrivals.len(), e));
+        }
+        arrivals.sort_by_key(|(key, order, _)| (*key, *order));
+        let mut arrivals: Vec<PerformanceEvent> = arrivals.into_iter().map(|(_, _, e)| e).collect();
+        for (offset, e) in arrivals.iter_mut().enumerate() {
+            e.offset = offset as u64;
+            e.arrival_ms = e.event_time_ms;
+        }
+        let expected = batch_result(&arrivals, &rules);
+
+        let mut state = PartitionState::new(PARTITION.into());
+        let mut start = 0;
+        let mut verdicts = Vec::new();
+        for (n, cut) in cuts.iter().cycle().enumerate() {
+            if start >= arrivals.len() {
+                break;
+            }
+            let end = (start + cut).min(arrivals.len());
+            let mut batch = arrivals[start..end].to_vec();
+            let (_, finalised) = state.apply(&mut batch, (end - 1) as u64, &rules, 0);
+            prop_assert!(finalised.is_empty());
+            verdicts.extend(batch.iter().map(|e| e.verdict));
+            prop_assert!(state.sweep(&rules, 0).is_empty());
+            if n == checkpoint_after {
+                state = PartitionState::decode(&state.encode(), 0).unwrap();
+            }
+            start = end;
+        }
+        prop_assert!(!verdicts.contains(&Verdict::Late));
+        let duplicates = verdicts.iter().filter(|v| **v == Verdict::Duplicate).count();
+        let distinct: HashSet<_> = arrivals.iter().map(|e| e.event_id.clone()).collect();
+        prop_assert_eq!(duplicates, arrivals.len() - distinct.len());
+
+        let live = state.live_results(&rules);
+        prop_assert_eq!(live.len(), 1);
+        let mut finals = state.finalise_all(&rules);
+        prop_assert_eq!(finals.len(), 1);
+        let actual = finals.pop().unwrap().result;
+        assert_close(&to_json(&actual), &to_json(&expected), "result");
+        // Live values before the end already equal the final ones but for the flag.
+        let mut live = to_json(&live[0]);
+        let mut final_json = to_json(&actual);
+        for json in [&mut live, &mut final_json] {
+            json["summary"]["final"] = Value::Null;
+            for m in json["members"].as_array_mut().unwrap() { m["final"] = Value::Null; }
+            for m in json["minutes"].as_array_mut().unwrap() { m["final"] = Value::Null; }
+        }
+        assert_close(&live, &final_json, "live");
+    }
+}
+
+fn hr(id: &str, time_ms: i64, bpm: f64, offset: u64) -> PerformanceEvent {
+    event(
+        id,
+        "m1",
+        time_ms,
+        EventType::HeartRate,
+        Metrics {
+            bpm: Some(bpm),
+            ..Metrics::default()
+        },
+        offset,
+    )
+}
+
+#[test]
+fn old_events_and_events_for_final_classes_are_late() {
+    let rules = Rules::default();
+    let t0 = 1_700_000_000_000;
+    let mut state = PartitionState::new(PARTITION.into());
+    let mut batch = vec![
+        hr("a", t0, 120.0, 0),
+        hr("b", t0 + 400_000, 120.0, 1),
+        // 400 s behind the newest: past the 10 s delay + 300 s lateness.
+        hr("c", t0 + 80_000, 120.0, 2),
+        // 300 s behind: within.
+        hr("d", t0 + 110_000, 120.0, 3),
+        hr("a", t0, 120.0, 4),
+    ];
+    state.apply(&mut batch, 4, &rules, 0);
+    let verdicts: Vec<Verdict> = batch.iter().map(|e| e.verdict).collect();
+    // The copy of "a" is older than the limit: late, not duplicate.
+    assert_eq!(
+        verdicts,
+        [
+            Verdict::Counted,
+            Verdict::Counted,
+            Verdict::Late,
+            Verdict::Counted,
+            Verdict::Late
+        ]
+    );
+
+    // Another class on the partition moves its clock 10 minutes past class-1's last event.
+    let mut other = hr("x", t0 + 400_000 + 600_000 + 10_000, 120.0, 5);
+    other.class_id = Arc::from("class-2");
+    let mut batch = vec![other, hr("e", t0 + 400_001, 120.0, 6)];
+    let (tally, finalised) = state.apply(&mut batch, 6, &rules, 0);
+    assert_eq!(
+        finalised.len(),
+        1,
+        "class-1 becomes final when its next event arrives"
+    );
+    assert_eq!(batch[1].verdict, Verdict::Late);
+    assert_eq!((tally.counted, tally.late), (1, 1));
+    assert!(state.finalised.contains_key("studio-1:class-1"));
+    assert_eq!(finalised[0].result.summary.hr_samples, 3);
+}
+
+#[test]
+fn a_fast_clock_cannot_pull_the_watermark_past_arrival_plus_skew() {
+    let rules = Rules::default();
+    let t0 = 1_700_000_000_000;
+    let mut state = PartitionState::new(PARTITION.into());
+    // Sent at t0 claiming to be an hour ahead: the watermark moves to t0 + 60 s skew only.
+    let mut fast = hr("fast", t0 + 3_600_000, 120.0, 0);
+    fast.arrival_ms = t0;
+    let mut batch = vec![fast, hr("on-time", t0 - 200_000, 120.0, 1)];
+    state.apply(&mut batch, 1, &rules, 0);
+    assert_eq!(batch[1].verdict, Verdict::Counted);
+}
+
+#[test]
+fn replayed_positions_are_skipped_and_a_class_idle_on_the_wall_clock_is_final() {
+    let rules = Rules::default();
+    let t0 = 1_700_000_000_000;
+    let mut state = PartitionState::new(PARTITION.into());
+    let mut batch = vec![hr("a", t0, 120.0, 10), hr("b", t0 + 4000, 130.0, 11)];
+    state.apply(&mut batch, 11, &rules, 1_000);
+    let mut restored = PartitionState::decode(&state.encode(), 5_000).unwrap();
+    assert_eq!(restored.position, Some(11));
+    let mut replay = vec![
+        hr("a", t0, 120.0, 10),
+        hr("b", t0 + 4000, 130.0, 11),
+        hr("c", t0 + 8000, 140.0, 12),
+    ];
+    let (tally, _) = restored.apply(&mut replay, 12, &rules, 5_000);
+    assert_eq!((tally.replayed, tally.counted), (2, 1));
+    // Idle time restarts at the restore (5 s), not at the last event before it (1 s).
+    assert!(restored
+        .sweep(&rules, 5_000 + rules.class_idle_timeout_ms - 1)
+        .is_empty());
+    let finalised = restored.sweep(&rules, 5_000 + rules.class_idle_timeout_ms);
+    assert_eq!(finalised.len(), 1);
+    assert_eq!(finalised[0].result.summary.hr_samples, 3);
+    assert_eq!(
+        restored.outbox.len(),
+        3,
+        "summary, members and minutes wait in the outbox"
+    );
+}

@@ -1,0 +1,387 @@
+//! The aggregate stage: between the decoder and the sinks, it judges and counts every event,
+//! then passes the batch on. Its state is checkpointed per partition, and the acknowledgement
+//! of every batch is held until a checkpoint that includes it is durable.
+//!
+//! ```text
+//!  decoder ──DecodedBatch──▶ aggregate stage ──Arc<DecodedBatch>──▶ sinks (lake skips duplicates,
+//!                              │  every CLASSPULSE_AGG_CHECKPOINT_INTERVAL      flags late events)
+//!                              ▼
+//!                   writer task: checkpoints, then final results, then drop the ack tokens
+//! ```
+//!
+//! Checkpoints are immutable objects named by the position they include,
+//! `{prefix}/checkpoints/aggregates/{source}-{stream}-{partition}/{position:020}.postcard.zst`;
+//! the newest is restored when a partition is first seen. Two are kept per partition. Since a
+//! state is a function of the events up to its position, a stale owner writing the same
+//! position after a rebalance writes the same state.
+
+use std::collections::HashMap;
+use std::sync::Arc;
+use std::time::Duration;
+
+use bytes::Bytes;
+use chrono::Utc;
+use futures::TryStreamExt;
+use object_store::path::Path;
+use object_store::{ObjectStore, ObjectStoreExt};
+use tokio::sync::mpsc;
+use tokio::time::Instant;
+use tokio_util::sync::CancellationToken;
+
+use super::partition::{CheckpointError, Finalised, PartitionState};
+use super::Rules;
+use crate::ack::{AckToken, PartitionId};
+use crate::health::Health;
+use crate::metrics;
+use crate::retry::Backoff;
+use crate::sink::object::{classify, sanitize, ObjectWriter};
+use crate::sink::{DecodedBatch, TICK};
+use crate::stats::Stats;
+
+/// Health component and write label of the stage.
+pub const NAME: &str = "aggregates";
+/// Checkpoints kept per partition (the newest, and one before it).
+const CHECKPOINTS_KEPT: usize = 2;
+
+/// Why the aggregate stage stopped.
+#[derive(Debug, thiserror::Error)]
+pub enum AggregateError {
+    /// A checkpoint exists but cannot be read: restoring without it would count events
+    /// twice or lose them, so the partition is not processed. Needs an operator (or a build
+    /// that reads that format).
+    #[error("partition {partition}: {key}: {source}")]
+    Checkpoint {
+        /// The partition.
+        partition: PartitionId,
+        /// The checkpoint's key.
+        key: String,
+        /// What is wrong with it.
+        source: CheckpointError,
+    },
+    /// The next stage stopped accepting batches.
+    #[error("a sink stopped accepting batches")]
+    Downstream,
+    /// The checkpoint writer stopped.
+    #[error("the checkpoint writer stopped: {0}")]
+    Writer(String),
+}
+
+impl AggregateError {
+    /// Whether restarting the process may succeed.
+    pub fn is_retryable(&self) -> bool {
+        !matches!(self, AggregateError::Checkpoint { .. })
+    }
+}
+
+/// One partition owned by the stage.
+struct Owned {
+    state: PartitionState,
+    /// Acknowledgements of batches counted since the last checkpoint.
+    tokens: Vec<AckToken>,
+    /// Whether the state changed since the last checkpoint.
+    dirty: bool,
+    /// Checkpoint keys known to exist, oldest first.
+    checkpoints: Vec<Path>,
+}
+
+/// Work for the writer task, in order.
+#[derive(Default)]
+struct Job {
+    checkpoints: Vec<(Path, Bytes)>,
+    results: Vec<(Path, Bytes)>,
+    deletes: Vec<Path>,
+    tokens: Vec<AckToken>,
+}
+
+/// The aggregate stage.
+pub struct AggregateStage {
+    rules: Rules,
+    checkpoint_interval: Duration,
+    writer: ObjectWriter,
+    health: Health,
+    stats: Arc<Stats>,
+    partitions: HashMap<PartitionId, Owned>,
+}
+
+impl AggregateStage {
+    /// A stage writing checkpoints and results through `writer` (the lake's store).
+    pub fn new(
+        rules: Rules,
+        checkpoint_interval: Duration,
+        writer: ObjectWriter,
+        health: Health,
+        stats: Arc<Stats>,
+    ) -> AggregateStage {
+        AggregateStage {
+            rules,
+            checkpoint_interval,
+            writer,
+            health,
+            stats,
+            partitions: HashMap::new(),
+        }
+    }
+
+    /// Runs until `input` closes: judges and counts each batch, then sends it to every output.
+    /// If `source_ended` is cancelled by then, every open class is finalised (a bounded source
+    /// ran out); otherwise the state is only checkpointed (a drain: the classes go on).
+    pub async fn run(
+        mut self,
+        mut input: mpsc::Receiver<DecodedBatch>,
+        outputs: Vec<mpsc::Sender<Arc<DecodedBatch>>>,
+        source_ended: CancellationToken,
+    ) -> Result<(), AggregateError> {
+        let (jobs, job_receiver) = mpsc::channel(2);
+        let writer = tokio::spawn(write_jobs(
+            job_receiver,
+            self.writer.clone(),
+            Arc::clone(&self.stats),
+        ));
+        let mut tick = tokio::time::interval(TICK);
+        tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        let mut last_checkpoint = Instant::now();
+        self.health.ready(NAME);
+        loop {
+            tokio::select! {
+                batch = input.recv() => match batch {
+                    Some(mut batch) => {
+                        self.apply(&mut batch).await?;
+                        let batch = Arc::new(batch);
+                        for output in &outputs {
+                            output.send(Arc::clone(&batch)).await.map_err(|_| AggregateError::Downstream)?;
+                        }
+                    }
+                    None => break,
+                },
+                _ = tick.tick() => {
+                    self.sweep();
+                    if last_checkpoint.elapsed() >= self.checkpoint_interval {
+                        self.checkpoint(&jobs).await?;
+                        last_checkpoint = Instant::now();
+                    }
+                }
+            }
+        }
+        drop(outputs);
+        if source_ended.is_cancelled() {
+            let mut finalised = Vec::new();
+            for owned in self.partitions.values_mut() {
+                let classes = owned.state.finalise_all(&self.rules);
+                owned.dirty |= !classes.is_empty();
+                finalised.extend(classes);
+            }
+            self.record_finalised(finalised);
+        }
+        self.checkpoint(&jobs).await?;
+        drop(jobs);
+        match writer.await {
+            Ok(()) => Ok(()),
+            Err(error) => Err(AggregateError::Writer(error.to_string())),
+        }
+    }
+
+    async fn apply(&mut self, batch: &mut DecodedBatch) -> Result<(), AggregateError> {
+        if !self.partitions.contains_key(&batch.partition) {
+            let owned = self.restore(&batch.partition).await?;
+            self.partitions.insert(batch.partition.clone(), owned);
+        }
+        let owned = self
+            .partitions
+            .get_mut(&batch.partition)
+            .expect("restored above");
+        let before = owned.state.position;
+        let (tally, finalised) = owned.state.apply(
+            &mut batch.events,
+            batch.last_offset,
+            &self.rules,
+            Utc::now().timestamp_millis(),
+        );
+        owned.dirty |= owned.state.position != before || !finalised.is_empty();
+        owned.tokens.push(batch.ack.clone());
+        metrics::record_verdicts(tally.duplicate, tally.late);
+        Stats::add(&self.stats.duplicates, tally.duplicate);
+        Stats::add(&self.stats.late, tally.late);
+        self.record_finalised(finalised);
+        Ok(())
+    }
+
+    /// Finalises what is due, compacts the rest, reports the state's size.
+    fn sweep(&mut self) {
+        let wall_ms = Utc::now().timestamp_millis();
+        let mut finalised = Vec::new();
+        let (mut classes, mut bytes) = (0, 0);
+        for owned in self.partitions.values_mut() {
+            let due = owned.state.sweep(&self.rules, wall_ms);
+            owned.dirty |= !due.is_empty();
+            finalised.extend(due);
+            classes += owned.state.classes.len();
+            bytes += owned.state.approx_bytes();
+        }
+        metrics::set_aggregate_state(classes, bytes);
+        self.record_finalised(finalised);
+    }
+
+    fn record_finalised(&self, finalised: Vec<Finalised>) {
+        for class in finalised {
+            metrics::record_class_final(class.trigger.as_str());
+            Stats::add(&self.stats.classes_final, 1);
+            let top = |summary: &super::output::ClassSummary| {
+                summary
+                    .leaderboard_effort
+                    .first()
+                    .map_or(0.0, |leader| leader.value)
+            };
+            let mut best = self
+                .stats
+                .top_class
+                .lock()
+                .unwrap_or_else(|e| e.into_inner());
+            if best
+                .as_ref()
+                .is_none_or(|b| top(&class.result.summary) > top(b))
+            {
+                *best = Some(class.result.summary);
+            }
+        }
+    }
+
+    /// Hands the writer a checkpoint of every changed partition, the final results they
+    /// record, and the acknowledgements they cover.
+    async fn checkpoint(&mut self, jobs: &mpsc::Sender<Job>) -> Result<(), AggregateError> {
+        let mut job = Job::default();
+        for (partition, owned) in &mut self.partitions {
+            if owned.dirty {
+                let position = owned.state.position.unwrap_or(0);
+                let key = self.writer.path(&format!(
+                    "{}/{position:020}.postcard.zst",
+                    checkpoint_dir(&self.writer, partition)
+                ));
+                job.checkpoints
+                    .push((key.clone(), Bytes::from(owned.state.encode())));
+                if owned.checkpoints.last() != Some(&key) {
+                    owned.checkpoints.push(key);
+                }
+                while owned.checkpoints.len() > CHECKPOINTS_KEPT {
+                    job.deletes.push(owned.checkpoints.remove(0));
+                }
+                for (relative, body) in owned.state.outbox.drain(..) {
+                    job.results
+                        .push((self.writer.path(&relative), Bytes::from(body)));
+                }
+                owned.dirty = false;
+            }
+            job.tokens.append(&mut owned.tokens);
+        }
+        if job.checkpoints.is_empty() && job.tokens.is_empty() {
+            return Ok(());
+        }
+        jobs.send(job)
+            .await
+            .map_err(|_| AggregateError::Writer("writer task ended".into()))
+    }
+
+    /// The newest checkpoint of `partition`, or an empty state. Listing and reading are
+    /// retried until they succeed (the stage is not ready meanwhile); an unreadable
+    /// checkpoint stops the stage.
+    async fn restore(&self, partition: &PartitionId) -> Result<Owned, AggregateError> {
+        let directory = self.writer.path(&checkpoint_dir(&self.writer, partition));
+        let store = self.writer.store();
+        let mut backoff = Backoff::new(Duration::from_millis(100), Duration::from_secs(10));
+        let (keys, body) = loop {
+            match newest(store.as_ref(), &directory).await {
+                Ok(found) => break found,
+                Err(error) => {
+                    let reason = classify(&error);
+                    metrics::record_sink_retry(NAME, reason);
+                    self.health
+                        .not_ready(NAME, format!("{reason} reading {directory}: {error}"));
+                    if backoff.attempts() % 10 == 0 {
+                        tracing::warn!(partition = %partition, reason, error = %error, "cannot read aggregate checkpoints, retrying");
+                    }
+                    tokio::time::sleep(backoff.next_delay()).await;
+                }
+            }
+        };
+        self.health.ready(NAME);
+        let Some((key, body)) = body else {
+            return Ok(Owned {
+                state: PartitionState::new(partition.to_string()),
+                tokens: Vec::new(),
+                dirty: false,
+                checkpoints: keys,
+            });
+        };
+        let state =
+            PartitionState::decode(&body, Utc::now().timestamp_millis()).map_err(|source| {
+                AggregateError::Checkpoint {
+                    partition: partition.clone(),
+                    key: key.to_string(),
+                    source,
+                }
+            })?;
+        tracing::info!(
+            partition = %partition,
+            position = state.position,
+            classes = state.classes.len(),
+            "aggregate state restored"
+        );
+        // Results recorded by the checkpoint may not have been written: write them again.
+        let dirty = !state.outbox.is_empty();
+        Ok(Owned {
+            state,
+            tokens: Vec::new(),
+            dirty,
+            checkpoints: keys,
+        })
+    }
+}
+
+fn checkpoint_dir(writer: &ObjectWriter, partition: &PartitionId) -> String {
+    format!(
+        "checkpoints/aggregates/{}-{}-{}",
+        writer.source_kind(),
+        sanitize(&partition.stream),
+        partition.index
+    )
+}
+
+/// Every checkpoint key under `directory` (oldest first) and the newest one's body.
+async fn newest(
+    store: &dyn ObjectStore,
+    directory: &Path,
+) -> object_store::Result<(Vec<Path>, Option<(Path, Bytes)>)> {
+    let mut keys: Vec<Path> = store
+        .list(Some(directory))
+        .map_ok(|meta| meta.location)
+        .try_collect()
+        .await?;
+    keys.sort();
+    let Some(newest) = keys.last().cloned() else {
+        return Ok((keys, None));
+    };
+    let body = store.get(&newest).await?.bytes().await?;
+    Ok((keys, Some((newest, body))))
+}
+
+/// Writes each job's checkpoints, then its results, then releases its acknowledgements.
+async fn write_jobs(mut jobs: mpsc::Receiver<Job>, writer: ObjectWriter, stats: Arc<Stats>) {
+    while let Some(job) = jobs.recv().await {
+        let started = Instant::now();
+        let mut bytes = 0;
+        for (key, body) in job.checkpoints {
+            bytes += body.len();
+            writer.put(NAME, &key, body, &[]).await;
+        }
+        for (key, body) in job.results {
+            writer.put(NAME, &key, body, &[]).await;
+            Stats::add(&stats.aggregate_objects, 1);
+        }
+        metrics::record_aggregate_checkpoint(bytes, started.elapsed());
+        drop(job.tokens);
+        for key in job.deletes {
+            if let Err(error) = writer.store().delete(&key).await {
+                tracing::debug!(key = %key, error = %error, "old checkpoint not deleted");
+            }
+        }
+    }
+}
