@@ -8,7 +8,10 @@
 //! wall-clock decision, finalising a class that stopped receiving events, is recorded in the
 //! checkpoint before its result is written.
 
-use std::collections::{BTreeMap, HashMap};
+use std::collections::BTreeMap;
+use std::sync::Arc;
+
+use hashbrown::HashMap;
 
 use serde::{Deserialize, Serialize};
 use xxhash_rust::xxh3::xxh3_128;
@@ -130,21 +133,32 @@ impl PartitionState {
         let mut finalised = Vec::new();
         let restored = self.position;
         let mut key = String::new();
-        for event in events.iter_mut() {
-            if restored.is_some_and(|position| event.offset <= position) {
-                tally.replayed += 1;
+        // Events come in runs of one class (a message is one class's): look the class up once
+        // per run. Whether a class is final by event time only needs checking at the start
+        // of its run, since its own events cannot move the clock that far past itself.
+        let mut rest = events;
+        while !rest.is_empty() {
+            let run_length = rest
+                .iter()
+                .position(|e| !same_class(e, &rest[0]))
+                .unwrap_or(rest.len());
+            let (run, tail) = std::mem::take(&mut rest).split_at_mut(run_length);
+            rest = tail;
+            // Positions the restored state already includes are skipped, not judged again.
+            let replayed = run
+                .iter()
+                .take_while(|e| restored.is_some_and(|position| e.offset <= position))
+                .count();
+            tally.replayed += replayed as u64;
+            let run = &mut run[replayed..];
+            if run.is_empty() {
                 continue;
             }
-            if !key_is(&key, event) {
-                key.clear();
-                key.push_str(&event.studio_id);
-                key.push(':');
-                key.push_str(&event.class_id);
-            }
-            let capped = event
-                .event_time_ms
-                .min(event.arrival_ms.saturating_add(rules.max_clock_skew_ms));
-            let due = self.classes.get(&key).is_some_and(|class| {
+            key.clear();
+            key.push_str(&run[0].studio_id);
+            key.push(':');
+            key.push_str(&run[0].class_id);
+            let due = self.classes.get(key.as_str()).is_some_and(|class| {
                 self.clock_ms
                     >= class
                         .max_time_ms
@@ -153,30 +167,36 @@ impl PartitionState {
             if due {
                 finalised.push(self.finalise(&key, Trigger::EventTime, rules));
             }
-            let verdict = if self.finalised.contains_key(&key) {
-                Verdict::Late
+            let mut class = if self.finalised.contains_key(&key) {
+                None
             } else {
-                let class = if self.classes.contains_key(&key) {
-                    self.classes.get_mut(&key).expect("checked above")
-                } else {
-                    self.classes.entry(key.clone()).or_insert_with(|| {
-                        ClassState::new(&event.studio_id, &event.class_id, wall_ms)
-                    })
-                };
-                let verdict = judge(class, event, rules);
-                class.observe(event, rules);
-                class.last_seen_wall_ms = wall_ms;
-                verdict
+                Some(self.classes.entry_ref(key.as_str()).or_insert_with(|| {
+                    ClassState::new(&run[0].studio_id, &run[0].class_id, wall_ms)
+                }))
             };
-            match verdict {
-                Verdict::Counted => tally.counted += 1,
-                Verdict::Duplicate => tally.duplicate += 1,
-                Verdict::Late => tally.late += 1,
+            for event in run.iter_mut() {
+                let verdict = match class.as_deref_mut() {
+                    None => Verdict::Late,
+                    Some(class) => {
+                        let verdict = judge(class, event, rules);
+                        class.observe(event, rules);
+                        class.last_seen_wall_ms = wall_ms;
+                        verdict
+                    }
+                };
+                match verdict {
+                    Verdict::Counted => tally.counted += 1,
+                    Verdict::Duplicate => tally.duplicate += 1,
+                    Verdict::Late => tally.late += 1,
+                }
+                event.verdict = verdict;
+                let capped = event
+                    .event_time_ms
+                    .min(event.arrival_ms.saturating_add(rules.max_clock_skew_ms));
+                self.clock_ms = self
+                    .clock_ms
+                    .max(capped.saturating_sub(rules.watermark_delay_ms));
             }
-            event.verdict = verdict;
-            self.clock_ms = self
-                .clock_ms
-                .max(capped.saturating_sub(rules.watermark_delay_ms));
         }
         if self.position.is_none_or(|position| last_offset > position) {
             self.position = Some(last_offset);
@@ -316,12 +336,9 @@ impl PartitionState {
     }
 }
 
-fn key_is(key: &str, event: &PerformanceEvent) -> bool {
-    let (studio, class) = (&*event.studio_id, &*event.class_id);
-    key.len() == studio.len() + 1 + class.len()
-        && key.starts_with(studio)
-        && key.ends_with(class)
-        && key.as_bytes()[studio.len()] == b':'
+fn same_class(a: &PerformanceEvent, b: &PerformanceEvent) -> bool {
+    (Arc::ptr_eq(&a.class_id, &b.class_id) || a.class_id == b.class_id)
+        && (Arc::ptr_eq(&a.studio_id, &b.studio_id) || a.studio_id == b.studio_id)
 }
 
 /// Late first (so an old duplicate is late whenever its id was forgotten), then duplicate,
@@ -331,7 +348,7 @@ fn judge(class: &mut ClassState, event: &PerformanceEvent, rules: &Rules) -> Ver
         return Verdict::Late;
     }
     let id_hash = xxh3_128(event.event_id.as_bytes());
-    if class.seen.contains_key(&id_hash) {
+    if class.has_seen(id_hash) {
         return Verdict::Duplicate;
     }
     class.add(event, id_hash);

@@ -47,10 +47,17 @@ pub fn batch_result(arrivals: &[PerformanceEvent], rules: &Rules) -> ClassResult
                 .position(|t| *t == e.event_type)
                 .unwrap()] += 1;
         }
-        let mut hr: Vec<(i64, &str, f64)> = events
+        // Ties in time are broken by the xxh3-128 hash of the event id.
+        let mut hr: Vec<(i64, u128, f64)> = events
             .iter()
             .filter(|e| e.event_type == EventType::HeartRate)
-            .map(|e| (e.event_time_ms, &*e.event_id, e.metrics.bpm.unwrap()))
+            .map(|e| {
+                (
+                    e.event_time_ms,
+                    xxhash_rust::xxh3::xxh3_128(e.event_id.as_bytes()),
+                    e.metrics.bpm.unwrap(),
+                )
+            })
             .collect();
         hr.sort_by(|a, b| (a.0, a.1).cmp(&(b.0, b.1)));
         let mut zone_ms = [0i64; 5];
