@@ -76,6 +76,11 @@ struct PartitionAcks {
     taken: Option<u64>,
     /// A batch of this partition failed: its frontier is stuck until a restart.
     failed: bool,
+    /// Turn of ownership: bumped each time the partition is assigned or revoked. Batches and
+    /// tokens of an earlier turn no longer count.
+    generation: u64,
+    /// Assigned to this process by the source (sources that never assign leave it false).
+    assigned: bool,
 }
 
 struct PendingBatch {
@@ -110,29 +115,82 @@ impl AckTracker {
         }
     }
 
-    /// Registers a batch holding the messages of `partition` up to and including `last_offset`.
-    /// Batches of one partition must be registered in offset order.
-    pub fn register(&self, partition: &PartitionId, last_offset: u64) -> AckToken {
+    /// The current turn of ownership of `partition` (0 until it is first assigned or revoked).
+    pub fn generation(&self, partition: &PartitionId) -> u64 {
+        let state = self.shared.lock();
+        state
+            .partitions
+            .get(partition)
+            .map_or(0, |acks| acks.generation)
+    }
+
+    /// `partition` was assigned to this process: a new turn starts. Batches in flight from an
+    /// earlier turn will never be committed; the new turn replays from the committed position.
+    pub fn assign(&self, partition: &PartitionId) {
+        self.start_generation(partition, true);
+    }
+
+    /// `partition` was taken away: a new turn starts, in which this process holds nothing.
+    /// Returns the durable frontier not yet handed out, to commit before letting go.
+    pub fn revoke(&self, partition: &PartitionId) -> Option<u64> {
+        self.start_generation(partition, false)
+    }
+
+    /// Partitions assigned now, with their turn.
+    pub fn assigned(&self) -> Vec<(PartitionId, u64)> {
+        let state = self.shared.lock();
+        let mut assigned: Vec<_> = state
+            .partitions
+            .iter()
+            .filter(|(_, acks)| acks.assigned)
+            .map(|(partition, acks)| (partition.clone(), acks.generation))
+            .collect();
+        assigned.sort();
+        assigned
+    }
+
+    fn start_generation(&self, partition: &PartitionId, assigned: bool) -> Option<u64> {
+        let mut state = self.shared.lock();
+        let acks = state.partitions.entry(partition.clone()).or_default();
+        let uncommitted = acks
+            .frontier
+            .filter(|frontier| Some(*frontier) != acks.taken);
+        *acks = PartitionAcks {
+            generation: acks.generation + 1,
+            assigned,
+            ..PartitionAcks::default()
+        };
+        uncommitted
+    }
+
+    /// Registers a batch holding the messages of `partition` up to and including `last_offset`,
+    /// read in turn `generation`. Batches of one turn must be registered in offset order. A
+    /// batch of an earlier turn gets a token that counts for nothing.
+    pub fn register(&self, partition: &PartitionId, generation: u64, last_offset: u64) -> AckToken {
         let mut state = self.shared.lock();
         let id = state.next_batch_id;
         state.next_batch_id += 1;
         let acks = state.partitions.entry(partition.clone()).or_default();
-        debug_assert!(
-            acks.pending
-                .back()
-                .is_none_or(|last| last.end_offset <= last_offset + 1),
-            "batches of {partition} registered out of offset order"
-        );
-        acks.pending.push_back(PendingBatch {
-            id,
-            end_offset: last_offset + 1,
-            state: BatchState::InFlight,
-        });
+        // A batch of an earlier turn is not tracked: its token counts for nothing.
+        if generation == acks.generation {
+            debug_assert!(
+                acks.pending
+                    .back()
+                    .is_none_or(|last| last.end_offset <= last_offset + 1),
+                "batches of {partition} registered out of offset order"
+            );
+            acks.pending.push_back(PendingBatch {
+                id,
+                end_offset: last_offset + 1,
+                state: BatchState::InFlight,
+            });
+        }
         AckToken {
             inner: Arc::new(TokenInner {
                 shared: Arc::clone(&self.shared),
                 partition: partition.clone(),
                 batch_id: id,
+                generation,
                 failed: AtomicBool::new(false),
             }),
         }
@@ -217,7 +275,13 @@ impl Shared {
             .unwrap_or_else(|poisoned| poisoned.into_inner())
     }
 
-    fn complete(&self, partition: &PartitionId, batch_id: u64, outcome: BatchState) {
+    fn complete(
+        &self,
+        partition: &PartitionId,
+        generation: u64,
+        batch_id: u64,
+        outcome: BatchState,
+    ) {
         {
             let mut state = self.lock();
             if state.closed {
@@ -226,6 +290,9 @@ impl Shared {
             let Some(acks) = state.partitions.get_mut(partition) else {
                 return;
             };
+            if acks.generation != generation {
+                return;
+            }
             if let Ok(position) = acks
                 .pending
                 .binary_search_by_key(&batch_id, |batch| batch.id)
@@ -256,6 +323,8 @@ struct TokenInner {
     shared: Arc<Shared>,
     partition: PartitionId,
     batch_id: u64,
+    /// The partition's turn when the batch was registered.
+    generation: u64,
     /// Set by [`AckToken::fail`]: the batch must not be acknowledged.
     failed: AtomicBool,
 }
@@ -295,7 +364,7 @@ impl Drop for TokenInner {
             BatchState::Durable
         };
         self.shared
-            .complete(&self.partition, self.batch_id, outcome);
+            .complete(&self.partition, self.generation, self.batch_id, outcome);
     }
 }
 
@@ -311,8 +380,8 @@ mod tests {
     #[test]
     fn frontier_waits_for_the_oldest_batch() {
         let tracker = AckTracker::new();
-        let first = tracker.register(&partition(0), 9);
-        let second = tracker.register(&partition(0), 19);
+        let first = tracker.register(&partition(0), 0, 9);
+        let second = tracker.register(&partition(0), 0, 19);
         let second_copy = second.clone();
         drop(second);
         drop(second_copy);
@@ -329,7 +398,7 @@ mod tests {
     #[test]
     fn a_token_clone_keeps_the_batch_in_flight() {
         let tracker = AckTracker::new();
-        let token = tracker.register(&partition(1), 4);
+        let token = tracker.register(&partition(1), 0, 4);
         let held_by_sink = token.clone();
         drop(token);
         assert_eq!(tracker.in_flight(), 1);
@@ -341,9 +410,9 @@ mod tests {
     #[test]
     fn a_failed_batch_blocks_its_partition_only() {
         let tracker = AckTracker::new();
-        let bad = tracker.register(&partition(0), 0);
-        let after_bad = tracker.register(&partition(0), 1);
-        let other = tracker.register(&partition(1), 7);
+        let bad = tracker.register(&partition(0), 0, 0);
+        let after_bad = tracker.register(&partition(0), 0, 1);
+        let other = tracker.register(&partition(1), 0, 7);
         bad.fail();
         drop(bad);
         drop(after_bad);
@@ -355,7 +424,7 @@ mod tests {
     #[test]
     fn completions_after_close_are_ignored() {
         let tracker = AckTracker::new();
-        let token = tracker.register(&partition(0), 3);
+        let token = tracker.register(&partition(0), 0, 3);
         tracker.close();
         drop(token);
         assert!(tracker.take_committable().is_empty());
@@ -364,7 +433,7 @@ mod tests {
     #[tokio::test]
     async fn wait_settled_returns_when_the_last_token_drops() {
         let tracker = AckTracker::new();
-        let token = tracker.register(&partition(0), 0);
+        let token = tracker.register(&partition(0), 0, 0);
         let waiter = tokio::spawn({
             let tracker = tracker.clone();
             async move { tracker.wait_settled(Duration::from_secs(5)).await }
@@ -372,9 +441,40 @@ mod tests {
         tokio::task::yield_now().await;
         drop(token);
         assert!(waiter.await.unwrap());
-        let stuck = tracker.register(&partition(0), 1);
+        let stuck = tracker.register(&partition(0), 0, 1);
         assert!(!tracker.wait_settled(Duration::from_millis(20)).await);
         drop(stuck);
+    }
+
+    #[test]
+    fn a_new_turn_forgets_the_old_one() {
+        let tracker = AckTracker::new();
+        let done = tracker.register(&partition(0), 0, 9);
+        let in_flight = tracker.register(&partition(0), 0, 19);
+        drop(done);
+        // Revoked: the durable frontier is handed back once, to commit before letting go.
+        assert_eq!(tracker.revoke(&partition(0)), Some(10));
+        assert!(tracker.assigned().is_empty());
+        assert_eq!(tracker.generation(&partition(0)), 1);
+        drop(in_flight);
+        assert_eq!(tracker.in_flight(), 0);
+        assert!(
+            tracker.take_committable().is_empty(),
+            "the old turn never commits"
+        );
+        // A batch read before the revoke but registered after it counts for nothing.
+        drop(tracker.register(&partition(0), 0, 29));
+        assert!(tracker.take_committable().is_empty());
+        // Assigned again: the next turn replays from the committed position, lower offsets
+        // included.
+        tracker.assign(&partition(0));
+        assert_eq!(tracker.assigned(), vec![(partition(0), 2)]);
+        drop(tracker.register(&partition(0), 1, 29));
+        let replayed = tracker.register(&partition(0), 2, 4);
+        assert_eq!(tracker.in_flight(), 1);
+        drop(replayed);
+        assert_eq!(tracker.take_committable(), vec![(partition(0), 5)]);
+        assert_eq!(tracker.revoke(&partition(0)), None, "already handed out");
     }
 
     proptest! {
@@ -384,7 +484,7 @@ mod tests {
         fn frontier_is_the_acknowledged_prefix(order in Just((0..12usize).collect::<Vec<_>>()).prop_shuffle()) {
             let tracker = AckTracker::new();
             let mut tokens: Vec<Option<AckToken>> =
-                (0..12u64).map(|i| Some(tracker.register(&partition(0), i * 10 + 9))).collect();
+                (0..12u64).map(|i| Some(tracker.register(&partition(0), 0, i * 10 + 9))).collect();
             let mut done = [false; 12];
             let mut last_frontier = 0;
             for index in order {

@@ -158,6 +158,7 @@ impl Pipeline {
             aggregates,
         } = self;
         let source_kind = source.kind();
+        source.attach(acks.clone());
         let capacity = settings.channel_capacity;
 
         let mut sink_inputs = Vec::new();
@@ -171,7 +172,12 @@ impl Pipeline {
         let (downstream, aggregator) = match aggregates {
             Some(stage) => {
                 let (sender, receiver) = mpsc::channel(capacity);
-                let task = tokio::spawn(stage.run(receiver, sink_inputs, source_ended.clone()));
+                let task = tokio::spawn(stage.run(
+                    receiver,
+                    sink_inputs,
+                    source_ended.clone(),
+                    acks.clone(),
+                ));
                 (Downstream::Aggregates(sender), Some(task))
             }
             None => (Downstream::Sinks(sink_inputs), None),
@@ -425,7 +431,8 @@ pub fn decode_batch(
                 events: std::mem::take(events),
                 rejected: std::mem::take(rejected),
                 received_at_ms: now_ms,
-                ack: acks.register(&raw.partition, last),
+                generation: raw.generation,
+                ack: acks.register(&raw.partition, raw.generation, last),
             });
         };
     let last_offset = raw.messages.last().map(|message| message.offset);
@@ -725,6 +732,7 @@ mod tests {
         };
         let raw = RawBatch {
             partition: PartitionId::new("t", 0),
+            generation: 0,
             messages: (10..15).map(|offset| message(offset, 3)).collect(),
         };
         let batches = decode_batch(raw, &limits, 5, 1_764_090_000_000, &acks);

@@ -419,3 +419,118 @@ fn distinct_ids(events: &[classpulse::event::PerformanceEvent]) -> u64 {
     let ids: std::collections::HashSet<&str> = events.iter().map(|e| &*e.event_id).collect();
     ids.len() as u64
 }
+
+/// Waits until `lake` holds `classes` final class summaries; returns how many it holds.
+fn await_final_classes(lake: &std::path::Path, classes: usize, within: Duration) -> usize {
+    let deadline = Instant::now() + within;
+    loop {
+        let summaries = aggregate_files(lake)
+            .keys()
+            .filter(|name| name.starts_with("classes/"))
+            .count();
+        if summaries >= classes || Instant::now() > deadline {
+            return summaries;
+        }
+        std::thread::sleep(Duration::from_millis(250));
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn aggregates_through_kills_and_rebalances_equal_a_clean_run() {
+    require(KAFKA);
+    let (admin, topic) = create_topic(PARTITIONS).await;
+    let messages = simulated_messages(5, "2026-11-25T20:00:00Z").await;
+    let classes = messages
+        .iter()
+        .map(|m| m.key.clone())
+        .collect::<std::collections::BTreeSet<_>>()
+        .len();
+    // Classes end by the wall-clock idle rule once the topic is drained.
+    let member = |lake: &std::path::Path, group: &str| {
+        let mut command = kafka_member(lake, &topic, group);
+        command.env("CLASSPULSE_CLASS_IDLE_TIMEOUT", "8s");
+        command
+    };
+
+    // Produced over about sixteen seconds while members join, leave and die.
+    let chaos = tempfile::tempdir().unwrap();
+    let group = unique_name("chaos");
+    let first = Running::start(&mut member(chaos.path(), &group));
+    let mut second = None;
+    let mut third = None;
+    let chunks: Vec<Vec<RawMessage>> = messages
+        .chunks(messages.len() / 16 + 1)
+        .map(<[RawMessage]>::to_vec)
+        .collect();
+    let mut first = Some(first);
+    for (i, chunk) in chunks.iter().enumerate() {
+        produce(&topic, chunk).await;
+        match i {
+            // Joins: the first member gives up some partitions.
+            2 => second = Some(Running::start(&mut member(chaos.path(), &group))),
+            // Leaves: the first member gets them back, behind what the second one did.
+            7 => {
+                let leaving: Running = second.take().unwrap();
+                leaving.signal("TERM");
+                let (code, stdout, logs) =
+                    tokio::task::spawn_blocking(move || leaving.wait(Duration::from_secs(30)))
+                        .await
+                        .unwrap();
+                assert_eq!(code, Some(0), "{stdout}\n{}", logs.join("\n"));
+            }
+            9 => third = Some(Running::start(&mut member(chaos.path(), &group))),
+            // Dies: the third member takes over once the session times out.
+            12 => {
+                let killed = first.take().unwrap();
+                killed.signal("KILL");
+                let (code, _, _) =
+                    tokio::task::spawn_blocking(move || killed.wait(Duration::from_secs(10)))
+                        .await
+                        .unwrap();
+                assert_eq!(code, None);
+            }
+            _ => {}
+        }
+        tokio::time::sleep(Duration::from_secs(1)).await;
+    }
+    let chaos_lake = chaos.path().to_owned();
+    let final_classes = tokio::task::spawn_blocking(move || {
+        await_final_classes(&chaos_lake, classes, Duration::from_secs(60))
+    })
+    .await
+    .unwrap();
+    let survivor = third.take().unwrap();
+    survivor.signal("TERM");
+    let (code, stdout, logs) =
+        tokio::task::spawn_blocking(move || survivor.wait(Duration::from_secs(30)))
+            .await
+            .unwrap();
+    assert_eq!(code, Some(0), "{stdout}\n{}", logs.join("\n"));
+    assert_eq!(
+        final_classes,
+        classes,
+        "survivor's log:\n{}",
+        logs.join("\n")
+    );
+
+    // One member alone, from the start of the same topic.
+    let clean = tempfile::tempdir().unwrap();
+    let alone = Running::start(&mut member(clean.path(), &unique_name("clean")));
+    let clean_lake = clean.path().to_owned();
+    let final_classes = tokio::task::spawn_blocking(move || {
+        await_final_classes(&clean_lake, classes, Duration::from_secs(60))
+    })
+    .await
+    .unwrap();
+    assert_eq!(final_classes, classes);
+    alone.signal("TERM");
+    tokio::task::spawn_blocking(move || alone.wait(Duration::from_secs(30)))
+        .await
+        .unwrap();
+
+    assert_same_aggregates(chaos.path(), clean.path());
+    admin
+        .delete_topics(&[&topic], &AdminOptions::new())
+        .await
+        .unwrap();
+}

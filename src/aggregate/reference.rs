@@ -59,7 +59,7 @@ pub fn batch_result(arrivals: &[PerformanceEvent], rules: &Rules) -> ClassResult
                 )
             })
             .collect();
-        hr.sort_by(|a, b| (a.0, a.1).cmp(&(b.0, b.1)));
+        hr.sort_by_key(|sample| (sample.0, sample.1));
         let mut zone_ms = [0i64; 5];
         for (i, (time, _, bpm)) in hr.iter().enumerate() {
             let duration = if i == 0 {

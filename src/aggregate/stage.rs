@@ -30,7 +30,7 @@ use tokio_util::sync::CancellationToken;
 
 use super::partition::{CheckpointError, Finalised, PartitionState};
 use super::Rules;
-use crate::ack::{AckToken, PartitionId};
+use crate::ack::{AckToken, AckTracker, PartitionId};
 use crate::health::Health;
 use crate::metrics;
 use crate::retry::Backoff;
@@ -75,6 +75,8 @@ impl AggregateError {
 
 /// One partition owned by the stage.
 struct Owned {
+    /// The partition's turn of ownership this state belongs to.
+    generation: u64,
     state: PartitionState,
     /// Acknowledgements of batches counted since the last checkpoint.
     tokens: Vec<AckToken>,
@@ -130,6 +132,7 @@ impl AggregateStage {
         mut input: mpsc::Receiver<DecodedBatch>,
         outputs: Vec<mpsc::Sender<Arc<DecodedBatch>>>,
         source_ended: CancellationToken,
+        acks: AckTracker,
     ) -> Result<(), AggregateError> {
         let (jobs, job_receiver) = mpsc::channel(2);
         let writer = tokio::spawn(write_jobs(
@@ -154,6 +157,8 @@ impl AggregateStage {
                     None => break,
                 },
                 _ = tick.tick() => {
+                    self.release_revoked(&acks);
+                    self.adopt_assigned(&acks).await?;
                     self.sweep();
                     if last_checkpoint.elapsed() >= self.checkpoint_interval {
                         self.checkpoint(&jobs).await?;
@@ -163,6 +168,7 @@ impl AggregateStage {
             }
         }
         drop(outputs);
+        self.release_revoked(&acks);
         if source_ended.is_cancelled() {
             let mut finalised = Vec::new();
             for owned in self.partitions.values_mut() {
@@ -181,9 +187,17 @@ impl AggregateStage {
     }
 
     async fn apply(&mut self, batch: &mut DecodedBatch) -> Result<(), AggregateError> {
-        if !self.partitions.contains_key(&batch.partition) {
-            let owned = self.restore(&batch.partition).await?;
-            self.partitions.insert(batch.partition.clone(), owned);
+        match self.partitions.get(&batch.partition) {
+            Some(owned) if owned.generation == batch.generation => {}
+            // Read before a rebalance this task has since seen: the new turn replays it from
+            // the committed position. Passed on uncounted (the lake keeps it at least once).
+            Some(owned) if owned.generation > batch.generation => return Ok(()),
+            // First seen, or assigned again: whatever this task held may be behind what
+            // another owner checkpointed since. Start from the newest checkpoint.
+            _ => {
+                let owned = self.restore(&batch.partition, batch.generation).await?;
+                self.partitions.insert(batch.partition.clone(), owned);
+            }
         }
         let owned = self
             .partitions
@@ -202,6 +216,35 @@ impl AggregateStage {
         Stats::add(&self.stats.duplicates, tally.duplicate);
         Stats::add(&self.stats.late, tally.late);
         self.record_finalised(finalised);
+        Ok(())
+    }
+
+    /// Forgets partitions given up in a rebalance: another task owns them now and restores
+    /// them from their checkpoint. Nothing of them is finalised or written here any more.
+    fn release_revoked(&mut self, acks: &AckTracker) {
+        self.partitions.retain(|partition, owned| {
+            let current = acks.generation(partition) == owned.generation;
+            if !current {
+                tracing::info!(partition = %partition, "aggregate state released (partition revoked)");
+            }
+            current
+        });
+    }
+
+    /// Restores partitions assigned but not yet seen in a batch: a partition whose backlog is
+    /// empty still holds open classes that must become final here.
+    async fn adopt_assigned(&mut self, acks: &AckTracker) -> Result<(), AggregateError> {
+        for (partition, generation) in acks.assigned() {
+            if self
+                .partitions
+                .get(&partition)
+                .is_some_and(|owned| owned.generation >= generation)
+            {
+                continue;
+            }
+            let owned = self.restore(&partition, generation).await?;
+            self.partitions.insert(partition, owned);
+        }
         Ok(())
     }
 
@@ -283,7 +326,11 @@ impl AggregateStage {
     /// The newest checkpoint of `partition`, or an empty state. Listing and reading are
     /// retried until they succeed (the stage is not ready meanwhile); an unreadable
     /// checkpoint stops the stage.
-    async fn restore(&self, partition: &PartitionId) -> Result<Owned, AggregateError> {
+    async fn restore(
+        &self,
+        partition: &PartitionId,
+        generation: u64,
+    ) -> Result<Owned, AggregateError> {
         let directory = self.writer.path(&checkpoint_dir(&self.writer, partition));
         let store = self.writer.store();
         let mut backoff = Backoff::new(Duration::from_millis(100), Duration::from_secs(10));
@@ -305,6 +352,7 @@ impl AggregateStage {
         self.health.ready(NAME);
         let Some((key, body)) = body else {
             return Ok(Owned {
+                generation,
                 state: PartitionState::new(partition.to_string()),
                 tokens: Vec::new(),
                 dirty: false,
@@ -328,6 +376,7 @@ impl AggregateStage {
         // Results recorded by the checkpoint may not have been written: write them again.
         let dirty = !state.outbox.is_empty();
         Ok(Owned {
+            generation,
             state,
             tokens: Vec::new(),
             dirty,
@@ -383,5 +432,160 @@ async fn write_jobs(mut jobs: mpsc::Receiver<Job>, writer: ObjectWriter, stats: 
                 tracing::debug!(key = %key, error = %error, "old checkpoint not deleted");
             }
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::aggregate::reference::event;
+    use crate::config::{LakeConfig, LakeLocation};
+    use crate::event::{EventType, Metrics};
+
+    fn writer(directory: &std::path::Path) -> ObjectWriter {
+        let lake = LakeConfig {
+            location: LakeLocation::Local(directory.to_path_buf()),
+            s3_endpoint: None,
+            max_events: 1_000,
+            max_bytes: 1 << 20,
+            max_age: Duration::from_secs(1),
+            max_buffer_bytes: 1 << 20,
+        };
+        ObjectWriter::open(&lake, "kafka", Health::new(), Arc::default()).unwrap()
+    }
+
+    /// A batch of one heart-rate sample per offset in `offsets`, read in `generation`.
+    fn batch(
+        acks: &AckTracker,
+        generation: u64,
+        offsets: std::ops::RangeInclusive<u64>,
+    ) -> DecodedBatch {
+        let partition = PartitionId::new("events", 0);
+        let events = offsets
+            .clone()
+            .map(|offset| {
+                let time = 1_764_090_000_000 + offset as i64 * 4_000;
+                let metrics = Metrics {
+                    bpm: Some(150.0),
+                    ..Metrics::default()
+                };
+                event(
+                    &format!("e{offset}"),
+                    "m1",
+                    time,
+                    EventType::HeartRate,
+                    metrics,
+                    offset,
+                )
+            })
+            .collect();
+        DecodedBatch {
+            ack: acks.register(&partition, generation, *offsets.end()),
+            partition,
+            generation,
+            first_offset: *offsets.start(),
+            last_offset: *offsets.end(),
+            events,
+            rejected: Vec::new(),
+            received_at_ms: 0,
+        }
+    }
+
+    /// One task's stage running on `directory` until `script` is done with it.
+    async fn run_stage<F, Fut>(
+        directory: &std::path::Path,
+        acks: AckTracker,
+        end_of_input: bool,
+        script: F,
+    ) -> Arc<Stats>
+    where
+        F: FnOnce(mpsc::Sender<DecodedBatch>) -> Fut,
+        Fut: std::future::Future<Output = ()>,
+    {
+        let stats = Arc::new(Stats::default());
+        let rules = Rules::default();
+        let stage = AggregateStage::new(
+            rules,
+            Duration::from_millis(50),
+            writer(directory),
+            Health::new(),
+            Arc::clone(&stats),
+        );
+        let (input, receiver) = mpsc::channel(4);
+        let (output, mut sink) = mpsc::channel(16);
+        let drained = tokio::spawn(async move { while sink.recv().await.is_some() {} });
+        let ended = CancellationToken::new();
+        if end_of_input {
+            ended.cancel();
+        }
+        let task = tokio::spawn(stage.run(receiver, vec![output], ended, acks));
+        script(input).await;
+        task.await.unwrap().unwrap();
+        drained.await.unwrap();
+        stats
+    }
+
+    #[tokio::test]
+    async fn a_partition_assigned_again_continues_from_what_its_other_owner_checkpointed() {
+        let directory = tempfile::tempdir().unwrap();
+        let partition = PartitionId::new("events", 0);
+        let first_task = AckTracker::new();
+        first_task.assign(&partition);
+        let (to_first, first_input) = mpsc::channel(4);
+        // The first task counts offsets 0-4, then loses the partition.
+        let first = {
+            let directory = directory.path().to_path_buf();
+            let acks = first_task.clone();
+            tokio::spawn(async move {
+                run_stage(&directory, acks, true, |input| async move {
+                    let mut first_input: mpsc::Receiver<DecodedBatch> = first_input;
+                    while let Some(batch) = first_input.recv().await {
+                        input.send(batch).await.unwrap();
+                    }
+                })
+                .await
+            })
+        };
+        to_first.send(batch(&first_task, 1, 0..=4)).await.unwrap();
+        tokio::time::sleep(Duration::from_millis(1_500)).await; // a checkpoint at 4
+        first_task.revoke(&partition);
+
+        // Another task owns it meanwhile: restores 0-4 and counts 5-9, then drains.
+        let other_task = AckTracker::new();
+        other_task.assign(&partition);
+        let other = run_stage(
+            directory.path(),
+            other_task.clone(),
+            false,
+            |input| async move {
+                input.send(batch(&other_task, 1, 0..=9)).await.unwrap();
+            },
+        )
+        .await;
+        assert_eq!(
+            Stats::get(&other.duplicates),
+            0,
+            "0-4 come from the checkpoint, not judged again"
+        );
+
+        // The first task gets it back and reads on from the committed offset 10. What it held
+        // before is stale: it must start from the other task's checkpoint.
+        tokio::time::sleep(Duration::from_millis(1_100)).await; // a tick notices the revoke
+        first_task.assign(&partition);
+        to_first.send(batch(&first_task, 3, 10..=14)).await.unwrap();
+        drop(to_first);
+        let first_stats = first.await.unwrap();
+        assert_eq!(Stats::get(&first_stats.classes_final), 1);
+
+        let summary = std::fs::read_dir(directory.path().join("aggregates/classes"))
+            .unwrap()
+            .flat_map(|day| std::fs::read_dir(day.unwrap().path()).unwrap())
+            .map(|file| std::fs::read_to_string(file.unwrap().path()).unwrap())
+            .next()
+            .unwrap();
+        let summary: serde_json::Value = serde_json::from_str(&summary).unwrap();
+        assert_eq!(summary["hr_samples"], 15, "{summary}");
+        assert_eq!(summary["positions"]["first_offset"], 0);
+        assert_eq!(summary["positions"]["last_offset"], 14);
     }
 }

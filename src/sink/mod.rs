@@ -26,6 +26,8 @@ use crate::event::PerformanceEvent;
 pub struct DecodedBatch {
     /// The partition the messages came from.
     pub partition: PartitionId,
+    /// The partition's turn of ownership when the messages were read.
+    pub generation: u64,
     /// Offset of the first message in the batch.
     pub first_offset: u64,
     /// Offset of the last message in the batch.

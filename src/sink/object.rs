@@ -692,6 +692,7 @@ mod tests {
         let event = r#"{"event_id":"e1","event_type":"heart_rate","event_created":1764090000000,"studio_id":"s1","class_id":"c1","member_id":"m1","event_data":{"bpm":120}}"#;
         let raw = RawBatch {
             partition: PartitionId::new("events", 0),
+            generation: 0,
             messages: vec![RawMessage {
                 offset: 7,
                 timestamp_ms: None,

@@ -10,23 +10,30 @@
 //! behind the partition's high watermark as seen in fetch responses, and how old the newest
 //! consumed message is while there is lag (0 once caught up, so an idle topic never looks late).
 //!
-//! Not yet here (see the Kafka source issue): flushing and committing a revoked partition's
-//! data before the rebalance completes (today the next owner replays it), pausing partitions
-//! under backpressure, a dead-letter topic, MSK IAM authentication.
+//! Rebalances (cooperative-sticky by default): an assigned or revoked partition starts a new turn
+//! of ownership in the [`AckTracker`]. A revoked partition's durable frontier is committed
+//! synchronously before it is let go, and nothing read in an earlier turn is ever committed
+//! again; commits are limited to the partitions assigned now.
+//!
+//! Not yet here (see the Kafka source issue): flushing a revoked partition's open objects
+//! before it is let go (today its next owner replays what was not yet durable), pausing
+//! partitions under backpressure, a dead-letter topic, MSK IAM authentication.
 
 use std::collections::{BTreeMap, HashMap, VecDeque};
-use std::sync::{Arc, Mutex};
+use std::sync::{Arc, Mutex, OnceLock};
 use std::time::Duration;
 
 use async_trait::async_trait;
 use bytes::Bytes;
 use futures::FutureExt;
-use rdkafka::consumer::{CommitMode, Consumer, ConsumerContext, StreamConsumer};
+use rdkafka::consumer::{
+    BaseConsumer, CommitMode, Consumer, ConsumerContext, Rebalance, StreamConsumer,
+};
 use rdkafka::error::{KafkaError, RDKafkaErrorCode};
 use rdkafka::{ClientConfig, ClientContext, Message, Offset, Statistics, TopicPartitionList};
 
 use super::{RawBatch, Source, SourceError};
-use crate::ack::PartitionId;
+use crate::ack::{AckTracker, PartitionId};
 use crate::config::KafkaConfig;
 use crate::decode::RawMessage;
 use crate::health::Health;
@@ -37,10 +44,14 @@ const CLOSE_TIMEOUT: Duration = Duration::from_secs(5);
 /// Newest consumed message time (epoch ms) per partition, shared with the statistics callback.
 type LastSeen = Arc<Mutex<HashMap<PartitionId, i64>>>;
 
+/// The pipeline's acknowledgements, handed over by [`Source::attach`].
+type SharedAcks = Arc<OnceLock<AckTracker>>;
+
 /// librdkafka callbacks of the source's consumer.
 pub struct SourceContext {
     last_seen: LastSeen,
     health: Health,
+    acks: SharedAcks,
 }
 
 impl ClientContext for SourceContext {
@@ -79,7 +90,83 @@ impl ClientContext for SourceContext {
     }
 }
 
-impl ConsumerContext for SourceContext {}
+impl ConsumerContext for SourceContext {
+    /// Runs on the thread that polls, before librdkafka changes the assignment. An assigned
+    /// partition starts a new turn (what was in flight from an earlier turn is never
+    /// committed; the batches read from now on replay from the committed offset). A revoked
+    /// partition commits its durable frontier, synchronously, before it is let go, then starts
+    /// a new turn so that nothing read before is ever committed by this member again.
+    fn pre_rebalance(&self, consumer: &BaseConsumer<SourceContext>, rebalance: &Rebalance<'_>) {
+        let Some(acks) = self.acks.get() else {
+            return;
+        };
+        let partitions = |list: &TopicPartitionList| -> Vec<PartitionId> {
+            list.elements()
+                .iter()
+                .map(|element| PartitionId::new(element.topic(), element.partition() as u32))
+                .collect()
+        };
+        match rebalance {
+            Rebalance::Assign(list) => {
+                let assigned = partitions(list);
+                for partition in &assigned {
+                    acks.assign(partition);
+                }
+                tracing::info!(partitions = %names(&assigned), "partitions assigned");
+            }
+            Rebalance::Revoke(list) => {
+                let revoked = partitions(list);
+                let frontiers: Vec<(PartitionId, u64)> = revoked
+                    .iter()
+                    .filter_map(|partition| {
+                        let frontier = acks.revoke(partition)?;
+                        Some((partition.clone(), frontier))
+                    })
+                    .collect();
+                if let Ok(offsets) = KafkaSource::offsets(&frontiers) {
+                    if offsets.count() > 0 {
+                        match consumer.commit(&offsets, CommitMode::Sync) {
+                            Ok(()) => tracing::info!(
+                                partitions = frontiers.len(),
+                                "durable offsets of revoked partitions committed"
+                            ),
+                            Err(error) => {
+                                tracing::warn!(error = %error, "committing revoked partitions failed; the next owner replays more")
+                            }
+                        }
+                    }
+                }
+                let mut last_seen = self
+                    .last_seen
+                    .lock()
+                    .unwrap_or_else(|poisoned| poisoned.into_inner());
+                for partition in &revoked {
+                    last_seen.remove(partition);
+                }
+                tracing::info!(partitions = %names(&revoked), "partitions revoked");
+            }
+            Rebalance::Error(error) => tracing::warn!(error = %error, "rebalance failed"),
+        }
+    }
+}
+
+/// The partitions `consumer` holds now.
+fn assigned(consumer: &StreamConsumer<SourceContext>) -> Vec<PartitionId> {
+    consumer
+        .assignment()
+        .map(|list| {
+            list.elements()
+                .iter()
+                .map(|element| PartitionId::new(element.topic(), element.partition() as u32))
+                .collect()
+        })
+        .unwrap_or_default()
+}
+
+fn names(partitions: &[PartitionId]) -> String {
+    let names: Vec<String> = partitions.iter().map(ToString::to_string).collect();
+    names.join(",")
+}
 
 /// A Kafka consumer-group member.
 pub struct KafkaSource {
@@ -95,6 +182,8 @@ pub struct KafkaSource {
     max_messages: usize,
     /// The last frontier committed per partition, for the final synchronous commit.
     committed: BTreeMap<PartitionId, u64>,
+    /// The pipeline's acknowledgements (for turns of ownership).
+    acks: SharedAcks,
 }
 
 impl KafkaSource {
@@ -120,9 +209,11 @@ impl KafkaSource {
             client.set(property, value);
         }
         let last_seen = LastSeen::default();
+        let acks = SharedAcks::default();
         let context = SourceContext {
             last_seen: Arc::clone(&last_seen),
             health: health.clone(),
+            acks: Arc::clone(&acks),
         };
         let consumer: StreamConsumer<SourceContext> = client
             .create_with_context(context)
@@ -139,6 +230,7 @@ impl KafkaSource {
             ready: VecDeque::new(),
             max_messages: max_messages.max(1),
             committed: BTreeMap::new(),
+            acks,
         })
     }
 
@@ -187,25 +279,28 @@ impl Source for KafkaSource {
             .await
             .map_err(|error| SourceError::Unavailable(format!("kafka: {error}")))?;
         self.health.ready("source");
-        let mut by_partition: BTreeMap<PartitionId, Vec<RawMessage>> = BTreeMap::new();
+        // Messages by partition and turn of ownership: a rebalance may run inside `recv`, and
+        // what was read before it must not pass for the replay after it.
+        let acks = self.acks.get();
+        let mut by_partition: BTreeMap<(PartitionId, u64), Vec<RawMessage>> = BTreeMap::new();
         // Newest message time per partition (epoch ms), for lag in seconds.
         let mut newest: BTreeMap<PartitionId, i64> = BTreeMap::new();
-        let mut note_time = |partition: &PartitionId, timestamp: rdkafka::Timestamp| {
-            if let Some(time_ms) = timestamp.to_millis() {
+        let mut take = |message: &rdkafka::message::BorrowedMessage<'_>| {
+            let (partition, raw) = Self::to_raw(message);
+            if let Some(time_ms) = message.timestamp().to_millis() {
                 newest.insert(partition.clone(), time_ms);
             }
+            let generation = acks.map_or(0, |acks| acks.generation(&partition));
+            by_partition
+                .entry((partition, generation))
+                .or_default()
+                .push(raw);
         };
-        let (partition, message) = Self::to_raw(&first);
-        note_time(&partition, first.timestamp());
-        by_partition.entry(partition).or_default().push(message);
+        take(&first);
         drop(first);
         for _ in 1..self.max_messages {
             match consumer.recv().now_or_never() {
-                Some(Ok(message)) => {
-                    let (partition, raw) = Self::to_raw(&message);
-                    note_time(&partition, message.timestamp());
-                    by_partition.entry(partition).or_default().push(raw);
-                }
+                Some(Ok(message)) => take(&message),
                 Some(Err(error)) => tracing::warn!(error = %error, "kafka consumer error"),
                 None => break,
             }
@@ -222,8 +317,9 @@ impl Source for KafkaSource {
         self.ready.extend(
             by_partition
                 .into_iter()
-                .map(|(partition, messages)| RawBatch {
+                .map(|((partition, generation), messages)| RawBatch {
                     partition,
+                    generation,
                     messages,
                 }),
         );
@@ -231,10 +327,21 @@ impl Source for KafkaSource {
     }
 
     async fn commit(&mut self, frontiers: &[(PartitionId, u64)]) -> Result<(), SourceError> {
-        let offsets = Self::offsets(frontiers)?;
         let Some(consumer) = &self.consumer else {
             return Ok(());
         };
+        // Only partitions still assigned: a commit for one given up would overwrite its new
+        // owner's progress.
+        let assigned = assigned(consumer);
+        let frontiers: Vec<(PartitionId, u64)> = frontiers
+            .iter()
+            .filter(|(partition, _)| assigned.contains(partition))
+            .cloned()
+            .collect();
+        if frontiers.is_empty() {
+            return Ok(());
+        }
+        let offsets = Self::offsets(&frontiers)?;
         consumer
             .commit(&offsets, CommitMode::Async)
             .map_err(|error| SourceError::Unavailable(format!("committing offsets: {error}")))?;
@@ -242,13 +349,19 @@ impl Source for KafkaSource {
         Ok(())
     }
 
+    fn attach(&mut self, acks: AckTracker) {
+        let _ = self.acks.set(acks);
+    }
+
     async fn shutdown(&mut self) {
         let Some(consumer) = self.consumer.take() else {
             return;
         };
+        let assigned = assigned(&consumer);
         let frontiers: Vec<_> = self
             .committed
             .iter()
+            .filter(|(partition, _)| assigned.contains(partition))
             .map(|(p, o)| (p.clone(), *o))
             .collect();
         let committer = Arc::clone(&consumer);

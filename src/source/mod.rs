@@ -10,7 +10,7 @@ pub mod simulator;
 
 use async_trait::async_trait;
 
-use crate::ack::PartitionId;
+use crate::ack::{AckTracker, PartitionId};
 use crate::decode::RawMessage;
 
 /// Messages of one partition, in offset order.
@@ -18,6 +18,9 @@ use crate::decode::RawMessage;
 pub struct RawBatch {
     /// The partition they came from.
     pub partition: PartitionId,
+    /// The partition's turn of ownership when they were read ([`AckTracker::generation`]):
+    /// batches read before a rebalance are told apart from the replay after it.
+    pub generation: u64,
     /// The messages; never empty.
     pub messages: Vec<RawMessage>,
 }
@@ -57,4 +60,11 @@ pub trait Source: Send {
     /// Called once after the last commit: make the commits durable and release the
     /// partitions, within a bounded time.
     async fn shutdown(&mut self) {}
+
+    /// Gives the source the pipeline's acknowledgements before the first batch. A source
+    /// whose partitions move between tasks (a consumer group, shard leases) reports each
+    /// change with [`AckTracker::assign`] and [`AckTracker::revoke`], stamps batches with
+    /// [`AckTracker::generation`], and may commit the durable frontier of a partition it
+    /// gives up.
+    fn attach(&mut self, _acks: AckTracker) {}
 }

@@ -233,6 +233,7 @@ impl Simulator {
             if !partition.pending.is_empty() {
                 self.ready.push_back(RawBatch {
                     partition: partition.id.clone(),
+                    generation: 0,
                     messages: std::mem::take(&mut partition.pending),
                 });
             }

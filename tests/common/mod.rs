@@ -5,6 +5,7 @@
 
 pub mod backends;
 
+use std::collections::BTreeMap;
 use std::fs::File;
 use std::io::{BufRead, BufReader, Read, Write};
 use std::net::{SocketAddr, TcpStream};
@@ -39,6 +40,47 @@ pub fn small_simulation(command: &mut Command) -> &mut Command {
         .env("CLASSPULSE_SIM_DURATION", "5m")
         .env("CLASSPULSE_SIM_SPEEDUP", "0")
         .env("CLASSPULSE_SIM_INVALID_RATE", "0.02")
+}
+
+/// Every file under `{lake}/aggregates`, by path relative to it.
+pub fn aggregate_files(lake: &Path) -> BTreeMap<String, Vec<u8>> {
+    let root = lake.join("aggregates");
+    let mut files = BTreeMap::new();
+    let mut pending = vec![root.clone()];
+    while let Some(dir) = pending.pop() {
+        let Ok(entries) = std::fs::read_dir(&dir) else {
+            continue;
+        };
+        for entry in entries {
+            let path = entry.unwrap().path();
+            if path.is_dir() {
+                pending.push(path);
+            } else {
+                let relative = path.strip_prefix(&root).unwrap().display().to_string();
+                files.insert(relative, std::fs::read(&path).unwrap());
+            }
+        }
+    }
+    files
+}
+
+/// Asserts the aggregate results under `actual` are those under `expected`, byte for byte.
+pub fn assert_same_aggregates(actual: &Path, expected: &Path) {
+    let expected = aggregate_files(expected);
+    let actual = aggregate_files(actual);
+    assert!(!expected.is_empty(), "no results to compare with");
+    assert_eq!(
+        actual.keys().collect::<Vec<_>>(),
+        expected.keys().collect::<Vec<_>>()
+    );
+    for (name, body) in &expected {
+        assert!(
+            actual[name] == *body,
+            "{name} differs from the clean run:\n{}\n{}",
+            String::from_utf8_lossy(&actual[name]),
+            String::from_utf8_lossy(body)
+        );
+    }
 }
 
 /// Runs `command` to its end and returns its stdout; fails the test if it fails.
