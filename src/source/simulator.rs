@@ -161,7 +161,8 @@ impl Simulator {
         // The stream is named by what determines it: a run with the same seed and start is the
         // same stream (a replay, whose results the checkpoints already hold); any other run is
         // a new one, whose positions start again at 0.
-        let stream: Arc<str> = format!("sim-{seed}-{start_ms}").into();
+        let start = DateTime::<Utc>::from_timestamp_millis(start_ms).unwrap_or_default();
+        let stream: Arc<str> = format!("sim-{seed:x}-{}", start.format("%Y%m%dT%H%M%S")).into();
         let partitions = (0..config.partitions)
             .map(|index| PartitionState {
                 id: PartitionId::new(Arc::clone(&stream), index),
