@@ -58,6 +58,7 @@ pub const VARS: &[VarSpec] = &[
     var("CLASSPULSE_WATERMARK_DELAY", "10s", "A class's watermark trails its newest event time by this much (out-of-order tolerance)."),
     var("CLASSPULSE_ALLOWED_LATENESS", "5m", "Events up to this far behind the watermark still update aggregates; older ones are `late`."),
     var("CLASSPULSE_CLASS_IDLE_TIMEOUT", "10m", "A class is final once its partition's event time, or the wall clock, passes its last event by this much."),
+    var("CLASSPULSE_AGG_FLUSH_INTERVAL", "5s", "How often live (in-class) values of classes that changed are written, for the screens."),
     var("CLASSPULSE_AGG_CHECKPOINT_INTERVAL", "30s", "How often aggregate state is checkpointed and final results written; commits wait for it."),
     var("CLASSPULSE_COMMIT_INTERVAL", "5s", "How often durable positions are committed to the source."),
     var("CLASSPULSE_SHUTDOWN_TIMEOUT", "25s", "Drain deadline after SIGTERM (ECS stops tasks after 30 s)."),
@@ -173,6 +174,8 @@ pub struct AggregateConfig {
     pub class_idle_timeout: Duration,
     /// Interval between checkpoints.
     pub checkpoint_interval: Duration,
+    /// Interval between writes of live values.
+    pub flush_interval: Duration,
     /// How far ahead of its arrival an event's time may pull the watermark.
     pub max_clock_skew: Duration,
 }
@@ -590,6 +593,11 @@ impl Config {
                 "CLASSPULSE_CLASS_IDLE_TIMEOUT",
                 Duration::from_secs(1),
                 day,
+            )?,
+            flush_interval: read.duration(
+                "CLASSPULSE_AGG_FLUSH_INTERVAL",
+                Duration::from_millis(100),
+                Duration::from_secs(3600),
             )?,
             checkpoint_interval: read.duration(
                 "CLASSPULSE_AGG_CHECKPOINT_INTERVAL",

@@ -150,9 +150,14 @@ async fn run(config: Config) -> anyhow::Result<()> {
         Arc::clone(&stats),
     )?;
     let limits = ObjectLimits::from_config(&config.lake);
+    // Live values go to the object store only in the embedded default (a local directory):
+    // on S3 a PUT per class every few seconds would cost more than it is worth.
+    let live_interval = matches!(config.lake.location, LakeLocation::Local(_))
+        .then_some(config.aggregates.flush_interval);
     let aggregates = AggregateStage::new(
         Rules::from_config(&config.aggregates),
         config.aggregates.checkpoint_interval,
+        live_interval,
         writer.clone(),
         health.clone(),
         Arc::clone(&stats),

@@ -140,6 +140,7 @@ fn paced(lake: &Path) -> std::process::Command {
     small_simulation(&mut command)
         .env("CLASSPULSE_SIM_SPEEDUP", "40")
         .env("CLASSPULSE_AGG_CHECKPOINT_INTERVAL", "300ms")
+        .env("CLASSPULSE_AGG_FLUSH_INTERVAL", "500ms")
         .env("CLASSPULSE_COMMIT_INTERVAL", "200ms")
         .arg("run");
     command
@@ -156,6 +157,20 @@ fn runs_killed_and_restarted_end_with_the_results_of_a_clean_run() {
     for (signal, after) in [("KILL", 2_500), ("TERM", 2_000), ("KILL", 3_100)] {
         let running = Running::start(&mut paced(crashed.path()));
         std::thread::sleep(Duration::from_millis(after));
+        // Live values for the screens, refreshed while the classes run.
+        let live: Vec<Value> = aggregate_files(crashed.path())
+            .iter()
+            .filter(|(name, _)| name.starts_with("live/"))
+            .map(|(_, body)| serde_json::from_slice(body).unwrap())
+            .collect();
+        assert!(!live.is_empty());
+        assert!(
+            live.iter().all(|doc| doc["summary"]["final"] == false),
+            "{signal} after {after} ms: {:?}",
+            live.iter()
+                .map(|doc| (&doc["summary"]["class_id"], &doc["summary"]["final"]))
+                .collect::<Vec<_>>()
+        );
         running.signal(signal);
         let (code, stdout, logs) = running.wait(Duration::from_secs(30));
         if signal == "TERM" {

@@ -352,6 +352,9 @@ pub struct ClassState {
     pub last_offset: u64,
     /// Wall-clock time the class last received an event (for the processing-time idle rule).
     pub last_seen_wall_ms: i64,
+    /// Whether an event was counted since live values were last written.
+    #[serde(skip)]
+    pub changed: bool,
 }
 
 impl ClassState {
@@ -369,6 +372,7 @@ impl ClassState {
             first_offset: u64::MAX,
             last_offset: 0,
             last_seen_wall_ms: wall_ms,
+            changed: false,
         }
     }
 
@@ -398,6 +402,7 @@ impl ClassState {
 
     /// Counts an event that is neither a duplicate nor late.
     pub fn add(&mut self, event: &PerformanceEvent, id_hash: u128) {
+        self.changed = true;
         let bucket_ms = event.event_time_ms.div_euclid(DEDUP_BUCKET_MS) * DEDUP_BUCKET_MS;
         self.seen.entry(bucket_ms).or_default().insert(id_hash);
         let minute_ms = event.event_time_ms.div_euclid(MINUTE_MS) * MINUTE_MS;

@@ -9,6 +9,16 @@
 //! {prefix}/aggregates/minutes/dt=YYYY-MM-DD/{studio}-{class}.ndjson    one line per minute
 //! ```
 //!
+//! While a class runs, its live values (`final: false`, the same three kinds in one document)
+//! are written every `CLASSPULSE_AGG_FLUSH_INTERVAL` if they changed, with a local lake (the
+//! embedded default); the last write there is the final result. With an S3 lake, live values
+//! are for the DynamoDB aggregates table (its own issue): a PUT per class every few seconds
+//! would cost more than the table.
+//!
+//! ```text
+//! {prefix}/aggregates/live/{studio}-{class}.json                       summary, members, minutes
+//! ```
+//!
 //! `dt` is the date of the class's first event. The keys depend only on the class, and the
 //! content only on the events counted, so writing a result again (after a crash, from a
 //! restored checkpoint) replaces it with identical bytes.
@@ -246,6 +256,19 @@ pub struct ClassResult {
 }
 
 impl ClassResult {
+    /// The live document: the whole result as one JSON object.
+    pub fn live_object(&self) -> Result<(String, Vec<u8>), serde_json::Error> {
+        let mut body = serde_json::to_vec(self)?;
+        body.push(b'\n');
+        Ok((
+            format!(
+                "aggregates/live/{}-{}.json",
+                self.summary.studio_id, self.summary.class_id
+            ),
+            body,
+        ))
+    }
+
     /// The objects to write, `(key relative to the prefix, body)`.
     pub fn objects(&self) -> Result<Vec<(String, Vec<u8>)>, serde_json::Error> {
         let summary = &self.summary;

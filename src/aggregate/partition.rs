@@ -87,6 +87,8 @@ pub struct PartitionState {
     /// Rendered result objects `(key, body)` of final classes, written after the checkpoint
     /// that records them is durable.
     pub outbox: Vec<(String, Vec<u8>)>,
+    /// Whether live documents are written (then a final result rewrites its class's one).
+    pub live_objects: bool,
 }
 
 /// The serialised form (postcard, then zstd).
@@ -116,6 +118,7 @@ impl PartitionState {
             classes: HashMap::new(),
             finalised: BTreeMap::new(),
             outbox: Vec::new(),
+            live_objects: false,
         }
     }
 
@@ -249,12 +252,28 @@ impl PartitionState {
         class.seal_all(rules);
         let result = class.result(rules, &self.name, true);
         match result.objects() {
-            Ok(objects) => self.outbox.extend(objects),
+            Ok(objects) => {
+                self.outbox.extend(objects);
+                if self.live_objects {
+                    // The screens' document ends with the final values.
+                    self.outbox.extend(result.live_object().ok());
+                }
+            }
             // Plain structs of numbers and strings always serialise.
             Err(error) => unreachable!("class result does not serialise: {error}"),
         }
         self.finalised.insert(key.to_owned(), class.max_time_ms);
         Finalised { trigger, result }
+    }
+
+    /// Live results of the open classes that counted an event since the last call.
+    pub fn take_changed(&mut self, rules: &Rules) -> Vec<ClassResult> {
+        let mut results = Vec::new();
+        for class in self.classes.values_mut().filter(|class| class.changed) {
+            class.changed = false;
+            results.push(class.result(rules, &self.name, false));
+        }
+        results
     }
 
     /// Live results of every open class.
@@ -332,6 +351,7 @@ impl PartitionState {
             classes,
             finalised: checkpoint.finalised,
             outbox: checkpoint.outbox,
+            live_objects: false,
         })
     }
 }

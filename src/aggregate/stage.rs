@@ -99,6 +99,8 @@ struct Job {
 pub struct AggregateStage {
     rules: Rules,
     checkpoint_interval: Duration,
+    /// How often live values are written; `None`: not to the object store.
+    live_interval: Option<Duration>,
     writer: ObjectWriter,
     health: Health,
     stats: Arc<Stats>,
@@ -106,10 +108,12 @@ pub struct AggregateStage {
 }
 
 impl AggregateStage {
-    /// A stage writing checkpoints and results through `writer` (the lake's store).
+    /// A stage writing checkpoints and results through `writer` (the lake's store), and live
+    /// values every `live_interval` if given.
     pub fn new(
         rules: Rules,
         checkpoint_interval: Duration,
+        live_interval: Option<Duration>,
         writer: ObjectWriter,
         health: Health,
         stats: Arc<Stats>,
@@ -117,6 +121,7 @@ impl AggregateStage {
         AggregateStage {
             rules,
             checkpoint_interval,
+            live_interval,
             writer,
             health,
             stats,
@@ -143,6 +148,7 @@ impl AggregateStage {
         let mut tick = tokio::time::interval(TICK);
         tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         let mut last_checkpoint = Instant::now();
+        let mut last_live = Instant::now();
         self.health.ready(NAME);
         loop {
             tokio::select! {
@@ -160,6 +166,10 @@ impl AggregateStage {
                     self.release_revoked(&acks);
                     self.adopt_assigned(&acks).await?;
                     self.sweep();
+                    if self.live_interval.is_some_and(|interval| last_live.elapsed() >= interval) {
+                        self.write_live(&jobs).await?;
+                        last_live = Instant::now();
+                    }
                     if last_checkpoint.elapsed() >= self.checkpoint_interval {
                         self.checkpoint(&jobs).await?;
                         last_checkpoint = Instant::now();
@@ -288,6 +298,26 @@ impl AggregateStage {
         }
     }
 
+    /// Hands the writer the live values of every class that changed. They hold no
+    /// acknowledgement: live values are a view, the checkpoint is the record.
+    async fn write_live(&mut self, jobs: &mpsc::Sender<Job>) -> Result<(), AggregateError> {
+        let mut job = Job::default();
+        for owned in self.partitions.values_mut() {
+            for result in owned.state.take_changed(&self.rules) {
+                if let Ok((relative, body)) = result.live_object() {
+                    job.results
+                        .push((self.writer.path(&relative), Bytes::from(body)));
+                }
+            }
+        }
+        if job.results.is_empty() {
+            return Ok(());
+        }
+        jobs.send(job)
+            .await
+            .map_err(|_| AggregateError::Writer("writer task ended".into()))
+    }
+
     /// Hands the writer a checkpoint of every changed partition, the final results they
     /// record, and the acknowledgements they cover.
     async fn checkpoint(&mut self, jobs: &mpsc::Sender<Job>) -> Result<(), AggregateError> {
@@ -350,16 +380,19 @@ impl AggregateStage {
             }
         };
         self.health.ready(NAME);
+        let live_objects = self.live_interval.is_some();
         let Some((key, body)) = body else {
+            let mut state = PartitionState::new(partition.to_string());
+            state.live_objects = live_objects;
             return Ok(Owned {
                 generation,
-                state: PartitionState::new(partition.to_string()),
+                state,
                 tokens: Vec::new(),
                 dirty: false,
                 checkpoints: keys,
             });
         };
-        let state =
+        let mut state =
             PartitionState::decode(&body, Utc::now().timestamp_millis()).map_err(|source| {
                 AggregateError::Checkpoint {
                     partition: partition.clone(),
@@ -373,6 +406,7 @@ impl AggregateStage {
             classes = state.classes.len(),
             "aggregate state restored"
         );
+        state.live_objects = live_objects;
         // Results recorded by the checkpoint may not have been written: write them again.
         let dirty = !state.outbox.is_empty();
         Ok(Owned {
@@ -507,6 +541,7 @@ mod tests {
         let stage = AggregateStage::new(
             rules,
             Duration::from_millis(50),
+            Some(Duration::from_millis(50)),
             writer(directory),
             Health::new(),
             Arc::clone(&stats),
@@ -587,5 +622,14 @@ mod tests {
         assert_eq!(summary["hr_samples"], 15, "{summary}");
         assert_eq!(summary["positions"]["first_offset"], 0);
         assert_eq!(summary["positions"]["last_offset"], 14);
+        // The screens' live document ends with the final values.
+        let live = std::fs::read_dir(directory.path().join("aggregates/live"))
+            .unwrap()
+            .map(|file| std::fs::read_to_string(file.unwrap().path()).unwrap())
+            .collect::<Vec<_>>();
+        assert_eq!(live.len(), 1);
+        let live: serde_json::Value = serde_json::from_str(&live[0]).unwrap();
+        assert_eq!(live["summary"], summary);
+        assert_eq!(live["members"][0]["final"], true);
     }
 }
