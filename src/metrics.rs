@@ -42,6 +42,9 @@ pub const END_TO_END_SECONDS: &str = "classpulse_end_to_end_latency_seconds";
 pub const SOURCE_LAG_MESSAGES: &str = "classpulse_source_lag_messages";
 /// How far behind the source is in time (0 when caught up). Labels: `source`, `partition`.
 pub const SOURCE_LAG_SECONDS: &str = "classpulse_source_lag_seconds";
+/// Errors the source reported. Labels: `source`, `class` (`unavailable`, `denied`,
+/// `partition`).
+pub const SOURCE_ERRORS: &str = "classpulse_source_errors_total";
 /// Position commits made to the source. Labels: `source`.
 pub const SOURCE_COMMITS: &str = "classpulse_source_commits_total";
 /// Batches handed to the sinks and not yet durable everywhere.
@@ -85,6 +88,11 @@ pub fn install() -> Result<PrometheusHandle, metrics_exporter_prometheus::BuildE
 }
 
 fn describe() {
+    describe_counter!(
+        SOURCE_ERRORS,
+        Unit::Count,
+        "Errors the source reported, by class (unavailable, denied, partition)."
+    );
     describe_counter!(
         EVENTS_DUPLICATE,
         Unit::Count,
@@ -296,4 +304,9 @@ pub fn set_aggregate_state(open_classes: usize, approx_bytes: usize) {
 pub fn record_aggregate_checkpoint(bytes: usize, took: Duration) {
     counter!(AGGREGATE_CHECKPOINT_BYTES).increment(bytes as u64);
     histogram!(AGGREGATE_CHECKPOINT_SECONDS).record(took.as_secs_f64());
+}
+
+/// Records an error the source reported.
+pub fn record_source_error(source: &'static str, class: &'static str) {
+    counter!(SOURCE_ERRORS, "source" => source, "class" => class).increment(1);
 }

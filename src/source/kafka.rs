@@ -15,6 +15,11 @@
 //! synchronously before it is let go, and nothing read in an earlier turn is ever committed
 //! again; commits are limited to the partitions assigned now.
 //!
+//! Consumer errors are classified: unreachable brokers or a missing topic make the source not
+//! ready and retry; refused credentials or ACLs stop the process (retrying cannot fix them);
+//! anything about one partition is logged and counted while the others go on
+//! (`classpulse_source_errors_total{class}`).
+//!
 //! Not yet here (see the Kafka source issue): flushing a revoked partition's open objects
 //! before it is let go (today its next owner replays what was not yet durable), pausing
 //! partitions under backpressure, a dead-letter topic, MSK IAM authentication.
@@ -150,6 +155,41 @@ impl ConsumerContext for SourceContext {
     }
 }
 
+/// What a consumer error means for the pipeline.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum ErrorClass {
+    /// The brokers cannot be reached, or the topic is not there (yet): not ready, retry.
+    Unavailable,
+    /// Credentials or ACLs refuse the group or the topic: retrying will not help.
+    Denied,
+    /// One partition's problem; the consumer goes on.
+    Partition,
+}
+
+fn classify(error: &KafkaError) -> ErrorClass {
+    use RDKafkaErrorCode as Code;
+    match error.rdkafka_error_code() {
+        Some(
+            Code::TopicAuthorizationFailed
+            | Code::GroupAuthorizationFailed
+            | Code::ClusterAuthorizationFailed
+            | Code::SaslAuthenticationFailed
+            | Code::Authentication,
+        ) => ErrorClass::Denied,
+        Some(
+            Code::AllBrokersDown
+            | Code::BrokerTransportFailure
+            | Code::Resolve
+            | Code::UnknownTopicOrPartition
+            | Code::UnknownTopic
+            | Code::UnknownPartition
+            | Code::OperationTimedOut,
+        )
+        | None => ErrorClass::Unavailable,
+        Some(_) => ErrorClass::Partition,
+    }
+}
+
 /// The partitions `consumer` holds now.
 fn assigned(consumer: &StreamConsumer<SourceContext>) -> Vec<PartitionId> {
     consumer
@@ -274,10 +314,29 @@ impl Source for KafkaSource {
         };
         // Wait for one message (cancel-safe: a pending recv has taken nothing from the queue),
         // then take whatever else is already there without waiting.
-        let first = consumer
-            .recv()
-            .await
-            .map_err(|error| SourceError::Unavailable(format!("kafka: {error}")))?;
+        let first = loop {
+            match consumer.recv().await {
+                Ok(message) => break message,
+                Err(error) => match classify(&error) {
+                    ErrorClass::Partition => {
+                        // One partition's trouble (librdkafka recovers it, or resets its
+                        // offset): the others go on, and readiness is not affected.
+                        tracing::warn!(error = %error, "kafka partition error");
+                        crate::metrics::record_source_error("kafka", "partition");
+                    }
+                    ErrorClass::Unavailable => {
+                        crate::metrics::record_source_error("kafka", "unavailable");
+                        return Err(SourceError::Unavailable(format!("kafka: {error}")));
+                    }
+                    ErrorClass::Denied => {
+                        crate::metrics::record_source_error("kafka", "denied");
+                        return Err(SourceError::Fatal(format!(
+                            "kafka: {error} (check the credentials and ACLs of the group and topics)"
+                        )));
+                    }
+                },
+            }
+        };
         self.health.ready("source");
         // Messages by partition and turn of ownership: a rebalance may run inside `recv`, and
         // what was read before it must not pass for the replay after it.
@@ -301,7 +360,11 @@ impl Source for KafkaSource {
         for _ in 1..self.max_messages {
             match consumer.recv().now_or_never() {
                 Some(Ok(message)) => take(&message),
-                Some(Err(error)) => tracing::warn!(error = %error, "kafka consumer error"),
+                // Whatever it is, what was read so far goes out; the next call classifies it.
+                Some(Err(error)) => {
+                    tracing::warn!(error = %error, "kafka consumer error");
+                    break;
+                }
                 None => break,
             }
         }
@@ -396,5 +459,43 @@ impl Source for KafkaSource {
         if tokio::time::timeout(CLOSE_TIMEOUT, closed).await.is_err() {
             tracing::warn!("kafka consumer did not leave its group in time; the broker will expire the session");
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn consumer_errors_are_classified() {
+        let class = |code| classify(&KafkaError::MessageConsumption(code));
+        assert_eq!(
+            class(RDKafkaErrorCode::AllBrokersDown),
+            ErrorClass::Unavailable
+        );
+        assert_eq!(
+            class(RDKafkaErrorCode::UnknownTopicOrPartition),
+            ErrorClass::Unavailable
+        );
+        assert_eq!(
+            class(RDKafkaErrorCode::TopicAuthorizationFailed),
+            ErrorClass::Denied
+        );
+        assert_eq!(
+            class(RDKafkaErrorCode::SaslAuthenticationFailed),
+            ErrorClass::Denied
+        );
+        assert_eq!(
+            class(RDKafkaErrorCode::AutoOffsetReset),
+            ErrorClass::Partition
+        );
+        assert_eq!(
+            class(RDKafkaErrorCode::OffsetOutOfRange),
+            ErrorClass::Partition
+        );
+        assert_eq!(
+            classify(&KafkaError::NoMessageReceived),
+            ErrorClass::Unavailable
+        );
     }
 }
