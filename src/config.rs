@@ -41,6 +41,7 @@ pub const VARS: &[VarSpec] = &[
     var("CLASSPULSE_KAFKA_BROKERS", "", "Kafka bootstrap servers, `host:port,...` (required with `kafka`)."),
     var("CLASSPULSE_KAFKA_TOPICS", "", "Topics to consume, comma-separated (required with `kafka`)."),
     var("CLASSPULSE_KAFKA_GROUP_ID", "classpulse", "Consumer group: every task of one deployment shares it."),
+    var("CLASSPULSE_KAFKA_DEAD_LETTER_TOPIC", "", "With `kafka`: also produce every rejected input to this topic (raw bytes, reason headers)."),
     var("CLASSPULSE_LAKE_URL", "file://./classpulse-data", "Lake and dead-letter location: `file://DIR` or `s3://bucket/prefix`."),
     var("CLASSPULSE_S3_ENDPOINT", "", "S3 endpoint override for local servers (unset in production: AWS default)."),
     var("CLASSPULSE_DYNAMODB_ENDPOINT", "", "DynamoDB endpoint override for local servers (unset in production)."),
@@ -103,6 +104,8 @@ pub struct KafkaConfig {
     pub group_id: String,
     /// librdkafka properties from `CLASSPULSE_KAFKA_PROP_*`, applied last (they win).
     pub properties: Vec<(String, String)>,
+    /// Topic that also receives dead letters, if any.
+    pub dead_letter_topic: Option<String>,
 }
 
 impl KafkaConfig {
@@ -372,6 +375,18 @@ impl Reader<'_> {
                 "one or more topic names ([A-Za-z0-9._-]), comma-separated",
             ));
         }
+        let dead_letter_topic = self
+            .optional("CLASSPULSE_KAFKA_DEAD_LETTER_TOPIC")
+            .map(str::to_owned);
+        if dead_letter_topic
+            .as_ref()
+            .is_some_and(|topic| !valid_topic(topic))
+        {
+            return Err(self.error(
+                "CLASSPULSE_KAFKA_DEAD_LETTER_TOPIC",
+                "a topic name ([A-Za-z0-9._-], at most 249 characters)",
+            ));
+        }
         let group_id = self.raw("CLASSPULSE_KAFKA_GROUP_ID").trim().to_owned();
         if group_id.is_empty() {
             return Err(self.error("CLASSPULSE_KAFKA_GROUP_ID", "a non-empty consumer group id"));
@@ -393,6 +408,7 @@ impl Reader<'_> {
             topics,
             group_id,
             properties,
+            dead_letter_topic,
         })
     }
 

@@ -16,6 +16,7 @@ use classpulse::decode::DecodeLimits;
 use classpulse::health::Health;
 use classpulse::pipeline::{Pipeline, RunReport, Settings};
 use classpulse::sink::dead_letter::{DeadLetterFormat, NdjsonZstEncoder};
+use classpulse::sink::dead_letter_topic::DeadLetterTopicSink;
 use classpulse::sink::lake::{LakeFormat, ParquetEncoder};
 use classpulse::sink::object::{ObjectLimits, ObjectSink, ObjectWriter};
 use classpulse::sink::Sink;
@@ -180,6 +181,14 @@ async fn run(config: Config) -> anyhow::Result<()> {
             limits,
         )),
     ];
+    let mut sinks = sinks;
+    if let (SourceKind::Kafka, Some(topic)) = (config.source, &config.kafka.dead_letter_topic) {
+        sinks.push(Box::new(DeadLetterTopicSink::new(
+            &config.kafka,
+            topic,
+            health.clone(),
+        )?));
+    }
     let settings = Settings {
         batch_max_events: config.batch_max_events,
         channel_capacity: config.channel_capacity,

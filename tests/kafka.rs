@@ -534,3 +534,118 @@ async fn aggregates_through_kills_and_rebalances_equal_a_clean_run() {
         .await
         .unwrap();
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn rejected_inputs_also_go_to_the_dead_letter_topic() {
+    require(KAFKA);
+    let (admin, topic) = create_topic(PARTITIONS).await;
+    let (_, dead_letter_topic) = create_topic(PARTITIONS).await;
+    let key = Some(bytes::Bytes::from_static(b"studio-x:class-x"));
+    let event = |bpm: u32| {
+        format!(
+            r#"{{"event_id":"dlq-{bpm}","event_type":"heart_rate","event_created":1764090000000,"studio_id":"studio-x","class_id":"class-x","member_id":"m1","event_data":{{"bpm":{bpm}}}}}"#
+        )
+    };
+    let payloads = [
+        "not json at all".to_owned(),
+        format!("[{},{}]", event(120), event(999)),
+    ];
+    let messages: Vec<RawMessage> = payloads
+        .iter()
+        .map(|payload| RawMessage {
+            offset: 0,
+            timestamp_ms: None,
+            key: key.clone(),
+            payload: Some(bytes::Bytes::from(payload.clone())),
+        })
+        .collect();
+    produce(&topic, &messages).await;
+
+    let lake = tempfile::tempdir().unwrap();
+    let mut command = kafka_member(lake.path(), &topic, &unique_name("group"));
+    command.env("CLASSPULSE_KAFKA_DEAD_LETTER_TOPIC", &dead_letter_topic);
+    let running = Running::start(&mut command);
+    let deadline = Instant::now() + Duration::from_secs(60);
+    loop {
+        let (_, metrics) = http_get(running.http, "/metrics");
+        if metric_sum(
+            &metrics,
+            "classpulse_sink_records_total{sink=\"dead_letter_topic\"}",
+        ) >= 2.0
+        {
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "dead letters never produced:\n{metrics}"
+        );
+        std::thread::sleep(Duration::from_millis(250));
+    }
+    running.signal("TERM");
+    let (code, stdout, logs) =
+        tokio::task::spawn_blocking(move || running.wait(Duration::from_secs(30)))
+            .await
+            .unwrap();
+    assert_eq!(code, Some(0), "{stdout}\n{}", logs.join("\n"));
+
+    // Read the dead-letter topic back from the beginning of every partition.
+    let reading = dead_letter_topic.clone();
+    let letters = tokio::task::spawn_blocking(move || {
+        let dead_letter_topic = reading;
+        use rdkafka::message::{Headers, Message};
+        let consumer: BaseConsumer = ClientConfig::new()
+            .set("bootstrap.servers", KAFKA)
+            .set("group.id", unique_name("reader"))
+            .create()
+            .unwrap();
+        let mut partitions = TopicPartitionList::new();
+        for partition in 0..PARTITIONS {
+            partitions
+                .add_partition_offset(&dead_letter_topic, partition, Offset::Beginning)
+                .unwrap();
+        }
+        consumer.assign(&partitions).unwrap();
+        let mut letters = Vec::new();
+        let deadline = Instant::now() + Duration::from_secs(30);
+        while letters.len() < 2 && Instant::now() < deadline {
+            let Some(Ok(message)) = consumer.poll(Duration::from_millis(500)) else {
+                continue;
+            };
+            let headers: BTreeMap<String, String> = message
+                .headers()
+                .map(|headers| {
+                    headers
+                        .iter()
+                        .map(|h| {
+                            let value = String::from_utf8_lossy(h.value.unwrap_or_default());
+                            (h.key.to_owned(), value.to_string())
+                        })
+                        .collect()
+                })
+                .unwrap_or_default();
+            let payload = String::from_utf8_lossy(message.payload().unwrap_or_default());
+            letters.push((headers, payload.to_string()));
+        }
+        std::thread::spawn(move || drop(consumer));
+        letters
+    })
+    .await
+    .unwrap();
+    assert_eq!(letters.len(), 2, "{letters:?}");
+    let by_reason: BTreeMap<&str, &(BTreeMap<String, String>, String)> = letters
+        .iter()
+        .map(|letter| (letter.0["classpulse.reason"].as_str(), letter))
+        .collect();
+    let (headers, payload) = by_reason["not_json"];
+    assert_eq!(payload, "not json at all");
+    assert_eq!(headers["classpulse.source.topic"], topic);
+    assert!(!headers.contains_key("classpulse.source.index"));
+    let (headers, payload) = by_reason["out_of_range"];
+    assert_eq!(payload, &event(999), "the element, not the whole message");
+    assert_eq!(headers["classpulse.source.index"], "1");
+    assert!(headers["classpulse.detail"].contains("bpm"), "{headers:?}");
+    admin
+        .delete_topics(&[&topic, &dead_letter_topic], &AdminOptions::new())
+        .await
+        .unwrap();
+}

@@ -7,6 +7,7 @@
 //! themselves (with backoff and jitter) and return an error only when they cannot go on.
 
 pub mod dead_letter;
+pub mod dead_letter_topic;
 pub mod lake;
 pub mod object;
 

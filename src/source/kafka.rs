@@ -22,7 +22,8 @@
 //!
 //! Not yet here (see the Kafka source issue): flushing a revoked partition's open objects
 //! before it is let go (today its next owner replays what was not yet durable), pausing
-//! partitions under backpressure, a dead-letter topic, MSK IAM authentication.
+//! partitions under backpressure, MSK IAM authentication. (The dead-letter topic is a sink:
+//! [`crate::sink::dead_letter_topic`].)
 
 use std::collections::{BTreeMap, HashMap, VecDeque};
 use std::sync::{Arc, Mutex, OnceLock};
