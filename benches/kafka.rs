@@ -1,0 +1,196 @@
+//! The Kafka source against the local broker (started by `scripts/backends up`; skipped when
+//! it is not running): the pipeline (Kafka source -> decode -> aggregate stage -> null sink)
+//! against a bare rdkafka consumer that only counts messages, reading the same topic.
+//! Targets: at least 80% of the bare consumer, and at least 150,000 events/s. Timed from the
+//! first message to the last, so that joining the group (seconds, on tansu) is not counted.
+
+use std::collections::HashMap;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use classpulse::aggregate::stage::AggregateStage;
+use classpulse::aggregate::Rules;
+use classpulse::config::{Config, KafkaConfig};
+use classpulse::health::Health;
+use classpulse::pipeline::{Pipeline, Settings};
+use classpulse::sink::object::ObjectWriter;
+use classpulse::sink::{NullSink, Sink};
+use classpulse::source::kafka::KafkaSource;
+use classpulse::stats::Stats;
+use criterion::{criterion_group, criterion_main, Criterion, Throughput};
+use rdkafka::admin::{AdminClient, AdminOptions, NewTopic, TopicReplication};
+use rdkafka::consumer::{BaseConsumer, Consumer};
+use rdkafka::producer::{FutureProducer, FutureRecord};
+use rdkafka::{ClientConfig, Offset, TopicPartitionList};
+use tokio_util::sync::CancellationToken;
+
+mod support;
+
+const BROKER: &str = "127.0.0.1:9092";
+const PARTITIONS: i32 = 3;
+
+fn kafka(c: &mut Criterion) {
+    if std::net::TcpStream::connect_timeout(&BROKER.parse().unwrap(), Duration::from_secs(1))
+        .is_err()
+    {
+        eprintln!("kafka benchmark skipped: no broker on {BROKER} (scripts/backends up)");
+        return;
+    }
+    let runtime = tokio::runtime::Runtime::new().unwrap();
+    let messages = support::messages(&support::simulation(20, 5));
+    let events = support::decoded(&messages).len() as u64;
+    let topic = format!(
+        "bench-{}-{}",
+        std::process::id(),
+        chrono::Utc::now().timestamp()
+    );
+    runtime.block_on(async {
+        let admin: AdminClient<_> = ClientConfig::new()
+            .set("bootstrap.servers", BROKER)
+            .create()
+            .unwrap();
+        let new_topic = NewTopic::new(&topic, PARTITIONS, TopicReplication::Fixed(1));
+        admin
+            .create_topics(&[new_topic], &AdminOptions::new())
+            .await
+            .unwrap();
+        let producer: FutureProducer = ClientConfig::new()
+            .set("bootstrap.servers", BROKER)
+            .set("linger.ms", "20")
+            .create()
+            .unwrap();
+        let sends = messages.iter().enumerate().map(|(i, message)| {
+            let record = FutureRecord::to(&topic)
+                .payload(message.payload.as_deref().unwrap())
+                .key(message.key.as_deref().unwrap())
+                .partition(i as i32 % PARTITIONS);
+            producer.send(record, Duration::from_secs(30))
+        });
+        for delivered in futures::future::join_all(sends).await {
+            delivered.unwrap();
+        }
+    });
+
+    let mut group = c.benchmark_group("kafka");
+    group.throughput(Throughput::Elements(events));
+    group.sample_size(10);
+    group.bench_function("bare_consumer_counting_messages", |b| {
+        b.iter_custom(|iterations| {
+            (0..iterations)
+                .map(|_| bare_consumer(&topic, messages.len()))
+                .sum()
+        })
+    });
+    let scratch = tempfile::tempdir().unwrap();
+    group.bench_function("source_decode_aggregate_null_sink", |b| {
+        b.iter_custom(|iterations| {
+            (0..iterations)
+                .map(|_| runtime.block_on(pipeline(&topic, events, scratch.path())))
+                .sum()
+        })
+    });
+    group.finish();
+}
+
+/// Reads every message of `topic` from the beginning; returns the time from the first to the
+/// last.
+fn bare_consumer(topic: &str, messages: usize) -> Duration {
+    let consumer: BaseConsumer = ClientConfig::new()
+        .set("bootstrap.servers", BROKER)
+        .set("group.id", "classpulse-bench-bare")
+        .set("enable.auto.commit", "false")
+        .create()
+        .unwrap();
+    let mut partitions = TopicPartitionList::new();
+    for partition in 0..PARTITIONS {
+        partitions
+            .add_partition_offset(topic, partition, Offset::Beginning)
+            .unwrap();
+    }
+    consumer.assign(&partitions).unwrap();
+    let mut read = 0;
+    let mut first = None;
+    while read < messages {
+        if let Some(message) = consumer.poll(Duration::from_millis(100)) {
+            message.unwrap();
+            first.get_or_insert_with(Instant::now);
+            read += 1;
+        }
+    }
+    let took = first.map_or(Duration::ZERO, |first| first.elapsed());
+    std::thread::spawn(move || drop(consumer));
+    took
+}
+
+/// Runs the pipeline on `topic` with a fresh group until it has decoded `events`; returns the
+/// time from the first message to the last event decoded.
+async fn pipeline(topic: &str, events: u64, scratch: &std::path::Path) -> Duration {
+    let kafka = KafkaConfig {
+        brokers: BROKER.into(),
+        topics: vec![topic.into()],
+        group_id: format!(
+            "classpulse-bench-{}",
+            chrono::Utc::now().timestamp_nanos_opt().unwrap_or(0)
+        ),
+        properties: vec![
+            ("session.timeout.ms".into(), "6000".into()),
+            ("heartbeat.interval.ms".into(), "500".into()),
+        ],
+        dead_letter_topic: None,
+    };
+    let health = Health::new();
+    let stats = Arc::new(Stats::default());
+    let source = KafkaSource::new(&kafka, 500, health.clone()).unwrap();
+    let vars: HashMap<String, String> = [(
+        "CLASSPULSE_LAKE_URL".to_owned(),
+        format!("file://{}", scratch.display()),
+    )]
+    .into();
+    let lake = Config::from_vars(&vars).unwrap().lake;
+    let writer = ObjectWriter::open(&lake, "kafka", health.clone(), Arc::clone(&stats)).unwrap();
+    let aggregates = AggregateStage::new(
+        Rules::default(),
+        Duration::from_secs(30),
+        None,
+        writer,
+        health.clone(),
+        Arc::clone(&stats),
+    );
+    let settings = Settings {
+        batch_max_events: 500,
+        channel_capacity: 16,
+        limits: support::limits(),
+        commit_interval: Duration::from_secs(1),
+        shutdown_timeout: Duration::from_secs(25),
+        progress_interval: Duration::ZERO,
+    };
+    let sinks: Vec<Box<dyn Sink>> = vec![Box::new(NullSink)];
+    let pipeline = Pipeline::new(
+        Box::new(source),
+        sinks,
+        settings,
+        Arc::clone(&stats),
+        health,
+    )
+    .with_aggregates(aggregates);
+    let shutdown = CancellationToken::new();
+    let run = tokio::spawn(pipeline.run(shutdown.clone()));
+    let mut first = None;
+    loop {
+        let decoded = Stats::get(&stats.events);
+        if decoded > 0 {
+            first.get_or_insert_with(Instant::now);
+        }
+        if decoded >= events {
+            break;
+        }
+        tokio::time::sleep(Duration::from_micros(200)).await;
+    }
+    let took = first.map_or(Duration::ZERO, |first| first.elapsed());
+    shutdown.cancel();
+    run.await.unwrap().unwrap();
+    took
+}
+
+criterion_group!(benches, kafka);
+criterion_main!(benches);
