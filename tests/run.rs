@@ -235,3 +235,42 @@ fn sigterm_drains_with_everything_counted_durable() {
         "the run was cut short, not finished: {stdout}"
     );
 }
+
+#[test]
+fn a_run_killed_after_writing_objects_does_not_write_them_twice() {
+    let lake = tempfile::tempdir().unwrap();
+    // Objects are cut by age, differently in each run: the replay's objects cannot simply
+    // replace the first run's by name.
+    let paced = |max_age: &str| {
+        let mut command = classpulse(lake.path());
+        small_simulation(&mut command)
+            .env("CLASSPULSE_SIM_SPEEDUP", "40")
+            .env("CLASSPULSE_LAKE_MAX_AGE", max_age)
+            // No aggregate checkpoint before the kill: every event is judged again, so the
+            // lake's own replay index is what keeps copies out.
+            .env("CLASSPULSE_AGG_CHECKPOINT_INTERVAL", "10m")
+            .arg("run");
+        command
+    };
+    let running = Running::start(&mut paced("1s"));
+    std::thread::sleep(Duration::from_millis(4_000));
+    let before: usize = read_lake(lake.path()).iter().map(|b| b.num_rows()).sum();
+    assert!(before > 0, "objects were written before the kill");
+    running.signal("KILL");
+    let (code, _, _) = running.wait(Duration::from_secs(10));
+    assert_eq!(code, None);
+
+    // The simulator keeps no offsets: the restart reads the same stream from the start.
+    let stdout = run_to_end(&mut paced("3s"));
+    let batches = read_lake(lake.path());
+    let mut ids = std::collections::HashMap::new();
+    for batch in &batches {
+        let column = batch.column_by_name("event_id").unwrap().as_string::<i32>();
+        for row in 0..batch.num_rows() {
+            *ids.entry(column.value(row).to_owned()).or_insert(0u32) += 1;
+        }
+    }
+    let twice = ids.values().filter(|n| **n > 1).count();
+    assert_eq!(twice, 0, "{twice} events written more than once");
+    assert_eq!(ids.len() as u64, expected_lake_rows(&stdout), "{stdout}");
+}

@@ -283,6 +283,7 @@ impl ObjectFormat for LakeFormat {
     const SINK: &'static str = "lake";
     const FOLDER: &'static str = "events";
     const EXTENSION: &'static str = "parquet";
+    const REPLAY_INDEX: bool = true;
 
     fn append(
         &mut self,
@@ -301,6 +302,10 @@ impl ObjectFormat for LakeFormat {
             .iter()
             .filter(|e| e.verdict != Verdict::Duplicate)
         {
+            // Already in an object a previous run or owner wrote past the committed position.
+            if objects.already_written(event.event_time_ms, event.offset) {
+                continue;
+            }
             let object = objects.for_time(event.event_time_ms);
             object.encoder.append(event, &ingest)?;
             object.include(event.offset, event.event_time_ms, &batch.ack);

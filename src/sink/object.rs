@@ -15,11 +15,12 @@ use std::time::Duration;
 use async_trait::async_trait;
 use bytes::Bytes;
 use chrono::{DateTime, Utc};
+use futures::TryStreamExt;
 use object_store::aws::AmazonS3Builder;
 use object_store::local::LocalFileSystem;
 use object_store::path::Path;
 use object_store::{
-    Attribute, Attributes, ObjectStore, PutMultipartOptions, PutOptions, PutPayload,
+    Attribute, Attributes, ObjectStore, ObjectStoreExt, PutMultipartOptions, PutOptions, PutPayload,
 };
 use tokio::time::Instant;
 
@@ -62,6 +63,10 @@ pub trait ObjectFormat: Send + 'static {
     const FOLDER: &'static str;
     /// File extension, without the dot.
     const EXTENSION: &'static str;
+    /// Whether a record's hour is the same when its message is read again (event time: yes;
+    /// receipt time: no). Then every object written gets an index entry, and a replay skips
+    /// the records already in one, so a crash does not write them twice.
+    const REPLAY_INDEX: bool = false;
 
     /// Appends the records of `batch` this format stores to `objects`.
     fn append(
@@ -153,9 +158,21 @@ impl<E: Encoder> OpenObject<E> {
 pub struct PartitionObjects<E> {
     by_hour: BTreeMap<i64, OpenObject<E>>,
     new_encoder: fn() -> E,
+    /// The partition's turn of ownership these objects belong to.
+    generation: u64,
+    /// Objects already written that a replay may meet again: (hour, first, last) positions.
+    written: Vec<(i64, u64, u64)>,
 }
 
 impl<E: Encoder> PartitionObjects<E> {
+    /// Whether the record at `offset` with time `time_ms` is already in a written object.
+    pub fn already_written(&self, time_ms: i64, offset: u64) -> bool {
+        let hour = time_ms.div_euclid(HOUR_MS);
+        self.written
+            .iter()
+            .any(|(h, first, last)| *h == hour && (*first..=*last).contains(&offset))
+    }
+
     /// The open object for records whose time falls in the hour of `time_ms`.
     pub fn for_time(&mut self, time_ms: i64) -> &mut OpenObject<E> {
         let new_encoder = self.new_encoder;
@@ -238,6 +255,81 @@ impl ObjectWriter {
         } else {
             Path::from(format!("{}/{relative}", self.prefix))
         }
+    }
+
+    /// Where the replay index of `folder` for `partition` lives.
+    fn index_dir(&self, folder: &str, partition: &PartitionId) -> Path {
+        self.path(&format!(
+            "_index/{folder}/{}-{}-{}",
+            self.source_kind,
+            sanitize(&partition.stream),
+            partition.index
+        ))
+    }
+
+    /// The index entry of an object: its positions and hour, in the name.
+    fn index_key(
+        &self,
+        folder: &str,
+        partition: &PartitionId,
+        hour: i64,
+        first: u64,
+        last: u64,
+    ) -> Path {
+        let directory = self.index_dir(folder, partition);
+        Path::from(format!("{directory}/{last:020}-{first:020}-{hour}"))
+    }
+
+    /// The objects of `partition` written with an index entry, as (hour, first, last); entries
+    /// that end before `from` (already committed) are deleted, best effort.
+    async fn written(
+        &self,
+        folder: &str,
+        partition: &PartitionId,
+        from: u64,
+    ) -> Vec<(i64, u64, u64)> {
+        let directory = self.index_dir(folder, partition);
+        let mut backoff = Backoff::new(Duration::from_millis(100), MAX_RETRY_DELAY);
+        let keys: Vec<Path> = loop {
+            match self
+                .store
+                .list(Some(&directory))
+                .map_ok(|meta| meta.location)
+                .try_collect()
+                .await
+            {
+                Ok(keys) => break keys,
+                Err(error) => {
+                    let reason = classify(&error);
+                    metrics::record_sink_retry("lake", reason);
+                    self.health
+                        .not_ready("lake", format!("{reason} listing {directory}: {error}"));
+                    tokio::time::sleep(backoff.next_delay()).await;
+                }
+            }
+        };
+        let mut written = Vec::new();
+        for key in keys {
+            let Some(name) = key.filename() else { continue };
+            let mut parts = name.splitn(3, '-');
+            let (Some(last), Some(first), Some(hour)) = (parts.next(), parts.next(), parts.next())
+            else {
+                continue;
+            };
+            let (Ok(last), Ok(first), Ok(hour)) = (
+                last.parse::<u64>(),
+                first.parse::<u64>(),
+                hour.parse::<i64>(),
+            ) else {
+                continue;
+            };
+            if last < from {
+                let _ = self.store.delete(&key).await;
+            } else {
+                written.push((hour, first, last));
+            }
+        }
+        written
     }
 
     /// The source kind that names objects.
@@ -489,8 +581,8 @@ impl<F: ObjectFormat> ObjectSink<F> {
         for (partition, hour, object) in objects {
             flush_one::<F>(&self.writer, &partition, hour, object).await?;
         }
-        self.partitions
-            .retain(|_, objects| !objects.by_hour.is_empty());
+        // Partitions stay known with no open object: seeing one anew lists its replay index
+        // (and prunes it to the position read), which is for a new turn only.
         metrics::set_sink_buffered(F::SINK, self.buffered_bytes());
         Ok(())
     }
@@ -551,6 +643,11 @@ async fn flush_one<F: ObjectFormat>(
     };
     let bytes = body.len();
     let took = writer.put(F::SINK, &key, body, &metadata).await;
+    if F::REPLAY_INDEX {
+        // After the object: an entry means the object is there.
+        let entry = writer.index_key(F::FOLDER, partition, hour, first_offset, last_offset);
+        writer.put(F::SINK, &entry, Bytes::new(), &[]).await;
+    }
     metrics::record_sink_write(F::SINK, records, bytes, took);
     writer.stats.record_object(F::SINK, records, bytes);
     let durable_ms = Utc::now().timestamp_millis();
@@ -583,13 +680,40 @@ impl<F: ObjectFormat> Sink for ObjectSink<F> {
 
     async fn write(&mut self, batch: Arc<DecodedBatch>) -> Result<(), SinkError> {
         let new_encoder = self.new_encoder;
+        let known = self
+            .partitions
+            .get(&batch.partition)
+            .is_some_and(|objects| objects.generation == batch.generation);
+        if !known {
+            // First seen in this turn: what a previous run or owner wrote past the committed
+            // position (the first one read now) must not be written again.
+            let written = if F::REPLAY_INDEX {
+                self.writer
+                    .written(F::FOLDER, &batch.partition, batch.first_offset)
+                    .await
+            } else {
+                Vec::new()
+            };
+            let objects = self
+                .partitions
+                .entry(batch.partition.clone())
+                .or_insert_with(|| PartitionObjects {
+                    by_hour: BTreeMap::new(),
+                    new_encoder,
+                    generation: batch.generation,
+                    written: Vec::new(),
+                });
+            objects.generation = batch.generation;
+            objects.written = written;
+        }
         let objects = self
             .partitions
-            .entry(batch.partition.clone())
-            .or_insert_with(|| PartitionObjects {
-                by_hour: BTreeMap::new(),
-                new_encoder,
-            });
+            .get_mut(&batch.partition)
+            .expect("inserted above");
+        // Past an indexed object's last position, this turn cannot meet it again.
+        objects
+            .written
+            .retain(|(_, _, last)| *last >= batch.first_offset);
         self.format
             .append(&batch, objects)
             .map_err(|detail| SinkError::Encode {
