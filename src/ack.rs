@@ -344,6 +344,17 @@ impl AckToken {
     pub fn partition(&self) -> &PartitionId {
         &self.inner.partition
     }
+
+    /// Whether the batch belongs to its partition's current turn of ownership. A batch of an
+    /// earlier turn is never committed: whatever holds it may drop its data, the next turn
+    /// replays it.
+    pub fn is_current(&self) -> bool {
+        let state = self.inner.shared.lock();
+        state
+            .partitions
+            .get(&self.inner.partition)
+            .is_none_or(|acks| acks.generation == self.inner.generation)
+    }
 }
 
 impl fmt::Debug for AckToken {
@@ -463,7 +474,9 @@ mod tests {
             "the old turn never commits"
         );
         // A batch read before the revoke but registered after it counts for nothing.
-        drop(tracker.register(&partition(0), 0, 29));
+        let stale = tracker.register(&partition(0), 0, 29);
+        assert!(!stale.is_current());
+        drop(stale);
         assert!(tracker.take_committable().is_empty());
         // Assigned again: the next turn replays from the committed position, lower offsets
         // included.

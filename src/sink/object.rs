@@ -703,6 +703,11 @@ impl<F: ObjectFormat> Sink for ObjectSink<F> {
                     generation: batch.generation,
                     written: Vec::new(),
                 });
+            if objects.generation != batch.generation {
+                // Objects of an earlier turn are never committed and this turn replays them:
+                // written now, they would duplicate what the replay writes.
+                objects.by_hour.clear();
+            }
             objects.generation = batch.generation;
             objects.written = written;
         }
@@ -735,12 +740,23 @@ impl<F: ObjectFormat> Sink for ObjectSink<F> {
     }
 
     async fn flush_due(&mut self) -> Result<(), SinkError> {
+        // A partition given up in a rebalance: its open objects will never be committed and
+        // its next owner replays them, so they are dropped, not written.
+        let stale = self.take(|o| !o.tokens.iter().any(AckToken::is_current));
+        if !stale.is_empty() {
+            tracing::info!(
+                sink = F::SINK,
+                objects = stale.len(),
+                "open objects of revoked partitions dropped; their next owner replays them"
+            );
+        }
         let max_age = self.limits.max_age;
         let due = self.take(|o| o.opened_at.elapsed() >= max_age);
         self.flush(due).await
     }
 
     async fn flush_all(&mut self) -> Result<(), SinkError> {
+        self.take(|o| !o.tokens.iter().any(AckToken::is_current));
         let all = self.take(|_| true);
         self.flush(all).await
     }
@@ -850,6 +866,68 @@ mod tests {
             .unwrap()
             .count();
         assert_eq!(written, 1, "one object, acknowledged only once written");
+        drop(input);
+        driver.await.unwrap().unwrap();
+    }
+
+    #[tokio::test]
+    async fn open_objects_of_a_revoked_partition_are_dropped_not_written() {
+        use crate::ack::AckTracker;
+        use crate::decode::{DecodeLimits, RawMessage};
+        use crate::pipeline::decode_batch;
+        use crate::sink::lake::{LakeFormat, ParquetEncoder};
+        use crate::sink::run_sink;
+        use crate::source::RawBatch;
+
+        let directory = tempfile::tempdir().unwrap();
+        let lake = LakeConfig {
+            location: LakeLocation::Local(directory.path().to_path_buf()),
+            s3_endpoint: None,
+            max_events: 1_000_000,
+            max_bytes: 64 << 20,
+            max_age: Duration::from_secs(1),
+            max_buffer_bytes: 256 << 20,
+        };
+        let writer = ObjectWriter::open(&lake, "kafka", Health::new(), Arc::default()).unwrap();
+        let sink = ObjectSink::new(
+            LakeFormat {
+                source_kind: "kafka",
+            },
+            ParquetEncoder::new,
+            writer,
+            ObjectLimits::from_config(&lake),
+        );
+        let (input, receiver) = tokio::sync::mpsc::channel(4);
+        let driver = tokio::spawn(run_sink(Box::new(sink), receiver));
+
+        let acks = AckTracker::new();
+        let event = r#"{"event_id":"e1","event_type":"heart_rate","event_created":1764090000000,"studio_id":"s1","class_id":"c1","member_id":"m1","event_data":{"bpm":120}}"#;
+        let raw = RawBatch {
+            partition: PartitionId::new("events", 0),
+            generation: 0,
+            messages: vec![RawMessage {
+                offset: 7,
+                timestamp_ms: None,
+                key: None,
+                payload: Some(Bytes::from(event)),
+            }],
+        };
+        let limits = DecodeLimits {
+            max_message_bytes: 1 << 20,
+            max_clock_skew_ms: 60_000,
+        };
+        for batch in decode_batch(raw, &limits, 500, 1_764_090_000_000, &acks) {
+            input.send(Arc::new(batch)).await.unwrap();
+        }
+
+        // The partition is given up before the object is old enough to be written.
+        acks.revoke(&PartitionId::new("events", 0));
+        tokio::time::sleep(Duration::from_millis(2_500)).await;
+        assert!(acks.take_committable().is_empty());
+        assert!(
+            !directory.path().join("events").exists(),
+            "nothing written for a partition its next owner replays"
+        );
         drop(input);
         driver.await.unwrap().unwrap();
     }

@@ -20,10 +20,12 @@
 //! anything about one partition is logged and counted while the others go on
 //! (`classpulse_source_errors_total{class}`).
 //!
-//! Not yet here (see the Kafka source issue): flushing a revoked partition's open objects
-//! before it is let go (today its next owner replays what was not yet durable), pausing
-//! partitions under backpressure, MSK IAM authentication. (The dead-letter topic is a sink:
-//! [`crate::sink::dead_letter_topic`].)
+//! A revoked partition's open lake objects are dropped, not written (their tokens belong to an
+//! old turn, see [`crate::ack::AckToken::is_current`]): its next owner replays them, and the
+//! lake's replay index keeps what was written from being written twice.
+//!
+//! Not yet here (see the Kafka source issue): pausing partitions under backpressure, MSK IAM
+//! authentication. (The dead-letter topic is a sink: [`crate::sink::dead_letter_topic`].)
 
 use std::collections::{BTreeMap, HashMap, VecDeque};
 use std::sync::{Arc, Mutex, OnceLock};
