@@ -280,11 +280,13 @@ impl ObjectWriter {
         Path::from(format!("{directory}/{last:020}-{first:020}-{hour}"))
     }
 
-    /// The objects of `partition` written with an index entry, as (hour, first, last); entries
-    /// that end before `from` (already committed) are deleted, best effort.
+    /// The objects of `partition` written with an index entry, as (hour, first, last). Entries
+    /// that end before `from` (already committed) and entries whose object is missing (a
+    /// crash between the two PUTs) are deleted, best effort.
     async fn written(
         &self,
         folder: &str,
+        extension: &str,
         partition: &PartitionId,
         from: u64,
     ) -> Vec<(i64, u64, u64)> {
@@ -325,8 +327,19 @@ impl ObjectWriter {
             };
             if last < from {
                 let _ = self.store.delete(&key).await;
-            } else {
-                written.push((hour, first, last));
+                continue;
+            }
+            // The entry is written before its object: keep it only if the object made it.
+            let object = self.key(folder, partition, hour, first, last, extension);
+            match self.store.head(&object).await {
+                Ok(_) => written.push((hour, first, last)),
+                Err(object_store::Error::NotFound { .. }) => {
+                    let _ = self.store.delete(&key).await;
+                }
+                // Unknown: keep the events (a copy too many beats a missing one).
+                Err(error) => {
+                    tracing::warn!(key = %object, error = %error, "cannot check an indexed object; its events are written again")
+                }
             }
         }
         written
@@ -642,12 +655,13 @@ async fn flush_one<F: ObjectFormat>(
         }
     };
     let bytes = body.len();
-    let took = writer.put(F::SINK, &key, body, &metadata).await;
     if F::REPLAY_INDEX {
-        // After the object: an entry means the object is there.
+        // Before the object: an entry whose object is missing was an intent a crash cut short,
+        // and is dropped when read.
         let entry = writer.index_key(F::FOLDER, partition, hour, first_offset, last_offset);
         writer.put(F::SINK, &entry, Bytes::new(), &[]).await;
     }
+    let took = writer.put(F::SINK, &key, body, &metadata).await;
     metrics::record_sink_write(F::SINK, records, bytes, took);
     writer.stats.record_object(F::SINK, records, bytes);
     let durable_ms = Utc::now().timestamp_millis();
@@ -689,7 +703,12 @@ impl<F: ObjectFormat> Sink for ObjectSink<F> {
             // position (the first one read now) must not be written again.
             let written = if F::REPLAY_INDEX {
                 self.writer
-                    .written(F::FOLDER, &batch.partition, batch.first_offset)
+                    .written(
+                        F::FOLDER,
+                        F::EXTENSION,
+                        &batch.partition,
+                        batch.first_offset,
+                    )
                     .await
             } else {
                 Vec::new()
@@ -930,6 +949,87 @@ mod tests {
         );
         drop(input);
         driver.await.unwrap().unwrap();
+    }
+
+    #[tokio::test]
+    async fn an_index_entry_whose_object_is_missing_does_not_hide_events() {
+        use crate::ack::AckTracker;
+        use crate::decode::{DecodeLimits, RawMessage};
+        use crate::pipeline::decode_batch;
+        use crate::sink::lake::{LakeFormat, ParquetEncoder};
+        use crate::sink::run_sink;
+        use crate::source::RawBatch;
+
+        let directory = tempfile::tempdir().unwrap();
+        let lake = LakeConfig {
+            location: LakeLocation::Local(directory.path().to_path_buf()),
+            s3_endpoint: None,
+            max_events: 1_000_000,
+            max_bytes: 64 << 20,
+            max_age: Duration::from_secs(1),
+            max_buffer_bytes: 256 << 20,
+        };
+        let writer = ObjectWriter::open(&lake, "kafka", Health::new(), Arc::default()).unwrap();
+        // A crash between an index entry and its object: the entry covers offset 7.
+        let partition = PartitionId::new("events", 0);
+        let hour = 1_764_090_000_000 / HOUR_MS;
+        let entry = writer.index_key("events", &partition, hour, 5, 9);
+        writer
+            .store()
+            .put(&entry, PutPayload::from_bytes(Bytes::new()))
+            .await
+            .unwrap();
+        let sink = ObjectSink::new(
+            LakeFormat {
+                source_kind: "kafka",
+            },
+            ParquetEncoder::new,
+            writer.clone(),
+            ObjectLimits::from_config(&lake),
+        );
+        let (input, receiver) = tokio::sync::mpsc::channel(4);
+        let driver = tokio::spawn(run_sink(Box::new(sink), receiver));
+
+        let acks = AckTracker::new();
+        let event = r#"{"event_id":"e1","event_type":"heart_rate","event_created":1764090000000,"studio_id":"s1","class_id":"c1","member_id":"m1","event_data":{"bpm":120}}"#;
+        let raw = RawBatch {
+            partition: PartitionId::new("events", 0),
+            generation: 0,
+            messages: vec![RawMessage {
+                offset: 7,
+                timestamp_ms: None,
+                key: None,
+                payload: Some(Bytes::from(event)),
+            }],
+        };
+        let limits = DecodeLimits {
+            max_message_bytes: 1 << 20,
+            max_clock_skew_ms: 60_000,
+        };
+        for batch in decode_batch(raw, &limits, 500, 1_764_090_000_000, &acks) {
+            input.send(Arc::new(batch)).await.unwrap();
+        }
+
+        drop(input);
+        driver.await.unwrap().unwrap();
+        let written = std::fs::read_dir(directory.path().join("events/dt=2025-11-25/hour=17"))
+            .unwrap()
+            .count();
+        assert_eq!(
+            written, 1,
+            "the event is written: its only copy never made it"
+        );
+        let listed: Vec<_> = writer
+            .store()
+            .list(None)
+            .map_ok(|m| m.location.to_string())
+            .try_collect()
+            .await
+            .unwrap();
+        assert!(
+            !listed.contains(&entry.to_string()),
+            "the stale entry is gone: {listed:?}"
+        );
     }
 
     #[test]
