@@ -18,7 +18,7 @@ use bytes::Bytes;
 use parquet::arrow::ArrowWriter;
 use parquet::basic::{Compression, ZstdLevel};
 use parquet::file::metadata::KeyValue;
-use parquet::file::properties::WriterProperties;
+use parquet::file::properties::{EnabledStatistics, WriterProperties};
 
 use super::object::{Encoder, ObjectFormat, PartitionObjects};
 use super::DecodedBatch;
@@ -218,6 +218,9 @@ impl ParquetEncoder {
             // Unique per row: a dictionary only costs time and falls back to plain anyway.
             .set_column_dictionary_enabled("event_id".into(), false)
             .set_column_dictionary_enabled("event_data".into(), false)
+            // Min/max of ids and raw JSON help no query; comparing them costs.
+            .set_column_statistics_enabled("event_id".into(), EnabledStatistics::None)
+            .set_column_statistics_enabled("event_data".into(), EnabledStatistics::None)
             .set_created_by(format!("classpulse {}", env!("CARGO_PKG_VERSION")))
             .build();
         let writer = ArrowWriter::try_new(Vec::new(), SCHEMA.clone(), Some(properties))
