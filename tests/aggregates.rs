@@ -154,7 +154,13 @@ fn runs_killed_and_restarted_end_with_the_results_of_a_clean_run() {
 
     // The same stream (same seed and start), killed twice mid-run and once drained.
     let crashed = tempfile::tempdir().unwrap();
-    for (signal, after) in [("KILL", 2_500), ("TERM", 2_000), ("KILL", 3_100)] {
+    // Random moments (a run takes about 7.5 s); the plan is printed so a failure can be rerun.
+    let plan: Vec<(&str, u64)> = ["KILL", "TERM", "KILL"]
+        .into_iter()
+        .map(|signal| (signal, rand::random_range(1_500..4_500)))
+        .collect();
+    eprintln!("kill plan: {plan:?}");
+    for (signal, after) in plan {
         let running = Running::start(&mut paced(crashed.path()));
         std::thread::sleep(Duration::from_millis(after));
         // Live values for the screens, refreshed while the classes run.
