@@ -817,60 +817,108 @@ mod tests {
         );
     }
 
+    /// A lake sink on a fresh directory (objects close after 1 s), fed one valid event at
+    /// offset 7 of `events/0`: the directory, its writer, the sink's input and driver, and
+    /// the tracker the event's batch is registered with.
+    struct Harness {
+        directory: tempfile::TempDir,
+        writer: ObjectWriter,
+        input: Option<tokio::sync::mpsc::Sender<Arc<DecodedBatch>>>,
+        driver: Option<tokio::task::JoinHandle<Result<(), SinkError>>>,
+        acks: crate::ack::AckTracker,
+    }
+
+    impl Harness {
+        /// The sink and its directory; `before` runs on the writer first.
+        async fn start<F, Fut>(before: F) -> Harness
+        where
+            F: FnOnce(ObjectWriter) -> Fut,
+            Fut: std::future::Future<Output = ()>,
+        {
+            use crate::sink::lake::{LakeFormat, ParquetEncoder};
+            use crate::sink::run_sink;
+
+            let directory = tempfile::tempdir().unwrap();
+            let lake = LakeConfig {
+                location: LakeLocation::Local(directory.path().to_path_buf()),
+                s3_endpoint: None,
+                max_events: 1_000_000,
+                max_bytes: 64 << 20,
+                max_age: Duration::from_secs(1),
+                max_buffer_bytes: 256 << 20,
+            };
+            let writer = ObjectWriter::open(&lake, "kafka", Health::new(), Arc::default()).unwrap();
+            before(writer.clone()).await;
+            let sink = ObjectSink::new(
+                LakeFormat {
+                    source_kind: "kafka",
+                },
+                ParquetEncoder::new,
+                writer.clone(),
+                ObjectLimits::from_config(&lake),
+            );
+            let (input, receiver) = tokio::sync::mpsc::channel(4);
+            let driver = tokio::spawn(run_sink(Box::new(sink), receiver));
+            Harness {
+                directory,
+                writer,
+                input: Some(input),
+                driver: Some(driver),
+                acks: crate::ack::AckTracker::new(),
+            }
+        }
+
+        /// Sends one valid event at offset 7 of `events/0`, event time 2025-11-25T17:00Z.
+        async fn send_event(&self) {
+            use crate::decode::{DecodeLimits, RawMessage};
+            use crate::pipeline::decode_batch;
+            use crate::source::RawBatch;
+
+            let event = r#"{"event_id":"e1","event_type":"heart_rate","event_created":1764090000000,"studio_id":"s1","class_id":"c1","member_id":"m1","event_data":{"bpm":120}}"#;
+            let raw = RawBatch {
+                partition: PartitionId::new("events", 0),
+                generation: 0,
+                messages: vec![RawMessage {
+                    offset: 7,
+                    timestamp_ms: None,
+                    key: None,
+                    payload: Some(Bytes::from(event)),
+                }],
+            };
+            let limits = DecodeLimits {
+                max_message_bytes: 1 << 20,
+                max_clock_skew_ms: 60_000,
+            };
+            for batch in decode_batch(raw, &limits, 500, 1_764_090_000_000, &self.acks) {
+                let input = self.input.as_ref().expect("not closed");
+                input.send(Arc::new(batch)).await.unwrap();
+            }
+        }
+
+        /// Objects written to the event's hour.
+        fn objects_written(&self) -> usize {
+            std::fs::read_dir(self.directory.path().join("events/dt=2025-11-25/hour=17"))
+                .map_or(0, Iterator::count)
+        }
+
+        /// Closes the input and waits for the sink to finish (it flushes what is open).
+        async fn close(&mut self) {
+            self.input.take();
+            if let Some(driver) = self.driver.take() {
+                driver.await.unwrap().unwrap();
+            }
+        }
+    }
+
     #[tokio::test]
     async fn an_old_object_is_flushed_with_no_new_input() {
-        use crate::ack::AckTracker;
-        use crate::decode::{DecodeLimits, RawMessage};
-        use crate::pipeline::decode_batch;
-        use crate::sink::lake::{LakeFormat, ParquetEncoder};
-        use crate::sink::run_sink;
-        use crate::source::RawBatch;
-
-        let directory = tempfile::tempdir().unwrap();
-        let lake = LakeConfig {
-            location: LakeLocation::Local(directory.path().to_path_buf()),
-            s3_endpoint: None,
-            max_events: 1_000_000,
-            max_bytes: 64 << 20,
-            max_age: Duration::from_secs(1),
-            max_buffer_bytes: 256 << 20,
-        };
-        let writer = ObjectWriter::open(&lake, "kafka", Health::new(), Arc::default()).unwrap();
-        let sink = ObjectSink::new(
-            LakeFormat {
-                source_kind: "kafka",
-            },
-            ParquetEncoder::new,
-            writer,
-            ObjectLimits::from_config(&lake),
-        );
-        let (input, receiver) = tokio::sync::mpsc::channel(4);
-        let driver = tokio::spawn(run_sink(Box::new(sink), receiver));
-
-        let acks = AckTracker::new();
-        let event = r#"{"event_id":"e1","event_type":"heart_rate","event_created":1764090000000,"studio_id":"s1","class_id":"c1","member_id":"m1","event_data":{"bpm":120}}"#;
-        let raw = RawBatch {
-            partition: PartitionId::new("events", 0),
-            generation: 0,
-            messages: vec![RawMessage {
-                offset: 7,
-                timestamp_ms: None,
-                key: None,
-                payload: Some(Bytes::from(event)),
-            }],
-        };
-        let limits = DecodeLimits {
-            max_message_bytes: 1 << 20,
-            max_clock_skew_ms: 60_000,
-        };
-        for batch in decode_batch(raw, &limits, 500, 1_764_090_000_000, &acks) {
-            input.send(Arc::new(batch)).await.unwrap();
-        }
+        let mut sink = Harness::start(|_| async {}).await;
+        sink.send_event().await;
 
         // The input stays open and silent: only the age limit can close the object.
         let deadline = Instant::now() + Duration::from_secs(10);
         let committable = loop {
-            let moved = acks.take_committable();
+            let moved = sink.acks.take_committable();
             if !moved.is_empty() {
                 break moved;
             }
@@ -881,145 +929,59 @@ mod tests {
             tokio::time::sleep(Duration::from_millis(50)).await;
         };
         assert_eq!(committable, vec![(PartitionId::new("events", 0), 8)]);
-        let written = std::fs::read_dir(directory.path().join("events/dt=2025-11-25/hour=17"))
-            .unwrap()
-            .count();
-        assert_eq!(written, 1, "one object, acknowledged only once written");
-        drop(input);
-        driver.await.unwrap().unwrap();
+        assert_eq!(
+            sink.objects_written(),
+            1,
+            "one object, acknowledged only once written"
+        );
+        sink.close().await;
     }
 
     #[tokio::test]
     async fn open_objects_of_a_revoked_partition_are_dropped_not_written() {
-        use crate::ack::AckTracker;
-        use crate::decode::{DecodeLimits, RawMessage};
-        use crate::pipeline::decode_batch;
-        use crate::sink::lake::{LakeFormat, ParquetEncoder};
-        use crate::sink::run_sink;
-        use crate::source::RawBatch;
-
-        let directory = tempfile::tempdir().unwrap();
-        let lake = LakeConfig {
-            location: LakeLocation::Local(directory.path().to_path_buf()),
-            s3_endpoint: None,
-            max_events: 1_000_000,
-            max_bytes: 64 << 20,
-            max_age: Duration::from_secs(1),
-            max_buffer_bytes: 256 << 20,
-        };
-        let writer = ObjectWriter::open(&lake, "kafka", Health::new(), Arc::default()).unwrap();
-        let sink = ObjectSink::new(
-            LakeFormat {
-                source_kind: "kafka",
-            },
-            ParquetEncoder::new,
-            writer,
-            ObjectLimits::from_config(&lake),
-        );
-        let (input, receiver) = tokio::sync::mpsc::channel(4);
-        let driver = tokio::spawn(run_sink(Box::new(sink), receiver));
-
-        let acks = AckTracker::new();
-        let event = r#"{"event_id":"e1","event_type":"heart_rate","event_created":1764090000000,"studio_id":"s1","class_id":"c1","member_id":"m1","event_data":{"bpm":120}}"#;
-        let raw = RawBatch {
-            partition: PartitionId::new("events", 0),
-            generation: 0,
-            messages: vec![RawMessage {
-                offset: 7,
-                timestamp_ms: None,
-                key: None,
-                payload: Some(Bytes::from(event)),
-            }],
-        };
-        let limits = DecodeLimits {
-            max_message_bytes: 1 << 20,
-            max_clock_skew_ms: 60_000,
-        };
-        for batch in decode_batch(raw, &limits, 500, 1_764_090_000_000, &acks) {
-            input.send(Arc::new(batch)).await.unwrap();
-        }
-
+        let mut sink = Harness::start(|_| async {}).await;
+        sink.send_event().await;
         // The partition is given up before the object is old enough to be written.
-        acks.revoke(&PartitionId::new("events", 0));
+        sink.acks.revoke(&PartitionId::new("events", 0));
         tokio::time::sleep(Duration::from_millis(2_500)).await;
-        assert!(acks.take_committable().is_empty());
-        assert!(
-            !directory.path().join("events").exists(),
+        assert!(sink.acks.take_committable().is_empty());
+        sink.close().await;
+        assert_eq!(
+            sink.objects_written(),
+            0,
             "nothing written for a partition its next owner replays"
         );
-        drop(input);
-        driver.await.unwrap().unwrap();
     }
 
     #[tokio::test]
     async fn an_index_entry_whose_object_is_missing_does_not_hide_events() {
-        use crate::ack::AckTracker;
-        use crate::decode::{DecodeLimits, RawMessage};
-        use crate::pipeline::decode_batch;
-        use crate::sink::lake::{LakeFormat, ParquetEncoder};
-        use crate::sink::run_sink;
-        use crate::source::RawBatch;
-
-        let directory = tempfile::tempdir().unwrap();
-        let lake = LakeConfig {
-            location: LakeLocation::Local(directory.path().to_path_buf()),
-            s3_endpoint: None,
-            max_events: 1_000_000,
-            max_bytes: 64 << 20,
-            max_age: Duration::from_secs(1),
-            max_buffer_bytes: 256 << 20,
-        };
-        let writer = ObjectWriter::open(&lake, "kafka", Health::new(), Arc::default()).unwrap();
         // A crash between an index entry and its object: the entry covers offset 7.
         let partition = PartitionId::new("events", 0);
         let hour = 1_764_090_000_000 / HOUR_MS;
-        let entry = writer.index_key("events", &partition, hour, 5, 9);
-        writer
-            .store()
-            .put(&entry, PutPayload::from_bytes(Bytes::new()))
-            .await
-            .unwrap();
-        let sink = ObjectSink::new(
-            LakeFormat {
-                source_kind: "kafka",
-            },
-            ParquetEncoder::new,
-            writer.clone(),
-            ObjectLimits::from_config(&lake),
-        );
-        let (input, receiver) = tokio::sync::mpsc::channel(4);
-        let driver = tokio::spawn(run_sink(Box::new(sink), receiver));
-
-        let acks = AckTracker::new();
-        let event = r#"{"event_id":"e1","event_type":"heart_rate","event_created":1764090000000,"studio_id":"s1","class_id":"c1","member_id":"m1","event_data":{"bpm":120}}"#;
-        let raw = RawBatch {
-            partition: PartitionId::new("events", 0),
-            generation: 0,
-            messages: vec![RawMessage {
-                offset: 7,
-                timestamp_ms: None,
-                key: None,
-                payload: Some(Bytes::from(event)),
-            }],
-        };
-        let limits = DecodeLimits {
-            max_message_bytes: 1 << 20,
-            max_clock_skew_ms: 60_000,
-        };
-        for batch in decode_batch(raw, &limits, 500, 1_764_090_000_000, &acks) {
-            input.send(Arc::new(batch)).await.unwrap();
-        }
-
-        drop(input);
-        driver.await.unwrap().unwrap();
-        let written = std::fs::read_dir(directory.path().join("events/dt=2025-11-25/hour=17"))
-            .unwrap()
-            .count();
+        let entry = Arc::new(std::sync::Mutex::new(None));
+        let mut sink = Harness::start(|writer| {
+            let (entry, partition) = (Arc::clone(&entry), partition.clone());
+            async move {
+                let key = writer.index_key("events", &partition, hour, 5, 9);
+                writer
+                    .store()
+                    .put(&key, PutPayload::from_bytes(Bytes::new()))
+                    .await
+                    .unwrap();
+                *entry.lock().unwrap() = Some(key);
+            }
+        })
+        .await;
+        sink.send_event().await;
+        sink.close().await;
         assert_eq!(
-            written, 1,
+            sink.objects_written(),
+            1,
             "the event is written: its only copy never made it"
         );
-        let listed: Vec<_> = writer
+        let entry = entry.lock().unwrap().clone().unwrap();
+        let listed: Vec<String> = sink
+            .writer
             .store()
             .list(None)
             .map_ok(|m| m.location.to_string())
