@@ -4,16 +4,12 @@
 //! Targets: at least 80% of the bare consumer, and at least 150,000 events/s. Timed from the
 //! first message to the last, so that joining the group (seconds, on tansu) is not counted.
 
-use std::collections::HashMap;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use classpulse::aggregate::stage::AggregateStage;
-use classpulse::aggregate::Rules;
-use classpulse::config::{Config, KafkaConfig};
+use classpulse::config::KafkaConfig;
 use classpulse::health::Health;
-use classpulse::pipeline::{Pipeline, Settings};
-use classpulse::sink::object::ObjectWriter;
+use classpulse::pipeline::Pipeline;
 use classpulse::sink::{NullSink, Sink};
 use classpulse::source::kafka::KafkaSource;
 use classpulse::stats::Stats;
@@ -141,29 +137,8 @@ async fn pipeline(topic: &str, events: u64, scratch: &std::path::Path) -> Durati
     let health = Health::new();
     let stats = Arc::new(Stats::default());
     let source = KafkaSource::new(&kafka, 500, health.clone()).unwrap();
-    let vars: HashMap<String, String> = [(
-        "CLASSPULSE_LAKE_URL".to_owned(),
-        format!("file://{}", scratch.display()),
-    )]
-    .into();
-    let lake = Config::from_vars(&vars).unwrap().lake;
-    let writer = ObjectWriter::open(&lake, "kafka", health.clone(), Arc::clone(&stats)).unwrap();
-    let aggregates = AggregateStage::new(
-        Rules::default(),
-        Duration::from_secs(30),
-        None,
-        writer,
-        health.clone(),
-        Arc::clone(&stats),
-    );
-    let settings = Settings {
-        batch_max_events: 500,
-        channel_capacity: 16,
-        limits: support::limits(),
-        commit_interval: Duration::from_secs(1),
-        shutdown_timeout: Duration::from_secs(25),
-        progress_interval: Duration::ZERO,
-    };
+    let aggregates = support::aggregate_stage(scratch, "kafka", &stats);
+    let settings = support::settings();
     let sinks: Vec<Box<dyn Sink>> = vec![Box::new(NullSink)];
     let pipeline = Pipeline::new(
         Box::new(source),

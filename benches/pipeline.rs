@@ -4,15 +4,10 @@
 //! 2-core machine.
 
 use std::sync::Arc;
-use std::time::Duration;
 
 use chrono::Utc;
-use classpulse::aggregate::stage::AggregateStage;
-use classpulse::aggregate::Rules;
-use classpulse::config::Config;
 use classpulse::health::Health;
-use classpulse::pipeline::{Pipeline, Settings};
-use classpulse::sink::object::ObjectWriter;
+use classpulse::pipeline::Pipeline;
 use classpulse::sink::{NullSink, Sink};
 use classpulse::source::simulator::{Simulator, SimulatorStats};
 use classpulse::stats::Stats;
@@ -25,14 +20,7 @@ fn pipeline(c: &mut Criterion) {
     let _ = classpulse::metrics::install(); // measure with the real recorder in place
     let config = support::simulation(20, 10);
     let runtime = tokio::runtime::Runtime::new().unwrap();
-    let settings = Settings {
-        batch_max_events: 500,
-        channel_capacity: 16,
-        limits: support::limits(),
-        commit_interval: Duration::from_secs(1),
-        shutdown_timeout: Duration::from_secs(25),
-        progress_interval: Duration::ZERO,
-    };
+    let settings = support::settings();
     let scratch = tempfile::tempdir().unwrap();
     let run_once = |aggregate: bool| {
         let simulator = Simulator::new(&config, settings.batch_max_events, Utc::now());
@@ -47,25 +35,10 @@ fn pipeline(c: &mut Criterion) {
             Health::new(),
         );
         if aggregate {
-            let lake = Config::from_vars(
-                &[(
-                    "CLASSPULSE_LAKE_URL".to_owned(),
-                    format!("file://{}", scratch.path().display()),
-                )]
-                .into_iter()
-                .collect(),
-            )
-            .unwrap()
-            .lake;
-            let writer =
-                ObjectWriter::open(&lake, "simulator", Health::new(), Arc::clone(&stats)).unwrap();
-            pipeline = pipeline.with_aggregates(AggregateStage::new(
-                Rules::default(),
-                Duration::from_secs(30),
-                None,
-                writer,
-                Health::new(),
-                Arc::clone(&stats),
+            pipeline = pipeline.with_aggregates(support::aggregate_stage(
+                scratch.path(),
+                "simulator",
+                &stats,
             ));
         }
         runtime

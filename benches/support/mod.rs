@@ -1,7 +1,16 @@
 #![allow(dead_code)] // each benchmark uses a different subset
 //! Realistic inputs for the benchmarks, made by the simulator.
 
+use std::collections::HashMap;
+use std::sync::Arc;
 use std::time::Duration;
+
+use classpulse::aggregate::stage::AggregateStage;
+use classpulse::aggregate::Rules;
+use classpulse::health::Health;
+use classpulse::pipeline::Settings;
+use classpulse::sink::object::ObjectWriter;
+use classpulse::stats::Stats;
 
 use chrono::Utc;
 use classpulse::config::{Config, SimulatorConfig};
@@ -10,6 +19,41 @@ use classpulse::event::PerformanceEvent;
 use classpulse::source::simulator::Simulator;
 use classpulse::source::Source;
 use serde_json::value::RawValue;
+
+/// Pipeline settings as configured by default (no progress line).
+pub fn settings() -> Settings {
+    Settings {
+        batch_max_events: 500,
+        channel_capacity: 16,
+        limits: limits(),
+        commit_interval: Duration::from_secs(1),
+        shutdown_timeout: Duration::from_secs(25),
+        progress_interval: Duration::ZERO,
+    }
+}
+
+/// The aggregate stage with the default rules, checkpointing into `scratch` (no live values).
+pub fn aggregate_stage(
+    scratch: &std::path::Path,
+    source_kind: &'static str,
+    stats: &Arc<Stats>,
+) -> AggregateStage {
+    let vars: HashMap<String, String> = [(
+        "CLASSPULSE_LAKE_URL".to_owned(),
+        format!("file://{}", scratch.display()),
+    )]
+    .into();
+    let lake = Config::from_vars(&vars).unwrap().lake;
+    let writer = ObjectWriter::open(&lake, source_kind, Health::new(), Arc::clone(stats)).unwrap();
+    AggregateStage::new(
+        Rules::default(),
+        Duration::from_secs(30),
+        None,
+        writer,
+        Health::new(),
+        Arc::clone(stats),
+    )
+}
 
 /// Decoder limits as configured by default.
 pub fn limits() -> DecodeLimits {
