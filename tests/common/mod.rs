@@ -56,8 +56,18 @@ pub fn aggregate_files(lake: &Path) -> BTreeMap<String, Vec<u8>> {
             if path.is_dir() {
                 pending.push(path);
             } else {
+                // A running classpulse writes through staging files it renames: one may be
+                // gone between listing and reading.
+                let body = match std::fs::read(&path) {
+                    Ok(body) => body,
+                    Err(error) if error.kind() == std::io::ErrorKind::NotFound => continue,
+                    Err(error) => panic!("{}: {error}", path.display()),
+                };
+                if path.to_string_lossy().contains('#') {
+                    continue; // object_store's staging file, not an object
+                }
                 let relative = path.strip_prefix(&root).unwrap().display().to_string();
-                files.insert(relative, std::fs::read(&path).unwrap());
+                files.insert(relative, body);
             }
         }
     }
