@@ -112,6 +112,16 @@ pub struct Running {
     logs: std::sync::mpsc::Receiver<String>,
 }
 
+impl Drop for Running {
+    /// A test that fails midway must not leave classpulse running.
+    fn drop(&mut self) {
+        if let Ok(None) = self.child.try_wait() {
+            let _ = self.child.kill();
+            let _ = self.child.wait();
+        }
+    }
+}
+
 impl Running {
     /// Starts `command` and waits for its HTTP address.
     pub fn start(command: &mut Command) -> Running {
