@@ -276,7 +276,8 @@ impl PartitionState {
         results
     }
 
-    /// Live results of every open class.
+    /// Live results of every open class (tests compare them with the final ones).
+    #[cfg(test)]
     pub fn live_results(&self, rules: &Rules) -> Vec<ClassResult> {
         let mut results: Vec<ClassResult> = self
             .classes

@@ -285,6 +285,7 @@ impl ObjectWriter {
     /// crash between the two PUTs) are deleted, best effort.
     async fn written(
         &self,
+        sink: &'static str,
         folder: &str,
         extension: &str,
         partition: &PartitionId,
@@ -303,9 +304,9 @@ impl ObjectWriter {
                 Ok(keys) => break keys,
                 Err(error) => {
                     let reason = classify(&error);
-                    metrics::record_sink_retry("lake", reason);
+                    metrics::record_sink_retry(sink, reason);
                     self.health
-                        .not_ready("lake", format!("{reason} listing {directory}: {error}"));
+                        .not_ready(sink, format!("{reason} listing {directory}: {error}"));
                     tokio::time::sleep(backoff.next_delay()).await;
                 }
             }
@@ -704,6 +705,7 @@ impl<F: ObjectFormat> Sink for ObjectSink<F> {
             let written = if F::REPLAY_INDEX {
                 self.writer
                     .written(
+                        F::SINK,
                         F::FOLDER,
                         F::EXTENSION,
                         &batch.partition,
