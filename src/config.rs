@@ -45,6 +45,11 @@ pub const VARS: &[VarSpec] = &[
     var("CLASSPULSE_LAKE_URL", "file://./classpulse-data", "Lake and dead-letter location: `file://DIR` or `s3://bucket/prefix`."),
     var("CLASSPULSE_S3_ENDPOINT", "", "S3 endpoint override for local servers (unset in production: AWS default)."),
     var("CLASSPULSE_DYNAMODB_ENDPOINT", "", "DynamoDB endpoint override for local servers (unset in production)."),
+    var("CLASSPULSE_DYNAMODB_EVENTS_TABLE", "", "DynamoDB table of packed raw events (one item per member and minute); unset: not written."),
+    var("CLASSPULSE_DYNAMODB_AGGREGATES_TABLE", "", "DynamoDB table of live and final class aggregates; unset: not written."),
+    var("CLASSPULSE_DYNAMODB_TTL_DAYS", "400", "Items of both tables carry a `ttl` attribute this many days after their event time (0: none)."),
+    var("CLASSPULSE_DYNAMODB_MAX_INFLIGHT", "16", "Most DynamoDB calls in flight per table; throttling lowers it adaptively (AIMD)."),
+    var("CLASSPULSE_DYNAMODB_PACK_WINDOW", "3m", "Event time packed into one events-table item per member: longer windows cost fewer write units (about 35 per 1,000 events at 3m) and hold more events in memory."),
     var("CLASSPULSE_KINESIS_ENDPOINT", "", "Kinesis endpoint override for local servers (unset in production)."),
     var("CLASSPULSE_BATCH_MAX_EVENTS", "500", "Events the decoder hands to the sinks at once (cut at message boundaries)."),
     var("CLASSPULSE_CHANNEL_CAPACITY", "16", "Batches queued between stages before the source is slowed."),
@@ -162,6 +167,21 @@ pub struct AwsEndpoints {
     pub kinesis: Option<Url>,
 }
 
+/// DynamoDB tables (the sink in [`crate::sink::dynamodb`]).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct DynamoDbConfig {
+    /// Packed raw events; `None`: not written.
+    pub events_table: Option<String>,
+    /// Class aggregates; `None`: not written.
+    pub aggregates_table: Option<String>,
+    /// Days an item lives after its event time; 0: no `ttl` attribute.
+    pub ttl_days: u32,
+    /// Calls in flight per table at most.
+    pub max_inflight: usize,
+    /// Event time packed into one events-table item.
+    pub pack_window: Duration,
+}
+
 /// Class aggregate settings (the definitions are in [`crate::aggregate`]).
 #[derive(Debug, Clone, Copy, PartialEq)]
 pub struct AggregateConfig {
@@ -221,6 +241,8 @@ pub struct Config {
     pub lake: LakeConfig,
     /// AWS endpoint overrides.
     pub aws: AwsEndpoints,
+    /// DynamoDB tables.
+    pub dynamodb: DynamoDbConfig,
     /// Events per decoded batch.
     pub batch_max_events: usize,
     /// Capacity of each bounded channel between stages.
@@ -412,6 +434,24 @@ impl Reader<'_> {
         })
     }
 
+    /// An optional DynamoDB table name.
+    fn table_name(&self, name: &'static str) -> Result<Option<String>, ConfigError> {
+        let Some(table) = self.optional(name) else {
+            return Ok(None);
+        };
+        let valid = (3..=255).contains(&table.len())
+            && table
+                .chars()
+                .all(|c| c.is_ascii_alphanumeric() || matches!(c, '_' | '.' | '-'));
+        if !valid {
+            return Err(self.error(
+                name,
+                "a DynamoDB table name: 3 to 255 characters of [A-Za-z0-9_.-]",
+            ));
+        }
+        Ok(Some(table.to_owned()))
+    }
+
     /// An optional http(s) endpoint URL.
     fn endpoint(&self, name: &'static str) -> Result<Option<Url>, ConfigError> {
         if self.optional(name).is_none() {
@@ -518,6 +558,23 @@ impl Config {
             dynamodb: read.endpoint("CLASSPULSE_DYNAMODB_ENDPOINT")?,
             kinesis: read.endpoint("CLASSPULSE_KINESIS_ENDPOINT")?,
         };
+        let dynamodb = DynamoDbConfig {
+            events_table: read.table_name("CLASSPULSE_DYNAMODB_EVENTS_TABLE")?,
+            aggregates_table: read.table_name("CLASSPULSE_DYNAMODB_AGGREGATES_TABLE")?,
+            ttl_days: read.integer("CLASSPULSE_DYNAMODB_TTL_DAYS", 0, 36_500)? as u32,
+            max_inflight: read.integer("CLASSPULSE_DYNAMODB_MAX_INFLIGHT", 1, 1_000)? as usize,
+            pack_window: read.duration(
+                "CLASSPULSE_DYNAMODB_PACK_WINDOW",
+                Duration::from_secs(1),
+                Duration::from_secs(3600),
+            )?,
+        };
+        if dynamodb.events_table.is_some() && dynamodb.events_table == dynamodb.aggregates_table {
+            return Err(read.error(
+                "CLASSPULSE_DYNAMODB_AGGREGATES_TABLE",
+                "must differ from CLASSPULSE_DYNAMODB_EVENTS_TABLE (the tables have different keys)",
+            ));
+        }
         let max_bytes = read.bytes("CLASSPULSE_LAKE_MAX_BYTES", 1 << 10, 5 << 30)?;
         let max_buffer_bytes = read.bytes("CLASSPULSE_LAKE_MAX_BUFFER_BYTES", 1 << 20, 64 << 30)?;
         if max_buffer_bytes < max_bytes {
@@ -628,6 +685,7 @@ impl Config {
             kafka,
             lake,
             aws,
+            dynamodb,
             aggregates,
             batch_max_events: read.integer("CLASSPULSE_BATCH_MAX_EVENTS", 1, 100_000)? as usize,
             channel_capacity: read.integer("CLASSPULSE_CHANNEL_CAPACITY", 1, 4096)? as usize,

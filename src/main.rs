@@ -17,6 +17,10 @@ use classpulse::health::Health;
 use classpulse::pipeline::{Pipeline, RunReport, Settings};
 use classpulse::sink::dead_letter::{DeadLetterFormat, NdjsonZstEncoder};
 use classpulse::sink::dead_letter_topic::DeadLetterTopicSink;
+use classpulse::sink::dynamodb::aggregates::AggregatesTable;
+use classpulse::sink::dynamodb::events::{EventsTableSink, PackSettings, MAX_PAYLOAD_BYTES};
+use classpulse::sink::dynamodb::tables::{create_table, Created};
+use classpulse::sink::dynamodb::TableWriter;
 use classpulse::sink::lake::{LakeFormat, ParquetEncoder};
 use classpulse::sink::object::{ObjectLimits, ObjectSink, ObjectWriter};
 use classpulse::sink::Sink;
@@ -50,6 +54,20 @@ enum Command {
     Config,
     /// Print the JSON Schema of a performance event.
     Schema,
+    /// DynamoDB tables.
+    Tables {
+        #[command(subcommand)]
+        command: TablesCommand,
+    },
+}
+
+#[derive(Subcommand)]
+enum TablesCommand {
+    /// Create the tables named by CLASSPULSE_DYNAMODB_EVENTS_TABLE and
+    /// CLASSPULSE_DYNAMODB_AGGREGATES_TABLE (on-demand billing, TTL on `ttl`), for local
+    /// development; production uses deploy/terraform/dynamodb.tf. Existing tables are left as
+    /// they are.
+    Create,
 }
 
 fn main() -> ExitCode {
@@ -68,6 +86,28 @@ fn main() -> ExitCode {
         Command::Schema => {
             print!("{}", schema::performance_event_schema_text());
             ExitCode::SUCCESS
+        }
+        Command::Tables {
+            command: TablesCommand::Create,
+        } => {
+            let config = match Config::from_env() {
+                Ok(config) => config,
+                Err(error) => return config_error(&error),
+            };
+            let runtime = match tokio::runtime::Runtime::new() {
+                Ok(runtime) => runtime,
+                Err(error) => {
+                    eprintln!("classpulse: cannot start the runtime: {error}");
+                    return ExitCode::FAILURE;
+                }
+            };
+            match runtime.block_on(create_tables(&config)) {
+                Ok(()) => ExitCode::SUCCESS,
+                Err(error) => {
+                    eprintln!("classpulse: {error:#}");
+                    ExitCode::FAILURE
+                }
+            }
         }
         Command::Run => {
             let config = match Config::from_env() {
@@ -92,6 +132,30 @@ fn main() -> ExitCode {
             }
         }
     }
+}
+
+async fn create_tables(config: &Config) -> anyhow::Result<()> {
+    let tables: Vec<&String> = [
+        &config.dynamodb.events_table,
+        &config.dynamodb.aggregates_table,
+    ]
+    .into_iter()
+    .flatten()
+    .collect();
+    if tables.is_empty() {
+        anyhow::bail!(
+            "no table to create: set CLASSPULSE_DYNAMODB_EVENTS_TABLE and/or CLASSPULSE_DYNAMODB_AGGREGATES_TABLE"
+        );
+    }
+    let sdk = classpulse::aws::sdk_config().await;
+    let client = classpulse::aws::dynamodb(&sdk, config.aws.dynamodb.as_ref());
+    for table in tables {
+        match create_table(&client, table).await? {
+            Created::Created => println!("created {table} (on-demand, TTL on `ttl`)"),
+            Created::Existed => println!("{table} exists; left as it is"),
+        }
+    }
+    Ok(())
 }
 
 fn config_error(error: &config::ConfigError) -> ExitCode {
@@ -155,7 +219,7 @@ async fn run(config: Config) -> anyhow::Result<()> {
     // on S3 a PUT per class every few seconds would cost more than it is worth.
     let live_interval = matches!(config.lake.location, LakeLocation::Local(_))
         .then_some(config.aggregates.flush_interval);
-    let aggregates = AggregateStage::new(
+    let mut aggregates = AggregateStage::new(
         Rules::from_config(&config.aggregates),
         config.aggregates.checkpoint_interval,
         live_interval,
@@ -163,6 +227,32 @@ async fn run(config: Config) -> anyhow::Result<()> {
         health.clone(),
         Arc::clone(&stats),
     );
+    let dynamodb = &config.dynamodb;
+    let mut table_writers = Vec::new();
+    let dynamodb_client = if dynamodb.events_table.is_some() || dynamodb.aggregates_table.is_some()
+    {
+        let sdk = classpulse::aws::sdk_config().await;
+        Some(classpulse::sink::dynamodb::client(
+            &sdk,
+            config.aws.dynamodb.as_ref(),
+        ))
+    } else {
+        None
+    };
+    if let (Some(client), Some(table)) = (&dynamodb_client, &dynamodb.aggregates_table) {
+        let writer = TableWriter::new(
+            client.clone(),
+            table,
+            classpulse::sink::dynamodb::aggregates::NAME,
+            dynamodb.max_inflight,
+            health.clone(),
+        );
+        table_writers.push(writer.clone());
+        aggregates = aggregates.with_table(
+            AggregatesTable::new(writer, dynamodb.ttl_days),
+            config.aggregates.flush_interval,
+        );
+    }
     let sinks: Vec<Box<dyn Sink>> = vec![
         Box::new(ObjectSink::new(
             LakeFormat {
@@ -177,11 +267,33 @@ async fn run(config: Config) -> anyhow::Result<()> {
                 source_kind: source.kind(),
             },
             NdjsonZstEncoder::new,
-            writer,
+            writer.clone(),
             limits,
         )),
     ];
     let mut sinks = sinks;
+    if let (Some(client), Some(table)) = (&dynamodb_client, &dynamodb.events_table) {
+        let table_writer = TableWriter::new(
+            client.clone(),
+            table,
+            classpulse::sink::dynamodb::events::NAME,
+            dynamodb.max_inflight,
+            health.clone(),
+        );
+        let settings = PackSettings {
+            window_ms: dynamodb.pack_window.as_millis() as i64,
+            delay_ms: config.aggregates.watermark_delay.as_millis() as i64,
+            max_clock_skew_ms: config.max_clock_skew.as_millis() as i64,
+            ttl_days: dynamodb.ttl_days,
+            max_payload_bytes: MAX_PAYLOAD_BYTES,
+        };
+        table_writers.push(table_writer.clone());
+        sinks.push(Box::new(EventsTableSink::new(
+            table_writer,
+            settings,
+            writer.clone(),
+        )));
+    }
     if let (SourceKind::Kafka, Some(topic)) = (config.source, &config.kafka.dead_letter_topic) {
         sinks.push(Box::new(DeadLetterTopicSink::new(
             &config.kafka,
@@ -207,6 +319,18 @@ async fn run(config: Config) -> anyhow::Result<()> {
     http_shutdown.cancel();
     let report = report?;
     print_summary(&config, &report, &stats, simulator_stats.as_deref());
+    for writer in &table_writers {
+        let totals = writer.totals();
+        println!(
+            "  dynamodb       {}: {} items, {} write units ({:.1} per 1,000 events in; the server reported {:.0}), {} refused as not newer",
+            writer.table(),
+            totals.items(),
+            totals.sized_units(),
+            totals.sized_units() as f64 * 1000.0 / (Stats::get(&stats.events).max(1) as f64),
+            totals.write_units(),
+            totals.refused.load(std::sync::atomic::Ordering::Relaxed),
+        );
+    }
     Ok(())
 }
 

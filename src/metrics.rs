@@ -69,6 +69,21 @@ pub const AGGREGATE_CHECKPOINT_SECONDS: &str = "classpulse_aggregate_checkpoint_
 /// Bytes of aggregate checkpoints written.
 pub const AGGREGATE_CHECKPOINT_BYTES: &str = "classpulse_aggregate_checkpoint_bytes_total";
 
+/// Write capacity units DynamoDB reports consumed (ReturnConsumedCapacity=TOTAL). Labels:
+/// `table`. With the events counted, write units per 1,000 events: the table's cost.
+pub const DYNAMODB_WRITE_UNITS: &str = "classpulse_dynamodb_write_units_total";
+/// Items DynamoDB accepted. Labels: `table`.
+pub const DYNAMODB_ITEMS: &str = "classpulse_dynamodb_items_written_total";
+/// Calls or items DynamoDB throttled (throttling errors and UnprocessedItems). Labels: `table`.
+pub const DYNAMODB_THROTTLED: &str = "classpulse_dynamodb_throttled_total";
+/// Conditional writes refused because the table already holds a result as new or newer.
+/// Labels: `table`.
+pub const DYNAMODB_CONDITIONAL_REFUSALS: &str = "classpulse_dynamodb_conditional_refusals_total";
+/// Calls allowed in flight by the adaptive (AIMD) limit. Labels: `table`.
+pub const DYNAMODB_CONCURRENCY: &str = "classpulse_dynamodb_concurrency_limit";
+/// Items DynamoDB refused as invalid; their events went to the dead letters. Labels: `table`.
+pub const DYNAMODB_REJECTED_ITEMS: &str = "classpulse_dynamodb_rejected_items_total";
+
 /// Installs the Prometheus recorder and describes every metric. Returns the handle that
 /// renders `/metrics`. Call once per process.
 pub fn install() -> Result<PrometheusHandle, metrics_exporter_prometheus::BuildError> {
@@ -193,6 +208,65 @@ fn describe() {
         "Resident set size of the process."
     );
     describe_gauge!(DRAIN_SECONDS, Unit::Seconds, "Time the last drain took.");
+    describe_counter!(
+        DYNAMODB_WRITE_UNITS,
+        Unit::Count,
+        "Write capacity units DynamoDB reports consumed, by table."
+    );
+    describe_counter!(
+        DYNAMODB_ITEMS,
+        Unit::Count,
+        "Items DynamoDB accepted, by table."
+    );
+    describe_counter!(
+        DYNAMODB_THROTTLED,
+        Unit::Count,
+        "Throttled calls and unprocessed items, by table; each is retried."
+    );
+    describe_counter!(
+        DYNAMODB_CONDITIONAL_REFUSALS,
+        Unit::Count,
+        "Conditional writes refused because the table holds a result as new or newer, by table."
+    );
+    describe_gauge!(
+        DYNAMODB_CONCURRENCY,
+        Unit::Count,
+        "Calls allowed in flight by the adaptive limit, by table."
+    );
+    describe_counter!(
+        DYNAMODB_REJECTED_ITEMS,
+        Unit::Count,
+        "Items DynamoDB refused as invalid (their events are dead-lettered), by table."
+    );
+}
+
+/// One DynamoDB call's outcome for `table`: items accepted and capacity consumed.
+pub fn record_dynamodb_write(table: &str, items: usize, write_units: f64) {
+    let table = table.to_owned();
+    counter!(DYNAMODB_ITEMS, "table" => table.clone()).increment(items as u64);
+    // Counters are whole numbers; capacity comes in halves for transactional or small reads,
+    // whole units for writes.
+    counter!(DYNAMODB_WRITE_UNITS, "table" => table).increment(write_units.ceil() as u64);
+}
+
+/// Throttled calls or unprocessed items of `table`.
+pub fn record_dynamodb_throttled(table: &str, count: usize) {
+    counter!(DYNAMODB_THROTTLED, "table" => table.to_owned()).increment(count as u64);
+}
+
+/// A conditional write of `table` refused as not newer.
+pub fn record_dynamodb_refusal(table: &str) {
+    counter!(DYNAMODB_CONDITIONAL_REFUSALS, "table" => table.to_owned()).increment(1);
+}
+
+/// The adaptive concurrency limit of `table`.
+pub fn set_dynamodb_concurrency(table: &str, limit: usize) {
+    gauge!(DYNAMODB_CONCURRENCY, "table" => table.to_owned()).set(limit as f64);
+}
+
+/// Items of `table` refused as invalid.
+pub fn record_dynamodb_rejected(table: &str, items: usize) {
+    counter!(DYNAMODB_REJECTED_ITEMS, "table" => table.to_owned()).increment(items as u64);
 }
 
 /// Counts for one decoded batch.

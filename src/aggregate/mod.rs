@@ -33,7 +33,7 @@ pub mod partition;
 pub mod stage;
 
 #[cfg(test)]
-mod reference;
+pub(crate) mod reference;
 
 use crate::config::AggregateConfig;
 

@@ -28,12 +28,14 @@ use tokio::sync::mpsc;
 use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 
+use super::output::ClassResult;
 use super::partition::{CheckpointError, Finalised, PartitionState};
 use super::Rules;
 use crate::ack::{AckToken, AckTracker, PartitionId};
 use crate::health::Health;
 use crate::metrics;
 use crate::retry::Backoff;
+use crate::sink::dynamodb::aggregates::AggregatesTable;
 use crate::sink::object::{classify, sanitize, ObjectWriter};
 use crate::sink::{DecodedBatch, TICK};
 use crate::stats::Stats;
@@ -42,6 +44,8 @@ use crate::stats::Stats;
 pub const NAME: &str = "aggregates";
 /// Checkpoints kept per partition (the newest, and one before it).
 const CHECKPOINTS_KEPT: usize = 2;
+/// Where a final result's live document goes in the outbox.
+const LIVE_PREFIX: &str = "aggregates/live/";
 
 /// Why the aggregate stage stopped.
 #[derive(Debug, thiserror::Error)]
@@ -91,6 +95,10 @@ struct Owned {
 struct Job {
     checkpoints: Vec<(Path, Bytes)>,
     results: Vec<(Path, Bytes)>,
+    /// Live values for the aggregates table.
+    live_rows: Vec<ClassResult>,
+    /// Final results for the aggregates table.
+    final_rows: Vec<ClassResult>,
     deletes: Vec<Path>,
     tokens: Vec<AckToken>,
 }
@@ -99,8 +107,10 @@ struct Job {
 pub struct AggregateStage {
     rules: Rules,
     checkpoint_interval: Duration,
-    /// How often live values are written; `None`: not to the object store.
+    /// How often live values are written to the object store; `None`: not there.
     live_interval: Option<Duration>,
+    /// The DynamoDB aggregates table, and how often live values are written to it.
+    table: Option<(AggregatesTable, Duration)>,
     writer: ObjectWriter,
     health: Health,
     stats: Arc<Stats>,
@@ -122,10 +132,26 @@ impl AggregateStage {
             rules,
             checkpoint_interval,
             live_interval,
+            table: None,
             writer,
             health,
             stats,
             partitions: HashMap::new(),
+        }
+    }
+
+    /// Also writes live values (every `live_interval`) and final results to `table`.
+    pub fn with_table(mut self, table: AggregatesTable, live_interval: Duration) -> AggregateStage {
+        self.table = Some((table, live_interval));
+        self
+    }
+
+    /// How often live values are written anywhere.
+    fn live_every(&self) -> Option<Duration> {
+        let table = self.table.as_ref().map(|(_, interval)| *interval);
+        match (self.live_interval, table) {
+            (Some(a), Some(b)) => Some(a.min(b)),
+            (a, b) => a.or(b),
         }
     }
 
@@ -143,8 +169,10 @@ impl AggregateStage {
         let writer = tokio::spawn(write_jobs(
             job_receiver,
             self.writer.clone(),
+            self.table.as_ref().map(|(table, _)| table.clone()),
             Arc::clone(&self.stats),
         ));
+        let live_every = self.live_every();
         let mut tick = tokio::time::interval(TICK);
         tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         let mut last_checkpoint = Instant::now();
@@ -166,7 +194,7 @@ impl AggregateStage {
                     self.release_revoked(&acks);
                     self.adopt_assigned(&acks).await?;
                     self.sweep();
-                    if self.live_interval.is_some_and(|interval| last_live.elapsed() >= interval) {
+                    if live_every.is_some_and(|interval| last_live.elapsed() >= interval) {
                         self.write_live(&jobs).await?;
                         last_live = Instant::now();
                     }
@@ -304,13 +332,18 @@ impl AggregateStage {
         let mut job = Job::default();
         for owned in self.partitions.values_mut() {
             for result in owned.state.take_changed(&self.rules) {
-                if let Ok((relative, body)) = result.live_object() {
-                    job.results
-                        .push((self.writer.path(&relative), Bytes::from(body)));
+                if self.live_interval.is_some() {
+                    if let Ok((relative, body)) = result.live_object() {
+                        job.results
+                            .push((self.writer.path(&relative), Bytes::from(body)));
+                    }
+                }
+                if self.table.is_some() {
+                    job.live_rows.push(result);
                 }
             }
         }
-        if job.results.is_empty() {
+        if job.results.is_empty() && job.live_rows.is_empty() {
             return Ok(());
         }
         jobs.send(job)
@@ -338,8 +371,24 @@ impl AggregateStage {
                     job.deletes.push(owned.checkpoints.remove(0));
                 }
                 for (relative, body) in owned.state.outbox.drain(..) {
-                    job.results
-                        .push((self.writer.path(&relative), Bytes::from(body)));
+                    if !relative.starts_with(LIVE_PREFIX) {
+                        job.results
+                            .push((self.writer.path(&relative), Bytes::from(body)));
+                        continue;
+                    }
+                    // The whole result: the table's rows, and the screens' live document.
+                    if self.table.is_some() {
+                        match serde_json::from_slice::<ClassResult>(&body) {
+                            Ok(result) => job.final_rows.push(result),
+                            Err(error) => {
+                                tracing::error!(key = %relative, error = %error, "final result unreadable for the table")
+                            }
+                        }
+                    }
+                    if self.live_interval.is_some() {
+                        job.results
+                            .push((self.writer.path(&relative), Bytes::from(body)));
+                    }
                 }
                 owned.dirty = false;
             }
@@ -380,7 +429,8 @@ impl AggregateStage {
             }
         };
         self.health.ready(NAME);
-        let live_objects = self.live_interval.is_some();
+        // The outbox carries the whole result (the live document) when anything reads it.
+        let live_objects = self.live_interval.is_some() || self.table.is_some();
         let Some((key, body)) = body else {
             let mut state = PartitionState::new(partition.to_string());
             state.live_objects = live_objects;
@@ -458,7 +508,12 @@ async fn newest(
 }
 
 /// Writes each job's checkpoints, then its results, then releases its acknowledgements.
-async fn write_jobs(mut jobs: mpsc::Receiver<Job>, writer: ObjectWriter, stats: Arc<Stats>) {
+async fn write_jobs(
+    mut jobs: mpsc::Receiver<Job>,
+    writer: ObjectWriter,
+    table: Option<AggregatesTable>,
+    stats: Arc<Stats>,
+) {
     while let Some(job) = jobs.recv().await {
         let started = Instant::now();
         let mut bytes = 0;
@@ -469,6 +524,14 @@ async fn write_jobs(mut jobs: mpsc::Receiver<Job>, writer: ObjectWriter, stats: 
         for (key, body) in job.results {
             writer.put(NAME, &key, body, &[]).await;
             Stats::add(&stats.aggregate_objects, 1);
+        }
+        if let Some(table) = &table {
+            if !job.final_rows.is_empty() {
+                table.write_final(&job.final_rows).await;
+            }
+            if !job.live_rows.is_empty() {
+                table.write_live(&job.live_rows).await;
+            }
         }
         metrics::record_aggregate_checkpoint(bytes, started.elapsed());
         drop(job.tokens);

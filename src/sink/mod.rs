@@ -8,6 +8,7 @@
 
 pub mod dead_letter;
 pub mod dead_letter_topic;
+pub mod dynamodb;
 pub mod lake;
 pub mod object;
 
