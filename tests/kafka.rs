@@ -6,57 +6,14 @@ mod common;
 use std::collections::BTreeMap;
 use std::time::{Duration, Instant};
 
-use classpulse::config::Config;
 use classpulse::decode::RawMessage;
 use common::backends::*;
 use common::*;
 use rdkafka::admin::AdminOptions;
 use rdkafka::consumer::{BaseConsumer, Consumer};
-use rdkafka::producer::{FutureProducer, FutureRecord};
 use rdkafka::{ClientConfig, Offset, TopicPartitionList};
 
 const PARTITIONS: i32 = 3;
-
-/// The messages of a small seeded simulation.
-async fn simulated_messages(seed: u64, start: &str) -> Vec<RawMessage> {
-    let mut config = Config::from_vars(&Default::default()).unwrap().simulator;
-    config.studios = 4;
-    config.duration = Duration::from_secs(180);
-    config.speedup = 0.0;
-    config.seed = Some(seed);
-    config.start = Some(start.parse().unwrap());
-    config.invalid_rate = 0.02;
-    simulate(&config).await
-}
-
-/// Produces `messages`; returns the end offset (last delivered + 1) of each partition written.
-async fn produce(topic: &str, messages: &[RawMessage]) -> BTreeMap<i32, i64> {
-    let producer: FutureProducer = ClientConfig::new()
-        .set("bootstrap.servers", KAFKA)
-        .set("linger.ms", "5")
-        .create()
-        .unwrap();
-    let sends = messages.iter().map(|message| {
-        // One class, one partition: the partition is chosen from the key here, as producers
-        // do, so the spread does not depend on how fresh the client's metadata is.
-        let key = message.key.as_deref().unwrap();
-        let partition = (key.iter().fold(0u32, |hash, b| {
-            hash.wrapping_mul(31).wrapping_add(u32::from(*b))
-        }) % PARTITIONS as u32) as i32;
-        let record = FutureRecord::to(topic)
-            .payload(message.payload.as_deref().unwrap())
-            .key(key)
-            .partition(partition);
-        producer.send(record, Duration::from_secs(30))
-    });
-    let mut ends = BTreeMap::new();
-    for delivered in futures::future::join_all(sends).await {
-        let delivery = delivered.unwrap();
-        let end = ends.entry(delivery.partition).or_insert(0);
-        *end = (*end).max(delivery.offset + 1);
-    }
-    ends
-}
 
 /// classpulse consuming `topic` as a member of `group` into `lake`.
 fn kafka_member(lake: &std::path::Path, topic: &str, group: &str) -> std::process::Command {
@@ -203,7 +160,7 @@ async fn every_event_lands_once_and_offsets_reach_the_end_then_a_restart_resumes
     }
     first_valid += 1; // the good half of the mixed batch
     first_rejected += 3; // not_json, too_large, out_of_range
-    let ends = produce(&topic, &first).await;
+    let ends = produce(&topic, &first, PARTITIONS).await;
     assert!(
         ends.len() >= 2,
         "keys spread over partitions, so commits are per partition: {ends:?}"
@@ -252,7 +209,7 @@ async fn every_event_lands_once_and_offsets_reach_the_end_then_a_restart_resumes
     let second_events = decode_all(&second).0;
     let second_valid = second_events.len() as u64;
     let second_distinct = distinct_ids(&second_events);
-    produce(&topic, &second).await;
+    produce(&topic, &second, PARTITIONS).await;
     let stdout = {
         let (lake, topic, group) = (lake.path().to_owned(), topic.clone(), group.clone());
         tokio::task::spawn_blocking(move || consume_until(&lake, &topic, &group, second_distinct))
@@ -361,7 +318,7 @@ async fn a_member_killed_mid_stream_loses_nothing() {
         .map(<[RawMessage]>::to_vec)
         .collect();
     for (i, chunk) in chunks.iter().enumerate() {
-        produce(&topic, chunk).await;
+        produce(&topic, chunk, PARTITIONS).await;
         if i == 5 {
             let status = std::process::Command::new("kill")
                 .args(["-KILL", &first.child.id().to_string()])
@@ -464,7 +421,7 @@ async fn aggregates_through_kills_and_rebalances_equal_a_clean_run() {
         .collect();
     let mut first = Some(first);
     for (i, chunk) in chunks.iter().enumerate() {
-        produce(&topic, chunk).await;
+        produce(&topic, chunk, PARTITIONS).await;
         match i {
             // Joins: the first member gives up some partitions.
             2 => second = Some(Running::start(&mut member(chaos.path(), &group))),
@@ -559,7 +516,7 @@ async fn rejected_inputs_also_go_to_the_dead_letter_topic() {
             payload: Some(bytes::Bytes::from(payload.clone())),
         })
         .collect();
-    produce(&topic, &messages).await;
+    produce(&topic, &messages, PARTITIONS).await;
 
     let lake = tempfile::tempdir().unwrap();
     let mut command = kafka_member(lake.path(), &topic, &unique_name("group"));

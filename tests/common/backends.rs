@@ -153,3 +153,109 @@ pub fn s3_lake(bucket: &str, prefix: &str) -> classpulse::config::LakeConfig {
         max_buffer_bytes: 256 << 20,
     }
 }
+
+/// A DynamoDB client for DynamoDB Local.
+pub async fn dynamodb_client() -> aws_sdk_dynamodb::Client {
+    let sdk = sdk_config().await;
+    let config = aws_sdk_dynamodb::config::Builder::from(&sdk)
+        .endpoint_url(DYNAMODB)
+        .build();
+    aws_sdk_dynamodb::Client::from_conf(config)
+}
+
+/// Creates a table with classpulse's schema and a unique name.
+pub async fn create_table(client: &aws_sdk_dynamodb::Client, kind: &str) -> String {
+    let table = unique_name(kind);
+    classpulse::sink::dynamodb::tables::create_table(client, &table)
+        .await
+        .unwrap();
+    table
+}
+
+/// Deletes `table`.
+pub async fn delete_table(client: &aws_sdk_dynamodb::Client, table: &str) {
+    client
+        .delete_table()
+        .table_name(table)
+        .send()
+        .await
+        .unwrap();
+}
+
+/// Every item of `table`, sorted by key.
+pub async fn scan_all(
+    client: &aws_sdk_dynamodb::Client,
+    table: &str,
+) -> Vec<classpulse::sink::dynamodb::Item> {
+    let mut items = Vec::new();
+    let mut start = None;
+    loop {
+        let page = client
+            .scan()
+            .table_name(table)
+            .set_exclusive_start_key(start)
+            .send()
+            .await
+            .unwrap();
+        items.extend(page.items().iter().cloned());
+        start = page.last_evaluated_key().cloned();
+        if start.is_none() {
+            break;
+        }
+    }
+    let key = |item: &classpulse::sink::dynamodb::Item| {
+        (
+            item["pk"].as_s().unwrap().clone(),
+            item["sk"].as_s().unwrap().clone(),
+        )
+    };
+    items.sort_by_key(key);
+    items
+}
+
+/// The messages of a small seeded simulation.
+pub async fn simulated_messages(seed: u64, start: &str) -> Vec<classpulse::decode::RawMessage> {
+    let mut config = classpulse::config::Config::from_vars(&Default::default())
+        .unwrap()
+        .simulator;
+    config.studios = 4;
+    config.duration = Duration::from_secs(180);
+    config.speedup = 0.0;
+    config.seed = Some(seed);
+    config.start = Some(start.parse().unwrap());
+    config.invalid_rate = 0.02;
+    super::simulate(&config).await
+}
+
+/// Produces `messages`; returns the end offset (last delivered + 1) of each partition written.
+pub async fn produce(
+    topic: &str,
+    messages: &[classpulse::decode::RawMessage],
+    partitions: i32,
+) -> std::collections::BTreeMap<i32, i64> {
+    let producer: rdkafka::producer::FutureProducer = rdkafka::ClientConfig::new()
+        .set("bootstrap.servers", KAFKA)
+        .set("linger.ms", "5")
+        .create()
+        .unwrap();
+    let sends = messages.iter().map(|message| {
+        // One class, one partition: the partition is chosen from the key here, as producers
+        // do, so the spread does not depend on how fresh the client's metadata is.
+        let key = message.key.as_deref().unwrap();
+        let partition = (key.iter().fold(0u32, |hash, b| {
+            hash.wrapping_mul(31).wrapping_add(u32::from(*b))
+        }) % partitions as u32) as i32;
+        let record = rdkafka::producer::FutureRecord::to(topic)
+            .payload(message.payload.as_deref().unwrap())
+            .key(key)
+            .partition(partition);
+        producer.send(record, Duration::from_secs(30))
+    });
+    let mut ends = std::collections::BTreeMap::new();
+    for delivered in futures::future::join_all(sends).await {
+        let delivery = delivered.unwrap();
+        let end = ends.entry(delivery.partition).or_insert(0);
+        *end = (*end).max(delivery.offset + 1);
+    }
+    ends
+}

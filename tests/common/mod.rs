@@ -4,6 +4,7 @@
 #![allow(dead_code)] // each test binary uses a different subset
 
 pub mod backends;
+pub mod faulty_dynamodb;
 
 use std::collections::BTreeMap;
 use std::fs::File;

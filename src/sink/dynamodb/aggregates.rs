@@ -121,6 +121,7 @@ impl AggregatesTable {
         );
         item.insert(SORT_KEY.to_owned(), AttributeValue::S(sort_key));
         item.insert("src".to_owned(), src.clone());
+        item.insert("final".to_owned(), AttributeValue::Bool(summary.is_final));
         item.insert("version".to_owned(), version.clone());
         if let Some(ttl) = ttl_seconds(summary.first_event_ms, self.ttl_days) {
             item.insert(TTL_ATTRIBUTE.to_owned(), AttributeValue::N(ttl.to_string()));
