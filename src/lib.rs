@@ -16,7 +16,8 @@
 //!   hold clones until durable; the source commits only the contiguous durable prefix.
 //! - [`sink`]: destinations. [`sink::object`] is the shared object writer (one code path for a
 //!   local directory and S3) behind [`sink::lake`] (Parquet) and [`sink::dead_letter`] (zstd
-//!   NDJSON).
+//!   NDJSON); [`sink::dynamodb`] writes the events table (packed items, a sink) and the
+//!   aggregates table (conditional puts, fed by the aggregate stage).
 //!
 //! Around it: [`config`] (every `CLASSPULSE_*` variable, validated up front), [`aws`] (SDK
 //! clients with local endpoint overrides), [`metrics`]

@@ -304,12 +304,11 @@ async fn throttling_errors_and_unprocessed_items_lose_nothing_and_duplicate_noth
             aggregates_table.clone(),
         );
         move || {
-            run_to_end(&mut run_with_tables(
-                &lake,
-                &url,
-                &events_table,
-                &aggregates_table,
-            ))
+            run_to_end(
+                run_with_tables(&lake, &url, &events_table, &aggregates_table)
+                    // Many small items: many calls to throttle, split and poison.
+                    .env("CLASSPULSE_DYNAMODB_PACK_WINDOW", "20s"),
+            )
         }
     })
     .await

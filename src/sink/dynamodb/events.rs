@@ -180,6 +180,8 @@ impl std::fmt::Debug for PackedEvent {
 /// An item ready to be written.
 struct ClosedItem {
     partition: PartitionId,
+    /// The turn of ownership it was packed in.
+    generation: u64,
     key: OpenKey,
     seq: u64,
     first_offset: u64,
@@ -253,8 +255,16 @@ impl EventsTableSink {
 
     /// Writes every closed item, then acknowledges what is safe to commit.
     async fn write_closed(&mut self) -> Result<(), SinkError> {
+        // A revoked partition's items are the new owner's to write: one written here, cut
+        // short, could land after the new owner's whole one.
+        self.release();
+        let partitions = &self.partitions;
+        self.closed.retain(|item| {
+            partitions
+                .get(&item.partition)
+                .is_some_and(|packs| packs.generation == item.generation)
+        });
         if self.closed.is_empty() {
-            self.release();
             return Ok(());
         }
         let started = std::time::Instant::now();
@@ -510,7 +520,7 @@ impl Packs {
             }
             let key = entry.remove();
             if let Some(item) = self.open.remove(&key) {
-                closed.push(item.close(key, partition));
+                closed.push(item.close(key, partition, self.generation));
             }
         }
     }
@@ -593,10 +603,11 @@ impl Packs {
 }
 
 impl OpenItem {
-    fn close(self, key: OpenKey, partition: &PartitionId) -> ClosedItem {
+    fn close(self, key: OpenKey, partition: &PartitionId, generation: u64) -> ClosedItem {
         debug_assert!(self.last_offset >= self.first_offset);
         ClosedItem {
             partition: partition.clone(),
+            generation,
             key,
             seq: self.seq,
             first_offset: self.first_offset,

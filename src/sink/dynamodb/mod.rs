@@ -13,8 +13,9 @@
 //! - errors that cannot succeed (`ResourceNotFoundException`, `AccessDeniedException`, bad
 //!   credentials) mark the table not ready on `/readyz`, naming it, and are retried slowly:
 //!   nothing is acknowledged, so nothing is committed, until an operator fixes it;
-//! - a `ValidationException` is narrowed down to the item that causes it, which is returned to
-//!   the caller (the events sink dead-letters its events) while the rest are written.
+//! - a `ValidationException` is narrowed down (by halves) to the item that causes it, which is
+//!   returned to the caller (the events sink dead-letters its events) while the rest are
+//!   written.
 //!
 //! A call's keys are unique (duplicates are merged, the last one wins), and the callers never
 //! have two writes of one key in flight, so a late retry cannot overwrite a newer version.
@@ -428,12 +429,14 @@ impl TableWriter {
                         Failure::Invalid(reason) if items.len() == 1 => {
                             let item = items.pop().expect("one item");
                             tracing::warn!(table = %inner.table, reason = %reason, "item refused as invalid");
+                            metrics::record_dynamodb_rejected(&inner.table, 1);
                             rejected.push(RejectedItem { item, reason });
                         }
-                        // Narrow it down: the others must still be written.
+                        // Narrow it down by halves: the others must still be written.
                         Failure::Invalid(_) => {
-                            for item in std::mem::take(&mut items) {
-                                rejected.extend(Box::pin(self.write_chunk(vec![item])).await);
+                            let second = items.split_off(items.len() / 2);
+                            for half in [std::mem::take(&mut items), second] {
+                                rejected.extend(Box::pin(self.write_chunk(half)).await);
                             }
                         }
                         failure => {
@@ -444,7 +447,6 @@ impl TableWriter {
                 }
             }
         }
-        metrics::record_dynamodb_rejected(&inner.table, rejected.len());
         rejected
     }
 
