@@ -51,6 +51,8 @@ pub const SOURCE_COMMITS: &str = "classpulse_source_commits_total";
 pub const BATCHES_IN_FLIGHT: &str = "classpulse_batches_in_flight";
 /// Resident memory of the process.
 pub const RESIDENT_MEMORY_BYTES: &str = "classpulse_process_resident_memory_bytes";
+/// CPU time the process has used (user plus system).
+pub const CPU_SECONDS: &str = "classpulse_process_cpu_seconds_total";
 /// Time the last drain took.
 pub const DRAIN_SECONDS: &str = "classpulse_drain_seconds";
 
@@ -209,6 +211,11 @@ fn describe() {
     );
     describe_gauge!(DRAIN_SECONDS, Unit::Seconds, "Time the last drain took.");
     describe_counter!(
+        CPU_SECONDS,
+        Unit::Seconds,
+        "CPU time the process has used, user plus system."
+    );
+    describe_counter!(
         DYNAMODB_WRITE_UNITS,
         Unit::Count,
         "Write capacity units DynamoDB reports consumed, by table."
@@ -344,6 +351,22 @@ pub fn sample_process_memory() {
     if let Some(bytes) = resident_memory_bytes() {
         gauge!(RESIDENT_MEMORY_BYTES).set(bytes as f64);
     }
+    if let Some(seconds) = cpu_seconds() {
+        // A counter of whole units: hundredths of a second kept exact by absolute().
+        counter!(CPU_SECONDS).absolute(seconds as u64);
+    }
+}
+
+/// CPU seconds used (user plus system), where the platform tells.
+pub fn cpu_seconds() -> Option<f64> {
+    let stat = std::fs::read_to_string("/proc/self/stat").ok()?;
+    // Fields after the command name (which may hold spaces) start at the state, field 3.
+    let rest = stat.rsplit_once(')')?.1;
+    let fields: Vec<&str> = rest.split_whitespace().collect();
+    let user: f64 = fields.get(11)?.parse().ok()?;
+    let system: f64 = fields.get(12)?.parse().ok()?;
+    // Linux reports clock ticks of 1/100 s (USER_HZ) to user space.
+    Some((user + system) / 100.0)
 }
 
 /// Resident set size in bytes, where the platform tells.
