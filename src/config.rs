@@ -71,6 +71,7 @@ pub const VARS: &[VarSpec] = &[
     var("CLASSPULSE_HTTP_ADDR", "127.0.0.1:9898", "Address of /metrics, /healthz and /readyz (port 0: any free port)."),
     var("CLASSPULSE_LOG_FORMAT", "text", "`text`, or `json` for ECS/CloudWatch."),
     var("CLASSPULSE_LOG_LEVEL", "info", "tracing filter, e.g. `info` or `classpulse=debug`."),
+    var("CLASSPULSE_EMF_INTERVAL", "60s", "With `json` logs: how often a CloudWatch Embedded Metric Format line with the largest source lag goes to stdout, for autoscaling (0s: never)."),
     var("CLASSPULSE_PROGRESS_INTERVAL", "5s", "How often `run` logs a progress line (0s: never)."),
     var("CLASSPULSE_SIM_STUDIOS", "20", "Simulator: studios running classes."),
     var("CLASSPULSE_SIM_MEMBERS", "12", "Simulator: members in each class."),
@@ -263,6 +264,8 @@ pub struct Config {
     pub log_level: String,
     /// Progress line interval; zero disables it.
     pub progress_interval: Duration,
+    /// Embedded Metric Format line interval (JSON logs only); zero disables it.
+    pub emf_interval: Duration,
     /// Simulator settings (used when `source` is `simulator`).
     pub simulator: SimulatorConfig,
     /// Class aggregates.
@@ -724,6 +727,11 @@ impl Config {
             )?,
             progress_interval: read.duration(
                 "CLASSPULSE_PROGRESS_INTERVAL",
+                Duration::ZERO,
+                Duration::from_secs(3600),
+            )?,
+            emf_interval: read.duration(
+                "CLASSPULSE_EMF_INTERVAL",
                 Duration::ZERO,
                 Duration::from_secs(3600),
             )?,

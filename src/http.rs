@@ -2,7 +2,9 @@
 //! is alive) and `/readyz` (sources connected, sinks writable). Read-only, with a bound on
 //! requests served at once.
 
+use std::io::{Read, Write};
 use std::net::SocketAddr;
+use std::time::Duration;
 
 use axum::extract::State;
 use axum::http::StatusCode;
@@ -68,4 +70,72 @@ async fn readiness(State(state): State<AppState>) -> (StatusCode, String) {
         StatusCode::SERVICE_UNAVAILABLE
     };
     (status, report)
+}
+
+/// Asks a running classpulse at `addr` whether it is alive (`/healthz` answers 200), for the
+/// container's health check: a distroless image has no curl. An unspecified address
+/// (`0.0.0.0`, `::`) is asked on loopback.
+pub fn probe_health(addr: SocketAddr, timeout: Duration) -> Result<(), String> {
+    let mut target = addr;
+    if target.ip().is_unspecified() {
+        target.set_ip(if addr.is_ipv4() {
+            std::net::Ipv4Addr::LOCALHOST.into()
+        } else {
+            std::net::Ipv6Addr::LOCALHOST.into()
+        });
+    }
+    let mut stream = std::net::TcpStream::connect_timeout(&target, timeout)
+        .map_err(|e| format!("{target}: {e}"))?;
+    stream
+        .set_read_timeout(Some(timeout))
+        .and_then(|()| stream.set_write_timeout(Some(timeout)))
+        .map_err(|e| e.to_string())?;
+    write!(stream, "GET /healthz HTTP/1.0\r\nHost: {target}\r\n\r\n").map_err(|e| e.to_string())?;
+    let mut response = Vec::new();
+    stream
+        .take(4096)
+        .read_to_end(&mut response)
+        .map_err(|e| format!("{target}: {e}"))?;
+    let status_line = String::from_utf8_lossy(&response);
+    let status = status_line.split_whitespace().nth(1).unwrap_or_default();
+    if status == "200" {
+        Ok(())
+    } else {
+        Err(format!("{target}/healthz answered {status:?}"))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn the_probe_passes_against_a_live_server_and_fails_against_none() {
+        let recorder = metrics_exporter_prometheus::PrometheusBuilder::new().build_recorder();
+        let shutdown = CancellationToken::new();
+        let bound = serve(
+            "127.0.0.1:0".parse().unwrap(),
+            recorder.handle(),
+            Health::new(),
+            shutdown.clone(),
+        )
+        .await
+        .unwrap();
+        let unspecified: SocketAddr = format!("0.0.0.0:{}", bound.port()).parse().unwrap();
+        let probed =
+            tokio::task::spawn_blocking(move || probe_health(unspecified, Duration::from_secs(2)))
+                .await
+                .unwrap();
+        assert_eq!(probed, Ok(()));
+        shutdown.cancel();
+        let free = std::net::TcpListener::bind("127.0.0.1:0")
+            .unwrap()
+            .local_addr()
+            .unwrap();
+        let refused =
+            tokio::task::spawn_blocking(move || probe_health(free, Duration::from_secs(2)))
+                .await
+                .unwrap();
+        assert!(refused.is_err(), "{refused:?}");
+    }
 }

@@ -54,6 +54,9 @@ enum Command {
     Config,
     /// Print the JSON Schema of a performance event.
     Schema,
+    /// Exit 0 if the classpulse at CLASSPULSE_HTTP_ADDR answers /healthz, else 1: the
+    /// container's health check (the image has no curl).
+    Healthcheck,
     /// DynamoDB tables.
     Tables {
         #[command(subcommand)]
@@ -86,6 +89,19 @@ fn main() -> ExitCode {
         Command::Schema => {
             print!("{}", schema::performance_event_schema_text());
             ExitCode::SUCCESS
+        }
+        Command::Healthcheck => {
+            let config = match Config::from_env() {
+                Ok(config) => config,
+                Err(error) => return config_error(&error),
+            };
+            match http::probe_health(config.http_addr, std::time::Duration::from_secs(3)) {
+                Ok(()) => ExitCode::SUCCESS,
+                Err(error) => {
+                    eprintln!("classpulse: unhealthy: {error}");
+                    ExitCode::FAILURE
+                }
+            }
         }
         Command::Tables {
             command: TablesCommand::Create,
@@ -190,6 +206,17 @@ async fn run(config: Config) -> anyhow::Result<()> {
     .await
     .with_context(|| format!("binding CLASSPULSE_HTTP_ADDR={}", config.http_addr))?;
     tracing::info!(addr = %http_addr, "http endpoints listening");
+    if config.log_format == LogFormat::Json && !config.emf_interval.is_zero() {
+        let group = match config.source {
+            SourceKind::Kafka => config.kafka.group_id.clone(),
+            SourceKind::Simulator => "simulator".to_owned(),
+        };
+        tokio::spawn(emit_lag_metric(
+            group,
+            config.emf_interval,
+            http_shutdown.clone(),
+        ));
+    }
 
     let (source, simulator_stats): (Box<dyn Source>, Option<Arc<SimulatorStats>>) = match config
         .source
@@ -332,6 +359,19 @@ async fn run(config: Config) -> anyhow::Result<()> {
         );
     }
     Ok(())
+}
+
+/// Prints the lag as CloudWatch Embedded Metric Format on stdout (awslogs ships it; CloudWatch
+/// makes it a metric the service scales on) every `interval` until `stop`.
+async fn emit_lag_metric(group: String, interval: std::time::Duration, stop: CancellationToken) {
+    let mut tick = tokio::time::interval_at(tokio::time::Instant::now() + interval, interval);
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    loop {
+        tokio::select! {
+            _ = tick.tick() => println!("{}", metrics::emf_lag_line(&group, Utc::now().timestamp_millis())),
+            _ = stop.cancelled() => return,
+        }
+    }
 }
 
 fn describe_lake(location: &LakeLocation) -> String {

@@ -326,9 +326,49 @@ pub fn set_sink_buffered(sink: &'static str, bytes: usize) {
 /// Lag of one partition.
 pub fn set_source_lag(source: &'static str, partition: &PartitionId, messages: u64, seconds: f64) {
     let label = partition.to_string();
+    LAG_SECONDS
+        .lock()
+        .unwrap_or_else(|e| e.into_inner())
+        .insert(label.clone(), seconds);
     gauge!(SOURCE_LAG_MESSAGES, "source" => source, "partition" => label.clone())
         .set(messages as f64);
     gauge!(SOURCE_LAG_SECONDS, "source" => source, "partition" => label).set(seconds);
+}
+
+/// Lag in seconds per partition, as last set: the Embedded Metric Format line reads it.
+static LAG_SECONDS: std::sync::Mutex<std::collections::BTreeMap<String, f64>> =
+    std::sync::Mutex::new(std::collections::BTreeMap::new());
+
+/// CloudWatch namespace of the Embedded Metric Format lines.
+pub const EMF_NAMESPACE: &str = "classpulse";
+/// The metric autoscaling follows: the most any partition of this task is behind.
+pub const EMF_LAG_METRIC: &str = "SourceLagSeconds";
+
+/// One CloudWatch Embedded Metric Format log line (JSON) holding the task's largest source lag
+/// in seconds (0 with no partition), under dimension `ConsumerGroup` = `group`. CloudWatch
+/// turns it into a metric; the service scales on its maximum over tasks (see
+/// `deploy/cloudformation/classpulse.yaml`). MSK's own OffsetLag follows committed offsets,
+/// which the lake holds back for minutes, and would scale on a sawtooth.
+pub fn emf_lag_line(group: &str, now_ms: i64) -> String {
+    let lag = LAG_SECONDS
+        .lock()
+        .unwrap_or_else(|e| e.into_inner())
+        .values()
+        .copied()
+        .fold(0.0_f64, f64::max);
+    serde_json::json!({
+        "_aws": {
+            "Timestamp": now_ms,
+            "CloudWatchMetrics": [{
+                "Namespace": EMF_NAMESPACE,
+                "Dimensions": [["ConsumerGroup"]],
+                "Metrics": [{"Name": EMF_LAG_METRIC, "Unit": "Seconds"}],
+            }],
+        },
+        "ConsumerGroup": group,
+        EMF_LAG_METRIC: lag,
+    })
+    .to_string()
 }
 
 /// One commit of positions to the source.
@@ -406,4 +446,24 @@ pub fn record_aggregate_checkpoint(bytes: usize, took: Duration) {
 /// Records an error the source reported.
 pub fn record_source_error(source: &'static str, class: &'static str) {
     counter!(SOURCE_ERRORS, "source" => source, "class" => class).increment(1);
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_emf_line_carries_the_largest_lag_under_its_namespace() {
+        set_source_lag("kafka", &PartitionId::new("emf-test", 0), 10, 4.5);
+        set_source_lag("kafka", &PartitionId::new("emf-test", 1), 99, 12.25);
+        let line: serde_json::Value =
+            serde_json::from_str(&emf_lag_line("classpulse", 1_764_090_000_000)).unwrap();
+        assert_eq!(line["SourceLagSeconds"], 12.25);
+        assert_eq!(line["ConsumerGroup"], "classpulse");
+        let directive = &line["_aws"]["CloudWatchMetrics"][0];
+        assert_eq!(directive["Namespace"], "classpulse");
+        assert_eq!(directive["Metrics"][0]["Name"], "SourceLagSeconds");
+        assert_eq!(directive["Dimensions"][0][0], "ConsumerGroup");
+        assert_eq!(line["_aws"]["Timestamp"], 1_764_090_000_000_i64);
+    }
 }

@@ -274,3 +274,28 @@ fn a_run_killed_after_writing_objects_does_not_write_them_twice() {
     assert_eq!(twice, 0, "{twice} events written more than once");
     assert_eq!(ids.len() as u64, expected_lake_rows(&stdout), "{stdout}");
 }
+
+#[test]
+fn json_logs_come_with_the_lag_as_a_cloudwatch_embedded_metric() {
+    let lake = tempfile::tempdir().unwrap();
+    let stdout = run_to_end(
+        small_simulation(&mut classpulse(lake.path()))
+            .env("CLASSPULSE_SIM_SPEEDUP", "150")
+            .env("CLASSPULSE_EMF_INTERVAL", "500ms")
+            .arg("run"),
+    );
+    let lines: Vec<serde_json::Value> = stdout
+        .lines()
+        .filter(|line| line.starts_with('{'))
+        .map(|line| serde_json::from_str(line).unwrap())
+        .collect();
+    assert!(lines.len() >= 2, "{stdout}");
+    for line in &lines {
+        assert_eq!(
+            line["_aws"]["CloudWatchMetrics"][0]["Namespace"],
+            "classpulse"
+        );
+        assert!(line["SourceLagSeconds"].as_f64().unwrap() >= 0.0, "{line}");
+        assert_eq!(line["ConsumerGroup"], "simulator");
+    }
+}
