@@ -45,6 +45,9 @@ pub const SOURCE_LAG_SECONDS: &str = "classpulse_source_lag_seconds";
 /// Errors the source reported. Labels: `source`, `class` (`unavailable`, `denied`,
 /// `partition`).
 pub const SOURCE_ERRORS: &str = "classpulse_source_errors_total";
+/// Offset resets librdkafka made because a committed offset was out of range (events skipped
+/// past retention, or read again). Labels: `source`.
+pub const SOURCE_OFFSET_RESETS: &str = "classpulse_source_offset_resets_total";
 /// Position commits made to the source. Labels: `source`.
 pub const SOURCE_COMMITS: &str = "classpulse_source_commits_total";
 /// Batches handed to the sinks and not yet durable everywhere.
@@ -193,6 +196,11 @@ fn describe() {
         SOURCE_LAG_SECONDS,
         Unit::Seconds,
         "How far the source is behind in time (0 when caught up), by partition."
+    );
+    describe_counter!(
+        SOURCE_OFFSET_RESETS,
+        Unit::Count,
+        "Offset resets forced by an out-of-range committed offset, by source."
     );
     describe_counter!(
         SOURCE_COMMITS,
@@ -369,6 +377,11 @@ pub fn emf_lag_line(group: &str, now_ms: i64) -> String {
         EMF_LAG_METRIC: lag,
     })
     .to_string()
+}
+
+/// An offset reset forced by an out-of-range committed offset.
+pub fn record_offset_reset(source: &'static str) {
+    counter!(SOURCE_OFFSET_RESETS, "source" => source).increment(1);
 }
 
 /// One commit of positions to the source.

@@ -48,7 +48,7 @@ impl DeadLetterTopicSink {
         }
         let producer = client.create().map_err(|error| SinkError::Setup {
             sink: SINK,
-            detail: format!("kafka producer: {error}"),
+            detail: format!("kafka producer: {}", crate::source::kafka::redacted(&error)),
         })?;
         Ok(DeadLetterTopicSink {
             producer,

@@ -34,6 +34,7 @@ use std::time::Duration;
 use async_trait::async_trait;
 use bytes::Bytes;
 use futures::FutureExt;
+use rdkafka::config::RDKafkaLogLevel;
 use rdkafka::consumer::{
     BaseConsumer, CommitMode, Consumer, ConsumerContext, Rebalance, StreamConsumer,
 };
@@ -62,7 +63,66 @@ pub struct SourceContext {
     acks: SharedAcks,
 }
 
+/// An rdkafka error as text without a secret in it: librdkafka's configuration errors quote the
+/// property's value ("Client config error: ... ssl.key.password <value>"), which must not reach
+/// the logs when the property holds a password, key or token.
+pub fn redacted(error: &KafkaError) -> String {
+    match error {
+        KafkaError::ClientConfig(_, description, property, value)
+            if KafkaConfig::is_secret(property) =>
+        {
+            let description = if value.is_empty() {
+                description.clone()
+            } else {
+                description.replace(value.as_str(), "****")
+            };
+            format!("Client config error: {description} {property} ****")
+        }
+        other => other.to_string(),
+    }
+}
+
+/// The partition of a librdkafka log line reporting an offset reset forced by an error
+/// (facility `OFFSET`, logged as a warning: the committed offset was out of range, so events
+/// between it and where reading resumes were skipped, or are read again). Resets of a new group
+/// with no committed offset are only debug-logged by librdkafka and are not counted.
+pub fn offset_reset_partition(facility: &str, message: &str) -> Option<(String, u32)> {
+    if facility != "OFFSET" {
+        return None;
+    }
+    // "[thrd:...]: topic [3]: offset reset (at offset 120 ..., broker 1) to offset BEGINNING ...".
+    let at = message.find("]: offset reset (at ")?;
+    let head = &message[..at];
+    let open = head.rfind(" [")?;
+    let partition = head[open + 2..].parse().ok()?;
+    let topic = head[..open].rsplit("]: ").next()?.trim();
+    Some((topic.to_owned(), partition))
+}
+
 impl ClientContext for SourceContext {
+    /// librdkafka's log lines, into `tracing`; an offset reset forced by an error is counted in
+    /// `classpulse_source_offset_resets_total` and logged as a warning of its own.
+    fn log(&self, level: RDKafkaLogLevel, facility: &str, message: &str) {
+        if let Some((topic, partition)) = offset_reset_partition(facility, message) {
+            crate::metrics::record_offset_reset("kafka");
+            tracing::warn!(topic, partition, detail = message, "offset reset: the committed offset was out of range; events may have been skipped (retention) or will be read again");
+            return;
+        }
+        match level {
+            RDKafkaLogLevel::Emerg
+            | RDKafkaLogLevel::Alert
+            | RDKafkaLogLevel::Critical
+            | RDKafkaLogLevel::Error => {
+                tracing::error!(target: "librdkafka", facility, "{message}")
+            }
+            RDKafkaLogLevel::Warning => tracing::warn!(target: "librdkafka", facility, "{message}"),
+            RDKafkaLogLevel::Notice | RDKafkaLogLevel::Info => {
+                tracing::info!(target: "librdkafka", facility, "{message}")
+            }
+            RDKafkaLogLevel::Debug => tracing::debug!(target: "librdkafka", facility, "{message}"),
+        }
+    }
+
     /// Client-level errors; librdkafka retries on its own, so these only inform readiness.
     fn error(&self, error: KafkaError, reason: &str) {
         if error.rdkafka_error_code() == Some(RDKafkaErrorCode::AllBrokersDown) {
@@ -260,7 +320,7 @@ impl KafkaSource {
         };
         let consumer: StreamConsumer<SourceContext> = client
             .create_with_context(context)
-            .map_err(|error| SourceError::Fatal(format!("kafka consumer: {error}")))?;
+            .map_err(|error| SourceError::Fatal(format!("kafka consumer: {}", redacted(&error))))?;
         let topics: Vec<&str> = config.topics.iter().map(String::as_str).collect();
         consumer
             .subscribe(&topics)
@@ -499,6 +559,45 @@ mod tests {
         assert_eq!(
             classify(&KafkaError::NoMessageReceived),
             ErrorClass::Unavailable
+        );
+    }
+}
+
+#[cfg(test)]
+mod log_and_error_text_tests {
+    use super::*;
+
+    #[test]
+    fn configuration_errors_never_quote_a_secret_value() {
+        let secret = KafkaError::ClientConfig(
+            rdkafka::types::RDKafkaConfRes::RD_KAFKA_CONF_INVALID,
+            "Invalid value \"hunter2\" for configuration property \"sasl.password\"".into(),
+            "sasl.password".into(),
+            "hunter2".into(),
+        );
+        let text = redacted(&secret);
+        assert!(!text.contains("hunter2"), "{text}");
+        assert!(text.contains("sasl.password ****"), "{text}");
+        let plain = KafkaError::ClientConfig(
+            rdkafka::types::RDKafkaConfRes::RD_KAFKA_CONF_INVALID,
+            "Invalid value".into(),
+            "fetch.max.bytes".into(),
+            "lots".into(),
+        );
+        assert!(redacted(&plain).contains("fetch.max.bytes lots"));
+    }
+
+    #[test]
+    fn an_offset_reset_warning_names_its_partition() {
+        let line = "[thrd:main]: events.v1 [3]: offset reset (at offset 120 (leader epoch -1), broker 1) to offset BEGINNING (leader epoch -1): fetch failed due to requested offset not available on the broker: Broker: Offset out of range";
+        assert_eq!(
+            offset_reset_partition("OFFSET", line),
+            Some(("events.v1".to_owned(), 3))
+        );
+        assert_eq!(offset_reset_partition("FETCH", line), None);
+        assert_eq!(
+            offset_reset_partition("OFFSET", "[thrd:main]: events [0]: stored offset 5"),
+            None
         );
     }
 }

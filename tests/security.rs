@@ -1,0 +1,144 @@
+//! Nothing secret leaves the process: secret-looking values given to classpulse never appear
+//! in `classpulse config`, in its logs, on `/metrics` or `/readyz`, or in its run summary. And
+//! the HTTP server is read-only.
+
+mod common;
+
+use std::time::{Duration, Instant};
+
+use common::backends::*;
+use common::*;
+
+/// Values no output may contain.
+const SECRETS: [(&str, &str); 3] = [
+    (
+        "CLASSPULSE_KAFKA_PROP_SASL_PASSWORD",
+        "pw-7f3a9c1e-do-not-print",
+    ),
+    ("AWS_SESSION_TOKEN", "tok-9e1c5a7b-do-not-print"),
+    ("AWS_SECRET_ACCESS_KEY", "aws-4c2e8a1f-do-not-print"),
+];
+
+fn assert_no_secret(what: &str, text: &str) {
+    for (name, value) in SECRETS {
+        assert!(
+            !text.contains(value),
+            "{what} shows the value of {name}:\n{text}"
+        );
+    }
+}
+
+#[test]
+fn config_masks_every_secret() {
+    let lake = tempfile::tempdir().unwrap();
+    let mut command = classpulse(lake.path());
+    for (name, value) in SECRETS {
+        command.env(name, value);
+    }
+    let output = command.arg("config").output().unwrap();
+    assert!(output.status.success());
+    let stdout = String::from_utf8(output.stdout).unwrap();
+    assert_no_secret("classpulse config", &stdout);
+    assert!(stdout.contains("sasl.password=****"), "{stdout}");
+}
+
+#[test]
+fn a_refused_secret_property_is_named_but_its_value_never_shown() {
+    // This build's librdkafka has no TLS: it refuses ssl.key.password, and its error quotes
+    // the value. classpulse must say which property, not what it holds.
+    let lake = tempfile::tempdir().unwrap();
+    let output = classpulse(lake.path())
+        .env("CLASSPULSE_SOURCE", "kafka")
+        .env("CLASSPULSE_KAFKA_BROKERS", KAFKA)
+        .env("CLASSPULSE_KAFKA_TOPICS", "events")
+        .env(
+            "CLASSPULSE_KAFKA_PROP_SSL_KEY_PASSWORD",
+            "key-2b8d4e6f-do-not-print",
+        )
+        .arg("run")
+        .output()
+        .unwrap();
+    assert!(!output.status.success());
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert!(stderr.contains("ssl.key.password"), "{stderr}");
+    assert!(!stderr.contains("key-2b8d4e6f-do-not-print"), "{stderr}");
+    assert!(!String::from_utf8_lossy(&output.stdout).contains("key-2b8d4e6f"));
+}
+
+#[test]
+fn logs_metrics_readiness_and_summary_never_show_a_secret() {
+    require(KAFKA);
+    let lake = tempfile::tempdir().unwrap();
+    let runtime = tokio::runtime::Runtime::new().unwrap();
+    let (admin, topic) = runtime.block_on(create_topic(1));
+    let messages = runtime.block_on(simulated_messages(23, "2026-11-25T23:00:00Z"));
+    runtime.block_on(produce(&topic, &messages[..200], 1));
+
+    let mut command = classpulse(lake.path());
+    command
+        .env("CLASSPULSE_SOURCE", "kafka")
+        .env("CLASSPULSE_KAFKA_BROKERS", KAFKA)
+        .env("CLASSPULSE_KAFKA_TOPICS", &topic)
+        .env("CLASSPULSE_KAFKA_GROUP_ID", unique_name("group"))
+        .env("CLASSPULSE_LOG_LEVEL", "debug")
+        .env("CLASSPULSE_LAKE_MAX_AGE", "1s")
+        .env("AWS_ACCESS_KEY_ID", "test")
+        .env("AWS_REGION", "us-east-1")
+        .arg("run");
+    for (name, value) in SECRETS {
+        command.env(name, value);
+    }
+    let running = Running::start(&mut command);
+    let deadline = Instant::now() + Duration::from_secs(60);
+    loop {
+        let (_, metrics) = http_get(running.http, "/metrics");
+        if metric_sum(&metrics, "classpulse_events_in_total") > 0.0 {
+            assert_no_secret("/metrics", &metrics);
+            break;
+        }
+        assert!(Instant::now() < deadline, "nothing consumed");
+        std::thread::sleep(Duration::from_millis(250));
+    }
+    let (_, readiness) = http_get(running.http, "/readyz");
+    assert_no_secret("/readyz", &readiness);
+
+    // Read-only: nothing but GET is served, and nothing but the three endpoints.
+    let (status, _) = http_request(running.http, "POST", "/metrics");
+    assert_eq!(status, 405);
+    let (status, _) = http_request(running.http, "DELETE", "/readyz");
+    assert_eq!(status, 405);
+    let (status, _) = http_get(running.http, "/debug/vars");
+    assert_eq!(status, 404);
+
+    running.signal("TERM");
+    let (code, stdout, logs) = running.wait(Duration::from_secs(30));
+    assert_eq!(code, Some(0), "{stdout}");
+    assert!(logs.len() > 5, "debug logs were written");
+    assert_no_secret("the logs", &logs.join("\n"));
+    assert_no_secret("the summary", &stdout);
+    runtime
+        .block_on(admin.delete_topics(&[&topic], &rdkafka::admin::AdminOptions::new()))
+        .unwrap();
+}
+
+/// A request with `method` and no body; returns the status code and body.
+fn http_request(addr: std::net::SocketAddr, method: &str, path: &str) -> (u16, String) {
+    use std::io::{Read, Write};
+    let mut stream = std::net::TcpStream::connect_timeout(&addr, Duration::from_secs(5)).unwrap();
+    stream
+        .set_read_timeout(Some(Duration::from_secs(5)))
+        .unwrap();
+    write!(
+        stream,
+        "{method} {path} HTTP/1.0\r\nHost: {addr}\r\nContent-Length: 0\r\n\r\n"
+    )
+    .unwrap();
+    let mut response = String::new();
+    stream.read_to_string(&mut response).unwrap();
+    let status = response
+        .split_whitespace()
+        .nth(1)
+        .and_then(|code| code.parse().ok())
+        .unwrap_or(0);
+    (status, response)
+}
