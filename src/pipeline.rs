@@ -222,11 +222,32 @@ impl Pipeline {
                             health.ready("source");
                             backoff = Backoff::new(Duration::from_millis(100), Duration::from_secs(10));
                         }
-                        tokio::select! {
-                            sent = raw_sender.send(batch) => if sent.is_err() {
-                                break Ending::SourceEnded; // the decoder stopped; its error is reported below
-                            },
-                            _ = shutdown.cancelled() => break Ending::Drained,
+                        match raw_sender.try_send(batch) {
+                            Ok(()) => {}
+                            // The decoder stopped; its error is reported below.
+                            Err(mpsc::error::TrySendError::Closed(_)) => break Ending::SourceEnded,
+                            // Backpressure: the source stops fetching but stays alive (a Kafka
+                            // member that stops polling is put out of its group).
+                            Err(mpsc::error::TrySendError::Full(batch)) => {
+                                source.pause();
+                                let mut keep_alive = tokio::time::interval(Duration::from_secs(1));
+                                let permit = loop {
+                                    tokio::select! {
+                                        biased;
+                                        _ = shutdown.cancelled() => break None,
+                                        permit = raw_sender.reserve() => break Some(permit),
+                                        _ = keep_alive.tick() => source.keep_alive().await,
+                                        // Whatever the sinks finish meanwhile is committed.
+                                        _ = commit_tick.tick() => committer.commit(source.as_mut()).await?,
+                                    }
+                                };
+                                source.resume();
+                                match permit {
+                                    Some(Ok(permit)) => permit.send(batch),
+                                    Some(Err(_)) => break Ending::SourceEnded,
+                                    None => break Ending::Drained,
+                                }
+                            }
                         }
                     }
                     Ok(None) => break Ending::SourceEnded,

@@ -635,3 +635,75 @@ async fn a_window_too_large_for_one_item_is_split_into_parts_dynamodb_accepts() 
     assert!(stored.values().all(|(member, n)| member == "m1" && *n == 1));
     delete_table(&client, &table).await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_sink_stalled_past_the_poll_interval_keeps_the_member_in_its_group() {
+    require(KAFKA);
+    require(DYNAMODB);
+    let client = dynamodb_client().await;
+    let events_table = unique_name("events"); // created only later: the sink stalls until then
+    let (admin, topic) = create_topic(3).await;
+    let group = unique_name("group");
+    let messages = simulated_messages(29, "2026-11-26T01:00:00Z").await;
+    let (events, _) = decode_all(&messages);
+    let expected: BTreeSet<String> = events.iter().map(|e| e.event_id.to_string()).collect();
+    produce(&topic, &messages, 3).await;
+    let lake = tempfile::tempdir().unwrap();
+
+    let mut command = kafka_member(lake.path(), &topic, &group, &events_table);
+    command
+        // librdkafka puts a member that does not poll for 8 s out of its group.
+        .env("CLASSPULSE_KAFKA_PROP_MAX_POLL_INTERVAL_MS", "8000")
+        .env("CLASSPULSE_KAFKA_PROP_SESSION_TIMEOUT_MS", "6000")
+        .env("CLASSPULSE_CHANNEL_CAPACITY", "2")
+        .env("CLASSPULSE_BATCH_MAX_EVENTS", "50");
+    let running = Running::start(&mut command);
+    let deadline = Instant::now() + Duration::from_secs(60);
+    loop {
+        let (status, body) = http_get(running.http, "/readyz");
+        if status == 503 && body.contains(&events_table) {
+            break;
+        }
+        assert!(Instant::now() < deadline, "the sink never stalled: {body}");
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    // Stalled for twice the poll interval.
+    tokio::time::sleep(Duration::from_secs(16)).await;
+    classpulse::sink::dynamodb::tables::create_table(&client, &events_table)
+        .await
+        .unwrap();
+    let deadline = Instant::now() + Duration::from_secs(90);
+    loop {
+        let stored = table_events(&scan_all(&client, &events_table).await);
+        if expected.iter().all(|id| stored.contains_key(id)) {
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "events missing from the table after the stall"
+        );
+        tokio::time::sleep(Duration::from_millis(500)).await;
+    }
+    running.signal("TERM");
+    let (code, stdout, logs) =
+        tokio::task::spawn_blocking(move || running.wait(Duration::from_secs(30)))
+            .await
+            .unwrap();
+    assert_eq!(code, Some(0), "{stdout}\n{}", logs.join("\n"));
+    let logs = logs.join("\n");
+    assert!(
+        !logs.contains("maximum poll interval") && logs.matches("partitions assigned").count() == 1,
+        "the member left its group during the stall:\n{logs}"
+    );
+    // Nothing lost, nothing twice, in the lake either.
+    let lake_ids = lake_events(lake.path());
+    assert_eq!(
+        lake_ids.keys().collect::<BTreeSet<_>>(),
+        expected.iter().collect()
+    );
+    admin
+        .delete_topics(&[&topic], &rdkafka::admin::AdminOptions::new())
+        .await
+        .unwrap();
+    delete_table(&client, &events_table).await;
+}

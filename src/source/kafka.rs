@@ -287,6 +287,8 @@ pub struct KafkaSource {
     committed: BTreeMap<PartitionId, u64>,
     /// The pipeline's acknowledgements (for turns of ownership).
     acks: SharedAcks,
+    /// Whether fetching is paused because the pipeline is full.
+    paused: bool,
 }
 
 impl KafkaSource {
@@ -334,7 +336,34 @@ impl KafkaSource {
             max_messages: max_messages.max(1),
             committed: BTreeMap::new(),
             acks,
+            paused: false,
         })
+    }
+
+    /// Pauses or resumes fetching of every assigned partition.
+    fn set_paused(&mut self, paused: bool) {
+        let Some(consumer) = &self.consumer else {
+            return;
+        };
+        let Ok(assignment) = consumer.assignment() else {
+            return;
+        };
+        let result = if paused {
+            consumer.pause(&assignment)
+        } else {
+            consumer.resume(&assignment)
+        };
+        if let Err(error) = result {
+            tracing::warn!(error = %error, paused, "kafka pause or resume failed");
+        }
+        if paused != self.paused {
+            tracing::debug!(
+                paused,
+                partitions = assignment.count(),
+                "kafka fetching paused or resumed (backpressure)"
+            );
+        }
+        self.paused = paused;
     }
 
     fn to_raw(message: &rdkafka::message::BorrowedMessage<'_>) -> (PartitionId, RawMessage) {
@@ -450,6 +479,42 @@ impl Source for KafkaSource {
                 }),
         );
         Ok(self.ready.pop_front())
+    }
+
+    fn pause(&mut self) {
+        self.set_paused(true);
+    }
+
+    fn resume(&mut self) {
+        self.set_paused(false);
+    }
+
+    /// Polls briefly: librdkafka counts it as the application polling, serves rebalances, and
+    /// keeps the member in its group. A partition assigned meanwhile is paused too; a message
+    /// fetched before the pause is kept, in order, for the next batch.
+    async fn keep_alive(&mut self) {
+        if self.paused {
+            self.set_paused(true);
+        }
+        let Some(consumer) = self.consumer.clone() else {
+            return;
+        };
+        match tokio::time::timeout(Duration::from_millis(100), consumer.recv()).await {
+            Ok(Ok(message)) => {
+                let (partition, raw) = Self::to_raw(&message);
+                let generation = self
+                    .acks
+                    .get()
+                    .map_or(0, |acks| acks.generation(&partition));
+                self.ready.push_back(RawBatch {
+                    partition,
+                    generation,
+                    messages: vec![raw],
+                });
+            }
+            Ok(Err(error)) => tracing::warn!(error = %error, "kafka consumer error while paused"),
+            Err(_) => {}
+        }
     }
 
     async fn commit(&mut self, frontiers: &[(PartitionId, u64)]) -> Result<(), SourceError> {

@@ -67,4 +67,16 @@ pub trait Source: Send {
     /// [`AckTracker::generation`], and may commit the durable frontier of a partition it
     /// gives up.
     fn attach(&mut self, _acks: AckTracker) {}
+
+    /// The pipeline is full: stop fetching until [`Source::resume`]. Meanwhile the pipeline
+    /// calls [`Source::keep_alive`] every second.
+    fn pause(&mut self) {}
+
+    /// The pipeline has room again: fetch as before.
+    fn resume(&mut self) {}
+
+    /// Called while paused: do what keeps the source's session alive (a Kafka consumer must
+    /// poll within `max.poll.interval.ms` or it is put out of its group, however slow a sink
+    /// is). Anything read meanwhile is kept for the next [`Source::next_batch`].
+    async fn keep_alive(&mut self) {}
 }
