@@ -350,12 +350,7 @@ async fn a_member_killed_mid_stream_loses_nothing() {
         );
         tokio::time::sleep(Duration::from_millis(500)).await;
     };
-    second.signal("TERM");
-    let (code, stdout, logs) =
-        tokio::task::spawn_blocking(move || second.wait(Duration::from_secs(30)))
-            .await
-            .unwrap();
-    assert_eq!(code, Some(0), "{stdout}\n{}", logs.join("\n"));
+    drain(second).await;
     // At least once: nothing lost. Replayed events may appear twice until the lake cuts objects
     // at replayable positions (the S3 lake issue); report how many did.
     let duplicated = ids
@@ -428,12 +423,7 @@ async fn aggregates_through_kills_and_rebalances_equal_a_clean_run() {
             // Leaves: the first member gets them back, behind what the second one did.
             7 => {
                 let leaving: Running = second.take().unwrap();
-                leaving.signal("TERM");
-                let (code, stdout, logs) =
-                    tokio::task::spawn_blocking(move || leaving.wait(Duration::from_secs(30)))
-                        .await
-                        .unwrap();
-                assert_eq!(code, Some(0), "{stdout}\n{}", logs.join("\n"));
+                drain(leaving).await;
             }
             9 => third = Some(Running::start(&mut member(chaos.path(), &group))),
             // Dies: the third member takes over once the session times out.
@@ -457,12 +447,7 @@ async fn aggregates_through_kills_and_rebalances_equal_a_clean_run() {
     .await
     .unwrap();
     let survivor = third.take().unwrap();
-    survivor.signal("TERM");
-    let (code, stdout, logs) =
-        tokio::task::spawn_blocking(move || survivor.wait(Duration::from_secs(30)))
-            .await
-            .unwrap();
-    assert_eq!(code, Some(0), "{stdout}\n{}", logs.join("\n"));
+    let (_, logs) = drain(survivor).await;
     assert_eq!(
         final_classes,
         classes,
@@ -538,12 +523,7 @@ async fn rejected_inputs_also_go_to_the_dead_letter_topic() {
         );
         std::thread::sleep(Duration::from_millis(250));
     }
-    running.signal("TERM");
-    let (code, stdout, logs) =
-        tokio::task::spawn_blocking(move || running.wait(Duration::from_secs(30)))
-            .await
-            .unwrap();
-    assert_eq!(code, Some(0), "{stdout}\n{}", logs.join("\n"));
+    drain(running).await;
 
     // Read the dead-letter topic back from the beginning of every partition.
     let reading = dead_letter_topic.clone();

@@ -331,12 +331,7 @@ async fn every_dashboard_query_and_rule_returns_data_from_a_real_prometheus() {
         prometheus.range("up", window)
     );
 
-    running.signal("TERM");
-    let (code, stdout, logs) =
-        tokio::task::spawn_blocking(move || running.wait(Duration::from_secs(30)))
-            .await
-            .unwrap();
-    assert_eq!(code, Some(0), "{stdout}\n{}", logs.join("\n"));
+    drain(running).await;
     drop(prometheus);
     admin
         .delete_topics(&[&topic], &rdkafka::admin::AdminOptions::new())

@@ -193,14 +193,35 @@ impl Running {
     }
 }
 
+/// Stops `running` with SIGTERM and waits for it to drain; fails the test unless it exits 0.
+/// Returns its stdout and remaining log lines.
+pub async fn drain(running: Running) -> (String, Vec<String>) {
+    running.signal("TERM");
+    let (code, stdout, logs) =
+        tokio::task::spawn_blocking(move || running.wait(Duration::from_secs(30)))
+            .await
+            .unwrap();
+    assert_eq!(code, Some(0), "{stdout}\n{}", logs.join("\n"));
+    (stdout, logs)
+}
+
 /// A plain HTTP/1.0 GET; returns the status code and body.
 pub fn http_get(addr: SocketAddr, path: &str) -> (u16, String) {
+    http_request(addr, "GET", path)
+}
+
+/// A plain HTTP/1.0 request with `method` and no body; returns the status code and body.
+pub fn http_request(addr: SocketAddr, method: &str, path: &str) -> (u16, String) {
     let mut stream = TcpStream::connect_timeout(&addr, Duration::from_secs(5))
         .expect("http endpoint accepts connections");
     stream
         .set_read_timeout(Some(Duration::from_secs(5)))
         .unwrap();
-    write!(stream, "GET {path} HTTP/1.0\r\nHost: {addr}\r\n\r\n").unwrap();
+    write!(
+        stream,
+        "{method} {path} HTTP/1.0\r\nHost: {addr}\r\nContent-Length: 0\r\n\r\n"
+    )
+    .unwrap();
     let mut response = String::new();
     stream.read_to_string(&mut response).unwrap();
     let status = response
