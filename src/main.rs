@@ -110,20 +110,7 @@ fn main() -> ExitCode {
                 Ok(config) => config,
                 Err(error) => return config_error(&error),
             };
-            let runtime = match tokio::runtime::Runtime::new() {
-                Ok(runtime) => runtime,
-                Err(error) => {
-                    eprintln!("classpulse: cannot start the runtime: {error}");
-                    return ExitCode::FAILURE;
-                }
-            };
-            match runtime.block_on(create_tables(&config)) {
-                Ok(()) => ExitCode::SUCCESS,
-                Err(error) => {
-                    eprintln!("classpulse: {error:#}");
-                    ExitCode::FAILURE
-                }
-            }
+            block_on(create_tables(&config))
         }
         Command::Run => {
             let config = match Config::from_env() {
@@ -131,21 +118,7 @@ fn main() -> ExitCode {
                 Err(error) => return config_error(&error),
             };
             init_logging(&config);
-            let runtime = match tokio::runtime::Runtime::new() {
-                Ok(runtime) => runtime,
-                Err(error) => {
-                    eprintln!("classpulse: cannot start the runtime: {error}");
-                    return ExitCode::FAILURE;
-                }
-            };
-            match runtime.block_on(run(config)) {
-                Ok(()) => ExitCode::SUCCESS,
-                Err(error) => {
-                    tracing::error!(error = format!("{error:#}"), "classpulse stopped");
-                    eprintln!("classpulse: {error:#}");
-                    ExitCode::FAILURE
-                }
-            }
+            block_on(run(config))
         }
     }
 }
@@ -172,6 +145,25 @@ async fn create_tables(config: &Config) -> anyhow::Result<()> {
         }
     }
     Ok(())
+}
+
+/// Runs `job` on a new runtime; an error is logged and printed, and fails the process.
+fn block_on(job: impl std::future::Future<Output = anyhow::Result<()>>) -> ExitCode {
+    let runtime = match tokio::runtime::Runtime::new() {
+        Ok(runtime) => runtime,
+        Err(error) => {
+            eprintln!("classpulse: cannot start the runtime: {error}");
+            return ExitCode::FAILURE;
+        }
+    };
+    match runtime.block_on(job) {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(error) => {
+            tracing::error!(error = format!("{error:#}"), "classpulse stopped");
+            eprintln!("classpulse: {error:#}");
+            ExitCode::FAILURE
+        }
+    }
 }
 
 fn config_error(error: &config::ConfigError) -> ExitCode {

@@ -586,7 +586,5 @@ async fn denied_writes_are_reported_and_never_committed() {
 }
 
 fn s3s_fs_binary() -> std::path::PathBuf {
-    let backends = std::env::var("CP_BACKENDS_DIR")
-        .unwrap_or_else(|_| concat!(env!("CARGO_MANIFEST_DIR"), "/.backends").to_owned());
-    std::path::Path::new(&backends).join("cargo/bin/s3s-fs")
+    installed_tool("cargo/bin/s3s-fs")
 }

@@ -2,9 +2,13 @@
 //! into `.backends/venv` by `scripts/backends install`) and against the code: the task role
 //! grants exactly the AWS calls the code makes, and the task sets or documents every variable.
 
+mod common;
+
 use std::collections::BTreeSet;
 use std::path::{Path, PathBuf};
 use std::process::Command;
+
+use common::backends::installed_tool;
 
 const ROOT: &str = env!("CARGO_MANIFEST_DIR");
 
@@ -12,19 +16,8 @@ fn template() -> String {
     std::fs::read_to_string(format!("{ROOT}/deploy/cloudformation/classpulse.yaml")).unwrap()
 }
 
-fn venv_tool(name: &str) -> PathBuf {
-    let backends = std::env::var("CP_BACKENDS_DIR").unwrap_or_else(|_| format!("{ROOT}/.backends"));
-    let tool = Path::new(&backends).join("venv/bin").join(name);
-    assert!(
-        tool.exists(),
-        "no {}: run `scripts/backends install` (./scripts/test does this)",
-        tool.display()
-    );
-    tool
-}
-
 fn run_tool(tool: &str, args: &[&str]) {
-    let output = Command::new(venv_tool(tool))
+    let output = Command::new(installed_tool(&format!("venv/bin/{tool}")))
         .args(args)
         .current_dir(ROOT)
         .output()

@@ -21,10 +21,7 @@ use common::*;
 /// `classpulse run` of the small simulation writing both tables through `endpoint`.
 fn run_with_tables(lake: &Path, endpoint: &str, events: &str, aggregates: &str) -> Command {
     let mut command = classpulse(lake);
-    small_simulation(&mut command)
-        .env("AWS_ACCESS_KEY_ID", "test")
-        .env("AWS_SECRET_ACCESS_KEY", "test")
-        .env("AWS_REGION", "us-east-1")
+    with_local_dynamodb(small_simulation(&mut command))
         .env("CLASSPULSE_DYNAMODB_ENDPOINT", endpoint)
         .env("CLASSPULSE_DYNAMODB_EVENTS_TABLE", events)
         .env("CLASSPULSE_DYNAMODB_AGGREGATES_TABLE", aggregates)
@@ -418,25 +415,11 @@ fn a_missing_table_fails_readyz_by_name_and_nothing_is_lost_once_it_exists() {
 
 /// A Kafka member writing the events table, with windows short enough to close items (and
 /// commit past them) within seconds.
-fn kafka_member(lake: &Path, topic: &str, group: &str, events_table: &str) -> Command {
-    let mut command = classpulse(lake);
-    command
-        .env("AWS_ACCESS_KEY_ID", "test")
-        .env("AWS_SECRET_ACCESS_KEY", "test")
-        .env("AWS_REGION", "us-east-1")
-        .env("CLASSPULSE_DYNAMODB_ENDPOINT", DYNAMODB)
+fn kafka_member_with_table(lake: &Path, topic: &str, group: &str, events_table: &str) -> Command {
+    let mut command = kafka_member(lake, topic, group);
+    with_local_dynamodb(&mut command)
         .env("CLASSPULSE_DYNAMODB_EVENTS_TABLE", events_table)
-        .env("CLASSPULSE_DYNAMODB_PACK_WINDOW", "20s")
-        .env("CLASSPULSE_SOURCE", "kafka")
-        .env("CLASSPULSE_KAFKA_BROKERS", KAFKA)
-        .env("CLASSPULSE_KAFKA_TOPICS", topic)
-        .env("CLASSPULSE_KAFKA_GROUP_ID", group)
-        .env("CLASSPULSE_KAFKA_PROP_SESSION_TIMEOUT_MS", "6000")
-        .env("CLASSPULSE_KAFKA_PROP_HEARTBEAT_INTERVAL_MS", "500")
-        .env("CLASSPULSE_LAKE_MAX_AGE", "1s")
-        .env("CLASSPULSE_COMMIT_INTERVAL", "200ms")
-        .env("CLASSPULSE_AGG_CHECKPOINT_INTERVAL", "200ms")
-        .arg("run");
+        .env("CLASSPULSE_DYNAMODB_PACK_WINDOW", "20s");
     command
 }
 
@@ -457,7 +440,7 @@ async fn a_kafka_member_killed_after_writing_items_leaves_every_event_once() {
     // and is killed while other items are open.
     let cut = messages.len() * 2 / 3;
     produce(&topic, &messages[..cut], 3).await;
-    let first = Running::start(&mut kafka_member(
+    let first = Running::start(&mut kafka_member_with_table(
         lake.path(),
         &topic,
         &group,
@@ -487,7 +470,7 @@ async fn a_kafka_member_killed_after_writing_items_leaves_every_event_once() {
 
     // The rest, read by a new member from the committed offsets.
     produce(&topic, &messages[cut..], 3).await;
-    let second = Running::start(&mut kafka_member(
+    let second = Running::start(&mut kafka_member_with_table(
         lake.path(),
         &topic,
         &group,
@@ -645,7 +628,7 @@ async fn a_sink_stalled_past_the_poll_interval_keeps_the_member_in_its_group() {
     produce(&topic, &messages, 3).await;
     let lake = tempfile::tempdir().unwrap();
 
-    let mut command = kafka_member(lake.path(), &topic, &group, &events_table);
+    let mut command = kafka_member_with_table(lake.path(), &topic, &group, &events_table);
     command
         // librdkafka puts a member that does not poll for 8 s out of its group.
         .env("CLASSPULSE_KAFKA_PROP_MAX_POLL_INTERVAL_MS", "8000")

@@ -15,25 +15,6 @@ use rdkafka::{ClientConfig, Offset, TopicPartitionList};
 
 const PARTITIONS: i32 = 3;
 
-/// classpulse consuming `topic` as a member of `group` into `lake`.
-fn kafka_member(lake: &std::path::Path, topic: &str, group: &str) -> std::process::Command {
-    let mut command = classpulse(lake);
-    command
-        .env("CLASSPULSE_SOURCE", "kafka")
-        .env("CLASSPULSE_KAFKA_BROKERS", KAFKA)
-        .env("CLASSPULSE_KAFKA_TOPICS", topic)
-        .env("CLASSPULSE_KAFKA_GROUP_ID", group)
-        .env("CLASSPULSE_KAFKA_PROP_SESSION_TIMEOUT_MS", "6000")
-        .env("CLASSPULSE_KAFKA_PROP_HEARTBEAT_INTERVAL_MS", "500")
-        .env("CLASSPULSE_KAFKA_PROP_STATISTICS_INTERVAL_MS", "200")
-        .env("CLASSPULSE_LAKE_MAX_AGE", "1s")
-        .env("CLASSPULSE_MAX_MESSAGE_BYTES", "16KiB")
-        .env("CLASSPULSE_COMMIT_INTERVAL", "200ms")
-        .env("CLASSPULSE_AGG_CHECKPOINT_INTERVAL", "200ms")
-        .arg("run");
-    command
-}
-
 /// Runs classpulse on `topic` until it has made `events` rows durable in the lake, then
 /// stops it with SIGTERM. Returns its stdout.
 fn consume_until(lake: &std::path::Path, topic: &str, group: &str, events: u64) -> String {

@@ -8,6 +8,7 @@ use std::process::Command;
 
 use chrono::{DateTime, Utc};
 use classpulse::config::Config;
+use common::backends::installed_tool;
 use common::*;
 
 /// The same simulation `small_simulation` runs, decoded in-process: (event type, date) -> count
@@ -41,15 +42,7 @@ async fn expected_counts() -> BTreeMap<(String, String), u64> {
 }
 
 fn python_with_duckdb() -> std::path::PathBuf {
-    let backends = std::env::var("CP_BACKENDS_DIR")
-        .unwrap_or_else(|_| concat!(env!("CARGO_MANIFEST_DIR"), "/.backends").to_owned());
-    let python = std::path::Path::new(&backends).join("venv/bin/python");
-    assert!(
-        python.exists(),
-        "no {}: run `scripts/backends install` (./scripts/test does this)",
-        python.display()
-    );
-    python
+    installed_tool("venv/bin/python")
 }
 
 #[tokio::test]

@@ -7,7 +7,7 @@ mod common;
 
 use std::collections::BTreeSet;
 use std::net::SocketAddr;
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
@@ -19,15 +19,7 @@ const DEPLOY: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/deploy");
 
 /// `prometheus` or `promtool` from the unpacked Debian package.
 fn prometheus_tool(name: &str) -> PathBuf {
-    let backends = std::env::var("CP_BACKENDS_DIR")
-        .unwrap_or_else(|_| concat!(env!("CARGO_MANIFEST_DIR"), "/.backends").to_owned());
-    let tool = Path::new(&backends).join("prometheus/usr/bin").join(name);
-    assert!(
-        tool.exists(),
-        "no {}: run `scripts/backends install` (./scripts/test does this)",
-        tool.display()
-    );
-    tool
+    installed_tool(&format!("prometheus/usr/bin/{name}"))
 }
 
 fn rules() -> Value {
@@ -256,23 +248,10 @@ async fn every_dashboard_query_and_rule_returns_data_from_a_real_prometheus() {
     let messages = simulated_messages(17, "2026-11-25T22:00:00Z").await;
     let lake = tempfile::tempdir().unwrap();
 
-    let mut command = classpulse(lake.path());
-    command
-        .env("AWS_ACCESS_KEY_ID", "test")
-        .env("AWS_SECRET_ACCESS_KEY", "test")
-        .env("AWS_REGION", "us-east-1")
-        .env("CLASSPULSE_DYNAMODB_ENDPOINT", DYNAMODB)
+    let mut command = kafka_member(lake.path(), &topic, &group);
+    with_local_dynamodb(&mut command)
         .env("CLASSPULSE_DYNAMODB_EVENTS_TABLE", &events_table)
-        .env("CLASSPULSE_DYNAMODB_PACK_WINDOW", "20s")
-        .env("CLASSPULSE_SOURCE", "kafka")
-        .env("CLASSPULSE_KAFKA_BROKERS", KAFKA)
-        .env("CLASSPULSE_KAFKA_TOPICS", &topic)
-        .env("CLASSPULSE_KAFKA_GROUP_ID", &group)
-        .env("CLASSPULSE_KAFKA_PROP_STATISTICS_INTERVAL_MS", "200")
-        .env("CLASSPULSE_LAKE_MAX_AGE", "1s")
-        .env("CLASSPULSE_COMMIT_INTERVAL", "200ms")
-        .env("CLASSPULSE_AGG_CHECKPOINT_INTERVAL", "200ms")
-        .arg("run");
+        .env("CLASSPULSE_DYNAMODB_PACK_WINDOW", "20s");
     let running = Running::start(&mut command);
     let prometheus = Prometheus::start(running.http);
     let started = Instant::now();

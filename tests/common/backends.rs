@@ -259,3 +259,46 @@ pub async fn produce(
     }
     ends
 }
+
+/// `relative` under the directory `scripts/backends install` fills (`CP_BACKENDS_DIR`, or
+/// `.backends/`); fails the test, saying how to install, when it is not there.
+pub fn installed_tool(relative: &str) -> std::path::PathBuf {
+    let backends = std::env::var("CP_BACKENDS_DIR")
+        .unwrap_or_else(|_| concat!(env!("CARGO_MANIFEST_DIR"), "/.backends").to_owned());
+    let tool = std::path::Path::new(&backends).join(relative);
+    assert!(
+        tool.exists(),
+        "no {}: run `scripts/backends install` (./scripts/test does this)",
+        tool.display()
+    );
+    tool
+}
+
+/// `command` talking to DynamoDB Local with the test credentials.
+pub fn with_local_dynamodb(command: &mut std::process::Command) -> &mut std::process::Command {
+    command
+        .env("AWS_ACCESS_KEY_ID", "test")
+        .env("AWS_SECRET_ACCESS_KEY", "test")
+        .env("AWS_REGION", "us-east-1")
+        .env("CLASSPULSE_DYNAMODB_ENDPOINT", DYNAMODB)
+}
+
+/// classpulse consuming `topic` as a member of `group` into `lake`, with short sessions,
+/// commit and checkpoint intervals and statistics, so tests see progress within seconds.
+pub fn kafka_member(lake: &std::path::Path, topic: &str, group: &str) -> std::process::Command {
+    let mut command = super::classpulse(lake);
+    command
+        .env("CLASSPULSE_SOURCE", "kafka")
+        .env("CLASSPULSE_KAFKA_BROKERS", KAFKA)
+        .env("CLASSPULSE_KAFKA_TOPICS", topic)
+        .env("CLASSPULSE_KAFKA_GROUP_ID", group)
+        .env("CLASSPULSE_KAFKA_PROP_SESSION_TIMEOUT_MS", "6000")
+        .env("CLASSPULSE_KAFKA_PROP_HEARTBEAT_INTERVAL_MS", "500")
+        .env("CLASSPULSE_KAFKA_PROP_STATISTICS_INTERVAL_MS", "200")
+        .env("CLASSPULSE_LAKE_MAX_AGE", "1s")
+        .env("CLASSPULSE_MAX_MESSAGE_BYTES", "16KiB")
+        .env("CLASSPULSE_COMMIT_INTERVAL", "200ms")
+        .env("CLASSPULSE_AGG_CHECKPOINT_INTERVAL", "200ms")
+        .arg("run");
+    command
+}

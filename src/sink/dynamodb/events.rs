@@ -293,17 +293,15 @@ impl EventsTableSink {
         let started = std::time::Instant::now();
         let closed = std::mem::take(&mut self.closed);
         let mut items = Vec::with_capacity(closed.len());
-        let mut owners = Vec::with_capacity(closed.len());
         let mut events = 0;
         let mut bytes = 0;
-        for (index, item) in closed.iter().enumerate() {
+        for item in &closed {
             for part in self.render(item)? {
                 bytes += part
                     .get(super::events::EVENTS_ATTRIBUTE)
                     .and_then(|value| value.as_b().ok())
                     .map_or(0, |blob| blob.as_ref().len());
                 items.push(part);
-                owners.push(index);
             }
             events += item.events.len();
         }
