@@ -37,7 +37,7 @@ const fn var(name: &'static str, default: &'static str, meaning: &'static str) -
 
 /// Every variable classpulse reads.
 pub const VARS: &[VarSpec] = &[
-    var("CLASSPULSE_SOURCE", "simulator", "Where events come from: `simulator` (built in, no servers) or `kafka`."),
+    var("CLASSPULSE_SOURCE", "simulator", "Where events come from: `simulator` (built in, no servers), `kafka` or `kinesis`."),
     var("CLASSPULSE_KAFKA_BROKERS", "", "Kafka bootstrap servers, `host:port,...` (required with `kafka`)."),
     var("CLASSPULSE_KAFKA_TOPICS", "", "Topics to consume, comma-separated (required with `kafka`)."),
     var("CLASSPULSE_KAFKA_GROUP_ID", "classpulse", "Consumer group: every task of one deployment shares it."),
@@ -51,6 +51,15 @@ pub const VARS: &[VarSpec] = &[
     var("CLASSPULSE_DYNAMODB_MAX_INFLIGHT", "16", "Most DynamoDB calls in flight per table; throttling lowers it adaptively (AIMD)."),
     var("CLASSPULSE_DYNAMODB_PACK_WINDOW", "3m", "Event time packed into one events-table item per member: longer windows cost fewer write units (about 35 per 1,000 events at 3m) and hold more events in memory."),
     var("CLASSPULSE_KINESIS_ENDPOINT", "", "Kinesis endpoint override for local servers (unset in production)."),
+    var("CLASSPULSE_KINESIS_STREAM", "", "Stream to consume, by name or ARN (required with `kinesis`)."),
+    var("CLASSPULSE_KINESIS_APP_NAME", "classpulse", "Application name: every task of one deployment shares it; the lease table is named after it unless set."),
+    var("CLASSPULSE_KINESIS_LEASE_TABLE", "", "DynamoDB table of shard leases and checkpoints (created if missing); default: the application name."),
+    var("CLASSPULSE_KINESIS_START_POSITION", "TRIM_HORIZON", "Where a shard with no checkpoint and no parent starts: `TRIM_HORIZON`, `LATEST` or `AT_TIMESTAMP` (child shards always start at their beginning)."),
+    var("CLASSPULSE_KINESIS_START_TIMESTAMP", "", "With `AT_TIMESTAMP`: the time to start from (RFC 3339)."),
+    var("CLASSPULSE_KINESIS_LEASE_DURATION", "10s", "A lease not renewed for this long is taken over by another task (renewed every third of it)."),
+    var("CLASSPULSE_KINESIS_SHARD_SYNC_INTERVAL", "60s", "How often the shard list is read for new shards (also whenever a shard ends)."),
+    var("CLASSPULSE_KINESIS_POLL_INTERVAL", "1s", "GetRecords interval per shard once caught up (while behind: every 200 ms, within the 5 calls/s limit)."),
+    var("CLASSPULSE_KINESIS_MAX_RECORDS", "10000", "Records per GetRecords call at most (the API's limit is 10,000)."),
     var("CLASSPULSE_BATCH_MAX_EVENTS", "500", "Events the decoder hands to the sinks at once (cut at message boundaries)."),
     var("CLASSPULSE_CHANNEL_CAPACITY", "16", "Batches queued between stages before the source is slowed."),
     var("CLASSPULSE_MAX_MESSAGE_BYTES", "1MiB", "Larger messages are dead-lettered as `too_large` without being parsed."),
@@ -93,6 +102,8 @@ pub enum SourceKind {
     Simulator,
     /// A Kafka consumer group.
     Kafka,
+    /// Kinesis shards shared through leases in DynamoDB.
+    Kinesis,
 }
 
 /// Prefix of the librdkafka pass-through: `CLASSPULSE_KAFKA_PROP_FETCH_MAX_BYTES=...` sets
@@ -121,6 +132,27 @@ impl KafkaConfig {
             .iter()
             .any(|word| property.contains(word))
     }
+}
+
+/// Kinesis consumer settings.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct KinesisConfig {
+    /// Stream name or ARN.
+    pub stream: String,
+    /// Application name (the workers sharing the shards).
+    pub app_name: String,
+    /// Lease table name.
+    pub lease_table: String,
+    /// Start of shards with no checkpoint and no parent.
+    pub start: crate::source::kinesis::lease::StartPosition,
+    /// Expiry of an unrenewed lease.
+    pub lease_duration: Duration,
+    /// Interval between shard listings.
+    pub shard_sync_interval: Duration,
+    /// GetRecords interval per shard once caught up.
+    pub poll_interval: Duration,
+    /// Records per GetRecords call.
+    pub max_records: usize,
 }
 
 /// Where the lake lives.
@@ -238,6 +270,8 @@ pub struct Config {
     pub source: SourceKind,
     /// Kafka settings (used when `source` is `kafka`).
     pub kafka: KafkaConfig,
+    /// Kinesis settings (used when `source` is `kinesis`).
+    pub kinesis: KinesisConfig,
     /// Lake and dead letters.
     pub lake: LakeConfig,
     /// AWS endpoint overrides.
@@ -437,6 +471,98 @@ impl Reader<'_> {
         })
     }
 
+    /// Kinesis settings; the stream is required when `required`.
+    fn kinesis(&self, required: bool) -> Result<KinesisConfig, ConfigError> {
+        use crate::source::kinesis::lease::StartPosition;
+        let stream = self.raw("CLASSPULSE_KINESIS_STREAM").trim().to_owned();
+        let valid_name = |name: &str| {
+            (1..=128).contains(&name.len())
+                && name
+                    .chars()
+                    .all(|c| c.is_ascii_alphanumeric() || matches!(c, '_' | '.' | '-'))
+        };
+        let valid = if let Some(rest) = stream.strip_prefix("arn:") {
+            rest.contains(":kinesis:")
+                && rest
+                    .rsplit_once(":stream/")
+                    .is_some_and(|(_, name)| valid_name(name))
+        } else {
+            valid_name(&stream)
+        };
+        if (required || !stream.is_empty()) && !valid {
+            return Err(self.error(
+                "CLASSPULSE_KINESIS_STREAM",
+                "a stream name (1 to 128 of [A-Za-z0-9_.-]) or arn:aws:kinesis:REGION:ACCOUNT:stream/NAME (required with CLASSPULSE_SOURCE=kinesis)",
+            ));
+        }
+        let app_name = self.raw("CLASSPULSE_KINESIS_APP_NAME").trim().to_owned();
+        if !valid_name(&app_name) {
+            return Err(self.error("CLASSPULSE_KINESIS_APP_NAME", "1 to 128 of [A-Za-z0-9_.-]"));
+        }
+        let lease_table = match self.table_name("CLASSPULSE_KINESIS_LEASE_TABLE")? {
+            Some(table) => table,
+            None if app_name.len() >= 3 => app_name.clone(),
+            None => {
+                return Err(self.error(
+                    "CLASSPULSE_KINESIS_LEASE_TABLE",
+                    "a table name (required when CLASSPULSE_KINESIS_APP_NAME is shorter than 3 characters, DynamoDB's minimum)",
+                ))
+            }
+        };
+        let timestamp = |name| {
+            self.parse(
+                name,
+                "expected RFC 3339, e.g. 2026-11-25T17:00:00Z (required with AT_TIMESTAMP)",
+                |text| {
+                    DateTime::parse_from_rfc3339(text)
+                        .ok()
+                        .map(|time| time.timestamp_millis())
+                },
+            )
+        };
+        // Checked whenever set, so a typo shows before anyone switches to AT_TIMESTAMP.
+        let start_timestamp = match self.optional("CLASSPULSE_KINESIS_START_TIMESTAMP") {
+            Some(_) => Some(timestamp("CLASSPULSE_KINESIS_START_TIMESTAMP")?),
+            None => None,
+        };
+        let start = match self.raw("CLASSPULSE_KINESIS_START_POSITION").trim() {
+            "TRIM_HORIZON" => StartPosition::TrimHorizon,
+            "LATEST" => StartPosition::Latest,
+            "AT_TIMESTAMP" => StartPosition::AtTimestamp(match start_timestamp {
+                Some(ms) => ms,
+                None => timestamp("CLASSPULSE_KINESIS_START_TIMESTAMP")?,
+            }),
+            _ => {
+                return Err(self.error(
+                    "CLASSPULSE_KINESIS_START_POSITION",
+                    "expected TRIM_HORIZON, LATEST or AT_TIMESTAMP",
+                ))
+            }
+        };
+        Ok(KinesisConfig {
+            stream,
+            app_name,
+            lease_table,
+            start,
+            lease_duration: self.duration(
+                "CLASSPULSE_KINESIS_LEASE_DURATION",
+                Duration::from_secs(1),
+                Duration::from_secs(600),
+            )?,
+            shard_sync_interval: self.duration(
+                "CLASSPULSE_KINESIS_SHARD_SYNC_INTERVAL",
+                Duration::from_secs(1),
+                Duration::from_secs(3600),
+            )?,
+            poll_interval: self.duration(
+                "CLASSPULSE_KINESIS_POLL_INTERVAL",
+                Duration::from_millis(200),
+                Duration::from_secs(60),
+            )?,
+            max_records: self.integer("CLASSPULSE_KINESIS_MAX_RECORDS", 1, 10_000)? as usize,
+        })
+    }
+
     /// An optional DynamoDB table name.
     fn table_name(&self, name: &'static str) -> Result<Option<String>, ConfigError> {
         let Some(table) = self.optional(name) else {
@@ -540,17 +666,18 @@ impl Config {
         }
         let read = Reader { env };
 
-        let source =
-            read.parse(
-                "CLASSPULSE_SOURCE",
-                "expected simulator or kafka",
-                |text| match text {
-                    "simulator" => Some(SourceKind::Simulator),
-                    "kafka" => Some(SourceKind::Kafka),
-                    _ => None,
-                },
-            )?;
+        let source = read.parse(
+            "CLASSPULSE_SOURCE",
+            "expected simulator, kafka or kinesis",
+            |text| match text {
+                "simulator" => Some(SourceKind::Simulator),
+                "kafka" => Some(SourceKind::Kafka),
+                "kinesis" => Some(SourceKind::Kinesis),
+                _ => None,
+            },
+        )?;
         let kafka = read.kafka(source == SourceKind::Kafka)?;
+        let kinesis = read.kinesis(source == SourceKind::Kinesis)?;
         let location = read.parse(
             "CLASSPULSE_LAKE_URL",
             "expected file://DIR or s3://bucket/prefix",
@@ -686,6 +813,7 @@ impl Config {
         Ok(Config {
             source,
             kafka,
+            kinesis,
             lake,
             aws,
             dynamodb,
@@ -909,6 +1037,49 @@ mod tests {
         assert_eq!(parse_lake_url("s3://Bad_Bucket"), None);
         assert_eq!(parse_lake_url("gs://bucket"), None);
         assert_eq!(parse_lake_url("file://"), None);
+    }
+
+    #[test]
+    fn kinesis_needs_a_stream_and_names_its_lease_table_after_the_app() {
+        use crate::source::kinesis::lease::StartPosition;
+        let error = Config::from_vars(&env(&[("CLASSPULSE_SOURCE", "kinesis")])).unwrap_err();
+        assert_eq!(error.variable, "CLASSPULSE_KINESIS_STREAM");
+        let config = Config::from_vars(&env(&[
+            ("CLASSPULSE_SOURCE", "kinesis"),
+            (
+                "CLASSPULSE_KINESIS_STREAM",
+                "arn:aws:kinesis:us-east-1:123456789012:stream/studio-events",
+            ),
+            ("CLASSPULSE_KINESIS_APP_NAME", "studios"),
+        ]))
+        .unwrap();
+        assert_eq!(config.source, SourceKind::Kinesis);
+        assert_eq!(config.kinesis.lease_table, "studios");
+        assert_eq!(config.kinesis.start, StartPosition::TrimHorizon);
+        let error = Config::from_vars(&env(&[
+            ("CLASSPULSE_SOURCE", "kinesis"),
+            ("CLASSPULSE_KINESIS_STREAM", "events"),
+            ("CLASSPULSE_KINESIS_START_POSITION", "AT_TIMESTAMP"),
+        ]))
+        .unwrap_err();
+        assert_eq!(error.variable, "CLASSPULSE_KINESIS_START_TIMESTAMP");
+        let config = Config::from_vars(&env(&[
+            ("CLASSPULSE_SOURCE", "kinesis"),
+            ("CLASSPULSE_KINESIS_STREAM", "events"),
+            ("CLASSPULSE_KINESIS_START_POSITION", "AT_TIMESTAMP"),
+            ("CLASSPULSE_KINESIS_START_TIMESTAMP", "2026-11-25T17:00:00Z"),
+        ]))
+        .unwrap();
+        assert_eq!(
+            config.kinesis.start,
+            StartPosition::AtTimestamp(1_795_626_000_000)
+        );
+        let error = Config::from_vars(&env(&[
+            ("CLASSPULSE_SOURCE", "kinesis"),
+            ("CLASSPULSE_KINESIS_STREAM", "arn:aws:s3:::bucket"),
+        ]))
+        .unwrap_err();
+        assert_eq!(error.variable, "CLASSPULSE_KINESIS_STREAM");
     }
 
     #[test]

@@ -25,6 +25,7 @@ use classpulse::sink::lake::{LakeFormat, ParquetEncoder};
 use classpulse::sink::object::{ObjectLimits, ObjectSink, ObjectWriter};
 use classpulse::sink::Sink;
 use classpulse::source::kafka::KafkaSource;
+use classpulse::source::kinesis::KinesisSource;
 use classpulse::source::simulator::{Simulator, SimulatorStats};
 use classpulse::source::Source;
 use classpulse::stats::Stats;
@@ -201,6 +202,7 @@ async fn run(config: Config) -> anyhow::Result<()> {
     if config.log_format == LogFormat::Json && !config.emf_interval.is_zero() {
         let group = match config.source {
             SourceKind::Kafka => config.kafka.group_id.clone(),
+            SourceKind::Kinesis => config.kinesis.app_name.clone(),
             SourceKind::Simulator => "simulator".to_owned(),
         };
         tokio::spawn(emit_lag_metric(
@@ -226,6 +228,21 @@ async fn run(config: Config) -> anyhow::Result<()> {
             )?),
             None,
         ),
+        SourceKind::Kinesis => {
+            let sdk = classpulse::aws::sdk_config().await;
+            (
+                Box::new(
+                    KinesisSource::start(
+                        &config.kinesis,
+                        classpulse::aws::kinesis(&sdk, config.aws.kinesis.as_ref()),
+                        classpulse::aws::dynamodb(&sdk, config.aws.dynamodb.as_ref()),
+                        health.clone(),
+                    )
+                    .await?,
+                ),
+                None,
+            )
+        }
     };
     let writer = ObjectWriter::open(
         &config.lake,

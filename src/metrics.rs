@@ -48,6 +48,8 @@ pub const SOURCE_ERRORS: &str = "classpulse_source_errors_total";
 /// Offset resets librdkafka made because a committed offset was out of range (events skipped
 /// past retention, or read again). Labels: `source`.
 pub const SOURCE_OFFSET_RESETS: &str = "classpulse_source_offset_resets_total";
+/// Shard leases this task holds (Kinesis). Labels: `source`.
+pub const SOURCE_LEASES_HELD: &str = "classpulse_source_leases_held";
 /// Position commits made to the source. Labels: `source`.
 pub const SOURCE_COMMITS: &str = "classpulse_source_commits_total";
 /// Batches handed to the sinks and not yet durable everywhere.
@@ -341,6 +343,32 @@ pub fn set_source_lag(source: &'static str, partition: &PartitionId, messages: u
     gauge!(SOURCE_LAG_MESSAGES, "source" => source, "partition" => label.clone())
         .set(messages as f64);
     gauge!(SOURCE_LAG_SECONDS, "source" => source, "partition" => label).set(seconds);
+}
+
+/// Sets how far behind `partition` is in time only (Kinesis reports `MillisBehindLatest`, not
+/// a count of records).
+pub fn set_source_lag_seconds(source: &'static str, partition: &PartitionId, seconds: f64) {
+    let label = partition.to_string();
+    LAG_SECONDS
+        .lock()
+        .unwrap_or_else(|e| e.into_inner())
+        .insert(label.clone(), seconds);
+    gauge!(SOURCE_LAG_SECONDS, "source" => source, "partition" => label).set(seconds);
+}
+
+/// A partition this task no longer reads: its lag is no longer this task's.
+pub fn clear_source_lag(source: &'static str, partition: &PartitionId) {
+    let label = partition.to_string();
+    LAG_SECONDS
+        .lock()
+        .unwrap_or_else(|e| e.into_inner())
+        .remove(&label);
+    gauge!(SOURCE_LAG_SECONDS, "source" => source, "partition" => label).set(0.0);
+}
+
+/// Sets the number of shard leases held.
+pub fn set_leases_held(source: &'static str, leases: usize) {
+    gauge!(SOURCE_LEASES_HELD, "source" => source).set(leases as f64);
 }
 
 /// Lag in seconds per partition, as last set: the Embedded Metric Format line reads it.

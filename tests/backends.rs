@@ -202,12 +202,7 @@ async fn kinesis_put_and_get_records_on_two_shards() {
             shard.shard_id()
         );
     }
-    kinesis
-        .delete_stream()
-        .stream_name(&stream)
-        .send()
-        .await
-        .unwrap();
+    delete_stream(&kinesis, &stream).await;
 }
 
 #[tokio::test]

@@ -22,10 +22,15 @@ use super::Rules;
 use crate::event::{PerformanceEvent, Verdict};
 
 /// Checkpoint format version; bump it on any change to the serialised types.
-pub const CHECKPOINT_VERSION: u32 = 1;
+pub const CHECKPOINT_VERSION: u32 = 2;
 /// How long a final class is remembered after its last event (event time on the partition's
 /// clock): events for it in that time are late, not a new class.
 pub const FINALISED_MEMORY_MS: i64 = 24 * 3_600_000;
+
+/// How long (in arrival time on the partition) the verdict of an event left out is kept for
+/// replays: a replay starts at the committed position, which trails the newest read by the
+/// lake's object age and the checkpoint interval (minutes), never by an hour.
+pub const REPLAY_MEMORY_MS: i64 = 3_600_000;
 
 /// Why a class became final.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
@@ -89,6 +94,10 @@ pub struct PartitionState {
     pub outbox: Vec<(String, Vec<u8>)>,
     /// Whether live documents are written (then a final result rewrites its class's one).
     pub live_objects: bool,
+    /// Events judged duplicate or late, by position: (event id hash, late, arrival ms). A
+    /// replay of positions the state already includes gives them the same verdict again, so
+    /// the lake leaves out the same duplicates (their first copy may be in the replay, too).
+    pub left_out: BTreeMap<u64, Vec<(u128, bool, i64)>>,
 }
 
 /// The serialised form (postcard, then zstd).
@@ -101,6 +110,7 @@ struct Checkpoint<C> {
     classes: Vec<C>,
     finalised: BTreeMap<String, i64>,
     outbox: Vec<(String, Vec<u8>)>,
+    left_out: BTreeMap<u64, Vec<(u128, bool, i64)>>,
 }
 
 /// A checkpoint that cannot be read.
@@ -119,6 +129,21 @@ impl PartitionState {
             finalised: BTreeMap::new(),
             outbox: Vec::new(),
             live_objects: false,
+            left_out: BTreeMap::new(),
+        }
+    }
+
+    /// The verdict a replayed event (at or below the restored position) had when first
+    /// judged.
+    fn replayed_verdict(&self, event: &PerformanceEvent) -> Verdict {
+        let Some(left_out) = self.left_out.get(&event.offset) else {
+            return Verdict::Counted;
+        };
+        let id_hash = xxh3_128(event.event_id.as_bytes());
+        match left_out.iter().find(|(hash, _, _)| *hash == id_hash) {
+            Some((_, true, _)) => Verdict::Late,
+            Some((_, false, _)) => Verdict::Duplicate,
+            None => Verdict::Counted,
         }
     }
 
@@ -147,13 +172,17 @@ impl PartitionState {
                 .unwrap_or(rest.len());
             let (run, tail) = std::mem::take(&mut rest).split_at_mut(run_length);
             rest = tail;
-            // Positions the restored state already includes are skipped, not judged again.
+            // Positions the restored state already includes are not judged again; they get
+            // the verdict they had, for the sinks.
             let replayed = run
                 .iter()
                 .take_while(|e| restored.is_some_and(|position| e.offset <= position))
                 .count();
             tally.replayed += replayed as u64;
-            let run = &mut run[replayed..];
+            let (replay, run) = run.split_at_mut(replayed);
+            for event in replay {
+                event.verdict = self.replayed_verdict(event);
+            }
             if run.is_empty() {
                 continue;
             }
@@ -192,6 +221,13 @@ impl PartitionState {
                     Verdict::Duplicate => tally.duplicate += 1,
                     Verdict::Late => tally.late += 1,
                 }
+                if verdict != Verdict::Counted {
+                    self.left_out.entry(event.offset).or_default().push((
+                        xxh3_128(event.event_id.as_bytes()),
+                        verdict == Verdict::Late,
+                        event.arrival_ms,
+                    ));
+                }
                 event.verdict = verdict;
                 let capped = event
                     .event_time_ms
@@ -203,6 +239,25 @@ impl PartitionState {
         }
         if self.position.is_none_or(|position| last_offset > position) {
             self.position = Some(last_offset);
+        }
+        // Forget verdicts older than any replay can reach. Arrival times grow with positions
+        // (the broker stamps them), so the oldest are first.
+        let newest = self
+            .left_out
+            .last_key_value()
+            .and_then(|(_, entries)| entries.iter().map(|(_, _, arrival)| *arrival).max());
+        if let Some(newest) = newest {
+            while let Some(entry) = self.left_out.first_entry() {
+                if entry
+                    .get()
+                    .iter()
+                    .all(|(_, _, arrival)| *arrival < newest - REPLAY_MEMORY_MS)
+                {
+                    entry.remove();
+                } else {
+                    break;
+                }
+            }
         }
         (tally, finalised)
     }
@@ -298,6 +353,7 @@ impl PartitionState {
             .map(ClassState::approx_bytes)
             .sum::<usize>()
             + self.finalised.len() * 64
+            + self.left_out.len() * 72
             + self
                 .outbox
                 .iter()
@@ -317,6 +373,7 @@ impl PartitionState {
             classes,
             finalised: self.finalised.clone(),
             outbox: self.outbox.clone(),
+            left_out: self.left_out.clone(),
         };
         let plain = postcard::to_stdvec(&checkpoint)
             .unwrap_or_else(|error| unreachable!("aggregate state does not serialise: {error}"));
@@ -353,6 +410,7 @@ impl PartitionState {
             finalised: checkpoint.finalised,
             outbox: checkpoint.outbox,
             live_objects: false,
+            left_out: checkpoint.left_out,
         })
     }
 }
@@ -374,4 +432,48 @@ fn judge(class: &mut ClassState, event: &PerformanceEvent, rules: &Rules) -> Ver
     }
     class.add(event, id_hash);
     Verdict::Counted
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::aggregate::reference::event;
+    use crate::event::{EventType, Metrics};
+
+    fn sample(id: &str, offset: u64) -> PerformanceEvent {
+        let metrics = Metrics {
+            bpm: Some(150.0),
+            ..Metrics::default()
+        };
+        let time = 1_764_090_000_000 + offset as i64 * 4_000;
+        event(id, "m1", time, EventType::HeartRate, metrics, offset)
+    }
+
+    #[test]
+    fn a_replay_gives_left_out_events_their_first_verdict() {
+        let rules = Rules::default();
+        let mut state = PartitionState::new("events/0".to_owned());
+        // Offset 3 repeats the event of offset 1 (a producer retry).
+        let mut first: Vec<PerformanceEvent> = [("a", 0), ("b", 1), ("c", 2), ("b", 3), ("d", 4)]
+            .iter()
+            .map(|(id, offset)| sample(id, *offset))
+            .collect();
+        let (tally, _) = state.apply(&mut first, 4, &rules, 0);
+        assert_eq!((tally.counted, tally.duplicate), (4, 1));
+        let verdicts: Vec<Verdict> = first.iter().map(|e| e.verdict).collect();
+
+        // Restored from its checkpoint, the state meets positions 1..=4 again (the committed
+        // position was 1): both copies of "b" are in the replay, and only the second is left
+        // out, as the first time.
+        let mut restored = PartitionState::decode(&state.encode(), 0).unwrap();
+        let mut replay: Vec<PerformanceEvent> = first[1..]
+            .iter()
+            .map(|e| sample(&e.event_id, e.offset))
+            .collect();
+        let (tally, _) = restored.apply(&mut replay, 4, &rules, 0);
+        assert_eq!(tally.replayed, 4);
+        let replayed: Vec<Verdict> = replay.iter().map(|e| e.verdict).collect();
+        assert_eq!(replayed, verdicts[1..].to_vec());
+        assert_eq!(replayed[2], Verdict::Duplicate);
+    }
 }

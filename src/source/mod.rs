@@ -6,6 +6,7 @@
 //! sink has made durable (see [`crate::ack`]).
 
 pub mod kafka;
+pub mod kinesis;
 pub mod simulator;
 
 use async_trait::async_trait;

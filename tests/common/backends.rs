@@ -283,6 +283,16 @@ pub fn with_local_dynamodb(command: &mut std::process::Command) -> &mut std::pro
         .env("CLASSPULSE_DYNAMODB_ENDPOINT", DYNAMODB)
 }
 
+/// Short object ages, commit and checkpoint intervals, and a 16 KiB message limit: what the
+/// source tests share, so they see progress within seconds.
+fn quick_progress(command: &mut std::process::Command) -> &mut std::process::Command {
+    command
+        .env("CLASSPULSE_LAKE_MAX_AGE", "1s")
+        .env("CLASSPULSE_MAX_MESSAGE_BYTES", "16KiB")
+        .env("CLASSPULSE_COMMIT_INTERVAL", "200ms")
+        .env("CLASSPULSE_AGG_CHECKPOINT_INTERVAL", "200ms")
+}
+
 /// classpulse consuming `topic` as a member of `group` into `lake`, with short sessions,
 /// commit and checkpoint intervals and statistics, so tests see progress within seconds.
 pub fn kafka_member(lake: &std::path::Path, topic: &str, group: &str) -> std::process::Command {
@@ -294,11 +304,196 @@ pub fn kafka_member(lake: &std::path::Path, topic: &str, group: &str) -> std::pr
         .env("CLASSPULSE_KAFKA_GROUP_ID", group)
         .env("CLASSPULSE_KAFKA_PROP_SESSION_TIMEOUT_MS", "6000")
         .env("CLASSPULSE_KAFKA_PROP_HEARTBEAT_INTERVAL_MS", "500")
-        .env("CLASSPULSE_KAFKA_PROP_STATISTICS_INTERVAL_MS", "200")
-        .env("CLASSPULSE_LAKE_MAX_AGE", "1s")
-        .env("CLASSPULSE_MAX_MESSAGE_BYTES", "16KiB")
-        .env("CLASSPULSE_COMMIT_INTERVAL", "200ms")
-        .env("CLASSPULSE_AGG_CHECKPOINT_INTERVAL", "200ms")
-        .arg("run");
+        .env("CLASSPULSE_KAFKA_PROP_STATISTICS_INTERVAL_MS", "200");
+    quick_progress(&mut command).arg("run");
     command
+}
+
+/// A Kinesis client for kinesalite.
+pub async fn kinesis_client() -> aws_sdk_kinesis::Client {
+    let sdk = sdk_config().await;
+    classpulse::aws::kinesis(&sdk, Some(&KINESIS.parse().unwrap()))
+}
+
+/// Waits until `stream` is ACTIVE (after a create, split or merge).
+pub async fn await_stream_active(kinesis: &aws_sdk_kinesis::Client, stream: &str) {
+    let deadline = std::time::Instant::now() + Duration::from_secs(30);
+    loop {
+        let summary = kinesis
+            .describe_stream_summary()
+            .stream_name(stream)
+            .send()
+            .await
+            .unwrap();
+        let status = summary
+            .stream_description_summary()
+            .unwrap()
+            .stream_status();
+        if status == &aws_sdk_kinesis::types::StreamStatus::Active {
+            return;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "stream {stream} not active in 30 s"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}
+
+/// Creates a stream of `shards` shards with a unique name and waits until it is active.
+pub async fn create_stream(kinesis: &aws_sdk_kinesis::Client, shards: i32) -> String {
+    let stream = unique_name("stream");
+    kinesis
+        .create_stream()
+        .stream_name(&stream)
+        .shard_count(shards)
+        .send()
+        .await
+        .unwrap();
+    await_stream_active(kinesis, &stream).await;
+    stream
+}
+
+/// Deletes `stream`.
+pub async fn delete_stream(kinesis: &aws_sdk_kinesis::Client, stream: &str) {
+    kinesis
+        .delete_stream()
+        .stream_name(stream)
+        .send()
+        .await
+        .unwrap();
+}
+
+/// Puts `messages` keyed by their class (Kinesis routes by the key's MD5), in order: one
+/// PutRecords call at a time, retrying what the call did not take. Every `aggregate`-th run
+/// of consecutive messages of one key is sent as one KPL-aggregated record, as the KPL does;
+/// 0 sends every message as its own record.
+pub async fn put_messages(
+    kinesis: &aws_sdk_kinesis::Client,
+    stream: &str,
+    messages: &[classpulse::decode::RawMessage],
+    aggregate: usize,
+) {
+    use aws_sdk_kinesis::primitives::Blob;
+    use aws_sdk_kinesis::types::PutRecordsRequestEntry;
+    let key = |m: &classpulse::decode::RawMessage| {
+        String::from_utf8(m.key.as_deref().unwrap_or(b"none").to_vec()).unwrap()
+    };
+    let mut entries = Vec::new();
+    let mut i = 0;
+    while i < messages.len() {
+        let partition_key = key(&messages[i]);
+        let run = if aggregate > 0 && i % (aggregate * 3) == 0 {
+            messages[i..]
+                .iter()
+                .take(aggregate)
+                .take_while(|m| key(m) == partition_key)
+                .count()
+        } else {
+            1
+        };
+        let data = if run > 1 {
+            let records: Vec<(&str, &[u8])> = messages[i..i + run]
+                .iter()
+                .map(|m| {
+                    (
+                        partition_key.as_str(),
+                        m.payload.as_deref().unwrap_or_default(),
+                    )
+                })
+                .collect();
+            classpulse::source::kinesis::kpl::aggregate(&records)
+        } else {
+            messages[i].payload.as_deref().unwrap_or_default().to_vec()
+        };
+        entries.push(
+            PutRecordsRequestEntry::builder()
+                .partition_key(partition_key)
+                .data(Blob::new(data))
+                .build()
+                .unwrap(),
+        );
+        i += run;
+    }
+    for chunk in entries.chunks(100) {
+        let mut pending = chunk.to_vec();
+        // Records of one key must stay in order: on a partial failure, resend from the first
+        // record that failed.
+        while !pending.is_empty() {
+            let output = kinesis
+                .put_records()
+                .stream_name(stream)
+                .set_records(Some(pending.clone()))
+                .send()
+                .await
+                .unwrap();
+            let first_failed = output
+                .records()
+                .iter()
+                .position(|r| r.error_code().is_some());
+            pending = match first_failed {
+                Some(index) => pending[index..].to_vec(),
+                None => Vec::new(),
+            };
+        }
+    }
+}
+
+/// classpulse consuming `stream` as a worker of application `app` into `lake`, with short
+/// leases, shard syncs, polls, commits and checkpoints, so tests see progress within seconds.
+pub fn kinesis_member(lake: &std::path::Path, stream: &str, app: &str) -> std::process::Command {
+    let mut command = super::classpulse(lake);
+    with_local_dynamodb(&mut command)
+        .env("CLASSPULSE_SOURCE", "kinesis")
+        .env("CLASSPULSE_KINESIS_ENDPOINT", KINESIS)
+        .env("CLASSPULSE_KINESIS_STREAM", stream)
+        .env("CLASSPULSE_KINESIS_APP_NAME", app)
+        .env("CLASSPULSE_KINESIS_LEASE_DURATION", "3s")
+        .env("CLASSPULSE_KINESIS_SHARD_SYNC_INTERVAL", "2s")
+        .env("CLASSPULSE_KINESIS_POLL_INTERVAL", "200ms");
+    quick_progress(&mut command).arg("run");
+    command
+}
+
+/// Lease items of `table` by shard id: (owner, checkpoint, checkpointOffset).
+pub async fn leases(
+    client: &aws_sdk_dynamodb::Client,
+    table: &str,
+) -> std::collections::BTreeMap<String, (Option<String>, String, u64)> {
+    // One page holds every lease of a test stream; no table yet (the task creates it): none.
+    let page = match client
+        .scan()
+        .table_name(table)
+        .consistent_read(true)
+        .send()
+        .await
+    {
+        Ok(page) => page,
+        Err(e)
+            if e.as_service_error()
+                .is_some_and(|e| e.is_resource_not_found_exception()) =>
+        {
+            return Default::default()
+        }
+        Err(e) => panic!("scanning {table}: {e:?}"),
+    };
+    page.items()
+        .iter()
+        .map(|item| {
+            let text = |name: &str| item.get(name).and_then(|v| v.as_s().ok()).cloned();
+            let offset = item
+                .get("checkpointOffset")
+                .and_then(|v| v.as_n().ok())
+                .and_then(|n| n.parse().ok())
+                .unwrap_or(0);
+            (
+                text("leaseKey").unwrap(),
+                (
+                    text("leaseOwner"),
+                    text("checkpoint").unwrap_or_default(),
+                    offset,
+                ),
+            )
+        })
+        .collect()
 }
