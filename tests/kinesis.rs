@@ -435,3 +435,67 @@ async fn splits_and_merges_while_producing_keep_every_event_and_each_classes_ord
     delete_stream(&kinesis, &stream).await;
     delete_table(&dynamodb_client().await, &app).await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_task_frozen_past_its_lease_expiry_is_fenced_off() {
+    let (kinesis, stream, app) = stream_and_app(2).await;
+    let messages = simulated_messages(15, "2026-11-25T21:00:00Z").await;
+    let (before, after) = messages.split_at(messages.len() / 2);
+    let lake = tempfile::tempdir().unwrap();
+    let frozen = Running::start(&mut kinesis_member(lake.path(), &stream, &app));
+    put_messages(&kinesis, &stream, before, 0).await;
+    await_checkpoints(&app, before.len() as u64, Duration::from_secs(60)).await;
+
+    let dynamodb = dynamodb_client().await;
+    let owner_of_all = |leases: BTreeMap<String, (Option<String>, String, u64)>| {
+        let owners: BTreeSet<Option<String>> =
+            leases.into_values().map(|(owner, _, _)| owner).collect();
+        (owners.len() == 1)
+            .then(|| owners.into_iter().next().flatten())
+            .flatten()
+    };
+    let stale_owner = owner_of_all(leases(&dynamodb, &app).await).expect("one task holds both");
+
+    // Frozen (as a container the host stops scheduling) for longer than the 3 s lease.
+    frozen.signal("STOP");
+    let survivor = Running::start(&mut kinesis_member(lake.path(), &stream, &app));
+    let deadline = Instant::now() + Duration::from_secs(30);
+    let new_owner = loop {
+        match owner_of_all(leases(&dynamodb, &app).await) {
+            Some(owner) if owner != stale_owner => break owner,
+            _ => {}
+        }
+        assert!(
+            Instant::now() < deadline,
+            "the other task never took both expired leases"
+        );
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    };
+    put_messages(&kinesis, &stream, after, 0).await;
+    frozen.signal("CONT");
+    // Thawed, the stale task's next renewal is refused: it stops reading and writes nothing
+    // more. The survivor keeps both shards and everything lands once.
+    await_lake(lake.path(), &sent_ids(&messages), Duration::from_secs(60)).await;
+    await_checkpoints(&app, messages.len() as u64, Duration::from_secs(30)).await;
+    let (_, frozen_logs) = drain(frozen).await;
+    assert!(
+        frozen_logs.iter().any(|line| line.contains("lease lost")),
+        "the stale task noticed it lost its leases:\n{}",
+        frozen_logs.join("\n")
+    );
+    // Thawed, it was a live task again and got a fair share back by hand-off; drained, it
+    // released that, and the survivor holds everything.
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while owner_of_all(leases(&dynamodb, &app).await).as_ref() != Some(&new_owner) {
+        assert!(
+            Instant::now() < deadline,
+            "the survivor never took the released lease"
+        );
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    drain(survivor).await;
+    assert_no_duplicate_rows(lake.path());
+
+    delete_stream(&kinesis, &stream).await;
+    delete_table(&dynamodb, &app).await;
+}

@@ -137,6 +137,9 @@ struct Held {
     reader: CancellationToken,
     /// Being handed over to this worker: reading stopped, the transfer is due next round.
     handing_off: Option<String>,
+    /// When the lease was last taken, renewed or checkpointed: past the lease duration, the
+    /// reader hands nothing out until a renewal succeeds (another task may own it by now).
+    renewed_at: Instant,
 }
 
 /// Everything the readers, the coordinator and the source share.
@@ -285,6 +288,7 @@ impl Source for KinesisSource {
                     crate::metrics::record_commit(KIND);
                     if let Some(lease) = held.get_mut(&shard_id) {
                         lease.counter = counter;
+                        lease.renewed_at = Instant::now();
                     }
                     let mut positions = shared.positions.lock().unwrap_or_else(|e| e.into_inner());
                     if let Some(p) = positions.get_mut(&shard_id) {
@@ -556,7 +560,11 @@ async fn coordinate_round(
             .renew(&shard_id, counter, &shared.worker)
             .await?
         {
-            Some(counter) => held.get_mut(&shard_id).expect("held").counter = counter,
+            Some(counter) => {
+                let lease = held.get_mut(&shard_id).expect("held");
+                lease.counter = counter;
+                lease.renewed_at = Instant::now();
+            }
             None => lose(shared, &mut held, &shard_id, "renewal refused"),
         }
     }
@@ -717,6 +725,7 @@ fn start_reader(
             partition: partition.clone(),
             reader: reader.clone(),
             handing_off: None,
+            renewed_at: Instant::now(),
         },
     );
     if let Some(previous) = previous {
@@ -857,6 +866,9 @@ async fn read_shard(shared: &Shared, shard: ShardRead) {
                     _ => return, // lease lost meanwhile
                 }
             }
+            if !lease_fresh(shared, &shard.shard_id).await {
+                return;
+            }
             let batch = RawBatch {
                 partition: shard.partition.clone(),
                 generation: shard.generation,
@@ -888,6 +900,25 @@ async fn read_shard(shared: &Shared, shard: ShardRead) {
             MIN_POLL_GAP
         };
         tokio::time::sleep(gap.saturating_sub(started.elapsed())).await;
+    }
+}
+
+/// Waits until this task's lease on `shard_id` was renewed within the lease duration; `false`
+/// once it is not held any more. A task that was frozen (SIGSTOP, a paused container) past
+/// expiry must not hand out what it read before it learns whether the lease is still its own.
+async fn lease_fresh(shared: &Shared, shard_id: &str) -> bool {
+    loop {
+        let fresh = shared
+            .held
+            .lock()
+            .await
+            .get(shard_id)
+            .map(|lease| lease.renewed_at.elapsed() < shared.config.lease_duration);
+        match fresh {
+            None => return false,
+            Some(true) => return true,
+            Some(false) => tokio::time::sleep(Duration::from_millis(100)).await,
+        }
     }
 }
 
@@ -945,7 +976,9 @@ async fn pin(shared: &Shared, shard_id: &str, sequence: String) -> bool {
             .await
         {
             Ok(Some(counter)) => {
-                held.get_mut(shard_id).expect("held").counter = counter;
+                let lease = held.get_mut(shard_id).expect("held");
+                lease.counter = counter;
+                lease.renewed_at = Instant::now();
                 return true;
             }
             Ok(None) => {
