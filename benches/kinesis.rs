@@ -250,6 +250,7 @@ async fn pipeline(
         shard_sync_interval: Duration::from_secs(60),
         poll_interval: Duration::from_secs(1),
         max_records: 10_000,
+        efo_consumer: None,
     };
     let health = Health::new();
     let stats = Arc::new(Stats::default());

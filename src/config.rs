@@ -60,6 +60,8 @@ pub const VARS: &[VarSpec] = &[
     var("CLASSPULSE_KINESIS_SHARD_SYNC_INTERVAL", "60s", "How often the shard list is read for new shards (also whenever a shard ends)."),
     var("CLASSPULSE_KINESIS_POLL_INTERVAL", "1s", "GetRecords interval per shard once caught up (while behind: every 200 ms, within the 5 calls/s limit)."),
     var("CLASSPULSE_KINESIS_MAX_RECORDS", "10000", "Records per GetRecords call at most (the API's limit is 10,000)."),
+    var("CLASSPULSE_KINESIS_EFO", "false", "`true`: read by enhanced fan-out (SubscribeToShard: a dedicated 2 MB/s per shard, pushed) instead of polling GetRecords."),
+    var("CLASSPULSE_KINESIS_CONSUMER_NAME", "", "With `CLASSPULSE_KINESIS_EFO=true`: the stream consumer registered (if missing) and read through; default: the application name."),
     var("CLASSPULSE_BATCH_MAX_EVENTS", "500", "Events the decoder hands to the sinks at once (cut at message boundaries)."),
     var("CLASSPULSE_CHANNEL_CAPACITY", "16", "Batches queued between stages before the source is slowed."),
     var("CLASSPULSE_MAX_MESSAGE_BYTES", "1MiB", "Larger messages are dead-lettered as `too_large` without being parsed."),
@@ -153,6 +155,8 @@ pub struct KinesisConfig {
     pub poll_interval: Duration,
     /// Records per GetRecords call.
     pub max_records: usize,
+    /// Enhanced fan-out through this registered consumer name, instead of polling.
+    pub efo_consumer: Option<String>,
 }
 
 /// Where the lake lives.
@@ -539,6 +543,25 @@ impl Reader<'_> {
                 ))
             }
         };
+        let efo = self.parse(
+            "CLASSPULSE_KINESIS_EFO",
+            "expected true or false",
+            |text| match text {
+                "true" => Some(true),
+                "false" => Some(false),
+                _ => None,
+            },
+        )?;
+        let consumer_name = self
+            .optional("CLASSPULSE_KINESIS_CONSUMER_NAME")
+            .unwrap_or(&app_name)
+            .to_owned();
+        if !valid_name(&consumer_name) {
+            return Err(self.error(
+                "CLASSPULSE_KINESIS_CONSUMER_NAME",
+                "1 to 128 of [A-Za-z0-9_.-]",
+            ));
+        }
         Ok(KinesisConfig {
             stream,
             app_name,
@@ -560,6 +583,7 @@ impl Reader<'_> {
                 Duration::from_secs(60),
             )?,
             max_records: self.integer("CLASSPULSE_KINESIS_MAX_RECORDS", 1, 10_000)? as usize,
+            efo_consumer: efo.then_some(consumer_name),
         })
     }
 

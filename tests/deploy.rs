@@ -126,6 +126,7 @@ fn actions_called() -> BTreeSet<String> {
         "put_record",
         "put_records",
         "register_stream_consumer",
+        "describe_stream_consumer",
     ];
     let object_store_calls: [(&str, &str); 8] = [
         (".put_opts(", "s3:PutObject"),

@@ -164,7 +164,7 @@ async fn await_owners(table: &str, expected: &[usize], within: Duration) -> Vec<
 async fn stream_and_app(shards: i32) -> (aws_sdk_kinesis::Client, String, String) {
     require(KINESIS);
     require(DYNAMODB);
-    let kinesis = kinesis_client().await;
+    let kinesis = kinesis_client(KINESIS).await;
     let stream = create_stream(&kinesis, shards).await;
     (kinesis, stream, unique_name("app"))
 }
@@ -498,4 +498,38 @@ async fn a_task_frozen_past_its_lease_expiry_is_fenced_off() {
 
     delete_stream(&kinesis, &stream).await;
     delete_table(&dynamodb, &app).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn enhanced_fan_out_delivers_every_record_once_and_checkpoints_them() {
+    // kinesis-mock slows down as streams grow: a small stream.
+    require(KINESIS_EFO);
+    require(DYNAMODB);
+    let kinesis = kinesis_client(KINESIS_EFO).await;
+    let stream = create_stream(&kinesis, 2).await;
+    let app = unique_name("app");
+    let messages = simulated_messages(16, "2026-11-25T22:00:00Z").await;
+    let (first, second) = messages.split_at(messages.len() / 2);
+    put_messages(&kinesis, &stream, first, 5).await;
+    let lake = tempfile::tempdir().unwrap();
+    let mut member = kinesis_member(lake.path(), &stream, &app);
+    member
+        .env("CLASSPULSE_KINESIS_ENDPOINT", KINESIS_EFO)
+        .env("CLASSPULSE_KINESIS_EFO", "true");
+    let running = Running::start(&mut member);
+    await_lake(lake.path(), &sent_ids(first), Duration::from_secs(60)).await;
+    // Records put while subscribed are pushed, too.
+    put_messages(&kinesis, &stream, second, 0).await;
+    await_lake(lake.path(), &sent_ids(&messages), Duration::from_secs(60)).await;
+    await_checkpoints(&app, messages.len() as u64, Duration::from_secs(30)).await;
+    let (_, logs) = drain(running).await;
+    assert!(
+        logs.iter()
+            .any(|line| line.contains("reading by enhanced fan-out")),
+        "fan-out, not polling:\n{}",
+        logs.join("\n")
+    );
+    assert_no_duplicate_rows(lake.path());
+    delete_stream(&kinesis, &stream).await;
+    delete_table(&dynamodb_client().await, &app).await;
 }

@@ -17,6 +17,8 @@ pub const KAFKA: &str = "127.0.0.1:9092";
 pub const DYNAMODB: &str = "http://127.0.0.1:8000";
 /// kinesalite.
 pub const KINESIS: &str = "http://127.0.0.1:4567";
+/// kinesis-mock, which serves enhanced fan-out (SubscribeToShard).
+pub const KINESIS_EFO: &str = "http://127.0.0.1:4568";
 /// s3s-fs, access key `test`, secret `test`.
 pub const S3: &str = "http://127.0.0.1:8014";
 
@@ -309,10 +311,10 @@ pub fn kafka_member(lake: &std::path::Path, topic: &str, group: &str) -> std::pr
     command
 }
 
-/// A Kinesis client for kinesalite.
-pub async fn kinesis_client() -> aws_sdk_kinesis::Client {
+/// A Kinesis client for the server at `endpoint` (`KINESIS` or `KINESIS_EFO`).
+pub async fn kinesis_client(endpoint: &str) -> aws_sdk_kinesis::Client {
     let sdk = sdk_config().await;
-    classpulse::aws::kinesis(&sdk, Some(&KINESIS.parse().unwrap()))
+    classpulse::aws::kinesis(&sdk, Some(&endpoint.parse().unwrap()))
 }
 
 /// Waits until `stream` is ACTIVE (after a create, split or merge).
@@ -354,11 +356,12 @@ pub async fn create_stream(kinesis: &aws_sdk_kinesis::Client, shards: i32) -> St
     stream
 }
 
-/// Deletes `stream`.
+/// Deletes `stream`, with any fan-out consumers registered on it.
 pub async fn delete_stream(kinesis: &aws_sdk_kinesis::Client, stream: &str) {
     kinesis
         .delete_stream()
         .stream_name(stream)
+        .enforce_consumer_deletion(true)
         .send()
         .await
         .unwrap();

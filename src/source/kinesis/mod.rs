@@ -163,6 +163,8 @@ struct Shared {
     shard_ended: tokio::sync::Notify,
     /// Stops the coordinator and every reader.
     stop: CancellationToken,
+    /// The registered stream consumer read through, with enhanced fan-out.
+    consumer_arn: OnceLock<String>,
 }
 
 /// One task's share of a Kinesis stream.
@@ -215,7 +217,13 @@ impl KinesisSource {
             batches: sender,
             shard_ended: tokio::sync::Notify::new(),
             stop: CancellationToken::new(),
+            consumer_arn: OnceLock::new(),
         });
+        if let Some(name) = &config.efo_consumer {
+            let arn = register_consumer(&shared, name).await?;
+            tracing::info!(consumer = %arn, "reading by enhanced fan-out");
+            let _ = shared.consumer_arn.set(arn);
+        }
         tracing::info!(stream = %config.stream, worker = %shared.worker, lease_table = %config.lease_table, "kinesis consumer starting");
         Ok(KinesisSource {
             shared,
@@ -227,6 +235,79 @@ impl KinesisSource {
     /// This task's worker id (the `leaseOwner` of its leases).
     pub fn worker(&self) -> &str {
         &self.shared.worker
+    }
+}
+
+/// Registers the stream consumer `name` (or finds it, registered by another task or an earlier
+/// run) and waits until it is active; returns its ARN.
+async fn register_consumer(shared: &Shared, name: &str) -> Result<String, SourceError> {
+    let failure = |what: &str, error: &dyn std::fmt::Display| {
+        SourceError::Unavailable(format!(
+            "kinesis stream {}: {what}: {error}",
+            shared.config.stream
+        ))
+    };
+    let stream_arn = if shared.config.stream.starts_with("arn:") {
+        shared.config.stream.clone()
+    } else {
+        let summary = shared
+            .kinesis
+            .describe_stream_summary()
+            .stream_name(&shared.config.stream)
+            .send()
+            .await
+            .map_err(|e| {
+                failure(
+                    "DescribeStreamSummary",
+                    &aws_sdk_kinesis::error::DisplayErrorContext(&e),
+                )
+            })?;
+        summary
+            .stream_description_summary()
+            .map(|summary| summary.stream_arn().to_owned())
+            .ok_or_else(|| failure("DescribeStreamSummary", &"no summary"))?
+    };
+    let registered = shared
+        .kinesis
+        .register_stream_consumer()
+        .stream_arn(&stream_arn)
+        .consumer_name(name)
+        .send()
+        .await;
+    match registered {
+        Ok(_) => tracing::info!(consumer = name, "stream consumer registered"),
+        Err(e) if e.code() == Some("ResourceInUseException") => {}
+        Err(e) => {
+            return Err(failure(
+                "RegisterStreamConsumer",
+                &aws_sdk_kinesis::error::DisplayErrorContext(&e),
+            ))
+        }
+    }
+    let deadline = Instant::now() + Duration::from_secs(120);
+    loop {
+        let described = shared
+            .kinesis
+            .describe_stream_consumer()
+            .stream_arn(&stream_arn)
+            .consumer_name(name)
+            .send()
+            .await
+            .map_err(|e| {
+                failure(
+                    "DescribeStreamConsumer",
+                    &aws_sdk_kinesis::error::DisplayErrorContext(&e),
+                )
+            })?;
+        if let Some(consumer) = described.consumer_description() {
+            if consumer.consumer_status().as_str() == "ACTIVE" {
+                return Ok(consumer.consumer_arn().to_owned());
+            }
+        }
+        if Instant::now() > deadline {
+            return Err(failure("stream consumer", &"not active after 120 s"));
+        }
+        tokio::time::sleep(Duration::from_millis(500)).await;
     }
 }
 
@@ -765,15 +846,27 @@ enum Start {
     After(String),
 }
 
-/// Reads one shard until its end (or until cancelled by the caller).
+/// Where a shard's reader is: the offset of the next user record, where to (re)start reading,
+/// and whether a `LATEST`/`AT_TIMESTAMP` start is pinned yet.
+struct Cursor {
+    next_offset: u64,
+    start: Start,
+    pinned: bool,
+}
+
+impl Cursor {
+    fn new(checkpoint: &Checkpoint) -> Cursor {
+        Cursor {
+            next_offset: checkpoint.next_offset(),
+            start: Start::Checkpoint(checkpoint.clone()),
+            pinned: !matches!(checkpoint, Checkpoint::Latest | Checkpoint::AtTimestamp(_)),
+        }
+    }
+}
+
+/// Reads one shard until its end (or until cancelled by the caller), by polling or, with
+/// `CLASSPULSE_KINESIS_EFO`, by enhanced fan-out.
 async fn read_shard(shared: &Shared, shard: ShardRead) {
-    let mut next_offset = shard.checkpoint.next_offset();
-    let mut start = Start::Checkpoint(shard.checkpoint.clone());
-    let needs_pin = matches!(
-        shard.checkpoint,
-        Checkpoint::Latest | Checkpoint::AtTimestamp(_)
-    );
-    let mut pinned = !needs_pin;
     if let Checkpoint::ShardEnd { offset } = shard.checkpoint {
         // Finished before this task took it (it is never planned so): nothing to read.
         let mut all = shared.positions.lock().unwrap_or_else(|e| e.into_inner());
@@ -782,12 +875,93 @@ async fn read_shard(shared: &Shared, shard: ShardRead) {
         }
         return;
     }
+    let mut cursor = Cursor::new(&shard.checkpoint);
+    match shared.consumer_arn.get() {
+        Some(consumer_arn) => subscribe_shard(shared, &shard, &mut cursor, consumer_arn).await,
+        None => poll_shard(shared, &shard, &mut cursor).await,
+    }
+}
+
+/// Hands `records` (one GetRecords response or fan-out event) to the pipeline, numbered from
+/// the cursor; `false` when the reader must stop (lease lost, pipeline gone).
+async fn hand_out(
+    shared: &Shared,
+    shard: &ShardRead,
+    cursor: &mut Cursor,
+    records: &[aws_sdk_kinesis::types::Record],
+) -> bool {
+    if records.is_empty() {
+        return true;
+    }
+    if !cursor.pinned {
+        let first = records[0].sequence_number().to_owned();
+        if !pin(shared, &shard.shard_id, first).await {
+            return false;
+        }
+        cursor.pinned = true;
+    }
+    let mut messages = Vec::with_capacity(records.len());
+    let mut positions = Vec::with_capacity(records.len());
+    for record in records {
+        let arrival = record
+            .approximate_arrival_timestamp()
+            .and_then(|time| time.to_millis().ok());
+        let data = bytes::Bytes::from(record.data().clone().into_inner());
+        for user in kpl::deaggregate(record.partition_key().unwrap_or_default(), data) {
+            messages.push(RawMessage {
+                offset: cursor.next_offset,
+                timestamp_ms: arrival,
+                key: Some(user.partition_key),
+                payload: Some(user.data),
+            });
+            cursor.next_offset += 1;
+        }
+        positions.push((cursor.next_offset, record.sequence_number().to_owned()));
+    }
+    if let Some((_, last)) = positions.last() {
+        cursor.start = Start::After(last.clone());
+    }
+    {
+        let mut all = shared.positions.lock().unwrap_or_else(|e| e.into_inner());
+        match all.get_mut(&shard.shard_id) {
+            Some(p) if p.generation == shard.generation => p.records.extend(positions),
+            _ => return false, // lease lost meanwhile
+        }
+    }
+    if !lease_fresh(shared, &shard.shard_id).await {
+        return false;
+    }
+    let batch = RawBatch {
+        partition: shard.partition.clone(),
+        generation: shard.generation,
+        messages,
+    };
+    shared.batches.send(Ok(batch)).await.is_ok()
+}
+
+/// The shard is closed and read to its end: once what was handed out is durable, the
+/// coordinator (or the next commit) checkpoints `SHARD_END`.
+fn reached_end(shared: &Shared, shard: &ShardRead, cursor: &Cursor) {
+    let mut all = shared.positions.lock().unwrap_or_else(|e| e.into_inner());
+    if let Some(p) = all.get_mut(&shard.shard_id) {
+        if p.generation == shard.generation {
+            p.end = Some(cursor.next_offset);
+        }
+    }
+    drop(all);
+    crate::metrics::set_source_lag_seconds(KIND, &shard.partition, 0.0);
+    tracing::info!(shard = %shard.shard_id, records = cursor.next_offset, "shard read to its end");
+    shared.shard_ended.notify_one();
+}
+
+/// GetRecords polling, within the per-shard limits.
+async fn poll_shard(shared: &Shared, shard: &ShardRead, cursor: &mut Cursor) {
     let mut backoff = Backoff::new(Duration::from_millis(100), Duration::from_secs(10));
     let mut iterator: Option<String> = None;
     loop {
         let current = match &iterator {
             Some(iterator) => iterator.clone(),
-            None => match shard_iterator(shared, &shard.shard_id, &start).await {
+            None => match shard_iterator(shared, &shard.shard_id, &cursor.start).await {
                 Ok(iterator) => iterator,
                 Err(error) => {
                     tracing::warn!(shard = %shard.shard_id, error = %error, "GetShardIterator failed; retrying");
@@ -830,69 +1004,12 @@ async fn read_shard(shared: &Shared, shard: ShardRead) {
         let behind_ms = output.millis_behind_latest().unwrap_or(0).max(0);
         crate::metrics::set_source_lag_seconds(KIND, &shard.partition, behind_ms as f64 / 1000.0);
         let records = output.records();
-        if !records.is_empty() {
-            if !pinned {
-                let first = records[0].sequence_number().to_owned();
-                if !pin(shared, &shard.shard_id, first).await {
-                    return;
-                }
-                pinned = true;
-            }
-            let mut messages = Vec::with_capacity(records.len());
-            let mut positions = Vec::with_capacity(records.len());
-            for record in records {
-                let arrival = record
-                    .approximate_arrival_timestamp()
-                    .and_then(|time| time.to_millis().ok());
-                let data = bytes::Bytes::from(record.data().clone().into_inner());
-                for user in kpl::deaggregate(record.partition_key().unwrap_or_default(), data) {
-                    messages.push(RawMessage {
-                        offset: next_offset,
-                        timestamp_ms: arrival,
-                        key: Some(user.partition_key),
-                        payload: Some(user.data),
-                    });
-                    next_offset += 1;
-                }
-                positions.push((next_offset, record.sequence_number().to_owned()));
-            }
-            if let Some((_, last)) = positions.last() {
-                start = Start::After(last.clone());
-            }
-            {
-                let mut all = shared.positions.lock().unwrap_or_else(|e| e.into_inner());
-                match all.get_mut(&shard.shard_id) {
-                    Some(p) if p.generation == shard.generation => p.records.extend(positions),
-                    _ => return, // lease lost meanwhile
-                }
-            }
-            if !lease_fresh(shared, &shard.shard_id).await {
-                return;
-            }
-            let batch = RawBatch {
-                partition: shard.partition.clone(),
-                generation: shard.generation,
-                messages,
-            };
-            if shared.batches.send(Ok(batch)).await.is_err() {
-                return;
-            }
+        if !hand_out(shared, shard, cursor, records).await {
+            return;
         }
         match output.next_shard_iterator() {
             Some(next) => iterator = Some(next.to_owned()),
-            None => {
-                let mut all = shared.positions.lock().unwrap_or_else(|e| e.into_inner());
-                if let Some(p) = all.get_mut(&shard.shard_id) {
-                    if p.generation == shard.generation {
-                        p.end = Some(next_offset);
-                    }
-                }
-                drop(all);
-                crate::metrics::set_source_lag_seconds(KIND, &shard.partition, 0.0);
-                tracing::info!(shard = %shard.shard_id, records = next_offset, "shard read to its end");
-                shared.shard_ended.notify_one();
-                return;
-            }
+            None => return reached_end(shared, shard, cursor),
         }
         let gap = if records.is_empty() || behind_ms == 0 {
             shared.config.poll_interval
@@ -900,6 +1017,96 @@ async fn read_shard(shared: &Shared, shard: ShardRead) {
             MIN_POLL_GAP
         };
         tokio::time::sleep(gap.saturating_sub(started.elapsed())).await;
+    }
+}
+
+/// Enhanced fan-out: SubscribeToShard pushes records for up to 5 minutes per subscription; a
+/// subscription that ends (or fails) is renewed after the last record delivered.
+async fn subscribe_shard(
+    shared: &Shared,
+    shard: &ShardRead,
+    cursor: &mut Cursor,
+    consumer_arn: &str,
+) {
+    use aws_sdk_kinesis::types::{StartingPosition, SubscribeToShardEventStream};
+    let mut backoff = Backoff::new(Duration::from_secs(1), Duration::from_secs(10));
+    loop {
+        let position = match &cursor.start {
+            Start::Checkpoint(Checkpoint::TrimHorizon) => {
+                StartingPosition::builder().r#type(ShardIteratorType::TrimHorizon)
+            }
+            Start::Checkpoint(Checkpoint::Latest) => {
+                StartingPosition::builder().r#type(ShardIteratorType::Latest)
+            }
+            Start::Checkpoint(Checkpoint::AtTimestamp(ms)) => StartingPosition::builder()
+                .r#type(ShardIteratorType::AtTimestamp)
+                .timestamp(DateTime::from_millis(*ms)),
+            Start::Checkpoint(Checkpoint::At(sequence)) => StartingPosition::builder()
+                .r#type(ShardIteratorType::AtSequenceNumber)
+                .sequence_number(sequence),
+            Start::Checkpoint(Checkpoint::After { sequence, .. }) | Start::After(sequence) => {
+                StartingPosition::builder()
+                    .r#type(ShardIteratorType::AfterSequenceNumber)
+                    .sequence_number(sequence)
+            }
+            Start::Checkpoint(Checkpoint::ShardEnd { .. }) => return,
+        }
+        .build()
+        .expect("the type is set");
+        let subscribed = shared
+            .kinesis
+            .subscribe_to_shard()
+            .consumer_arn(consumer_arn)
+            .shard_id(&shard.shard_id)
+            .starting_position(position)
+            .send()
+            .await;
+        let mut output = match subscribed {
+            Ok(output) => output,
+            Err(error) => {
+                // One subscription per shard and consumer at a time, and at most one call a
+                // second: a renewal right after the last ends may be refused; wait and retry.
+                let class = match error.code() {
+                    Some("ResourceInUseException" | "LimitExceededException") => "throttled",
+                    _ => "unavailable",
+                };
+                crate::metrics::record_source_error(KIND, class);
+                tracing::warn!(shard = %shard.shard_id, error = %aws_sdk_kinesis::error::DisplayErrorContext(&error), "SubscribeToShard failed; retrying");
+                tokio::time::sleep(backoff.next_delay()).await;
+                continue;
+            }
+        };
+        backoff = Backoff::new(Duration::from_secs(1), Duration::from_secs(10));
+        loop {
+            match output.event_stream.recv().await {
+                Ok(Some(SubscribeToShardEventStream::SubscribeToShardEvent(event))) => {
+                    let behind_ms = event.millis_behind_latest().max(0);
+                    crate::metrics::set_source_lag_seconds(
+                        KIND,
+                        &shard.partition,
+                        behind_ms as f64 / 1000.0,
+                    );
+                    if !hand_out(shared, shard, cursor, event.records()).await {
+                        return;
+                    }
+                    // A closed shard's last event has no continuation and names the children.
+                    if event.continuation_sequence_number().is_empty()
+                        || !event.child_shards().is_empty()
+                    {
+                        return reached_end(shared, shard, cursor);
+                    }
+                }
+                Ok(Some(_)) => {}
+                // The subscription's 5 minutes are up: renew it where this one stopped.
+                Ok(None) => break,
+                Err(error) => {
+                    crate::metrics::record_source_error(KIND, "unavailable");
+                    tracing::warn!(shard = %shard.shard_id, error = %error, "fan-out subscription failed; renewing it");
+                    tokio::time::sleep(backoff.next_delay()).await;
+                    break;
+                }
+            }
+        }
     }
 }
 
