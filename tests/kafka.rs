@@ -263,18 +263,6 @@ fn no_reachable_broker_makes_the_source_not_ready() {
 }
 
 /// Every event id in the lake, with how often it appears.
-fn lake_ids(lake: &std::path::Path) -> BTreeMap<String, u32> {
-    use arrow_array::cast::AsArray;
-    let mut ids = BTreeMap::new();
-    for batch in read_lake(lake) {
-        let column = batch.column_by_name("event_id").unwrap().as_string::<i32>();
-        for row in 0..batch.num_rows() {
-            *ids.entry(column.value(row).to_owned()).or_insert(0) += 1;
-        }
-    }
-    ids
-}
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_member_killed_mid_stream_loses_nothing() {
     require(KAFKA);
@@ -332,15 +320,18 @@ async fn a_member_killed_mid_stream_loses_nothing() {
         tokio::time::sleep(Duration::from_millis(500)).await;
     };
     drain(second).await;
-    // At least once: nothing lost. Replayed events may appear twice until the lake cuts objects
-    // at replayable positions (the S3 lake issue); report how many did.
-    let duplicated = ids
+    // Nothing lost, and nothing written more often than it was sent: the replay after the
+    // kill skips what the dead member wrote (the lake's replay index) and leaves out the same
+    // producer retries (replayed positions keep their verdict). tests/faults.rs goes further:
+    // 20 kills, rows compared with a clean run.
+    let duplicated: Vec<_> = ids
         .iter()
         .filter(|(id, count)| **count > sent.get(*id).copied().unwrap_or(0))
-        .count();
-    eprintln!(
-        "{} events, {duplicated} written more than once after the crash",
-        expected.len()
+        .collect();
+    assert!(
+        duplicated.is_empty(),
+        "written more than once after the crash: {:?}",
+        &duplicated[..duplicated.len().min(5)]
     );
     admin
         .delete_topics(&[&topic], &AdminOptions::new())
@@ -353,37 +344,13 @@ fn distinct_ids(events: &[classpulse::event::PerformanceEvent]) -> u64 {
     ids.len() as u64
 }
 
-/// Waits until `lake` holds `classes` final class summaries; returns how many it holds.
-fn await_final_classes(lake: &std::path::Path, classes: usize, within: Duration) -> usize {
-    let deadline = Instant::now() + within;
-    loop {
-        let summaries = aggregate_files(lake)
-            .keys()
-            .filter(|name| name.starts_with("classes/"))
-            .count();
-        if summaries >= classes || Instant::now() > deadline {
-            return summaries;
-        }
-        std::thread::sleep(Duration::from_millis(250));
-    }
-}
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn aggregates_through_kills_and_rebalances_equal_a_clean_run() {
     require(KAFKA);
     let (admin, topic) = create_topic(PARTITIONS).await;
     let messages = simulated_messages(5, "2026-11-25T20:00:00Z").await;
-    let classes = messages
-        .iter()
-        .map(|m| m.key.clone())
-        .collect::<std::collections::BTreeSet<_>>()
-        .len();
-    // Classes end by the wall-clock idle rule once the topic is drained.
-    let member = |lake: &std::path::Path, group: &str| {
-        let mut command = kafka_member(lake, &topic, group);
-        command.env("CLASSPULSE_CLASS_IDLE_TIMEOUT", "8s");
-        command
-    };
+    let classes = class_count(&messages);
+    let member = |lake: &std::path::Path, group: &str| finalising_kafka_member(lake, &topic, group);
 
     // Produced over about sixteen seconds while members join, leave and die.
     let chaos = tempfile::tempdir().unwrap();

@@ -500,3 +500,24 @@ pub async fn leases(
         })
         .collect()
 }
+
+/// A Kafka member whose classes end by the wall-clock idle rule (8 s) once the topic is
+/// drained, so a test sees every final result.
+pub fn finalising_kafka_member(
+    lake: &std::path::Path,
+    topic: &str,
+    group: &str,
+) -> std::process::Command {
+    let mut command = kafka_member(lake, topic, group);
+    command.env("CLASSPULSE_CLASS_IDLE_TIMEOUT", "8s");
+    command
+}
+
+/// Classes (message keys) among `messages`.
+pub fn class_count(messages: &[classpulse::decode::RawMessage]) -> usize {
+    messages
+        .iter()
+        .map(|m| m.key.clone())
+        .collect::<std::collections::BTreeSet<_>>()
+        .len()
+}

@@ -350,3 +350,31 @@ pub fn decode_all(
     }
     (events, rejected)
 }
+
+/// How many rows the lake under `lake` holds for each event id.
+pub fn lake_ids(lake: &Path) -> BTreeMap<String, u32> {
+    use arrow_array::cast::AsArray;
+    let mut ids = BTreeMap::new();
+    for batch in read_lake(lake) {
+        let column = batch.column_by_name("event_id").unwrap().as_string::<i32>();
+        for row in 0..batch.num_rows() {
+            *ids.entry(column.value(row).to_owned()).or_insert(0) += 1;
+        }
+    }
+    ids
+}
+
+/// Waits until `lake` holds `classes` final class summaries; returns how many it holds.
+pub fn await_final_classes(lake: &Path, classes: usize, within: Duration) -> usize {
+    let deadline = Instant::now() + within;
+    loop {
+        let summaries = aggregate_files(lake)
+            .keys()
+            .filter(|name| name.starts_with("classes/"))
+            .count();
+        if summaries >= classes || Instant::now() > deadline {
+            return summaries;
+        }
+        std::thread::sleep(Duration::from_millis(250));
+    }
+}
