@@ -963,6 +963,16 @@ async fn poll_shard(shared: &Shared, shard: &ShardRead, cursor: &mut Cursor) {
             Some(iterator) => iterator.clone(),
             None => match shard_iterator(shared, &shard.shard_id, &cursor.start).await {
                 Ok(iterator) => iterator,
+                Err(error) if error.starts_with(PAST_RETENTION) => {
+                    // The outage outlasted the stream's retention: what lay between the
+                    // checkpoint and the oldest record kept is gone. Go on from there, counted
+                    // and warned about as Kafka's offset resets are.
+                    crate::metrics::record_offset_reset(KIND);
+                    tracing::warn!(shard = %shard.shard_id, error = %error, "checkpoint past the stream's retention: reading from the oldest record kept; events in between were skipped");
+                    cursor.start = Start::Checkpoint(Checkpoint::TrimHorizon);
+                    cursor.next_offset += PAST_RETENTION_OFFSET_JUMP;
+                    continue;
+                }
                 Err(error) => {
                     tracing::warn!(shard = %shard.shard_id, error = %error, "GetShardIterator failed; retrying");
                     crate::metrics::record_source_error(KIND, "unavailable");
@@ -1063,6 +1073,13 @@ async fn subscribe_shard(
             .await;
         let mut output = match subscribed {
             Ok(output) => output,
+            Err(error) if past_retention(error.code(), error.message()) => {
+                crate::metrics::record_offset_reset(KIND);
+                tracing::warn!(shard = %shard.shard_id, error = %aws_sdk_kinesis::error::DisplayErrorContext(&error), "checkpoint past the stream's retention: reading from the oldest record kept; events in between were skipped");
+                cursor.start = Start::Checkpoint(Checkpoint::TrimHorizon);
+                cursor.next_offset += PAST_RETENTION_OFFSET_JUMP;
+                continue;
+            }
             Err(error) => {
                 // One subscription per shard and consumer at a time, and at most one call a
                 // second: a renewal right after the last ends may be refused; wait and retry.
@@ -1157,14 +1174,33 @@ async fn shard_iterator(shared: &Shared, shard_id: &str, start: &Start) -> Resul
             return Err("the shard is finished".to_owned())
         }
     };
-    let output = request
-        .send()
-        .await
-        .map_err(|e| aws_sdk_kinesis::error::DisplayErrorContext(&e).to_string())?;
+    let output = request.send().await.map_err(|e| {
+        let detail = aws_sdk_kinesis::error::DisplayErrorContext(&e).to_string();
+        if past_retention(e.code(), e.message()) {
+            format!("{PAST_RETENTION}: {detail}")
+        } else {
+            detail
+        }
+    })?;
     output
         .shard_iterator()
         .map(str::to_owned)
         .ok_or_else(|| "no iterator returned".to_owned())
+}
+
+/// Marks a GetShardIterator failure because the starting sequence number is gone.
+const PAST_RETENTION: &str = "checkpoint past retention";
+/// Added to a shard's offsets when its checkpoint was past retention: the records read from the
+/// trim horizon are numbered apart from anything written (and indexed) before, so none of them
+/// passes for a record already in the lake.
+const PAST_RETENTION_OFFSET_JUMP: u64 = 1 << 40;
+
+/// Whether a GetShardIterator error says the starting sequence number is no longer in the
+/// stream (older than its retention): Kinesis answers `InvalidArgumentException` naming the
+/// `StartingSequenceNumber`.
+fn past_retention(code: Option<&str>, message: Option<&str>) -> bool {
+    code == Some("InvalidArgumentException")
+        && message.is_some_and(|message| message.contains("StartingSequenceNumber"))
 }
 
 /// Records the first record read from `LATEST`/`AT_TIMESTAMP` in the lease; `false` when the
@@ -1204,6 +1240,24 @@ async fn pin(shared: &Shared, shard_id: &str, sequence: String) -> bool {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn only_a_vanished_starting_sequence_number_counts_as_past_retention() {
+        let message = "StartingSequenceNumber 4959 used in GetShardIterator on shard shardId-000000000001 in stream events under account 123456789012 is invalid because it did not come from this stream.";
+        assert!(past_retention(
+            Some("InvalidArgumentException"),
+            Some(message)
+        ));
+        assert!(!past_retention(
+            Some("InvalidArgumentException"),
+            Some("Timestamp is in the future")
+        ));
+        assert!(!past_retention(
+            Some("ResourceNotFoundException"),
+            Some(message)
+        ));
+        assert!(!past_retention(None, None));
+    }
 
     #[test]
     fn shard_ids_and_stream_names() {
