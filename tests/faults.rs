@@ -170,20 +170,9 @@ async fn twenty_kills_of_a_kafka_member_lose_nothing_duplicate_nothing_and_keep_
         .unwrap();
 }
 
-/// Known failure, left for the next change (run it with `cargo test --test faults -- --ignored`):
-/// with 20 kills, two producer retries on one shard come out flagged late in both copies (so
-/// both are in the lake), where a clean run counts the first and leaves out the second. What a
-/// run with the lakes kept showed: shard 1 carries class `…-ride` (from position 0) and
-/// `…-run` of studio-0003 (from position 93, its event times a minute behind ride's). Even the
-/// clean run judges 619 of run's 1,050 events late (the class is final by event time early,
-/// as its partition's clock is far ahead of it); the chaos run judges 894 late, because a life
-/// that restored position 90 made run final before position 118 (the next life restored one
-/// class, not two), where the clean run counted it past 154. So a class's finality depends on
-/// where restores and sweeps fall; look at `PartitionState::sweep` (event-time finality checked
-/// between batches) against `apply` (checked at the start of each run of the class) around a
-/// class whose first events arrive behind the partition's clock. The Kafka loop's data does not
-/// have such a class.
-#[ignore = "known failure: two retries judged late after restores; see the comment"]
+/// This loop found that a class's finality by event time depended on where batches cut its
+/// run (shard 1 carries a class whose backlog arrives a minute behind the partition's clock):
+/// see `PartitionState::last_class`.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn twenty_kills_of_a_kinesis_task_lose_nothing_duplicate_nothing_and_keep_aggregates_exact() {
     require(KINESIS);

@@ -98,6 +98,10 @@ pub struct PartitionState {
     /// replay of positions the state already includes gives them the same verdict again, so
     /// the lake leaves out the same duplicates (their first copy may be in the replay, too).
     pub left_out: BTreeMap<u64, Vec<(u128, bool, i64)>>,
+    /// The class of the last event applied (`studio_id:class_id`). A run of one class's
+    /// events starts where the class changes in the partition, wherever batches, restores and
+    /// sweeps cut it, so finality by event time is decided at the same events every time.
+    pub last_class: Option<String>,
 }
 
 /// The serialised form (postcard, then zstd).
@@ -111,6 +115,7 @@ struct Checkpoint<C> {
     finalised: BTreeMap<String, i64>,
     outbox: Vec<(String, Vec<u8>)>,
     left_out: BTreeMap<u64, Vec<(u128, bool, i64)>>,
+    last_class: Option<String>,
 }
 
 /// A checkpoint that cannot be read.
@@ -130,6 +135,7 @@ impl PartitionState {
             outbox: Vec::new(),
             live_objects: false,
             left_out: BTreeMap::new(),
+            last_class: None,
         }
     }
 
@@ -162,8 +168,10 @@ impl PartitionState {
         let restored = self.position;
         let mut key = String::new();
         // Events come in runs of one class (a message is one class's): look the class up once
-        // per run. Whether a class is final by event time only needs checking at the start
-        // of its run, since its own events cannot move the clock that far past itself.
+        // per run. Whether a class is final by event time is checked where its run starts in
+        // the partition (the previous event was another class's, even in an earlier batch),
+        // never where a batch happens to cut a run: a class whose backlog arrives behind the
+        // partition's clock gets the same verdicts however it is read.
         let mut rest = events;
         while !rest.is_empty() {
             let run_length = rest
@@ -190,12 +198,15 @@ impl PartitionState {
             key.push_str(&run[0].studio_id);
             key.push(':');
             key.push_str(&run[0].class_id);
-            let due = self.classes.get(key.as_str()).is_some_and(|class| {
-                self.clock_ms
-                    >= class
-                        .max_time_ms
-                        .saturating_add(rules.class_idle_timeout_ms)
-            });
+            let run_starts = self.last_class.as_deref() != Some(key.as_str());
+            self.last_class = Some(key.clone());
+            let due = run_starts
+                && self.classes.get(key.as_str()).is_some_and(|class| {
+                    self.clock_ms
+                        >= class
+                            .max_time_ms
+                            .saturating_add(rules.class_idle_timeout_ms)
+                });
             if due {
                 finalised.push(self.finalise(&key, Trigger::EventTime, rules));
             }
@@ -268,10 +279,14 @@ impl PartitionState {
     pub fn sweep(&mut self, rules: &Rules, wall_ms: i64) -> Vec<Finalised> {
         let mut due = Vec::new();
         for (key, class) in &mut self.classes {
-            if self.clock_ms
-                >= class
-                    .max_time_ms
-                    .saturating_add(rules.class_idle_timeout_ms)
+            // The class of the run in progress is judged where its next run starts, as
+            // `apply` does (else a sweep between two batches of one run would end it early).
+            let mid_run = self.last_class.as_deref() == Some(key.as_str());
+            if !mid_run
+                && self.clock_ms
+                    >= class
+                        .max_time_ms
+                        .saturating_add(rules.class_idle_timeout_ms)
             {
                 due.push((key.clone(), Trigger::EventTime));
             } else if wall_ms - class.last_seen_wall_ms >= rules.class_idle_timeout_ms {
@@ -374,6 +389,7 @@ impl PartitionState {
             finalised: self.finalised.clone(),
             outbox: self.outbox.clone(),
             left_out: self.left_out.clone(),
+            last_class: self.last_class.clone(),
         };
         let plain = postcard::to_stdvec(&checkpoint)
             .unwrap_or_else(|error| unreachable!("aggregate state does not serialise: {error}"));
@@ -411,6 +427,7 @@ impl PartitionState {
             outbox: checkpoint.outbox,
             live_objects: false,
             left_out: checkpoint.left_out,
+            last_class: checkpoint.last_class,
         })
     }
 }
@@ -447,6 +464,54 @@ mod tests {
         };
         let time = 1_764_090_000_000 + offset as i64 * 4_000;
         event(id, "m1", time, EventType::HeartRate, metrics, offset)
+    }
+
+    /// A class whose backlog arrives in a burst behind its partition's clock: read in one
+    /// batch, split in two with a sweep between, or restored from a checkpoint mid-burst, its
+    /// events get the same verdicts.
+    #[test]
+    fn finality_by_event_time_does_not_depend_on_where_batches_cut_a_run() {
+        let rules = Rules {
+            class_idle_timeout_ms: 20_000,
+            ..Rules::default()
+        };
+        let t0 = 1_764_090_000_000;
+        let events = || -> Vec<PerformanceEvent> {
+            let mut events = Vec::new();
+            // Class-2 runs a minute ahead and sets the partition's clock.
+            for i in 0..10 {
+                let mut ahead = sample(&format!("x{i}"), i);
+                ahead.class_id = Arc::from("class-2");
+                ahead.event_time_ms = t0 + 60_000 + i as i64 * 1_000;
+                events.push(ahead);
+            }
+            // Class-1's backlog: 30 events, 2 s apart, from the minute before.
+            for i in 0..30 {
+                let mut behind = sample(&format!("b{i}"), 10 + i);
+                behind.event_time_ms = t0 + i as i64 * 2_000;
+                events.push(behind);
+            }
+            events
+        };
+        let verdicts = |events: &[PerformanceEvent]| -> Vec<Verdict> {
+            events.iter().map(|e| e.verdict).collect()
+        };
+        let mut whole = events();
+        let mut state = PartitionState::new("events/0".to_owned());
+        state.apply(&mut whole, 39, &rules, 0);
+
+        let mut split = events();
+        let mut state = PartitionState::new("events/0".to_owned());
+        let (first, second) = split.split_at_mut(15);
+        state.apply(first, 14, &rules, 0);
+        state.sweep(&rules, 0);
+        let mut restored = PartitionState::decode(&state.encode(), 0).unwrap();
+        restored.apply(second, 39, &rules, 0);
+        assert_eq!(verdicts(&split), verdicts(&whole));
+        assert!(
+            verdicts(&whole).iter().all(|v| *v == Verdict::Counted),
+            "one run: the backlog is counted"
+        );
     }
 
     #[test]
