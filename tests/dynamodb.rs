@@ -680,3 +680,94 @@ async fn a_sink_stalled_past_the_poll_interval_keeps_the_member_in_its_group() {
         .unwrap();
     delete_table(&client, &events_table).await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_dynamodb_server_that_hangs_makes_the_task_not_ready_then_nothing_is_lost() {
+    require(KAFKA);
+    // A server of this test's own: pausing the shared one would stall the other tests.
+    let server = PrivateDynamo::start().await;
+    let client = server.client().await;
+    let events_table = unique_name("events");
+    classpulse::sink::dynamodb::tables::create_table(&client, &events_table)
+        .await
+        .unwrap();
+    let (admin, topic) = create_topic(3).await;
+    let messages = simulated_messages(12, "2026-11-25T22:00:00Z").await;
+    let (events, _) = decode_all(&messages);
+    let expected: BTreeSet<String> = events.iter().map(|e| e.event_id.to_string()).collect();
+    let (first, rest) = messages.split_at(messages.len() / 3);
+    produce(&topic, first, 3).await;
+    let lake = tempfile::tempdir().unwrap();
+    let mut member =
+        kafka_member_with_table(lake.path(), &topic, &unique_name("hang"), &events_table);
+    member.env("CLASSPULSE_DYNAMODB_ENDPOINT", &server.endpoint);
+    let running = Running::start(&mut member);
+    let deadline = Instant::now() + Duration::from_secs(60);
+    while metric_sum(
+        &http_get(running.http, "/metrics").1,
+        "classpulse_dynamodb_items_written_total",
+    ) < 1.0
+    {
+        assert!(Instant::now() < deadline, "no items written");
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+
+    // Hung, not refusing: connections open, no answer (as a JVM in a long pause, or a host
+    // that stopped scheduling it). Calls time out; after a few the task says it is not ready,
+    // naming the table, while it keeps reading into its bounded buffers.
+    server.signal("STOP");
+    produce(&topic, rest, 3).await;
+    let deadline = Instant::now() + Duration::from_secs(90);
+    let reason = loop {
+        let (status, body) = http_get(running.http, "/readyz");
+        if status == 503 && body.contains(&events_table) {
+            break body;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "still ready while the table hangs: {status} {body}"
+        );
+        tokio::time::sleep(Duration::from_millis(500)).await;
+    };
+    assert!(reason.contains("unreachable"), "{reason}");
+    let rss = metric_sum(
+        &http_get(running.http, "/metrics").1,
+        "classpulse_process_resident_memory_bytes",
+    );
+    assert!(
+        rss < 400.0 * 1024.0 * 1024.0,
+        "resident memory {rss} bytes while the table hangs"
+    );
+
+    server.signal("CONT");
+    let deadline = Instant::now() + Duration::from_secs(120);
+    let stored = loop {
+        let stored = table_events(&scan_all(&client, &events_table).await);
+        if expected.iter().all(|id| stored.contains_key(id)) {
+            break stored;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "{} events never reached the table after it came back",
+            expected
+                .iter()
+                .filter(|id| !stored.contains_key(*id))
+                .count()
+        );
+        tokio::time::sleep(Duration::from_millis(500)).await;
+    };
+    let (status, _) = http_get(running.http, "/readyz");
+    assert_eq!(status, 200, "ready again");
+    drain(running).await;
+    assert!(
+        stored.values().all(|(_, n)| *n == 1),
+        "every event once in the table"
+    );
+    assert!(expected
+        .iter()
+        .all(|id| lake_ids(lake.path()).contains_key(id)));
+    admin
+        .delete_topics(&[&topic], &rdkafka::admin::AdminOptions::new())
+        .await
+        .unwrap();
+}

