@@ -4,21 +4,16 @@
 //! Targets: at least 80% of the bare consumer, and at least 150,000 events/s. Timed from the
 //! first message to the last, so that joining the group (seconds, on tansu) is not counted.
 
-use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use classpulse::config::KafkaConfig;
 use classpulse::health::Health;
-use classpulse::pipeline::Pipeline;
-use classpulse::sink::{NullSink, Sink};
 use classpulse::source::kafka::KafkaSource;
-use classpulse::stats::Stats;
 use criterion::{criterion_group, criterion_main, Criterion, Throughput};
 use rdkafka::admin::{AdminClient, AdminOptions, NewTopic, TopicReplication};
 use rdkafka::consumer::{BaseConsumer, Consumer};
 use rdkafka::producer::{FutureProducer, FutureRecord};
 use rdkafka::{ClientConfig, Offset, TopicPartitionList};
-use tokio_util::sync::CancellationToken;
 
 mod support;
 
@@ -134,37 +129,8 @@ async fn pipeline(topic: &str, events: u64, scratch: &std::path::Path) -> Durati
         ],
         dead_letter_topic: None,
     };
-    let health = Health::new();
-    let stats = Arc::new(Stats::default());
-    let source = KafkaSource::new(&kafka, 500, health.clone()).unwrap();
-    let aggregates = support::aggregate_stage(scratch, "kafka", &stats);
-    let settings = support::settings();
-    let sinks: Vec<Box<dyn Sink>> = vec![Box::new(NullSink)];
-    let pipeline = Pipeline::new(
-        Box::new(source),
-        sinks,
-        settings,
-        Arc::clone(&stats),
-        health,
-    )
-    .with_aggregates(aggregates);
-    let shutdown = CancellationToken::new();
-    let run = tokio::spawn(pipeline.run(shutdown.clone()));
-    let mut first = None;
-    loop {
-        let decoded = Stats::get(&stats.events);
-        if decoded > 0 {
-            first.get_or_insert_with(Instant::now);
-        }
-        if decoded >= events {
-            break;
-        }
-        tokio::time::sleep(Duration::from_micros(200)).await;
-    }
-    let took = first.map_or(Duration::ZERO, |first| first.elapsed());
-    shutdown.cancel();
-    run.await.unwrap().unwrap();
-    took
+    let source = KafkaSource::new(&kafka, 500, Health::new()).unwrap();
+    support::time_source_to_null_sink(Box::new(source), scratch, events).await
 }
 
 criterion_group!(benches, kafka);

@@ -6,7 +6,6 @@
 //! so creating the lease table and taking the leases are not counted.
 
 use std::collections::BTreeMap;
-use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use aws_sdk_kinesis::primitives::Blob;
@@ -15,13 +14,9 @@ use bytes::Bytes;
 use classpulse::config::KinesisConfig;
 use classpulse::decode::RawMessage;
 use classpulse::health::Health;
-use classpulse::pipeline::Pipeline;
-use classpulse::sink::{NullSink, Sink};
 use classpulse::source::kinesis::lease::StartPosition;
 use classpulse::source::kinesis::KinesisSource;
-use classpulse::stats::Stats;
 use criterion::{criterion_group, criterion_main, Criterion, Throughput};
-use tokio_util::sync::CancellationToken;
 
 mod support;
 
@@ -252,37 +247,10 @@ async fn pipeline(
         max_records: 10_000,
         efo_consumer: None,
     };
-    let health = Health::new();
-    let stats = Arc::new(Stats::default());
-    let source = KinesisSource::start(&config, kinesis.clone(), dynamodb.clone(), health.clone())
+    let source = KinesisSource::start(&config, kinesis.clone(), dynamodb.clone(), Health::new())
         .await
         .unwrap();
-    let aggregates = support::aggregate_stage(scratch, "kinesis", &stats);
-    let sinks: Vec<Box<dyn Sink>> = vec![Box::new(NullSink)];
-    let pipeline = Pipeline::new(
-        Box::new(source),
-        sinks,
-        support::settings(),
-        Arc::clone(&stats),
-        health,
-    )
-    .with_aggregates(aggregates);
-    let shutdown = CancellationToken::new();
-    let run = tokio::spawn(pipeline.run(shutdown.clone()));
-    let mut first = None;
-    loop {
-        let decoded = Stats::get(&stats.events);
-        if decoded > 0 {
-            first.get_or_insert_with(Instant::now);
-        }
-        if decoded >= events {
-            break;
-        }
-        tokio::time::sleep(Duration::from_micros(200)).await;
-    }
-    let took = first.map_or(Duration::ZERO, |first| first.elapsed());
-    shutdown.cancel();
-    run.await.unwrap().unwrap();
+    let took = support::time_source_to_null_sink(Box::new(source), scratch, events).await;
     let _ = dynamodb.delete_table().table_name(&app).send().await;
     took
 }

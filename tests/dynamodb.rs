@@ -50,6 +50,31 @@ fn table_events(items: &[Item]) -> BTreeMap<String, (String, u32)> {
     events
 }
 
+/// Waits until every id of `expected` is in `table`; returns what the table holds then.
+async fn await_table_events(
+    client: &aws_sdk_dynamodb::Client,
+    table: &str,
+    expected: &BTreeSet<String>,
+    within: Duration,
+) -> BTreeMap<String, (String, u32)> {
+    let deadline = Instant::now() + within;
+    loop {
+        let stored = table_events(&scan_all(client, table).await);
+        let missing = expected
+            .iter()
+            .filter(|id| !stored.contains_key(*id))
+            .count();
+        if missing == 0 {
+            return stored;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "{missing} events never reached the table"
+        );
+        tokio::time::sleep(Duration::from_millis(500)).await;
+    }
+}
+
 /// Event id to member of every row in the lake.
 fn lake_events(lake: &Path) -> BTreeMap<String, String> {
     let mut events = BTreeMap::new();
@@ -476,22 +501,8 @@ async fn a_kafka_member_killed_after_writing_items_leaves_every_event_once() {
         &group,
         &events_table,
     ));
-    let deadline = Instant::now() + Duration::from_secs(90);
-    let stored = loop {
-        let stored = table_events(&scan_all(&client, &events_table).await);
-        if expected.iter().all(|id| stored.contains_key(id)) {
-            break stored;
-        }
-        let missing = expected
-            .iter()
-            .filter(|id| !stored.contains_key(*id))
-            .count();
-        assert!(
-            Instant::now() < deadline,
-            "{missing} events never reached the table"
-        );
-        tokio::time::sleep(Duration::from_millis(500)).await;
-    };
+    let stored =
+        await_table_events(&client, &events_table, &expected, Duration::from_secs(90)).await;
     drain(second).await;
     // The drain may have written open items early: still once each.
     let stored_after = table_events(&scan_all(&client, &events_table).await);
@@ -740,22 +751,8 @@ async fn a_dynamodb_server_that_hangs_makes_the_task_not_ready_then_nothing_is_l
     );
 
     server.signal("CONT");
-    let deadline = Instant::now() + Duration::from_secs(120);
-    let stored = loop {
-        let stored = table_events(&scan_all(&client, &events_table).await);
-        if expected.iter().all(|id| stored.contains_key(id)) {
-            break stored;
-        }
-        assert!(
-            Instant::now() < deadline,
-            "{} events never reached the table after it came back",
-            expected
-                .iter()
-                .filter(|id| !stored.contains_key(*id))
-                .count()
-        );
-        tokio::time::sleep(Duration::from_millis(500)).await;
-    };
+    let stored =
+        await_table_events(&client, &events_table, &expected, Duration::from_secs(120)).await;
     let (status, _) = http_get(running.http, "/readyz");
     assert_eq!(status, 200, "ready again");
     drain(running).await;

@@ -55,6 +55,41 @@ pub fn aggregate_stage(
     )
 }
 
+/// Runs `source` through decode and the aggregate stage (checkpointing into `scratch`) into a
+/// null sink until `events` are decoded; returns the time from the first event decoded to the
+/// last, so that start-up (joining a group, taking leases) is not counted.
+pub async fn time_source_to_null_sink(
+    source: Box<dyn Source>,
+    scratch: &std::path::Path,
+    events: u64,
+) -> Duration {
+    use classpulse::pipeline::Pipeline;
+    use classpulse::sink::{NullSink, Sink};
+    use tokio::time::Instant;
+    let stats = Arc::new(Stats::default());
+    let aggregates = aggregate_stage(scratch, source.kind(), &stats);
+    let sinks: Vec<Box<dyn Sink>> = vec![Box::new(NullSink)];
+    let pipeline = Pipeline::new(source, sinks, settings(), Arc::clone(&stats), Health::new())
+        .with_aggregates(aggregates);
+    let shutdown = tokio_util::sync::CancellationToken::new();
+    let run = tokio::spawn(pipeline.run(shutdown.clone()));
+    let mut first = None;
+    loop {
+        let decoded = Stats::get(&stats.events);
+        if decoded > 0 {
+            first.get_or_insert_with(Instant::now);
+        }
+        if decoded >= events {
+            break;
+        }
+        tokio::time::sleep(Duration::from_micros(200)).await;
+    }
+    let took = first.map_or(Duration::ZERO, |first| first.elapsed());
+    shutdown.cancel();
+    run.await.unwrap().unwrap();
+    took
+}
+
 /// Decoder limits as configured by default.
 pub fn limits() -> DecodeLimits {
     DecodeLimits {
