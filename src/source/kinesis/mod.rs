@@ -862,6 +862,16 @@ impl Cursor {
             pinned: !matches!(checkpoint, Checkpoint::Latest | Checkpoint::AtTimestamp(_)),
         }
     }
+
+    /// The outage outlasted the stream's retention: what lay between the checkpoint and the
+    /// oldest record kept is gone. Go on from there, counted and warned about as Kafka's offset
+    /// resets are, numbering records apart from anything written before.
+    fn restart_past_retention(&mut self, shard: &ShardRead, error: &str) {
+        crate::metrics::record_offset_reset(KIND);
+        tracing::warn!(shard = %shard.shard_id, error, "checkpoint past the stream's retention: reading from the oldest record kept; events in between were skipped");
+        self.start = Start::Checkpoint(Checkpoint::TrimHorizon);
+        self.next_offset += PAST_RETENTION_OFFSET_JUMP;
+    }
 }
 
 /// Reads one shard until its end (or until cancelled by the caller), by polling or, with
@@ -964,13 +974,7 @@ async fn poll_shard(shared: &Shared, shard: &ShardRead, cursor: &mut Cursor) {
             None => match shard_iterator(shared, &shard.shard_id, &cursor.start).await {
                 Ok(iterator) => iterator,
                 Err(error) if error.starts_with(PAST_RETENTION) => {
-                    // The outage outlasted the stream's retention: what lay between the
-                    // checkpoint and the oldest record kept is gone. Go on from there, counted
-                    // and warned about as Kafka's offset resets are.
-                    crate::metrics::record_offset_reset(KIND);
-                    tracing::warn!(shard = %shard.shard_id, error = %error, "checkpoint past the stream's retention: reading from the oldest record kept; events in between were skipped");
-                    cursor.start = Start::Checkpoint(Checkpoint::TrimHorizon);
-                    cursor.next_offset += PAST_RETENTION_OFFSET_JUMP;
+                    cursor.restart_past_retention(shard, &error);
                     continue;
                 }
                 Err(error) => {
@@ -1074,10 +1078,8 @@ async fn subscribe_shard(
         let mut output = match subscribed {
             Ok(output) => output,
             Err(error) if past_retention(error.code(), error.message()) => {
-                crate::metrics::record_offset_reset(KIND);
-                tracing::warn!(shard = %shard.shard_id, error = %aws_sdk_kinesis::error::DisplayErrorContext(&error), "checkpoint past the stream's retention: reading from the oldest record kept; events in between were skipped");
-                cursor.start = Start::Checkpoint(Checkpoint::TrimHorizon);
-                cursor.next_offset += PAST_RETENTION_OFFSET_JUMP;
+                let error = aws_sdk_kinesis::error::DisplayErrorContext(&error).to_string();
+                cursor.restart_past_retention(shard, &error);
                 continue;
             }
             Err(error) => {
