@@ -149,7 +149,8 @@ pub struct DecodeLimits {
 }
 
 /// Decodes every event of `message`, appending valid events to `events` and rejections to
-/// `rejected`. `now_ms` is the arrival time used for the clock-skew rule.
+/// `rejected`. The clock-skew rule measures from the message's stored timestamp, or `now_ms`
+/// for a message without one.
 pub fn decode_message(
     message: &RawMessage,
     limits: &DecodeLimits,
@@ -467,7 +468,9 @@ fn decode_event(
             ));
         }
     }
-    let skew_ms = event_time_ms - ctx.now_ms;
+    // Judged against the time stored with the message (the broker's), not the time it is
+    // read: a replay after a crash or a backlog must reject exactly what the first read did.
+    let skew_ms = event_time_ms - ctx.arrival_ms;
     if skew_ms > ctx.limits.max_clock_skew_ms {
         return Err(Rejection::new(
             RejectReason::TimestampSkew,

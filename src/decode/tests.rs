@@ -452,6 +452,25 @@ fn timestamp_skew() {
 }
 
 #[test]
+fn timestamp_skew_is_measured_from_the_stored_arrival_time_so_replays_agree() {
+    let mut event = heart_rate();
+    // Two minutes ahead of the broker's timestamp: in the future when it arrived.
+    event["event_created"] = json!(NOW_MS + 120_000);
+    let payload = event.to_string();
+    let message = RawMessage {
+        timestamp_ms: Some(NOW_MS),
+        ..message_with_key(payload.as_bytes(), None)
+    };
+    // Read at once, or an hour later from a backlog or a replay: the same verdict.
+    for read_at in [NOW_MS, NOW_MS + 3_600_000] {
+        let (mut events, mut rejected) = (Vec::new(), Vec::new());
+        decode_message(&message, &limits(), read_at, &mut events, &mut rejected);
+        assert!(events.is_empty(), "read at {read_at}");
+        assert_eq!(rejected[0].rejection.reason, RejectReason::TimestampSkew);
+    }
+}
+
+#[test]
 fn message_key_must_name_the_events_class() {
     let payload = heart_rate().to_string();
     let (events, _) = decode_keyed(payload.as_bytes(), Some("studio-0007:20251125T1700-hiit"));
