@@ -188,7 +188,6 @@ pub fn decode_message(
     let ctx = EventContext {
         key: message.key.as_deref(),
         limits,
-        now_ms,
         arrival_ms: message.timestamp_ms.unwrap_or(now_ms),
         offset: message.offset,
     };
@@ -410,7 +409,6 @@ fn trim_ascii(bytes: &[u8]) -> &[u8] {
 struct EventContext<'a> {
     key: Option<&'a [u8]>,
     limits: &'a DecodeLimits,
-    now_ms: i64,
     arrival_ms: i64,
     offset: u64,
 }

@@ -48,7 +48,8 @@ pub const SOURCE_ERRORS: &str = "classpulse_source_errors_total";
 /// Offset resets librdkafka made because a committed offset was out of range (events skipped
 /// past retention, or read again). Labels: `source`.
 pub const SOURCE_OFFSET_RESETS: &str = "classpulse_source_offset_resets_total";
-/// Shard leases this task holds (Kinesis). Labels: `source`.
+/// Partitions this task owns: Kafka partitions assigned, or Kinesis shard leases held.
+/// Labels: `source`.
 pub const SOURCE_LEASES_HELD: &str = "classpulse_source_leases_held";
 /// Position commits made to the source. Labels: `source`.
 pub const SOURCE_COMMITS: &str = "classpulse_source_commits_total";
@@ -366,7 +367,7 @@ pub fn clear_source_lag(source: &'static str, partition: &PartitionId) {
     gauge!(SOURCE_LAG_SECONDS, "source" => source, "partition" => label).set(0.0);
 }
 
-/// Sets the number of shard leases held.
+/// Sets the number of partitions assigned or shard leases held.
 pub fn set_leases_held(source: &'static str, leases: usize) {
     gauge!(SOURCE_LEASES_HELD, "source" => source).set(leases as f64);
 }

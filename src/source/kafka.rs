@@ -216,6 +216,14 @@ impl ConsumerContext for SourceContext {
             Rebalance::Error(error) => tracing::warn!(error = %error, "rebalance failed"),
         }
     }
+
+    /// After the assignment changed: how many partitions this member owns now
+    /// (`classpulse_source_leases_held{source="kafka"}`, like a Kinesis task's leases).
+    fn post_rebalance(&self, consumer: &BaseConsumer<SourceContext>, _: &Rebalance<'_>) {
+        if let Ok(assignment) = consumer.assignment() {
+            crate::metrics::set_leases_held("kafka", assignment.count());
+        }
+    }
 }
 
 /// What a consumer error means for the pipeline.

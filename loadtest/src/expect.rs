@@ -1,0 +1,573 @@
+//! What classpulse must produce, computed as the events are generated, from the definitions
+//! of the aggregates (README "Class aggregates"), not from classpulse's code: which events
+//! land once, which late, which as dead letters, and every class's final results as the JSON
+//! the lake holds.
+
+use std::collections::{BTreeMap, BTreeSet};
+
+use serde::{Deserialize, Serialize};
+use serde_json::{json, Map, Value};
+
+use crate::model::{utc_rfc3339, Kind, Message, Plan, Reading, WorkloadArgs};
+
+/// The parameters of the definitions.
+#[derive(Debug, Clone, Copy)]
+pub struct Rules {
+    pub hr_max_bpm: f64,
+    pub hr_max_gap_ms: i64,
+}
+
+/// Leaderboards keep this many members.
+const LEADERBOARD_SIZE: usize = 10;
+
+/// Everything expected of one run.
+#[derive(Debug, Default, Serialize, Deserialize)]
+pub struct Expected {
+    /// Valid events' indices that arrive past the allowed lateness (in the lake as late).
+    pub late: Vec<u64>,
+    /// Valid events' indices rejected anyway (a fast clock), with the reason.
+    pub rejected_valid: BTreeMap<u64, String>,
+    /// Invalid events: id and the dead-letter reason.
+    pub invalid: BTreeMap<String, String>,
+    /// Extra copies sent (producer retries).
+    pub retries: u64,
+    /// Final results per class key (`studio:class`): summary, members, minutes.
+    pub classes: BTreeMap<String, ClassExpectation>,
+    /// Messages generated on the side (malformed ones), waiting to be sent.
+    #[serde(skip)]
+    stash: Vec<Message>,
+}
+
+/// One class's final results, as the lake's JSON (fields classpulse adds, like source
+/// positions, are left out).
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct ClassExpectation {
+    pub summary: Value,
+    pub members: Vec<Value>,
+    pub minutes: Vec<Value>,
+}
+
+impl Expected {
+    pub fn new(_plan: &Plan) -> Expected {
+        Expected::default()
+    }
+
+    pub fn late(&mut self, index: u64) {
+        self.late.push(index);
+    }
+
+    pub fn rejected(&mut self, index: u64, reason: &str) {
+        self.rejected_valid.insert(index, reason.to_owned());
+    }
+
+    pub fn invalid(&mut self, id: String, reason: &str) {
+        self.invalid.insert(id, reason.to_owned());
+    }
+
+    pub fn retried(&mut self) {
+        self.retries += 1;
+    }
+
+    /// Keeps a message generated inside a sample, for the caller to send after it.
+    pub fn stash(&mut self, message: Message) {
+        self.stash.push(message);
+    }
+
+    /// Messages kept by [`Expected::stash`].
+    pub fn take_stash(&mut self) -> Vec<Message> {
+        std::mem::take(&mut self.stash)
+    }
+
+    pub fn finish_class(
+        &mut self,
+        plan: &crate::model::ClassPlan,
+        acc: ClassAcc,
+        args: &WorkloadArgs,
+    ) {
+        if let Some(result) = acc.result(&plan.studio_id, &plan.class_id, &args.rules()) {
+            self.classes.insert(plan.key(), result);
+        }
+    }
+}
+
+/// Running statistics of one value.
+#[derive(Debug, Clone, Copy, Default)]
+struct Stat {
+    n: u64,
+    sum: f64,
+    min: f64,
+    max: f64,
+}
+
+impl Stat {
+    fn add(&mut self, x: f64) {
+        if self.n == 0 {
+            (self.min, self.max) = (x, x);
+        }
+        self.n += 1;
+        self.sum += x;
+        self.min = self.min.min(x);
+        self.max = self.max.max(x);
+    }
+    fn mean(&self) -> Option<f64> {
+        (self.n > 0).then(|| self.sum / self.n as f64)
+    }
+    fn max(&self) -> Option<f64> {
+        (self.n > 0).then_some(self.max)
+    }
+    fn min(&self) -> Option<f64> {
+        (self.n > 0).then_some(self.min)
+    }
+    fn span(&self) -> f64 {
+        if self.n > 0 {
+            self.max - self.min
+        } else {
+            0.0
+        }
+    }
+}
+
+#[derive(Debug, Default, Clone)]
+struct Machine {
+    n: u64,
+    distance: Stat,
+    calories: Stat,
+    speed: Stat,
+    watts: Stat,
+    cadence: Stat,
+    spm: Stat,
+    /// Smallest and largest distance reading per minute.
+    minutes: BTreeMap<i64, (f64, f64)>,
+}
+
+impl Machine {
+    fn gained_in(&self, minute: i64) -> f64 {
+        let Some((low, high)) = self.minutes.get(&minute) else {
+            return 0.0;
+        };
+        let before = self
+            .minutes
+            .range(..minute)
+            .map(|(_, (_, h))| *h)
+            .reduce(f64::max);
+        (high - before.unwrap_or(*low)).max(0.0)
+    }
+}
+
+#[derive(Debug, Default, Clone)]
+struct Member {
+    counts: [u64; 5],
+    bpm: Stat,
+    last_hr_ms: Option<i64>,
+    zone_ms: [i64; 5],
+    machines: BTreeMap<Kind, Machine>,
+    sets: u64,
+    reps: u64,
+    volume: f64,
+}
+
+#[derive(Debug, Default, Clone)]
+struct Minute {
+    events: u64,
+    members: BTreeSet<String>,
+    bpm: Stat,
+}
+
+/// One class's counted events, accumulated in event-time order.
+#[derive(Debug, Default, Clone)]
+pub struct ClassAcc {
+    members: BTreeMap<String, Member>,
+    minutes: BTreeMap<i64, Minute>,
+    first_ms: Option<i64>,
+    last_ms: i64,
+}
+
+impl ClassAcc {
+    /// Counts one event (the caller adds a member's events in time order).
+    pub fn add(
+        &mut self,
+        member_id: &str,
+        kind: Kind,
+        time_ms: i64,
+        reading: &Reading,
+        rules: &Rules,
+    ) {
+        let minute_ms = time_ms.div_euclid(60_000) * 60_000;
+        self.first_ms = Some(self.first_ms.map_or(time_ms, |f| f.min(time_ms)));
+        self.last_ms = self.last_ms.max(time_ms);
+        let minute = self.minutes.entry(minute_ms).or_default();
+        minute.events += 1;
+        minute.members.insert(member_id.to_owned());
+        let member = self.members.entry(member_id.to_owned()).or_default();
+        member.counts[kind.index()] += 1;
+        match *reading {
+            Reading::HeartRate { bpm } => {
+                member.bpm.add(bpm);
+                minute.bpm.add(bpm);
+                // Each sample counts the gap to the previous one, capped; the first counts 0.
+                let gap = member
+                    .last_hr_ms
+                    .map_or(0, |last| (time_ms - last).min(rules.hr_max_gap_ms));
+                member.last_hr_ms = Some(time_ms);
+                let percent = bpm / rules.hr_max_bpm * 100.0;
+                // Zone k from (40 + 10k)% up; compared in integers so 60% is exactly zone 2.
+                let zone = (5..=9)
+                    .rev()
+                    .find(|tens| bpm * 10.0 >= rules.hr_max_bpm * f64::from(*tens));
+                let _ = percent;
+                if let Some(tens) = zone {
+                    member.zone_ms[(tens - 5) as usize] += gap;
+                }
+            }
+            Reading::Weights { reps, weight, .. } => {
+                member.sets += 1;
+                member.reps += u64::from(reps);
+                member.volume += f64::from(reps) * weight;
+            }
+            Reading::Treadmill {
+                speed,
+                distance,
+                calories,
+                ..
+            } => {
+                let m = member.machines.entry(kind).or_default();
+                m.speed.add(speed);
+                add_cumulative(m, minute_ms, distance, calories);
+            }
+            Reading::Rower {
+                spm,
+                watts,
+                distance,
+                calories,
+            } => {
+                let m = member.machines.entry(kind).or_default();
+                m.spm.add(spm);
+                m.watts.add(watts);
+                add_cumulative(m, minute_ms, distance, calories);
+            }
+            Reading::Bike {
+                cadence,
+                watts,
+                distance,
+                calories,
+            } => {
+                let m = member.machines.entry(kind).or_default();
+                m.cadence.add(cadence);
+                m.watts.add(watts);
+                add_cumulative(m, minute_ms, distance, calories);
+            }
+        }
+    }
+
+    /// The final results, or `None` if nothing was counted.
+    pub fn result(
+        &self,
+        studio_id: &str,
+        class_id: &str,
+        _rules: &Rules,
+    ) -> Option<ClassExpectation> {
+        let first_ms = self.first_ms?;
+        let mut members = Vec::new();
+        let mut rows: Vec<(String, f64, f64)> = Vec::new();
+        let mut totals = Totals::default();
+        for (member_id, m) in &self.members {
+            let zone_seconds: Vec<f64> = m.zone_ms.iter().map(|ms| *ms as f64 / 1000.0).collect();
+            let effort = ((m.zone_ms[3] + 2 * m.zone_ms[4]) / 6_000) as f64 / 10.0;
+            let distance: f64 = m.machines.values().map(|x| x.distance.span()).sum();
+            let calories: f64 = m.machines.values().map(|x| x.calories.span()).sum();
+            let machine = |kind: Kind| {
+                m.machines.get(&kind).map(|x| {
+                    let mut o = Map::new();
+                    o.insert("events".into(), json!(x.n));
+                    o.insert("distance_m".into(), json!(x.distance.span()));
+                    o.insert("calories".into(), json!(x.calories.span()));
+                    for (name, stat) in [
+                        ("speed_kph", &x.speed),
+                        ("watts", &x.watts),
+                        ("cadence_rpm", &x.cadence),
+                        ("stroke_rate_spm", &x.spm),
+                    ] {
+                        if stat.n > 0 {
+                            o.insert(format!("avg_{name}"), json!(stat.mean()));
+                            o.insert(format!("max_{name}"), json!(stat.max()));
+                        }
+                    }
+                    Value::Object(o)
+                })
+            };
+            members.push(json!({
+                "studio_id": studio_id,
+                "class_id": class_id,
+                "member_id": member_id,
+                "final": true,
+                "events": counts(&m.counts),
+                "hr_samples": m.bpm.n,
+                "hr_min": m.bpm.min(),
+                "hr_max": m.bpm.max(),
+                "hr_avg": m.bpm.mean(),
+                "zone_seconds": zone_seconds,
+                "effort_points": effort,
+                "distance_m": distance,
+                "calories": calories,
+                "treadmill": machine(Kind::Treadmill),
+                "rower": machine(Kind::Rower),
+                "bike": machine(Kind::Bike),
+                "sets": m.sets,
+                "reps_total": m.reps,
+                "volume_kg": m.volume,
+            }));
+            rows.push((member_id.clone(), effort, distance));
+            totals.add(m, &zone_seconds, effort, distance, calories);
+        }
+        let board = |value: fn(&(String, f64, f64)) -> f64| {
+            let mut ranked: Vec<&(String, f64, f64)> = rows.iter().collect();
+            ranked.sort_by(|a, b| value(b).total_cmp(&value(a)).then_with(|| a.0.cmp(&b.0)));
+            ranked
+                .iter()
+                .take(LEADERBOARD_SIZE)
+                .map(|r| json!({"member_id": r.0, "value": value(r)}))
+                .collect::<Vec<_>>()
+        };
+        let summary = json!({
+            "studio_id": studio_id,
+            "class_id": class_id,
+            "final": true,
+            "members": self.members.len(),
+            "events": counts(&totals.counts),
+            "first_event": utc_rfc3339(first_ms),
+            "last_event": utc_rfc3339(self.last_ms),
+            "hr_samples": totals.bpm.n,
+            "hr_avg": totals.bpm.mean(),
+            "zone_seconds": totals.zone_seconds,
+            "effort_points": totals.effort,
+            "distance_m": totals.distance,
+            "calories": totals.calories,
+            "sets": totals.sets,
+            "reps_total": totals.reps,
+            "volume_kg": totals.volume,
+            "leaderboard_effort": board(|r| r.1),
+            "leaderboard_distance": board(|r| r.2),
+        });
+        let minutes = self
+            .minutes
+            .iter()
+            .map(|(start, minute)| {
+                let gained: f64 = self
+                    .members
+                    .values()
+                    .flat_map(|m| m.machines.values())
+                    .map(|x| x.gained_in(*start))
+                    .sum();
+                json!({
+                    "studio_id": studio_id,
+                    "class_id": class_id,
+                    "minute": utc_rfc3339(*start),
+                    "final": true,
+                    "events": minute.events,
+                    "members_active": minute.members.len(),
+                    "hr_avg": minute.bpm.mean(),
+                    "distance_m": gained,
+                })
+            })
+            .collect();
+        Some(ClassExpectation {
+            summary,
+            members,
+            minutes,
+        })
+    }
+}
+
+fn add_cumulative(m: &mut Machine, minute_ms: i64, distance: f64, calories: f64) {
+    m.n += 1;
+    m.distance.add(distance);
+    m.calories.add(calories);
+    let range = m.minutes.entry(minute_ms).or_insert((distance, distance));
+    range.0 = range.0.min(distance);
+    range.1 = range.1.max(distance);
+}
+
+fn counts(c: &[u64; 5]) -> Value {
+    json!({
+        "heart_rate": c[0], "treadmill": c[1], "rower": c[2], "bike": c[3], "free_weights": c[4],
+    })
+}
+
+#[derive(Default)]
+struct Totals {
+    counts: [u64; 5],
+    bpm: Stat,
+    zone_seconds: [f64; 5],
+    effort: f64,
+    distance: f64,
+    calories: f64,
+    sets: u64,
+    reps: u64,
+    volume: f64,
+}
+
+impl Totals {
+    fn add(&mut self, m: &Member, zone_seconds: &[f64], effort: f64, distance: f64, calories: f64) {
+        for (t, c) in self.counts.iter_mut().zip(m.counts) {
+            *t += c;
+        }
+        if m.bpm.n > 0 {
+            if self.bpm.n == 0 {
+                self.bpm = m.bpm;
+            } else {
+                self.bpm.n += m.bpm.n;
+                self.bpm.sum += m.bpm.sum;
+            }
+        }
+        for (t, s) in self.zone_seconds.iter_mut().zip(zone_seconds) {
+            *t += s;
+        }
+        self.effort += effort;
+        self.distance += distance;
+        self.calories += calories;
+        self.sets += m.sets;
+        self.reps += m.reps;
+        self.volume += m.volume;
+    }
+}
+
+/// Differences between an expected and an actual JSON value, as `path: expected X, got Y`.
+/// Numbers match within a relative 1e-9 (sums in another order round differently); a field
+/// missing on one side and null on the other match (absent options).
+pub fn diff(path: &str, expected: &Value, actual: &Value, out: &mut Vec<String>) {
+    match (expected, actual) {
+        (Value::Number(e), Value::Number(a)) => {
+            let (e, a) = (
+                e.as_f64().unwrap_or(f64::NAN),
+                a.as_f64().unwrap_or(f64::NAN),
+            );
+            if (e - a).abs() > 1e-9 * e.abs().max(a.abs()).max(1.0) {
+                out.push(format!("{path}: expected {e}, got {a}"));
+            }
+        }
+        (Value::Object(e), Value::Object(a)) => {
+            for (key, value) in e {
+                let other = a.get(key).unwrap_or(&Value::Null);
+                diff(&format!("{path}.{key}"), value, other, out);
+            }
+        }
+        (Value::Array(e), Value::Array(a)) => {
+            if e.len() != a.len() {
+                out.push(format!(
+                    "{path}: expected {} entries, got {}",
+                    e.len(),
+                    a.len()
+                ));
+            }
+            for (i, (x, y)) in e.iter().zip(a).enumerate() {
+                diff(&format!("{path}[{i}]"), x, y, out);
+            }
+        }
+        (e, a) if e == a => {}
+        (e, a) => out.push(format!("{path}: expected {e}, got {a}")),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const RULES: Rules = Rules {
+        hr_max_bpm: 190.0,
+        hr_max_gap_ms: 5_000,
+    };
+
+    fn hr(acc: &mut ClassAcc, member: &str, time_ms: i64, bpm: f64) {
+        acc.add(
+            member,
+            Kind::HeartRate,
+            time_ms,
+            &Reading::HeartRate { bpm },
+            &RULES,
+        );
+    }
+
+    #[test]
+    fn zones_count_capped_gaps_from_the_second_sample() {
+        let mut acc = ClassAcc::default();
+        // zone 5 at 0 (counts 0), zone 5 after 4 s, zone 4 after 60 s (5 s), zone 1 after 2 s.
+        hr(&mut acc, "a", 0, 180.0);
+        hr(&mut acc, "a", 4_000, 175.0);
+        hr(&mut acc, "a", 64_000, 160.0);
+        hr(&mut acc, "a", 66_000, 100.0);
+        // 94 bpm is under 50%: no zone; 114 is exactly 60%: zone 2.
+        hr(&mut acc, "a", 70_000, 94.0);
+        hr(&mut acc, "a", 74_000, 114.0);
+        let result = acc.result("s", "c", &RULES).unwrap();
+        assert_eq!(
+            result.members[0]["zone_seconds"],
+            json!([2.0, 4.0, 0.0, 5.0, 4.0])
+        );
+        // (5 s + 2 x 4 s) / 60 = 0.216 min -> 0.2
+        assert_eq!(result.members[0]["effort_points"], json!(0.2));
+        assert_eq!(result.summary["hr_samples"], json!(6));
+        assert_eq!(result.minutes.len(), 2);
+    }
+
+    #[test]
+    fn minute_distances_add_up_to_the_class_distance() {
+        let mut acc = ClassAcc::default();
+        for (t, d) in [
+            (10_000, 5.0),
+            (50_000, 20.0),
+            (70_000, 31.0),
+            (130_000, 40.5),
+        ] {
+            let reading = Reading::Bike {
+                cadence: 80.0,
+                watts: 200.0,
+                distance: d,
+                calories: d / 10.0,
+            };
+            acc.add("a", Kind::Bike, t, &reading, &RULES);
+        }
+        let result = acc.result("s", "c", &RULES).unwrap();
+        let gained: f64 = result
+            .minutes
+            .iter()
+            .map(|m| m["distance_m"].as_f64().unwrap())
+            .sum();
+        assert_eq!(gained, 35.5);
+        assert_eq!(result.summary["distance_m"], json!(35.5));
+        assert_eq!(result.members[0]["bike"]["max_watts"], json!(200.0));
+    }
+
+    #[test]
+    fn leaderboards_rank_by_value_then_member() {
+        let mut acc = ClassAcc::default();
+        for member in ["c", "b", "a"] {
+            let reading = Reading::Weights {
+                exercise: "squat",
+                reps: 10,
+                weight: 20.0,
+            };
+            acc.add(member, Kind::FreeWeights, 0, &reading, &RULES);
+        }
+        let result = acc.result("s", "c", &RULES).unwrap();
+        let board: Vec<&str> = result.summary["leaderboard_distance"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|l| l["member_id"].as_str().unwrap())
+            .collect();
+        assert_eq!(board, ["a", "b", "c"]);
+        assert_eq!(result.summary["volume_kg"], json!(600.0));
+    }
+
+    #[test]
+    fn diff_names_the_path_and_tolerates_summation_order() {
+        let mut out = Vec::new();
+        diff(
+            "x",
+            &json!({"a": [1.0, 2.0], "b": null}),
+            &json!({"a": [1.0 + 1e-13, 3.0]}),
+            &mut out,
+        );
+        assert_eq!(out, ["x.a[1]: expected 2, got 3"]);
+    }
+}

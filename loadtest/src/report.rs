@@ -1,0 +1,462 @@
+//! The run's report: Markdown (what was sent, what classpulse did with it, latency
+//! percentiles, resources, which process saturated, the cost projection for a full day) and a
+//! PNG chart of events/s and source lag over time.
+
+use std::fmt::Write as _;
+use std::path::{Path, PathBuf};
+
+use plotters::prelude::*;
+use serde::Serialize;
+
+use crate::produce::Manifest;
+use crate::run::{RunArgs, Scrape};
+use crate::verify::Verdict;
+
+/// Events a day at the full workload.
+pub const EVENTS_PER_DAY: f64 = 69_120_000.0;
+/// On-demand DynamoDB, US East: dollars per million write request units.
+const DYNAMODB_PER_MILLION_WRU: f64 = 0.625;
+/// S3 Standard: dollars per 1,000 PUTs, and per GB-month stored.
+const S3_PER_THOUSAND_PUTS: f64 = 0.005;
+const S3_PER_GB_MONTH: f64 = 0.023;
+/// Kinesis on-demand is not used: provisioned shard-hours and PUT payload units (25 KB).
+const KINESIS_PER_SHARD_HOUR: f64 = 0.015;
+const KINESIS_PER_MILLION_PUT_UNITS: f64 = 0.014;
+
+/// One second of the run.
+#[derive(Debug, Default, Clone, Serialize)]
+pub struct Sample {
+    pub t: f64,
+    pub events_in: f64,
+    pub lag_messages: f64,
+    /// Messages sent but not yet read by any instance (the loadtest's own count).
+    pub backlog_messages: f64,
+    pub lag_seconds: f64,
+    pub cpu_seconds: f64,
+    pub rss_bytes: f64,
+}
+
+pub struct Report<'a> {
+    pub args: &'a RunArgs,
+    pub manifest: &'a Manifest,
+    pub verdict: &'a Verdict,
+    pub samples: &'a [Sample],
+    pub last_scrapes: &'a [Scrape],
+    pub produced_seconds: f64,
+    pub caught_up_seconds: f64,
+    pub drain_seconds: Option<f64>,
+    pub servers_cpu: Vec<(String, f64)>,
+    pub exits: Vec<String>,
+    /// ms from send to visible in the class's live document (local lakes only).
+    pub visible_latency: Option<hdrhistogram::Histogram<u64>>,
+}
+
+impl Report<'_> {
+    /// Writes `report.md` and `report.png` into `dir`.
+    pub fn write(&self, dir: &Path) -> anyhow::Result<PathBuf> {
+        let chart = dir.join("report.png");
+        self.chart(&chart)?;
+        let path = dir.join("report.md");
+        std::fs::write(&path, self.markdown())?;
+        Ok(path)
+    }
+
+    fn total(&self, name: &str) -> f64 {
+        self.last_scrapes
+            .iter()
+            .filter_map(|s| s.values.get(name))
+            .sum()
+    }
+
+    fn markdown(&self) -> String {
+        let m = self.manifest;
+        let w = &m.workload;
+        let e = &m.expected;
+        let v = self.verdict;
+        let mut md = String::new();
+        let _ = writeln!(
+            md,
+            "# classpulse load test, {}\n",
+            chrono::Utc::now().format("%Y-%m-%d %H:%M UTC")
+        );
+        let mode = if w.all_at_once {
+            "every class at once"
+        } else {
+            "a day's schedule"
+        };
+        let pace = match (m.pace.rate, m.pace.speedup) {
+            (Some(rate), _) => format!("{rate} events/s"),
+            (None, s) if s > 0.0 => format!("speedup {s}"),
+            _ => "unpaced (as fast as the broker takes it)".to_owned(),
+        };
+        let _ = writeln!(md, "## Workload\n");
+        let _ = writeln!(md, "| | |\n|---|---|");
+        let _ = writeln!(
+            md,
+            "| shape | {} studios, {} classes ({mode}) of {} min, {} members |",
+            w.studios, m.classes, w.class_minutes, w.members
+        );
+        let _ = writeln!(
+            md,
+            "| most classes at once | {} |",
+            m.peak_concurrent_classes
+        );
+        let _ = writeln!(
+            md,
+            "| target | {} `{}`, {} partitions/shards, {} instance(s){} |",
+            m.target.target,
+            m.target.topic,
+            m.target.partitions,
+            self.args.instances,
+            if self.args.backlog {
+                ", backlog first"
+            } else {
+                ""
+            }
+        );
+        let _ = writeln!(md, "| pacing | {pace} |");
+        let _ = writeln!(md, "| valid events | {} |", m.valid_events);
+        let _ = writeln!(
+            md,
+            "| sent | {} events in {} messages, {:.1} MB |",
+            m.events_sent,
+            m.messages,
+            m.bytes_sent as f64 / 1e6
+        );
+        let _ = writeln!(md, "| imperfections | {} producer retries, {} late, {} malformed or out of range, {} ahead of the clock (fast studio) |", e.retries, e.late.len(), e.invalid.len(), e.rejected_valid.len());
+        let _ = writeln!(
+            md,
+            "| produce | {:.1} s ({:.0} events/s) |",
+            self.produced_seconds,
+            m.events_sent as f64 / self.produced_seconds.max(1e-9)
+        );
+        let _ = writeln!(
+            md,
+            "| all final and caught up | {:.1} s after the start |",
+            self.caught_up_seconds
+        );
+        if let Some(drain) = self.drain_seconds {
+            let _ = writeln!(
+                md,
+                "| backlog drained | {:.1} s: {:.0} events/s |",
+                drain,
+                m.events_sent as f64 / drain.max(1e-9)
+            );
+        }
+        let events_in = self.samples.iter().map(|s| s.events_in).fold(0.0, f64::max);
+        let first = self
+            .samples
+            .iter()
+            .find(|s| s.events_in > 0.0)
+            .map_or(0.0, |s| s.t - 1.0);
+        let last = self
+            .samples
+            .iter()
+            .find(|s| s.events_in >= events_in)
+            .map_or(0.0, |s| s.t);
+        if last > first {
+            let _ = writeln!(md, "| classpulse throughput | {:.0} events/s from its first event to its last ({:.0} s, by 1 s samples) |", events_in / (last - first), last - first);
+        }
+        let peak_lag = self
+            .samples
+            .iter()
+            .map(|s| s.lag_messages)
+            .fold(0.0, f64::max);
+        let peak_backlog = self
+            .samples
+            .iter()
+            .map(|s| s.backlog_messages)
+            .fold(0.0, f64::max);
+        let _ = writeln!(md, "| source lag | at most {peak_lag:.0} messages by classpulse's metric; at most {peak_backlog:.0} messages sent and not yet read |");
+        let _ = writeln!(md, "| classpulse exits | {} |", self.exits.join(", "));
+
+        let _ = writeln!(md, "\n## Verify\n");
+        let _ = writeln!(md, "| check | result |\n|---|---|");
+        let _ = writeln!(md, "| lake | {} rows in {} objects: **{} missing, {} duplicated**, {} late flags wrong, {} rows that should have been rejected |", v.lake_rows, v.lake_objects, v.missing, v.duplicated, v.late_flag_wrong, v.unexpected_rows);
+        let _ = writeln!(
+            md,
+            "| dead letters | {}: {} missing, {} wrong reason, {} unexpected |",
+            v.dead_letters,
+            v.dead_letters_missing,
+            v.dead_letters_wrong_reason,
+            v.dead_letters_unexpected
+        );
+        let _ = writeln!(
+            md,
+            "| final aggregates | {} classes: {} missing, **{} different** |",
+            v.classes_expected, v.classes_missing, v.classes_wrong
+        );
+        if let Some(events) = v.table_events {
+            let _ = writeln!(
+                md,
+                "| events table | {events} events in {} items: {} missing, {} duplicated |",
+                v.table_items, v.table_missing, v.table_duplicated
+            );
+        }
+        let _ = writeln!(
+            md,
+            "| verdict | **{}** |",
+            if v.clean() { "clean" } else { "DIFFERENCES" }
+        );
+        for line in v.differences.iter().take(30) {
+            let _ = writeln!(md, "\n- {line}");
+        }
+
+        let _ = writeln!(md, "\n## Latency\n");
+        let _ = writeln!(
+            md,
+            "| from first send to | p50 | p90 | p99 | p99.9 | max |\n|---|---|---|---|---|---|"
+        );
+        if let Some(h) = &v.lake_latency_ms {
+            let q = |p: f64| format!("{:.2} s", h.value_at_quantile(p) as f64 / 1000.0);
+            let _ = writeln!(md, "| the lake object holding it written (hdrhistogram, every event) | {} | {} | {} | {} | {:.2} s |", q(0.5), q(0.9), q(0.99), q(0.999), h.max() as f64 / 1000.0);
+        }
+        if let Some(h) = &self.visible_latency {
+            let q = |p: f64| format!("{:.2} s", h.value_at_quantile(p) as f64 / 1000.0);
+            let _ = writeln!(md, "| counted in its class's live document (hdrhistogram, every counted event; live interval {}) | {} | {} | {} | {} | {:.2} s |", self.args.flush_interval, q(0.5), q(0.9), q(0.99), q(0.999), h.max() as f64 / 1000.0);
+        }
+        let mut sinks: std::collections::BTreeMap<String, Vec<(f64, f64)>> = Default::default();
+        for scrape in self.last_scrapes {
+            for (sink, buckets) in &scrape.latency_buckets {
+                let merged = sinks.entry(sink.clone()).or_default();
+                for (i, (le, count)) in buckets.iter().enumerate() {
+                    if merged.len() <= i {
+                        merged.push((*le, 0.0));
+                    }
+                    merged[i].1 += count;
+                }
+            }
+        }
+        for (sink, buckets) in &sinks {
+            let q =
+                |p: f64| bucket_quantile(buckets, p).map_or("-".to_owned(), |s| format!("≤ {s} s"));
+            let _ = writeln!(md, "| durable in `{sink}` (classpulse's own histogram, from `event_created`: meaningful at real time; bucket upper bounds) | {} | {} | {} | {} | |", q(0.5), q(0.9), q(0.99), q(0.999));
+        }
+
+        let _ = writeln!(md, "\n## Resources\n");
+        let cpu = self.total("classpulse_process_cpu_seconds_total");
+        let instances = f64::from(self.args.instances.max(1));
+        let _ = writeln!(md, "| | |\n|---|---|");
+        let _ = writeln!(md, "| classpulse CPU | {cpu:.1} s in all; {:.1} CPU-seconds per million events; {:.1} per million events per instance |", cpu / (m.events_sent as f64 / 1e6), cpu / (m.events_sent as f64 / 1e6) / instances);
+        let rss = self.samples.iter().map(|s| s.rss_bytes).fold(0.0, f64::max);
+        let _ = writeln!(
+            md,
+            "| classpulse RSS | at most {:.0} MB over all instances |",
+            rss / 1e6
+        );
+        let wall = self.caught_up_seconds.max(1e-9);
+        let mut busiest = ("classpulse".to_owned(), cpu / wall);
+        let _ = writeln!(
+            md,
+            "| classpulse busy | {:.0}% of one core on average |",
+            cpu / wall * 100.0
+        );
+        for (name, seconds) in &self.servers_cpu {
+            let _ = writeln!(
+                md,
+                "| {name} | {seconds:.1} CPU-seconds, {:.0}% of one core on average |",
+                seconds / wall * 100.0
+            );
+            if seconds / wall > busiest.1 {
+                busiest = (name.clone(), seconds / wall);
+            }
+        }
+        let _ = writeln!(
+            md,
+            "| busiest (the first to saturate on 2 cores) | {} |",
+            busiest.0
+        );
+
+        let _ = writeln!(md, "\n## Cost projection for 69,120,000 events a day\n");
+        md.push_str(&self.cost());
+        let _ = writeln!(md, "\n![events/s and lag](report.png)");
+        md
+    }
+
+    /// Dollars a day, from this run's request counts scaled to the full workload. Requests
+    /// that follow the clock rather than the events (object cuts by age, checkpoints) are
+    /// projected from the production intervals.
+    fn cost(&self) -> String {
+        let m = self.manifest;
+        let scale = EVENTS_PER_DAY / (m.valid_events as f64).max(1.0);
+        let mut md = String::new();
+        let _ = writeln!(md, "| item | per day | how |\n|---|---|---|");
+        let mut total = 0.0;
+        let mut wru_by_table: Vec<(String, f64)> = Vec::new();
+        for scrape in self.last_scrapes {
+            for (series, value) in &scrape.values {
+                if let Some(rest) = series.strip_prefix("classpulse_dynamodb_write_units_total{") {
+                    let table = rest
+                        .split("table=\"")
+                        .nth(1)
+                        .and_then(|t| t.split('"').next())
+                        .unwrap_or("?");
+                    match wru_by_table.iter_mut().find(|(t, _)| t == table) {
+                        Some(entry) => entry.1 += value,
+                        None => wru_by_table.push((table.to_owned(), *value)),
+                    }
+                }
+            }
+        }
+        for (table, units) in &wru_by_table {
+            let dollars = units * scale / 1e6 * DYNAMODB_PER_MILLION_WRU;
+            total += dollars;
+            let _ = writeln!(md, "| DynamoDB `{table}` writes | ${dollars:.2} | {units:.0} write units measured ({:.1} per 1,000 events) x {scale:.1} |", units / m.valid_events as f64 * 1000.0);
+        }
+        let naive = EVENTS_PER_DAY / 1e6 * DYNAMODB_PER_MILLION_WRU;
+        let _ = writeln!(
+            md,
+            "| (naive: one item per event) | ${naive:.2} | 1 write unit per event |"
+        );
+        // S3: lake objects cut at least every 5 minutes per partition (CLASSPULSE_LAKE_MAX_AGE),
+        // each with an index entry; dead letters likewise at most; 3 result objects per class;
+        // a checkpoint per partition every 30 s.
+        let partitions = f64::from(m.target.partitions);
+        let classes_per_day = 3200.0;
+        let lake_puts = partitions * 288.0 * 2.0;
+        let dead_letter_puts = partitions * 288.0;
+        let result_puts = classes_per_day * 3.0;
+        let checkpoint_puts = partitions * 2880.0;
+        let puts = lake_puts + dead_letter_puts + result_puts + checkpoint_puts;
+        let put_dollars = puts / 1000.0 * S3_PER_THOUSAND_PUTS;
+        total += put_dollars;
+        let _ = writeln!(md, "| S3 PUTs | ${put_dollars:.2} | {puts:.0}: lake objects and index entries {lake_puts:.0} ({partitions} partitions, one object per 5 min), dead letters at most {dead_letter_puts:.0}, results {result_puts:.0} (3 for each of 3,200 classes), checkpoints {checkpoint_puts:.0} (every 30 s) |");
+        let bytes_per_event =
+            self.verdict.lake_bytes as f64 / (self.verdict.lake_rows as f64).max(1.0);
+        let gb_per_day = bytes_per_event * EVENTS_PER_DAY / 1e9;
+        let storage = gb_per_day * S3_PER_GB_MONTH / 30.0 * 30.0;
+        let _ = writeln!(md, "| S3 storage | each day adds {gb_per_day:.2} GB: ${storage:.3} a month for it | {bytes_per_event:.1} bytes/event measured in the lake |");
+        let records = m.messages as f64 * scale;
+        let put_units = records
+            * (m.bytes_sent as f64 / m.messages.max(1) as f64 / 25_000.0)
+                .ceil()
+                .max(1.0);
+        let peak_mb_s = m.bytes_sent as f64 / m.events_sent.max(1) as f64 * 4800.0 / 1e6;
+        let shards = (peak_mb_s / 1.0)
+            .max(4800.0 / (m.events_sent as f64 / m.messages.max(1) as f64) / 1000.0)
+            .ceil()
+            .max(1.0)
+            * 2.0;
+        let kinesis = shards * 24.0 * KINESIS_PER_SHARD_HOUR
+            + put_units / 1e6 * KINESIS_PER_MILLION_PUT_UNITS;
+        let _ = writeln!(md, "| Kinesis (if the source) | ${kinesis:.2} | {shards:.0} shards (twice the peak's {peak_mb_s:.2} MB/s, for catch-up), {put_units:.0} PUT payload units |");
+        let _ = writeln!(
+            md,
+            "| **DynamoDB and S3 requests** | **${total:.2}** | target: under $3 |"
+        );
+        let _ = writeln!(md, "\nLive values (the aggregates table's `live` item, about 6 KB for 12 members: 6 write units a flush while the class runs) cost apart: every 1 s ${:.2}, 5 s ${:.2}, 30 s ${:.2} a day for 3,200 one-hour classes.",
+            live_cost(1.0), live_cost(5.0), live_cost(30.0));
+        md
+    }
+
+    fn chart(&self, path: &Path) -> anyhow::Result<()> {
+        register_font();
+        let root = BitMapBackend::new(path, (1000, 600)).into_drawing_area();
+        root.fill(&WHITE)?;
+        let (top, bottom) = root.split_vertically(300);
+        let rates: Vec<(f64, f64)> = self
+            .samples
+            .windows(2)
+            .map(|w| {
+                (
+                    w[1].t,
+                    (w[1].events_in - w[0].events_in).max(0.0) / (w[1].t - w[0].t).max(1e-9),
+                )
+            })
+            .collect();
+        let t_max = self.samples.last().map_or(1.0, |s| s.t).max(1.0);
+        let rate_max = rates.iter().map(|r| r.1).fold(1.0, f64::max) * 1.1;
+        let mut chart = ChartBuilder::on(&top)
+            .caption("events/s into classpulse", ("sans-serif", 18))
+            .margin(10)
+            .x_label_area_size(30)
+            .y_label_area_size(70)
+            .build_cartesian_2d(0.0..t_max, 0.0..rate_max)?;
+        chart.configure_mesh().x_desc("seconds").draw()?;
+        chart.draw_series(LineSeries::new(rates, &BLUE))?;
+        let lag_max = self
+            .samples
+            .iter()
+            .map(|s| s.lag_messages.max(s.backlog_messages))
+            .fold(1.0, f64::max)
+            * 1.1;
+        let mut chart = ChartBuilder::on(&bottom)
+            .caption(
+                "messages sent and not yet read (red); classpulse's lag metric (grey)",
+                ("sans-serif", 18),
+            )
+            .margin(10)
+            .x_label_area_size(30)
+            .y_label_area_size(70)
+            .build_cartesian_2d(0.0..t_max, 0.0..lag_max)?;
+        chart.configure_mesh().x_desc("seconds").draw()?;
+        chart.draw_series(LineSeries::new(
+            self.samples.iter().map(|s| (s.t, s.lag_messages)),
+            &RGBColor(150, 150, 150),
+        ))?;
+        chart.draw_series(LineSeries::new(
+            self.samples.iter().map(|s| (s.t, s.backlog_messages)),
+            &RED,
+        ))?;
+        root.present()?;
+        Ok(())
+    }
+}
+
+fn live_cost(interval_s: f64) -> f64 {
+    let classes = 3200.0;
+    let writes = 3600.0 / interval_s;
+    classes * writes * 6.0 / 1e6 * DYNAMODB_PER_MILLION_WRU
+}
+
+/// The upper bound of the bucket holding quantile `p` of a cumulative histogram.
+fn bucket_quantile(buckets: &[(f64, f64)], p: f64) -> Option<String> {
+    let total = buckets.last()?.1;
+    if total <= 0.0 {
+        return None;
+    }
+    let (le, _) = buckets.iter().find(|(_, count)| *count >= p * total)?;
+    Some(if le.is_infinite() {
+        "+Inf".to_owned()
+    } else {
+        format!("{le}")
+    })
+}
+
+/// Text in the chart needs a font; this one ships in a crate, so no system fonts are needed.
+fn register_font() {
+    use std::sync::Once;
+    static ONCE: Once = Once::new();
+    ONCE.call_once(|| {
+        let _ = plotters::style::register_font(
+            "sans-serif",
+            FontStyle::Normal,
+            epaint_default_fonts::UBUNTU_LIGHT,
+        );
+    });
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn quantiles_come_from_the_bucket_that_holds_them() {
+        let buckets = [
+            (0.1, 50.0),
+            (0.5, 90.0),
+            (1.0, 99.0),
+            (f64::INFINITY, 100.0),
+        ];
+        assert_eq!(bucket_quantile(&buckets, 0.5).as_deref(), Some("0.1"));
+        assert_eq!(bucket_quantile(&buckets, 0.9).as_deref(), Some("0.5"));
+        assert_eq!(bucket_quantile(&buckets, 0.999).as_deref(), Some("+Inf"));
+        assert_eq!(bucket_quantile(&[], 0.5), None);
+    }
+
+    #[test]
+    fn live_values_cost_in_proportion_to_the_flush_rate() {
+        assert!((live_cost(5.0) - 8.64).abs() < 0.01, "{}", live_cost(5.0));
+        assert!((live_cost(1.0) / live_cost(30.0) - 30.0).abs() < 1e-9);
+    }
+}
