@@ -44,7 +44,8 @@ pub struct Report<'a> {
     pub last_scrapes: &'a [Scrape],
     pub produced_seconds: f64,
     pub caught_up_seconds: f64,
-    pub drain_seconds: Option<f64>,
+    /// With a backlog: seconds after the start at which classpulse was started.
+    pub drain_started: Option<f64>,
     pub servers_cpu: Vec<(String, f64)>,
     pub exits: Vec<String>,
     /// ms from send to visible in the class's live document (local lakes only).
@@ -135,15 +136,21 @@ impl Report<'_> {
             "| all final and caught up | {:.1} s after the start |",
             self.caught_up_seconds
         );
-        if let Some(drain) = self.drain_seconds {
+        let events_in = self.samples.iter().map(|s| s.events_in).fold(0.0, f64::max);
+        if let Some(start) = self.drain_started {
+            // From classpulse's start (its group join included) to its last event read.
+            let done = self
+                .samples
+                .iter()
+                .find(|s| s.events_in >= events_in)
+                .map_or(start, |s| s.t);
             let _ = writeln!(
                 md,
-                "| backlog drained | {:.1} s: {:.0} events/s |",
-                drain,
-                m.events_sent as f64 / drain.max(1e-9)
+                "| backlog read | {:.0} s from classpulse's start (joining the group included) to its last event: {:.0} events/s |",
+                done - start,
+                events_in / (done - start).max(1e-9)
             );
         }
-        let events_in = self.samples.iter().map(|s| s.events_in).fold(0.0, f64::max);
         let first = self
             .samples
             .iter()
@@ -235,9 +242,28 @@ impl Report<'_> {
 
         let _ = writeln!(md, "\n## Resources\n");
         let cpu = self.total("classpulse_process_cpu_seconds_total");
-        let instances = f64::from(self.args.instances.max(1));
         let _ = writeln!(md, "| | |\n|---|---|");
-        let _ = writeln!(md, "| classpulse CPU | {cpu:.1} s in all; {:.1} CPU-seconds per million events; {:.1} per million events per instance |", cpu / (m.events_sent as f64 / 1e6), cpu / (m.events_sent as f64 / 1e6) / instances);
+        // Each instance's CPU over the events it read itself.
+        let per_instance: Vec<String> = self
+            .last_scrapes
+            .iter()
+            .map(|s| {
+                let cpu = s.value("classpulse_process_cpu_seconds_total");
+                let events = s.value("classpulse_events_in_total");
+                format!("{:.1}", cpu / (events / 1e6).max(1e-9))
+            })
+            .collect();
+        let _ = writeln!(md, "| classpulse CPU | {cpu:.1} s in all: {:.1} CPU-seconds per million events; per instance (its CPU over the events it read): {} |", cpu / (m.events_sent as f64 / 1e6), per_instance.join(" / "));
+        let owned: Vec<String> = self
+            .last_scrapes
+            .iter()
+            .map(|s| format!("{:.0}", s.value("classpulse_source_leases_held")))
+            .collect();
+        let _ = writeln!(
+            md,
+            "| partitions owned per instance at the end | {} |",
+            owned.join(" / ")
+        );
         let rss = self.samples.iter().map(|s| s.rss_bytes).fold(0.0, f64::max);
         let _ = writeln!(
             md,

@@ -87,6 +87,13 @@ pub struct Scrape {
     pub latency_buckets: BTreeMap<String, Vec<(f64, f64)>>,
 }
 
+impl Scrape {
+    /// A metric summed over its label sets (0 if absent).
+    pub fn value(&self, name: &str) -> f64 {
+        self.values.get(name).copied().unwrap_or(0.0)
+    }
+}
+
 fn parse_metrics(text: &str) -> Scrape {
     let mut scrape = Scrape::default();
     for line in text
@@ -344,7 +351,7 @@ pub async fn run(mut args: RunArgs) -> anyhow::Result<bool> {
                 eprintln!("produced in {:.1} s", started.elapsed().as_secs_f64());
                 produced = Some((manifest, sends, started.elapsed()));
                 if args.backlog {
-                    drain_started = Some(Instant::now());
+                    drain_started = Some(started.elapsed().as_secs_f64());
                     start_all(&mut instances)?;
                 }
             }
@@ -356,33 +363,13 @@ pub async fn run(mut args: RunArgs) -> anyhow::Result<bool> {
         let mut scrapes = Vec::new();
         for instance in &instances {
             if let Some(scrape) = scrape(&http, &instance.metrics_url).await {
-                sample.events_in += scrape
-                    .values
-                    .get("classpulse_events_in_total")
-                    .copied()
-                    .unwrap_or(0.0);
-                sample.lag_messages += scrape
-                    .values
-                    .get("classpulse_source_lag_messages")
-                    .copied()
-                    .unwrap_or(0.0);
-                sample.lag_seconds = sample.lag_seconds.max(
-                    scrape
-                        .values
-                        .get("classpulse_source_lag_seconds")
-                        .copied()
-                        .unwrap_or(0.0),
-                );
-                sample.cpu_seconds += scrape
-                    .values
-                    .get("classpulse_process_cpu_seconds_total")
-                    .copied()
-                    .unwrap_or(0.0);
-                sample.rss_bytes += scrape
-                    .values
-                    .get("classpulse_process_resident_memory_bytes")
-                    .copied()
-                    .unwrap_or(0.0);
+                sample.events_in += scrape.value("classpulse_events_in_total");
+                sample.lag_messages += scrape.value("classpulse_source_lag_messages");
+                sample.lag_seconds = sample
+                    .lag_seconds
+                    .max(scrape.value("classpulse_source_lag_seconds"));
+                sample.cpu_seconds += scrape.value("classpulse_process_cpu_seconds_total");
+                sample.rss_bytes += scrape.value("classpulse_process_resident_memory_bytes");
                 scrapes.push(scrape);
             }
         }
@@ -439,7 +426,6 @@ pub async fn run(mut args: RunArgs) -> anyhow::Result<bool> {
         }
     }
     let caught_up = started.elapsed();
-    let drain_seconds = drain_started.map(|d| d.elapsed().as_secs_f64());
     // Drain: SIGTERM each, wait for it to exit.
     let mut exits = Vec::new();
     for instance in &mut instances {
@@ -482,7 +468,7 @@ pub async fn run(mut args: RunArgs) -> anyhow::Result<bool> {
         last_scrapes: &last,
         produced_seconds: produced_after.as_secs_f64(),
         caught_up_seconds: caught_up.as_secs_f64(),
-        drain_seconds,
+        drain_started,
         servers_cpu,
         exits,
         visible_latency,
@@ -500,11 +486,7 @@ async fn wait_owned(http: &reqwest::Client, instances: &[Instance], partitions: 
         let mut owned = 0.0;
         for instance in instances {
             if let Some(scrape) = scrape(http, &instance.metrics_url).await {
-                owned += scrape
-                    .values
-                    .get("classpulse_source_leases_held")
-                    .copied()
-                    .unwrap_or(0.0);
+                owned += scrape.value("classpulse_source_leases_held");
             }
         }
         if owned >= f64::from(partitions) {

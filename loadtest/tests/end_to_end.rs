@@ -85,9 +85,15 @@ fn a_day_through_kafka_is_verified_clean_and_tampering_is_caught() {
         assert!(report.contains(needle), "{needle} not in\n{report}");
     }
     // The day had each imperfection, or the clean verdict proves less than it says.
-    let imperfections = report.lines().find(|l| l.starts_with("| imperfections |")).unwrap();
+    let imperfections = report
+        .lines()
+        .find(|l| l.starts_with("| imperfections |"))
+        .unwrap();
     for needle in ["| 0 producer retries", ", 0 late", ", 0 malformed"] {
-        assert!(!imperfections.contains(needle), "{needle} in {imperfections}");
+        assert!(
+            !imperfections.contains(needle),
+            "{needle} in {imperfections}"
+        );
     }
     assert!(std::fs::metadata(out.join("report.png")).unwrap().len() > 10_000);
 
