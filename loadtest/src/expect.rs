@@ -8,7 +8,7 @@ use std::collections::{BTreeMap, BTreeSet};
 use serde::{Deserialize, Serialize};
 use serde_json::{json, Map, Value};
 
-use crate::model::{utc_rfc3339, Kind, Message, Plan, Reading, WorkloadArgs};
+use crate::model::{utc_rfc3339, Kind, Message, Reading};
 
 /// The parameters of the definitions.
 #[derive(Debug, Clone, Copy)]
@@ -48,10 +48,6 @@ pub struct ClassExpectation {
 }
 
 impl Expected {
-    pub fn new(_plan: &Plan) -> Expected {
-        Expected::default()
-    }
-
     pub fn late(&mut self, index: u64) {
         self.late.push(index);
     }
@@ -78,13 +74,8 @@ impl Expected {
         std::mem::take(&mut self.stash)
     }
 
-    pub fn finish_class(
-        &mut self,
-        plan: &crate::model::ClassPlan,
-        acc: ClassAcc,
-        args: &WorkloadArgs,
-    ) {
-        if let Some(result) = acc.result(&plan.studio_id, &plan.class_id, &args.rules()) {
+    pub fn finish_class(&mut self, plan: &crate::model::ClassPlan, acc: ClassAcc) {
+        if let Some(result) = acc.result(&plan.studio_id, &plan.class_id) {
             self.classes.insert(plan.key(), result);
         }
     }
@@ -209,12 +200,10 @@ impl ClassAcc {
                     .last_hr_ms
                     .map_or(0, |last| (time_ms - last).min(rules.hr_max_gap_ms));
                 member.last_hr_ms = Some(time_ms);
-                let percent = bpm / rules.hr_max_bpm * 100.0;
                 // Zone k from (40 + 10k)% up; compared in integers so 60% is exactly zone 2.
                 let zone = (5..=9)
                     .rev()
                     .find(|tens| bpm * 10.0 >= rules.hr_max_bpm * f64::from(*tens));
-                let _ = percent;
                 if let Some(tens) = zone {
                     member.zone_ms[(tens - 5) as usize] += gap;
                 }
@@ -260,12 +249,7 @@ impl ClassAcc {
     }
 
     /// The final results, or `None` if nothing was counted.
-    pub fn result(
-        &self,
-        studio_id: &str,
-        class_id: &str,
-        _rules: &Rules,
-    ) -> Option<ClassExpectation> {
+    pub fn result(&self, studio_id: &str, class_id: &str) -> Option<ClassExpectation> {
         let first_ms = self.first_ms?;
         let mut members = Vec::new();
         let mut rows: Vec<(String, f64, f64)> = Vec::new();
@@ -498,7 +482,7 @@ mod tests {
         // 94 bpm is under 50%: no zone; 114 is exactly 60%: zone 2.
         hr(&mut acc, "a", 70_000, 94.0);
         hr(&mut acc, "a", 74_000, 114.0);
-        let result = acc.result("s", "c", &RULES).unwrap();
+        let result = acc.result("s", "c").unwrap();
         assert_eq!(
             result.members[0]["zone_seconds"],
             json!([2.0, 4.0, 0.0, 5.0, 4.0])
@@ -526,7 +510,7 @@ mod tests {
             };
             acc.add("a", Kind::Bike, t, &reading, &RULES);
         }
-        let result = acc.result("s", "c", &RULES).unwrap();
+        let result = acc.result("s", "c").unwrap();
         let gained: f64 = result
             .minutes
             .iter()
@@ -548,7 +532,7 @@ mod tests {
             };
             acc.add(member, Kind::FreeWeights, 0, &reading, &RULES);
         }
-        let result = acc.result("s", "c", &RULES).unwrap();
+        let result = acc.result("s", "c").unwrap();
         let board: Vec<&str> = result.summary["leaderboard_distance"]
             .as_array()
             .unwrap()

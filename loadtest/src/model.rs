@@ -486,7 +486,7 @@ impl Plan {
 
     /// Generates every message in send order, with the expectations of every class.
     pub fn generate(&self, mut send: impl FnMut(Message)) -> Expected {
-        let mut expected = Expected::new(self);
+        let mut expected = Expected::default();
         let mut next = 0;
         let mut active: Vec<ClassGen> = Vec::new();
         let mut tick = self.start_ms;
@@ -504,7 +504,7 @@ impl Plan {
             active.retain_mut(|class| {
                 let done = class.done(tick);
                 if done {
-                    expected.finish_class(class.plan, std::mem::take(&mut class.acc), &self.args);
+                    expected.finish_class(class.plan, std::mem::take(&mut class.acc));
                 }
                 !done
             });
@@ -762,7 +762,6 @@ impl<'a> ClassGen<'a> {
         self.next_seq += 1;
         let created_ms = time_ms + class.clock_offset_ms;
         let json = event_json(
-            plan,
             class,
             member,
             kind,
@@ -816,7 +815,7 @@ impl<'a> ClassGen<'a> {
         let roll: f64 = self.rng.random();
         if roll < args.malformed_rate {
             let id = self.invalid_id(plan);
-            let mut text = event_json(plan, class, member, kind, created_ms, &id, &reading);
+            let mut text = event_json(class, member, kind, created_ms, &id, &reading);
             text.truncate(text.find("\"event_created\"").unwrap_or(text.len()) + 20);
             expected.invalid(id, "not_json");
             // A truncated event breaks the framing of a batch, so it travels alone, as a
@@ -827,7 +826,7 @@ impl<'a> ClassGen<'a> {
         } else if roll < args.malformed_rate + args.out_of_range_rate {
             let id = self.invalid_id(plan);
             let bad = Reading::HeartRate { bpm: 400.0 };
-            let text = event_json(plan, class, member, Kind::HeartRate, created_ms, &id, &bad);
+            let text = event_json(class, member, Kind::HeartRate, created_ms, &id, &bad);
             expected.invalid(id, "out_of_range");
             self.pending.push(text);
         }
@@ -892,7 +891,6 @@ pub enum Reading {
 }
 
 fn event_json(
-    plan: &Plan,
     class: &ClassPlan,
     member: usize,
     kind: Kind,
@@ -900,7 +898,6 @@ fn event_json(
     id: &str,
     reading: &Reading,
 ) -> String {
-    let _ = plan;
     let m = &class.members[member];
     let mut json = String::with_capacity(300);
     let _ = write!(
