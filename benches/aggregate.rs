@@ -22,7 +22,7 @@ fn apply_all(
         let last = batch.last().unwrap().offset;
         state.apply(batch, last, rules, 0);
         if n % 100 == 99 {
-            state.sweep(rules, 0);
+            state.sweep(rules, None);
         }
     }
     (state, events)
@@ -119,10 +119,10 @@ fn report_memory(rules: &Rules) {
         }
         state.apply(&mut batch, offset - 1, rules, 0);
         if step % 15 == 0 {
-            state.sweep(rules, 0);
+            state.sweep(rules, None);
         }
     }
-    state.sweep(rules, 0);
+    state.sweep(rules, None);
     let rss_after = classpulse::metrics::resident_memory_bytes().unwrap_or(0);
     let held = state.approx_bytes();
     let encode_started = std::time::Instant::now();

@@ -41,7 +41,7 @@ pub const VARS: &[VarSpec] = &[
     var("CLASSPULSE_KAFKA_BROKERS", "", "Kafka bootstrap servers, `host:port,...` (required with `kafka`)."),
     var("CLASSPULSE_KAFKA_TOPICS", "", "Topics to consume, comma-separated (required with `kafka`)."),
     var("CLASSPULSE_KAFKA_GROUP_ID", "classpulse", "Consumer group: every task of one deployment shares it."),
-    var("CLASSPULSE_KAFKA_DEAD_LETTER_TOPIC", "", "With `kafka`: also produce every rejected input to this topic (raw bytes, reason headers)."),
+    var("CLASSPULSE_KAFKA_DLQ_TOPIC", "", "With `kafka`: also produce every rejected input to this topic (raw bytes, reason headers)."),
     var("CLASSPULSE_LAKE_URL", "file://./classpulse-data", "Lake and dead-letter location: `file://DIR` or `s3://bucket/prefix`."),
     var("CLASSPULSE_S3_ENDPOINT", "", "S3 endpoint override for local servers (unset in production: AWS default)."),
     var("CLASSPULSE_DYNAMODB_ENDPOINT", "", "DynamoDB endpoint override for local servers (unset in production)."),
@@ -74,7 +74,7 @@ pub const VARS: &[VarSpec] = &[
     var("CLASSPULSE_HR_MAX_GAP", "5s", "A heart-rate sample counts for the gap to the member's previous one, at most this long."),
     var("CLASSPULSE_WATERMARK_DELAY", "10s", "A class's watermark trails its newest event time by this much (out-of-order tolerance)."),
     var("CLASSPULSE_ALLOWED_LATENESS", "5m", "Events up to this far behind the watermark still update aggregates; older ones are `late`."),
-    var("CLASSPULSE_CLASS_IDLE_TIMEOUT", "10m", "A class is final once its partition's event time, or the wall clock, passes its last event by this much."),
+    var("CLASSPULSE_CLASS_IDLE_TIMEOUT", "10m", "A class is final once its partition's event time, or the wall clock while the partition is read to its end, passes its last event by this much."),
     var("CLASSPULSE_AGG_FLUSH_INTERVAL", "5s", "How often live (in-class) values of classes that changed are written, for the screens."),
     var("CLASSPULSE_AGG_CHECKPOINT_INTERVAL", "30s", "How often aggregate state is checkpointed and final results written; commits wait for it."),
     var("CLASSPULSE_COMMIT_INTERVAL", "5s", "How often durable positions are committed to the source."),
@@ -107,6 +107,29 @@ pub enum SourceKind {
     /// Kinesis shards shared through leases in DynamoDB.
     Kinesis,
 }
+
+/// Variables of earlier releases and their names now: setting an old one is refused with its
+/// new name, never silently ignored.
+const RENAMED: &[(&str, &str)] = &[(
+    "CLASSPULSE_KAFKA_DEAD_LETTER_TOPIC",
+    "CLASSPULSE_KAFKA_DLQ_TOPIC",
+)];
+
+/// librdkafka properties classpulse sets itself, which the pass-through may not change: the
+/// delivery guarantee and the end-of-partition signal depend on them, and the rest have
+/// variables of their own.
+const KAFKA_OWNED_PROPERTIES: &[(&str, &str)] = &[
+    (
+        "enable.auto.commit",
+        "offsets are committed only once everything before them is durable",
+    ),
+    (
+        "enable.partition.eof",
+        "the wall-clock class finality needs to know a partition was read to its end",
+    ),
+    ("bootstrap.servers", "set CLASSPULSE_KAFKA_BROKERS"),
+    ("group.id", "set CLASSPULSE_KAFKA_GROUP_ID"),
+];
 
 /// Prefix of the librdkafka pass-through: `CLASSPULSE_KAFKA_PROP_FETCH_MAX_BYTES=...` sets
 /// `fetch.max.bytes`.
@@ -439,14 +462,14 @@ impl Reader<'_> {
             ));
         }
         let dead_letter_topic = self
-            .optional("CLASSPULSE_KAFKA_DEAD_LETTER_TOPIC")
+            .optional("CLASSPULSE_KAFKA_DLQ_TOPIC")
             .map(str::to_owned);
         if dead_letter_topic
             .as_ref()
             .is_some_and(|topic| !valid_topic(topic))
         {
             return Err(self.error(
-                "CLASSPULSE_KAFKA_DEAD_LETTER_TOPIC",
+                "CLASSPULSE_KAFKA_DLQ_TOPIC",
                 "a topic name ([A-Za-z0-9._-], at most 249 characters)",
             ));
         }
@@ -466,6 +489,32 @@ impl Reader<'_> {
             })
             .collect();
         properties.sort();
+        for (property, value) in &properties {
+            if let Some((_, why)) = KAFKA_OWNED_PROPERTIES.iter().find(|(p, _)| p == property) {
+                return Err(ConfigError {
+                    variable: format!(
+                        "{KAFKA_PROP_PREFIX}{}",
+                        property.replace('.', "_").to_ascii_uppercase()
+                    ),
+                    value: value.clone(),
+                    allowed: format!("classpulse sets {property} itself: {why}"),
+                });
+            }
+            // The source vouches on each statistics interval that a partition is still at its
+            // end, and that word lasts 15 s (`ack::AT_END_STALE_MS`).
+            if property == "statistics.interval.ms"
+                && !value
+                    .trim()
+                    .parse::<u64>()
+                    .is_ok_and(|ms| (1..=10_000).contains(&ms))
+            {
+                return Err(ConfigError {
+                    variable: format!("{KAFKA_PROP_PREFIX}STATISTICS_INTERVAL_MS"),
+                    value: value.clone(),
+                    allowed: "1 to 10000 (ms): lag metrics and the end-of-partition signal are refreshed on it".to_owned(),
+                });
+            }
+        }
         Ok(KafkaConfig {
             brokers,
             topics,
@@ -580,7 +629,8 @@ impl Reader<'_> {
             poll_interval: self.duration(
                 "CLASSPULSE_KINESIS_POLL_INTERVAL",
                 Duration::from_millis(200),
-                Duration::from_secs(60),
+                // Each poll vouches that the shard is still at its tip; the word lasts 15 s.
+                Duration::from_secs(10),
             )?,
             max_records: self.integer("CLASSPULSE_KINESIS_MAX_RECORDS", 1, 10_000)? as usize,
             efo_consumer: efo.then_some(consumer_name),
@@ -682,10 +732,14 @@ impl Config {
             .collect();
         unknown.sort();
         if let Some(name) = unknown.first() {
+            let allowed = match RENAMED.iter().find(|(old, _)| old == name) {
+                Some((_, new)) => format!("renamed: set {new} instead"),
+                None => "no such variable; `classpulse config` lists them all".to_owned(),
+            };
             return Err(ConfigError {
                 variable: (*name).clone(),
                 value: env[*name].clone(),
-                allowed: "no such variable; `classpulse config` lists them all".to_owned(),
+                allowed,
             });
         }
         let read = Reader { env };
@@ -1114,6 +1168,46 @@ mod tests {
         ]))
         .unwrap_err();
         assert_eq!(error.variable, "CLASSPULSE_LAKE_MAX_BUFFER_BYTES");
+    }
+
+    #[test]
+    fn kafka_properties_classpulse_owns_and_renamed_variables_are_refused_by_name() {
+        let kafka = [
+            ("CLASSPULSE_SOURCE", "kafka"),
+            ("CLASSPULSE_KAFKA_BROKERS", "b:9092"),
+            ("CLASSPULSE_KAFKA_TOPICS", "perf"),
+        ];
+        let with = |extra: (&'static str, &'static str)| {
+            let mut vars = kafka.to_vec();
+            vars.push(extra);
+            Config::from_vars(&env(&vars)).unwrap_err()
+        };
+        let error = with(("CLASSPULSE_KAFKA_PROP_ENABLE_AUTO_COMMIT", "true"));
+        assert_eq!(error.variable, "CLASSPULSE_KAFKA_PROP_ENABLE_AUTO_COMMIT");
+        assert!(
+            error.allowed.contains("enable.auto.commit itself"),
+            "{}",
+            error.allowed
+        );
+        let error = with(("CLASSPULSE_KAFKA_PROP_ENABLE_PARTITION_EOF", "false"));
+        assert_eq!(error.variable, "CLASSPULSE_KAFKA_PROP_ENABLE_PARTITION_EOF");
+        let error = with(("CLASSPULSE_KAFKA_PROP_STATISTICS_INTERVAL_MS", "60000"));
+        assert_eq!(
+            error.variable,
+            "CLASSPULSE_KAFKA_PROP_STATISTICS_INTERVAL_MS"
+        );
+        let mut vars = kafka.to_vec();
+        vars.push(("CLASSPULSE_KAFKA_PROP_STATISTICS_INTERVAL_MS", "200"));
+        assert!(Config::from_vars(&env(&vars)).is_ok());
+        let error = with(("CLASSPULSE_KAFKA_DEAD_LETTER_TOPIC", "dlq"));
+        assert_eq!(
+            error.allowed,
+            "renamed: set CLASSPULSE_KAFKA_DLQ_TOPIC instead"
+        );
+        let mut vars = kafka.to_vec();
+        vars.push(("CLASSPULSE_KAFKA_DLQ_TOPIC", "perf.dlq"));
+        let config = Config::from_vars(&env(&vars)).unwrap();
+        assert_eq!(config.kafka.dead_letter_topic.as_deref(), Some("perf.dlq"));
     }
 
     #[test]

@@ -453,7 +453,7 @@ async fn rejected_inputs_also_go_to_the_dead_letter_topic() {
 
     let lake = tempfile::tempdir().unwrap();
     let mut command = kafka_member(lake.path(), &topic, &unique_name("group"));
-    command.env("CLASSPULSE_KAFKA_DEAD_LETTER_TOPIC", &dead_letter_topic);
+    command.env("CLASSPULSE_KAFKA_DLQ_TOPIC", &dead_letter_topic);
     let running = Running::start(&mut command);
     let deadline = Instant::now() + Duration::from_secs(60);
     loop {
@@ -533,4 +533,175 @@ async fn rejected_inputs_also_go_to_the_dead_letter_topic() {
         .delete_topics(&[&topic, &dead_letter_topic], &AdminOptions::new())
         .await
         .unwrap();
+}
+
+/// The broker goes away for three times the idle timeout in the middle of every class, then
+/// comes back with its data (a broker of this test's own, storing into the local S3 server).
+/// classpulse reports not ready while it is away, reconnects, loses nothing, and ends no class
+/// early: the wall-clock rule waits for a partition read to its end, and a partition whose
+/// broker is away is not. The lake and the aggregates equal a run that saw no outage.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_broker_away_longer_than_the_idle_timeout_loses_nothing_and_ends_no_class_early() {
+    let mut broker = PrivateKafka::start(&unique_name("tansu")).await;
+    let (_admin, topic) = create_topic_on(&broker.brokers, PARTITIONS).await;
+    let messages = simulated_messages(11, "2026-11-25T18:00:00Z").await;
+    let classes = class_count(&messages);
+    // The messages interleave the classes in time: the first half holds the start of each.
+    let (before, after) = messages.split_at(messages.len() / 2);
+    produce_to(&broker.brokers, &topic, before, PARTITIONS).await;
+
+    let outage = tempfile::tempdir().unwrap();
+    let mut member = finalising_kafka_member(outage.path(), &topic, &unique_name("outage"));
+    // A session that outlasts the outage: the member keeps its partitions (and their open
+    // classes) throughout, as an MSK consumer does through a broker's short restart.
+    member
+        .env("CLASSPULSE_KAFKA_BROKERS", &broker.brokers)
+        .env("CLASSPULSE_KAFKA_PROP_SESSION_TIMEOUT_MS", "60000")
+        .env("CLASSPULSE_KAFKA_PROP_HEARTBEAT_INTERVAL_MS", "1000");
+    let running = Running::start(&mut member);
+    let http = running.http;
+    let read = move |wanted: usize| {
+        let deadline = Instant::now() + Duration::from_secs(60);
+        loop {
+            let (_, metrics) = http_get(http, "/metrics");
+            let messages = metric_sum(&metrics, "classpulse_messages_in_total") as usize;
+            if messages >= wanted {
+                return;
+            }
+            assert!(
+                Instant::now() < deadline,
+                "read {messages} of {wanted} messages"
+            );
+            std::thread::sleep(Duration::from_millis(200));
+        }
+    };
+    let wanted = before.len();
+    tokio::task::spawn_blocking(move || read(wanted))
+        .await
+        .unwrap();
+
+    broker.kill();
+    let away = Instant::now();
+    let not_ready = tokio::task::spawn_blocking(move || {
+        let deadline = Instant::now() + Duration::from_secs(30);
+        loop {
+            let (status, report) = http_get(http, "/readyz");
+            if status == 503 && report.contains("broker") {
+                return report;
+            }
+            assert!(
+                Instant::now() < deadline,
+                "/readyz never reported the broker away: {status} {report}"
+            );
+            std::thread::sleep(Duration::from_millis(200));
+        }
+    })
+    .await
+    .unwrap();
+    assert!(not_ready.contains("source"), "{not_ready}");
+    // Three idle timeouts (8 s) without a broker: before the end-of-partition rule, every
+    // class became final here and the second half of each was judged late.
+    tokio::time::sleep(Duration::from_secs(24).saturating_sub(away.elapsed())).await;
+    // Classes with events after the outage must still be open: none may be final yet.
+    let continuing: std::collections::BTreeSet<String> = after
+        .iter()
+        .map(|m| String::from_utf8_lossy(m.key.as_deref().unwrap()).replacen(':', "-", 1) + ".json")
+        .collect();
+    assert!(
+        continuing.len() * 2 >= classes,
+        "most classes go on after the outage"
+    );
+    let ended_early: Vec<String> = aggregate_files(outage.path())
+        .into_keys()
+        .filter(|name| name.starts_with("classes/"))
+        .filter(|name| {
+            continuing
+                .iter()
+                .any(|class| name.ends_with(&format!("/{class}")))
+        })
+        .collect();
+    let finals: Vec<String> = http_get(http, "/metrics")
+        .1
+        .lines()
+        .filter(|line| line.starts_with("classpulse_aggregate_classes_final_total"))
+        .map(str::to_owned)
+        .collect();
+    assert!(
+        ended_early.is_empty(),
+        "ended while their broker was away: {ended_early:?} {finals:?}"
+    );
+
+    broker.start_again().await;
+    produce_to(&broker.brokers, &topic, after, PARTITIONS).await;
+    let lake = outage.path().to_owned();
+    let final_classes = tokio::task::spawn_blocking(move || {
+        await_final_classes(&lake, classes, Duration::from_secs(90))
+    })
+    .await
+    .unwrap();
+    let ready_again = tokio::task::spawn_blocking(move || {
+        let deadline = Instant::now() + Duration::from_secs(15);
+        loop {
+            let (status, report) = http_get(http, "/readyz");
+            if status == 200 || Instant::now() > deadline {
+                return (status, report);
+            }
+            std::thread::sleep(Duration::from_millis(200));
+        }
+    })
+    .await
+    .unwrap();
+    let (_, logs) = drain(running).await;
+    let warnings: Vec<&String> = logs
+        .iter()
+        .filter(|l| l.contains("WARN") || l.contains("warn"))
+        .collect();
+    assert_eq!(
+        ready_again.0, 200,
+        "ready again once the broker is back: {}\n{warnings:#?}",
+        ready_again.1
+    );
+    assert_eq!(final_classes, classes, "log:\n{}", logs.join("\n"));
+
+    // The same topic read by a member that saw no outage.
+    let clean = tempfile::tempdir().unwrap();
+    let mut member = finalising_kafka_member(clean.path(), &topic, &unique_name("clean"));
+    member.env("CLASSPULSE_KAFKA_BROKERS", &broker.brokers);
+    let alone = Running::start(&mut member);
+    let lake = clean.path().to_owned();
+    let final_classes = tokio::task::spawn_blocking(move || {
+        await_final_classes(&lake, classes, Duration::from_secs(90))
+    })
+    .await
+    .unwrap();
+    assert_eq!(final_classes, classes);
+    drain(alone).await;
+
+    let ids = lake_ids(outage.path());
+    let clean_ids = lake_ids(clean.path());
+    let copies: Vec<_> = ids
+        .iter()
+        .filter(|(id, copies)| clean_ids.get(*id).is_some_and(|clean| clean != *copies))
+        .map(|(id, copies)| (id, copies, clean_ids[id]))
+        .collect();
+    assert!(
+        copies.is_empty(),
+        "(id, copies, copies in the clean run): {copies:?}"
+    );
+    let missing: Vec<_> = clean_ids
+        .keys()
+        .filter(|id| !ids.contains_key(*id))
+        .take(5)
+        .collect();
+    let extra: Vec<_> = ids
+        .keys()
+        .filter(|id| !clean_ids.contains_key(*id))
+        .take(5)
+        .collect();
+    assert_eq!(
+        (ids.len(), missing.len(), extra.len()),
+        (clean_ids.len(), 0, 0),
+        "the lakes differ: missing {missing:?}, extra {extra:?}"
+    );
+    assert_same_aggregates(outage.path(), clean.path());
 }

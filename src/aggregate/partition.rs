@@ -37,7 +37,7 @@ pub const REPLAY_MEMORY_MS: i64 = 3_600_000;
 pub enum Trigger {
     /// The partition's event time passed the class's last event by the idle timeout.
     EventTime,
-    /// No event for the idle timeout of wall-clock time.
+    /// No event for the idle timeout of wall-clock time, with the partition read to its end.
     Idle,
     /// A bounded source ended.
     EndOfInput,
@@ -273,10 +273,14 @@ impl PartitionState {
         (tally, finalised)
     }
 
-    /// Finalises classes whose time is up (by the partition's event time, or by
-    /// `wall_ms` for classes that stopped receiving events), compacts the rest, and forgets
-    /// final classes long past.
-    pub fn sweep(&mut self, rules: &Rules, wall_ms: i64) -> Vec<Finalised> {
+    /// Finalises classes whose time is up, compacts the rest, and forgets final classes long
+    /// past. A class's time is up by the partition's event time, or by the wall clock once it
+    /// has had no event for the idle timeout while the partition was read to its end:
+    /// `at_end` is the wall-clock span `(since, until)` over which the source vouched for being
+    /// at the end, `None` if it is not there (a backlog, a starved or paused partition, a
+    /// broker away). Only vouched time counts, so a class never becomes final by the wall clock
+    /// while its events may be waiting unread.
+    pub fn sweep(&mut self, rules: &Rules, at_end: Option<(i64, i64)>) -> Vec<Finalised> {
         let mut due = Vec::new();
         for (key, class) in &mut self.classes {
             // The class of the run in progress is judged where its next run starts, as
@@ -289,7 +293,9 @@ impl PartitionState {
                         .saturating_add(rules.class_idle_timeout_ms)
             {
                 due.push((key.clone(), Trigger::EventTime));
-            } else if wall_ms - class.last_seen_wall_ms >= rules.class_idle_timeout_ms {
+            } else if at_end.is_some_and(|(since, until)| {
+                until - since.max(class.last_seen_wall_ms) >= rules.class_idle_timeout_ms
+            }) {
                 due.push((key.clone(), Trigger::Idle));
             } else {
                 class.compact(rules);
@@ -504,7 +510,7 @@ mod tests {
         let mut state = PartitionState::new("events/0".to_owned());
         let (first, second) = split.split_at_mut(15);
         state.apply(first, 14, &rules, 0);
-        state.sweep(&rules, 0);
+        state.sweep(&rules, None);
         let mut restored = PartitionState::decode(&state.encode(), 0).unwrap();
         restored.apply(second, 39, &rules, 0);
         assert_eq!(verdicts(&split), verdicts(&whole));

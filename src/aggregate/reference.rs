@@ -462,7 +462,7 @@ proptest! {
             let (_, finalised) = state.apply(&mut batch, (end - 1) as u64, &rules, 0);
             prop_assert!(finalised.is_empty());
             verdicts.extend(batch.iter().map(|e| e.verdict));
-            prop_assert!(state.sweep(&rules, 0).is_empty());
+            prop_assert!(state.sweep(&rules, Some((0, 0))).is_empty());
             if n == checkpoint_after {
                 state = PartitionState::decode(&state.encode(), 0).unwrap();
             }
@@ -578,11 +578,20 @@ fn replayed_positions_are_skipped_and_a_class_idle_on_the_wall_clock_is_final() 
     ];
     let (tally, _) = restored.apply(&mut replay, 12, &rules, 5_000);
     assert_eq!((tally.replayed, tally.counted), (2, 1));
-    // Idle time restarts at the restore (5 s), not at the last event before it (1 s).
+    let timeout = rules.class_idle_timeout_ms;
+    // Not read to the end of the partition: however long the wall clock says, its events may
+    // be waiting unread.
+    assert!(restored.sweep(&rules, None).is_empty());
+    // At the end only since 7 s: the idle time counts from there.
     assert!(restored
-        .sweep(&rules, 5_000 + rules.class_idle_timeout_ms - 1)
+        .sweep(&rules, Some((7_000, 7_000 + timeout - 1)))
         .is_empty());
-    let finalised = restored.sweep(&rules, 5_000 + rules.class_idle_timeout_ms);
+    // Only time the source vouched for counts, however late the sweep runs.
+    assert!(restored
+        .sweep(&rules, Some((0, 5_000 + timeout - 1)))
+        .is_empty());
+    // Idle time restarts at the restore (5 s), not at the last event before it (1 s).
+    let finalised = restored.sweep(&rules, Some((0, 5_000 + timeout)));
     assert_eq!(finalised.len(), 1);
     assert_eq!(finalised[0].result.summary.hr_samples, 3);
     assert_eq!(

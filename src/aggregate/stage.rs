@@ -193,7 +193,7 @@ impl AggregateStage {
                 _ = tick.tick() => {
                     self.release_revoked(&acks);
                     self.adopt_assigned(&acks).await?;
-                    self.sweep();
+                    self.sweep(&acks);
                     if live_every.is_some_and(|interval| last_live.elapsed() >= interval) {
                         self.write_live(&jobs).await?;
                         last_live = Instant::now();
@@ -286,13 +286,20 @@ impl AggregateStage {
         Ok(())
     }
 
-    /// Finalises what is due, compacts the rest, reports the state's size.
-    fn sweep(&mut self) {
+    /// Finalises what is due, compacts the rest, reports the state's size. The wall-clock rule
+    /// applies only to a partition the source read to its end and that this stage has counted
+    /// up to that end.
+    fn sweep(&mut self, acks: &AckTracker) {
         let wall_ms = Utc::now().timestamp_millis();
         let mut finalised = Vec::new();
         let (mut classes, mut bytes) = (0, 0);
-        for owned in self.partitions.values_mut() {
-            let due = owned.state.sweep(&self.rules, wall_ms);
+        for (partition, owned) in self.partitions.iter_mut() {
+            let position = owned.state.position;
+            let at_end = acks
+                .at_end(partition, owned.generation, wall_ms)
+                .filter(|end| position.is_none_or(|last| last + 1 >= end.next_offset))
+                .map(|end| (end.since_ms, end.confirmed_ms));
+            let due = owned.state.sweep(&self.rules, at_end);
             owned.dirty |= !due.is_empty();
             finalised.extend(due);
             classes += owned.state.classes.len();

