@@ -28,7 +28,8 @@
 //! [`crate::ack::AtEnd`]): a class becomes final by the wall clock only while its partition is
 //! read to its end, never while it is paused, starved or cut off from its leader.
 //!
-//! Not yet here (see the Kafka source issue): MSK IAM authentication. (The dead-letter topic is a sink: [`crate::sink::dead_letter_topic`].)
+//! Not yet here (see the Kafka source issue): MSK IAM authentication. (The dead-letter topic
+//! is a sink: [`crate::sink::dead_letter_topic`].)
 
 use std::collections::{BTreeMap, HashMap, HashSet, VecDeque};
 use std::sync::{Arc, Mutex, OnceLock};
