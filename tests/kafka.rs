@@ -677,31 +677,6 @@ async fn a_broker_away_longer_than_the_idle_timeout_loses_nothing_and_ends_no_cl
     assert_eq!(final_classes, classes);
     drain(alone).await;
 
-    let ids = lake_ids(outage.path());
-    let clean_ids = lake_ids(clean.path());
-    let copies: Vec<_> = ids
-        .iter()
-        .filter(|(id, copies)| clean_ids.get(*id).is_some_and(|clean| clean != *copies))
-        .map(|(id, copies)| (id, copies, clean_ids[id]))
-        .collect();
-    assert!(
-        copies.is_empty(),
-        "(id, copies, copies in the clean run): {copies:?}"
-    );
-    let missing: Vec<_> = clean_ids
-        .keys()
-        .filter(|id| !ids.contains_key(*id))
-        .take(5)
-        .collect();
-    let extra: Vec<_> = ids
-        .keys()
-        .filter(|id| !clean_ids.contains_key(*id))
-        .take(5)
-        .collect();
-    assert_eq!(
-        (ids.len(), missing.len(), extra.len()),
-        (clean_ids.len(), 0, 0),
-        "the lakes differ: missing {missing:?}, extra {extra:?}"
-    );
+    assert_same_lake_rows(outage.path(), clean.path());
     assert_same_aggregates(outage.path(), clean.path());
 }

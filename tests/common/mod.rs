@@ -364,6 +364,25 @@ pub fn lake_ids(lake: &Path) -> BTreeMap<String, u32> {
     ids
 }
 
+/// Fails unless `actual` holds the same rows per event id as `expected`, naming the first
+/// ids that differ.
+pub fn assert_same_lake_rows(actual: &Path, expected: &Path) {
+    let (actual, expected) = (lake_ids(actual), lake_ids(expected));
+    let differing: Vec<_> = actual
+        .keys()
+        .chain(expected.keys())
+        .collect::<std::collections::BTreeSet<_>>()
+        .into_iter()
+        .filter(|id| actual.get(*id) != expected.get(*id))
+        .take(5)
+        .map(|id| (id, actual.get(id), expected.get(id)))
+        .collect();
+    assert!(
+        differing.is_empty(),
+        "rows per event id differ, (id, rows, rows expected): {differing:?}"
+    );
+}
+
 /// Waits until `lake` holds `classes` final class summaries; returns how many it holds.
 pub fn await_final_classes(lake: &Path, classes: usize, within: Duration) -> usize {
     let deadline = Instant::now() + within;
