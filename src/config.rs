@@ -515,6 +515,20 @@ impl Reader<'_> {
                 });
             }
         }
+        // librdkafka is built with its own OpenSSL (`ssl-vendored`), whose default CA directory
+        // is not the system's: over TLS, unless told otherwise, find the system's CA bundle
+        // (MSK's certificates are signed by Amazon's public CAs).
+        let tls = properties.iter().any(|(property, value)| {
+            property == "security.protocol"
+                && ["ssl", "sasl_ssl"].contains(&value.trim().to_ascii_lowercase().as_str())
+        });
+        if tls
+            && !properties
+                .iter()
+                .any(|(property, _)| property == "ssl.ca.location")
+        {
+            properties.push(("ssl.ca.location".to_owned(), "probe".to_owned()));
+        }
         Ok(KafkaConfig {
             brokers,
             topics,
@@ -1208,6 +1222,40 @@ mod tests {
         vars.push(("CLASSPULSE_KAFKA_DLQ_TOPIC", "perf.dlq"));
         let config = Config::from_vars(&env(&vars)).unwrap();
         assert_eq!(config.kafka.dead_letter_topic.as_deref(), Some("perf.dlq"));
+    }
+
+    #[test]
+    fn kafka_over_tls_finds_the_system_cas_unless_given_a_ca() {
+        let kafka = |extra: &[(&str, &str)]| {
+            let mut vars = vec![
+                ("CLASSPULSE_SOURCE", "kafka"),
+                ("CLASSPULSE_KAFKA_BROKERS", "b-1:9094"),
+                ("CLASSPULSE_KAFKA_TOPICS", "perf"),
+            ];
+            vars.extend_from_slice(extra);
+            Config::from_vars(&env(&vars)).unwrap().kafka.properties
+        };
+        let ca = |properties: &[(String, String)]| {
+            properties
+                .iter()
+                .find(|(property, _)| property == "ssl.ca.location")
+                .map(|(_, value)| value.clone())
+        };
+        assert_eq!(ca(&kafka(&[])), None);
+        assert_eq!(
+            ca(&kafka(&[(
+                "CLASSPULSE_KAFKA_PROP_SECURITY_PROTOCOL",
+                "SASL_SSL"
+            )])),
+            Some("probe".to_owned())
+        );
+        assert_eq!(
+            ca(&kafka(&[
+                ("CLASSPULSE_KAFKA_PROP_SECURITY_PROTOCOL", "ssl"),
+                ("CLASSPULSE_KAFKA_PROP_SSL_CA_LOCATION", "/etc/msk/ca.pem"),
+            ])),
+            Some("/etc/msk/ca.pem".to_owned())
+        );
     }
 
     #[test]

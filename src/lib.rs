@@ -33,6 +33,7 @@ pub mod decode;
 pub mod event;
 pub mod health;
 pub mod http;
+pub mod log_limit;
 pub mod metrics;
 pub mod pipeline;
 pub mod retry;

@@ -45,6 +45,31 @@ fn hadolint_passes_the_dockerfile_which_runs_as_non_root_with_a_health_check() {
     assert!(dockerfile.contains("CLASSPULSE_LOG_FORMAT=json"));
 }
 
+/// cargo reads every workspace member's manifest, even to build one binary: the image build
+/// needs each member's directory (and the files the package itself builds from).
+#[test]
+fn the_dockerfile_copies_every_workspace_member_and_source_directory() {
+    let dockerfile = std::fs::read_to_string(format!("{ROOT}/deploy/Dockerfile")).unwrap();
+    let manifest = std::fs::read_to_string(format!("{ROOT}/Cargo.toml")).unwrap();
+    let members_line = manifest
+        .lines()
+        .find(|line| line.trim_start().starts_with("members"))
+        .expect("a [workspace] members line");
+    let members: Vec<&str> = members_line
+        .split('"')
+        .skip(1)
+        .step_by(2)
+        .filter(|member| *member != ".")
+        .collect();
+    assert!(!members.is_empty(), "{members_line}");
+    for directory in members.iter().copied().chain(["src", "benches", "schemas"]) {
+        assert!(
+            dockerfile.contains(&format!("COPY {directory} ./{directory}")),
+            "deploy/Dockerfile does not copy {directory}"
+        );
+    }
+}
+
 #[test]
 fn the_task_sets_or_documents_every_variable() {
     let template = template();

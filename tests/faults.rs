@@ -101,27 +101,21 @@ async fn crash_loop(target: &Target, messages: &[RawMessage], groups: [String; 2
         target.produce(chunk).await;
     }
     // A last life runs to the end.
-    let last = Running::start(&mut target.member(chaos.path(), &group));
-    let chaos_lake = chaos.path().to_owned();
-    let finals = tokio::task::spawn_blocking(move || {
-        await_final_classes(&chaos_lake, classes, Duration::from_secs(90))
-    })
-    .await
-    .unwrap();
-    let (_, logs) = drain(last).await;
-    assert_eq!(finals, classes, "last life's log:\n{}", logs.join("\n"));
+    run_until_final(
+        &mut target.member(chaos.path(), &group),
+        chaos.path(),
+        classes,
+    )
+    .await;
 
     // The same stream, one member, never killed.
     let clean = tempfile::tempdir().unwrap();
-    let alone = Running::start(&mut target.member(clean.path(), &clean_group));
-    let clean_lake = clean.path().to_owned();
-    let finals = tokio::task::spawn_blocking(move || {
-        await_final_classes(&clean_lake, classes, Duration::from_secs(60))
-    })
-    .await
-    .unwrap();
-    assert_eq!(finals, classes);
-    drain(alone).await;
+    run_until_final(
+        &mut target.member(clean.path(), &clean_group),
+        clean.path(),
+        classes,
+    )
+    .await;
 
     // Rows per event id exactly as in the clean run: nothing missing, nothing twice. (A
     // producer retry beyond the allowed lateness is kept, flagged late, in both.)

@@ -667,16 +667,62 @@ async fn a_broker_away_longer_than_the_idle_timeout_loses_nothing_and_ends_no_cl
     let clean = tempfile::tempdir().unwrap();
     let mut member = finalising_kafka_member(clean.path(), &topic, &unique_name("clean"));
     member.env("CLASSPULSE_KAFKA_BROKERS", &broker.brokers);
-    let alone = Running::start(&mut member);
-    let lake = clean.path().to_owned();
-    let final_classes = tokio::task::spawn_blocking(move || {
-        await_final_classes(&lake, classes, Duration::from_secs(90))
-    })
-    .await
-    .unwrap();
-    assert_eq!(final_classes, classes);
-    drain(alone).await;
+    run_until_final(&mut member, clean.path(), classes).await;
 
     assert_same_lake_rows(outage.path(), clean.path());
     assert_same_aggregates(outage.path(), clean.path());
+}
+
+/// Kafka over TLS, configured only through librdkafka's own properties
+/// (`CLASSPULSE_KAFKA_PROP_SECURITY_PROTOCOL=SSL`, `..._SSL_CA_LOCATION`), as MSK's TLS
+/// listeners are. tansu 0.6 cannot serve TLS itself, so the broker advertises a TLS
+/// terminator in front of it and every connection after the bootstrap goes through TLS.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_broker_behind_tls_is_read_with_the_ca_it_is_given_and_refused_without_it() {
+    let mut broker = PrivateKafka::start(&unique_name("tansu")).await;
+    let (_admin, topic) = create_topic_on(&broker.brokers, PARTITIONS).await;
+    let messages = simulated_messages(12, "2026-11-25T19:00:00Z").await;
+    let classes = class_count(&messages);
+    produce_to(&broker.brokers, &topic, &messages, PARTITIONS).await;
+
+    // What a member reads in plain text, to compare with.
+    let plain = tempfile::tempdir().unwrap();
+    let mut member = finalising_kafka_member(plain.path(), &topic, &unique_name("plain"));
+    member.env("CLASSPULSE_KAFKA_BROKERS", &broker.brokers);
+    run_until_final(&mut member, plain.path(), classes).await;
+
+    // From here on the broker sends clients to the TLS port only.
+    let certificates = tempfile::tempdir().unwrap();
+    let (cert, key) = self_signed_certificate(certificates.path());
+    let tls = TlsTerminator::start(&cert, &key, &broker.brokers);
+    broker.kill();
+    broker.advertise(&tls.addr);
+    broker.start_again().await;
+
+    // A member that does not trust the broker's certificate stops with a reason that says so.
+    let refused = tempfile::tempdir().unwrap();
+    let mut member = finalising_kafka_member(refused.path(), &topic, &unique_name("untrusting"));
+    member
+        .env("CLASSPULSE_KAFKA_BROKERS", &tls.addr)
+        .env("CLASSPULSE_KAFKA_PROP_SECURITY_PROTOCOL", "SSL");
+    let untrusting = Running::start(&mut member);
+    let (code, stdout, logs) =
+        tokio::task::spawn_blocking(move || untrusting.wait(Duration::from_secs(60)))
+            .await
+            .unwrap();
+    let logs = logs.join("\n");
+    assert_ne!(code, Some(0), "{stdout}\n{logs}");
+    assert!(logs.contains("certificate verify failed"), "{logs}");
+    assert!(lake_ids(refused.path()).is_empty());
+
+    // Given the CA, a member reads everything through TLS.
+    let lake = tempfile::tempdir().unwrap();
+    let mut member = finalising_kafka_member(lake.path(), &topic, &unique_name("trusting"));
+    member
+        .env("CLASSPULSE_KAFKA_BROKERS", &tls.addr)
+        .env("CLASSPULSE_KAFKA_PROP_SECURITY_PROTOCOL", "SSL")
+        .env("CLASSPULSE_KAFKA_PROP_SSL_CA_LOCATION", &cert);
+    run_until_final(&mut member, lake.path(), classes).await;
+    assert_same_lake_rows(lake.path(), plain.path());
+    assert_same_aggregates(lake.path(), plain.path());
 }

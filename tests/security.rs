@@ -44,23 +44,38 @@ fn config_masks_every_secret() {
 
 #[test]
 fn a_refused_secret_property_is_named_but_its_value_never_shown() {
-    // This build's librdkafka has no TLS: it refuses ssl.key.password, and its error quotes
-    // the value. classpulse must say which property, not what it holds.
+    // librdkafka refuses a property its build does not support, and its error quotes the
+    // value (this build has OpenSSL but not libcurl, which OIDC client secrets need).
+    // classpulse must say which property, not what it holds.
     let lake = tempfile::tempdir().unwrap();
-    let output = classpulse(lake.path())
+    let mut child = classpulse(lake.path())
         .env("CLASSPULSE_SOURCE", "kafka")
         .env("CLASSPULSE_KAFKA_BROKERS", KAFKA)
         .env("CLASSPULSE_KAFKA_TOPICS", "events")
         .env(
-            "CLASSPULSE_KAFKA_PROP_SSL_KEY_PASSWORD",
+            "CLASSPULSE_KAFKA_PROP_SASL_OAUTHBEARER_CLIENT_SECRET",
             "key-2b8d4e6f-do-not-print",
         )
         .arg("run")
-        .output()
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
         .unwrap();
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while child.try_wait().unwrap().is_none() {
+        if Instant::now() > deadline {
+            let _ = child.kill();
+            panic!("classpulse accepted the property and ran on");
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    let output = child.wait_with_output().unwrap();
     assert!(!output.status.success());
     let stderr = String::from_utf8_lossy(&output.stderr);
-    assert!(stderr.contains("ssl.key.password"), "{stderr}");
+    assert!(
+        stderr.contains("sasl.oauthbearer.client.secret"),
+        "{stderr}"
+    );
     assert!(!stderr.contains("key-2b8d4e6f-do-not-print"), "{stderr}");
     assert!(!String::from_utf8_lossy(&output.stdout).contains("key-2b8d4e6f"));
 }

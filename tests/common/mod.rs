@@ -397,3 +397,18 @@ pub fn await_final_classes(lake: &Path, classes: usize, within: Duration) -> usi
         std::thread::sleep(Duration::from_millis(250));
     }
 }
+
+/// Runs `member` (a command writing into `lake`) until `lake` holds `classes` final class
+/// summaries, then drains it; fails the test, with its log, if they are not all there within
+/// 90 s.
+pub async fn run_until_final(member: &mut Command, lake: &Path, classes: usize) {
+    let running = Running::start(member);
+    let path = lake.to_owned();
+    let finals = tokio::task::spawn_blocking(move || {
+        await_final_classes(&path, classes, Duration::from_secs(90))
+    })
+    .await
+    .unwrap();
+    let (_, logs) = drain(running).await;
+    assert_eq!(finals, classes, "final classes; log:\n{}", logs.join("\n"));
+}
