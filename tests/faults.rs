@@ -4,7 +4,7 @@
 
 mod common;
 
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use classpulse::decode::RawMessage;
 use common::backends::*;
@@ -346,4 +346,80 @@ async fn a_corpus_of_hostile_inputs_ends_in_dead_letters_with_the_right_reasons_
         .delete_topics(&[&topic], &rdkafka::admin::AdminOptions::new())
         .await
         .unwrap();
+}
+
+/// The S3 server under the lake hangs (SIGSTOP: connections accepted, nothing answered) in the
+/// middle of a run, comes back, then crashes and is started again on its files. The member
+/// says it is not ready while S3 is away, keeps its memory bounded, and afterwards the lake and
+/// the aggregates (which live on S3 too) equal those of a run that saw no fault.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_s3_server_that_hangs_then_crashes_mid_run_loses_nothing() {
+    require(KAFKA);
+    let (_admin, topic) = create_topic(PARTITIONS).await;
+    let messages = simulated_messages(13, "2026-11-25T20:00:00Z").await;
+    let classes = class_count(&messages);
+    let third = messages.len() / 3;
+    let (first, rest) = messages.split_at(third);
+    let (second, last) = rest.split_at(third);
+    produce(&topic, first, PARTITIONS).await;
+
+    let mut s3 = PrivateS3::start().await;
+    let scratch = tempfile::tempdir().unwrap();
+    let mut member = finalising_kafka_member(scratch.path(), &topic, &unique_name("s3-faults"));
+    s3.lake_for(&mut member);
+    // The producer falls silent while the member waits for S3 (half a minute): an idle timeout
+    // that outlasts that keeps every class open, as in the clean run, which reads everything
+    // at once. (With 8 s, classes read to their end became final during the hang, rightly,
+    // and the last third of their events was judged late.)
+    member.env("CLASSPULSE_CLASS_IDLE_TIMEOUT", "45s");
+    let running = Running::start(&mut member);
+    let http = running.http;
+    let deadline = Instant::now() + Duration::from_secs(60);
+    while lake_ids(&s3.lake()).is_empty() {
+        assert!(Instant::now() < deadline, "nothing reached the lake");
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+
+    // Hung: requests get no answer and time out, rather than fail fast. (Events keep coming:
+    // a member with nothing to write has no way to notice.)
+    s3.signal("STOP");
+    let hung = Instant::now();
+    produce(&topic, second, PARTITIONS).await;
+    let report = await_readiness(http, 503, "lake", Duration::from_secs(60)).await;
+    let detected = hung.elapsed();
+    let rss = metric_sum(
+        &http_get(http, "/metrics").1,
+        "classpulse_process_resident_memory_bytes",
+    );
+    assert!(
+        rss < 400.0 * 1024.0 * 1024.0,
+        "resident memory {rss} bytes while S3 hangs"
+    );
+    s3.signal("CONT");
+    produce(&topic, last, PARTITIONS).await;
+    await_readiness(http, 200, "", Duration::from_secs(60)).await;
+
+    // Crashed: connections refused until it is started again on the same files.
+    s3.kill();
+    await_readiness(http, 503, "lake", Duration::from_secs(60)).await;
+    s3.start_again().await;
+    await_readiness(http, 200, "", Duration::from_secs(60)).await;
+    let lake = s3.lake();
+    let finals = tokio::task::spawn_blocking(move || {
+        await_final_classes(&lake, classes, Duration::from_secs(120))
+    })
+    .await
+    .unwrap();
+    let (_, logs) = drain(running).await;
+    assert_eq!(finals, classes, "log:\n{}", logs.join("\n"));
+    eprintln!("not ready {detected:?} after S3 hung: {report}");
+
+    let clean = tempfile::tempdir().unwrap();
+    let mut member = finalising_kafka_member(clean.path(), &topic, &unique_name("s3-clean"));
+    run_until_final(&mut member, clean.path(), classes).await;
+    assert_same_lake_rows(&s3.lake(), clean.path());
+    // Live results go to the lake only when it is a local directory (on S3 they go to the
+    // DynamoDB table): the final ones are compared.
+    std::fs::remove_dir_all(clean.path().join("aggregates/live")).unwrap();
+    assert_same_aggregates(&s3.lake(), clean.path());
 }

@@ -42,6 +42,13 @@ const MULTIPART_PART_BYTES: usize = 8 << 20;
 const FAILURES_BEFORE_NOT_READY: u32 = 3;
 /// Longest wait between write attempts.
 const MAX_RETRY_DELAY: Duration = Duration::from_secs(10);
+/// A request whose connection yields nothing for this long is given up (a hung server). Each
+/// successful read restarts it, so a slow but moving upload of a large part is not cut.
+const S3_READ_TIMEOUT: Duration = Duration::from_secs(10);
+/// How long object_store itself retries one request (throttling, a dropped connection) before
+/// the error reaches the writer's own retry loop, which reports readiness and retries forever.
+/// object_store's default of 3 minutes hid a hung S3 from `/readyz` for minutes.
+const S3_RETRY_BUDGET: Duration = Duration::from_secs(15);
 
 /// Encodes the records of one object.
 pub trait Encoder: Send {
@@ -220,7 +227,18 @@ impl ObjectWriter {
                     (Arc::new(store), String::new(), false)
                 }
                 LakeLocation::S3 { bucket, prefix } => {
-                    let mut builder = AmazonS3Builder::from_env().with_bucket_name(bucket);
+                    // Client options first: they include `allow_http`, which the endpoint
+                    // override below sets.
+                    let mut builder = AmazonS3Builder::from_env()
+                        .with_bucket_name(bucket)
+                        .with_client_options(
+                            object_store::ClientOptions::new().with_read_timeout(S3_READ_TIMEOUT),
+                        )
+                        .with_retry(object_store::RetryConfig {
+                            max_retries: 3,
+                            retry_timeout: S3_RETRY_BUDGET,
+                            ..object_store::RetryConfig::default()
+                        });
                     if let Some(endpoint) = &lake.s3_endpoint {
                         builder = builder
                             .with_endpoint(endpoint.as_str().trim_end_matches('/'))
@@ -482,12 +500,30 @@ pub fn classify(error: &object_store::Error) -> &'static str {
             let text = source.to_string();
             if text.contains("403 Forbidden") || text.contains("401 Unauthorized") {
                 "access_denied"
+            } else if timed_out(error) {
+                "timeout"
             } else {
                 "transient"
             }
         }
+        _ if timed_out(error) => "timeout",
         _ => "transient",
     }
+}
+
+/// Whether a request was given up for want of an answer (a hung or unreachable server, not
+/// one that answered with an error): anywhere in the error's chain of causes.
+fn timed_out(error: &(dyn std::error::Error + 'static)) -> bool {
+    let mut cause: Option<&(dyn std::error::Error + 'static)> = Some(error);
+    while let Some(error) = cause {
+        let text = error.to_string();
+        // Not "timeout": object_store's retry errors quote their `retry_timeout` setting.
+        if text.contains("timed out") {
+            return true;
+        }
+        cause = error.source();
+    }
+    false
 }
 
 /// Keeps a stream name safe as one path segment.
@@ -786,6 +822,39 @@ impl<F: ObjectFormat> Sink for ObjectSink<F> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_request_given_up_for_want_of_an_answer_is_a_timeout_wherever_it_is_said() {
+        #[derive(Debug)]
+        struct Cause(&'static str, Option<Box<Cause>>);
+        impl std::fmt::Display for Cause {
+            fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+                f.write_str(self.0)
+            }
+        }
+        impl std::error::Error for Cause {
+            fn source(&self) -> Option<&(dyn std::error::Error + 'static)> {
+                self.1.as_deref().map(|c| c as _)
+            }
+        }
+        let generic = |cause: Cause| object_store::Error::Generic {
+            store: "S3",
+            source: Box::new(cause),
+        };
+        let hung = Cause(
+            "Error after 1 retries in 20s, max_retries:3, retry_timeout:15s, source:error sending request",
+            Some(Box::new(Cause("operation timed out", None))),
+        );
+        assert_eq!(classify(&generic(hung)), "timeout");
+        // A retried server error quotes the retry_timeout setting: not a timeout.
+        let refused = Cause(
+            "Error after 3 retries in 2s, max_retries:3, retry_timeout:15s, source:error sending request",
+            Some(Box::new(Cause("Connection refused (os error 111)", None))),
+        );
+        assert_eq!(classify(&generic(refused)), "transient");
+        let denied = Cause("Client error with status 403 Forbidden", None);
+        assert_eq!(classify(&generic(denied)), "access_denied");
+    }
 
     #[test]
     fn keys_are_hive_partitioned_and_sort_by_position() {

@@ -809,3 +809,122 @@ impl Drop for TlsTerminator {
         let _ = self.child.wait();
     }
 }
+
+/// An s3s-fs of a test's own on a free loopback port, keeping its objects as files under a
+/// directory of its own (bucket `lake`), so the test may pause, kill and restart it without
+/// disturbing the shared one. Killed when dropped.
+pub struct PrivateS3 {
+    child: Option<std::process::Child>,
+    port: u16,
+    data: tempfile::TempDir,
+    /// `http://127.0.0.1:port`.
+    pub endpoint: String,
+}
+
+impl PrivateS3 {
+    /// The bucket it serves.
+    pub const BUCKET: &'static str = "lake";
+
+    pub async fn start() -> PrivateS3 {
+        let data = tempfile::tempdir().unwrap();
+        std::fs::create_dir(data.path().join(Self::BUCKET)).unwrap();
+        let port = std::net::TcpListener::bind("127.0.0.1:0")
+            .unwrap()
+            .local_addr()
+            .unwrap()
+            .port();
+        let mut server = PrivateS3 {
+            child: None,
+            port,
+            data,
+            endpoint: format!("http://127.0.0.1:{port}"),
+        };
+        server.start_again().await;
+        server
+    }
+
+    /// Starts it (again, on the same port and files) and waits until it accepts connections.
+    pub async fn start_again(&mut self) {
+        assert!(self.child.is_none(), "the S3 server is running");
+        let child = std::process::Command::new(installed_tool("cargo/bin/s3s-fs"))
+            .args(["--host", "127.0.0.1", "--port", &self.port.to_string()])
+            .args(["--access-key", "test", "--secret-key", "test"])
+            .arg(self.data.path())
+            .stdout(std::process::Stdio::null())
+            .stderr(std::process::Stdio::null())
+            .spawn()
+            .expect("s3s-fs starts");
+        self.child = Some(child);
+        let addr: SocketAddr = format!("127.0.0.1:{}", self.port).parse().unwrap();
+        let deadline = std::time::Instant::now() + Duration::from_secs(30);
+        while TcpStream::connect_timeout(&addr, Duration::from_millis(200)).is_err() {
+            assert!(
+                std::time::Instant::now() < deadline,
+                "private s3s-fs did not listen in 30 s"
+            );
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+    }
+
+    /// Points `command`'s lake at `s3://lake/raw` on this server.
+    pub fn lake_for(&self, command: &mut std::process::Command) {
+        command
+            .env("CLASSPULSE_LAKE_URL", format!("s3://{}/raw", Self::BUCKET))
+            .env("CLASSPULSE_S3_ENDPOINT", &self.endpoint)
+            .env("AWS_ACCESS_KEY_ID", "test")
+            .env("AWS_SECRET_ACCESS_KEY", "test")
+            .env("AWS_REGION", "us-east-1");
+    }
+
+    /// The lake's files as the server keeps them: readable as a local lake.
+    pub fn lake(&self) -> std::path::PathBuf {
+        self.data.path().join(Self::BUCKET).join("raw")
+    }
+
+    /// Sends it a signal (`STOP`, `CONT`).
+    pub fn signal(&self, name: &str) {
+        let pid = self.child.as_ref().expect("running").id();
+        let status = std::process::Command::new("kill")
+            .arg(format!("-{name}"))
+            .arg(pid.to_string())
+            .status()
+            .unwrap();
+        assert!(status.success());
+    }
+
+    /// Kills it (as a crash would); its files stay.
+    pub fn kill(&mut self) {
+        if let Some(mut child) = self.child.take() {
+            let _ = child.kill();
+            let _ = child.wait();
+        }
+    }
+}
+
+impl Drop for PrivateS3 {
+    fn drop(&mut self) {
+        self.kill();
+    }
+}
+
+/// Polls `/readyz` of the process at `http` until its status is `status` (200 or 503) and, for
+/// 503, its report mentions `mention`; returns the report. Fails after `within`.
+pub async fn await_readiness(
+    http: SocketAddr,
+    status: u16,
+    mention: &str,
+    within: Duration,
+) -> String {
+    let deadline = std::time::Instant::now() + within;
+    loop {
+        let (now, report) = super::http_get(http, "/readyz");
+        if now == status && (status == 200 || report.contains(mention)) {
+            return report;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "/readyz not {status} with {mention:?} within {within:?}: {now} {report}"
+        );
+        tokio::time::sleep(Duration::from_millis(250)).await;
+    }
+}
