@@ -540,8 +540,28 @@ async fn rejected_inputs_also_go_to_the_dead_letter_topic() {
 /// classpulse reports not ready while it is away, reconnects, loses nothing, and ends no class
 /// early: the wall-clock rule waits for a partition read to its end, and a partition whose
 /// broker is away is not. The lake and the aggregates equal a run that saw no outage.
+/// How the broker goes away in [`broker_outage`].
+#[derive(Debug, Clone, Copy, PartialEq)]
+enum Outage {
+    /// Killed, and started again on its data: connections refused meanwhile.
+    Crash,
+    /// Paused with SIGSTOP, then SIGCONT: connections open, nothing answered meanwhile.
+    Hang,
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_broker_away_longer_than_the_idle_timeout_loses_nothing_and_ends_no_class_early() {
+    broker_outage(Outage::Crash).await;
+}
+
+/// A hung broker stays connected to librdkafka for `socket.timeout.ms` (a minute) while it
+/// answers nothing: the source must still see it as away.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_broker_hung_longer_than_the_idle_timeout_loses_nothing_and_ends_no_class_early() {
+    broker_outage(Outage::Hang).await;
+}
+
+async fn broker_outage(outage_kind: Outage) {
     let mut broker = PrivateKafka::start(&unique_name("tansu")).await;
     let (_admin, topic) = create_topic_on(&broker.brokers, PARTITIONS).await;
     let messages = simulated_messages(11, "2026-11-25T18:00:00Z").await;
@@ -580,7 +600,10 @@ async fn a_broker_away_longer_than_the_idle_timeout_loses_nothing_and_ends_no_cl
         .await
         .unwrap();
 
-    broker.kill();
+    match outage_kind {
+        Outage::Crash => broker.kill(),
+        Outage::Hang => broker.signal("STOP"),
+    }
     let away = Instant::now();
     let not_ready = tokio::task::spawn_blocking(move || {
         let deadline = Instant::now() + Duration::from_secs(30);
@@ -631,7 +654,10 @@ async fn a_broker_away_longer_than_the_idle_timeout_loses_nothing_and_ends_no_cl
         "ended while their broker was away: {ended_early:?} {finals:?}"
     );
 
-    broker.start_again().await;
+    match outage_kind {
+        Outage::Crash => broker.start_again().await,
+        Outage::Hang => broker.signal("CONT"),
+    }
     produce_to(&broker.brokers, &topic, after, PARTITIONS).await;
     let lake = outage.path().to_owned();
     let final_classes = tokio::task::spawn_blocking(move || {

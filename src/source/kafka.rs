@@ -70,6 +70,31 @@ type Refusal = Arc<Mutex<Option<String>>>;
 /// How often one kind of repeated client warning is logged (the rest are counted into it).
 const REPEAT_LOG_INTERVAL: Duration = Duration::from_secs(30);
 
+/// A broker that keeps a request waiting this long without answering anything is treated as
+/// away: its partitions' ends are not vouched for and the source is not ready. librdkafka
+/// itself gives a hung broker up only after `socket.timeout.ms` (60 s); a healthy one answers
+/// a fetch within `fetch.wait.max.ms` (500 ms) even when there is nothing new.
+const BROKER_SILENCE_MS: i64 = 10_000;
+
+/// When each broker was last heard from, from librdkafka's statistics.
+#[derive(Debug, Default)]
+struct Answers(HashMap<i32, (u64, i64)>);
+
+impl Answers {
+    /// Notes that `broker` has sent `rx` responses so far and has a request `waiting` for an
+    /// answer, at `now_ms`. Returns when it was last heard from: `now_ms` when it answered
+    /// since the last note or is asked nothing, else when it last did. (A partition's end is
+    /// vouched for only up to then: a broker that answers nothing would not show a new
+    /// message either.)
+    fn heard_ms(&mut self, broker: i32, rx: u64, waiting: bool, now_ms: i64) -> i64 {
+        let (last_rx, heard_ms) = self.0.entry(broker).or_insert((rx, now_ms));
+        if rx != *last_rx || !waiting {
+            (*last_rx, *heard_ms) = (rx, now_ms);
+        }
+        *heard_ms
+    }
+}
+
 /// librdkafka callbacks of the source's consumer.
 pub struct SourceContext {
     last_seen: LastSeen,
@@ -77,6 +102,7 @@ pub struct SourceContext {
     acks: SharedAcks,
     refusal: Refusal,
     repeats: Arc<LogLimiter>,
+    answers: Mutex<Answers>,
 }
 
 /// Whether a librdkafka error reason says the broker's certificate was not trusted (OpenSSL's
@@ -180,29 +206,48 @@ impl ClientContext for SourceContext {
             .lock()
             .unwrap_or_else(|poisoned| poisoned.into_inner());
         let acks = self.acks.get();
-        let up: HashSet<i32> = statistics
-            .brokers
-            .values()
-            .filter(|broker| broker.state == "UP")
-            .map(|broker| broker.nodeid)
-            .collect();
-        // Whether every partition assigned here is being fetched from a leader that is up.
+        // Brokers connected and answering. A hung one (a stopped process, a black-holed
+        // network path) stays UP to librdkafka for a minute while answering nothing.
+        // Per broker that is UP: when it was last heard from.
+        let heard: HashMap<i32, i64> = {
+            let mut answers = self
+                .answers
+                .lock()
+                .unwrap_or_else(|poisoned| poisoned.into_inner());
+            statistics
+                .brokers
+                .values()
+                .filter(|broker| broker.state == "UP")
+                .map(|broker| {
+                    let waiting = broker.waitresp_cnt > 0;
+                    let heard_ms = answers.heard_ms(broker.nodeid, broker.rx, waiting, now_ms);
+                    (broker.nodeid, heard_ms)
+                })
+                .collect()
+        };
+        // Whether every partition assigned here is being fetched from a leader that answers.
         let (mut assigned, mut fetching) = (0, 0);
+        let mut silent_leaders = BTreeMap::new();
         for (topic, topic_stats) in &statistics.topics {
             for (index, partition_stats) in &topic_stats.partitions {
-                let healthy =
-                    partition_stats.fetch_state == "active" && up.contains(&partition_stats.leader);
+                let leader_heard_ms = heard.get(&partition_stats.leader).copied();
+                let silence_ms = leader_heard_ms.map(|heard_ms| now_ms - heard_ms);
+                let healthy = partition_stats.fetch_state == "active"
+                    && silence_ms.is_some_and(|silence| silence <= BROKER_SILENCE_MS);
                 if *index >= 0 && partition_stats.desired {
                     assigned += 1;
                     fetching += usize::from(healthy);
+                    if let Some(silence) = silence_ms.filter(|s| *s > BROKER_SILENCE_MS) {
+                        silent_leaders.insert(partition_stats.leader, silence);
+                    }
                 }
                 // A partition not being fetched (its leader unreachable, fetching stopped)
                 // would not show a new message: its time at the end starts again.
                 // One being fetched would: the source vouches for the end it reported.
                 if let (Some(acks), true) = (acks, *index >= 0) {
                     let partition = PartitionId::new(topic.as_str(), *index as u32);
-                    if healthy {
-                        acks.vouch_end(&partition, now_ms);
+                    if let (true, Some(heard_ms)) = (healthy, leader_heard_ms) {
+                        acks.vouch_end(&partition, heard_ms);
                     } else {
                         acks.doubt_end(Some(&partition), now_ms);
                     }
@@ -225,6 +270,14 @@ impl ClientContext for SourceContext {
         // message arrives to say so after an outage.
         if assigned > 0 && fetching == assigned {
             self.health.ready("source");
+        } else if let Some((broker, silence)) = silent_leaders.into_iter().next() {
+            self.health.not_ready(
+                "source",
+                format!(
+                    "kafka: broker {broker} has not answered for {} s",
+                    silence / 1000
+                ),
+            );
         }
     }
 }
@@ -419,6 +472,7 @@ impl KafkaSource {
             acks: Arc::clone(&acks),
             refusal: Arc::clone(&refusal),
             repeats: Arc::clone(&repeats),
+            answers: Mutex::default(),
         };
         let consumer: StreamConsumer<SourceContext> = client
             .create_with_context(context)
@@ -804,6 +858,23 @@ mod tests {
             classify(&KafkaError::NoMessageReceived),
             ErrorClass::Unavailable
         );
+    }
+
+    #[test]
+    fn a_broker_is_silent_only_while_it_keeps_a_request_waiting_without_answering() {
+        let mut answers = Answers::default();
+        assert_eq!(answers.heard_ms(1, 10, true, 0), 0);
+        // Still waiting, nothing answered: last heard at 0.
+        assert_eq!(answers.heard_ms(1, 10, true, 4_000), 0);
+        assert_eq!(answers.heard_ms(1, 10, true, 12_000), 0);
+        // An answer.
+        assert_eq!(answers.heard_ms(1, 11, true, 13_000), 13_000);
+        assert_eq!(answers.heard_ms(1, 11, true, 14_000), 13_000);
+        // Asked nothing (its partitions paused by backpressure, say): not silent.
+        assert_eq!(answers.heard_ms(1, 11, false, 30_000), 30_000);
+        assert_eq!(answers.heard_ms(1, 11, true, 31_000), 30_000);
+        // Brokers are kept apart.
+        assert_eq!(answers.heard_ms(2, 5, true, 31_000), 31_000);
     }
 
     #[test]

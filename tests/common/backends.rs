@@ -729,6 +729,17 @@ impl PrivateKafka {
         self.advertised = addr.to_owned();
     }
 
+    /// Sends the broker a signal (`STOP`, `CONT`).
+    pub fn signal(&self, name: &str) {
+        let pid = self.child.as_ref().expect("running").id();
+        let status = std::process::Command::new("kill")
+            .arg(format!("-{name}"))
+            .arg(pid.to_string())
+            .status()
+            .unwrap();
+        assert!(status.success());
+    }
+
     /// Kills the broker (as a crash would); its data stays in the bucket.
     pub fn kill(&mut self) {
         if let Some(mut child) = self.child.take() {
