@@ -18,18 +18,30 @@ pub async fn sdk_config() -> SdkConfig {
         .await
 }
 
-/// A DynamoDB client, sent to `endpoint` when one is set.
+/// A DynamoDB client with [`call_timeouts`] (the Kinesis source's leases and checkpoints),
+/// sent to `endpoint` when one is set.
 pub fn dynamodb(sdk: &SdkConfig, endpoint: Option<&Url>) -> aws_sdk_dynamodb::Client {
-    let mut builder = aws_sdk_dynamodb::config::Builder::from(sdk);
+    let mut builder = aws_sdk_dynamodb::config::Builder::from(sdk).timeout_config(call_timeouts());
     if let Some(endpoint) = endpoint {
         builder = builder.endpoint_url(endpoint.as_str().trim_end_matches('/'));
     }
     aws_sdk_dynamodb::Client::from_conf(builder.build())
 }
 
-/// A Kinesis client, sent to `endpoint` when one is set.
+/// A deadline on every attempt of a call, so that a hung endpoint (a stopped server, a
+/// black-holed network path) is a failure to retry and report, not a stall: the SDK sets none
+/// by default. A fan-out subscription, which streams for minutes, lifts it (see the Kinesis
+/// source).
+pub fn call_timeouts() -> aws_config::timeout::TimeoutConfig {
+    aws_config::timeout::TimeoutConfig::builder()
+        .connect_timeout(std::time::Duration::from_secs(3))
+        .operation_attempt_timeout(std::time::Duration::from_secs(10))
+        .build()
+}
+
+/// A Kinesis client with [`call_timeouts`], sent to `endpoint` when one is set.
 pub fn kinesis(sdk: &SdkConfig, endpoint: Option<&Url>) -> aws_sdk_kinesis::Client {
-    let mut builder = aws_sdk_kinesis::config::Builder::from(sdk);
+    let mut builder = aws_sdk_kinesis::config::Builder::from(sdk).timeout_config(call_timeouts());
     if let Some(endpoint) = endpoint {
         builder = builder.endpoint_url(endpoint.as_str().trim_end_matches('/'));
     }

@@ -423,3 +423,79 @@ async fn an_s3_server_that_hangs_then_crashes_mid_run_loses_nothing() {
     std::fs::remove_dir_all(clean.path().join("aggregates/live")).unwrap();
     assert_same_aggregates(&s3.lake(), clean.path());
 }
+
+/// The Kinesis server hangs (SIGSTOP) for three idle timeouts in the middle of every class,
+/// comes back, then crashes and is started again on its data, with events put after each. The
+/// task says it is not ready while the server is away, ends no class while it hangs, and
+/// afterwards the lake and the aggregates equal those of a task that saw no fault.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_kinesis_server_that_hangs_then_crashes_mid_run_loses_nothing() {
+    require(DYNAMODB);
+    let mut server = PrivateKinesis::start().await;
+    let client = server.client().await;
+    let stream = create_stream(&client, 2).await;
+    let messages = simulated_messages(14, "2026-11-25T21:00:00Z").await;
+    let classes = class_count(&messages);
+    let third = messages.len() / 3;
+    let (first, rest) = messages.split_at(third);
+    let (second, last) = rest.split_at(third);
+    put_messages(&client, &stream, first, 0).await;
+
+    let faulty = tempfile::tempdir().unwrap();
+    let mut member = kinesis_member(faulty.path(), &stream, &unique_name("kinesis-faults"));
+    member
+        .env("CLASSPULSE_KINESIS_ENDPOINT", &server.endpoint)
+        .env("CLASSPULSE_CLASS_IDLE_TIMEOUT", "8s")
+        // Leases outlast the crash and restart: the task keeps its shards.
+        .env("CLASSPULSE_KINESIS_LEASE_DURATION", "60s");
+    let running = Running::start(&mut member);
+    let http = running.http;
+    let deadline = Instant::now() + Duration::from_secs(60);
+    while lake_ids(faulty.path()).len() < first.len() / 2 {
+        assert!(
+            Instant::now() < deadline,
+            "the first third did not reach the lake"
+        );
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+
+    // Hung for three idle timeouts: calls get no answer.
+    server.signal("STOP");
+    let hung = Instant::now();
+    let report = await_readiness(http, 503, "kinesis", Duration::from_secs(60)).await;
+    let detected = hung.elapsed();
+    tokio::time::sleep(Duration::from_secs(24).saturating_sub(hung.elapsed())).await;
+    let finals_while_hung = aggregate_files(faulty.path())
+        .keys()
+        .filter(|name| name.starts_with("classes/"))
+        .count();
+    server.signal("CONT");
+    put_messages(&client, &stream, second, 0).await;
+    await_readiness(http, 200, "", Duration::from_secs(60)).await;
+
+    // Crashed, and started again on its data.
+    server.kill();
+    await_readiness(http, 503, "kinesis", Duration::from_secs(60)).await;
+    server.start_again().await;
+    put_messages(&client, &stream, last, 0).await;
+    await_readiness(http, 200, "", Duration::from_secs(60)).await;
+    let lake = faulty.path().to_owned();
+    let finals = tokio::task::spawn_blocking(move || {
+        await_final_classes(&lake, classes, Duration::from_secs(120))
+    })
+    .await
+    .unwrap();
+    let (_, logs) = drain(running).await;
+    assert_eq!(finals, classes, "log:\n{}", logs.join("\n"));
+    eprintln!("not ready {detected:?} after the Kinesis server hung: {report}");
+    assert_eq!(finals_while_hung, 0, "classes ended while the server hung");
+
+    let clean = tempfile::tempdir().unwrap();
+    let mut member = kinesis_member(clean.path(), &stream, &unique_name("kinesis-clean"));
+    member
+        .env("CLASSPULSE_KINESIS_ENDPOINT", &server.endpoint)
+        .env("CLASSPULSE_CLASS_IDLE_TIMEOUT", "8s");
+    run_until_final(&mut member, clean.path(), classes).await;
+    assert_same_lake_rows(faulty.path(), clean.path());
+    assert_same_aggregates(faulty.path(), clean.path());
+}

@@ -939,3 +939,88 @@ pub async fn await_readiness(
         tokio::time::sleep(Duration::from_millis(250)).await;
     }
 }
+
+/// A kinesalite of a test's own on a free loopback port, keeping its streams in LevelDB under a
+/// directory of its own, so the test may pause or restart it. Killed when dropped.
+pub struct PrivateKinesis {
+    child: Option<std::process::Child>,
+    port: u16,
+    data: tempfile::TempDir,
+    /// `http://127.0.0.1:port`.
+    pub endpoint: String,
+}
+
+impl PrivateKinesis {
+    pub async fn start() -> PrivateKinesis {
+        let port = std::net::TcpListener::bind("127.0.0.1:0")
+            .unwrap()
+            .local_addr()
+            .unwrap()
+            .port();
+        let mut server = PrivateKinesis {
+            child: None,
+            port,
+            data: tempfile::tempdir().unwrap(),
+            endpoint: format!("http://127.0.0.1:{port}"),
+        };
+        server.start_again().await;
+        server
+    }
+
+    /// Starts it (again, on the same port and data) and waits until it accepts connections.
+    pub async fn start_again(&mut self) {
+        assert!(self.child.is_none(), "kinesalite is running");
+        let root = std::path::Path::new(env!("CARGO_MANIFEST_DIR"));
+        let child = std::process::Command::new("node")
+            // The same preload `scripts/backends` uses: its listening socket stays on loopback.
+            .arg("--require")
+            .arg(root.join("scripts/loopback.js"))
+            .arg(installed_tool("npm/node_modules/kinesalite/cli.js"))
+            .args(["--port", &self.port.to_string(), "--shardLimit", "100"])
+            .arg("--path")
+            .arg(self.data.path())
+            .stdout(std::process::Stdio::null())
+            .stderr(std::process::Stdio::null())
+            .spawn()
+            .expect("node runs kinesalite");
+        self.child = Some(child);
+        let addr: SocketAddr = format!("127.0.0.1:{}", self.port).parse().unwrap();
+        let deadline = std::time::Instant::now() + Duration::from_secs(30);
+        while TcpStream::connect_timeout(&addr, Duration::from_millis(200)).is_err() {
+            assert!(
+                std::time::Instant::now() < deadline,
+                "private kinesalite did not listen in 30 s"
+            );
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+    }
+
+    pub async fn client(&self) -> aws_sdk_kinesis::Client {
+        kinesis_client(&self.endpoint).await
+    }
+
+    /// Sends it a signal (`STOP`, `CONT`).
+    pub fn signal(&self, name: &str) {
+        let pid = self.child.as_ref().expect("running").id();
+        let status = std::process::Command::new("kill")
+            .arg(format!("-{name}"))
+            .arg(pid.to_string())
+            .status()
+            .unwrap();
+        assert!(status.success());
+    }
+
+    /// Kills it (as a crash would); its data stays.
+    pub fn kill(&mut self) {
+        if let Some(mut child) = self.child.take() {
+            let _ = child.kill();
+            let _ = child.wait();
+        }
+    }
+}
+
+impl Drop for PrivateKinesis {
+    fn drop(&mut self) {
+        self.kill();
+    }
+}

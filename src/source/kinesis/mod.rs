@@ -165,6 +165,54 @@ struct Shared {
     stop: CancellationToken,
     /// The registered stream consumer read through, with enhanced fan-out.
     consumer_arn: OnceLock<String>,
+    /// Shards whose reads fail now, with the reason: the source is not ready while any does.
+    failing: Mutex<BTreeMap<String, String>>,
+}
+
+/// The health component of the shard readers (the coordinator's is `source`).
+const READS: &str = "shard reads";
+
+impl Shared {
+    /// A read of `shard_id` failed (an error, or no answer within the call timeout).
+    fn read_failed(&self, shard_id: &str, reason: String) {
+        let mut failing = self.failing.lock().unwrap_or_else(|e| e.into_inner());
+        failing.insert(shard_id.to_owned(), reason);
+        self.report_reads(&failing);
+    }
+
+    /// A read of `shard_id` succeeded, or its reader stopped.
+    fn read_ok(&self, shard_id: &str) {
+        let mut failing = self.failing.lock().unwrap_or_else(|e| e.into_inner());
+        if failing.remove(shard_id).is_some() {
+            self.report_reads(&failing);
+        }
+    }
+
+    fn report_reads(&self, failing: &BTreeMap<String, String>) {
+        match failing.iter().next() {
+            None => self.health.ready(READS),
+            Some((shard_id, reason)) => self.health.not_ready(
+                READS,
+                format!(
+                    "kinesis: reads of {} shard(s) failing; {shard_id}: {reason}",
+                    failing.len()
+                ),
+            ),
+        }
+    }
+}
+
+/// Clears a reader's failing state however it ends (its task may be aborted mid-call when its
+/// lease is lost).
+struct ReadsGuard<'a> {
+    shared: &'a Shared,
+    shard_id: &'a str,
+}
+
+impl Drop for ReadsGuard<'_> {
+    fn drop(&mut self) {
+        self.shared.read_ok(self.shard_id);
+    }
 }
 
 /// One task's share of a Kinesis stream.
@@ -214,6 +262,7 @@ impl KinesisSource {
             acks: Arc::default(),
             held: tokio::sync::Mutex::default(),
             positions: Mutex::default(),
+            failing: Mutex::default(),
             batches: sender,
             shard_ended: tokio::sync::Notify::new(),
             stop: CancellationToken::new(),
@@ -886,6 +935,10 @@ async fn read_shard(shared: &Shared, shard: ShardRead) {
         return;
     }
     let mut cursor = Cursor::new(&shard.checkpoint);
+    let _reads = ReadsGuard {
+        shared,
+        shard_id: &shard.shard_id,
+    };
     match shared.consumer_arn.get() {
         Some(consumer_arn) => subscribe_shard(shared, &shard, &mut cursor, consumer_arn).await,
         None => poll_shard(shared, &shard, &mut cursor).await,
@@ -1003,6 +1056,7 @@ async fn poll_shard(shared: &Shared, shard: &ShardRead, cursor: &mut Cursor) {
                 }
                 Err(error) => {
                     report_tip(shared, shard, cursor, None);
+                    shared.read_failed(&shard.shard_id, format!("GetShardIterator: {error}"));
                     tracing::warn!(shard = %shard.shard_id, error = %error, "GetShardIterator failed; retrying");
                     crate::metrics::record_source_error(KIND, "unavailable");
                     tokio::time::sleep(backoff.next_delay()).await;
@@ -1022,6 +1076,10 @@ async fn poll_shard(shared: &Shared, shard: &ShardRead, cursor: &mut Cursor) {
             Ok(output) => output,
             Err(error) => {
                 report_tip(shared, shard, cursor, None);
+                if error.code() != Some("ExpiredIteratorException") {
+                    let detail = aws_sdk_kinesis::error::DisplayErrorContext(&error).to_string();
+                    shared.read_failed(&shard.shard_id, format!("GetRecords: {detail}"));
+                }
                 match error.code() {
                     Some("ExpiredIteratorException") => {
                         tracing::info!(shard = %shard.shard_id, "shard iterator expired; resuming after the last record read");
@@ -1041,6 +1099,7 @@ async fn poll_shard(shared: &Shared, shard: &ShardRead, cursor: &mut Cursor) {
             }
         };
         backoff = Backoff::new(Duration::from_millis(100), Duration::from_secs(10));
+        shared.read_ok(&shard.shard_id);
         let behind_ms = output.millis_behind_latest().unwrap_or(0).max(0);
         crate::metrics::set_source_lag_seconds(KIND, &shard.partition, behind_ms as f64 / 1000.0);
         let records = output.records();
@@ -1100,6 +1159,16 @@ async fn subscribe_shard(
             .consumer_arn(consumer_arn)
             .shard_id(&shard.shard_id)
             .starting_position(position)
+            .customize()
+            // A subscription streams for up to 5 minutes: no deadline on the whole call.
+            .config_override(
+                aws_sdk_kinesis::config::Builder::default().timeout_config(
+                    aws_config::timeout::TimeoutConfig::builder()
+                        .connect_timeout(Duration::from_secs(3))
+                        .disable_operation_attempt_timeout()
+                        .build(),
+                ),
+            )
             .send()
             .await;
         let mut output = match subscribed {
@@ -1118,7 +1187,9 @@ async fn subscribe_shard(
                 };
                 report_tip(shared, shard, cursor, None);
                 crate::metrics::record_source_error(KIND, class);
-                tracing::warn!(shard = %shard.shard_id, error = %aws_sdk_kinesis::error::DisplayErrorContext(&error), "SubscribeToShard failed; retrying");
+                let detail = aws_sdk_kinesis::error::DisplayErrorContext(&error).to_string();
+                shared.read_failed(&shard.shard_id, format!("SubscribeToShard: {detail}"));
+                tracing::warn!(shard = %shard.shard_id, error = %detail, "SubscribeToShard failed; retrying");
                 tokio::time::sleep(backoff.next_delay()).await;
                 continue;
             }
@@ -1127,6 +1198,7 @@ async fn subscribe_shard(
         loop {
             match output.event_stream.recv().await {
                 Ok(Some(SubscribeToShardEventStream::SubscribeToShardEvent(event))) => {
+                    shared.read_ok(&shard.shard_id);
                     let behind_ms = event.millis_behind_latest().max(0);
                     crate::metrics::set_source_lag_seconds(
                         KIND,
