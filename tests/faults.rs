@@ -499,3 +499,47 @@ async fn a_kinesis_server_that_hangs_then_crashes_mid_run_loses_nothing() {
     assert_same_lake_rows(faulty.path(), clean.path());
     assert_same_aggregates(faulty.path(), clean.path());
 }
+
+/// Between classpulse and the S3 server under its lake, a proxy that slows, resets and
+/// truncates a share of the connections for the whole run: every write is retried until it
+/// lands, and the lake and the aggregates equal those of a run without the proxy.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn latency_resets_and_truncated_answers_from_s3_lose_nothing() {
+    require(KAFKA);
+    let (_admin, topic) = create_topic(PARTITIONS).await;
+    let messages = simulated_messages(15, "2026-11-25T22:00:00Z").await;
+    let classes = class_count(&messages);
+    produce(&topic, &messages, PARTITIONS).await;
+
+    let s3 = PrivateS3::start().await;
+    let upstream = s3.endpoint.trim_start_matches("http://").parse().unwrap();
+    let seed: u64 = rand::random();
+    eprintln!("proxy seed {seed}");
+    let faults = common::tcp_proxy::TcpFaults {
+        slow: 0.2,
+        latency: Duration::from_millis(150),
+        reset: 0.15,
+        truncate: 0.15,
+    };
+    let proxy = common::tcp_proxy::TcpProxy::start(upstream, faults, seed).await;
+    let scratch = tempfile::tempdir().unwrap();
+    let mut member = finalising_kafka_member(scratch.path(), &topic, &unique_name("s3-proxy"));
+    s3.lake_for(&mut member);
+    member.env("CLASSPULSE_S3_ENDPOINT", format!("http://{}", proxy.addr));
+    run_until_final(&mut member, &s3.lake(), classes).await;
+    let report = proxy.report();
+    eprintln!("through the proxy: {report}");
+    let counts = &proxy.counts;
+    use std::sync::atomic::Ordering::Relaxed;
+    assert!(
+        counts.reset.load(Relaxed) > 0 && counts.truncated.load(Relaxed) > 0,
+        "faults were injected: {report}"
+    );
+
+    let clean = tempfile::tempdir().unwrap();
+    let mut member = finalising_kafka_member(clean.path(), &topic, &unique_name("s3-direct"));
+    run_until_final(&mut member, clean.path(), classes).await;
+    assert_same_lake_rows(&s3.lake(), clean.path());
+    std::fs::remove_dir_all(clean.path().join("aggregates/live")).unwrap();
+    assert_same_aggregates(&s3.lake(), clean.path());
+}
