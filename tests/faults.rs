@@ -543,3 +543,57 @@ async fn latency_resets_and_truncated_answers_from_s3_lose_nothing() {
     std::fs::remove_dir_all(clean.path().join("aggregates/live")).unwrap();
     assert_same_aggregates(&s3.lake(), clean.path());
 }
+
+/// The broker behind the same proxy (it advertises the proxy, so every connection goes through
+/// it): fetches and commits are slowed, reset and cut short for a whole run. librdkafka
+/// reconnects and retries; nothing is lost, and the lake and the aggregates equal those of a
+/// member reading through the proxy with no faults.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn latency_resets_and_truncated_answers_from_the_broker_lose_nothing() {
+    let mut broker = PrivateKafka::start(&unique_name("tansu")).await;
+    let (_admin, topic) = create_topic_on(&broker.brokers, PARTITIONS).await;
+    let messages = simulated_messages(16, "2026-11-25T23:00:00Z").await;
+    let classes = class_count(&messages);
+    produce_to(&broker.brokers, &topic, &messages, PARTITIONS).await;
+
+    let seed: u64 = rand::random();
+    eprintln!("proxy seed {seed}");
+    let faults = common::tcp_proxy::TcpFaults {
+        slow: 0.1,
+        latency: Duration::from_millis(100),
+        // Per answer: heartbeats, fetches and commits each get one, several a second. One in
+        // 50 (at most 100 apart: a run has well over 100 answers) keeps the member reading;
+        // at 3% drawn at random, with 6 s sessions, it never held its partitions for long.
+        reset: 0.02,
+        truncate: 0.02,
+    };
+    let upstream = broker.brokers.parse().unwrap();
+    let proxy = common::tcp_proxy::TcpProxy::start(upstream, faults, seed).await;
+    broker.kill();
+    broker.advertise(&proxy.addr.to_string());
+    broker.start_again().await;
+
+    let faulty = tempfile::tempdir().unwrap();
+    let mut member = finalising_kafka_member(faulty.path(), &topic, &unique_name("proxied"));
+    // A session that outlasts a reconnection or two, as MSK's 45 s default does.
+    member
+        .env("CLASSPULSE_KAFKA_BROKERS", proxy.addr.to_string())
+        .env("CLASSPULSE_KAFKA_PROP_SESSION_TIMEOUT_MS", "30000")
+        .env("CLASSPULSE_KAFKA_PROP_HEARTBEAT_INTERVAL_MS", "1000");
+    run_until_final(&mut member, faulty.path(), classes).await;
+    let report = proxy.report();
+    eprintln!("through the proxy: {report}");
+    use std::sync::atomic::Ordering::Relaxed;
+    assert!(
+        proxy.counts.reset.load(Relaxed) > 0 && proxy.counts.truncated.load(Relaxed) > 0,
+        "faults were injected: {report}"
+    );
+
+    proxy.set_faults(common::tcp_proxy::TcpFaults::default());
+    let clean = tempfile::tempdir().unwrap();
+    let mut member = finalising_kafka_member(clean.path(), &topic, &unique_name("unfaulted"));
+    member.env("CLASSPULSE_KAFKA_BROKERS", proxy.addr.to_string());
+    run_until_final(&mut member, clean.path(), classes).await;
+    assert_same_lake_rows(faulty.path(), clean.path());
+    assert_same_aggregates(faulty.path(), clean.path());
+}

@@ -20,7 +20,9 @@ use rand::{Rng, SeedableRng};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::{TcpListener, TcpStream};
 
-/// What to inject, as shares of the chunks the server answers with (they add up to at most 1).
+/// What to inject, as shares of the chunks the server answers with. Each fault comes after a
+/// random number of answers drawn anew each time, on average one in `1/share`, at most
+/// `2/share` apart: a run of a few hundred answers is sure to see each kind.
 #[derive(Debug, Clone, Default)]
 pub struct TcpFaults {
     /// Chunks forwarded only after `latency`.
@@ -52,8 +54,17 @@ pub struct TcpProxy {
 
 struct Plan {
     faults: Mutex<TcpFaults>,
-    rng: Mutex<StdRng>,
+    /// The generator, and per fault (slow, reset, truncate) the answers left until it.
+    rng: Mutex<(StdRng, [u64; 3])>,
     counts: Arc<TcpFaultCounts>,
+}
+
+/// Answers until the next fault of `share`: uniform in 1..=2/share (never, for 0).
+fn draw(rng: &mut StdRng, share: f64) -> u64 {
+    if share <= 0.0 {
+        return u64::MAX;
+    }
+    rng.random_range(1..=((2.0 / share) as u64).max(1))
 }
 
 enum Fault {
@@ -68,21 +79,41 @@ enum Fault {
 impl Plan {
     fn roll(&self) -> Fault {
         let faults = self.faults.lock().unwrap().clone();
-        let mut rng = self.rng.lock().unwrap();
+        let shares = [faults.slow, faults.reset, faults.truncate];
+        let mut guard = self.rng.lock().unwrap();
+        let (rng, left) = &mut *guard;
         let counts = &self.counts;
         counts.answers.fetch_add(1, Ordering::Relaxed);
-        let roll: f64 = rng.random();
-        if roll < faults.slow {
-            counts.slowed.fetch_add(1, Ordering::Relaxed);
-            Fault::Slow(faults.latency)
-        } else if roll < faults.slow + faults.reset {
-            counts.reset.fetch_add(1, Ordering::Relaxed);
-            Fault::Reset(rng.random_range(0.0..0.9))
-        } else if roll < faults.slow + faults.reset + faults.truncate {
-            counts.truncated.fetch_add(1, Ordering::Relaxed);
-            Fault::Truncate(rng.random_range(0.0..0.9))
-        } else {
-            Fault::None
+        // The first fault due wins; the others wait for a later answer.
+        let mut due = None;
+        for (kind, share) in shares.iter().enumerate() {
+            if *share <= 0.0 {
+                left[kind] = u64::MAX;
+                continue;
+            }
+            if left[kind] == u64::MAX {
+                left[kind] = draw(rng, *share);
+            }
+            left[kind] = left[kind].saturating_sub(1);
+            if left[kind] == 0 && due.is_none() {
+                due = Some(kind);
+                left[kind] = draw(rng, *share);
+            }
+        }
+        match due {
+            Some(0) => {
+                counts.slowed.fetch_add(1, Ordering::Relaxed);
+                Fault::Slow(faults.latency)
+            }
+            Some(1) => {
+                counts.reset.fetch_add(1, Ordering::Relaxed);
+                Fault::Reset(rng.random_range(0.0..0.9))
+            }
+            Some(_) => {
+                counts.truncated.fetch_add(1, Ordering::Relaxed);
+                Fault::Truncate(rng.random_range(0.0..0.9))
+            }
+            None => Fault::None,
         }
     }
 }
@@ -95,7 +126,7 @@ impl TcpProxy {
         let counts = Arc::new(TcpFaultCounts::default());
         let plan = Arc::new(Plan {
             faults: Mutex::new(faults),
-            rng: Mutex::new(StdRng::seed_from_u64(seed)),
+            rng: Mutex::new((StdRng::seed_from_u64(seed), [u64::MAX; 3])),
             counts: Arc::clone(&counts),
         });
         let task = {
