@@ -382,7 +382,7 @@ async fn an_s3_server_that_hangs_then_crashes_mid_run_loses_nothing() {
 
     // Hung: requests get no answer and time out, rather than fail fast. (Events keep coming:
     // a member with nothing to write has no way to notice.)
-    s3.signal("STOP");
+    s3.process.signal("STOP");
     let hung = Instant::now();
     produce(&topic, second, PARTITIONS).await;
     let report = await_readiness(http, 503, "lake", Duration::from_secs(60)).await;
@@ -395,12 +395,12 @@ async fn an_s3_server_that_hangs_then_crashes_mid_run_loses_nothing() {
         rss < 400.0 * 1024.0 * 1024.0,
         "resident memory {rss} bytes while S3 hangs"
     );
-    s3.signal("CONT");
+    s3.process.signal("CONT");
     produce(&topic, last, PARTITIONS).await;
     await_readiness(http, 200, "", Duration::from_secs(60)).await;
 
     // Crashed: connections refused until it is started again on the same files.
-    s3.kill();
+    s3.process.kill();
     await_readiness(http, 503, "lake", Duration::from_secs(60)).await;
     s3.start_again().await;
     await_readiness(http, 200, "", Duration::from_secs(60)).await;
@@ -414,8 +414,14 @@ async fn an_s3_server_that_hangs_then_crashes_mid_run_loses_nothing() {
     assert_eq!(finals, classes, "log:\n{}", logs.join("\n"));
     eprintln!("not ready {detected:?} after S3 hung: {report}");
 
+    assert_same_as_a_clean_run(&s3, &topic, classes).await;
+}
+
+/// Fails unless the lake on `s3` holds the rows and final aggregates of a member that read
+/// `topic` into a local lake without a fault.
+async fn assert_same_as_a_clean_run(s3: &PrivateS3, topic: &str, classes: usize) {
     let clean = tempfile::tempdir().unwrap();
-    let mut member = finalising_kafka_member(clean.path(), &topic, &unique_name("s3-clean"));
+    let mut member = finalising_kafka_member(clean.path(), topic, &unique_name("s3-clean"));
     run_until_final(&mut member, clean.path(), classes).await;
     assert_same_lake_rows(&s3.lake(), clean.path());
     // Live results go to the lake only when it is a local directory (on S3 they go to the
@@ -460,7 +466,7 @@ async fn a_kinesis_server_that_hangs_then_crashes_mid_run_loses_nothing() {
     }
 
     // Hung for three idle timeouts: calls get no answer.
-    server.signal("STOP");
+    server.process.signal("STOP");
     let hung = Instant::now();
     let report = await_readiness(http, 503, "kinesis", Duration::from_secs(60)).await;
     let detected = hung.elapsed();
@@ -469,12 +475,12 @@ async fn a_kinesis_server_that_hangs_then_crashes_mid_run_loses_nothing() {
         .keys()
         .filter(|name| name.starts_with("classes/"))
         .count();
-    server.signal("CONT");
+    server.process.signal("CONT");
     put_messages(&client, &stream, second, 0).await;
     await_readiness(http, 200, "", Duration::from_secs(60)).await;
 
     // Crashed, and started again on its data.
-    server.kill();
+    server.process.kill();
     await_readiness(http, 503, "kinesis", Duration::from_secs(60)).await;
     server.start_again().await;
     put_messages(&client, &stream, last, 0).await;
@@ -536,12 +542,7 @@ async fn latency_resets_and_truncated_answers_from_s3_lose_nothing() {
         "faults were injected: {report}"
     );
 
-    let clean = tempfile::tempdir().unwrap();
-    let mut member = finalising_kafka_member(clean.path(), &topic, &unique_name("s3-direct"));
-    run_until_final(&mut member, clean.path(), classes).await;
-    assert_same_lake_rows(&s3.lake(), clean.path());
-    std::fs::remove_dir_all(clean.path().join("aggregates/live")).unwrap();
-    assert_same_aggregates(&s3.lake(), clean.path());
+    assert_same_as_a_clean_run(&s3, &topic, classes).await;
 }
 
 /// The broker behind the same proxy (it advertises the proxy, so every connection goes through
@@ -569,7 +570,7 @@ async fn latency_resets_and_truncated_answers_from_the_broker_lose_nothing() {
     };
     let upstream = broker.brokers.parse().unwrap();
     let proxy = common::tcp_proxy::TcpProxy::start(upstream, faults, seed).await;
-    broker.kill();
+    broker.process.kill();
     broker.advertise(&proxy.addr.to_string());
     broker.start_again().await;
 

