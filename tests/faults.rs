@@ -507,8 +507,8 @@ async fn a_kinesis_server_that_hangs_then_crashes_mid_run_loses_nothing() {
 }
 
 /// Between classpulse and the S3 server under its lake, a proxy that slows, resets and
-/// truncates a share of the connections for the whole run: every write is retried until it
-/// lands, and the lake and the aggregates equal those of a run without the proxy.
+/// truncates a share of the server's answers for the whole run: every write is retried until
+/// it lands, and the lake and the aggregates equal those of a run without the proxy.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn latency_resets_and_truncated_answers_from_s3_lose_nothing() {
     require(KAFKA);
