@@ -206,9 +206,8 @@ impl ClientContext for SourceContext {
             .lock()
             .unwrap_or_else(|poisoned| poisoned.into_inner());
         let acks = self.acks.get();
-        // Brokers connected and answering. A hung one (a stopped process, a black-holed
-        // network path) stays UP to librdkafka for a minute while answering nothing.
-        // Per broker that is UP: when it was last heard from.
+        // Per broker that is UP: when it was last heard from. A hung one (a stopped process,
+        // a black-holed network path) stays UP to librdkafka for a minute answering nothing.
         let heard: HashMap<i32, i64> = {
             let mut answers = self
                 .answers
