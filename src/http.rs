@@ -58,7 +58,7 @@ pub async fn serve(
 }
 
 async fn render_metrics(State(state): State<AppState>) -> String {
-    metrics::sample_process_memory();
+    metrics::sample_process();
     state.metrics.render()
 }
 

@@ -57,6 +57,8 @@ pub const SOURCE_COMMITS: &str = "classpulse_source_commits_total";
 pub const BATCHES_IN_FLIGHT: &str = "classpulse_batches_in_flight";
 /// Resident memory of the process.
 pub const RESIDENT_MEMORY_BYTES: &str = "classpulse_process_resident_memory_bytes";
+/// File descriptors the process holds open (sockets, files).
+pub const OPEN_FDS: &str = "classpulse_process_open_fds";
 /// CPU time the process has used (user plus system).
 pub const CPU_SECONDS: &str = "classpulse_process_cpu_seconds_total";
 /// Time the last drain took.
@@ -219,6 +221,11 @@ fn describe() {
         RESIDENT_MEMORY_BYTES,
         Unit::Bytes,
         "Resident set size of the process."
+    );
+    describe_gauge!(
+        OPEN_FDS,
+        Unit::Count,
+        "File descriptors the process holds open (sockets, files)."
     );
     describe_gauge!(DRAIN_SECONDS, Unit::Seconds, "Time the last drain took.");
     describe_counter!(
@@ -428,10 +435,14 @@ pub fn set_drain_duration(took: Duration) {
     gauge!(DRAIN_SECONDS).set(took.as_secs_f64());
 }
 
-/// Reads the resident set size from /proc (Linux, as on ECS) and publishes it.
-pub fn sample_process_memory() {
+/// Reads the resident set size, CPU time and open descriptors from /proc (Linux, as on ECS)
+/// and publishes them.
+pub fn sample_process() {
     if let Some(bytes) = resident_memory_bytes() {
         gauge!(RESIDENT_MEMORY_BYTES).set(bytes as f64);
+    }
+    if let Some(fds) = open_fds() {
+        gauge!(OPEN_FDS).set(fds as f64);
     }
     if let Some(seconds) = cpu_seconds() {
         // A counter of whole units: hundredths of a second kept exact by absolute().
@@ -456,6 +467,12 @@ pub fn resident_memory_bytes() -> Option<u64> {
     let statm = std::fs::read_to_string("/proc/self/statm").ok()?;
     let resident_pages: u64 = statm.split_whitespace().nth(1)?.parse().ok()?;
     Some(resident_pages * 4096)
+}
+
+/// File descriptors open, where the platform tells (a leak of sockets or files shows here
+/// long before the task's limit is reached).
+pub fn open_fds() -> Option<usize> {
+    Some(std::fs::read_dir("/proc/self/fd").ok()?.count())
 }
 
 /// Records what the aggregator made of a batch's events.
@@ -507,5 +524,20 @@ mod tests {
         assert_eq!(directive["Metrics"][0]["Name"], "SourceLagSeconds");
         assert_eq!(directive["Dimensions"][0][0], "ConsumerGroup");
         assert_eq!(line["_aws"]["Timestamp"], 1_764_090_000_000_i64);
+    }
+
+    #[test]
+    fn open_descriptors_are_counted() {
+        let before = open_fds().expect("/proc/self/fd");
+        let held: Vec<_> = (0..64)
+            .map(|_| std::fs::File::open("/proc/self/stat").unwrap())
+            .collect();
+        let during = open_fds().unwrap();
+        // Other tests of this binary open and close descriptors at the same time.
+        assert!(
+            during >= before + 32,
+            "{before} before, {during} with 64 more"
+        );
+        drop(held);
     }
 }

@@ -212,7 +212,7 @@ impl Pipeline {
                 _ = commit_tick.tick() => committer.commit(source.as_mut()).await?,
                 _ = housekeeping.tick() => {
                     metrics::set_batches_in_flight(acks.in_flight());
-                    metrics::sample_process_memory();
+                    metrics::sample_process();
                     progress.maybe_log(&acks);
                     report_stuck_partitions(&acks, &health, &mut stuck);
                 }

@@ -506,6 +506,79 @@ async fn a_kinesis_server_that_hangs_then_crashes_mid_run_loses_nothing() {
     assert_same_aggregates(faulty.path(), clean.path());
 }
 
+/// A fan-out subscription whose server hangs (SIGSTOP) mid-run: its event stream goes quiet
+/// without closing (the receive had no deadline: the shard's reader waited on it forever). The
+/// task reports not ready (its shard listing times out), renews a subscription silent for 30 s
+/// (the renewal's answer has a deadline too), ends no class while the server hangs, and
+/// afterwards the lake and the aggregates equal those of a task that saw no fault.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_fan_out_server_that_hangs_mid_run_loses_nothing() {
+    require(DYNAMODB);
+    let server = PrivateKinesisMock::start().await;
+    let client = server.client().await;
+    let stream = create_stream(&client, 2).await;
+    // kinesis-mock slows down as streams grow: a small stream.
+    let messages = simulated_messages(16, "2026-11-25T20:00:00Z").await;
+    let classes = class_count(&messages);
+    let (first, second) = messages.split_at(messages.len() / 2);
+    put_messages(&client, &stream, first, 0).await;
+
+    let faulty = tempfile::tempdir().unwrap();
+    let mut member = kinesis_member(faulty.path(), &stream, &unique_name("efo-faults"));
+    member
+        .env("CLASSPULSE_KINESIS_ENDPOINT", &server.endpoint)
+        .env("CLASSPULSE_KINESIS_EFO", "true")
+        .env("CLASSPULSE_CLASS_IDLE_TIMEOUT", "8s");
+    let running = Running::start(&mut member);
+    let http = running.http;
+    let deadline = Instant::now() + Duration::from_secs(60);
+    while lake_ids(faulty.path()).len() < first.len() / 2 {
+        assert!(
+            Instant::now() < deadline,
+            "the first half did not reach the lake"
+        );
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+
+    server.process.signal("STOP");
+    let hung = Instant::now();
+    let report = await_readiness(http, 503, "kinesis", Duration::from_secs(90)).await;
+    let detected = hung.elapsed();
+    let finals_while_hung = aggregate_files(faulty.path())
+        .keys()
+        .filter(|name| name.starts_with("classes/"))
+        .count();
+    server.process.signal("CONT");
+    await_readiness(http, 200, "", Duration::from_secs(60)).await;
+    put_messages(&client, &stream, second, 0).await;
+    let lake = faulty.path().to_owned();
+    let finals = tokio::task::spawn_blocking(move || {
+        await_final_classes(&lake, classes, Duration::from_secs(120))
+    })
+    .await
+    .unwrap();
+    let (_, logs) = drain(running).await;
+    assert_eq!(finals, classes, "log:\n{}", logs.join("\n"));
+    eprintln!("not ready {detected:?} after the fan-out server hung: {report}");
+    assert!(
+        logs.iter()
+            .any(|line| line.contains("fan-out subscription silent")),
+        "the silent subscription was renewed:\n{}",
+        logs.join("\n")
+    );
+    assert_eq!(finals_while_hung, 0, "classes ended while the server hung");
+
+    let clean = tempfile::tempdir().unwrap();
+    let mut member = kinesis_member(clean.path(), &stream, &unique_name("efo-clean"));
+    member
+        .env("CLASSPULSE_KINESIS_ENDPOINT", &server.endpoint)
+        .env("CLASSPULSE_KINESIS_EFO", "true")
+        .env("CLASSPULSE_CLASS_IDLE_TIMEOUT", "8s");
+    run_until_final(&mut member, clean.path(), classes).await;
+    assert_same_lake_rows(faulty.path(), clean.path());
+    assert_same_aggregates(faulty.path(), clean.path());
+}
+
 /// Between classpulse and the S3 server under its lake, a proxy that slows, resets and
 /// truncates a share of the server's answers for the whole run: every write is retried until
 /// it lands, and the lake and the aggregates equal those of a run without the proxy.

@@ -66,6 +66,10 @@ pub struct WorkloadArgs {
     /// Run one class per studio, every class at the same time (the worst case).
     #[arg(long)]
     pub all_at_once: bool,
+    /// With --all-at-once: classes each studio runs back to back, so the peak rate lasts
+    /// this many class lengths while class state turns over (a soak).
+    #[arg(long, default_value_t = 1)]
+    pub rounds: u32,
     /// The day replayed (UTC date; local class times are on it). Default: the day before
     /// yesterday, so every event time is in the past.
     #[arg(long)]
@@ -149,6 +153,10 @@ impl WorkloadArgs {
             (1..=SLOTS.len() as u32).contains(&self.classes_per_day),
             "--classes-per-day must be 1 to {}",
             SLOTS.len()
+        );
+        anyhow::ensure!(
+            self.rounds >= 1 && (self.rounds == 1 || self.all_at_once),
+            "--rounds must be at least 1, and above 1 only with --all-at-once"
         );
         anyhow::ensure!(
             self.class_minutes > 0 && self.class_minutes <= 180,
@@ -327,7 +335,7 @@ impl Plan {
                 // No event time may run ahead of the clock: a paced run starts far enough
                 // back that it ends at "now"; an unpaced one ends five minutes ago (so even a
                 // fast studio clock is not ahead).
-                let span = class_ms + 60_000;
+                let span = i64::from(args.rounds) * class_ms + 60_000;
                 let back = if speedup > 0.0 {
                     (span as f64 * (1.0 - 1.0 / speedup)).max(0.0) as i64
                 } else {
@@ -361,7 +369,9 @@ impl Plan {
                 0
             };
             let starts: Vec<i64> = match all_at_once_start {
-                Some(start) => vec![start],
+                Some(start) => (0..i64::from(args.rounds))
+                    .map(|round| start + round * class_ms)
+                    .collect(),
                 None => SLOTS[..args.classes_per_day as usize]
                     .iter()
                     .map(|hours| {
@@ -1112,5 +1122,33 @@ mod tests {
         let plan = Plan::new(&args, 0.0, now).unwrap();
         assert!(plan.classes.iter().all(|c| c.end_ms <= now));
         assert!(plan.generate(|_| {}).rejected_valid.is_empty());
+    }
+
+    #[test]
+    fn rounds_run_classes_back_to_back_at_the_same_rate() {
+        let mut args = small();
+        args.all_at_once = true;
+        args.class_minutes = 2;
+        args.rounds = 3;
+        let now = 1_800_000_000_000;
+        let plan = Plan::new(&args, 1.0, now).unwrap();
+        assert_eq!(plan.classes.len(), 30);
+        let mut by_studio: BTreeMap<&str, Vec<&ClassPlan>> = BTreeMap::new();
+        for class in &plan.classes {
+            by_studio.entry(&class.studio_id).or_default().push(class);
+        }
+        assert_eq!(by_studio.len(), 10);
+        for studio in by_studio.values_mut() {
+            studio.sort_by_key(|c| c.start_ms);
+            assert_eq!(studio.len(), 3);
+            assert_eq!(studio[1].start_ms, studio[0].end_ms);
+            assert_eq!(studio[2].start_ms, studio[1].end_ms);
+            assert_ne!(studio[0].class_id, studio[1].class_id);
+        }
+        // At real time the last round ends six minutes from now, not in the past.
+        assert!(plan.start_ms <= now && now - plan.start_ms < 2000);
+        assert_eq!(plan.peak_concurrency().0, 10);
+        args.all_at_once = false;
+        assert!(Plan::new(&args, 1.0, now).is_err());
     }
 }

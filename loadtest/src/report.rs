@@ -34,6 +34,64 @@ pub struct Sample {
     pub lag_seconds: f64,
     pub cpu_seconds: f64,
     pub rss_bytes: f64,
+    pub open_fds: f64,
+}
+
+/// How a long run's resources moved: the first and the last third of the producing time
+/// after the first class length (while state fills up), each third's highest values. A
+/// leak shows as growth from one third to the other; a steady process is flat.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Steadiness {
+    /// Seconds after the start: the first third begins, ends; the last third begins, ends.
+    pub thirds: [(f64, f64); 2],
+    pub rss_mb: [f64; 2],
+    pub open_fds: [f64; 2],
+    pub backlog_messages: [f64; 2],
+    pub lag_seconds: [f64; 2],
+}
+
+impl Steadiness {
+    /// Compares the thirds of `[warm_up, produced]`; `None` for a run too short to tell (under
+    /// 10 minutes to compare).
+    pub fn of(samples: &[Sample], warm_up: f64, produced: f64) -> Option<Steadiness> {
+        let third = (produced - warm_up) / 3.0;
+        if third * 3.0 < 600.0 {
+            return None;
+        }
+        let thirds = [(warm_up, warm_up + third), (produced - third, produced)];
+        let highest = |field: fn(&Sample) -> f64| {
+            thirds.map(|(from, to)| {
+                samples
+                    .iter()
+                    .filter(|s| s.t >= from && s.t <= to)
+                    .map(field)
+                    .fold(0.0, f64::max)
+            })
+        };
+        Some(Steadiness {
+            thirds,
+            rss_mb: highest(|s| s.rss_bytes / 1e6),
+            open_fds: highest(|s| s.open_fds),
+            backlog_messages: highest(|s| s.backlog_messages),
+            lag_seconds: highest(|s| s.lag_seconds),
+        })
+    }
+
+    /// Flat: memory within 10% (plus 20 MB of allocator noise), descriptors within 16, and the
+    /// messages waiting within half again (plus one second of the peak rate's messages).
+    pub fn flat(&self) -> Vec<&'static str> {
+        let mut grew = Vec::new();
+        if self.rss_mb[1] > self.rss_mb[0] * 1.1 + 20.0 {
+            grew.push("RSS");
+        }
+        if self.open_fds[1] > self.open_fds[0] + 16.0 {
+            grew.push("open file descriptors");
+        }
+        if self.backlog_messages[1] > self.backlog_messages[0] * 1.5 + 1000.0 {
+            grew.push("messages waiting");
+        }
+        grew
+    }
 }
 
 pub struct Report<'a> {
@@ -293,6 +351,47 @@ impl Report<'_> {
             busiest.0
         );
 
+        let warm_up = (f64::from(m.workload.class_minutes) * 60.0).min(self.produced_seconds / 4.0);
+        if let Some(steady) = Steadiness::of(self.samples, warm_up, self.produced_seconds) {
+            let [(a, b), (c, d)] = steady.thirds;
+            let _ = writeln!(md, "\n## Steadiness\n");
+            let _ = writeln!(
+                md,
+                "Highest values in the first and the last third of producing, after the first class length (state filling up).\n"
+            );
+            let _ = writeln!(md, "| | {a:.0}-{b:.0} s | {c:.0}-{d:.0} s |\n|---|---|---|");
+            let _ = writeln!(
+                md,
+                "| classpulse RSS | {:.0} MB | {:.0} MB |",
+                steady.rss_mb[0], steady.rss_mb[1]
+            );
+            let _ = writeln!(
+                md,
+                "| open file descriptors | {:.0} | {:.0} |",
+                steady.open_fds[0], steady.open_fds[1]
+            );
+            let _ = writeln!(
+                md,
+                "| messages sent and not yet read | {:.0} | {:.0} |",
+                steady.backlog_messages[0], steady.backlog_messages[1]
+            );
+            let _ = writeln!(
+                md,
+                "| classpulse's lag metric, seconds | {:.1} | {:.1} |",
+                steady.lag_seconds[0], steady.lag_seconds[1]
+            );
+            let grew = steady.flat();
+            let _ = writeln!(
+                md,
+                "| verdict | **{}** |",
+                if grew.is_empty() {
+                    "flat".to_owned()
+                } else {
+                    format!("GREW: {}", grew.join(", "))
+                }
+            );
+        }
+
         let _ = writeln!(md, "\n## Cost projection for 69,120,000 events a day\n");
         md.push_str(&self.cost());
         let _ = writeln!(md, "\n![events/s and lag](report.png)");
@@ -377,9 +476,10 @@ impl Report<'_> {
 
     fn chart(&self, path: &Path) -> anyhow::Result<()> {
         register_font();
-        let root = BitMapBackend::new(path, (1000, 600)).into_drawing_area();
+        let root = BitMapBackend::new(path, (1000, 900)).into_drawing_area();
         root.fill(&WHITE)?;
-        let (top, bottom) = root.split_vertically(300);
+        let (top, rest) = root.split_vertically(300);
+        let (bottom, resources) = rest.split_vertically(300);
         let rates: Vec<(f64, f64)> = self
             .samples
             .windows(2)
@@ -424,6 +524,23 @@ impl Report<'_> {
             self.samples.iter().map(|s| (s.t, s.backlog_messages)),
             &RED,
         ))?;
+        let rss_max = self
+            .samples
+            .iter()
+            .map(|s| s.rss_bytes / 1e6)
+            .fold(1.0, f64::max)
+            * 1.1;
+        let mut chart = ChartBuilder::on(&resources)
+            .caption("classpulse RSS, MB (all instances)", ("sans-serif", 18))
+            .margin(10)
+            .x_label_area_size(30)
+            .y_label_area_size(70)
+            .build_cartesian_2d(0.0..t_max, 0.0..rss_max)?;
+        chart.configure_mesh().x_desc("seconds").draw()?;
+        chart.draw_series(LineSeries::new(
+            self.samples.iter().map(|s| (s.t, s.rss_bytes / 1e6)),
+            &BLUE,
+        ))?;
         root.present()?;
         Ok(())
     }
@@ -465,6 +582,34 @@ fn register_font() {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    fn samples(rss_mb: impl Fn(f64) -> f64, fds: impl Fn(f64) -> f64) -> Vec<Sample> {
+        (0..=3600)
+            .map(|t| Sample {
+                t: f64::from(t),
+                rss_bytes: rss_mb(f64::from(t)) * 1e6,
+                open_fds: fds(f64::from(t)),
+                backlog_messages: 500.0 + f64::from(t % 7) * 100.0,
+                ..Sample::default()
+            })
+            .collect()
+    }
+
+    #[test]
+    fn steady_runs_are_flat_and_leaks_are_named() {
+        // A sawtooth of class state that turns over every 15 minutes is flat.
+        let saw = samples(|t| 200.0 + (t % 900.0) / 10.0, |_| 40.0);
+        let steady = Steadiness::of(&saw, 900.0, 3600.0).unwrap();
+        assert_eq!(steady.thirds, [(900.0, 1800.0), (2700.0, 3600.0)]);
+        assert_eq!(steady.open_fds, [40.0, 40.0]);
+        assert!(steady.flat().is_empty(), "{steady:?}");
+        // Memory that climbs by 100 MB an hour, and a socket leaked a minute, are not.
+        let leak = samples(|t| 200.0 + t / 36.0, |t| 40.0 + (t / 60.0).floor());
+        let steady = Steadiness::of(&leak, 900.0, 3600.0).unwrap();
+        assert_eq!(steady.flat(), ["RSS", "open file descriptors"]);
+        // Ten minutes is too short to tell.
+        assert_eq!(Steadiness::of(&saw, 100.0, 650.0), None);
+    }
 
     #[test]
     fn quantiles_come_from_the_bucket_that_holds_them() {

@@ -370,6 +370,7 @@ pub async fn run(mut args: RunArgs) -> anyhow::Result<bool> {
                     .max(scrape.value("classpulse_source_lag_seconds"));
                 sample.cpu_seconds += scrape.value("classpulse_process_cpu_seconds_total");
                 sample.rss_bytes += scrape.value("classpulse_process_resident_memory_bytes");
+                sample.open_fds += scrape.value("classpulse_process_open_fds");
                 scrapes.push(scrape);
             }
         }

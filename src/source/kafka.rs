@@ -105,6 +105,13 @@ pub struct SourceContext {
     answers: Mutex<Answers>,
 }
 
+/// The end of a partition, which librdkafka reports in the error callback too, as a partition
+/// error or (when it cannot name the partition there) a global one. Not an error.
+fn is_partition_end(error: &KafkaError) -> bool {
+    matches!(error, KafkaError::PartitionEOF(_))
+        || error.rdkafka_error_code() == Some(RDKafkaErrorCode::PartitionEOF)
+}
+
 /// Whether a librdkafka error reason says the broker's certificate was not trusted (OpenSSL's
 /// "certificate verify failed": a wrong or missing `ssl.ca.location`, or a name mismatch).
 fn is_untrusted_certificate(error: &KafkaError, reason: &str) -> bool {
@@ -174,7 +181,7 @@ impl ClientContext for SourceContext {
 
     /// Client-level errors; librdkafka retries on its own, so these only inform readiness.
     fn error(&self, error: KafkaError, reason: &str) {
-        if matches!(error, KafkaError::PartitionEOF(_)) {
+        if is_partition_end(&error) {
             return; // not an error: the end of a partition, handled where it is read
         }
         if error.rdkafka_error_code() == Some(RDKafkaErrorCode::AllBrokersDown) {
@@ -874,6 +881,18 @@ mod tests {
         assert_eq!(answers.heard_ms(1, 11, true, 31_000), 30_000);
         // Brokers are kept apart.
         assert_eq!(answers.heard_ms(2, 5, true, 31_000), 31_000);
+    }
+
+    #[test]
+    fn the_end_of_a_partition_is_not_an_error_in_either_form() {
+        // The error callback saw the global form at the peak: 400 warnings in 30 s.
+        assert!(is_partition_end(&KafkaError::Global(
+            RDKafkaErrorCode::PartitionEOF
+        )));
+        assert!(is_partition_end(&KafkaError::PartitionEOF(3)));
+        assert!(!is_partition_end(&KafkaError::Global(
+            RDKafkaErrorCode::AllBrokersDown
+        )));
     }
 
     #[test]

@@ -961,3 +961,42 @@ impl PrivateKinesis {
         kinesis_client(&self.endpoint).await
     }
 }
+
+/// A kinesis-mock of a test's own (it serves enhanced fan-out, which kinesalite lacks) on free
+/// loopback ports, its streams in memory, so the test may pause it. Killed when dropped.
+pub struct PrivateKinesisMock {
+    /// The server process, to pause.
+    pub process: ServerProcess,
+    /// `http://127.0.0.1:port`.
+    pub endpoint: String,
+}
+
+impl PrivateKinesisMock {
+    pub async fn start() -> PrivateKinesisMock {
+        let root = std::path::Path::new(env!("CARGO_MANIFEST_DIR"));
+        let package = installed_tool("npm/node_modules/kinesis-local");
+        let (port, tls_port) = (free_port(), free_port());
+        let mut command = std::process::Command::new("node");
+        command
+            // Its certificate (server.json) is read from the working directory.
+            .current_dir(&package)
+            .env("KINESIS_MOCK_PLAIN_PORT", port.to_string())
+            .env("KINESIS_MOCK_TLS_PORT", tls_port.to_string())
+            .env("LOG_LEVEL", "WARN")
+            .env("SHARD_LIMIT", "50")
+            .arg("--require")
+            .arg(root.join("scripts/loopback.js"))
+            .arg(package.join("main.js"));
+        let mut process = ServerProcess::default();
+        let addr = format!("127.0.0.1:{port}").parse().unwrap();
+        process.spawn(&mut command, addr).await;
+        PrivateKinesisMock {
+            process,
+            endpoint: format!("http://127.0.0.1:{port}"),
+        }
+    }
+
+    pub async fn client(&self) -> aws_sdk_kinesis::Client {
+        kinesis_client(&self.endpoint).await
+    }
+}

@@ -74,6 +74,12 @@ const MIN_POLL_GAP: Duration = Duration::from_millis(200);
 const RELEASE_TIMEOUT: Duration = Duration::from_secs(5);
 /// Batches waiting for the pipeline, over all shards.
 const CHANNEL_BATCHES: usize = 8;
+/// How long the answer opening a fan-out subscription may take (its stream has no attempt
+/// deadline, see [`crate::aws::call_timeouts`]).
+const SUBSCRIBE_DEADLINE: Duration = Duration::from_secs(10);
+/// How long a fan-out subscription may go without an event before it is renewed. Kinesis sends
+/// one at least every few seconds even with no records; 30 s is the KCL's read timeout too.
+const FAN_OUT_SILENCE: Duration = Duration::from_secs(30);
 
 /// The number in a shard id (`shardId-000000000012` is 12): the partition index.
 pub fn shard_index(shard_id: &str) -> Option<u32> {
@@ -1153,7 +1159,7 @@ async fn subscribe_shard(
         }
         .build()
         .expect("the type is set");
-        let subscribed = shared
+        let subscribing = shared
             .kinesis
             .subscribe_to_shard()
             .consumer_arn(consumer_arn)
@@ -1169,10 +1175,26 @@ async fn subscribe_shard(
                         .build(),
                 ),
             )
-            .send()
-            .await;
+            .send();
+        // The attempt deadline is lifted for the stream, so the answer that opens it gets one
+        // here: a hung server must not hold the shard's reader (and readiness) forever.
+        let Ok(subscribed) = tokio::time::timeout(SUBSCRIBE_DEADLINE, subscribing).await else {
+            report_tip(shared, shard, cursor, None);
+            crate::metrics::record_source_error(KIND, "unavailable");
+            let reason = format!(
+                "SubscribeToShard: no answer within {} s",
+                SUBSCRIBE_DEADLINE.as_secs()
+            );
+            shared.read_failed(&shard.shard_id, reason.clone());
+            tracing::warn!(shard = %shard.shard_id, error = %reason, "SubscribeToShard failed; retrying");
+            tokio::time::sleep(backoff.next_delay()).await;
+            continue;
+        };
         let mut output = match subscribed {
-            Ok(output) => output,
+            Ok(output) => {
+                shared.read_ok(&shard.shard_id);
+                output
+            }
             Err(error) if past_retention(error.code(), error.message()) => {
                 let error = aws_sdk_kinesis::error::DisplayErrorContext(&error).to_string();
                 cursor.restart_past_retention(shard, &error);
@@ -1196,7 +1218,21 @@ async fn subscribe_shard(
         };
         backoff = Backoff::new(Duration::from_secs(1), Duration::from_secs(10));
         loop {
-            match output.event_stream.recv().await {
+            let Ok(received) =
+                tokio::time::timeout(FAN_OUT_SILENCE, output.event_stream.recv()).await
+            else {
+                // Kinesis pushes an event every few seconds, records or none. A stream this
+                // quiet is stuck (a hung server, a black-holed path): renew the subscription,
+                // whose answer has a deadline and reports the failure if the server is away.
+                report_tip(shared, shard, cursor, None);
+                tracing::warn!(
+                    shard = %shard.shard_id,
+                    silent_s = FAN_OUT_SILENCE.as_secs(),
+                    "fan-out subscription silent; renewing it"
+                );
+                break;
+            };
+            match received {
                 Ok(Some(SubscribeToShardEventStream::SubscribeToShardEvent(event))) => {
                     shared.read_ok(&shard.shard_id);
                     let behind_ms = event.millis_behind_latest().max(0);
