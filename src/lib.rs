@@ -36,6 +36,7 @@ pub mod http;
 pub mod log_limit;
 pub mod metrics;
 pub mod pipeline;
+pub mod redrive;
 pub mod retry;
 pub mod schema;
 pub mod shutdown;

@@ -1,11 +1,12 @@
 //! The `classpulse` command.
 
+use std::collections::BTreeMap;
 use std::io::IsTerminal;
 use std::process::ExitCode;
 use std::sync::Arc;
 
 use anyhow::Context;
-use chrono::Utc;
+use chrono::{DateTime, Utc};
 use clap::{Parser, Subcommand};
 use tokio_util::sync::CancellationToken;
 
@@ -29,7 +30,7 @@ use classpulse::source::kinesis::KinesisSource;
 use classpulse::source::simulator::{Simulator, SimulatorStats};
 use classpulse::source::Source;
 use classpulse::stats::Stats;
-use classpulse::{http, metrics, schema, shutdown};
+use classpulse::{http, metrics, redrive, schema, shutdown};
 
 /// Exit code for invalid configuration.
 const CONFIG_ERROR_EXIT_CODE: u8 = 2;
@@ -58,11 +59,32 @@ enum Command {
     /// Exit 0 if the classpulse at CLASSPULSE_HTTP_ADDR answers /healthz, else 1: the
     /// container's health check (the image has no curl).
     Healthcheck,
+    /// Send dead letters from the lake through the pipeline again, once their cause is fixed
+    /// (a limit raised, a schema version learned): those valid now go into the lake (source
+    /// `redrive`, flagged late) and the events table, unless their id is there already. Uses
+    /// the lake, table and limit settings of CLASSPULSE_* as `run` does.
+    Redrive(RedriveArgs),
     /// DynamoDB tables.
     Tables {
         #[command(subcommand)]
         command: TablesCommand,
     },
+}
+
+#[derive(clap::Args)]
+struct RedriveArgs {
+    /// Dead letters received at or after this time (RFC 3339).
+    #[arg(long)]
+    from: DateTime<Utc>,
+    /// Dead letters received before this time (RFC 3339).
+    #[arg(long)]
+    to: DateTime<Utc>,
+    /// Only dead letters of this reason (repeatable; default: every reason).
+    #[arg(long = "reason")]
+    reasons: Vec<String>,
+    /// Decode again and report what would be written; write nothing.
+    #[arg(long)]
+    dry_run: bool,
 }
 
 #[derive(Subcommand)]
@@ -112,6 +134,14 @@ fn main() -> ExitCode {
                 Err(error) => return config_error(&error),
             };
             block_on(create_tables(&config))
+        }
+        Command::Redrive(args) => {
+            let config = match Config::from_env() {
+                Ok(config) => config,
+                Err(error) => return config_error(&error),
+            };
+            init_logging(&config);
+            block_on(redrive(config, args))
         }
         Command::Run => {
             let config = match Config::from_env() {
@@ -309,26 +339,9 @@ async fn run(config: Config) -> anyhow::Result<()> {
     ];
     let mut sinks = sinks;
     if let (Some(client), Some(table)) = (&dynamodb_client, &dynamodb.events_table) {
-        let table_writer = TableWriter::new(
-            client.clone(),
-            table,
-            classpulse::sink::dynamodb::events::NAME,
-            dynamodb.max_inflight,
-            health.clone(),
-        );
-        let settings = PackSettings {
-            window_ms: dynamodb.pack_window.as_millis() as i64,
-            delay_ms: config.aggregates.watermark_delay.as_millis() as i64,
-            max_clock_skew_ms: config.max_clock_skew.as_millis() as i64,
-            ttl_days: dynamodb.ttl_days,
-            max_payload_bytes: MAX_PAYLOAD_BYTES,
-        };
-        table_writers.push(table_writer.clone());
-        sinks.push(Box::new(EventsTableSink::new(
-            table_writer,
-            settings,
-            writer.clone(),
-        )));
+        let (sink, table_writer) = events_table(&config, client, table, &health, &writer);
+        table_writers.push(table_writer);
+        sinks.push(Box::new(sink));
     }
     if let (SourceKind::Kafka, Some(topic)) = (config.source, &config.kafka.dead_letter_topic) {
         sinks.push(Box::new(DeadLetterTopicSink::new(
@@ -337,17 +350,7 @@ async fn run(config: Config) -> anyhow::Result<()> {
             health.clone(),
         )?));
     }
-    let settings = Settings {
-        batch_max_events: config.batch_max_events,
-        channel_capacity: config.channel_capacity,
-        limits: DecodeLimits {
-            max_message_bytes: config.max_message_bytes,
-            max_clock_skew_ms: config.max_clock_skew.as_millis() as i64,
-        },
-        commit_interval: config.commit_interval,
-        shutdown_timeout: config.shutdown_timeout,
-        progress_interval: config.progress_interval,
-    };
+    let settings = pipeline_settings(&config);
     tracing::info!(source = source.kind(), lake = %describe_lake(&config.lake.location), "classpulse starting");
     let pipeline = Pipeline::new(source, sinks, settings, Arc::clone(&stats), health)
         .with_aggregates(aggregates);
@@ -367,6 +370,156 @@ async fn run(config: Config) -> anyhow::Result<()> {
             totals.refused.load(std::sync::atomic::Ordering::Relaxed),
         );
     }
+    Ok(())
+}
+
+/// The pipeline's settings from the configuration.
+fn pipeline_settings(config: &Config) -> Settings {
+    Settings {
+        batch_max_events: config.batch_max_events,
+        channel_capacity: config.channel_capacity,
+        limits: DecodeLimits {
+            max_message_bytes: config.max_message_bytes,
+            max_clock_skew_ms: config.max_clock_skew.as_millis() as i64,
+        },
+        commit_interval: config.commit_interval,
+        shutdown_timeout: config.shutdown_timeout,
+        progress_interval: config.progress_interval,
+    }
+}
+
+/// The events-table sink (refused items dead-lettered through `lake`), and its writer for the
+/// summary.
+fn events_table(
+    config: &Config,
+    client: &aws_sdk_dynamodb::Client,
+    table: &str,
+    health: &Health,
+    lake: &ObjectWriter,
+) -> (EventsTableSink, TableWriter) {
+    let dynamodb = &config.dynamodb;
+    let table_writer = TableWriter::new(
+        client.clone(),
+        table,
+        classpulse::sink::dynamodb::events::NAME,
+        dynamodb.max_inflight,
+        health.clone(),
+    );
+    let settings = PackSettings {
+        window_ms: dynamodb.pack_window.as_millis() as i64,
+        delay_ms: config.aggregates.watermark_delay.as_millis() as i64,
+        max_clock_skew_ms: config.max_clock_skew.as_millis() as i64,
+        ttl_days: dynamodb.ttl_days,
+        max_payload_bytes: MAX_PAYLOAD_BYTES,
+    };
+    let sink = EventsTableSink::new(table_writer.clone(), settings, lake.clone());
+    (sink, table_writer)
+}
+
+/// `classpulse redrive`: see [`classpulse::redrive`].
+async fn redrive(config: Config, args: RedriveArgs) -> anyhow::Result<()> {
+    let health = Health::new();
+    let stats = Arc::new(Stats::default());
+    let lake = ObjectWriter::open(
+        &config.lake,
+        redrive::KIND,
+        health.clone(),
+        Arc::clone(&stats),
+    )?;
+    let selection = redrive::Selection {
+        from: args.from,
+        to: args.to,
+        reasons: args.reasons,
+    };
+    let letters = redrive::read_dead_letters(&lake, &selection).await?;
+    let mut by_reason: BTreeMap<&str, u64> = BTreeMap::new();
+    for letter in &letters {
+        *by_reason.entry(&letter.reason).or_default() += 1;
+    }
+    let settings = pipeline_settings(&config);
+    let (valid, still) = redrive::decode_again(&letters, &settings.limits);
+    let in_lake = redrive::LakeIds::read(&lake, &redrive::hours_of(&valid)).await?;
+    let already = valid
+        .iter()
+        .filter(|e| in_lake.contains(&e.event_id))
+        .count();
+    let counts = |counts: &BTreeMap<&str, u64>| {
+        let listed: Vec<String> = counts.iter().map(|(r, n)| format!("{r} {n}")).collect();
+        if listed.is_empty() {
+            "none".to_owned()
+        } else {
+            listed.join(", ")
+        }
+    };
+    println!(
+        "classpulse redrive{}: dead letters received from {} to {} under {}/dead-letters",
+        if args.dry_run { " (dry run)" } else { "" },
+        selection.from.to_rfc3339(),
+        selection.to.to_rfc3339(),
+        describe_lake(&config.lake.location),
+    );
+    println!(
+        "  dead letters   {} read ({})",
+        letters.len(),
+        counts(&by_reason)
+    );
+    println!(
+        "  valid now      {} events, {already} of them in the lake already ({} ids read from the lake's hours)",
+        valid.len(),
+        in_lake.len()
+    );
+    println!(
+        "  still rejected {} ({}), left where they are",
+        still.values().sum::<u64>(),
+        counts(&still)
+    );
+    if args.dry_run || valid.is_empty() {
+        return Ok(());
+    }
+
+    let run = Utc::now().format("%Y%m%dT%H%M%S%3fZ").to_string();
+    let source = redrive::RedriveSource::new(&letters, &run, settings.batch_max_events);
+    let limits = ObjectLimits::from_config(&config.lake);
+    let mut sinks: Vec<Box<dyn Sink>> = vec![Box::new(ObjectSink::new(
+        LakeFormat {
+            source_kind: redrive::KIND,
+        },
+        ParquetEncoder::new,
+        lake.clone(),
+        limits,
+    ))];
+    if let Some(table) = &config.dynamodb.events_table {
+        let sdk = classpulse::aws::sdk_config().await;
+        let client = classpulse::sink::dynamodb::client(&sdk, config.aws.dynamodb.as_ref());
+        let (sink, _) = events_table(&config, &client, table, &health, &lake);
+        sinks.push(Box::new(sink));
+    }
+    let shutdown = shutdown::on_signals().context("installing signal handlers")?;
+    let report = Pipeline::new(
+        Box::new(source),
+        sinks,
+        settings,
+        Arc::clone(&stats),
+        health,
+    )
+    .with_judge(redrive::judge(in_lake))
+    .run(shutdown)
+    .await?;
+    println!(
+        "  written        {} events into {} lake objects in {:.1} s (run {run}: source `redrive`, late = true){}",
+        Stats::get(&stats.lake_records),
+        Stats::get(&stats.lake_objects),
+        report.elapsed.as_secs_f64(),
+        if config.dynamodb.events_table.is_some() {
+            ", and the events table"
+        } else {
+            ""
+        }
+    );
+    println!(
+        "  left out       {} already in the lake or twice among the dead letters",
+        Stats::get(&stats.duplicates)
+    );
     Ok(())
 }
 

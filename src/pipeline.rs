@@ -25,7 +25,7 @@ use tokio_util::sync::CancellationToken;
 use crate::ack::{AckTracker, PartitionId};
 use crate::aggregate::stage::{AggregateError, AggregateStage};
 use crate::decode::{decode_message, DecodeLimits, RejectReason};
-use crate::event::EventType;
+use crate::event::{EventType, PerformanceEvent, Verdict};
 use crate::health::Health;
 use crate::metrics;
 use crate::retry::Backoff;
@@ -108,6 +108,10 @@ impl PipelineError {
     }
 }
 
+/// Decides each event's verdict where no aggregate stage does (a redrive: its events come
+/// after their classes' aggregates are final).
+pub type Judge = Arc<dyn Fn(&PerformanceEvent) -> Verdict + Send + Sync>;
+
 /// A source wired to its sinks.
 pub struct Pipeline {
     source: Box<dyn Source>,
@@ -117,6 +121,7 @@ pub struct Pipeline {
     health: Health,
     acks: AckTracker,
     aggregates: Option<AggregateStage>,
+    judge: Option<Judge>,
 }
 
 impl Pipeline {
@@ -136,7 +141,14 @@ impl Pipeline {
             health,
             acks: AckTracker::new(),
             aggregates: None,
+            judge: None,
         }
+    }
+
+    /// Judges every event with `judge` (instead of an aggregate stage) before the sinks.
+    pub fn with_judge(mut self, judge: Judge) -> Pipeline {
+        self.judge = Some(judge);
+        self
     }
 
     /// Puts the aggregate stage between the decoder and the sinks.
@@ -156,6 +168,7 @@ impl Pipeline {
             health,
             acks,
             aggregates,
+            judge,
         } = self;
         let source_kind = source.kind();
         source.attach(acks.clone());
@@ -190,6 +203,7 @@ impl Pipeline {
             acks.clone(),
             Arc::clone(&stats),
             source_kind,
+            judge,
         ));
 
         let mut committer = Committer {
@@ -396,10 +410,11 @@ async fn decode_stage(
     acks: AckTracker,
     stats: Arc<Stats>,
     source_kind: &'static str,
+    judge: Option<Judge>,
 ) -> Result<(), PipelineError> {
     while let Some(raw) = input.recv().await {
         let now_ms = Utc::now().timestamp_millis();
-        for batch in decode_batch(
+        for mut batch in decode_batch(
             raw,
             &settings.limits,
             settings.batch_max_events,
@@ -407,6 +422,17 @@ async fn decode_stage(
             &acks,
         ) {
             record_decoded(&stats, source_kind, &batch);
+            if let Some(judge) = &judge {
+                let (mut duplicate, mut late) = (0, 0);
+                for event in &mut batch.events {
+                    event.verdict = judge(event);
+                    duplicate += u64::from(event.verdict == Verdict::Duplicate);
+                    late += u64::from(event.verdict == Verdict::Late);
+                }
+                Stats::add(&stats.duplicates, duplicate);
+                Stats::add(&stats.late, late);
+                metrics::record_verdicts(duplicate, late);
+            }
             let stopped = || PipelineError::Stage("a sink stopped accepting batches".into());
             match &downstream {
                 Downstream::Aggregates(output) => {
