@@ -234,6 +234,57 @@ async fn both_tables_hold_every_event_once_and_every_final_result() {
     delete_table(&client, &aggregates_table).await;
 }
 
+/// Between classpulse and DynamoDB Local, the TCP proxy slows, resets and cuts short a share
+/// of the server's answers for a whole run (below HTTP; the tests further down answer with
+/// DynamoDB's own errors): the SDK's retries and the writer's own keep both tables whole, every
+/// event once and every final result, as without the proxy.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn latency_resets_and_truncated_answers_from_dynamodb_lose_nothing() {
+    use common::tcp_proxy::{TcpFaults, TcpProxy};
+    require(DYNAMODB);
+    let client = dynamodb_client().await;
+    let events_table = create_table(&client, "events").await;
+    let aggregates_table = create_table(&client, "aggregates").await;
+    let seed: u64 = rand::random();
+    eprintln!("proxy seed {seed}");
+    let faults = TcpFaults {
+        slow: 0.2,
+        latency: Duration::from_millis(150),
+        reset: 0.1,
+        truncate: 0.1,
+    };
+    let upstream = DYNAMODB.trim_start_matches("http://").parse().unwrap();
+    let proxy = TcpProxy::start(upstream, faults, seed).await;
+    let lake = tempfile::tempdir().unwrap();
+
+    let stdout = run_to_end(&mut run_with_tables(
+        lake.path(),
+        &format!("http://{}", proxy.addr),
+        &events_table,
+        &aggregates_table,
+    ));
+    let report = proxy.report();
+    eprintln!("through the proxy: {report}");
+    use std::sync::atomic::Ordering::Relaxed;
+    assert!(
+        proxy.counts.reset.load(Relaxed) > 0 && proxy.counts.truncated.load(Relaxed) > 0,
+        "faults were injected: {report}"
+    );
+
+    let stored = table_events(&scan_all(&client, &events_table).await);
+    let twice: Vec<_> = stored.iter().filter(|(_, (_, n))| *n > 1).take(5).collect();
+    assert!(twice.is_empty(), "events stored twice: {twice:?}");
+    let expected = lake_events(lake.path());
+    assert_eq!(stored.len(), expected.len(), "{stdout}");
+    for (id, member) in &expected {
+        assert_eq!(stored.get(id).map(|(m, _)| m), Some(member), "{id}");
+    }
+    assert_table_matches_lake(&scan_all(&client, &aggregates_table).await, lake.path());
+
+    delete_table(&client, &events_table).await;
+    delete_table(&client, &aggregates_table).await;
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn replaying_the_same_positions_changes_no_item_and_never_regresses_one() {
     require(DYNAMODB);

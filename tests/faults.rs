@@ -618,6 +618,76 @@ async fn latency_resets_and_truncated_answers_from_s3_lose_nothing() {
     assert_same_as_a_clean_run(&s3, &topic, classes).await;
 }
 
+/// A Kinesis task whose Kinesis calls and lease-table calls both go through the proxy, which
+/// slows, resets and cuts short a share of each server's answers for a whole run: the SDK's
+/// retries and the source's own keep every shard read and every lease held or taken back, and
+/// the lake and the aggregates equal those of a task talking to the servers directly.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn latency_resets_and_truncated_answers_from_kinesis_and_its_lease_table_lose_nothing() {
+    require(KINESIS);
+    require(DYNAMODB);
+    let client = kinesis_client(KINESIS).await;
+    let stream = create_stream(&client, 2).await;
+    let messages = simulated_messages(14, "2026-11-25T19:00:00Z").await;
+    let classes = class_count(&messages);
+    put_messages(&client, &stream, &messages, 0).await;
+
+    let seed: u64 = rand::random();
+    eprintln!("proxy seed {seed}");
+    // Shares of answer chunks: a GetRecords answer of 10,000 records is hundreds of chunks,
+    // so at these rates it is always cut (the source asks for fewer records until answers
+    // arrive); a lease write's answer is one.
+    let faults = common::tcp_proxy::TcpFaults {
+        slow: 0.1,
+        latency: Duration::from_millis(150),
+        reset: 0.03,
+        truncate: 0.03,
+    };
+    let address = |url: &str| url.trim_start_matches("http://").parse().unwrap();
+    let kinesis = common::tcp_proxy::TcpProxy::start(address(KINESIS), faults.clone(), seed).await;
+    // Lease writes answer in one chunk each: many lost answers, so some lost after the write.
+    let lease_faults = common::tcp_proxy::TcpFaults {
+        reset: 0.15,
+        truncate: 0.15,
+        ..faults
+    };
+    let leases =
+        common::tcp_proxy::TcpProxy::start(address(DYNAMODB), lease_faults, seed ^ 1).await;
+    let faulty = tempfile::tempdir().unwrap();
+    let mut member = kinesis_member(faulty.path(), &stream, &unique_name("kinesis-proxy"));
+    member
+        .env(
+            "CLASSPULSE_KINESIS_ENDPOINT",
+            format!("http://{}", kinesis.addr),
+        )
+        .env(
+            "CLASSPULSE_DYNAMODB_ENDPOINT",
+            format!("http://{}", leases.addr),
+        )
+        .env("CLASSPULSE_CLASS_IDLE_TIMEOUT", "8s");
+    let logs = run_until_final(&mut member, faulty.path(), classes).await;
+    // The only worker: a refused lease write was its own, applied before its answer was lost
+    // and refused on the SDK's retry. Once, that made the task give up its shards.
+    let lost: Vec<_> = logs.iter().filter(|l| l.contains("lease lost")).collect();
+    assert!(lost.is_empty(), "its own lease writes refused: {lost:?}");
+    use std::sync::atomic::Ordering::Relaxed;
+    for (name, proxy) in [("kinesis", &kinesis), ("lease table", &leases)] {
+        let report = proxy.report();
+        eprintln!("{name} through the proxy: {report}");
+        assert!(
+            proxy.counts.reset.load(Relaxed) > 0 && proxy.counts.truncated.load(Relaxed) > 0,
+            "{name}: faults were injected: {report}"
+        );
+    }
+
+    let clean = tempfile::tempdir().unwrap();
+    let mut member = kinesis_member(clean.path(), &stream, &unique_name("kinesis-direct"));
+    member.env("CLASSPULSE_CLASS_IDLE_TIMEOUT", "8s");
+    run_until_final(&mut member, clean.path(), classes).await;
+    assert_same_lake_rows(faulty.path(), clean.path());
+    assert_same_aggregates(faulty.path(), clean.path());
+}
+
 /// The broker behind the same proxy (it advertises the proxy, so every connection goes through
 /// it): fetches and commits are slowed, reset and cut short for a whole run. librdkafka
 /// reconnects and retries; nothing is lost, and the lake and the aggregates equal those of a

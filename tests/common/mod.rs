@@ -402,7 +402,8 @@ pub fn await_final_classes(lake: &Path, classes: usize, within: Duration) -> usi
 /// Runs `member` (a command writing into `lake`) until `lake` holds `classes` final class
 /// summaries, then drains it; fails the test, with its log, if they are not all there within
 /// 90 s.
-pub async fn run_until_final(member: &mut Command, lake: &Path, classes: usize) {
+/// Returns the member's log lines.
+pub async fn run_until_final(member: &mut Command, lake: &Path, classes: usize) -> Vec<String> {
     let running = Running::start(member);
     let path = lake.to_owned();
     let finals = tokio::task::spawn_blocking(move || {
@@ -412,4 +413,5 @@ pub async fn run_until_final(member: &mut Command, lake: &Path, classes: usize) 
     .unwrap();
     let (_, logs) = drain(running).await;
     assert_eq!(finals, classes, "final classes; log:\n{}", logs.join("\n"));
+    logs
 }

@@ -361,7 +361,7 @@ impl LeaseTable {
         self.update(
             shard_id,
             seen_counter,
-            None,
+            (None, Some(worker)),
             "SET #owner = :worker, #switches = if_not_exists(#switches, :zero) + :one REMOVE #handoff",
             vec![
                 ("#owner", OWNER),
@@ -412,7 +412,7 @@ impl LeaseTable {
         self.update(
             shard_id,
             counter,
-            Some(worker),
+            (Some(worker), Some(to)),
             "SET #owner = :to, #switches = if_not_exists(#switches, :zero) + :one REMOVE #handoff",
             vec![("#switches", OWNER_SWITCHES), ("#handoff", HANDOFF_TO)],
             vec![(":to", s(to)), (":zero", n(0)), (":one", n(1))],
@@ -427,8 +427,15 @@ impl LeaseTable {
         counter: u64,
         worker: &str,
     ) -> Result<Written, LeaseError> {
-        self.update(shard_id, counter, Some(worker), "", vec![], vec![])
-            .await
+        self.update(
+            shard_id,
+            counter,
+            (Some(worker), Some(worker)),
+            "",
+            vec![],
+            vec![],
+        )
+        .await
     }
 
     /// Records `checkpoint` in `worker`'s lease.
@@ -459,8 +466,15 @@ impl LeaseTable {
             values.push((":start", start.clone()));
             expression.push_str(", #start = :start");
         }
-        self.update(shard_id, counter, Some(worker), &expression, names, values)
-            .await
+        self.update(
+            shard_id,
+            counter,
+            (Some(worker), Some(worker)),
+            &expression,
+            names,
+            values,
+        )
+        .await
     }
 
     /// Gives the lease up (graceful hand-off): it is free for any worker at once.
@@ -473,7 +487,7 @@ impl LeaseTable {
         self.update(
             shard_id,
             counter,
-            Some(worker),
+            (Some(worker), None),
             "REMOVE #owner, #handoff",
             vec![("#handoff", HANDOFF_TO)],
             vec![],
@@ -482,12 +496,13 @@ impl LeaseTable {
     }
 
     /// One conditional update: `leaseCounter` must still be `counter` (and `leaseOwner` be
-    /// `owner`, when given); `clause` runs along with the counter's bump.
+    /// the first of `owners`, when given); `clause` runs along with the counter's bump and
+    /// leaves the second of `owners` as the owner.
     async fn update(
         &self,
         shard_id: &str,
         counter: u64,
-        owner: Option<&str>,
+        (owner, owner_after): (Option<&str>, Option<&str>),
         clause: &str,
         names: Vec<(&str, &str)>,
         values: Vec<(&str, AttributeValue)>,
@@ -525,9 +540,43 @@ impl LeaseTable {
         }
         match request.condition_expression(condition).send().await {
             Ok(_) => Ok(Some(counter + 1)),
-            Err(e) if e.code() == Some("ConditionalCheckFailedException") => Ok(None),
+            Err(e) if e.code() == Some("ConditionalCheckFailedException") => {
+                // An attempt whose answer was lost (a reset, a cut-short answer, a timeout)
+                // may have been applied; the SDK's retry of it is then refused. The lease
+                // shows it: the next counter with the owner this update leaves. Nobody else
+                // writes that pair (a taker writes itself as owner), so it is this update's.
+                let now = self.read(shard_id).await?;
+                let applied = now.as_ref().is_some_and(|lease| {
+                    lease.counter == counter + 1 && lease.owner.as_deref() == owner_after
+                });
+                if applied {
+                    tracing::debug!(shard = %shard_id, counter = counter + 1, "lease update applied before its retry was refused");
+                }
+                Ok(applied.then_some(counter + 1))
+            }
             Err(e) => Err(self.error(e)),
         }
+    }
+
+    /// The lease of `shard_id` as it is now (a strongly consistent read), if there is one.
+    async fn read(&self, shard_id: &str) -> Result<Option<Lease>, LeaseError> {
+        let got = self
+            .client
+            .get_item()
+            .table_name(&self.table)
+            .key(KEY, s(shard_id))
+            .consistent_read(true)
+            .send()
+            .await
+            .map_err(|e| self.error(e))?;
+        got.item()
+            .map(|item| {
+                from_item(item).map_err(|detail| LeaseError::Fatal {
+                    table: self.table.clone(),
+                    detail,
+                })
+            })
+            .transpose()
     }
 }
 

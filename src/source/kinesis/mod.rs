@@ -74,6 +74,8 @@ const MIN_POLL_GAP: Duration = Duration::from_millis(200);
 const RELEASE_TIMEOUT: Duration = Duration::from_secs(5);
 /// Batches waiting for the pipeline, over all shards.
 const CHANNEL_BATCHES: usize = 8;
+/// The fewest records a GetRecords call asks for while answers are being lost on the way.
+const MIN_RECORDS_PER_CALL: usize = 100;
 /// How long the answer opening a fan-out subscription may take (its stream has no attempt
 /// deadline, see [`crate::aws::call_timeouts`]).
 const SUBSCRIBE_DEADLINE: Duration = Duration::from_secs(10);
@@ -1051,6 +1053,10 @@ fn reached_end(shared: &Shared, shard: &ShardRead, cursor: &Cursor) {
 async fn poll_shard(shared: &Shared, shard: &ShardRead, cursor: &mut Cursor) {
     let mut backoff = Backoff::new(Duration::from_millis(100), Duration::from_secs(10));
     let mut iterator: Option<String> = None;
+    // Records asked for per call: halved while answers are lost on the way (a path that cuts
+    // long answers would otherwise fail the same call forever), doubled back after each
+    // answer that arrives.
+    let mut limit = shared.config.max_records;
     loop {
         let current = match &iterator {
             Some(iterator) => iterator.clone(),
@@ -1075,13 +1081,19 @@ async fn poll_shard(shared: &Shared, shard: &ShardRead, cursor: &mut Cursor) {
             .kinesis
             .get_records()
             .shard_iterator(&current)
-            .limit(shared.config.max_records as i32)
+            .limit(limit as i32)
             .send()
             .await;
         let output = match response {
-            Ok(output) => output,
+            Ok(output) => {
+                limit = (limit * 2).min(shared.config.max_records);
+                output
+            }
             Err(error) => {
                 report_tip(shared, shard, cursor, None);
+                if error.code().is_none() {
+                    limit = (limit / 2).max(MIN_RECORDS_PER_CALL.min(shared.config.max_records));
+                }
                 if error.code() != Some("ExpiredIteratorException") {
                     let detail = aws_sdk_kinesis::error::DisplayErrorContext(&error).to_string();
                     shared.read_failed(&shard.shard_id, format!("GetRecords: {detail}"));
