@@ -128,8 +128,9 @@ async fn pipeline(topic: &str, events: u64, scratch: &std::path::Path) -> Durati
             ("heartbeat.interval.ms".into(), "500".into()),
         ],
         dead_letter_topic: None,
+        aws_iam: false,
     };
-    let source = KafkaSource::new(&kafka, 500, Health::new()).unwrap();
+    let source = KafkaSource::new(&kafka, 500, Health::new(), None).unwrap();
     support::time_source_to_null_sink(Box::new(source), scratch, events).await
 }
 

@@ -41,6 +41,7 @@ pub const VARS: &[VarSpec] = &[
     var("CLASSPULSE_KAFKA_BROKERS", "", "Kafka bootstrap servers, `host:port,...` (required with `kafka`)."),
     var("CLASSPULSE_KAFKA_TOPICS", "", "Topics to consume, comma-separated (required with `kafka`)."),
     var("CLASSPULSE_KAFKA_GROUP_ID", "classpulse", "Consumer group: every task of one deployment shares it."),
+    var("CLASSPULSE_KAFKA_AWS_IAM", "false", "`true`: authenticate to MSK with the task's AWS credentials (SASL OAUTHBEARER with a SigV4-signed token, refreshed before it expires); sets `security.protocol=SASL_SSL` and `sasl.mechanism=OAUTHBEARER` unless a `CLASSPULSE_KAFKA_PROP_*` sets them. The region is the AWS SDK's (`AWS_REGION`)."),
     var("CLASSPULSE_KAFKA_DLQ_TOPIC", "", "With `kafka`: also produce every rejected input to this topic (raw bytes, reason headers)."),
     var("CLASSPULSE_LAKE_URL", "file://./classpulse-data", "Lake and dead-letter location: `file://DIR` or `s3://bucket/prefix`."),
     var("CLASSPULSE_S3_ENDPOINT", "", "S3 endpoint override for local servers (unset in production: AWS default)."),
@@ -148,6 +149,8 @@ pub struct KafkaConfig {
     pub properties: Vec<(String, String)>,
     /// Topic that also receives dead letters, if any.
     pub dead_letter_topic: Option<String>,
+    /// Authenticate with AWS IAM (MSK): an OAUTHBEARER token signed with the task's credentials.
+    pub aws_iam: bool,
 }
 
 impl KafkaConfig {
@@ -489,6 +492,37 @@ impl Reader<'_> {
             })
             .collect();
         properties.sort();
+        let aws_iam = self.parse(
+            "CLASSPULSE_KAFKA_AWS_IAM",
+            "expected true or false",
+            |text| match text {
+                "true" => Some(true),
+                "false" => Some(false),
+                _ => None,
+            },
+        )?;
+        if aws_iam {
+            // MSK's IAM listener: TLS, and the token as an OAUTHBEARER bearer.
+            for (property, default) in [
+                ("security.protocol", "SASL_SSL"),
+                ("sasl.mechanism", "OAUTHBEARER"),
+            ] {
+                if !properties.iter().any(|(p, _)| p == property) {
+                    properties.push((property.to_owned(), default.to_owned()));
+                }
+            }
+            if let Some((_, mechanism)) = properties
+                .iter()
+                .find(|(p, v)| p == "sasl.mechanism" && !v.eq_ignore_ascii_case("OAUTHBEARER"))
+            {
+                return Err(ConfigError {
+                    variable: format!("{KAFKA_PROP_PREFIX}SASL_MECHANISM"),
+                    value: mechanism.clone(),
+                    allowed: "OAUTHBEARER with CLASSPULSE_KAFKA_AWS_IAM=true (the IAM token is an OAUTHBEARER bearer)".to_owned(),
+                });
+            }
+            properties.sort();
+        }
         for (property, value) in &properties {
             if let Some((_, why)) = KAFKA_OWNED_PROPERTIES.iter().find(|(p, _)| p == property) {
                 return Err(ConfigError {
@@ -535,6 +569,7 @@ impl Reader<'_> {
             group_id,
             properties,
             dead_letter_topic,
+            aws_iam,
         })
     }
 
@@ -1255,6 +1290,62 @@ mod tests {
                 ("CLASSPULSE_KAFKA_PROP_SSL_CA_LOCATION", "/etc/msk/ca.pem"),
             ])),
             Some("/etc/msk/ca.pem".to_owned())
+        );
+    }
+
+    #[test]
+    fn aws_iam_means_oauthbearer_over_tls_and_nothing_else() {
+        let kafka = |extra: &[(&str, &str)]| {
+            let mut vars = vec![
+                ("CLASSPULSE_SOURCE", "kafka"),
+                ("CLASSPULSE_KAFKA_BROKERS", "b-1:9098"),
+                ("CLASSPULSE_KAFKA_TOPICS", "perf"),
+                ("CLASSPULSE_KAFKA_AWS_IAM", "true"),
+            ];
+            vars.extend_from_slice(extra);
+            Config::from_vars(&env(&vars)).map(|c| c.kafka)
+        };
+        let set = |properties: &[(String, String)], name: &str| {
+            properties
+                .iter()
+                .find(|(property, _)| property == name)
+                .map(|(_, value)| value.clone())
+        };
+        let config = kafka(&[]).unwrap();
+        assert!(config.aws_iam);
+        assert_eq!(
+            set(&config.properties, "security.protocol").as_deref(),
+            Some("SASL_SSL")
+        );
+        assert_eq!(
+            set(&config.properties, "sasl.mechanism").as_deref(),
+            Some("OAUTHBEARER")
+        );
+        assert_eq!(
+            set(&config.properties, "ssl.ca.location").as_deref(),
+            Some("probe")
+        );
+        // A test broker without TLS may be named; another mechanism may not.
+        let plain =
+            kafka(&[("CLASSPULSE_KAFKA_PROP_SECURITY_PROTOCOL", "SASL_PLAINTEXT")]).unwrap();
+        assert_eq!(
+            set(&plain.properties, "security.protocol").as_deref(),
+            Some("SASL_PLAINTEXT")
+        );
+        let error =
+            kafka(&[("CLASSPULSE_KAFKA_PROP_SASL_MECHANISM", "SCRAM-SHA-512")]).unwrap_err();
+        assert_eq!(error.variable, "CLASSPULSE_KAFKA_PROP_SASL_MECHANISM");
+        let error = kafka(&[("CLASSPULSE_KAFKA_AWS_IAM", "yes")]).unwrap_err();
+        assert_eq!(error.variable, "CLASSPULSE_KAFKA_AWS_IAM");
+        assert!(
+            !Config::from_vars(&env(&[
+                ("CLASSPULSE_SOURCE", "kafka"),
+                ("CLASSPULSE_KAFKA_BROKERS", "b-1:9092"),
+                ("CLASSPULSE_KAFKA_TOPICS", "perf"),
+            ]))
+            .unwrap()
+            .kafka
+            .aws_iam
         );
     }
 

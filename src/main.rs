@@ -27,6 +27,7 @@ use classpulse::sink::object::{ObjectLimits, ObjectSink, ObjectWriter};
 use classpulse::sink::Sink;
 use classpulse::source::kafka::KafkaSource;
 use classpulse::source::kinesis::KinesisSource;
+use classpulse::source::msk_iam::MskIam;
 use classpulse::source::simulator::{Simulator, SimulatorStats};
 use classpulse::source::Source;
 use classpulse::stats::Stats;
@@ -242,6 +243,14 @@ async fn run(config: Config) -> anyhow::Result<()> {
         ));
     }
 
+    let msk_iam = if config.kafka.aws_iam && config.source == SourceKind::Kafka {
+        let sdk = classpulse::aws::sdk_config().await;
+        let signer = MskIam::new(&sdk).map_err(anyhow::Error::msg)?;
+        tracing::info!(signer = ?signer, "kafka: authenticating with AWS IAM");
+        Some(signer)
+    } else {
+        None
+    };
     let (source, simulator_stats): (Box<dyn Source>, Option<Arc<SimulatorStats>>) = match config
         .source
     {
@@ -255,6 +264,7 @@ async fn run(config: Config) -> anyhow::Result<()> {
                 &config.kafka,
                 config.batch_max_events,
                 health.clone(),
+                msk_iam.clone(),
             )?),
             None,
         ),
@@ -348,6 +358,7 @@ async fn run(config: Config) -> anyhow::Result<()> {
             &config.kafka,
             topic,
             health.clone(),
+            msk_iam.clone(),
         )?));
     }
     let settings = pipeline_settings(&config);

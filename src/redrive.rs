@@ -17,7 +17,6 @@
 //! lake when the next run looks. Aggregates are not recomputed.
 
 use std::collections::{BTreeMap, BTreeSet, HashSet, VecDeque};
-use std::hash::{Hash, Hasher};
 use std::sync::{Arc, Mutex};
 
 use async_trait::async_trait;
@@ -269,16 +268,10 @@ impl LakeIds {
     }
 }
 
-/// 128 bits of an id (two SipHash runs, keyed apart): 16 bytes an id in memory, and no
+/// 128 bits of an id (xxh3, as the aggregates keep ids): 16 bytes an id in memory, and no
 /// collision to fear among the billions of a year.
 fn fingerprint(id: &str) -> u128 {
-    let half = |salt: u8| {
-        let mut hasher = std::collections::hash_map::DefaultHasher::new();
-        salt.hash(&mut hasher);
-        id.hash(&mut hasher);
-        hasher.finish()
-    };
-    (u128::from(half(0)) << 64) | u128::from(half(1))
+    xxhash_rust::xxh3::xxh3_128(id.as_bytes())
 }
 
 /// The verdict of each redriven event: a duplicate if the lake holds its id or this run has

@@ -135,3 +135,51 @@ fn logs_metrics_readiness_and_summary_never_show_a_secret() {
         .block_on(admin.delete_topics(&[&topic], &rdkafka::admin::AdminOptions::new()))
         .unwrap();
 }
+
+/// `CLASSPULSE_KAFKA_AWS_IAM=true` against the local broker over SASL without TLS: librdkafka
+/// asks classpulse for a token, classpulse signs one with the credentials of the AWS SDK's chain
+/// (here the environment's), and the broker, which has no IAM, refuses the login: classpulse
+/// stops naming the authentication failure. Neither the secret key, the session token nor the
+/// token reach the logs, even at debug level. (The token's format and signature are checked
+/// in `src/source/msk_iam.rs`; no local broker verifies MSK tokens.)
+#[test]
+fn msk_iam_signs_a_token_for_librdkafka_and_never_logs_it() {
+    require(KAFKA);
+    let lake = tempfile::tempdir().unwrap();
+    let mut command = classpulse(lake.path());
+    command
+        .env("CLASSPULSE_SOURCE", "kafka")
+        .env("CLASSPULSE_KAFKA_BROKERS", KAFKA)
+        .env("CLASSPULSE_KAFKA_TOPICS", unique_name("iam"))
+        .env("CLASSPULSE_KAFKA_AWS_IAM", "true")
+        // MSK's IAM listener is TLS; the local broker is not.
+        .env("CLASSPULSE_KAFKA_PROP_SECURITY_PROTOCOL", "SASL_PLAINTEXT")
+        .env("CLASSPULSE_LOG_LEVEL", "debug")
+        .env("AWS_ACCESS_KEY_ID", "AKIDCLASSPULSETEST")
+        .env("AWS_REGION", "eu-west-1")
+        .arg("run");
+    for (name, value) in SECRETS {
+        command.env(name, value);
+    }
+    let running = Running::start(&mut command);
+    let (code, stdout, logs) = running.wait(Duration::from_secs(60));
+    let logs = logs.join("\n");
+    assert_ne!(code, Some(0), "{stdout}\n{logs}");
+    assert!(
+        logs.contains("MSK IAM token signed")
+            && logs.contains("AKIDCLASSPULSETEST")
+            && logs.contains("eu-west-1"),
+        "librdkafka asked for a token and got one:\n{logs}"
+    );
+    assert!(
+        logs.contains("Authentication") && logs.contains("OAUTHBEARER"),
+        "the refused login is named:\n{logs}"
+    );
+    assert_no_secret("the logs", &logs);
+    // base64url of "https://kafka.", the start of every token.
+    assert!(!logs.contains("aHR0cHM6Ly9rYWZrYS4"), "a token in the logs");
+    assert!(
+        !logs.contains("X-Amz-Signature"),
+        "a signed URL in the logs"
+    );
+}

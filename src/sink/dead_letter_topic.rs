@@ -12,20 +12,39 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use async_trait::async_trait;
+use rdkafka::client::OAuthToken;
 use rdkafka::message::{Header, OwnedHeaders};
 use rdkafka::producer::{FutureProducer, FutureRecord};
-use rdkafka::ClientConfig;
+use rdkafka::{ClientConfig, ClientContext};
 
 use super::{DecodedBatch, Sink, SinkError};
 use crate::config::KafkaConfig;
 use crate::health::Health;
 use crate::metrics;
+use crate::source::msk_iam::MskIam;
 
 const SINK: &str = "dead_letter_topic";
 
+/// The producer's librdkafka callbacks: MSK IAM tokens, as the consumer signs them.
+pub struct DlqContext {
+    msk_iam: Option<MskIam>,
+    health: Health,
+}
+
+impl ClientContext for DlqContext {
+    const ENABLE_REFRESH_OAUTH_TOKEN: bool = true;
+
+    fn generate_oauth_token(
+        &self,
+        _config: Option<&str>,
+    ) -> Result<OAuthToken, Box<dyn std::error::Error>> {
+        crate::source::kafka::oauth_token(self.msk_iam.as_ref(), &self.health)
+    }
+}
+
 /// Produces rejected inputs to a topic.
 pub struct DeadLetterTopicSink {
-    producer: FutureProducer,
+    producer: FutureProducer<DlqContext>,
     topic: String,
     health: Health,
 }
@@ -33,7 +52,12 @@ pub struct DeadLetterTopicSink {
 impl DeadLetterTopicSink {
     /// A producer to `topic` on the consumer's brokers, with the same pass-through properties
     /// (security settings apply to both; consumer-only ones are ignored by librdkafka).
-    pub fn new(config: &KafkaConfig, topic: &str, health: Health) -> Result<Self, SinkError> {
+    pub fn new(
+        config: &KafkaConfig,
+        topic: &str,
+        health: Health,
+        msk_iam: Option<MskIam>,
+    ) -> Result<Self, SinkError> {
         let mut client = ClientConfig::new();
         client
             .set("bootstrap.servers", &config.brokers)
@@ -46,10 +70,16 @@ impl DeadLetterTopicSink {
         for (property, value) in &config.properties {
             client.set(property, value);
         }
-        let producer = client.create().map_err(|error| SinkError::Setup {
-            sink: SINK,
-            detail: format!("kafka producer: {}", crate::source::kafka::redacted(&error)),
-        })?;
+        let context = DlqContext {
+            msk_iam,
+            health: health.clone(),
+        };
+        let producer = client
+            .create_with_context(context)
+            .map_err(|error| SinkError::Setup {
+                sink: SINK,
+                detail: format!("kafka producer: {}", crate::source::kafka::redacted(&error)),
+            })?;
         Ok(DeadLetterTopicSink {
             producer,
             topic: topic.to_owned(),

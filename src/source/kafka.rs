@@ -40,6 +40,9 @@ use async_trait::async_trait;
 use bytes::Bytes;
 use futures::FutureExt;
 use rdkafka::config::RDKafkaLogLevel;
+
+use super::msk_iam::MskIam;
+use rdkafka::client::OAuthToken;
 use rdkafka::consumer::{
     BaseConsumer, CommitMode, Consumer, ConsumerContext, Rebalance, StreamConsumer,
 };
@@ -103,6 +106,8 @@ pub struct SourceContext {
     refusal: Refusal,
     repeats: Arc<LogLimiter>,
     answers: Mutex<Answers>,
+    /// Signs OAUTHBEARER tokens with AWS IAM (`CLASSPULSE_KAFKA_AWS_IAM`).
+    msk_iam: Option<MskIam>,
 }
 
 /// The end of a partition, which librdkafka reports in the error callback too, as a partition
@@ -155,7 +160,39 @@ pub fn offset_reset_partition(facility: &str, message: &str) -> Option<(String, 
     Some((topic.to_owned(), partition))
 }
 
+/// librdkafka's OAUTHBEARER token callback: an MSK IAM token, or why there is none.
+pub fn oauth_token(
+    msk_iam: Option<&MskIam>,
+    health: &Health,
+) -> Result<OAuthToken, Box<dyn std::error::Error>> {
+    let Some(msk_iam) = msk_iam else {
+        return Err("sasl.mechanism OAUTHBEARER: classpulse signs only MSK IAM tokens (set CLASSPULSE_KAFKA_AWS_IAM=true)".into());
+    };
+    match msk_iam.token() {
+        Ok(token) => Ok(OAuthToken {
+            token: token.token,
+            principal_name: String::new(),
+            lifetime_ms: token.expires_ms,
+        }),
+        Err(error) => {
+            health.not_ready("source", format!("kafka: no MSK IAM token: {error}"));
+            tracing::warn!(error = %error, "MSK IAM token not signed");
+            Err(error.into())
+        }
+    }
+}
+
 impl ClientContext for SourceContext {
+    /// Tokens are asked for only with `sasl.mechanism=OAUTHBEARER`.
+    const ENABLE_REFRESH_OAUTH_TOKEN: bool = true;
+
+    fn generate_oauth_token(
+        &self,
+        _config: Option<&str>,
+    ) -> Result<OAuthToken, Box<dyn std::error::Error>> {
+        oauth_token(self.msk_iam.as_ref(), &self.health)
+    }
+
     /// librdkafka's log lines, into `tracing`; an offset reset forced by an error is counted in
     /// `classpulse_source_offset_resets_total` and logged as a warning of its own.
     fn log(&self, level: RDKafkaLogLevel, facility: &str, message: &str) {
@@ -451,6 +488,7 @@ impl KafkaSource {
         config: &KafkaConfig,
         max_messages: usize,
         health: Health,
+        msk_iam: Option<MskIam>,
     ) -> Result<KafkaSource, SourceError> {
         let mut client = ClientConfig::new();
         client
@@ -479,6 +517,7 @@ impl KafkaSource {
             refusal: Arc::clone(&refusal),
             repeats: Arc::clone(&repeats),
             answers: Mutex::default(),
+            msk_iam,
         };
         let consumer: StreamConsumer<SourceContext> = client
             .create_with_context(context)
