@@ -385,6 +385,14 @@ impl Reader<'_> {
         parse(self.raw(name).trim()).ok_or_else(|| self.error(name, allowed))
     }
 
+    fn boolean(&self, name: &'static str) -> Result<bool, ConfigError> {
+        self.parse(name, "expected true or false", |text| match text {
+            "true" => Some(true),
+            "false" => Some(false),
+            _ => None,
+        })
+    }
+
     fn integer(&self, name: &'static str, min: u64, max: u64) -> Result<u64, ConfigError> {
         let allowed = format!("expected a whole number from {min} to {max}");
         self.parse(name, &allowed, |text| {
@@ -492,15 +500,7 @@ impl Reader<'_> {
             })
             .collect();
         properties.sort();
-        let aws_iam = self.parse(
-            "CLASSPULSE_KAFKA_AWS_IAM",
-            "expected true or false",
-            |text| match text {
-                "true" => Some(true),
-                "false" => Some(false),
-                _ => None,
-            },
-        )?;
+        let aws_iam = self.boolean("CLASSPULSE_KAFKA_AWS_IAM")?;
         if aws_iam {
             // MSK's IAM listener: TLS, and the token as an OAUTHBEARER bearer.
             for (property, default) in [
@@ -641,15 +641,7 @@ impl Reader<'_> {
                 ))
             }
         };
-        let efo = self.parse(
-            "CLASSPULSE_KINESIS_EFO",
-            "expected true or false",
-            |text| match text {
-                "true" => Some(true),
-                "false" => Some(false),
-                _ => None,
-            },
-        )?;
+        let efo = self.boolean("CLASSPULSE_KINESIS_EFO")?;
         let consumer_name = self
             .optional("CLASSPULSE_KINESIS_CONSUMER_NAME")
             .unwrap_or(&app_name)
