@@ -28,11 +28,15 @@ use super::{DecodedBatch, Sink, SinkError};
 use crate::ack::{AckToken, PartitionId};
 use crate::config::{LakeConfig, LakeLocation};
 use crate::health::Health;
+use crate::log_limit::LogLimiter;
 use crate::metrics;
 use crate::retry::Backoff;
 use crate::stats::Stats;
 
 const HOUR_MS: i64 = 3_600_000;
+/// A write failure of one sink and reason is logged at most this often (the rest are counted
+/// in the next line, and all of them in `classpulse_sink_retries_total`).
+const FAILURE_LOG_INTERVAL: Duration = Duration::from_secs(30);
 /// Objects larger than this are uploaded in parts (S3 allows 5 GiB in one PUT, but parts
 /// retry cheaper and stream faster).
 pub const MULTIPART_THRESHOLD: usize = 16 << 20;
@@ -202,6 +206,8 @@ pub struct ObjectWriter {
     health: Health,
     /// Totals for the summary.
     stats: Arc<Stats>,
+    /// Write failures, logged once per sink, reason and interval (S3 away fails every write).
+    repeats: Arc<LogLimiter>,
 }
 
 impl ObjectWriter {
@@ -258,6 +264,7 @@ impl ObjectWriter {
             source_kind,
             health,
             stats,
+            repeats: Arc::new(LogLimiter::new(FAILURE_LOG_INTERVAL)),
         })
     }
 
@@ -408,7 +415,6 @@ impl ObjectWriter {
             }
         }
         let mut backoff = Backoff::new(Duration::from_millis(100), MAX_RETRY_DELAY);
-        let mut last_logged: Option<Instant> = None;
         loop {
             let started = Instant::now();
             match self.put_once(key, &body, attributes.clone()).await {
@@ -429,11 +435,8 @@ impl ObjectWriter {
                         self.health
                             .not_ready(sink, format!("{reason} writing {key}: {error}"));
                     }
-                    let log_now =
-                        last_logged.is_none_or(|at| at.elapsed() >= Duration::from_secs(60));
-                    if log_now {
-                        tracing::warn!(sink, key = %key, reason, error = %error, attempt = backoff.attempts() + 1, "write failed, retrying");
-                        last_logged = Some(Instant::now());
+                    if let Some(left_out) = self.repeats.admit(&format!("{sink} {reason}")) {
+                        tracing::warn!(sink, key = %key, reason, error = %error, attempt = backoff.attempts() + 1, repeats_left_out = left_out, "write failed, retrying");
                     }
                     tokio::time::sleep(backoff.next_delay()).await;
                 }
