@@ -34,6 +34,7 @@ pub mod event;
 pub mod health;
 pub mod http;
 pub mod log_limit;
+pub mod memory;
 pub mod metrics;
 pub mod pipeline;
 pub mod redrive;

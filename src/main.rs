@@ -98,7 +98,7 @@ enum TablesCommand {
 }
 
 fn main() -> ExitCode {
-    limit_malloc_arenas();
+    classpulse::memory::limit_malloc_arenas();
     let cli = Cli::parse();
     match cli.command {
         Command::Config => {
@@ -152,21 +152,6 @@ fn main() -> ExitCode {
             };
             init_logging(&config);
             block_on(run(config))
-        }
-    }
-}
-
-/// glibc's malloc gives threads arenas of their own, up to 8 per core, each growing in 64 MB
-/// heaps it rarely returns. librdkafka's threads (one per broker, plus its main and background
-/// threads) and tokio's workers each took one: at the peak, 17 arenas held 950 MB while the
-/// live data (class state, buffers) was about 100 MB. Two arenas are plenty on ECS tasks of one
-/// or two vCPUs. Called before any thread starts; `MALLOC_ARENA_MAX`, if set, wins.
-fn limit_malloc_arenas() {
-    #[cfg(all(target_os = "linux", target_env = "gnu"))]
-    if std::env::var_os("MALLOC_ARENA_MAX").is_none() {
-        // SAFETY: mallopt only sets an allocator parameter, before other threads exist.
-        unsafe {
-            libc::mallopt(libc::M_ARENA_MAX, 2);
         }
     }
 }

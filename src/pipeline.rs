@@ -33,6 +33,9 @@ use crate::sink::{run_sink, DecodedBatch, Sink, SinkError};
 use crate::source::{RawBatch, Source, SourceError};
 use crate::stats::Stats;
 
+/// How often freed memory is given back to the system (see [`crate::memory`]).
+const TRIM_INTERVAL: Duration = Duration::from_secs(30);
+
 /// Pipeline settings, from the configuration.
 #[derive(Debug, Clone)]
 pub struct Settings {
@@ -227,6 +230,7 @@ impl Pipeline {
                 _ = housekeeping.tick() => {
                     metrics::set_batches_in_flight(acks.in_flight());
                     metrics::sample_process();
+                    crate::memory::trim_every(TRIM_INTERVAL);
                     progress.maybe_log(&acks);
                     report_stuck_partitions(&acks, &health, &mut stuck);
                 }
