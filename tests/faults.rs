@@ -723,7 +723,12 @@ async fn latency_resets_and_truncated_answers_from_the_broker_lose_nothing() {
     member
         .env("CLASSPULSE_KAFKA_BROKERS", proxy.addr.to_string())
         .env("CLASSPULSE_KAFKA_PROP_SESSION_TIMEOUT_MS", "30000")
-        .env("CLASSPULSE_KAFKA_PROP_HEARTBEAT_INTERVAL_MS", "1000");
+        .env("CLASSPULSE_KAFKA_PROP_HEARTBEAT_INTERVAL_MS", "1000")
+        // Faults fall on answer chunks: a fetch of the whole backlog is hundreds of chunks and
+        // was cut again and again (a CI run under load read nothing for a minute). Smaller
+        // fetches, as on any lossy path, get through.
+        .env("CLASSPULSE_KAFKA_PROP_MAX_PARTITION_FETCH_BYTES", "65536")
+        .env("CLASSPULSE_KAFKA_PROP_FETCH_MAX_BYTES", "1048576");
     run_until_final(&mut member, faulty.path(), classes).await;
     let report = proxy.report();
     eprintln!("through the proxy: {report}");

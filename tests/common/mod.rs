@@ -407,7 +407,9 @@ pub async fn run_until_final(member: &mut Command, lake: &Path, classes: usize) 
     let running = Running::start(member);
     let path = lake.to_owned();
     let finals = tokio::task::spawn_blocking(move || {
-        await_final_classes(&path, classes, Duration::from_secs(90))
+        // Generous: a member behind a fault proxy on a loaded machine may take a minute to
+        // join its group and fetch; a run that is done returns at once.
+        await_final_classes(&path, classes, Duration::from_secs(150))
     })
     .await
     .unwrap();
