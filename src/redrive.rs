@@ -34,13 +34,11 @@ use crate::ack::PartitionId;
 use crate::decode::{decode_message, DecodeLimits, RawMessage};
 use crate::event::{PerformanceEvent, Verdict};
 use crate::pipeline::Judge;
-use crate::sink::object::ObjectWriter;
+use crate::sink::object::{hour_folder, ObjectWriter, HOUR_MS};
 use crate::source::{RawBatch, Source, SourceError};
 
 /// The source kind of what a redrive writes: the lake's `source` column, object names.
 pub const KIND: &str = "redrive";
-
-const HOUR_MS: i64 = 3_600_000;
 
 /// Why a redrive could not start.
 #[derive(Debug, thiserror::Error)]
@@ -342,16 +340,6 @@ impl Source for RedriveSource {
     async fn commit(&mut self, _frontiers: &[(PartitionId, u64)]) -> Result<(), SourceError> {
         Ok(()) // nothing to commit: a run reads its selection once
     }
-}
-
-/// `{folder}/dt=YYYY-MM-DD/hour=HH` of an epoch hour, as the object writer names them.
-fn hour_folder(folder: &str, hour: i64) -> String {
-    let start = DateTime::<Utc>::from_timestamp_millis(hour * HOUR_MS).unwrap_or_default();
-    format!(
-        "{folder}/dt={}/hour={}",
-        start.format("%Y-%m-%d"),
-        start.format("%H")
-    )
 }
 
 /// Epoch hours from the one holding `from` to the one holding the last instant before `to`.

@@ -33,7 +33,7 @@ use crate::metrics;
 use crate::retry::Backoff;
 use crate::stats::Stats;
 
-const HOUR_MS: i64 = 3_600_000;
+pub(crate) const HOUR_MS: i64 = 3_600_000;
 /// A write failure of one sink and reason is logged at most this often (the rest are counted
 /// in the next line, and all of them in `classpulse_sink_retries_total`).
 const FAILURE_LOG_INTERVAL: Duration = Duration::from_secs(30);
@@ -191,6 +191,17 @@ impl<E: Encoder> PartitionObjects<E> {
             .entry(time_ms.div_euclid(HOUR_MS))
             .or_insert_with(|| OpenObject::new(new_encoder()))
     }
+}
+
+/// `{folder}/dt=YYYY-MM-DD/hour=HH` of an epoch hour: the Hive partition objects of that hour
+/// go under.
+pub(crate) fn hour_folder(folder: &str, hour: i64) -> String {
+    let start = DateTime::<Utc>::from_timestamp_millis(hour * HOUR_MS).unwrap_or_default();
+    format!(
+        "{folder}/dt={}/hour={}",
+        start.format("%Y-%m-%d"),
+        start.format("%H")
+    )
 }
 
 /// Where objects go, and how they are written.
@@ -386,11 +397,9 @@ impl ObjectWriter {
         last: u64,
         extension: &str,
     ) -> Path {
-        let start = DateTime::<Utc>::from_timestamp_millis(hour * HOUR_MS).unwrap_or_default();
         let name = format!(
-            "{folder}/dt={}/hour={}/{}-{}-{}-{first:020}-{last:020}.{extension}",
-            start.format("%Y-%m-%d"),
-            start.format("%H"),
+            "{}/{}-{}-{}-{first:020}-{last:020}.{extension}",
+            hour_folder(folder, hour),
             self.source_kind,
             sanitize(&partition.stream),
             partition.index,
