@@ -304,6 +304,10 @@ async fn run(config: Config) -> anyhow::Result<()> {
         health.clone(),
         Arc::clone(&stats),
     );
+    if matches!(config.source, SourceKind::Kafka) {
+        // Partitions can be added to a topic, moving classes in progress.
+        aggregates = aggregates.with_class_directory();
+    }
     let dynamodb = &config.dynamodb;
     let mut table_writers = Vec::new();
     let dynamodb_client = if dynamodb.events_table.is_some() || dynamodb.aggregates_table.is_some()

@@ -72,6 +72,11 @@ pub const EVENTS_LATE: &str = "classpulse_events_late_total";
 pub const AGGREGATE_CLASSES_OPEN: &str = "classpulse_aggregate_classes_open";
 /// Classes made final. Labels: `trigger` (`event_time`, `idle`, `end_of_input`).
 pub const AGGREGATE_CLASSES_FINAL: &str = "classpulse_aggregate_classes_final_total";
+/// Class parts moved between partitions (a class whose key moved when partitions were added).
+/// Labels: `outcome` (`handed_over`: a visitor wrote its part; `merged`, `merged_inexact`: its
+/// home merged parts, exactly or with one member's samples interleaved; `too_late`: a visitor
+/// met a class already final at its home, and counted its events late).
+pub const AGGREGATE_HANDOFFS: &str = "classpulse_aggregate_handoffs_total";
 /// Approximate memory held by aggregate state.
 pub const AGGREGATE_STATE_BYTES: &str = "classpulse_aggregate_state_bytes";
 /// Time to write one round of aggregate checkpoints and final results.
@@ -137,6 +142,11 @@ fn describe() {
         AGGREGATE_CLASSES_FINAL,
         Unit::Count,
         "Classes made final, by trigger (event_time, idle, end_of_input)."
+    );
+    describe_counter!(
+        AGGREGATE_HANDOFFS,
+        Unit::Count,
+        "Class parts moved between partitions, by outcome (handed_over, merged, merged_inexact, too_late)."
     );
     describe_gauge!(
         AGGREGATE_STATE_BYTES,
@@ -488,6 +498,13 @@ pub fn record_verdicts(duplicate: u64, late: u64) {
 /// Records a class made final.
 pub fn record_class_final(trigger: &'static str) {
     counter!(AGGREGATE_CLASSES_FINAL, "trigger" => trigger).increment(1);
+}
+
+/// Counts class parts moved between partitions ([`AGGREGATE_HANDOFFS`]).
+pub fn record_handoffs(outcome: &'static str, parts: u64) {
+    if parts > 0 {
+        counter!(AGGREGATE_HANDOFFS, "outcome" => outcome).increment(parts);
+    }
 }
 
 /// Sets the size of the aggregate state.

@@ -752,3 +752,176 @@ async fn a_broker_behind_tls_is_read_with_the_ca_it_is_given_and_refused_without
     assert_same_lake_rows(lake.path(), plain.path());
     assert_same_aggregates(lake.path(), plain.path());
 }
+
+/// The results under `lake` as JSON (objects, or lines of ndjson), by file, without their
+/// source positions (which name the partitions a class was counted on).
+fn results_without_positions(lake: &std::path::Path) -> BTreeMap<String, Vec<serde_json::Value>> {
+    fn strip(value: &mut serde_json::Value) {
+        match value {
+            serde_json::Value::Object(fields) => {
+                fields.remove("positions");
+                fields.values_mut().for_each(strip);
+            }
+            serde_json::Value::Array(items) => items.iter_mut().for_each(strip),
+            _ => {}
+        }
+    }
+    aggregate_files(lake)
+        .into_iter()
+        .map(|(name, body)| {
+            let text = String::from_utf8(body).unwrap();
+            let mut values: Vec<serde_json::Value> = text
+                .lines()
+                .filter(|line| !line.is_empty())
+                .map(|line| serde_json::from_str(line).unwrap_or_else(|e| panic!("{name}: {e}")))
+                .collect();
+            if values.is_empty() || (values.len() > 1 && name.ends_with(".json")) {
+                values = vec![serde_json::from_str(&text).unwrap()];
+            }
+            values.iter_mut().for_each(strip);
+            (name, values)
+        })
+        .collect()
+}
+
+/// Fails unless two JSON values are equal, numbers within a relative 1e-9 (sums merged from
+/// two parts add in another order).
+fn assert_json_close(actual: &serde_json::Value, expected: &serde_json::Value, path: &str) {
+    use serde_json::Value;
+    match (actual, expected) {
+        (Value::Number(a), Value::Number(b)) => {
+            let (a, b) = (a.as_f64().unwrap(), b.as_f64().unwrap());
+            assert!(
+                (a - b).abs() <= 1e-9 * a.abs().max(b.abs()).max(1.0),
+                "{path}: {a} != {b}"
+            );
+        }
+        (Value::Array(a), Value::Array(b)) => {
+            assert_eq!(a.len(), b.len(), "{path}: lengths");
+            for (i, (a, b)) in a.iter().zip(b).enumerate() {
+                assert_json_close(a, b, &format!("{path}[{i}]"));
+            }
+        }
+        (Value::Object(a), Value::Object(b)) => {
+            assert_eq!(
+                a.keys().collect::<Vec<_>>(),
+                b.keys().collect::<Vec<_>>(),
+                "{path}: fields"
+            );
+            for (key, a) in a {
+                assert_json_close(a, &b[key], &format!("{path}.{key}"));
+            }
+        }
+        (a, b) => assert_eq!(a, b, "{path}"),
+    }
+}
+
+/// Partitions added to a topic while classes run (3, then 6): a producer that sees the new
+/// count sends the rest of some classes to a new partition, read by another member. Each
+/// such class ends once, at the partition where it began, with the part counted on the new
+/// one merged in: results equal those of a topic that never grew, and the lake holds every
+/// event once.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_class_whose_key_moves_to_an_added_partition_ends_once_with_all_its_events() {
+    require(KAFKA);
+    let (admin, topic) = create_topic(6).await;
+    let (_, unchanged_topic) = create_topic(3).await;
+    // Sent as the events happen (the simulator hands out one simulated partition's stretch
+    // at a time): by event time, a message that does not decode where the one before it was.
+    let mut messages = simulated_messages(11, "2026-11-25T20:00:00Z").await;
+    let mut sent_at = i64::MIN;
+    let mut order: Vec<(i64, usize)> = Vec::new();
+    for (i, message) in messages.iter().enumerate() {
+        let (events, _) = decode_all(std::slice::from_ref(message));
+        sent_at = events
+            .iter()
+            .map(|e| e.event_time_ms)
+            .min()
+            .unwrap_or(sent_at);
+        order.push((sent_at, i));
+    }
+    order.sort();
+    messages = order.iter().map(|(_, i)| messages[*i].clone()).collect();
+    let classes = class_count(&messages);
+    let keys: std::collections::BTreeSet<bytes::Bytes> =
+        messages.iter().map(|m| m.key.clone().unwrap()).collect();
+    let moved = keys
+        .iter()
+        .filter(|key| partition_of(key, 3) != partition_of(key, 6))
+        .count();
+    assert!(moved > 0, "no class moves with this seed");
+    // Classes end 20 s (of event time, or of wall-clock time read to the end) after their
+    // last event: a moved class is due at its home two chunks of the grown topic (about 11 s
+    // of event time each, 2 s apart) after it moved, and its new partition meets it in the
+    // first one. Live, that margin is the idle timeout itself (10 minutes by default).
+    let member = |lake: &std::path::Path, topic: &str, group: &str| {
+        let mut command = kafka_member(lake, topic, group);
+        command.env("CLASSPULSE_CLASS_IDLE_TIMEOUT", "20s");
+        command
+    };
+
+    let grown = tempfile::tempdir().unwrap();
+    let group = unique_name("grown");
+    let first = Running::start(&mut member(grown.path(), &topic, &group));
+    let second = Running::start(&mut member(grown.path(), &topic, &group));
+    let chunks: Vec<&[RawMessage]> = messages.chunks(messages.len() / 16 + 1).collect();
+    for (i, chunk) in chunks.iter().enumerate() {
+        // The producer learns of the new partitions half way.
+        let grown = i >= chunks.len() / 2;
+        produce(&topic, chunk, if grown { 6 } else { 3 }).await;
+        tokio::time::sleep(Duration::from_secs(if grown { 2 } else { 1 })).await;
+    }
+    let grown_lake = grown.path().to_owned();
+    let final_classes = tokio::task::spawn_blocking(move || {
+        await_final_classes(&grown_lake, classes, Duration::from_secs(90))
+    })
+    .await
+    .unwrap();
+    let (_, first_logs) = drain(first).await;
+    let (_, second_logs) = drain(second).await;
+    let logs = [first_logs, second_logs].concat().join("\n");
+    assert_eq!(final_classes, classes, "logs:\n{logs}");
+    let merged = logs.matches("class part merged").count();
+    assert_eq!(
+        merged, moved,
+        "one part merged per moved class; logs:\n{logs}"
+    );
+
+    // The same events on a topic that never grew.
+    let unchanged = tempfile::tempdir().unwrap();
+    produce(&unchanged_topic, &messages, 3).await;
+    let alone = Running::start(&mut member(
+        unchanged.path(),
+        &unchanged_topic,
+        &unique_name("unchanged"),
+    ));
+    let unchanged_lake = unchanged.path().to_owned();
+    let final_classes = tokio::task::spawn_blocking(move || {
+        await_final_classes(&unchanged_lake, classes, Duration::from_secs(90))
+    })
+    .await
+    .unwrap();
+    drain(alone).await;
+    assert_eq!(final_classes, classes);
+
+    let expected = results_without_positions(unchanged.path());
+    let actual = results_without_positions(grown.path());
+    assert_eq!(
+        actual.keys().collect::<Vec<_>>(),
+        expected.keys().collect::<Vec<_>>()
+    );
+    for (name, values) in &expected {
+        assert_json_close(
+            &serde_json::Value::Array(actual[name].clone()),
+            &serde_json::Value::Array(values.clone()),
+            name,
+        );
+    }
+    assert_eq!(lake_ids(grown.path()), lake_ids(unchanged.path()));
+    for topic in [&topic, &unchanged_topic] {
+        admin
+            .delete_topics(&[topic], &AdminOptions::new())
+            .await
+            .unwrap();
+    }
+}

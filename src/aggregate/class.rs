@@ -67,6 +67,21 @@ impl Stat {
         (self.count > 0).then_some(self.max)
     }
 
+    /// Adds the values `other` saw: counts and sums add, min and max combine.
+    pub fn merge(&mut self, other: &Stat) {
+        if other.count == 0 {
+            return;
+        }
+        if self.count == 0 {
+            *self = *other;
+            return;
+        }
+        self.count += other.count;
+        self.sum += other.sum;
+        self.min = self.min.min(other.min);
+        self.max = self.max.max(other.max);
+    }
+
     /// Max minus min of a cumulative counter (0 when unseen).
     pub fn span(&self) -> f64 {
         if self.count > 0 {
@@ -104,6 +119,10 @@ pub struct HeartRate {
     /// Samples not yet sealed, by (event time, event-id hash): ties in time are broken by
     /// the hash, the same way in every run.
     pub pending: BTreeMap<(i64, u128), f64>,
+    /// Event time and bpm of the first sealed sample: it counted no gap, having no sample
+    /// before it here. A hand-off ([`HeartRate::merge`]) gives it the gap to the samples of
+    /// the other part.
+    pub first_sealed: Option<(i64, f64)>,
     /// Event time of the last sealed sample.
     pub last_sealed_ms: Option<i64>,
     /// Milliseconds in each zone, from sealed samples.
@@ -123,6 +142,7 @@ impl HeartRate {
                 break;
             }
             let ((time_ms, _), bpm) = entry.remove_entry();
+            self.first_sealed.get_or_insert((time_ms, bpm));
             accumulate(
                 &mut self.zone_ms,
                 &mut self.last_sealed_ms,
@@ -131,6 +151,73 @@ impl HeartRate {
                 rules,
             );
         }
+    }
+
+    /// Takes in the same member's samples counted elsewhere: the other part of a class whose
+    /// key moved to another partition. Each side's sealed samples are one block, known by its
+    /// first sample, its last time and its zone times; blocks and pending samples are laid
+    /// out in time order and the chain runs across them, a block's first sample getting the
+    /// (capped) gap to what precedes it. Everything up to the end of the last block is sealed;
+    /// later samples stay pending. Exact unless a sample or block of one side falls inside
+    /// the other's block (a device that switched partitions once never does that); returns
+    /// whether it was exact.
+    pub fn merge(&mut self, other: HeartRate, rules: &Rules) -> bool {
+        struct Block {
+            first: (i64, f64),
+            last_ms: i64,
+            zone_ms: [i64; 5],
+        }
+        let block = |hr: &HeartRate| {
+            hr.first_sealed.map(|first| Block {
+                first,
+                last_ms: hr.last_sealed_ms.unwrap_or(first.0),
+                zone_ms: hr.zone_ms,
+            })
+        };
+        let mut blocks: Vec<Block> = [block(self), block(&other)].into_iter().flatten().collect();
+        blocks.sort_by_key(|b| (b.first.0, b.last_ms));
+        self.bpm.merge(&other.bpm);
+        self.pending.extend(other.pending);
+        let inside = |time: i64, b: &Block| b.first.0 < time && time < b.last_ms;
+        let blocks_overlap = blocks.len() == 2 && blocks[1].first.0 < blocks[0].last_ms;
+        let sample_inside = self
+            .pending
+            .keys()
+            .any(|(time, _)| blocks.iter().any(|b| inside(*time, b)));
+        let exact = !blocks_overlap && !sample_inside;
+        let end = blocks.last().map(|b| b.last_ms);
+        self.zone_ms = [0; 5];
+        self.first_sealed = None;
+        self.last_sealed_ms = None;
+        let mut blocks = blocks.into_iter().peekable();
+        loop {
+            let sample = self
+                .pending
+                .first_key_value()
+                .map(|((time, _), _)| *time)
+                .filter(|time| end.is_some_and(|end| *time <= end));
+            match (sample, blocks.peek().map(|b| b.first.0)) {
+                (None, None) => break,
+                (Some(time), next) if next.is_none_or(|first| time < first) => {
+                    self.seal_before(time + 1, rules);
+                }
+                _ => {
+                    let Some(b) = blocks.next() else { break };
+                    if let (Some(previous), Some(zone)) =
+                        (self.last_sealed_ms, zone(b.first.1, rules.hr_max_bpm))
+                    {
+                        self.zone_ms[zone] += (b.first.0 - previous).clamp(0, rules.hr_max_gap_ms);
+                    }
+                    for (total, ms) in self.zone_ms.iter_mut().zip(b.zone_ms) {
+                        *total += ms;
+                    }
+                    self.first_sealed.get_or_insert(b.first);
+                    self.last_sealed_ms =
+                        Some(self.last_sealed_ms.map_or(b.last_ms, |l| l.max(b.last_ms)));
+                }
+            }
+        }
+        exact
     }
 
     /// Zone times as if every pending sample were sealed now (live values).
@@ -151,7 +238,11 @@ fn accumulate(
     bpm: f64,
     rules: &Rules,
 ) {
-    let duration = last.map_or(0, |previous| (time_ms - previous).min(rules.hr_max_gap_ms));
+    // Never negative: sealing goes in time order (a merge that had to interleave parts
+    // counts nothing for a step back).
+    let duration = last.map_or(0, |previous| {
+        (time_ms - previous).clamp(0, rules.hr_max_gap_ms)
+    });
     if let Some(zone) = zone(bpm, rules.hr_max_bpm) {
         zone_ms[zone] += duration;
     }
@@ -202,6 +293,28 @@ impl Cardio {
                 .or_insert((distance, distance));
             range.0 = range.0.min(distance);
             range.1 = range.1.max(distance);
+        }
+    }
+
+    fn merge(&mut self, other: &Cardio) {
+        self.samples += other.samples;
+        for (mine, theirs) in [
+            (&mut self.distance_m, &other.distance_m),
+            (&mut self.calories, &other.calories),
+            (&mut self.speed_kph, &other.speed_kph),
+            (&mut self.watts, &other.watts),
+            (&mut self.cadence_rpm, &other.cadence_rpm),
+            (&mut self.stroke_rate_spm, &other.stroke_rate_spm),
+        ] {
+            mine.merge(theirs);
+        }
+        for (minute_ms, (low, high)) in &other.minute_distance {
+            let range = self
+                .minute_distance
+                .entry(*minute_ms)
+                .or_insert((*low, *high));
+            range.0 = range.0.min(*low);
+            range.1 = range.1.max(*high);
         }
     }
 
@@ -308,6 +421,21 @@ impl MemberState {
         }
     }
 
+    /// Takes in what the member did in another part of the class; returns whether the heart
+    /// rate zones merged exactly ([`HeartRate::merge`]).
+    fn merge(&mut self, other: MemberState, rules: &Rules) -> bool {
+        for (mine, theirs) in self.events.iter_mut().zip(other.events) {
+            *mine += theirs;
+        }
+        for (mine, theirs) in self.cardio.iter_mut().zip(&other.cardio) {
+            mine.merge(theirs);
+        }
+        self.weights.sets += other.weights.sets;
+        self.weights.reps_total += other.weights.reps_total;
+        self.weights.volume_kg += other.weights.volume_kg;
+        self.heart_rate.merge(other.heart_rate, rules)
+    }
+
     /// Total distance over the member's machines.
     fn distance_m(&self) -> f64 {
         self.cardio.iter().map(|c| c.distance_m.span()).sum()
@@ -352,6 +480,10 @@ pub struct ClassState {
     pub last_offset: u64,
     /// Wall-clock time the class last received an event (for the processing-time idle rule).
     pub last_seen_wall_ms: i64,
+    /// The partition (index) that finalises this class, when it is not this one: the class
+    /// began there and its key moved here (partitions were added). This part is handed to it
+    /// instead of being finalised ([`super::directory`]).
+    pub home: Option<u32>,
     /// Whether an event was counted since live values were last written.
     #[serde(skip)]
     pub changed: bool,
@@ -372,6 +504,7 @@ impl ClassState {
             first_offset: u64::MAX,
             last_offset: 0,
             last_seen_wall_ms: wall_ms,
+            home: None,
             changed: false,
         }
     }
@@ -434,6 +567,54 @@ impl ClassState {
         if let Some(bpm) = event.metrics.bpm {
             minute.bpm.add(bpm);
         }
+    }
+
+    /// Takes in another part of the same class (counted on another partition, handed over
+    /// when its key moved): every sum, count, range and event id of both, members matched by
+    /// id. Returns whether it was exact: the heart-rate zones are unless one member's samples
+    /// of the two parts interleave in time ([`HeartRate::merge`]). The positions stay this
+    /// part's.
+    pub fn merge(&mut self, other: ClassState, rules: &Rules) -> bool {
+        self.changed = true;
+        self.max_time_ms = self.max_time_ms.max(other.max_time_ms);
+        self.first_event_ms = self.first_event_ms.min(other.first_event_ms);
+        self.last_event_ms = self.last_event_ms.max(other.last_event_ms);
+        self.last_seen_wall_ms = self.last_seen_wall_ms.max(other.last_seen_wall_ms);
+        for (bucket_ms, ids) in other.seen {
+            self.seen.entry(bucket_ms).or_default().extend(ids);
+        }
+        // Members keep this part's indexes; the other's new members follow, in their order.
+        let mut theirs: Vec<(Box<str>, MemberState)> = other.members.into_iter().collect();
+        theirs.sort_by_key(|(_, member)| member.index);
+        let mut index_of = BTreeMap::new();
+        let mut exact = true;
+        for (member_id, mut member) in theirs {
+            let their_index = member.index;
+            let next = self.members.len() as u32;
+            match self.members.get_mut(&member_id) {
+                Some(mine) => {
+                    index_of.insert(their_index, mine.index);
+                    exact &= mine.merge(member, rules);
+                }
+                None => {
+                    index_of.insert(their_index, next);
+                    member.index = next;
+                    self.members.insert(member_id, member);
+                }
+            }
+        }
+        for (start_ms, minute) in other.minutes {
+            let mine = self.minutes.entry(start_ms).or_default();
+            mine.events += minute.events;
+            mine.bpm.merge(&minute.bpm);
+            for index in minute.members {
+                let index = index_of.get(&index).copied().unwrap_or(index);
+                if let Err(at) = mine.members.binary_search(&index) {
+                    mine.members.insert(at, index);
+                }
+            }
+        }
+        exact
     }
 
     /// Seals heart-rate samples and forgets event ids that can no longer matter: nothing
@@ -531,18 +712,7 @@ impl ClassState {
             for (total, n) in events.iter_mut().zip(member.events) {
                 *total += n;
             }
-            let hr = &member.heart_rate.bpm;
-            if hr.count > 0 {
-                // Merge: counts and sums add; min and max combine.
-                if bpm.count == 0 {
-                    bpm = *hr;
-                } else {
-                    bpm.count += hr.count;
-                    bpm.sum += hr.sum;
-                    bpm.min = bpm.min.min(hr.min);
-                    bpm.max = bpm.max.max(hr.max);
-                }
-            }
+            bpm.merge(&member.heart_rate.bpm);
         }
         let summary = ClassSummary {
             studio_id: self.studio_id.clone(),
@@ -646,6 +816,48 @@ mod tests {
         assert_eq!(hr.zone_ms, [0, 0, 0, 0, 4_000]);
         hr.seal_before(i64::MAX, &rules);
         assert_eq!(hr.zone_ms, [2_000, 0, 0, 5_000, 4_000]);
+    }
+
+    /// One strap's samples split where its device switched partitions: each side sealed in
+    /// part, merged either way round, gives the zones of the whole; samples that interleave
+    /// with the other side's sealed block are reported as not exact.
+    #[test]
+    fn heart_rate_parts_merge_to_the_zones_of_the_whole() {
+        let rules = Rules::default();
+        let samples: Vec<(i64, f64)> = (0..40)
+            .map(|i| (i * 3_000 + (i % 4) * 900, 100.0 + (i * 37 % 90) as f64))
+            .collect();
+        let part = |samples: &[(i64, f64)], seal_before: i64| {
+            let mut hr = HeartRate::default();
+            for (time, bpm) in samples {
+                hr.add(*time, *time as u128, *bpm);
+            }
+            hr.seal_before(seal_before, &rules);
+            hr
+        };
+        let whole = part(&samples, i64::MAX).zone_ms;
+        let (earlier, later) = samples.split_at(25);
+        for (seal_earlier, seal_later) in
+            [(0, 0), (40_000, 0), (i64::MAX, 100_000), (20_000, i64::MAX)]
+        {
+            let mut merged = part(earlier, seal_earlier);
+            assert!(merged.merge(part(later, seal_later), &rules));
+            merged.seal_before(i64::MAX, &rules);
+            assert_eq!(
+                merged.zone_ms, whole,
+                "earlier into later, sealed {seal_earlier} {seal_later}"
+            );
+            let mut merged = part(later, seal_later);
+            assert!(merged.merge(part(earlier, seal_earlier), &rules));
+            merged.seal_before(i64::MAX, &rules);
+            assert_eq!(merged.zone_ms, whole, "later into earlier");
+            assert_eq!(merged.bpm.count, 40);
+        }
+        // Alternating samples, both sides sealed: not exact, and said so.
+        let odd: Vec<(i64, f64)> = samples.iter().copied().skip(1).step_by(2).collect();
+        let even: Vec<(i64, f64)> = samples.iter().copied().step_by(2).collect();
+        let mut merged = part(&even, i64::MAX);
+        assert!(!merged.merge(part(&odd, i64::MAX), &rules));
     }
 
     #[test]

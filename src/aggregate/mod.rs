@@ -28,6 +28,7 @@
 //! written after it (an outbox), under keys that depend only on the class ([`output`]).
 
 pub mod class;
+pub mod directory;
 pub mod output;
 pub mod partition;
 pub mod stage;

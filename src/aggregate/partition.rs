@@ -17,12 +17,13 @@ use serde::{Deserialize, Serialize};
 use xxhash_rust::xxh3::xxh3_128;
 
 use super::class::ClassState;
+use super::directory::{Place, Role};
 use super::output::ClassResult;
 use super::Rules;
 use crate::event::{PerformanceEvent, Verdict};
 
 /// Checkpoint format version; bump it on any change to the serialised types.
-pub const CHECKPOINT_VERSION: u32 = 2;
+pub const CHECKPOINT_VERSION: u32 = 3;
 /// How long a final class is remembered after its last event (event time on the partition's
 /// clock): events for it in that time are late, not a new class.
 pub const FINALISED_MEMORY_MS: i64 = 24 * 3_600_000;
@@ -33,7 +34,7 @@ pub const FINALISED_MEMORY_MS: i64 = 24 * 3_600_000;
 pub const REPLAY_MEMORY_MS: i64 = 3_600_000;
 
 /// Why a class became final.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Serialize, Deserialize)]
 pub enum Trigger {
     /// The partition's event time passed the class's last event by the idle timeout.
     EventTime,
@@ -102,6 +103,17 @@ pub struct PartitionState {
     /// events starts where the class changes in the partition, wherever batches, restores and
     /// sweeps cut it, so finality by event time is decided at the same events every time.
     pub last_class: Option<String>,
+    /// Classes due here whose result waits for the parts other partitions counted
+    /// ([`super::directory`]); their events are late meanwhile, as for any final class.
+    pub closing: BTreeMap<String, (ClassState, Trigger)>,
+    /// This partition in the class directory; `None`: classes never move (tests of one
+    /// partition), and a due class is final at once.
+    pub place: Option<Place>,
+    /// Roles the stage claimed for classes the next batch meets for the first time.
+    pub roles: HashMap<String, Role>,
+    /// Parts of classes handed to their home since the last call of
+    /// [`PartitionState::take_handed_over`].
+    handed_over: u64,
 }
 
 /// The serialised form (postcard, then zstd).
@@ -116,6 +128,16 @@ struct Checkpoint<C> {
     outbox: Vec<(String, Vec<u8>)>,
     left_out: BTreeMap<u64, Vec<(u128, bool, i64)>>,
     last_class: Option<String>,
+    closing: Vec<(String, C, Trigger)>,
+}
+
+/// A part of a class handed to its home: postcard, then zstd.
+#[derive(Serialize, Deserialize)]
+struct Part<C> {
+    version: u32,
+    /// `stream/partition` that counted it.
+    partition: String,
+    class: C,
 }
 
 /// A checkpoint that cannot be read.
@@ -136,7 +158,18 @@ impl PartitionState {
             live_objects: false,
             left_out: BTreeMap::new(),
             last_class: None,
+            closing: BTreeMap::new(),
+            place: None,
+            roles: HashMap::new(),
+            handed_over: 0,
         }
+    }
+
+    /// Whether `key` (`studio_id:class_id`) is met here for the first time: it needs a role.
+    pub fn is_new_class(&self, key: &str) -> bool {
+        !self.classes.contains_key(key)
+            && !self.finalised.contains_key(key)
+            && !self.roles.contains_key(key)
     }
 
     /// The verdict a replayed event (at or below the restored position) had when first
@@ -208,15 +241,25 @@ impl PartitionState {
                             .saturating_add(rules.class_idle_timeout_ms)
                 });
             if due {
-                finalised.push(self.finalise(&key, Trigger::EventTime, rules));
+                finalised.extend(self.finalise(&key, Trigger::EventTime, rules));
             }
-            let mut class = if self.finalised.contains_key(&key) {
-                None
-            } else {
-                Some(self.classes.entry_ref(key.as_str()).or_insert_with(|| {
-                    ClassState::new(&run[0].studio_id, &run[0].class_id, wall_ms)
-                }))
-            };
+            if !self.classes.contains_key(key.as_str()) && !self.finalised.contains_key(&key) {
+                let mut class = ClassState::new(&run[0].studio_id, &run[0].class_id, wall_ms);
+                match self.roles.remove(&key) {
+                    Some(Role::Closed(_)) => {
+                        // Final at its home already: this part comes too late to count.
+                        self.finalised.insert(key.clone(), run[0].event_time_ms);
+                    }
+                    Some(Role::Visitor(home)) => {
+                        class.home = Some(home);
+                        self.classes.insert(key.clone(), class);
+                    }
+                    Some(Role::Home) | None => {
+                        self.classes.insert(key.clone(), class);
+                    }
+                }
+            }
+            let mut class = self.classes.get_mut(key.as_str());
             for event in run.iter_mut() {
                 let verdict = match class.as_deref_mut() {
                     None => Verdict::Late,
@@ -304,7 +347,7 @@ impl PartitionState {
         due.sort();
         let finalised = due
             .into_iter()
-            .map(|(key, trigger)| self.finalise(&key, trigger, rules))
+            .filter_map(|(key, trigger)| self.finalise(&key, trigger, rules))
             .collect();
         let horizon = self.clock_ms.saturating_sub(FINALISED_MEMORY_MS);
         self.finalised.retain(|_, last_ms| *last_ms >= horizon);
@@ -316,15 +359,66 @@ impl PartitionState {
         let mut keys: Vec<String> = self.classes.keys().cloned().collect();
         keys.sort();
         keys.iter()
-            .map(|key| self.finalise(key, Trigger::EndOfInput, rules))
+            .filter_map(|key| self.finalise(key, Trigger::EndOfInput, rules))
             .collect()
     }
 
-    fn finalise(&mut self, key: &str, trigger: Trigger, rules: &Rules) -> Finalised {
-        let mut class = self
+    /// Ends a class here. A part of a class whose home is another partition is handed over
+    /// (into the outbox, written after the checkpoint); a class of this home waits in
+    /// `closing` for the stage to bring the other parts ([`PartitionState::close`]); without
+    /// a directory the result is rendered at once. Either way the class's later events here
+    /// are late.
+    fn finalise(&mut self, key: &str, trigger: Trigger, rules: &Rules) -> Option<Finalised> {
+        let class = self
             .classes
             .remove(key)
             .unwrap_or_else(|| unreachable!("finalising a class that is not open"));
+        self.finalised.insert(key.to_owned(), class.max_time_ms);
+        match (&self.place, class.home) {
+            (Some(place), Some(_)) => {
+                let relative = place.part_key(&class.studio_id, &class.class_id);
+                self.outbox.push((relative, self.encode_part(&class)));
+                self.handed_over += 1;
+                None
+            }
+            (Some(_), None) => {
+                self.closing.insert(key.to_owned(), (class, trigger));
+                None
+            }
+            (None, _) => Some(self.render(class, trigger, rules)),
+        }
+    }
+
+    /// Finalises a closing class with the parts other partitions handed over (`None` if it
+    /// is not closing here). Returns its result and whether every part merged exactly.
+    pub fn close(
+        &mut self,
+        key: &str,
+        parts: Vec<ClassState>,
+        rules: &Rules,
+    ) -> Option<(Finalised, bool)> {
+        let (mut class, trigger) = self.closing.remove(key)?;
+        let mut exact = true;
+        for part in parts {
+            exact &= class.merge(part, rules);
+        }
+        if let Some(place) = &self.place {
+            let first_ms = class.first_event_ms;
+            let home = place.home_final(&class.studio_id, &class.class_id, first_ms);
+            let finalised = self.render(class, trigger, rules);
+            // After the result: a visitor that reads it treats its part as late.
+            self.outbox.push(home);
+            return Some((finalised, exact));
+        }
+        Some((self.render(class, trigger, rules), exact))
+    }
+
+    /// Parts handed over since the last call.
+    pub fn take_handed_over(&mut self) -> u64 {
+        std::mem::take(&mut self.handed_over)
+    }
+
+    fn render(&mut self, mut class: ClassState, trigger: Trigger, rules: &Rules) -> Finalised {
         class.seal_all(rules);
         let result = class.result(rules, &self.name, true);
         match result.objects() {
@@ -338,8 +432,23 @@ impl PartitionState {
             // Plain structs of numbers and strings always serialise.
             Err(error) => unreachable!("class result does not serialise: {error}"),
         }
-        self.finalised.insert(key.to_owned(), class.max_time_ms);
         Finalised { trigger, result }
+    }
+
+    /// A class's state as a part handed to its home.
+    fn encode_part(&self, class: &ClassState) -> Vec<u8> {
+        let part = Part {
+            version: CHECKPOINT_VERSION,
+            partition: self.name.clone(),
+            class,
+        };
+        pack(&part)
+    }
+
+    /// Reads a part written by a visitor: the partition that counted it, and its state.
+    pub fn decode_part(bytes: &[u8]) -> Result<(String, ClassState), CheckpointError> {
+        let part: Part<ClassState> = unpack(bytes)?;
+        Ok((part.partition, part.class))
     }
 
     /// Live results of the open classes that counted an event since the last call.
@@ -373,6 +482,11 @@ impl PartitionState {
             .values()
             .map(ClassState::approx_bytes)
             .sum::<usize>()
+            + self
+                .closing
+                .values()
+                .map(|(class, _)| class.approx_bytes())
+                .sum::<usize>()
             + self.finalised.len() * 64
             + self.left_out.len() * 72
             + self
@@ -396,26 +510,19 @@ impl PartitionState {
             outbox: self.outbox.clone(),
             left_out: self.left_out.clone(),
             last_class: self.last_class.clone(),
+            closing: self
+                .closing
+                .iter()
+                .map(|(key, (class, trigger))| (key.clone(), class, *trigger))
+                .collect(),
         };
-        let plain = postcard::to_stdvec(&checkpoint)
-            .unwrap_or_else(|error| unreachable!("aggregate state does not serialise: {error}"));
-        zstd::bulk::compress(&plain, 1)
-            .unwrap_or_else(|error| unreachable!("zstd cannot compress in memory: {error}"))
+        pack(&checkpoint)
     }
 
     /// Reads a state written by [`PartitionState::encode`]. Wall-clock idle times restart at
     /// `wall_ms`: a task that was down is not a class that went quiet.
     pub fn decode(bytes: &[u8], wall_ms: i64) -> Result<PartitionState, CheckpointError> {
-        let plain =
-            zstd::stream::decode_all(bytes).map_err(|e| CheckpointError(format!("zstd: {e}")))?;
-        let version = plain.first().copied().map(u32::from).unwrap_or(0);
-        if version != CHECKPOINT_VERSION {
-            return Err(CheckpointError(format!(
-                "format version {version}, this build reads {CHECKPOINT_VERSION}"
-            )));
-        }
-        let checkpoint: Checkpoint<ClassState> =
-            postcard::from_bytes(&plain).map_err(|e| CheckpointError(format!("postcard: {e}")))?;
+        let checkpoint: Checkpoint<ClassState> = unpack(bytes)?;
         let classes = checkpoint
             .classes
             .into_iter()
@@ -434,8 +541,38 @@ impl PartitionState {
             live_objects: false,
             left_out: checkpoint.left_out,
             last_class: checkpoint.last_class,
+            closing: checkpoint
+                .closing
+                .into_iter()
+                .map(|(key, class, trigger)| (key, (class, trigger)))
+                .collect(),
+            place: None,
+            roles: HashMap::new(),
+            handed_over: 0,
         })
     }
+}
+
+/// Serialises a checkpoint or a part (whose first field is the format version): postcard, then
+/// zstd level 1.
+fn pack<T: Serialize>(value: &T) -> Vec<u8> {
+    let plain = postcard::to_stdvec(value)
+        .unwrap_or_else(|error| unreachable!("aggregate state does not serialise: {error}"));
+    zstd::bulk::compress(&plain, 1)
+        .unwrap_or_else(|error| unreachable!("zstd cannot compress in memory: {error}"))
+}
+
+/// Reads what [`pack`] wrote, if it is of this build's format version.
+fn unpack<T: serde::de::DeserializeOwned>(bytes: &[u8]) -> Result<T, CheckpointError> {
+    let plain =
+        zstd::stream::decode_all(bytes).map_err(|e| CheckpointError(format!("zstd: {e}")))?;
+    let version = plain.first().copied().map(u32::from).unwrap_or(0);
+    if version != CHECKPOINT_VERSION {
+        return Err(CheckpointError(format!(
+            "format version {version}, this build reads {CHECKPOINT_VERSION}"
+        )));
+    }
+    postcard::from_bytes(&plain).map_err(|e| CheckpointError(format!("postcard: {e}")))
 }
 
 fn same_class(a: &PerformanceEvent, b: &PerformanceEvent) -> bool {

@@ -491,6 +491,134 @@ proptest! {
     }
 }
 
+/// Arrival order of `events`: event time plus a jitter under `bound`; every n-th event sent
+/// again later, still within it.
+fn jittered_arrivals(
+    events: Vec<PerformanceEvent>,
+    jitter_seed: &[i64],
+    duplicate_every: usize,
+    bound: i64,
+    first_offset: u64,
+) -> Vec<PerformanceEvent> {
+    let mut arrivals: Vec<(i64, usize, PerformanceEvent)> = Vec::new();
+    for (i, e) in events.into_iter().enumerate() {
+        let jitter = jitter_seed[i % jitter_seed.len()] % bound;
+        if i % duplicate_every == 0 {
+            let again = (jitter + bound / 3) % bound;
+            arrivals.push((
+                e.event_time_ms + again.max(jitter),
+                arrivals.len(),
+                e.clone(),
+            ));
+        }
+        arrivals.push((e.event_time_ms + jitter, arrivals.len(), e));
+    }
+    arrivals.sort_by_key(|(key, order, _)| (*key, *order));
+    let mut arrivals: Vec<PerformanceEvent> = arrivals.into_iter().map(|(_, _, e)| e).collect();
+    for (offset, e) in arrivals.iter_mut().enumerate() {
+        e.offset = first_offset + offset as u64;
+        e.arrival_ms = e.event_time_ms;
+    }
+    arrivals
+}
+
+/// Streams `arrivals` into `state` in batches cut by `cuts`, sweeping (compacting) after each.
+fn stream_into(
+    state: &mut PartitionState,
+    arrivals: &[PerformanceEvent],
+    cuts: &[usize],
+    rules: &Rules,
+) {
+    let mut start = 0;
+    for cut in cuts.iter().cycle() {
+        if start >= arrivals.len() {
+            break;
+        }
+        let end = (start + cut).min(arrivals.len());
+        let mut batch = arrivals[start..end].to_vec();
+        let last = batch.last().unwrap().offset;
+        let (_, finalised) = state.apply(&mut batch, last, rules, 0);
+        assert!(finalised.is_empty());
+        assert!(batch.iter().all(|e| e.verdict != Verdict::Late));
+        state.sweep(rules, Some((0, 0)));
+        start = end;
+    }
+}
+
+proptest! {
+    #![proptest_config(ProptestConfig { cases: 48, ..ProptestConfig::default() })]
+
+    /// A class whose key moved to another partition part way (partitions were added): each
+    /// part is counted on its own partition, reordered and duplicated within the lateness
+    /// bound, compacted, its state round-tripped through a checkpoint; the visitor hands its
+    /// part over and the home merges it. The result is the batch computation's over all the
+    /// events, whether the home holds the earlier part or the later one (a home read behind).
+    #[test]
+    fn a_class_split_across_two_partitions_ends_with_the_batch_result(
+        members in prop::collection::vec(member_events(), 1..5),
+        split_permille in 1usize..1000,
+        jitter_seed in prop::collection::vec(0i64..1_000_000, 1..200),
+        duplicate_every in 2usize..12,
+        cuts in prop::collection::vec(1usize..80, 1..10),
+        home_is_earlier in any::<bool>(),
+    ) {
+        use super::directory::{Place, Role};
+        let rules = Rules { allowed_lateness_ms: 20_000, watermark_delay_ms: 5_000, ..Rules::default() };
+        let bound = rules.allowed_lateness_ms + rules.watermark_delay_ms;
+        let mut events = class_events(members);
+        events.sort_by_key(|e| e.event_time_ms);
+        // Every device's events after the switch go to the new partition.
+        let switch_ms = events[events.len() * split_permille / 1000].event_time_ms;
+        let (earlier, later): (Vec<_>, Vec<_>) =
+            events.into_iter().partition(|e| e.event_time_ms < switch_ms);
+        prop_assume!(!earlier.is_empty() && !later.is_empty());
+        let earlier = jittered_arrivals(earlier, &jitter_seed, duplicate_every, bound, 0);
+        let later = jittered_arrivals(later, &jitter_seed[1..].iter().chain(&jitter_seed[..1]).copied().collect::<Vec<_>>(), duplicate_every + 1, bound, 0);
+        let all: Vec<PerformanceEvent> = earlier.iter().chain(&later).cloned().collect();
+        let expected = batch_result(&all, &rules);
+
+        let (home_part, visitor_part) = if home_is_earlier { (&earlier, &later) } else { (&later, &earlier) };
+        let key = format!("{}:{}", all[0].studio_id, all[0].class_id);
+        let mut home = PartitionState::new("test/0".into());
+        home.place = Some(Place::of("kafka", "test", 0));
+        let mut visitor = PartitionState::new("test/1".into());
+        visitor.place = Some(Place::of("kafka", "test", 1));
+        visitor.roles.insert(key.clone(), Role::Visitor(0));
+        stream_into(&mut home, home_part, &cuts, &rules);
+        stream_into(&mut visitor, visitor_part, &cuts, &rules);
+        let mut visitor = PartitionState::decode(&visitor.encode(), 0).unwrap();
+        visitor.place = Some(Place::of("kafka", "test", 1));
+        let mut home = PartitionState::decode(&home.encode(), 0).unwrap();
+        home.place = Some(Place::of("kafka", "test", 0));
+
+        // The visitor ends its part: it is handed over, not a result.
+        prop_assert!(visitor.finalise_all(&rules).is_empty());
+        prop_assert_eq!(visitor.take_handed_over(), 1);
+        let (part_key, body) = visitor.outbox.pop().unwrap();
+        prop_assert!(part_key.ends_with("/part-1.postcard.zst"), "{}", part_key);
+        prop_assert!(visitor.outbox.is_empty());
+        let (counted_on, part) = PartitionState::decode_part(&body).unwrap();
+        prop_assert_eq!(counted_on, "test/1");
+
+        // The home's class is due, and waits, closing, for the part.
+        prop_assert!(home.finalise_all(&rules).is_empty());
+        prop_assert!(home.closing.contains_key(&key));
+        let mut home = PartitionState::decode(&home.encode(), 0).unwrap();
+        home.place = Some(Place::of("kafka", "test", 0));
+        let (finalised, exact) = home.close(&key, vec![part], &rules).unwrap();
+        prop_assert!(exact);
+        let (home_key, _) = home.outbox.last().unwrap();
+        prop_assert!(home_key.ends_with("/home"), "marked final after the result: {}", home_key);
+
+        let mut actual = to_json(&finalised.result);
+        let mut expected = to_json(&expected);
+        for json in [&mut actual, &mut expected] {
+            json["summary"]["positions"] = Value::Null;
+        }
+        assert_close(&actual, &expected, "result");
+    }
+}
+
 fn hr(id: &str, time_ms: i64, bpm: f64, offset: u64) -> PerformanceEvent {
     event(
         id,

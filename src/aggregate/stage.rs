@@ -21,13 +21,14 @@ use std::time::Duration;
 
 use bytes::Bytes;
 use chrono::Utc;
-use futures::TryStreamExt;
+use futures::{StreamExt, TryStreamExt};
 use object_store::path::Path;
 use object_store::{ObjectStore, ObjectStoreExt};
 use tokio::sync::mpsc;
 use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 
+use super::directory::{self, Place, Role};
 use super::output::ClassResult;
 use super::partition::{CheckpointError, Finalised, PartitionState};
 use super::Rules;
@@ -46,6 +47,10 @@ pub const NAME: &str = "aggregates";
 const CHECKPOINTS_KEPT: usize = 2;
 /// Where a final result's live document goes in the outbox.
 const LIVE_PREFIX: &str = "aggregates/live/";
+/// How often a closing class looks again for the parts it waits for.
+const CLOSING_RECHECK: Duration = Duration::from_secs(5);
+/// Class claims in flight at once.
+const CLAIMS_AT_ONCE: usize = 16;
 
 /// Why the aggregate stage stopped.
 #[derive(Debug, thiserror::Error)]
@@ -88,6 +93,10 @@ struct Owned {
     dirty: bool,
     /// Checkpoint keys known to exist, oldest first.
     checkpoints: Vec<Path>,
+    /// When each closing class may look for its parts again.
+    recheck: HashMap<String, Instant>,
+    /// Directory objects of closed classes, deleted once the checkpoint after them is durable.
+    leftovers: Vec<Path>,
 }
 
 /// Work for the writer task, in order.
@@ -115,6 +124,8 @@ pub struct AggregateStage {
     health: Health,
     stats: Arc<Stats>,
     partitions: HashMap<PartitionId, Owned>,
+    /// Whether classes are claimed in the class directory.
+    class_directory: bool,
 }
 
 impl AggregateStage {
@@ -137,12 +148,21 @@ impl AggregateStage {
             health,
             stats,
             partitions: HashMap::new(),
+            class_directory: false,
         }
     }
 
     /// Also writes live values (every `live_interval`) and final results to `table`.
     pub fn with_table(mut self, table: AggregatesTable, live_interval: Duration) -> AggregateStage {
         self.table = Some((table, live_interval));
+        self
+    }
+
+    /// Keeps the class directory ([`directory`]): a class whose key moves to another
+    /// partition (partitions added to a Kafka topic) is finalised once, by the partition where
+    /// it began, with the parts counted elsewhere.
+    pub fn with_class_directory(mut self) -> AggregateStage {
+        self.class_directory = true;
         self
     }
 
@@ -194,6 +214,7 @@ impl AggregateStage {
                     self.release_revoked(&acks);
                     self.adopt_assigned(&acks).await?;
                     self.sweep(&acks);
+                    self.close_classes(false).await;
                     if live_every.is_some_and(|interval| last_live.elapsed() >= interval) {
                         self.write_live(&jobs).await?;
                         last_live = Instant::now();
@@ -215,6 +236,7 @@ impl AggregateStage {
                 finalised.extend(classes);
             }
             self.record_finalised(finalised);
+            self.close_classes(true).await;
         }
         self.checkpoint(&jobs).await?;
         drop(jobs);
@@ -237,6 +259,8 @@ impl AggregateStage {
                 self.partitions.insert(batch.partition.clone(), owned);
             }
         }
+        self.claim_new_classes(&batch.partition, &batch.events)
+            .await;
         let owned = self
             .partitions
             .get_mut(&batch.partition)
@@ -248,13 +272,203 @@ impl AggregateStage {
             &self.rules,
             Utc::now().timestamp_millis(),
         );
-        owned.dirty |= owned.state.position != before || !finalised.is_empty();
+        owned.dirty |= owned.state.position != before || !owned.state.outbox.is_empty();
+        metrics::record_handoffs("handed_over", owned.state.take_handed_over());
         owned.tokens.push(batch.ack.clone());
         metrics::record_verdicts(tally.duplicate, tally.late);
         Stats::add(&self.stats.duplicates, tally.duplicate);
         Stats::add(&self.stats.late, tally.late);
         self.record_finalised(finalised);
+        self.close_classes(false).await;
         Ok(())
+    }
+
+    /// Claims in the class directory the classes `events` meet for the first time on
+    /// `partition`, so the state knows whether it is their home ([`directory`]). Retried until
+    /// the store answers (the stage is not ready meanwhile).
+    async fn claim_new_classes(
+        &mut self,
+        partition: &PartitionId,
+        events: &[crate::event::PerformanceEvent],
+    ) {
+        let Some(owned) = self.partitions.get(partition) else {
+            return;
+        };
+        let Some(place) = owned.state.place.clone() else {
+            return;
+        };
+        let position = owned.state.position;
+        let mut new: Vec<(String, Box<str>, Box<str>, i64)> = Vec::new();
+        let mut previous: Option<(&str, &str)> = None;
+        for event in events {
+            if position.is_some_and(|p| event.offset <= p) {
+                continue;
+            }
+            let ids = (&*event.studio_id, &*event.class_id);
+            if previous == Some(ids) {
+                continue;
+            }
+            previous = Some(ids);
+            let key = format!("{}:{}", ids.0, ids.1);
+            if owned.state.is_new_class(&key) && !new.iter().any(|(k, ..)| *k == key) {
+                new.push((key, ids.0.into(), ids.1.into(), event.event_time_ms));
+            }
+        }
+        if new.is_empty() {
+            return;
+        }
+        let mut pending = Vec::with_capacity(new.len());
+        for (key, studio, class, first_ms) in new {
+            let (this, place) = (&*self, &place);
+            pending.push(async move {
+                let role = this
+                    .retry("claiming a class", || {
+                        directory::claim(&this.writer, place, &studio, &class, first_ms)
+                    })
+                    .await;
+                (key, role)
+            });
+        }
+        let claims: Vec<(String, Role)> = futures::stream::iter(pending)
+            .buffer_unordered(CLAIMS_AT_ONCE)
+            .collect()
+            .await;
+        let owned = self.partitions.get_mut(partition).expect("checked above");
+        for (key, role) in claims {
+            match role {
+                Role::Closed(home) => {
+                    metrics::record_handoffs("too_late", 1);
+                    tracing::warn!(partition = %partition, class = %key, home, "class already final at its home partition: its events here are late");
+                }
+                Role::Visitor(home) => {
+                    tracing::info!(partition = %partition, class = %key, home, "class moved here from its home partition: counting a part to hand over");
+                }
+                Role::Home => {}
+            }
+            owned.state.roles.insert(key, role);
+        }
+    }
+
+    /// Runs `attempt` until it succeeds, reporting failures as the stage's readiness.
+    async fn retry<T, F, Fut>(&self, what: &str, mut attempt: F) -> T
+    where
+        F: FnMut() -> Fut,
+        Fut: std::future::Future<Output = object_store::Result<T>>,
+    {
+        let mut backoff = Backoff::new(Duration::from_millis(100), Duration::from_secs(10));
+        loop {
+            match attempt().await {
+                Ok(value) => {
+                    if backoff.attempts() > 0 {
+                        self.health.ready(NAME);
+                    }
+                    return value;
+                }
+                Err(error) => {
+                    let reason = classify(&error);
+                    metrics::record_sink_retry(NAME, reason);
+                    self.health
+                        .not_ready(NAME, format!("{reason} {what}: {error}"));
+                    if backoff.attempts() % 10 == 0 {
+                        tracing::warn!(reason, error = %error, "{what} failed, retrying");
+                    }
+                    tokio::time::sleep(backoff.next_delay()).await;
+                }
+            }
+        }
+    }
+
+    /// Finalises the closing classes whose parts are all handed over (all of them, with what
+    /// is there, if `force`: a bounded source ended).
+    async fn close_classes(&mut self, force: bool) {
+        let now = Instant::now();
+        /// A closing class to look at: its partition, key, place and ids.
+        struct Due {
+            partition: PartitionId,
+            key: String,
+            place: Place,
+            studio: Box<str>,
+            class: Box<str>,
+        }
+        let mut due = Vec::new();
+        for (partition, owned) in &self.partitions {
+            let Some(place) = &owned.state.place else {
+                continue;
+            };
+            for (key, (class, _)) in &owned.state.closing {
+                if force || owned.recheck.get(key).is_none_or(|at| *at <= now) {
+                    due.push(Due {
+                        partition: partition.clone(),
+                        key: key.clone(),
+                        place: place.clone(),
+                        studio: class.studio_id.clone(),
+                        class: class.class_id.clone(),
+                    });
+                }
+            }
+        }
+        let mut finalised = Vec::new();
+        for Due {
+            partition,
+            key,
+            place,
+            studio,
+            class,
+        } in due
+        {
+            let visits = self
+                .retry("listing a class's parts", || {
+                    directory::visits(&self.writer, &place, &studio, &class)
+                })
+                .await;
+            let missing = visits.missing();
+            if !missing.is_empty() && !force {
+                let owned = self.partitions.get_mut(&partition).expect("listed above");
+                if owned
+                    .recheck
+                    .insert(key.clone(), now + CLOSING_RECHECK)
+                    .is_none()
+                {
+                    tracing::info!(partition = %partition, class = %key, waiting_for = ?missing, "class due: waiting for the parts counted on other partitions");
+                }
+                continue;
+            }
+            let mut parts = Vec::new();
+            for (visitor, part_key) in &visits.parts {
+                let body = self
+                    .retry("reading a class part", || {
+                        directory::read(&self.writer, part_key)
+                    })
+                    .await;
+                match PartitionState::decode_part(&body) {
+                    Ok((counted_on, part)) => {
+                        tracing::info!(partition = %partition, class = %key, visitor, counted_on, "class part merged");
+                        parts.push(part);
+                    }
+                    Err(error) => {
+                        // Not mergeable by this build: it stays where it is for an operator.
+                        tracing::error!(partition = %partition, class = %key, key = %part_key, error = %error, "class part unreadable: the class is final without it");
+                    }
+                }
+            }
+            let merged = parts.len() as u64;
+            let owned = self.partitions.get_mut(&partition).expect("listed above");
+            owned.recheck.remove(&key);
+            if let Some((result, exact)) = owned.state.close(&key, parts, &self.rules) {
+                metrics::record_handoffs(if exact { "merged" } else { "merged_inexact" }, merged);
+                if !exact {
+                    tracing::warn!(partition = %partition, class = %key, "class parts interleave in time for a member: heart-rate zones merged approximately");
+                }
+                owned.dirty = true;
+                owned.leftovers.extend(
+                    directory::leftovers(&visits, &place, &studio, &class)
+                        .iter()
+                        .map(|relative| self.writer.path(relative)),
+                );
+                finalised.push(result);
+            }
+        }
+        self.record_finalised(finalised);
     }
 
     /// Forgets partitions given up in a rebalance: another task owns them now and restores
@@ -300,7 +514,8 @@ impl AggregateStage {
                 .filter(|end| position.is_none_or(|last| last + 1 >= end.next_offset))
                 .map(|end| (end.since_ms, end.confirmed_ms));
             let due = owned.state.sweep(&self.rules, at_end);
-            owned.dirty |= !due.is_empty();
+            owned.dirty |= !due.is_empty() || !owned.state.outbox.is_empty();
+            metrics::record_handoffs("handed_over", owned.state.take_handed_over());
             finalised.extend(due);
             classes += owned.state.classes.len();
             bytes += owned.state.approx_bytes();
@@ -377,6 +592,7 @@ impl AggregateStage {
                 while owned.checkpoints.len() > CHECKPOINTS_KEPT {
                     job.deletes.push(owned.checkpoints.remove(0));
                 }
+                job.deletes.append(&mut owned.leftovers);
                 for (relative, body) in owned.state.outbox.drain(..) {
                     if !relative.starts_with(LIVE_PREFIX) {
                         job.results
@@ -438,15 +654,21 @@ impl AggregateStage {
         self.health.ready(NAME);
         // The outbox carries the whole result (the live document) when anything reads it.
         let live_objects = self.live_interval.is_some() || self.table.is_some();
+        let place = self
+            .class_directory
+            .then(|| Place::new(&self.writer, partition));
         let Some((key, body)) = body else {
             let mut state = PartitionState::new(partition.to_string());
             state.live_objects = live_objects;
+            state.place = place;
             return Ok(Owned {
                 generation,
                 state,
                 tokens: Vec::new(),
                 dirty: false,
                 checkpoints: keys,
+                recheck: HashMap::new(),
+                leftovers: Vec::new(),
             });
         };
         let mut state =
@@ -464,6 +686,7 @@ impl AggregateStage {
             "aggregate state restored"
         );
         state.live_objects = live_objects;
+        state.place = place;
         // Results recorded by the checkpoint may not have been written: write them again.
         let dirty = !state.outbox.is_empty();
         Ok(Owned {
@@ -472,6 +695,8 @@ impl AggregateStage {
             tokens: Vec::new(),
             dirty,
             checkpoints: keys,
+            recheck: HashMap::new(),
+            leftovers: Vec::new(),
         })
     }
 }
@@ -551,13 +776,14 @@ async fn write_jobs(
 }
 
 #[cfg(test)]
-mod tests {
+pub(crate) mod tests {
     use super::*;
     use crate::aggregate::reference::event;
     use crate::config::{LakeConfig, LakeLocation};
     use crate::event::{EventType, Metrics};
 
-    fn writer(directory: &std::path::Path) -> ObjectWriter {
+    /// A writer of a Kafka source's lake in the local `directory`.
+    pub(crate) fn writer(directory: &std::path::Path) -> ObjectWriter {
         let lake = LakeConfig {
             location: LakeLocation::Local(directory.to_path_buf()),
             s3_endpoint: None,

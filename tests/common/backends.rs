@@ -265,9 +265,7 @@ pub async fn produce_to(
         // One class, one partition: the partition is chosen from the key here, as producers
         // do, so the spread does not depend on how fresh the client's metadata is.
         let key = message.key.as_deref().unwrap();
-        let partition = (key.iter().fold(0u32, |hash, b| {
-            hash.wrapping_mul(31).wrapping_add(u32::from(*b))
-        }) % partitions as u32) as i32;
+        let partition = partition_of(key, partitions);
         let record = rdkafka::producer::FutureRecord::to(topic)
             .payload(message.payload.as_deref().unwrap())
             .key(key)
@@ -281,6 +279,13 @@ pub async fn produce_to(
         *end = (*end).max(delivery.offset + 1);
     }
     ends
+}
+
+/// The partition [`produce`] sends a message keyed `key` to, on a topic of `partitions`.
+pub fn partition_of(key: &[u8], partitions: i32) -> i32 {
+    (key.iter().fold(0u32, |hash, b| {
+        hash.wrapping_mul(31).wrapping_add(u32::from(*b))
+    }) % partitions as u32) as i32
 }
 
 /// `relative` under the directory `scripts/backends install` fills (`CP_BACKENDS_DIR`, or
