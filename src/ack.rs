@@ -64,6 +64,19 @@ struct TrackerState {
     next_batch_id: u64,
     /// Set once the process stops committing: later completions change nothing.
     closed: bool,
+    /// Where partitions that continue others (Kinesis child shards) came from.
+    lineage: HashMap<PartitionId, Lineage>,
+}
+
+/// What a partition continues: a Kinesis child shard continues its parents over its range of
+/// hash keys (the MD5 of the partition key, as a 128-bit number), so each class open in a
+/// parent goes on in exactly one child.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Lineage {
+    /// The partitions it continues.
+    pub parents: Vec<PartitionId>,
+    /// First and last hash key it holds.
+    pub hash_range: (u128, u128),
 }
 
 #[derive(Default)]
@@ -160,6 +173,19 @@ impl AckTracker {
     /// earlier turn will never be committed; the new turn replays from the committed position.
     pub fn assign(&self, partition: &PartitionId) {
         self.start_generation(partition, true);
+    }
+
+    /// Records what `partition` continues (before assigning it).
+    pub fn set_lineage(&self, partition: &PartitionId, lineage: Lineage) {
+        self.shared
+            .lock()
+            .lineage
+            .insert(partition.clone(), lineage);
+    }
+
+    /// What `partition` continues, if it continues anything.
+    pub fn lineage(&self, partition: &PartitionId) -> Option<Lineage> {
+        self.shared.lock().lineage.get(partition).cloned()
     }
 
     /// `partition` was taken away: a new turn starts, in which this process holds nothing.

@@ -753,69 +753,6 @@ async fn a_broker_behind_tls_is_read_with_the_ca_it_is_given_and_refused_without
     assert_same_aggregates(lake.path(), plain.path());
 }
 
-/// The results under `lake` as JSON (objects, or lines of ndjson), by file, without their
-/// source positions (which name the partitions a class was counted on).
-fn results_without_positions(lake: &std::path::Path) -> BTreeMap<String, Vec<serde_json::Value>> {
-    fn strip(value: &mut serde_json::Value) {
-        match value {
-            serde_json::Value::Object(fields) => {
-                fields.remove("positions");
-                fields.values_mut().for_each(strip);
-            }
-            serde_json::Value::Array(items) => items.iter_mut().for_each(strip),
-            _ => {}
-        }
-    }
-    aggregate_files(lake)
-        .into_iter()
-        .map(|(name, body)| {
-            let text = String::from_utf8(body).unwrap();
-            let mut values: Vec<serde_json::Value> = text
-                .lines()
-                .filter(|line| !line.is_empty())
-                .map(|line| serde_json::from_str(line).unwrap_or_else(|e| panic!("{name}: {e}")))
-                .collect();
-            if values.is_empty() || (values.len() > 1 && name.ends_with(".json")) {
-                values = vec![serde_json::from_str(&text).unwrap()];
-            }
-            values.iter_mut().for_each(strip);
-            (name, values)
-        })
-        .collect()
-}
-
-/// Fails unless two JSON values are equal, numbers within a relative 1e-9 (sums merged from
-/// two parts add in another order).
-fn assert_json_close(actual: &serde_json::Value, expected: &serde_json::Value, path: &str) {
-    use serde_json::Value;
-    match (actual, expected) {
-        (Value::Number(a), Value::Number(b)) => {
-            let (a, b) = (a.as_f64().unwrap(), b.as_f64().unwrap());
-            assert!(
-                (a - b).abs() <= 1e-9 * a.abs().max(b.abs()).max(1.0),
-                "{path}: {a} != {b}"
-            );
-        }
-        (Value::Array(a), Value::Array(b)) => {
-            assert_eq!(a.len(), b.len(), "{path}: lengths");
-            for (i, (a, b)) in a.iter().zip(b).enumerate() {
-                assert_json_close(a, b, &format!("{path}[{i}]"));
-            }
-        }
-        (Value::Object(a), Value::Object(b)) => {
-            assert_eq!(
-                a.keys().collect::<Vec<_>>(),
-                b.keys().collect::<Vec<_>>(),
-                "{path}: fields"
-            );
-            for (key, a) in a {
-                assert_json_close(a, &b[key], &format!("{path}.{key}"));
-            }
-        }
-        (a, b) => assert_eq!(a, b, "{path}"),
-    }
-}
-
 /// Partitions added to a topic while classes run (3, then 6): a producer that sees the new
 /// count sends the rest of some classes to a new partition, read by another member. Each
 /// such class ends once, at the partition where it began, with the part counted on the new
@@ -826,22 +763,7 @@ async fn a_class_whose_key_moves_to_an_added_partition_ends_once_with_all_its_ev
     require(KAFKA);
     let (admin, topic) = create_topic(6).await;
     let (_, unchanged_topic) = create_topic(3).await;
-    // Sent as the events happen (the simulator hands out one simulated partition's stretch
-    // at a time): by event time, a message that does not decode where the one before it was.
-    let mut messages = simulated_messages(11, "2026-11-25T20:00:00Z").await;
-    let mut sent_at = i64::MIN;
-    let mut order: Vec<(i64, usize)> = Vec::new();
-    for (i, message) in messages.iter().enumerate() {
-        let (events, _) = decode_all(std::slice::from_ref(message));
-        sent_at = events
-            .iter()
-            .map(|e| e.event_time_ms)
-            .min()
-            .unwrap_or(sent_at);
-        order.push((sent_at, i));
-    }
-    order.sort();
-    messages = order.iter().map(|(_, i)| messages[*i].clone()).collect();
+    let messages = in_event_time_order(simulated_messages(11, "2026-11-25T20:00:00Z").await);
     let classes = class_count(&messages);
     let keys: std::collections::BTreeSet<bytes::Bytes> =
         messages.iter().map(|m| m.key.clone().unwrap()).collect();
@@ -904,19 +826,7 @@ async fn a_class_whose_key_moves_to_an_added_partition_ends_once_with_all_its_ev
     drain(alone).await;
     assert_eq!(final_classes, classes);
 
-    let expected = results_without_positions(unchanged.path());
-    let actual = results_without_positions(grown.path());
-    assert_eq!(
-        actual.keys().collect::<Vec<_>>(),
-        expected.keys().collect::<Vec<_>>()
-    );
-    for (name, values) in &expected {
-        assert_json_close(
-            &serde_json::Value::Array(actual[name].clone()),
-            &serde_json::Value::Array(values.clone()),
-            name,
-        );
-    }
+    assert_same_results(grown.path(), unchanged.path());
     assert_eq!(lake_ids(grown.path()), lake_ids(unchanged.path()));
     for topic in [&topic, &unchanged_topic] {
         admin

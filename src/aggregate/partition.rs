@@ -165,6 +165,27 @@ impl PartitionState {
         }
     }
 
+    /// Takes over the classes of `parent` (the last state of a partition this one continues,
+    /// a Kinesis parent shard) whose partition key `studio_id:class_id` hashes into
+    /// `hash_range` (MD5, as Kinesis routes records): open classes go on here, final ones stay
+    /// final. Returns how many open classes came over.
+    pub fn inherit(&mut self, parent: PartitionState, hash_range: (u128, u128)) -> usize {
+        use md5::{Digest, Md5};
+        let ours = |key: &str| {
+            let hash = u128::from_be_bytes(Md5::digest(key.as_bytes()).into());
+            (hash_range.0..=hash_range.1).contains(&hash)
+        };
+        self.clock_ms = self.clock_ms.max(parent.clock_ms);
+        let before = self.classes.len();
+        self.classes
+            .extend(parent.classes.into_iter().filter(|(key, _)| ours(key)));
+        self.closing
+            .extend(parent.closing.into_iter().filter(|(key, _)| ours(key)));
+        self.finalised
+            .extend(parent.finalised.into_iter().filter(|(key, _)| ours(key)));
+        self.classes.len() - before
+    }
+
     /// Whether `key` (`studio_id:class_id`) is met here for the first time: it needs a role.
     pub fn is_new_class(&self, key: &str) -> bool {
         !self.classes.contains_key(key)
@@ -655,6 +676,47 @@ mod tests {
             verdicts(&whole).iter().all(|v| *v == Verdict::Counted),
             "one run: the backlog is counted"
         );
+    }
+
+    /// A child shard takes over exactly the classes whose key hashes into its range, open
+    /// ones open (with the ids they counted) and final ones final.
+    #[test]
+    fn a_child_partition_inherits_the_classes_in_its_hash_range() {
+        use md5::{Digest, Md5};
+        let rules = Rules::default();
+        let mut parent = PartitionState::new("events/0".to_owned());
+        let mut events: Vec<PerformanceEvent> =
+            (0..4).map(|i| sample(&format!("a{i}"), i)).collect();
+        for (i, e) in events.iter_mut().enumerate().skip(2) {
+            e.class_id = Arc::from("class-2");
+            e.event_id = format!("b{i}").into();
+        }
+        parent.apply(&mut events, 3, &rules, 0);
+        parent.finalised.insert("studio-1:class-9".to_owned(), 0);
+        let hash = |key: &str| u128::from_be_bytes(Md5::digest(key.as_bytes()).into());
+        let (one, two) = (hash("studio-1:class-1"), hash("studio-1:class-2"));
+        // A range holding class-1 and not class-2.
+        let range = if one < two {
+            (0, one)
+        } else {
+            (one, u128::MAX)
+        };
+        let mut child = PartitionState::new("events/2".to_owned());
+        assert_eq!(
+            child.inherit(PartitionState::decode(&parent.encode(), 0).unwrap(), range),
+            1
+        );
+        assert!(child.classes.contains_key("studio-1:class-1"));
+        assert!(!child.classes.contains_key("studio-1:class-2"));
+        assert_eq!(child.clock_ms, parent.clock_ms);
+        assert_eq!(
+            child.finalised.contains_key("studio-1:class-9"),
+            (range.0..=range.1).contains(&hash("studio-1:class-9"))
+        );
+        // A retry of an event the parent counted is a duplicate in the child.
+        let mut retry = vec![sample("a1", 10)];
+        let (tally, _) = child.apply(&mut retry, 10, &rules, 0);
+        assert_eq!(tally.duplicate, 1);
     }
 
     #[test]

@@ -126,6 +126,9 @@ pub struct AggregateStage {
     partitions: HashMap<PartitionId, Owned>,
     /// Whether classes are claimed in the class directory.
     class_directory: bool,
+    /// The source's acknowledgements (set by [`AggregateStage::run`]): which partitions
+    /// continue others.
+    acks: Option<AckTracker>,
 }
 
 impl AggregateStage {
@@ -149,6 +152,7 @@ impl AggregateStage {
             stats,
             partitions: HashMap::new(),
             class_directory: false,
+            acks: None,
         }
     }
 
@@ -185,6 +189,7 @@ impl AggregateStage {
         source_ended: CancellationToken,
         acks: AckTracker,
     ) -> Result<(), AggregateError> {
+        self.acks = Some(acks.clone());
         let (jobs, job_receiver) = mpsc::channel(2);
         let writer = tokio::spawn(write_jobs(
             job_receiver,
@@ -661,11 +666,12 @@ impl AggregateStage {
             let mut state = PartitionState::new(partition.to_string());
             state.live_objects = live_objects;
             state.place = place;
+            let inherited = self.inherit(partition, &mut state).await?;
             return Ok(Owned {
                 generation,
                 state,
                 tokens: Vec::new(),
-                dirty: false,
+                dirty: inherited,
                 checkpoints: keys,
                 recheck: HashMap::new(),
                 leftovers: Vec::new(),
@@ -698,6 +704,43 @@ impl AggregateStage {
             recheck: HashMap::new(),
             leftovers: Vec::new(),
         })
+    }
+}
+
+impl AggregateStage {
+    /// A partition seen for the first time that continues others (a Kinesis child shard,
+    /// read only once its parents are read to their end and checkpointed) takes over their
+    /// classes in its hash range from their last checkpoints. Returns whether it took any.
+    async fn inherit(
+        &self,
+        partition: &PartitionId,
+        state: &mut PartitionState,
+    ) -> Result<bool, AggregateError> {
+        let Some(lineage) = self.acks.as_ref().and_then(|acks| acks.lineage(partition)) else {
+            return Ok(false);
+        };
+        let store = self.writer.store();
+        let mut classes = 0;
+        for parent in &lineage.parents {
+            let directory = self.writer.path(&checkpoint_dir(&self.writer, parent));
+            let (_, body) = self
+                .retry("reading a parent partition's checkpoints", || {
+                    newest(store.as_ref(), &directory)
+                })
+                .await;
+            let Some((key, body)) = body else {
+                continue;
+            };
+            let parent_state = PartitionState::decode(&body, Utc::now().timestamp_millis())
+                .map_err(|source| AggregateError::Checkpoint {
+                    partition: parent.clone(),
+                    key: key.to_string(),
+                    source,
+                })?;
+            classes += state.inherit(parent_state, lineage.hash_range);
+        }
+        tracing::info!(partition = %partition, parents = ?lineage.parents.iter().map(ToString::to_string).collect::<Vec<_>>(), classes, "aggregate state taken over from the parent partitions");
+        Ok(true)
     }
 }
 

@@ -95,6 +95,112 @@ pub fn assert_same_aggregates(actual: &Path, expected: &Path) {
     }
 }
 
+/// The results under `lake` as JSON (objects, or lines of ndjson), by file, without their
+/// source positions (which name the partitions a class was counted on).
+pub fn results_without_positions(lake: &Path) -> BTreeMap<String, Vec<serde_json::Value>> {
+    fn strip(value: &mut serde_json::Value) {
+        match value {
+            serde_json::Value::Object(fields) => {
+                fields.remove("positions");
+                fields.values_mut().for_each(strip);
+            }
+            serde_json::Value::Array(items) => items.iter_mut().for_each(strip),
+            _ => {}
+        }
+    }
+    aggregate_files(lake)
+        .into_iter()
+        .map(|(name, body)| {
+            let text = String::from_utf8(body).unwrap();
+            let mut values: Vec<serde_json::Value> = text
+                .lines()
+                .filter(|line| !line.is_empty())
+                .map(|line| serde_json::from_str(line).unwrap_or_else(|e| panic!("{name}: {e}")))
+                .collect();
+            if values.is_empty() || (values.len() > 1 && name.ends_with(".json")) {
+                values = vec![serde_json::from_str(&text).unwrap()];
+            }
+            values.iter_mut().for_each(strip);
+            (name, values)
+        })
+        .collect()
+}
+
+/// Fails unless two JSON values are equal, numbers within a relative 1e-9 (sums merged from
+/// two parts add in another order).
+pub fn assert_json_close(actual: &serde_json::Value, expected: &serde_json::Value, path: &str) {
+    use serde_json::Value;
+    match (actual, expected) {
+        (Value::Number(a), Value::Number(b)) => {
+            let (a, b) = (a.as_f64().unwrap(), b.as_f64().unwrap());
+            assert!(
+                (a - b).abs() <= 1e-9 * a.abs().max(b.abs()).max(1.0),
+                "{path}: {a} != {b}"
+            );
+        }
+        (Value::Array(a), Value::Array(b)) => {
+            assert_eq!(a.len(), b.len(), "{path}: lengths");
+            for (i, (a, b)) in a.iter().zip(b).enumerate() {
+                assert_json_close(a, b, &format!("{path}[{i}]"));
+            }
+        }
+        (Value::Object(a), Value::Object(b)) => {
+            assert_eq!(
+                a.keys().collect::<Vec<_>>(),
+                b.keys().collect::<Vec<_>>(),
+                "{path}: fields"
+            );
+            for (key, a) in a {
+                assert_json_close(a, &b[key], &format!("{path}.{key}"));
+            }
+        }
+        (a, b) => assert_eq!(a, b, "{path}"),
+    }
+}
+
+/// Asserts the results under `actual` are those under `expected` but for their source
+/// positions, numbers within a relative 1e-9: a class counted on two partitions (its key moved,
+/// or its shard split) names other positions, and sums merged from two parts add in another
+/// order.
+pub fn assert_same_results(actual: &Path, expected: &Path) {
+    let expected = results_without_positions(expected);
+    let actual = results_without_positions(actual);
+    assert!(!expected.is_empty(), "no results to compare with");
+    assert_eq!(
+        actual.keys().collect::<Vec<_>>(),
+        expected.keys().collect::<Vec<_>>()
+    );
+    for (name, values) in &expected {
+        assert_json_close(
+            &serde_json::Value::Array(actual[name].clone()),
+            &serde_json::Value::Array(values.clone()),
+            name,
+        );
+    }
+}
+
+/// `messages` as producers send them while classes run: by event time. (The simulator hands
+/// out one simulated partition's stretch at a time, so a class's events come in bursts with
+/// other classes' later events between them.) A message that does not decode goes where the
+/// one before it was.
+pub fn in_event_time_order(
+    messages: Vec<classpulse::decode::RawMessage>,
+) -> Vec<classpulse::decode::RawMessage> {
+    let mut sent_at = i64::MIN;
+    let mut order: Vec<(i64, usize)> = Vec::new();
+    for (i, message) in messages.iter().enumerate() {
+        let (events, _) = decode_all(std::slice::from_ref(message));
+        sent_at = events
+            .iter()
+            .map(|e| e.event_time_ms)
+            .min()
+            .unwrap_or(sent_at);
+        order.push((sent_at, i));
+    }
+    order.sort();
+    order.iter().map(|(_, i)| messages[*i].clone()).collect()
+}
+
 /// Runs `command` to its end and returns its stdout; fails the test if it fails.
 pub fn run_to_end(command: &mut Command) -> String {
     let output = command.output().unwrap();

@@ -11,6 +11,7 @@
 //! | `checkpointSubSequenceNumber` | N | always 0: classpulse checkpoints whole records |
 //! | `ownerSwitchesSinceCheckpoint` | N | as in the KCL |
 //! | `parentShardId` | SS | the shard's parents |
+//! | `startingHashKey`, `endingHashKey` | S | the shard's hash key range, as the KCL keeps it (decimal) |
 //! | `checkpointOffset` | N | classpulse: the offset of the record after `checkpoint` |
 //! | `startSequence` | S | classpulse: the first record read from `LATEST`/`AT_TIMESTAMP` |
 //! | `startTimestamp` | N | classpulse: epoch ms of `AT_TIMESTAMP` |
@@ -50,6 +51,8 @@ const CHECKPOINT: &str = "checkpoint";
 const SUB_SEQUENCE: &str = "checkpointSubSequenceNumber";
 const OWNER_SWITCHES: &str = "ownerSwitchesSinceCheckpoint";
 const PARENTS: &str = "parentShardId";
+const HASH_START: &str = "startingHashKey";
+const HASH_END: &str = "endingHashKey";
 const OFFSET: &str = "checkpointOffset";
 const START_SEQUENCE: &str = "startSequence";
 const START_TIMESTAMP: &str = "startTimestamp";
@@ -134,6 +137,8 @@ pub struct Lease {
     pub checkpoint: Checkpoint,
     /// Parent shard ids.
     pub parents: Vec<String>,
+    /// The shard's first and last hash key (absent on leases created before it was kept).
+    pub hash_range: Option<(u128, u128)>,
     /// A worker that asked the owner to hand the lease over.
     pub handoff_to: Option<String>,
 }
@@ -319,6 +324,7 @@ impl LeaseTable {
         &self,
         shard_id: &str,
         parents: &[String],
+        hash_range: Option<(u128, u128)>,
         checkpoint: &Checkpoint,
     ) -> Result<bool, LeaseError> {
         let mut item = HashMap::from([
@@ -333,6 +339,10 @@ impl LeaseTable {
         );
         if !parents.is_empty() {
             item.insert(PARENTS.to_owned(), AttributeValue::Ss(parents.to_vec()));
+        }
+        if let Some((start, end)) = hash_range {
+            item.insert(HASH_START.to_owned(), s(&start.to_string()));
+            item.insert(HASH_END.to_owned(), s(&end.to_string()));
         }
         let put = self
             .client
@@ -654,7 +664,10 @@ fn from_item(item: &HashMap<String, AttributeValue>) -> Result<Lease, String> {
         .and_then(|v| v.as_ss().ok())
         .cloned()
         .unwrap_or_default();
+    let hash_key = |name: &str| text(name).and_then(|key| key.parse::<u128>().ok());
+    let hash_range = hash_key(HASH_START).zip(hash_key(HASH_END));
     Ok(Lease {
+        hash_range,
         shard_id,
         owner: text(OWNER),
         counter,
@@ -788,6 +801,7 @@ mod tests {
             counter: 1,
             checkpoint: Checkpoint::TrimHorizon,
             parents: Vec::new(),
+            hash_range: None,
             handoff_to: None,
         }
     }

@@ -36,8 +36,9 @@
 //! exceptions backed off with jitter, an expired iterator re-resolved after the last record read.
 //! `MillisBehindLatest` is `classpulse_source_lag_seconds`.
 //!
-//! Not here: enhanced fan-out (SubscribeToShard); aggregate state following a class from a parent
-//! shard to its child (a class that spans a reshard is finalised separately on each side).
+//! A child shard's partition carries its [`Lineage`] (its parents and hash key range) in the
+//! [`AckTracker`], so the aggregate stage takes over the parents' classes in that range before
+//! counting the child's first event.
 
 pub mod kpl;
 pub mod lease;
@@ -57,7 +58,7 @@ use tokio_util::sync::CancellationToken;
 
 use self::lease::{plan_takes, Checkpoint, Lease, LeaseError, LeaseTable, Observations};
 use super::{RawBatch, Source, SourceError};
-use crate::ack::{AckTracker, PartitionId};
+use crate::ack::{AckTracker, Lineage, PartitionId};
 use crate::config::KinesisConfig;
 use crate::decode::RawMessage;
 use crate::health::Health;
@@ -636,9 +637,13 @@ async fn sync_shards(shared: &Shared) -> Result<(), RoundError> {
             .map(str::to_owned)
             .collect();
         let checkpoint = shared.config.start.for_new_shard(!parents.is_empty());
+        let hash_range = shard.hash_key_range().and_then(|range| {
+            let start = range.starting_hash_key().parse::<u128>().ok()?;
+            Some((start, range.ending_hash_key().parse::<u128>().ok()?))
+        });
         if shared
             .leases
-            .create(shard.shard_id(), &parents, &checkpoint)
+            .create(shard.shard_id(), &parents, hash_range, &checkpoint)
             .await?
         {
             tracing::info!(shard = shard.shard_id(), parents = ?parents, "lease created for a new shard");
@@ -839,6 +844,27 @@ fn start_reader(
     let partition = PartitionId::new(Arc::clone(&shared.stream), index);
     let generation = match shared.acks.get() {
         Some(acks) => {
+            // A child shard continues its parents' classes (the aggregate stage takes them
+            // over from the parents' last checkpoints).
+            let parents: Option<Vec<PartitionId>> = lease
+                .parents
+                .iter()
+                .map(|parent| {
+                    shard_index(parent)
+                        .map(|index| PartitionId::new(Arc::clone(&shared.stream), index))
+                })
+                .collect();
+            if let (Some(parents), Some(hash_range)) = (parents, lease.hash_range) {
+                if !parents.is_empty() {
+                    acks.set_lineage(
+                        &partition,
+                        Lineage {
+                            parents,
+                            hash_range,
+                        },
+                    );
+                }
+            }
             acks.assign(&partition);
             acks.generation(&partition)
         }
