@@ -449,19 +449,12 @@ async fn splits_and_merges_while_producing_keep_every_event_and_each_classes_ord
     let (_, unchanged_stream, unchanged_app) = stream_and_app(2).await;
     put_messages(&kinesis, &unchanged_stream, &messages, 0).await;
     let unchanged = tempfile::tempdir().unwrap();
-    let alone = Running::start(&mut member(
+    run_until_final(
+        &mut member(unchanged.path(), &unchanged_stream, &unchanged_app),
         unchanged.path(),
-        &unchanged_stream,
-        &unchanged_app,
-    ));
-    let unchanged_lake = unchanged.path().to_owned();
-    let final_classes = tokio::task::spawn_blocking(move || {
-        await_final_classes(&unchanged_lake, classes, Duration::from_secs(90))
-    })
-    .await
-    .unwrap();
-    drain(alone).await;
-    assert_eq!(final_classes, classes);
+        classes,
+    )
+    .await;
     assert_same_results(lake.path(), unchanged.path());
 
     for (stream, app) in [(&stream, &app), (&unchanged_stream, &unchanged_app)] {
