@@ -6,9 +6,8 @@ use std::sync::Arc;
 
 use classpulse::aggregate::partition::PartitionState;
 use classpulse::aggregate::Rules;
-use classpulse::event::{EventType, Metrics, PerformanceEvent, Verdict};
+use classpulse::event::{EventType, Metrics, PerformanceEvent, RawJson, Verdict};
 use criterion::{criterion_group, criterion_main, BatchSize, Criterion, Throughput};
-use serde_json::value::RawValue;
 
 mod support;
 
@@ -59,7 +58,7 @@ fn report_memory(rules: &Rules) {
     const CLASSES: usize = 800;
     const MEMBERS: usize = 12;
     let rss_before = classpulse::metrics::resident_memory_bytes().unwrap_or(0);
-    let data = RawValue::from_string("{\"bpm\":150}".into()).unwrap();
+    let data = RawJson::from_string("{\"bpm\":150}".into()).unwrap();
     let start_ms = 1_764_090_000_000i64;
     let classes: Vec<(Arc<str>, Arc<str>)> = (0..CLASSES)
         .map(|i| {
@@ -76,7 +75,7 @@ fn report_memory(rules: &Rules) {
         let mut batch = Vec::with_capacity(CLASSES * MEMBERS * 2);
         for (c, (studio, class)) in classes.iter().enumerate() {
             for m in 0..MEMBERS {
-                let member: Box<str> = format!("m{c:04}{m:03}").into();
+                let member: bytestring::ByteString = format!("m{c:04}{m:03}").into();
                 for (kind, event_type, metrics) in [
                     (
                         "hr",

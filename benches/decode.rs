@@ -3,7 +3,7 @@
 
 use bytes::Bytes;
 use chrono::Utc;
-use classpulse::decode::{decode_message, RawMessage};
+use classpulse::decode::{Decoder, RawMessage};
 use criterion::{criterion_group, criterion_main, BatchSize, Criterion, Throughput};
 
 mod support;
@@ -44,8 +44,10 @@ fn decode(c: &mut Criterion) {
         b.iter_batched_ref(
             || (Vec::with_capacity(singles.len()), Vec::new()),
             |(events, rejected)| {
+                // One decoder for all, as the pipeline's decode stage has.
+                let mut decoder = Decoder::default();
                 for message in &singles {
-                    decode_message(message, &limits, now_ms, events, rejected);
+                    decoder.decode(message, &limits, now_ms, events, rejected);
                 }
                 assert_eq!(events.len(), singles.len());
             },
@@ -67,7 +69,7 @@ fn decode(c: &mut Criterion) {
         b.iter_batched_ref(
             || (Vec::with_capacity(500), Vec::new()),
             |(events, rejected)| {
-                decode_message(&batch, &limits, now_ms, events, rejected);
+                Decoder::default().decode(&batch, &limits, now_ms, events, rejected);
                 assert_eq!(events.len(), 500);
             },
             BatchSize::SmallInput,

@@ -14,6 +14,7 @@ use std::time::{Duration, Instant};
 use aws_sdk_dynamodb::primitives::Blob;
 use aws_sdk_dynamodb::types::{AttributeValue, PutRequest, WriteRequest};
 use classpulse::ack::AckTracker;
+use classpulse::decode::Decoder;
 use classpulse::health::Health;
 use classpulse::pipeline::decode_batch;
 use classpulse::sink::dynamodb::events::{EventsTableSink, PackSettings, MAX_PAYLOAD_BYTES, NAME};
@@ -76,11 +77,12 @@ async fn write_units(client: &aws_sdk_dynamodb::Client, table: &str, studios: u3
     config.out_of_order_rate = 0.02;
     let mut simulator = Simulator::new(&config, 500, chrono::Utc::now());
     let acks = AckTracker::new();
+    let mut decoder = Decoder::default();
     let mut events = 0;
     let started = Instant::now();
     while let Some(raw) = simulator.next_batch().await.unwrap() {
         let now_ms = chrono::Utc::now().timestamp_millis();
-        for batch in decode_batch(raw, &support::limits(), 500, now_ms, &acks) {
+        for batch in decode_batch(&mut decoder, raw, &support::limits(), 500, now_ms, &acks) {
             events += batch.events.len();
             sink.write(Arc::new(batch)).await.unwrap();
         }

@@ -10,19 +10,21 @@
 //! [`check_field`], against the field table in [`crate::event`].
 
 use std::borrow::Cow;
+use std::collections::{HashMap, HashSet};
 use std::fmt;
 use std::sync::Arc;
 
 use bytes::Bytes;
+use bytestring::ByteString;
 use chrono::DateTime;
 use serde::de::{self, Deserializer, IgnoredAny, MapAccess, SeqAccess, Visitor};
 use serde::Deserialize;
 use serde_json::value::RawValue;
 
 use crate::event::{
-    fields_of, EventType, FieldKind, FieldSpec, Metrics, PerformanceEvent, Verdict, CLASS_ID,
-    DEVICE_ID, EVENT_CREATED, EVENT_ID, EVENT_TYPE, MEMBER_ID, MIN_EVENT_TIME_MS, SCHEMA_VERSION,
-    STUDIO_ID, SUPPORTED_SCHEMA_VERSIONS,
+    fields_of, EventType, FieldKind, FieldSpec, Metrics, PerformanceEvent, RawJson, Verdict,
+    CLASS_ID, DEVICE_ID, EVENT_CREATED, EVENT_ID, EVENT_TYPE, MEMBER_ID, MIN_EVENT_TIME_MS,
+    SCHEMA_VERSION, STUDIO_ID, SUPPORTED_SCHEMA_VERSIONS,
 };
 
 /// Why an input was rejected. The string forms are the `reason` label values and the
@@ -148,13 +150,52 @@ pub struct DecodeLimits {
     pub max_clock_skew_ms: i64,
 }
 
-/// Decodes every event of `message`, appending valid events to `events` and rejections to
-/// `rejected`. The clock-skew rule measures from the message's stored timestamp, or `now_ms`
-/// for a message without one.
+/// Decodes every event of `message` on its own (see [`Decoder::decode`]).
 pub fn decode_message(
     message: &RawMessage,
     limits: &DecodeLimits,
     now_ms: i64,
+    events: &mut Vec<PerformanceEvent>,
+    rejected: &mut Vec<RejectedInput>,
+) {
+    Decoder::default().decode(message, limits, now_ms, events, rejected);
+}
+
+/// Decodes message after message. The events of one class share its studio and class ids,
+/// allocated once for as long as the decoder lives rather than once per message.
+#[derive(Default)]
+pub struct Decoder {
+    interner: Interner,
+}
+
+impl Decoder {
+    /// Decodes every event of `message`, appending valid events to `events` and rejections to
+    /// `rejected`. The clock-skew rule measures from the message's stored timestamp, or `now_ms`
+    /// for a message without one.
+    pub fn decode(
+        &mut self,
+        message: &RawMessage,
+        limits: &DecodeLimits,
+        now_ms: i64,
+        events: &mut Vec<PerformanceEvent>,
+        rejected: &mut Vec<RejectedInput>,
+    ) {
+        decode_into(
+            message,
+            limits,
+            now_ms,
+            &mut self.interner,
+            events,
+            rejected,
+        );
+    }
+}
+
+fn decode_into(
+    message: &RawMessage,
+    limits: &DecodeLimits,
+    now_ms: i64,
+    interner: &mut Interner,
     events: &mut Vec<PerformanceEvent>,
     rejected: &mut Vec<RejectedInput>,
 ) {
@@ -186,12 +227,12 @@ pub fn decode_message(
         return;
     }
     let ctx = EventContext {
+        payload,
         key: message.key.as_deref(),
         limits,
         arrival_ms: message.timestamp_ms.unwrap_or(now_ms),
         offset: message.offset,
     };
-    let mut interner = Interner::default();
     let mut push_outcome =
         |index: Option<u32>, element: &[u8], outcome: Result<PerformanceEvent, Rejection>| {
             match outcome {
@@ -213,7 +254,7 @@ pub fn decode_message(
         Some(b'[') => match split_array(payload) {
             Some(elements) => {
                 for (index, element) in elements.into_iter().enumerate() {
-                    let outcome = decode_event(element, &ctx, &mut interner);
+                    let outcome = decode_event(element, &ctx, interner);
                     push_outcome(Some(index as u32), element, outcome);
                 }
             }
@@ -233,7 +274,7 @@ pub fn decode_message(
             // Most messages hold one event: parse it directly, and split only when serde finds
             // more after it.
             let whole = trim_ascii(payload);
-            let first_try = decode_event(whole, &ctx, &mut interner);
+            let first_try = decode_event(whole, &ctx, interner);
             // A failure may also mean several events (a broken line followed by good ones).
             let more_follow = matches!(&first_try, Err(r) if r.reason == RejectReason::NotJson
                 && (r.detail.contains("trailing characters") || whole.contains(&b'\n')));
@@ -244,7 +285,7 @@ pub fn decode_message(
             let pieces = split_stream(payload);
             let mut outcomes: Vec<_> = pieces
                 .iter()
-                .map(|piece| (*piece, decode_event(piece, &ctx, &mut interner)))
+                .map(|piece| (*piece, decode_event(piece, &ctx, interner)))
                 .collect();
             let broken = outcomes
                 .iter()
@@ -255,7 +296,7 @@ pub fn decode_message(
                     .map(trim_ascii)
                     .filter(|line| !line.is_empty());
                 outcomes = lines
-                    .map(|line| (line, decode_event(line, &ctx, &mut interner)))
+                    .map(|line| (line, decode_event(line, &ctx, interner)))
                     .collect();
             }
             let single = outcomes.len() == 1;
@@ -373,23 +414,54 @@ fn string_end(payload: &[u8], quote: usize) -> usize {
     payload.len()
 }
 
-/// Reuses the studio and class ids of consecutive events (a batch holds one class), saving two
-/// allocations per event.
+/// Shares the studio and class ids of the events decoded: one allocation per class, not two
+/// per event. Past [`Interner::MAX_CLASSES`] it forgets them all, so ever-new ids cannot grow
+/// it without end.
 #[derive(Default)]
 struct Interner {
+    /// The class of the event before: a batch holds one class, so most lookups end here.
     last: Option<(Arc<str>, Arc<str>)>,
+    studios: HashMap<Arc<str>, HashSet<Arc<str>, FastHash>, FastHash>,
+    classes: usize,
 }
 
+type FastHash = foldhash::fast::RandomState;
+
 impl Interner {
+    const MAX_CLASSES: usize = 16_384;
+
     fn class(&mut self, studio_id: &str, class_id: &str) -> (Arc<str>, Arc<str>) {
         if let Some((studio, class)) = &self.last {
             if &**studio == studio_id && &**class == class_id {
                 return (Arc::clone(studio), Arc::clone(class));
             }
         }
-        let pair = (Arc::<str>::from(studio_id), Arc::<str>::from(class_id));
+        let pair = self.lookup(studio_id, class_id);
         self.last = Some(pair.clone());
         pair
+    }
+
+    fn lookup(&mut self, studio_id: &str, class_id: &str) -> (Arc<str>, Arc<str>) {
+        if let Some((studio, classes)) = self.studios.get_key_value(studio_id) {
+            if let Some(class) = classes.get(class_id) {
+                return (Arc::clone(studio), Arc::clone(class));
+            }
+        }
+        if self.classes >= Self::MAX_CLASSES {
+            self.studios.clear();
+            self.classes = 0;
+        }
+        let studio = match self.studios.get_key_value(studio_id) {
+            Some((studio, _)) => Arc::clone(studio),
+            None => Arc::from(studio_id),
+        };
+        let class = Arc::<str>::from(class_id);
+        self.studios
+            .entry(Arc::clone(&studio))
+            .or_default()
+            .insert(Arc::clone(&class));
+        self.classes += 1;
+        (studio, class)
     }
 }
 
@@ -407,6 +479,8 @@ fn trim_ascii(bytes: &[u8]) -> &[u8] {
 
 /// What one event is checked against besides its own content.
 struct EventContext<'a> {
+    /// The whole message: the event's strings are kept as slices of it.
+    payload: &'a Bytes,
     key: Option<&'a [u8]>,
     limits: &'a DecodeLimits,
     arrival_ms: i64,
@@ -481,21 +555,35 @@ fn decode_event(
     }
 
     let (studio_id, class_id) = interner.class(studio_id, class_id);
+    let share = |text: &str| share(ctx.payload, text);
     Ok(PerformanceEvent {
-        event_id: event_id.into(),
+        event_id: share(event_id),
         event_type,
         event_time_ms,
         studio_id,
         class_id,
-        member_id: member_id.into(),
-        device_id: device_id.map(Into::into),
+        member_id: share(member_id),
+        device_id: device_id.map(share),
         schema_version: schema_version as u16,
         metrics,
-        event_data: raw_data.to_owned(),
+        event_data: RawJson::parsed(share(raw_data.get())),
         offset: ctx.offset,
         arrival_ms: ctx.arrival_ms,
         verdict: Verdict::Counted,
     })
+}
+
+/// `text` as a slice of `payload` when it lies within it (no copy: the usual case, a string
+/// without escapes), else as a copy (an unescaped string).
+fn share(payload: &Bytes, text: &str) -> ByteString {
+    let within = payload.as_ptr_range();
+    let range = text.as_bytes().as_ptr_range();
+    if within.start <= range.start && range.end <= within.end {
+        if let Ok(shared) = ByteString::try_from(payload.slice_ref(text.as_bytes())) {
+            return shared;
+        }
+    }
+    ByteString::from(text)
 }
 
 fn key_matches(key: &[u8], studio_id: &str, class_id: &str) -> bool {

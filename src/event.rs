@@ -7,6 +7,7 @@
 use std::fmt;
 use std::sync::Arc;
 
+use bytestring::ByteString;
 use serde::{Deserialize, Serialize};
 use serde_json::value::RawValue;
 
@@ -399,11 +400,35 @@ impl Metrics {
     }
 }
 
-/// A valid performance event.
+/// A JSON value exactly as it was received, already validated. It shares the buffer of the
+/// message it came in (as the ids of [`PerformanceEvent`] do), so decoding copies nothing.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct RawJson(ByteString);
+
+impl RawJson {
+    /// Checks that `json` is one JSON value and keeps it as it is.
+    pub fn from_string(json: String) -> Result<RawJson, serde_json::Error> {
+        serde_json::from_str::<&RawValue>(&json)?;
+        Ok(RawJson(json.into()))
+    }
+
+    /// Wraps text the decoder has already parsed as one JSON value.
+    pub(crate) fn parsed(json: ByteString) -> RawJson {
+        RawJson(json)
+    }
+
+    /// The JSON text.
+    pub fn get(&self) -> &str {
+        &self.0
+    }
+}
+
+/// A valid performance event. Its strings are slices of the message buffer it was decoded
+/// from ([`ByteString`]), so the buffer lives as long as any of its events.
 #[derive(Debug, Clone)]
 pub struct PerformanceEvent {
     /// Producer-assigned unique id; the deduplication key.
-    pub event_id: Box<str>,
+    pub event_id: ByteString,
     /// Device kind.
     pub event_type: EventType,
     /// Event time (`event_created`), epoch milliseconds UTC.
@@ -413,15 +438,15 @@ pub struct PerformanceEvent {
     /// The class session within the studio.
     pub class_id: Arc<str>,
     /// The member.
-    pub member_id: Box<str>,
+    pub member_id: ByteString,
     /// The device, if the producer named it.
-    pub device_id: Option<Box<str>>,
+    pub device_id: Option<ByteString>,
     /// Contract version (1 when absent on the wire).
     pub schema_version: u16,
     /// Typed measurements of this event's type.
     pub metrics: Metrics,
     /// `event_data` exactly as received, including fields classpulse does not know.
-    pub event_data: Box<RawValue>,
+    pub event_data: RawJson,
     /// Offset of the message that carried it, within its partition.
     pub offset: u64,
     /// When its message reached the source, epoch ms (see [`crate::decode::RawMessage`]).

@@ -24,7 +24,7 @@ use tokio_util::sync::CancellationToken;
 
 use crate::ack::{AckTracker, PartitionId};
 use crate::aggregate::stage::{AggregateError, AggregateStage};
-use crate::decode::{decode_message, DecodeLimits, RejectReason};
+use crate::decode::{DecodeLimits, Decoder, RejectReason};
 use crate::event::{EventType, PerformanceEvent, Verdict};
 use crate::health::Health;
 use crate::metrics;
@@ -35,6 +35,12 @@ use crate::stats::Stats;
 
 /// How often freed memory is given back to the system (see [`crate::memory`]).
 const TRIM_INTERVAL: Duration = Duration::from_secs(30);
+
+/// How long the source waits for room downstream before it pauses fetching. Pausing is for a
+/// sink that is slow for seconds: librdkafka drops what it prefetched for a paused partition
+/// and fetches it again on resume, so pausing whenever the decoder is a moment behind would
+/// throttle a backlog to a fetch round trip per batch. Far below `max.poll.interval.ms`.
+const PAUSE_AFTER: Duration = Duration::from_millis(500);
 
 /// Pipeline settings, from the configuration.
 #[derive(Debug, Clone)]
@@ -247,6 +253,18 @@ impl Pipeline {
                             // Backpressure: the source stops fetching but stays alive (a Kafka
                             // member that stops polling is put out of its group).
                             Err(mpsc::error::TrySendError::Full(batch)) => {
+                                let waited = tokio::select! {
+                                    biased;
+                                    _ = shutdown.cancelled() => break Ending::Drained,
+                                    permit = tokio::time::timeout(PAUSE_AFTER, raw_sender.reserve()) => permit,
+                                };
+                                if let Ok(permit) = waited {
+                                    match permit {
+                                        Ok(permit) => permit.send(batch),
+                                        Err(_) => break Ending::SourceEnded,
+                                    }
+                                    continue;
+                                }
                                 source.pause();
                                 let mut keep_alive = tokio::time::interval(Duration::from_secs(1));
                                 let permit = loop {
@@ -416,9 +434,11 @@ async fn decode_stage(
     source_kind: &'static str,
     judge: Option<Judge>,
 ) -> Result<(), PipelineError> {
+    let mut decoder = Decoder::default();
     while let Some(raw) = input.recv().await {
         let now_ms = Utc::now().timestamp_millis();
         for mut batch in decode_batch(
+            &mut decoder,
             raw,
             &settings.limits,
             settings.batch_max_events,
@@ -460,6 +480,7 @@ async fn decode_stage(
 /// Decodes a raw batch into batches of about `max_events` records (cut at message
 /// boundaries), each registered with `acks`.
 pub fn decode_batch(
+    decoder: &mut Decoder,
     raw: RawBatch,
     limits: &DecodeLimits,
     max_events: usize,
@@ -467,7 +488,8 @@ pub fn decode_batch(
     acks: &AckTracker,
 ) -> Vec<DecodedBatch> {
     let mut batches = Vec::new();
-    let mut events = Vec::new();
+    // A message may hold more than one event: room for a batch and one more message of five.
+    let mut events = Vec::with_capacity(max_events + 5);
     let mut rejected = Vec::new();
     let mut first_offset = None;
     let mut cut =
@@ -479,7 +501,7 @@ pub fn decode_batch(
                 partition: raw.partition.clone(),
                 first_offset,
                 last_offset: last,
-                events: std::mem::take(events),
+                events: std::mem::replace(events, Vec::with_capacity(max_events + 5)),
                 rejected: std::mem::take(rejected),
                 received_at_ms: now_ms,
                 generation: raw.generation,
@@ -489,7 +511,7 @@ pub fn decode_batch(
     let last_offset = raw.messages.last().map(|message| message.offset);
     for message in &raw.messages {
         first_offset.get_or_insert(message.offset);
-        decode_message(message, limits, now_ms, &mut events, &mut rejected);
+        decoder.decode(message, limits, now_ms, &mut events, &mut rejected);
         if events.len() + rejected.len() >= max_events {
             cut(
                 &mut first_offset,
@@ -758,6 +780,118 @@ mod tests {
         );
     }
 
+    /// The simulator, counting the pipeline's calls to pause and resume it.
+    struct PausedSource {
+        inner: Box<Simulator>,
+        pauses: Arc<std::sync::atomic::AtomicUsize>,
+        resumes: Arc<std::sync::atomic::AtomicUsize>,
+    }
+
+    #[async_trait]
+    impl Source for PausedSource {
+        fn kind(&self) -> &'static str {
+            "simulator"
+        }
+        async fn next_batch(&mut self) -> Result<Option<RawBatch>, SourceError> {
+            self.inner.next_batch().await
+        }
+        async fn commit(&mut self, _: &[(PartitionId, u64)]) -> Result<(), SourceError> {
+            Ok(())
+        }
+        fn pause(&mut self) {
+            self.pauses
+                .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        }
+        fn resume(&mut self) {
+            self.resumes
+                .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        }
+    }
+
+    /// Takes `each` over every batch, and `first` over the first one.
+    struct SlowSink {
+        each: Duration,
+        first: Option<Duration>,
+    }
+
+    #[async_trait]
+    impl Sink for SlowSink {
+        fn name(&self) -> &'static str {
+            "slow"
+        }
+        async fn write(&mut self, _: Arc<DecodedBatch>) -> Result<(), SinkError> {
+            tokio::time::sleep(self.first.take().unwrap_or(self.each)).await;
+            Ok(())
+        }
+        async fn flush_due(&mut self) -> Result<(), SinkError> {
+            Ok(())
+        }
+        async fn flush_all(&mut self) -> Result<(), SinkError> {
+            Ok(())
+        }
+    }
+
+    /// Runs the simulator into `sink`; returns (pauses, resumes, events decoded).
+    async fn run_paced(sink: SlowSink) -> (usize, usize, u64) {
+        let pauses = Arc::new(std::sync::atomic::AtomicUsize::new(0));
+        let resumes = Arc::new(std::sync::atomic::AtomicUsize::new(0));
+        let source = PausedSource {
+            inner: simulator(),
+            pauses: Arc::clone(&pauses),
+            resumes: Arc::clone(&resumes),
+        };
+        let stats = Arc::new(Stats::default());
+        let report = Pipeline::new(
+            Box::new(source),
+            vec![Box::new(sink)],
+            settings(),
+            Arc::clone(&stats),
+            Health::new(),
+        )
+        .run(CancellationToken::new())
+        .await
+        .unwrap();
+        assert_eq!(report.ending, Ending::SourceEnded);
+        let count =
+            |n: &std::sync::atomic::AtomicUsize| n.load(std::sync::atomic::Ordering::Relaxed);
+        (count(&pauses), count(&resumes), Stats::get(&stats.events))
+    }
+
+    #[tokio::test]
+    async fn a_sink_a_moment_behind_slows_the_source_without_pausing_it() {
+        let (_, _, all) = run_paced(SlowSink {
+            each: Duration::ZERO,
+            first: None,
+        })
+        .await;
+        // Every batch waits for the sink, so the channels stay full: pausing each time (as
+        // before) dropped librdkafka's prefetched messages at every batch.
+        let (pauses, _, events) = run_paced(SlowSink {
+            each: Duration::from_millis(2),
+            first: None,
+        })
+        .await;
+        assert_eq!(events, all);
+        assert_eq!(pauses, 0, "paused for a sink 2 ms behind");
+    }
+
+    #[tokio::test]
+    async fn a_sink_stalled_for_seconds_pauses_the_source_until_it_has_room() {
+        let (_, _, all) = run_paced(SlowSink {
+            each: Duration::ZERO,
+            first: None,
+        })
+        .await;
+        let (pauses, resumes, events) = run_paced(SlowSink {
+            each: Duration::ZERO,
+            first: Some(PAUSE_AFTER * 3),
+        })
+        .await;
+        assert_eq!(events, all);
+        assert_eq!(pauses, 1, "one stall, one pause");
+        assert_eq!(resumes, pauses);
+    }
+
     fn message(offset: u64, events: usize) -> RawMessage {
         let body: Vec<String> = (0..events)
             .map(|i| {
@@ -786,7 +920,14 @@ mod tests {
             generation: 0,
             messages: (10..15).map(|offset| message(offset, 3)).collect(),
         };
-        let batches = decode_batch(raw, &limits, 5, 1_764_090_000_000, &acks);
+        let batches = decode_batch(
+            &mut Decoder::default(),
+            raw,
+            &limits,
+            5,
+            1_764_090_000_000,
+            &acks,
+        );
         let ranges: Vec<_> = batches
             .iter()
             .map(|b| (b.first_offset, b.last_offset, b.events.len()))

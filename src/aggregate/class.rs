@@ -555,7 +555,7 @@ impl ClassState {
                 };
                 member.add(event, id_hash, minute_ms);
                 let index = member.index;
-                self.members.insert(event.member_id.clone(), member);
+                self.members.insert(Box::from(&*event.member_id), member);
                 index
             }
         };

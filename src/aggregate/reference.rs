@@ -315,7 +315,7 @@ pub fn event(
         device_id: None,
         schema_version: 1,
         metrics,
-        event_data: serde_json::value::RawValue::from_string("{}".into()).unwrap(),
+        event_data: crate::event::RawJson::from_string("{}".into()).unwrap(),
         offset,
         arrival_ms: time_ms,
         verdict: Verdict::Counted,

@@ -787,3 +787,62 @@ proptest! {
         prop_assert_eq!(events.len() + rejected.len(), 1);
     }
 }
+
+#[test]
+fn ids_and_event_data_are_slices_of_the_message_and_escaped_strings_copies() {
+    // The device id is written with an escape (\u0030 is "0").
+    let text = heart_rate()
+        .to_string()
+        .replace("hr:0a:1b:2c", "hr:\\u0030a:1b:2c");
+    let message = message_with_key(text.as_bytes(), None);
+    let (mut events, mut rejected) = (Vec::new(), Vec::new());
+    decode_message(&message, &limits(), NOW_MS, &mut events, &mut rejected);
+    assert!(rejected.is_empty(), "{rejected:?}");
+    let payload = message.payload.as_ref().unwrap().as_ptr_range();
+    let within = |text: &str| payload.contains(&text.as_ptr());
+    let event = &events[0];
+    assert!(within(&event.event_id) && within(&event.member_id));
+    assert!(within(event.event_data.get()));
+    assert_eq!(event.event_data.get(), r#"{"bpm":142}"#);
+    // The escaped one was unescaped into a copy of its own.
+    let device_id = event.device_id.as_deref().unwrap();
+    assert_eq!(device_id, "hr:0a:1b:2c");
+    assert!(!within(device_id));
+}
+
+#[test]
+fn one_decoder_shares_a_class_ids_across_messages_and_forgets_them_past_its_limit() {
+    let payload = |class: &str| {
+        let mut event = heart_rate();
+        event["class_id"] = json!(class);
+        message_with_key(event.to_string().as_bytes(), None)
+    };
+    let mut decoder = Decoder::default();
+    let (mut events, mut rejected) = (Vec::new(), Vec::new());
+    for class in ["a", "b", "a"] {
+        decoder.decode(
+            &payload(class),
+            &limits(),
+            NOW_MS,
+            &mut events,
+            &mut rejected,
+        );
+    }
+    assert!(rejected.is_empty());
+    assert!(Arc::ptr_eq(&events[0].class_id, &events[2].class_id));
+    assert!(Arc::ptr_eq(&events[0].studio_id, &events[1].studio_id));
+    assert!(!Arc::ptr_eq(&events[0].class_id, &events[1].class_id));
+
+    let mut interner = Interner::default();
+    let first = interner.class("s", "c0");
+    for i in 1..=Interner::MAX_CLASSES {
+        interner.class("s", &format!("c{i}"));
+    }
+    assert!(interner.classes <= Interner::MAX_CLASSES);
+    let again = interner.lookup("s", "c0");
+    assert_eq!(again, first);
+    assert!(
+        !Arc::ptr_eq(&again.1, &first.1),
+        "forgotten, then made anew"
+    );
+}

@@ -972,7 +972,14 @@ mod tests {
                 max_message_bytes: 1 << 20,
                 max_clock_skew_ms: 60_000,
             };
-            for batch in decode_batch(raw, &limits, 500, 1_764_090_000_000, &self.acks) {
+            for batch in decode_batch(
+                &mut crate::decode::Decoder::default(),
+                raw,
+                &limits,
+                500,
+                1_764_090_000_000,
+                &self.acks,
+            ) {
                 let input = self.input.as_ref().expect("not closed");
                 input.send(Arc::new(batch)).await.unwrap();
             }

@@ -562,7 +562,7 @@ impl Packs {
         let window_start_ms =
             event.event_time_ms.div_euclid(settings.window_ms) * settings.window_ms;
         let key = OpenKey {
-            member_id: event.member_id.clone(),
+            member_id: Box::from(&*event.member_id),
             studio_id: Arc::clone(&event.studio_id),
             class_id: Arc::clone(&event.class_id),
             window_start_ms,
