@@ -180,128 +180,111 @@ impl Decoder {
         events: &mut Vec<PerformanceEvent>,
         rejected: &mut Vec<RejectedInput>,
     ) {
-        decode_into(
-            message,
-            limits,
-            now_ms,
-            &mut self.interner,
-            events,
-            rejected,
-        );
-    }
-}
-
-fn decode_into(
-    message: &RawMessage,
-    limits: &DecodeLimits,
-    now_ms: i64,
-    interner: &mut Interner,
-    events: &mut Vec<PerformanceEvent>,
-    rejected: &mut Vec<RejectedInput>,
-) {
-    let whole_message_rejected = |rejection: Rejection| RejectedInput {
-        offset: message.offset,
-        index: None,
-        raw: message.payload.clone().unwrap_or_default(),
-        rejection,
-    };
-    let payload = match &message.payload {
-        Some(payload) => payload,
-        None => {
-            let rejection =
-                Rejection::new(RejectReason::NotJson, "message has no payload (tombstone)");
-            rejected.push(whole_message_rejected(rejection));
-            return;
-        }
-    };
-    if payload.len() > limits.max_message_bytes {
-        let detail = format!(
-            "message is {} bytes, more than CLASSPULSE_MAX_MESSAGE_BYTES={}",
-            payload.len(),
-            limits.max_message_bytes
-        );
-        rejected.push(whole_message_rejected(Rejection::new(
-            RejectReason::TooLarge,
-            detail,
-        )));
-        return;
-    }
-    let ctx = EventContext {
-        payload,
-        key: message.key.as_deref(),
-        limits,
-        arrival_ms: message.timestamp_ms.unwrap_or(now_ms),
-        offset: message.offset,
-    };
-    let mut push_outcome =
-        |index: Option<u32>, element: &[u8], outcome: Result<PerformanceEvent, Rejection>| {
-            match outcome {
-                Ok(event) => events.push(event),
-                Err(rejection) => rejected.push(RejectedInput {
-                    offset: message.offset,
-                    index,
-                    raw: payload.slice_ref(element),
-                    rejection,
-                }),
-            }
+        let interner = &mut self.interner;
+        let whole_message_rejected = |rejection: Rejection| RejectedInput {
+            offset: message.offset,
+            index: None,
+            raw: message.payload.clone().unwrap_or_default(),
+            rejection,
         };
-
-    match payload.iter().find(|b| !b.is_ascii_whitespace()) {
-        None => {
-            let rejection = Rejection::new(RejectReason::NotJson, "message is empty");
-            rejected.push(whole_message_rejected(rejection));
-        }
-        Some(b'[') => match split_array(payload) {
-            Some(elements) => {
-                for (index, element) in elements.into_iter().enumerate() {
-                    let outcome = decode_event(element, &ctx, interner);
-                    push_outcome(Some(index as u32), element, outcome);
-                }
-            }
+        let payload = match &message.payload {
+            Some(payload) => payload,
             None => {
-                let rejection = Rejection::new(
-                    RejectReason::NotJson,
-                    "batch array: not closed (truncated message?)",
-                );
+                let rejection =
+                    Rejection::new(RejectReason::NotJson, "message has no payload (tombstone)");
                 rejected.push(whole_message_rejected(rejection));
-            }
-        },
-        Some(_) => {
-            // One event, or several (newline-delimited or concatenated). A piece that is not
-            // JSON in a multi-line message means the structure cannot be trusted (a broken
-            // string swallows the next lines): fall back to one piece per line, so every good
-            // line survives.
-            // Most messages hold one event: parse it directly, and split only when serde finds
-            // more after it.
-            let whole = trim_ascii(payload);
-            let first_try = decode_event(whole, &ctx, interner);
-            // A failure may also mean several events (a broken line followed by good ones).
-            let more_follow = matches!(&first_try, Err(r) if r.reason == RejectReason::NotJson
-                && (r.detail.contains("trailing characters") || whole.contains(&b'\n')));
-            if !more_follow {
-                push_outcome(None, whole, first_try);
                 return;
             }
-            let pieces = split_stream(payload);
-            let mut outcomes: Vec<_> = pieces
-                .iter()
-                .map(|piece| (*piece, decode_event(piece, &ctx, interner)))
-                .collect();
-            let broken = outcomes
-                .iter()
-                .any(|(_, outcome)| matches!(outcome, Err(r) if r.reason == RejectReason::NotJson));
-            if broken && payload.contains(&b'\n') {
-                let lines = payload
-                    .split(|b| *b == b'\n')
-                    .map(trim_ascii)
-                    .filter(|line| !line.is_empty());
-                outcomes = lines
-                    .map(|line| (line, decode_event(line, &ctx, interner)))
-                    .collect();
+        };
+        if payload.len() > limits.max_message_bytes {
+            let detail = format!(
+                "message is {} bytes, more than CLASSPULSE_MAX_MESSAGE_BYTES={}",
+                payload.len(),
+                limits.max_message_bytes
+            );
+            rejected.push(whole_message_rejected(Rejection::new(
+                RejectReason::TooLarge,
+                detail,
+            )));
+            return;
+        }
+        let ctx = EventContext {
+            payload,
+            key: message.key.as_deref(),
+            limits,
+            arrival_ms: message.timestamp_ms.unwrap_or(now_ms),
+            offset: message.offset,
+        };
+        let mut push_outcome =
+            |index: Option<u32>, element: &[u8], outcome: Result<PerformanceEvent, Rejection>| {
+                match outcome {
+                    Ok(event) => events.push(event),
+                    Err(rejection) => rejected.push(RejectedInput {
+                        offset: message.offset,
+                        index,
+                        raw: payload.slice_ref(element),
+                        rejection,
+                    }),
+                }
+            };
+
+        match payload.iter().find(|b| !b.is_ascii_whitespace()) {
+            None => {
+                let rejection = Rejection::new(RejectReason::NotJson, "message is empty");
+                rejected.push(whole_message_rejected(rejection));
             }
-            let single = outcomes.len() == 1;
-            for (index, (piece, outcome)) in outcomes.into_iter().enumerate() {
-                push_outcome((!single).then_some(index as u32), piece, outcome);
+            Some(b'[') => match split_array(payload) {
+                Some(elements) => {
+                    for (index, element) in elements.into_iter().enumerate() {
+                        let outcome = decode_event(element, &ctx, interner);
+                        push_outcome(Some(index as u32), element, outcome);
+                    }
+                }
+                None => {
+                    let rejection = Rejection::new(
+                        RejectReason::NotJson,
+                        "batch array: not closed (truncated message?)",
+                    );
+                    rejected.push(whole_message_rejected(rejection));
+                }
+            },
+            Some(_) => {
+                // One event, or several (newline-delimited or concatenated). A piece that is not
+                // JSON in a multi-line message means the structure cannot be trusted (a broken
+                // string swallows the next lines): fall back to one piece per line, so every good
+                // line survives.
+                // Most messages hold one event: parse it directly, and split only when serde finds
+                // more after it.
+                let whole = trim_ascii(payload);
+                let first_try = decode_event(whole, &ctx, interner);
+                // A failure may also mean several events (a broken line followed by good ones).
+                let more_follow = matches!(&first_try, Err(r) if r.reason == RejectReason::NotJson
+                && (r.detail.contains("trailing characters") || whole.contains(&b'\n')));
+                if !more_follow {
+                    push_outcome(None, whole, first_try);
+                    return;
+                }
+                let pieces = split_stream(payload);
+                let mut outcomes: Vec<_> = pieces
+                    .iter()
+                    .map(|piece| (*piece, decode_event(piece, &ctx, interner)))
+                    .collect();
+                let broken = outcomes.iter().any(
+                    |(_, outcome)| matches!(outcome, Err(r) if r.reason == RejectReason::NotJson),
+                );
+                if broken && payload.contains(&b'\n') {
+                    let lines = payload
+                        .split(|b| *b == b'\n')
+                        .map(trim_ascii)
+                        .filter(|line| !line.is_empty());
+                    outcomes = lines
+                        .map(|line| (line, decode_event(line, &ctx, interner)))
+                        .collect();
+                }
+                let single = outcomes.len() == 1;
+                for (index, (piece, outcome)) in outcomes.into_iter().enumerate() {
+                    push_outcome((!single).then_some(index as u32), piece, outcome);
+                }
             }
         }
     }
