@@ -71,11 +71,10 @@ fn kafka(c: &mut Criterion) {
                 .sum()
         })
     });
-    let scratch = tempfile::tempdir().unwrap();
     group.bench_function("source_decode_aggregate_null_sink", |b| {
         b.iter_custom(|iterations| {
             (0..iterations)
-                .map(|_| runtime.block_on(pipeline(&topic, events, scratch.path())))
+                .map(|_| runtime.block_on(pipeline(&topic, events)))
                 .sum()
         })
     });
@@ -115,7 +114,7 @@ fn bare_consumer(topic: &str, messages: usize) -> Duration {
 
 /// Runs the pipeline on `topic` with a fresh group until it has decoded `events`; returns the
 /// time from the first message to the last event decoded.
-async fn pipeline(topic: &str, events: u64, scratch: &std::path::Path) -> Duration {
+async fn pipeline(topic: &str, events: u64) -> Duration {
     let kafka = KafkaConfig {
         brokers: BROKER.into(),
         topics: vec![topic.into()],
@@ -131,7 +130,7 @@ async fn pipeline(topic: &str, events: u64, scratch: &std::path::Path) -> Durati
         aws_iam: false,
     };
     let source = KafkaSource::new(&kafka, 500, Health::new(), None).unwrap();
-    support::time_source_to_null_sink(Box::new(source), scratch, events).await
+    support::time_source_to_null_sink(Box::new(source), events).await
 }
 
 /// The events of `messages`, regrouped per key (class) into JSON arrays of `per_message`

@@ -154,19 +154,10 @@ fn kinesis(c: &mut Criterion) {
                 .sum()
         })
     });
-    let scratch = tempfile::tempdir().unwrap();
     group.bench_function("source_decode_aggregate_null_sink", |b| {
         b.iter_custom(|iterations| {
             (0..iterations)
-                .map(|_| {
-                    runtime.block_on(pipeline(
-                        &client,
-                        &dynamodb,
-                        &stream,
-                        events,
-                        scratch.path(),
-                    ))
-                })
+                .map(|_| runtime.block_on(pipeline(&client, &dynamodb, &stream, events)))
                 .sum()
         })
     });
@@ -230,7 +221,6 @@ async fn pipeline(
     dynamodb: &aws_sdk_dynamodb::Client,
     stream: &str,
     events: u64,
-    scratch: &std::path::Path,
 ) -> Duration {
     let app = format!(
         "bench-{}",
@@ -250,7 +240,7 @@ async fn pipeline(
     let source = KinesisSource::start(&config, kinesis.clone(), dynamodb.clone(), Health::new())
         .await
         .unwrap();
-    let took = support::time_source_to_null_sink(Box::new(source), scratch, events).await;
+    let took = support::time_source_to_null_sink(Box::new(source), events).await;
     let _ = dynamodb.delete_table().table_name(&app).send().await;
     took
 }

@@ -21,8 +21,10 @@ fn pipeline(c: &mut Criterion) {
     let config = support::simulation(20, 10);
     let runtime = tokio::runtime::Runtime::new().unwrap();
     let settings = support::settings();
-    let scratch = tempfile::tempdir().unwrap();
     let run_once = |aggregate: bool| {
+        // A directory per run: a checkpoint of an earlier run would have the stage skip what
+        // that run counted.
+        let scratch = tempfile::tempdir().unwrap();
         let simulator = Simulator::new(&config, settings.batch_max_events, Utc::now());
         let sim_stats = simulator.stats();
         let sinks: Vec<Box<dyn Sink>> = vec![Box::new(NullSink)];

@@ -488,8 +488,7 @@ pub fn decode_batch(
     acks: &AckTracker,
 ) -> Vec<DecodedBatch> {
     let mut batches = Vec::new();
-    // A message may hold more than one event: room for a batch and one more message of five.
-    let mut events = Vec::with_capacity(max_events + 5);
+    let mut events = Vec::new();
     let mut rejected = Vec::new();
     let mut first_offset = None;
     let mut cut =
@@ -501,7 +500,7 @@ pub fn decode_batch(
                 partition: raw.partition.clone(),
                 first_offset,
                 last_offset: last,
-                events: std::mem::replace(events, Vec::with_capacity(max_events + 5)),
+                events: std::mem::take(events),
                 rejected: std::mem::take(rejected),
                 received_at_ms: now_ms,
                 generation: raw.generation,

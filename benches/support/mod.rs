@@ -55,19 +55,18 @@ pub fn aggregate_stage(
     )
 }
 
-/// Runs `source` through decode and the aggregate stage (checkpointing into `scratch`) into a
+/// Runs `source` through decode and the aggregate stage (checkpointing into a scratch
+/// directory of its own: a checkpoint left by an earlier run would have the stage skip what
+/// that run counted) into a
 /// null sink until `events` are decoded; returns the time from the first event decoded to the
 /// last, so that start-up (joining a group, taking leases) is not counted.
-pub async fn time_source_to_null_sink(
-    source: Box<dyn Source>,
-    scratch: &std::path::Path,
-    events: u64,
-) -> Duration {
+pub async fn time_source_to_null_sink(source: Box<dyn Source>, events: u64) -> Duration {
     use classpulse::pipeline::Pipeline;
     use classpulse::sink::{NullSink, Sink};
     use tokio::time::Instant;
     let stats = Arc::new(Stats::default());
-    let aggregates = aggregate_stage(scratch, source.kind(), &stats);
+    let scratch = tempfile::tempdir().unwrap();
+    let aggregates = aggregate_stage(scratch.path(), source.kind(), &stats);
     let sinks: Vec<Box<dyn Sink>> = vec![Box::new(NullSink)];
     let pipeline = Pipeline::new(source, sinks, settings(), Arc::clone(&stats), Health::new())
         .with_aggregates(aggregates);

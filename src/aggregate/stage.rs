@@ -640,23 +640,11 @@ impl AggregateStage {
     ) -> Result<Owned, AggregateError> {
         let directory = self.writer.path(&checkpoint_dir(&self.writer, partition));
         let store = self.writer.store();
-        let mut backoff = Backoff::new(Duration::from_millis(100), Duration::from_secs(10));
-        let (keys, body) = loop {
-            match newest(store.as_ref(), &directory).await {
-                Ok(found) => break found,
-                Err(error) => {
-                    let reason = classify(&error);
-                    metrics::record_sink_retry(NAME, reason);
-                    self.health
-                        .not_ready(NAME, format!("{reason} reading {directory}: {error}"));
-                    if backoff.attempts() % 10 == 0 {
-                        tracing::warn!(partition = %partition, reason, error = %error, "cannot read aggregate checkpoints, retrying");
-                    }
-                    tokio::time::sleep(backoff.next_delay()).await;
-                }
-            }
-        };
-        self.health.ready(NAME);
+        let (keys, body) = self
+            .retry(&format!("reading {directory}"), || {
+                newest(store.as_ref(), &directory)
+            })
+            .await;
         // The outbox carries the whole result (the live document) when anything reads it.
         let live_objects = self.live_interval.is_some() || self.table.is_some();
         let place = self
