@@ -55,11 +55,11 @@ pub fn aggregate_stage(
     )
 }
 
-/// Runs `source` through decode and the aggregate stage (checkpointing into a scratch
-/// directory of its own: a checkpoint left by an earlier run would have the stage skip what
-/// that run counted) into a
-/// null sink until `events` are decoded; returns the time from the first event decoded to the
-/// last, so that start-up (joining a group, taking leases) is not counted.
+/// Runs `source` through decode and the aggregate stage into a null sink until `events` are
+/// decoded; returns the time from the first event decoded to the last, so that start-up
+/// (joining a group, taking leases) is not counted. The stage checkpoints into a directory of
+/// this run's own: a checkpoint left by an earlier run would have it skip what that run
+/// counted.
 pub async fn time_source_to_null_sink(source: Box<dyn Source>, events: u64) -> Duration {
     use classpulse::pipeline::Pipeline;
     use classpulse::sink::{NullSink, Sink};
