@@ -240,13 +240,11 @@ async fn both_tables_hold_every_event_once_and_every_final_result() {
 /// event once and every final result, as without the proxy.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn latency_resets_and_truncated_answers_from_dynamodb_lose_nothing() {
-    use common::tcp_proxy::{TcpFaults, TcpProxy};
+    use common::tcp_proxy::{self, Framing, TcpFaults, TcpProxy};
     require(DYNAMODB);
     let client = dynamodb_client().await;
     let events_table = create_table(&client, "events").await;
     let aggregates_table = create_table(&client, "aggregates").await;
-    let seed: u64 = rand::random();
-    eprintln!("proxy seed {seed}");
     let faults = TcpFaults {
         slow: 0.2,
         latency: Duration::from_millis(150),
@@ -254,7 +252,7 @@ async fn latency_resets_and_truncated_answers_from_dynamodb_lose_nothing() {
         truncate: 0.1,
     };
     let upstream = DYNAMODB.trim_start_matches("http://").parse().unwrap();
-    let proxy = TcpProxy::start(upstream, faults, seed).await;
+    let proxy = TcpProxy::start(upstream, Framing::Chunks, faults, tcp_proxy::seed()).await;
     let lake = tempfile::tempdir().unwrap();
 
     let stdout = run_to_end(&mut run_with_tables(

@@ -8,11 +8,13 @@ use std::time::{Duration, Instant};
 
 use classpulse::decode::RawMessage;
 use common::backends::*;
+use common::tcp_proxy::{self, Fault, FaultPlan, Framing, TcpFaults, TcpProxy};
 use common::*;
 use rand::{Rng, SeedableRng};
 
 const PARTITIONS: i32 = 3;
-/// The issue asks for at least 20.
+/// Enough lives to die in every phase of a run: joining, mid-batch, flushing, checkpointing,
+/// committing.
 const KILLS: usize = 20;
 
 /// Where the events go and how a classpulse reading them is started.
@@ -592,15 +594,13 @@ async fn latency_resets_and_truncated_answers_from_s3_lose_nothing() {
 
     let s3 = PrivateS3::start().await;
     let upstream = s3.endpoint.trim_start_matches("http://").parse().unwrap();
-    let seed: u64 = rand::random();
-    eprintln!("proxy seed {seed}");
-    let faults = common::tcp_proxy::TcpFaults {
+    let faults = TcpFaults {
         slow: 0.2,
         latency: Duration::from_millis(150),
         reset: 0.15,
         truncate: 0.15,
     };
-    let proxy = common::tcp_proxy::TcpProxy::start(upstream, faults, seed).await;
+    let proxy = TcpProxy::start(upstream, Framing::Chunks, faults, tcp_proxy::seed()).await;
     let scratch = tempfile::tempdir().unwrap();
     let mut member = finalising_kafka_member(scratch.path(), &topic, &unique_name("s3-proxy"));
     s3.lake_for(&mut member);
@@ -632,27 +632,25 @@ async fn latency_resets_and_truncated_answers_from_kinesis_and_its_lease_table_l
     let classes = class_count(&messages);
     put_messages(&client, &stream, &messages, 0).await;
 
-    let seed: u64 = rand::random();
-    eprintln!("proxy seed {seed}");
+    let seed = tcp_proxy::seed();
     // Shares of answer chunks: a GetRecords answer of 10,000 records is hundreds of chunks,
     // so at these rates it is always cut (the source asks for fewer records until answers
     // arrive); a lease write's answer is one.
-    let faults = common::tcp_proxy::TcpFaults {
+    let faults = TcpFaults {
         slow: 0.1,
         latency: Duration::from_millis(150),
         reset: 0.03,
         truncate: 0.03,
     };
     let address = |url: &str| url.trim_start_matches("http://").parse().unwrap();
-    let kinesis = common::tcp_proxy::TcpProxy::start(address(KINESIS), faults.clone(), seed).await;
+    let kinesis = TcpProxy::start(address(KINESIS), Framing::Chunks, faults.clone(), seed).await;
     // Lease writes answer in one chunk each: many lost answers, so some lost after the write.
-    let lease_faults = common::tcp_proxy::TcpFaults {
+    let lease_faults = TcpFaults {
         reset: 0.15,
         truncate: 0.15,
         ..faults
     };
-    let leases =
-        common::tcp_proxy::TcpProxy::start(address(DYNAMODB), lease_faults, seed ^ 1).await;
+    let leases = TcpProxy::start(address(DYNAMODB), Framing::Chunks, lease_faults, seed ^ 1).await;
     let faulty = tempfile::tempdir().unwrap();
     let mut member = kinesis_member(faulty.path(), &stream, &unique_name("kinesis-proxy"));
     member
@@ -689,9 +687,11 @@ async fn latency_resets_and_truncated_answers_from_kinesis_and_its_lease_table_l
 }
 
 /// The broker behind the same proxy (it advertises the proxy, so every connection goes through
-/// it): fetches and commits are slowed, reset and cut short for a whole run. librdkafka
-/// reconnects and retries; nothing is lost, and the lake and the aggregates equal those of a
-/// member reading through the proxy with no faults.
+/// it): one Kafka answer in ten is slowed, one in twenty reset and one in twenty cut short, on
+/// every connection (heartbeats, metadata, fetches, commits), for a whole run. librdkafka
+/// reconnects and retries, a lost connection does not hold the classes' wall-clock finality
+/// back, nothing is lost, and the lake and the aggregates equal those of a member reading
+/// through the proxy with no faults.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn latency_resets_and_truncated_answers_from_the_broker_lose_nothing() {
     let mut broker = PrivateKafka::start(&unique_name("tansu")).await;
@@ -700,19 +700,14 @@ async fn latency_resets_and_truncated_answers_from_the_broker_lose_nothing() {
     let classes = class_count(&messages);
     produce_to(&broker.brokers, &topic, &messages, PARTITIONS).await;
 
-    let seed: u64 = rand::random();
-    eprintln!("proxy seed {seed}");
-    let faults = common::tcp_proxy::TcpFaults {
+    let faults = TcpFaults {
         slow: 0.1,
         latency: Duration::from_millis(100),
-        // Per answer: heartbeats, fetches and commits each get one, several a second. One in
-        // 50 (at most 100 apart: a run has well over 100 answers) keeps the member reading;
-        // at 3% drawn at random, with 6 s sessions, it never held its partitions for long.
-        reset: 0.02,
-        truncate: 0.02,
+        reset: 0.05,
+        truncate: 0.05,
     };
     let upstream = broker.brokers.parse().unwrap();
-    let proxy = common::tcp_proxy::TcpProxy::start(upstream, faults, seed).await;
+    let proxy = TcpProxy::start(upstream, Framing::Kafka, faults, tcp_proxy::seed()).await;
     broker.process.kill();
     broker.advertise(&proxy.addr.to_string());
     broker.start_again().await;
@@ -723,26 +718,68 @@ async fn latency_resets_and_truncated_answers_from_the_broker_lose_nothing() {
     member
         .env("CLASSPULSE_KAFKA_BROKERS", proxy.addr.to_string())
         .env("CLASSPULSE_KAFKA_PROP_SESSION_TIMEOUT_MS", "30000")
-        .env("CLASSPULSE_KAFKA_PROP_HEARTBEAT_INTERVAL_MS", "1000")
-        // Faults fall on answer chunks: a fetch of the whole backlog is hundreds of chunks and
-        // was cut again and again (a CI run under load read nothing for a minute). Smaller
-        // fetches, as on any lossy path, get through.
-        .env("CLASSPULSE_KAFKA_PROP_MAX_PARTITION_FETCH_BYTES", "65536")
-        .env("CLASSPULSE_KAFKA_PROP_FETCH_MAX_BYTES", "1048576");
-    run_until_final(&mut member, faulty.path(), classes).await;
+        .env("CLASSPULSE_KAFKA_PROP_HEARTBEAT_INTERVAL_MS", "1000");
+    // At one answer in ten lost, these 16 classes are read and final in 30-65 s on two busy
+    // cores (docs/kafka.md, "Lossy networks"); twice the slowest is the bound.
+    let started = Instant::now();
+    run_until_final_within(
+        &mut member,
+        faulty.path(),
+        classes,
+        Duration::from_secs(130),
+    )
+    .await;
     let report = proxy.report();
-    eprintln!("through the proxy: {report}");
+    eprintln!("through the proxy in {:?}: {report}", started.elapsed());
     use std::sync::atomic::Ordering::Relaxed;
-    assert!(
-        proxy.counts.reset.load(Relaxed) > 0 && proxy.counts.truncated.load(Relaxed) > 0,
-        "faults were injected: {report}"
-    );
+    let cut = proxy.counts.reset.load(Relaxed) + proxy.counts.truncated.load(Relaxed);
+    assert!(cut >= 3, "connections were cut mid-answer: {report}");
 
-    proxy.set_faults(common::tcp_proxy::TcpFaults::default());
+    proxy.set_faults(TcpFaults::default());
     let clean = tempfile::tempdir().unwrap();
     let mut member = finalising_kafka_member(clean.path(), &topic, &unique_name("unfaulted"));
     member.env("CLASSPULSE_KAFKA_BROKERS", proxy.addr.to_string());
     run_until_final(&mut member, clean.path(), classes).await;
     assert_same_lake_rows(faulty.path(), clean.path());
     assert_same_aggregates(faulty.path(), clean.path());
+}
+
+fn proxy_faults(seed: u64, connection: u64, answers: usize) -> Vec<Fault> {
+    let faults = TcpFaults {
+        slow: 0.1,
+        latency: Duration::from_millis(100),
+        reset: 0.02,
+        truncate: 0.02,
+    };
+    let mut plan = FaultPlan::new(seed, connection);
+    (0..answers).map(|_| plan.roll(&faults)).collect()
+}
+
+/// The proxy's faults are a function of the seed, the connection's number and the answer's
+/// number on it: a failing run's seed fails the same answers again.
+#[test]
+fn the_proxys_faults_follow_from_the_seed_and_the_connection() {
+    assert_eq!(proxy_faults(7, 3, 500), proxy_faults(7, 3, 500));
+    assert_ne!(proxy_faults(7, 3, 500), proxy_faults(7, 4, 500));
+    assert_ne!(proxy_faults(7, 3, 500), proxy_faults(8, 3, 500));
+}
+
+/// One reset in 50 answers on average, never much more than 100 apart (a reset due on an
+/// answer another fault took waits for the next).
+#[test]
+fn the_proxys_resets_come_at_their_share_and_within_twice_its_spacing() {
+    let resets: Vec<usize> = proxy_faults(11, 0, 5_000)
+        .iter()
+        .enumerate()
+        .filter(|(_, fault)| matches!(fault, Fault::Reset(_)))
+        .map(|(at, _)| at)
+        .collect();
+    assert!(
+        (70..=130).contains(&resets.len()),
+        "{} resets",
+        resets.len()
+    );
+    for pair in resets.windows(2) {
+        assert!(pair[1] - pair[0] <= 110, "resets at {pair:?}");
+    }
 }

@@ -1,6 +1,6 @@
 //! The run's report: Markdown (what was sent, what classpulse did with it, latency
 //! percentiles, resources, which process saturated, the cost projection for a full day) and a
-//! PNG chart of events/s and source lag over time.
+//! SVG chart of events/s and source lag over time.
 
 use std::fmt::Write as _;
 use std::path::{Path, PathBuf};
@@ -111,9 +111,9 @@ pub struct Report<'a> {
 }
 
 impl Report<'_> {
-    /// Writes `report.md` and `report.png` into `dir`.
+    /// Writes `report.md` and `report.svg` into `dir`.
     pub fn write(&self, dir: &Path) -> anyhow::Result<PathBuf> {
-        let chart = dir.join("report.png");
+        let chart = dir.join("report.svg");
         self.chart(&chart)?;
         let path = dir.join("report.md");
         std::fs::write(&path, self.markdown())?;
@@ -394,7 +394,7 @@ impl Report<'_> {
 
         let _ = writeln!(md, "\n## Cost projection for 69,120,000 events a day\n");
         md.push_str(&self.cost());
-        let _ = writeln!(md, "\n![events/s and lag](report.png)");
+        let _ = writeln!(md, "\n![events/s and lag](report.svg)");
         md
     }
 
@@ -475,8 +475,8 @@ impl Report<'_> {
     }
 
     fn chart(&self, path: &Path) -> anyhow::Result<()> {
-        register_font();
-        let root = BitMapBackend::new(path, (1000, 900)).into_drawing_area();
+        // SVG keeps text as text: no font to parse or ship.
+        let root = SVGBackend::new(path, (1000, 900)).into_drawing_area();
         root.fill(&WHITE)?;
         let (top, rest) = root.split_vertically(300);
         let (bottom, resources) = rest.split_vertically(300);
@@ -564,19 +564,6 @@ fn bucket_quantile(buckets: &[(f64, f64)], p: f64) -> Option<String> {
     } else {
         format!("{le}")
     })
-}
-
-/// Text in the chart needs a font; this one ships in a crate, so no system fonts are needed.
-fn register_font() {
-    use std::sync::Once;
-    static ONCE: Once = Once::new();
-    ONCE.call_once(|| {
-        let _ = plotters::style::register_font(
-            "sans-serif",
-            FontStyle::Normal,
-            epaint_default_fonts::UBUNTU_LIGHT,
-        );
-    });
 }
 
 #[cfg(test)]

@@ -95,7 +95,14 @@ fn a_day_through_kafka_is_verified_clean_and_tampering_is_caught() {
             "{needle} in {imperfections}"
         );
     }
-    assert!(std::fs::metadata(out.join("report.png")).unwrap().len() > 10_000);
+    let chart = std::fs::read_to_string(out.join("report.svg")).unwrap();
+    for caption in ["events/s into classpulse", "classpulse RSS, MB"] {
+        assert!(chart.contains(caption), "{caption} not in the chart");
+    }
+    assert!(
+        chart.matches("<polyline").count() >= 4,
+        "the chart draws its four series"
+    );
 
     // Tamper: lose one Parquet object, change one member's result.
     let lake = out.join("lake");

@@ -29,8 +29,8 @@
 //! [`crate::ack::AtEnd`]): a class becomes final by the wall clock only while its partition is
 //! read to its end, never while it is paused, starved or cut off from its leader.
 //!
-//! Not yet here (see the Kafka source issue): MSK IAM authentication. (The dead-letter topic
-//! is a sink: [`crate::sink::dead_letter_topic`].)
+//! MSK IAM tokens are signed by [`crate::source::msk_iam`]. The dead-letter topic is a sink:
+//! [`crate::sink::dead_letter_topic`].
 
 use std::collections::{BTreeMap, HashMap, HashSet, VecDeque};
 use std::sync::{Arc, Mutex, OnceLock};
@@ -80,15 +80,10 @@ const REPEAT_LOG_INTERVAL: Duration = Duration::from_secs(30);
 const BROKER_SILENCE_MS: i64 = 10_000;
 
 /// librdkafka properties classpulse sets unless the operator sets them
-/// (`CLASSPULSE_KAFKA_PROP_*`), measured with `benches/kafka.rs` (README, "Benchmarks").
-///
-/// - `fetch.queue.backoff.ms`: a partition whose prefetch queue is over its threshold waits
-///   this long before its next fetch. librdkafka's 1 s starved a pipeline only a moment
-///   behind: the queue drained in a fraction of the second and the source then sat idle. The
-///   5.47 M-event benchmark read 356,000 events/s with 1 s and 885,000 with 20 ms.
-/// - `queued.max.messages.kbytes`: that threshold, per partition. With the short backoff a
-///   quarter of librdkafka's 64 MiB reads as fast (833,000-865,000 events/s) and bounds the
-///   prefetch of a 12-partition task at 192 MiB instead of 768.
+/// (`CLASSPULSE_KAFKA_PROP_*`). A partition whose prefetch queue is over
+/// `queued.max.messages.kbytes` waits `fetch.queue.backoff.ms` before its next fetch;
+/// librdkafka's 1 s starves a pipeline only a moment behind, and with 20 ms a quarter of its
+/// 64 MiB queue reads as fast. See docs/decisions/0006-fetch-backoff-and-queue-size.md.
 const FETCH_DEFAULTS: [(&str, &str); 2] = [
     ("fetch.queue.backoff.ms", "20"),
     ("queued.max.messages.kbytes", "16384"),
@@ -597,7 +592,6 @@ impl KafkaSource {
         self.at_end.insert(partition.clone());
     }
 
-    /// Nothing new would be seen now (paused, brokers away): time at the end starts again.
     /// Why the brokers refuse this client for good, if the client callbacks said so.
     fn refusal(&self) -> Option<String> {
         self.refusal
@@ -606,6 +600,7 @@ impl KafkaSource {
             .clone()
     }
 
+    /// Nothing new would be seen now (paused, brokers away): time at the end starts again.
     fn doubt_ends(&self) {
         if let Some(acks) = self.acks.get() {
             acks.doubt_end(None, now_ms());
@@ -695,7 +690,9 @@ impl Source for KafkaSource {
                     // librdkafka reconnects and refreshes metadata on its own, and its queue
                     // holds these errors in line with the messages: keep reading, so that the
                     // messages behind a burst of them are not held back by the pipeline's
-                    // retry delays (one error per delay took minutes after a broker restart).
+                    // retry delays (after a broker restart, a burst is one error per delay).
+                    // One lost connection does not doubt the partitions' ends: the statistics
+                    // do, when a leader is down or silent (docs/decisions/0014).
                     ErrorClass::Unavailable => {
                         if let Some(reason) = self.refusal() {
                             crate::metrics::record_source_error("kafka", "denied");
@@ -703,7 +700,6 @@ impl Source for KafkaSource {
                                 "kafka: the brokers' TLS certificate is not trusted: {reason}"
                             )));
                         }
-                        self.doubt_ends();
                         crate::metrics::record_source_error("kafka", "unavailable");
                         self.health.not_ready("source", format!("kafka: {error}"));
                         let kind = format!("unavailable {:?}", error.rdkafka_error_code());

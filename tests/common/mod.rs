@@ -507,19 +507,31 @@ pub fn await_final_classes(lake: &Path, classes: usize, within: Duration) -> usi
 
 /// Runs `member` (a command writing into `lake`) until `lake` holds `classes` final class
 /// summaries, then drains it; fails the test, with its log, if they are not all there within
-/// 90 s.
+/// 150 s (generous: a member behind a fault proxy on a loaded machine may take a minute to join
+/// its group and fetch; a run that is done returns at once).
 /// Returns the member's log lines.
 pub async fn run_until_final(member: &mut Command, lake: &Path, classes: usize) -> Vec<String> {
+    run_until_final_within(member, lake, classes, Duration::from_secs(150)).await
+}
+
+/// [`run_until_final`] with a deadline of the test's own.
+pub async fn run_until_final_within(
+    member: &mut Command,
+    lake: &Path,
+    classes: usize,
+    within: Duration,
+) -> Vec<String> {
     let running = Running::start(member);
     let path = lake.to_owned();
-    let finals = tokio::task::spawn_blocking(move || {
-        // Generous: a member behind a fault proxy on a loaded machine may take a minute to
-        // join its group and fetch; a run that is done returns at once.
-        await_final_classes(&path, classes, Duration::from_secs(150))
-    })
-    .await
-    .unwrap();
+    let finals = tokio::task::spawn_blocking(move || await_final_classes(&path, classes, within))
+        .await
+        .unwrap();
     let (_, logs) = drain(running).await;
-    assert_eq!(finals, classes, "final classes; log:\n{}", logs.join("\n"));
+    assert_eq!(
+        finals,
+        classes,
+        "final classes within {within:?}; log:\n{}",
+        logs.join("\n")
+    );
     logs
 }
