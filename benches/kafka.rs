@@ -24,7 +24,7 @@ mod support;
 const BROKER: &str = "127.0.0.1:9092";
 const PARTITIONS: i32 = 3;
 
-/// Events per message, as the target states it.
+/// Events per message, as the load test's producers send them.
 const EVENTS_PER_MESSAGE: usize = 5;
 
 fn kafka(c: &mut Criterion) {

@@ -2,7 +2,8 @@
 //! that way), parsed into one typed [`Config`] and validated before anything connects.
 //!
 //! [`VARS`] is the single list of variables with their defaults; `classpulse config`, the
-//! README table (checked by a test) and the parser all read it.
+//! reference in docs/configuration.md (`classpulse config --markdown`, checked by a test) and
+//! the parser all read it.
 
 use std::collections::HashMap;
 use std::fmt;
@@ -20,7 +21,7 @@ pub struct VarSpec {
     pub name: &'static str,
     /// Default value as text (empty: unset).
     pub default: &'static str,
-    /// What it does, for `classpulse config` and the README.
+    /// What it does, for `classpulse config` and docs/configuration.md.
     pub meaning: &'static str,
     /// Masked wherever values are shown.
     pub secret: bool,
@@ -46,7 +47,7 @@ pub const VARS: &[VarSpec] = &[
     var("CLASSPULSE_LAKE_URL", "file://./classpulse-data", "Lake and dead-letter location: `file://DIR` or `s3://bucket/prefix`."),
     var("CLASSPULSE_S3_ENDPOINT", "", "S3 endpoint override for local servers (unset in production: AWS default)."),
     var("CLASSPULSE_DYNAMODB_ENDPOINT", "", "DynamoDB endpoint override for local servers (unset in production)."),
-    var("CLASSPULSE_DYNAMODB_EVENTS_TABLE", "", "DynamoDB table of packed raw events (one item per member and minute); unset: not written."),
+    var("CLASSPULSE_DYNAMODB_EVENTS_TABLE", "", "DynamoDB table of packed raw events (one item per member, class and pack window); unset: not written."),
     var("CLASSPULSE_DYNAMODB_AGGREGATES_TABLE", "", "DynamoDB table of live and final class aggregates; unset: not written."),
     var("CLASSPULSE_DYNAMODB_TTL_DAYS", "400", "Items of both tables carry a `ttl` attribute this many days after their event time (0: none)."),
     var("CLASSPULSE_DYNAMODB_MAX_INFLIGHT", "16", "Most DynamoDB calls in flight per table; throttling lowers it adaptively (AIMD)."),
@@ -70,7 +71,7 @@ pub const VARS: &[VarSpec] = &[
     var("CLASSPULSE_LAKE_MAX_EVENTS", "1000000", "An object is closed at this many records."),
     var("CLASSPULSE_LAKE_MAX_BYTES", "64MiB", "An object is closed at this many (encoded) bytes."),
     var("CLASSPULSE_LAKE_MAX_AGE", "300s", "An object is closed this long after it was opened, even with no new data."),
-    var("CLASSPULSE_LAKE_MAX_BUFFER_BYTES", "256MiB", "Cap on bytes buffered in all open objects; the largest are cut early. Part of the task's memory budget: count about twice this (measured: a backlog read peaked at 1,223 MB of RSS with 256 MiB and at 660 MB with 64 MiB)."),
+    var("CLASSPULSE_LAKE_MAX_BUFFER_BYTES", "256MiB", "Cap on bytes buffered in all open objects; the largest are cut early. Part of the task's memory budget: count about twice this (see docs/benchmarks.md)."),
     var("CLASSPULSE_HR_MAX_BPM", "190", "Heart rate taken as 100% for zones: zone 1 from 50%, each zone 10 points wide, zone 5 from 90%."),
     var("CLASSPULSE_HR_MAX_GAP", "5s", "A heart-rate sample counts for the gap to the member's previous one, at most this long."),
     var("CLASSPULSE_WATERMARK_DELAY", "10s", "A class's watermark trails its newest event time by this much (out-of-order tolerance)."),
@@ -1014,6 +1015,24 @@ pub struct EffectiveVar {
     pub value: String,
     /// Whether the value is the default.
     pub is_default: bool,
+}
+
+/// The reference table of every variable, as `classpulse config --markdown` prints it and
+/// docs/configuration.md holds it (a test keeps the two equal).
+pub fn reference_markdown() -> String {
+    let mut table = String::from("| Variable | Default | Meaning |\n|---|---|---|\n");
+    for spec in VARS {
+        let default = if spec.default.is_empty() {
+            "(unset)".to_owned()
+        } else {
+            format!("`{}`", spec.default)
+        };
+        table.push_str(&format!(
+            "| `{}` | {default} | {} |\n",
+            spec.name, spec.meaning
+        ));
+    }
+    table
 }
 
 /// The value of every variable, as `classpulse config` prints it: the declared ones, then the

@@ -6,8 +6,8 @@
 //! [`RejectReason`] from a fixed set and a detail naming the field.
 //!
 //! Each JSON member is read as a [`Scalar`], which accepts any JSON value, so serde itself only
-//! fails on malformed JSON and duplicate members. All other rules are checked once, in
-//! [`check_field`], against the field table in [`crate::event`].
+//! fails on malformed JSON and duplicate members. All other rules are checked once, by the
+//! `check_*` functions, against the field table in [`crate::event`].
 
 use std::borrow::Cow;
 use std::collections::{HashMap, HashSet};

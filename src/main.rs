@@ -54,7 +54,12 @@ enum Command {
     Run,
     /// Print the effective configuration (every variable, its value, whether it is the default)
     /// and exit.
-    Config,
+    Config {
+        /// Print the reference table of every variable (default, meaning) as Markdown instead,
+        /// as docs/configuration.md holds it.
+        #[arg(long)]
+        markdown: bool,
+    },
     /// Print the JSON Schema of a performance event.
     Schema,
     /// Exit 0 if the classpulse at CLASSPULSE_HTTP_ADDR answers /healthz, else 1: the
@@ -101,7 +106,11 @@ fn main() -> ExitCode {
     classpulse::memory::limit_malloc_arenas();
     let cli = Cli::parse();
     match cli.command {
-        Command::Config => {
+        Command::Config { markdown: true } => {
+            print!("{}", config::reference_markdown());
+            ExitCode::SUCCESS
+        }
+        Command::Config { markdown: false } => {
             let env = config::classpulse_vars();
             for line in config::effective(&env) {
                 println!("{line}");

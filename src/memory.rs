@@ -1,10 +1,9 @@
 //! The process's memory against glibc's allocator, which keeps what it frees.
 //!
-//! Found by the soak (`scripts/soak`): at the peak RSS climbed by about 100 MB every 15 minutes
-//! to 1.3 GB while the live data (class state, buffers) stayed near 100 MB. glibc's malloc gave
-//! librdkafka's threads and tokio's workers arenas of their own, 17 of 64 MB heaps, and freed
-//! pages inside a heap stay resident until trimmed. With two arenas, malloc counted 210 MB in
-//! use out of 507 MB taken; a `malloc_trim` gave back 168 MB at once.
+//! glibc's malloc gives librdkafka's threads and tokio's workers arenas of their own, and freed
+//! pages inside an arena's heap stay resident until trimmed, so RSS grows far past the live
+//! data over hours. Two arenas and a trim every 30 s keep it flat; see
+//! docs/decisions/0007-two-malloc-arenas-and-a-trim.md.
 
 use std::sync::atomic::{AtomicI64, Ordering};
 use std::time::Duration;

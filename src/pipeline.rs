@@ -1,16 +1,17 @@
-//! The pipeline: source -> decode/validate -> every sink, over bounded channels, with
-//! acknowledgements flowing back to the source and a drain on shutdown.
+//! The pipeline: source -> decode/validate -> aggregate stage -> every sink, over bounded
+//! channels, with acknowledgements flowing back to the source and a drain on shutdown.
 //!
 //! ```text
-//!  source loop ──RawBatch──▶ decode stage ──Arc<DecodedBatch>──▶ lake sink task
-//!      ▲                        │ registers each batch   ├──────▶ dead-letter sink task
-//!      │                        ▼                        └──────▶ (more sinks)
-//!      └──commit frontiers── AckTracker ◀── sinks drop their AckToken clones once durable
+//!  source loop ──RawBatch──▶ decode stage ──DecodedBatch──▶ aggregate stage ──Arc<DecodedBatch>──▶ lake sink task
+//!      ▲                        │ registers each batch        │ judges, counts,   ├──────▶ dead-letter sink task
+//!      │                        ▼                             │ checkpoints       └──────▶ events table sink task
+//!      └──commit frontiers── AckTracker ◀── the aggregate stage and the sinks drop their AckToken once durable
 //! ```
 //!
-//! Every channel is bounded, so a slow sink slows the decoder, which slows the source. A
-//! shutdown stops the source, lets the decoder finish, has every sink flush, commits the last
-//! frontiers and returns, all within the shutdown timeout.
+//! Without aggregates configured the decode stage sends straight to the sinks. Every channel
+//! is bounded, so a slow sink slows the aggregate stage and the decoder, which slow the
+//! source. A shutdown stops the source, lets the decoder and the aggregate stage finish, has
+//! every sink flush, commits the last frontiers and returns, all within the shutdown timeout.
 
 use std::collections::BTreeMap;
 use std::sync::Arc;

@@ -622,8 +622,8 @@ async fn broker_outage(outage_kind: Outage) {
     .await
     .unwrap();
     assert!(not_ready.contains("source"), "{not_ready}");
-    // Three idle timeouts (8 s) without a broker: before the end-of-partition rule, every
-    // class became final here and the second half of each was judged late.
+    // Three idle timeouts (8 s) without a broker: were the wall clock to count while the
+    // partition is cut off, every class would be final here and its second half late.
     tokio::time::sleep(Duration::from_secs(24).saturating_sub(away.elapsed())).await;
     // Classes with events after the outage must still be open: none may be final yet.
     let continuing: std::collections::BTreeSet<String> = after

@@ -1,5 +1,5 @@
 //! What classpulse must produce, computed as the events are generated, from the definitions
-//! of the aggregates (README "Class aggregates"), not from classpulse's code: which events
+//! of the aggregates (docs/aggregates.md), not from classpulse's code: which events
 //! land once, which late, which as dead letters, and every class's final results as the JSON
 //! the lake holds.
 

@@ -29,7 +29,7 @@
 //!
 //! Each step is a function of the directory's objects, which are written once (parts and
 //! markers) or move one way (`home` to final), so a task that crashes and replays takes the
-//! same role again. What is assumed (and documented in the README): each member's events
+//! same role again. What is assumed (and documented in docs/aggregates.md): each member's events
 //! switch partitions once rather than alternating, and the visitor meets the class before the
 //! class is due at home (within the idle timeout, in event time, of the home's reader).
 //!

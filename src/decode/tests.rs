@@ -666,7 +666,7 @@ fn deeply_nested_json_never_overflows_the_stack() {
 
 #[test]
 fn reason_codes_are_the_documented_set() {
-    // The README and the dead-letter docs list these codes; a new reason needs both updated.
+    // docs/event-contract.md lists these codes; a new reason is added there too.
     let reached: std::collections::BTreeSet<&str> = [
         "not_json",
         "too_large",
