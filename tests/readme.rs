@@ -80,8 +80,8 @@ fn every_variable_a_document_names_is_one_classpulse_reads() {
                 .take_while(|c| c.is_ascii_uppercase() || c.is_ascii_digit() || *c == '_')
                 .collect();
             // `CLASSPULSE_*`, `CLASSPULSE_KINESIS_*`: a prefix some variable has.
-            let prefix = name.ends_with('_')
-                && declared.iter().any(|declared| declared.starts_with(&name));
+            let prefix =
+                name.ends_with('_') && declared.iter().any(|declared| declared.starts_with(&name));
             let known = declared.contains(&name.as_str())
                 || prefix
                 || allowed.iter().any(|prefix| name.starts_with(prefix))
