@@ -166,9 +166,9 @@ async fn twenty_kills_of_a_kafka_member_lose_nothing_duplicate_nothing_and_keep_
         .unwrap();
 }
 
-/// This loop found that a class's finality by event time depended on where batches cut its
-/// run (shard 1 carries a class whose backlog arrives a minute behind the partition's clock):
-/// see `PartitionState::last_class`.
+/// Kills cut a class's run of events at random places; its finality by event time must not
+/// depend on where (shard 1 carries a class whose backlog arrives a minute behind the
+/// partition's clock): see `PartitionState::last_class`.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn twenty_kills_of_a_kinesis_task_lose_nothing_duplicate_nothing_and_keep_aggregates_exact() {
     require(KINESIS);
@@ -719,14 +719,14 @@ async fn latency_resets_and_truncated_answers_from_the_broker_lose_nothing() {
         .env("CLASSPULSE_KAFKA_BROKERS", proxy.addr.to_string())
         .env("CLASSPULSE_KAFKA_PROP_SESSION_TIMEOUT_MS", "30000")
         .env("CLASSPULSE_KAFKA_PROP_HEARTBEAT_INTERVAL_MS", "1000");
-    // At one answer in ten lost, these 16 classes are read and final in 30-65 s on two busy
-    // cores (docs/kafka.md, "Lossy networks"); twice the slowest is the bound.
+    // At one answer in ten lost, these 16 classes were read and final within 26-108 s on two
+    // busy cores (docs/kafka.md, "Lossy networks"); about twice the slowest is the bound.
     let started = Instant::now();
     run_until_final_within(
         &mut member,
         faulty.path(),
         classes,
-        Duration::from_secs(130),
+        Duration::from_secs(220),
     )
     .await;
     let report = proxy.report();
