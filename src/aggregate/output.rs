@@ -12,8 +12,8 @@
 //! While a class runs, its live values (`final: false`, the same three kinds in one document)
 //! are written every `CLASSPULSE_AGG_FLUSH_INTERVAL` if they changed, with a local lake (the
 //! embedded default); the last write there is the final result. With an S3 lake, live values
-//! are for the DynamoDB aggregates table ([`crate::sink::dynamodb`]): a PUT per class every few seconds
-//! would cost more than the table.
+//! are for the DynamoDB aggregates table ([`crate::sink::dynamodb`]): a PUT per class every
+//! few seconds would cost more than the table.
 //!
 //! ```text
 //! {prefix}/aggregates/live/{studio}-{class}.json                       summary, members, minutes
