@@ -77,6 +77,9 @@ pub const AGGREGATE_CLASSES_FINAL: &str = "classpulse_aggregate_classes_final_to
 /// home merged parts, exactly or with one member's samples interleaved; `too_late`: a visitor
 /// met a class already final at its home, and counted its events late).
 pub const AGGREGATE_HANDOFFS: &str = "classpulse_aggregate_handoffs_total";
+/// Partitions refused because their newest checkpoint is of a newer format than this build
+/// reads (once per turn of ownership).
+pub const AGGREGATE_PARTITIONS_REFUSED: &str = "classpulse_aggregate_partitions_refused_total";
 /// Approximate memory held by aggregate state.
 pub const AGGREGATE_STATE_BYTES: &str = "classpulse_aggregate_state_bytes";
 /// Time to write one round of aggregate checkpoints and final results.
@@ -147,6 +150,11 @@ fn describe() {
         AGGREGATE_HANDOFFS,
         Unit::Count,
         "Class parts moved between partitions, by outcome (handed_over, merged, merged_inexact, too_late)."
+    );
+    describe_counter!(
+        AGGREGATE_PARTITIONS_REFUSED,
+        Unit::Count,
+        "Partitions refused because their newest checkpoint is of a newer format than this build reads."
     );
     describe_gauge!(
         AGGREGATE_STATE_BYTES,
@@ -498,6 +506,11 @@ pub fn record_verdicts(duplicate: u64, late: u64) {
 /// Records a class made final.
 pub fn record_class_final(trigger: &'static str) {
     counter!(AGGREGATE_CLASSES_FINAL, "trigger" => trigger).increment(1);
+}
+
+/// Counts a partition refused for a newer checkpoint ([`AGGREGATE_PARTITIONS_REFUSED`]).
+pub fn record_checkpoint_refused() {
+    counter!(AGGREGATE_PARTITIONS_REFUSED).increment(1);
 }
 
 /// Counts class parts moved between partitions ([`AGGREGATE_HANDOFFS`]).

@@ -117,7 +117,7 @@ fn promtool_checks_the_rules_and_their_unit_tests_pass() {
         .filter(|(kind, _, _)| kind == "alert")
         .map(|(_, name, _)| name.to_ascii_lowercase())
         .collect();
-    assert_eq!(alerts.len(), 9, "{alerts:?}");
+    assert_eq!(alerts.len(), 10, "{alerts:?}");
     for alert in &alerts {
         assert!(
             text.contains(&format!("runbook_url: deploy/RUNBOOK.md#{alert}")),

@@ -27,12 +27,15 @@
 //! it already includes are skipped. Final results are rendered into the checkpoint first and
 //! written after it (an outbox), under keys that depend only on the class ([`output`]).
 
+pub mod checkpoint;
 pub mod class;
 pub mod directory;
 pub mod output;
 pub mod partition;
 pub mod stage;
 
+#[cfg(test)]
+pub(crate) mod fixture;
 #[cfg(test)]
 pub(crate) mod reference;
 

@@ -304,6 +304,69 @@ impl ClassResult {
     }
 }
 
+/// What a partition writes once the checkpoint that records it is durable: an entry of its
+/// outbox, kept in the checkpoint until then.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub enum Outgoing {
+    /// A class final here. The stage writes its objects ([`ClassResult::objects`]), the final
+    /// values of its live document and its row in the aggregates table, as configured. A
+    /// checkpoint holds it as its JSON (the result types are shaped for JSON).
+    Result(#[serde(with = "as_json")] Box<ClassResult>),
+    /// A part of a class counted here, for the class's home partition: the object's key
+    /// (relative to the prefix) and body.
+    Part {
+        /// Where it goes.
+        key: String,
+        /// The packed part.
+        body: Vec<u8>,
+    },
+    /// The class-directory record that marks a class final at its home (this partition);
+    /// after the class's result in the outbox.
+    HomeFinal {
+        /// Where it goes.
+        key: String,
+        /// The record.
+        body: Vec<u8>,
+    },
+}
+
+impl Outgoing {
+    /// Rough heap bytes held.
+    pub fn approx_bytes(&self) -> usize {
+        match self {
+            Outgoing::Result(result) => {
+                1_024 + result.members.len() * 512 + result.minutes.len() * 128
+            }
+            Outgoing::Part { key, body } | Outgoing::HomeFinal { key, body } => {
+                key.len() + body.len()
+            }
+        }
+    }
+}
+
+/// A [`ClassResult`] inside a checkpoint: its JSON as bytes.
+mod as_json {
+    use serde::{Deserialize, Deserializer, Serialize, Serializer};
+
+    use super::ClassResult;
+
+    pub fn serialize<S: Serializer>(
+        result: &ClassResult,
+        serializer: S,
+    ) -> Result<S::Ok, S::Error> {
+        serde_json::to_vec(result)
+            .map_err(serde::ser::Error::custom)?
+            .serialize(serializer)
+    }
+
+    pub fn deserialize<'de, D: Deserializer<'de>>(
+        deserializer: D,
+    ) -> Result<Box<ClassResult>, D::Error> {
+        let body = Vec::<u8>::deserialize(deserializer)?;
+        serde_json::from_slice(&body).map_err(serde::de::Error::custom)
+    }
+}
+
 /// `prefix/relative`, or `relative` with no prefix.
 pub fn prefixed(prefix: &str, relative: &str) -> Path {
     if prefix.is_empty() {

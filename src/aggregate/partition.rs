@@ -16,14 +16,13 @@ use hashbrown::HashMap;
 use serde::{Deserialize, Serialize};
 use xxhash_rust::xxh3::xxh3_128;
 
+use super::checkpoint::{self, CheckpointError};
 use super::class::ClassState;
 use super::directory::{Place, Role};
-use super::output::ClassResult;
+use super::output::{ClassResult, Outgoing};
 use super::Rules;
 use crate::event::{PerformanceEvent, Verdict};
 
-/// Checkpoint format version; bump it on any change to the serialised types.
-pub const CHECKPOINT_VERSION: u32 = 3;
 /// How long a final class is remembered after its last event (event time on the partition's
 /// clock): events for it in that time are late, not a new class.
 pub const FINALISED_MEMORY_MS: i64 = 24 * 3_600_000;
@@ -90,11 +89,8 @@ pub struct PartitionState {
     pub classes: HashMap<String, ClassState>,
     /// Final classes by `studio_id:class_id`, with their last event time.
     pub finalised: BTreeMap<String, i64>,
-    /// Rendered result objects `(key, body)` of final classes, written after the checkpoint
-    /// that records them is durable.
-    pub outbox: Vec<(String, Vec<u8>)>,
-    /// Whether live documents are written (then a final result rewrites its class's one).
-    pub live_objects: bool,
+    /// What the classes final here write once the checkpoint that records it is durable.
+    pub outbox: Vec<Outgoing>,
     /// Events judged duplicate or late, by position: (event id hash, late, arrival ms). A
     /// replay of positions the state already includes gives them the same verdict again, so
     /// the lake leaves out the same duplicates (their first copy may be in the replay, too).
@@ -116,35 +112,6 @@ pub struct PartitionState {
     handed_over: u64,
 }
 
-/// The serialised form (postcard, then zstd).
-#[derive(Serialize, Deserialize)]
-struct Checkpoint<C> {
-    version: u32,
-    name: String,
-    position: Option<u64>,
-    clock_ms: i64,
-    classes: Vec<C>,
-    finalised: BTreeMap<String, i64>,
-    outbox: Vec<(String, Vec<u8>)>,
-    left_out: BTreeMap<u64, Vec<(u128, bool, i64)>>,
-    last_class: Option<String>,
-    closing: Vec<(String, C, Trigger)>,
-}
-
-/// A part of a class handed to its home: postcard, then zstd.
-#[derive(Serialize, Deserialize)]
-struct Part<C> {
-    version: u32,
-    /// `stream/partition` that counted it.
-    partition: String,
-    class: C,
-}
-
-/// A checkpoint that cannot be read.
-#[derive(Debug, thiserror::Error)]
-#[error("aggregate checkpoint is unreadable: {0}")]
-pub struct CheckpointError(String);
-
 impl PartitionState {
     /// An empty state.
     pub fn new(name: String) -> PartitionState {
@@ -155,7 +122,6 @@ impl PartitionState {
             classes: HashMap::new(),
             finalised: BTreeMap::new(),
             outbox: Vec::new(),
-            live_objects: false,
             left_out: BTreeMap::new(),
             last_class: None,
             closing: BTreeMap::new(),
@@ -397,8 +363,10 @@ impl PartitionState {
         self.finalised.insert(key.to_owned(), class.max_time_ms);
         match (&self.place, class.home) {
             (Some(place), Some(_)) => {
-                let relative = place.part_key(&class.studio_id, &class.class_id);
-                self.outbox.push((relative, self.encode_part(&class)));
+                self.outbox.push(Outgoing::Part {
+                    key: place.part_key(&class.studio_id, &class.class_id),
+                    body: checkpoint::encode_part(&self.name, &class),
+                });
                 self.handed_over += 1;
                 None
             }
@@ -425,10 +393,10 @@ impl PartitionState {
         }
         if let Some(place) = &self.place {
             let first_ms = class.first_event_ms;
-            let home = place.home_final(&class.studio_id, &class.class_id, first_ms);
+            let (key, body) = place.home_final(&class.studio_id, &class.class_id, first_ms);
             let finalised = self.render(class, trigger, rules);
             // After the result: a visitor that reads it treats its part as late.
-            self.outbox.push(home);
+            self.outbox.push(Outgoing::HomeFinal { key, body });
             return Some((finalised, exact));
         }
         Some((self.render(class, trigger, rules), exact))
@@ -442,34 +410,13 @@ impl PartitionState {
     fn render(&mut self, mut class: ClassState, trigger: Trigger, rules: &Rules) -> Finalised {
         class.seal_all(rules);
         let result = class.result(rules, &self.name, true);
-        match result.objects() {
-            Ok(objects) => {
-                self.outbox.extend(objects);
-                if self.live_objects {
-                    // The screens' document ends with the final values.
-                    self.outbox.extend(result.live_object().ok());
-                }
-            }
-            // Plain structs of numbers and strings always serialise.
-            Err(error) => unreachable!("class result does not serialise: {error}"),
-        }
+        self.outbox.push(Outgoing::Result(Box::new(result.clone())));
         Finalised { trigger, result }
-    }
-
-    /// A class's state as a part handed to its home.
-    fn encode_part(&self, class: &ClassState) -> Vec<u8> {
-        let part = Part {
-            version: CHECKPOINT_VERSION,
-            partition: self.name.clone(),
-            class,
-        };
-        pack(&part)
     }
 
     /// Reads a part written by a visitor: the partition that counted it, and its state.
     pub fn decode_part(bytes: &[u8]) -> Result<(String, ClassState), CheckpointError> {
-        let part: Part<ClassState> = unpack(bytes)?;
-        Ok((part.partition, part.class))
+        checkpoint::decode_part(bytes)
     }
 
     /// Live results of the open classes that counted an event since the last call.
@@ -513,87 +460,20 @@ impl PartitionState {
             + self
                 .outbox
                 .iter()
-                .map(|(k, v)| k.len() + v.len())
+                .map(Outgoing::approx_bytes)
                 .sum::<usize>()
     }
 
-    /// Serialises the state (postcard, zstd level 1).
+    /// Serialises the state ([`checkpoint::encode`]).
     pub fn encode(&self) -> Vec<u8> {
-        let mut classes: Vec<&ClassState> = self.classes.values().collect();
-        classes.sort_by(|a, b| (&a.studio_id, &a.class_id).cmp(&(&b.studio_id, &b.class_id)));
-        let checkpoint = Checkpoint {
-            version: CHECKPOINT_VERSION,
-            name: self.name.clone(),
-            position: self.position,
-            clock_ms: self.clock_ms,
-            classes,
-            finalised: self.finalised.clone(),
-            outbox: self.outbox.clone(),
-            left_out: self.left_out.clone(),
-            last_class: self.last_class.clone(),
-            closing: self
-                .closing
-                .iter()
-                .map(|(key, (class, trigger))| (key.clone(), class, *trigger))
-                .collect(),
-        };
-        pack(&checkpoint)
+        checkpoint::encode(self)
     }
 
-    /// Reads a state written by [`PartitionState::encode`]. Wall-clock idle times restart at
-    /// `wall_ms`: a task that was down is not a class that went quiet.
+    /// Restores a state written by [`PartitionState::encode`] of this build or an earlier
+    /// one ([`checkpoint::decode`]). Wall-clock idle times restart at `wall_ms`.
     pub fn decode(bytes: &[u8], wall_ms: i64) -> Result<PartitionState, CheckpointError> {
-        let checkpoint: Checkpoint<ClassState> = unpack(bytes)?;
-        let classes = checkpoint
-            .classes
-            .into_iter()
-            .map(|mut class| {
-                class.last_seen_wall_ms = wall_ms;
-                (format!("{}:{}", class.studio_id, class.class_id), class)
-            })
-            .collect();
-        Ok(PartitionState {
-            name: checkpoint.name,
-            position: checkpoint.position,
-            clock_ms: checkpoint.clock_ms,
-            classes,
-            finalised: checkpoint.finalised,
-            outbox: checkpoint.outbox,
-            live_objects: false,
-            left_out: checkpoint.left_out,
-            last_class: checkpoint.last_class,
-            closing: checkpoint
-                .closing
-                .into_iter()
-                .map(|(key, class, trigger)| (key, (class, trigger)))
-                .collect(),
-            place: None,
-            roles: HashMap::new(),
-            handed_over: 0,
-        })
+        checkpoint::decode(bytes, wall_ms)
     }
-}
-
-/// Serialises a checkpoint or a part (whose first field is the format version): postcard, then
-/// zstd level 1.
-fn pack<T: Serialize>(value: &T) -> Vec<u8> {
-    let plain = postcard::to_stdvec(value)
-        .unwrap_or_else(|error| unreachable!("aggregate state does not serialise: {error}"));
-    zstd::bulk::compress(&plain, 1)
-        .unwrap_or_else(|error| unreachable!("zstd cannot compress in memory: {error}"))
-}
-
-/// Reads what [`pack`] wrote, if it is of this build's format version.
-fn unpack<T: serde::de::DeserializeOwned>(bytes: &[u8]) -> Result<T, CheckpointError> {
-    let plain =
-        zstd::stream::decode_all(bytes).map_err(|e| CheckpointError(format!("zstd: {e}")))?;
-    let version = plain.first().copied().map(u32::from).unwrap_or(0);
-    if version != CHECKPOINT_VERSION {
-        return Err(CheckpointError(format!(
-            "format version {version}, this build reads {CHECKPOINT_VERSION}"
-        )));
-    }
-    postcard::from_bytes(&plain).map_err(|e| CheckpointError(format!("postcard: {e}")))
 }
 
 fn same_class(a: &PerformanceEvent, b: &PerformanceEvent) -> bool {

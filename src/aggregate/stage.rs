@@ -28,9 +28,10 @@ use tokio::sync::mpsc;
 use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 
+use super::checkpoint::CheckpointError;
 use super::directory::{self, Place, Role};
-use super::output::ClassResult;
-use super::partition::{CheckpointError, Finalised, PartitionState};
+use super::output::{ClassResult, Outgoing};
+use super::partition::{Finalised, PartitionState};
 use super::Rules;
 use crate::ack::{AckToken, AckTracker, PartitionId};
 use crate::health::Health;
@@ -43,10 +44,10 @@ use crate::stats::Stats;
 
 /// Health component and write label of the stage.
 pub const NAME: &str = "aggregates";
+/// Health component naming the partitions refused for a checkpoint of a newer format.
+pub const REFUSED: &str = "aggregate checkpoints";
 /// Checkpoints kept per partition (the newest, and one before it).
 const CHECKPOINTS_KEPT: usize = 2;
-/// Where a final result's live document goes in the outbox.
-const LIVE_PREFIX: &str = "aggregates/live/";
 /// How often a closing class looks again for the parts it waits for.
 const CLOSING_RECHECK: Duration = Duration::from_secs(5);
 /// Class claims in flight at once.
@@ -129,6 +130,9 @@ pub struct AggregateStage {
     /// The source's acknowledgements (set by [`AggregateStage::run`]): which partitions
     /// continue others.
     acks: Option<AckTracker>,
+    /// Partitions whose newest checkpoint a newer build wrote, with the turn refused and why:
+    /// their batches are failed, never counted, and nothing of them is written.
+    refused: HashMap<PartitionId, (u64, String)>,
 }
 
 impl AggregateStage {
@@ -153,6 +157,7 @@ impl AggregateStage {
             partitions: HashMap::new(),
             class_directory: false,
             acks: None,
+            refused: HashMap::new(),
         }
     }
 
@@ -207,7 +212,11 @@ impl AggregateStage {
             tokio::select! {
                 batch = input.recv() => match batch {
                     Some(mut batch) => {
-                        self.apply(&mut batch).await?;
+                        if !self.apply(&mut batch).await? {
+                            // Refused: replayed by the build that reads its checkpoint.
+                            batch.ack.fail();
+                            continue;
+                        }
                         let batch = Arc::new(batch);
                         for output in &outputs {
                             output.send(Arc::clone(&batch)).await.map_err(|_| AggregateError::Downstream)?;
@@ -251,17 +260,19 @@ impl AggregateStage {
         }
     }
 
-    async fn apply(&mut self, batch: &mut DecodedBatch) -> Result<(), AggregateError> {
+    /// Counts `batch`; `false` if its partition is refused (the batch must not go on).
+    async fn apply(&mut self, batch: &mut DecodedBatch) -> Result<bool, AggregateError> {
         match self.partitions.get(&batch.partition) {
             Some(owned) if owned.generation == batch.generation => {}
             // Read before a rebalance this task has since seen: the new turn replays it from
             // the committed position. Passed on uncounted (the lake keeps it at least once).
-            Some(owned) if owned.generation > batch.generation => return Ok(()),
+            Some(owned) if owned.generation > batch.generation => return Ok(true),
             // First seen, or assigned again: whatever this task held may be behind what
             // another owner checkpointed since. Start from the newest checkpoint.
             _ => {
-                let owned = self.restore(&batch.partition, batch.generation).await?;
-                self.partitions.insert(batch.partition.clone(), owned);
+                if !self.take_up(&batch.partition, batch.generation).await? {
+                    return Ok(false);
+                }
             }
         }
         self.claim_new_classes(&batch.partition, &batch.events)
@@ -285,7 +296,66 @@ impl AggregateStage {
         Stats::add(&self.stats.late, tally.late);
         self.record_finalised(finalised);
         self.close_classes(false).await;
-        Ok(())
+        Ok(true)
+    }
+
+    /// Restores `partition` for turn `generation` from its newest checkpoint; `false` if it
+    /// is refused: that checkpoint (or a parent's) has a format newer than this build reads.
+    /// A refused partition is not ready until it is revoked, and nothing of it is written,
+    /// so the newer state stays for a build that reads it.
+    async fn take_up(
+        &mut self,
+        partition: &PartitionId,
+        generation: u64,
+    ) -> Result<bool, AggregateError> {
+        if self
+            .refused
+            .get(partition)
+            .is_some_and(|(refused, _)| *refused >= generation)
+        {
+            return Ok(false);
+        }
+        match self.restore(partition, generation).await {
+            Ok(owned) => {
+                self.partitions.insert(partition.clone(), owned);
+                if self.refused.remove(partition).is_some() {
+                    self.report_refused();
+                }
+                Ok(true)
+            }
+            Err(AggregateError::Checkpoint {
+                partition: from,
+                key,
+                source,
+            }) if source.is_newer() => {
+                tracing::error!(partition = %partition, checkpoint = %key, error = %source, "partition refused: its checkpoint is of a newer build; nothing of it is counted or written here");
+                metrics::record_checkpoint_refused();
+                self.refused.insert(
+                    partition.clone(),
+                    (generation, format!("{partition} ({from}: {key}: {source})")),
+                );
+                self.report_refused();
+                Ok(false)
+            }
+            Err(error) => Err(error),
+        }
+    }
+
+    /// Readiness names the refused partitions.
+    fn report_refused(&self) {
+        if self.refused.is_empty() {
+            self.health.ready(REFUSED);
+            return;
+        }
+        let mut names: Vec<&str> = self.refused.values().map(|(_, why)| why.as_str()).collect();
+        names.sort();
+        self.health.not_ready(
+            REFUSED,
+            format!(
+                "partitions refused, their checkpoints are of a newer build: {}",
+                names.join("; ")
+            ),
+        );
     }
 
     /// Claims in the class directory the classes `events` meet for the first time on
@@ -439,6 +509,7 @@ impl AggregateStage {
                 continue;
             }
             let mut parts = Vec::new();
+            let mut newer = false;
             for (visitor, part_key) in &visits.parts {
                 let body = self
                     .retry("reading a class part", || {
@@ -450,11 +521,21 @@ impl AggregateStage {
                         tracing::info!(partition = %partition, class = %key, visitor, counted_on, "class part merged");
                         parts.push(part);
                     }
+                    // Of a newer build: the class waits for a home that merges it.
+                    Err(error) if error.is_newer() && !force => {
+                        tracing::error!(partition = %partition, class = %key, key = %part_key, error = %error, "class part of a newer build: the class waits, closing, for a build that merges it");
+                        newer = true;
+                    }
                     Err(error) => {
                         // Not mergeable by this build: it stays where it is for an operator.
                         tracing::error!(partition = %partition, class = %key, key = %part_key, error = %error, "class part unreadable: the class is final without it");
                     }
                 }
+            }
+            if newer {
+                let owned = self.partitions.get_mut(&partition).expect("listed above");
+                owned.recheck.insert(key.clone(), now + CLOSING_RECHECK);
+                continue;
             }
             let merged = parts.len() as u64;
             let owned = self.partitions.get_mut(&partition).expect("listed above");
@@ -486,6 +567,12 @@ impl AggregateStage {
             }
             current
         });
+        let refused = self.refused.len();
+        self.refused
+            .retain(|partition, (generation, _)| acks.generation(partition) == *generation);
+        if self.refused.len() != refused {
+            self.report_refused();
+        }
     }
 
     /// Restores partitions assigned but not yet seen in a batch: a partition whose backlog is
@@ -499,8 +586,7 @@ impl AggregateStage {
             {
                 continue;
             }
-            let owned = self.restore(&partition, generation).await?;
-            self.partitions.insert(partition, owned);
+            self.take_up(&partition, generation).await?;
         }
         Ok(())
     }
@@ -598,24 +684,36 @@ impl AggregateStage {
                     job.deletes.push(owned.checkpoints.remove(0));
                 }
                 job.deletes.append(&mut owned.leftovers);
-                for (relative, body) in owned.state.outbox.drain(..) {
-                    if !relative.starts_with(LIVE_PREFIX) {
-                        job.results
-                            .push((self.writer.path(&relative), Bytes::from(body)));
-                        continue;
-                    }
-                    // The whole result: the table's rows, and the screens' live document.
-                    if self.table.is_some() {
-                        match serde_json::from_slice::<ClassResult>(&body) {
-                            Ok(result) => job.final_rows.push(result),
-                            Err(error) => {
-                                tracing::error!(key = %relative, error = %error, "final result unreadable for the table")
+                for outgoing in owned.state.outbox.drain(..) {
+                    match outgoing {
+                        Outgoing::Result(result) => {
+                            let mut objects = result.objects();
+                            if self.live_interval.is_some() {
+                                // The screens' document ends with the final values.
+                                objects = objects.and_then(|mut objects| {
+                                    objects.push(result.live_object()?);
+                                    Ok(objects)
+                                });
+                            }
+                            match objects {
+                                Ok(objects) => job.results.extend(objects.into_iter().map(
+                                    |(relative, body)| {
+                                        (self.writer.path(&relative), Bytes::from(body))
+                                    },
+                                )),
+                                // Plain structs of numbers and strings always serialise.
+                                Err(error) => {
+                                    unreachable!("class result does not serialise: {error}")
+                                }
+                            }
+                            if self.table.is_some() {
+                                job.final_rows.push(*result);
                             }
                         }
-                    }
-                    if self.live_interval.is_some() {
-                        job.results
-                            .push((self.writer.path(&relative), Bytes::from(body)));
+                        Outgoing::Part { key, body } | Outgoing::HomeFinal { key, body } => {
+                            job.results
+                                .push((self.writer.path(&key), Bytes::from(body)));
+                        }
                     }
                 }
                 owned.dirty = false;
@@ -645,14 +743,11 @@ impl AggregateStage {
                 newest(store.as_ref(), &directory)
             })
             .await;
-        // The outbox carries the whole result (the live document) when anything reads it.
-        let live_objects = self.live_interval.is_some() || self.table.is_some();
         let place = self
             .class_directory
             .then(|| Place::new(&self.writer, partition));
         let Some((key, body)) = body else {
             let mut state = PartitionState::new(partition.to_string());
-            state.live_objects = live_objects;
             state.place = place;
             let inherited = self.inherit(partition, &mut state).await?;
             return Ok(Owned {
@@ -679,7 +774,6 @@ impl AggregateStage {
             classes = state.classes.len(),
             "aggregate state restored"
         );
-        state.live_objects = live_objects;
         state.place = place;
         // Results recorded by the checkpoint may not have been written: write them again.
         let dirty = !state.outbox.is_empty();
@@ -832,7 +926,16 @@ pub(crate) mod tests {
         generation: u64,
         offsets: std::ops::RangeInclusive<u64>,
     ) -> DecodedBatch {
-        let partition = PartitionId::new("events", 0);
+        batch_of(PartitionId::new("events", 0), acks, generation, offsets)
+    }
+
+    /// [`batch`] of `partition`.
+    fn batch_of(
+        partition: PartitionId,
+        acks: &AckTracker,
+        generation: u64,
+        offsets: std::ops::RangeInclusive<u64>,
+    ) -> DecodedBatch {
         let events = offsets
             .clone()
             .map(|offset| {
@@ -969,5 +1072,88 @@ pub(crate) mod tests {
         let live: serde_json::Value = serde_json::from_str(&live[0]).unwrap();
         assert_eq!(live["summary"], summary);
         assert_eq!(live["members"][0]["final"], true);
+    }
+
+    /// The rollback rule: a checkpoint of a newer format is never overwritten. Its partition
+    /// is refused (not ready, by name; its batches failed, neither counted nor passed on)
+    /// while the task's other partitions go on.
+    #[tokio::test]
+    async fn a_partition_whose_checkpoint_is_of_a_newer_build_is_refused_and_left_alone() {
+        let directory = tempfile::tempdir().unwrap();
+        let (newer, other) = (PartitionId::new("events", 0), PartitionId::new("events", 1));
+        let newer_dir = directory
+            .path()
+            .join("checkpoints/aggregates/kafka-events-0");
+        std::fs::create_dir_all(&newer_dir).unwrap();
+        let mut plain = postcard::to_stdvec(&(super::super::checkpoint::VERSION + 1)).unwrap();
+        plain.extend_from_slice(b"a newer build's state");
+        let body = zstd::bulk::compress(&plain, 1).unwrap();
+        let newer_key = newer_dir.join(format!("{:020}.postcard.zst", 40));
+        std::fs::write(&newer_key, &body).unwrap();
+
+        let acks = AckTracker::new();
+        acks.assign(&newer);
+        acks.assign(&other);
+        let health = Health::new();
+        let stage = AggregateStage::new(
+            Rules::default(),
+            Duration::from_millis(50),
+            None,
+            writer(directory.path()),
+            health.clone(),
+            Arc::default(),
+        );
+        let (input, receiver) = mpsc::channel(4);
+        let (output, mut sink) = mpsc::channel(16);
+        let task = tokio::spawn(stage.run(
+            receiver,
+            vec![output],
+            CancellationToken::new(),
+            acks.clone(),
+        ));
+        input
+            .send(batch_of(newer.clone(), &acks, 1, 41..=45))
+            .await
+            .unwrap();
+        input
+            .send(batch_of(other.clone(), &acks, 1, 0..=4))
+            .await
+            .unwrap();
+        let passed_on = sink.recv().await.unwrap();
+        assert_eq!(
+            passed_on.partition, other,
+            "only the other partition's batch goes on"
+        );
+        let (ready, report) = health.report();
+        assert!(!ready);
+        assert!(
+            report.contains("events/0") && report.contains("newer than this build reads"),
+            "{report}"
+        );
+        drop(input);
+        task.await.unwrap().unwrap();
+        assert!(sink.recv().await.is_none());
+
+        assert_eq!(acks.failed_partitions(), vec![newer]);
+        let kept: Vec<_> = std::fs::read_dir(&newer_dir)
+            .unwrap()
+            .map(|entry| entry.unwrap().path())
+            .collect();
+        assert_eq!(kept, vec![newer_key.clone()], "nothing written beside it");
+        assert_eq!(
+            std::fs::read(&newer_key).unwrap(),
+            body,
+            "left as the newer build wrote it"
+        );
+        assert!(
+            directory
+                .path()
+                .join("checkpoints/aggregates/kafka-events-1")
+                .read_dir()
+                .unwrap()
+                .next()
+                .is_some(),
+            "the other partition checkpoints"
+        );
     }
 }

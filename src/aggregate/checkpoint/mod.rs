@@ -1,0 +1,414 @@
+//! The checkpoint format: how a partition's state and a class's part are serialised
+//! (postcard, then zstd level 1), and the readers of the earlier versions still restored.
+//!
+//! Both start with their format version. This build writes [`VERSION`] and restores every
+//! checkpoint from [`OLDEST`] on: an earlier version keeps its reader in a module of its own
+//! (`v3`), with the types as that version wrote them and an upgrade into the next version's
+//! form, so a restore runs the chain up to the newest. A checkpoint of a version newer than
+//! this build's (written by a newer build, met in a rolling deploy or after a rollback) is
+//! [`CheckpointError::Newer`]: the stage refuses its partition and never overwrites it
+//! (`docs/decisions/0015-checkpoint-versions-and-rollback.md`).
+//!
+//! Changing a serialised type: bump [`VERSION`], move the old definitions into `v{old}.rs`
+//! with an upgrade, and write the new version's fixture with
+//! `CLASSPULSE_WRITE_FIXTURES=1 cargo test --lib aggregate::checkpoint`. A class part changes
+//! version only when its own layout does ([`PART_VERSION`]), so an older home still merges the
+//! parts of a newer visitor whenever it can.
+
+mod v3;
+
+use std::collections::BTreeMap;
+
+use serde::{Deserialize, Serialize};
+
+use super::class::ClassState;
+use super::output::Outgoing;
+use super::partition::{PartitionState, Trigger};
+
+/// The checkpoint format this build writes.
+pub const VERSION: u32 = 4;
+/// The oldest checkpoint format this build restores.
+pub const OLDEST: u32 = 3;
+/// The format of a class part handed to its home, written and read by this build.
+pub const PART_VERSION: u32 = 3;
+
+/// A checkpoint or part this build cannot read.
+#[derive(Debug, thiserror::Error)]
+pub enum CheckpointError {
+    /// Written by a newer build: left alone for a build that reads it.
+    #[error("format version {found} is newer than this build reads ({OLDEST} to {newest})")]
+    Newer {
+        /// The version found.
+        found: u32,
+        /// The newest this build reads.
+        newest: u32,
+    },
+    /// Older than any this build restores.
+    #[error("format version {found} is older than this build reads ({OLDEST} to {VERSION})")]
+    Older {
+        /// The version found.
+        found: u32,
+    },
+    /// Not a zstd frame.
+    #[error("zstd: {0}")]
+    Compression(#[source] std::io::Error),
+    /// Not of the layout its version says.
+    #[error("postcard: {0}")]
+    Layout(#[source] postcard::Error),
+    /// An older version's content that does not upgrade.
+    #[error("upgrading from format version {from}: {detail}")]
+    Upgrade {
+        /// The version upgraded from.
+        from: u32,
+        /// What did not fit.
+        detail: String,
+    },
+}
+
+impl CheckpointError {
+    /// Whether a newer build wrote it (the partition waits for such a build).
+    pub fn is_newer(&self) -> bool {
+        matches!(self, CheckpointError::Newer { .. })
+    }
+}
+
+/// A partition's state as [`VERSION`] serialises it; `C` is the class state (borrowed when
+/// writing).
+#[derive(Serialize, Deserialize)]
+struct Checkpoint<C> {
+    version: u32,
+    name: String,
+    position: Option<u64>,
+    clock_ms: i64,
+    classes: Vec<C>,
+    finalised: BTreeMap<String, i64>,
+    outbox: Vec<Outgoing>,
+    left_out: BTreeMap<u64, Vec<(u128, bool, i64)>>,
+    last_class: Option<String>,
+    closing: Vec<(String, C, Trigger)>,
+}
+
+/// A part of a class handed to its home, as [`PART_VERSION`] serialises it.
+#[derive(Serialize, Deserialize)]
+struct Part<C> {
+    version: u32,
+    /// `stream/partition` that counted it.
+    partition: String,
+    class: C,
+}
+
+/// Serialises `state`.
+pub fn encode(state: &PartitionState) -> Vec<u8> {
+    let mut classes: Vec<&ClassState> = state.classes.values().collect();
+    classes.sort_by(|a, b| (&a.studio_id, &a.class_id).cmp(&(&b.studio_id, &b.class_id)));
+    pack(&Checkpoint {
+        version: VERSION,
+        name: state.name.clone(),
+        position: state.position,
+        clock_ms: state.clock_ms,
+        classes,
+        finalised: state.finalised.clone(),
+        outbox: state.outbox.clone(),
+        left_out: state.left_out.clone(),
+        last_class: state.last_class.clone(),
+        closing: state
+            .closing
+            .iter()
+            .map(|(key, (class, trigger))| (key.clone(), class, *trigger))
+            .collect(),
+    })
+}
+
+/// Restores a state written by this build or an earlier one (up to [`OLDEST`]). Wall-clock
+/// idle times restart at `wall_ms`: a task that was down is not a class that went quiet.
+pub fn decode(bytes: &[u8], wall_ms: i64) -> Result<PartitionState, CheckpointError> {
+    let plain = zstd::stream::decode_all(bytes).map_err(CheckpointError::Compression)?;
+    let checkpoint: Checkpoint<ClassState> = match version(&plain)? {
+        VERSION => postcard::from_bytes(&plain).map_err(CheckpointError::Layout)?,
+        3 => v3::read(&plain)?.upgrade()?,
+        found if found > VERSION => {
+            return Err(CheckpointError::Newer {
+                found,
+                newest: VERSION,
+            })
+        }
+        found => return Err(CheckpointError::Older { found }),
+    };
+    let mut state = PartitionState::new(checkpoint.name);
+    state.position = checkpoint.position;
+    state.clock_ms = checkpoint.clock_ms;
+    state.classes = checkpoint
+        .classes
+        .into_iter()
+        .map(|mut class| {
+            class.last_seen_wall_ms = wall_ms;
+            (format!("{}:{}", class.studio_id, class.class_id), class)
+        })
+        .collect();
+    state.finalised = checkpoint.finalised;
+    state.outbox = checkpoint.outbox;
+    state.left_out = checkpoint.left_out;
+    state.last_class = checkpoint.last_class;
+    state.closing = checkpoint
+        .closing
+        .into_iter()
+        .map(|(key, class, trigger)| (key, (class, trigger)))
+        .collect();
+    Ok(state)
+}
+
+/// Serialises a class's part counted on `partition`.
+pub fn encode_part(partition: &str, class: &ClassState) -> Vec<u8> {
+    pack(&Part {
+        version: PART_VERSION,
+        partition: partition.to_owned(),
+        class,
+    })
+}
+
+/// Reads a part: the partition that counted it, and its state.
+pub fn decode_part(bytes: &[u8]) -> Result<(String, ClassState), CheckpointError> {
+    let plain = zstd::stream::decode_all(bytes).map_err(CheckpointError::Compression)?;
+    match version(&plain)? {
+        PART_VERSION => {
+            let part: Part<ClassState> =
+                postcard::from_bytes(&plain).map_err(CheckpointError::Layout)?;
+            Ok((part.partition, part.class))
+        }
+        found if found > PART_VERSION => Err(CheckpointError::Newer {
+            found,
+            newest: PART_VERSION,
+        }),
+        found => Err(CheckpointError::Older { found }),
+    }
+}
+
+/// The format version a serialised checkpoint or part starts with.
+fn version(plain: &[u8]) -> Result<u32, CheckpointError> {
+    postcard::take_from_bytes::<u32>(plain)
+        .map(|(version, _)| version)
+        .map_err(CheckpointError::Layout)
+}
+
+/// postcard, then zstd level 1.
+fn pack<T: Serialize>(value: &T) -> Vec<u8> {
+    let plain = postcard::to_stdvec(value)
+        .unwrap_or_else(|error| unreachable!("aggregate state does not serialise: {error}"));
+    zstd::bulk::compress(&plain, 1)
+        .unwrap_or_else(|error| unreachable!("zstd cannot compress in memory: {error}"))
+}
+
+#[cfg(test)]
+mod tests {
+    use std::collections::{BTreeMap, BTreeSet};
+
+    use super::*;
+    use crate::aggregate::fixture;
+
+    /// A class's state as text, its sets of ids sorted (they serialise in hash order).
+    fn canonical(class: &ClassState) -> String {
+        let mut plain = class.clone();
+        let seen: BTreeMap<i64, BTreeSet<u128>> = std::mem::take(&mut plain.seen)
+            .into_iter()
+            .map(|(bucket, ids)| (bucket, ids.into_iter().collect()))
+            .collect();
+        plain.changed = false;
+        format!("{plain:?} seen {seen:?}")
+    }
+
+    /// Every object the outbox writes (results with their live documents), by key; parts
+    /// as their canonical state.
+    fn written(outbox: &[Outgoing]) -> BTreeMap<String, String> {
+        let mut objects = BTreeMap::new();
+        for outgoing in outbox {
+            match outgoing {
+                Outgoing::Result(result) => {
+                    let mut rendered = result.objects().unwrap();
+                    rendered.push(result.live_object().unwrap());
+                    objects.extend(
+                        rendered
+                            .into_iter()
+                            .map(|(key, body)| (key, String::from_utf8(body).unwrap())),
+                    );
+                }
+                Outgoing::Part { key, body } => {
+                    let (partition, class) = decode_part(body).unwrap();
+                    objects.insert(key.clone(), format!("{partition} {}", canonical(&class)));
+                }
+                Outgoing::HomeFinal { key, body } => {
+                    objects.insert(key.clone(), String::from_utf8(body.clone()).unwrap());
+                }
+            }
+        }
+        objects
+    }
+
+    /// A state as text: everything a checkpoint holds.
+    fn canonical_state(state: &PartitionState) -> String {
+        let classes: BTreeMap<&String, String> = state
+            .classes
+            .iter()
+            .map(|(key, class)| (key, canonical(class)))
+            .collect();
+        let closing: BTreeMap<&String, (String, Trigger)> = state
+            .closing
+            .iter()
+            .map(|(key, (class, trigger))| (key, (canonical(class), *trigger)))
+            .collect();
+        format!(
+            "{} {:?} {} {classes:?} {:?} {:?} {:?} {closing:?} {:?}",
+            state.name,
+            state.position,
+            state.clock_ms,
+            state.finalised,
+            state.left_out,
+            state.last_class,
+            written(&state.outbox)
+        )
+    }
+
+    /// The state at the fixture's cut, as this build holds it.
+    fn at_cut() -> PartitionState {
+        let (events, cut) = fixture::events();
+        let mut state = fixture::state();
+        fixture::apply(&mut state, &events[..cut]);
+        state
+    }
+
+    /// The fixture of this build's format holds what this build writes at the cut: a change
+    /// to the serialised types without a new version fails here.
+    /// `CLASSPULSE_WRITE_FIXTURES=1` writes it first (for a new version).
+    #[test]
+    fn this_builds_format_is_its_fixture() {
+        let encoded = encode(&at_cut());
+        let path = fixture::directory().join(format!("v{VERSION}.postcard.zst"));
+        if std::env::var_os("CLASSPULSE_WRITE_FIXTURES").is_some() {
+            std::fs::create_dir_all(fixture::directory()).unwrap();
+            std::fs::write(&path, &encoded).unwrap();
+        }
+        let fixture = std::fs::read(&path).unwrap_or_else(|error| {
+            panic!(
+                "{}: {error} (CLASSPULSE_WRITE_FIXTURES=1 writes it)",
+                path.display()
+            )
+        });
+        let fixture = decode(&fixture, 0).unwrap_or_else(|error| {
+            panic!(
+                "{}: {error}: bump VERSION and keep a reader of the old one",
+                path.display()
+            )
+        });
+        assert_eq!(
+            canonical_state(&fixture),
+            canonical_state(&decode(&encoded, 0).unwrap()),
+            "{} holds another state than this build writes: bump VERSION and keep a reader of the old one",
+            path.display()
+        );
+    }
+
+    /// Each version's checkpoint at the cut, restored, runs on to the results, positions and
+    /// verdicts of a run from scratch.
+    #[test]
+    fn every_versions_fixture_restores_into_the_run_from_scratch() {
+        let (events, cut) = fixture::events();
+        let mut scratch = fixture::state();
+        fixture::apply(&mut scratch, &events);
+        fixture::finish(&mut scratch);
+        let expected = written(&scratch.outbox);
+        assert!(
+            expected.keys().any(|key| key.ends_with("/home"))
+                && expected.keys().any(|key| key.contains("/part-"))
+                && expected
+                    .keys()
+                    .filter(|key| key.starts_with("aggregates/classes/"))
+                    .count()
+                    == 3,
+            "three results, a part and a home record: {:?}",
+            expected.keys()
+        );
+        for version in OLDEST..=VERSION {
+            let path = fixture::directory().join(format!("v{version}.postcard.zst"));
+            let bytes =
+                std::fs::read(&path).unwrap_or_else(|error| panic!("{}: {error}", path.display()));
+            let mut restored =
+                decode(&bytes, 0).unwrap_or_else(|error| panic!("v{version}: {error}"));
+            assert!(
+                !restored.outbox.is_empty() && !restored.closing.is_empty(),
+                "v{version}: the cut holds results not yet written and a closing class"
+            );
+            fixture::prepare(&mut restored);
+            fixture::apply(&mut restored, &events[cut..]);
+            fixture::finish(&mut restored);
+            assert_eq!(restored.position, scratch.position, "v{version}");
+            assert_eq!(restored.clock_ms, scratch.clock_ms, "v{version}");
+            assert_eq!(restored.finalised, scratch.finalised, "v{version}");
+            assert_eq!(restored.left_out, scratch.left_out, "v{version}");
+            assert!(restored.classes.is_empty() && restored.closing.is_empty());
+            let restored = written(&restored.outbox);
+            assert_eq!(
+                restored.keys().collect::<Vec<_>>(),
+                expected.keys().collect::<Vec<_>>(),
+                "v{version}"
+            );
+            for (key, body) in &expected {
+                assert_eq!(&restored[key], body, "v{version}: {key}");
+            }
+        }
+    }
+
+    /// This build writes parts as the fixture's oldest version did: their layout did not
+    /// change, so an older home merges a newer visitor's part.
+    #[test]
+    fn parts_keep_their_version() {
+        let path = fixture::directory().join(format!("v{OLDEST}.postcard.zst"));
+        let restored = decode(&std::fs::read(path).unwrap(), 0).unwrap();
+        let Some(Outgoing::Part { body, .. }) = restored
+            .outbox
+            .iter()
+            .find(|outgoing| matches!(outgoing, Outgoing::Part { .. }))
+        else {
+            panic!("the fixture hands a part over");
+        };
+        let (partition, class) = decode_part(body).unwrap();
+        assert_eq!(partition, fixture::PARTITION);
+        let again = encode_part(&partition, &class);
+        assert_eq!(
+            version(&zstd::stream::decode_all(&again[..]).unwrap()).unwrap(),
+            OLDEST
+        );
+        assert_eq!(
+            canonical(&decode_part(&again).unwrap().1),
+            canonical(&class)
+        );
+    }
+
+    #[test]
+    fn a_newer_or_older_format_is_refused_by_its_version() {
+        let with_version = |version: u32| {
+            let mut plain = postcard::to_stdvec(&version).unwrap();
+            plain.extend_from_slice(b"whatever a newer build writes");
+            zstd::bulk::compress(&plain, 1).unwrap()
+        };
+        let error = decode(&with_version(VERSION + 1), 0).unwrap_err();
+        assert!(error.is_newer(), "{error}");
+        assert_eq!(
+            error.to_string(),
+            format!(
+                "format version {} is newer than this build reads ({OLDEST} to {VERSION})",
+                VERSION + 1
+            )
+        );
+        let error = decode(&with_version(OLDEST - 1), 0).unwrap_err();
+        assert!(
+            matches!(error, CheckpointError::Older { found } if found == OLDEST - 1),
+            "{error}"
+        );
+        assert!(decode_part(&with_version(PART_VERSION + 1))
+            .unwrap_err()
+            .is_newer());
+        assert!(matches!(
+            decode(b"not zstd", 0).unwrap_err(),
+            CheckpointError::Compression(_)
+        ));
+    }
+}
