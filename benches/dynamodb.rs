@@ -14,16 +14,16 @@ use std::time::{Duration, Instant};
 use aws_sdk_dynamodb::primitives::Blob;
 use aws_sdk_dynamodb::types::{AttributeValue, PutRequest, WriteRequest};
 use classpulse::ack::AckTracker;
+use classpulse::decode::decode_batch;
 use classpulse::decode::Decoder;
 use classpulse::health::Health;
-use classpulse::pipeline::decode_batch;
 use classpulse::sink::dynamodb::events::{EventsTableSink, PackSettings, MAX_PAYLOAD_BYTES, NAME};
 use classpulse::sink::dynamodb::tables::create_table;
 use classpulse::sink::dynamodb::{Item, TableWriter};
-use classpulse::sink::object::ObjectWriter;
 use classpulse::sink::Sink;
 use classpulse::source::simulator::Simulator;
 use classpulse::source::Source;
+use classpulse::store::ObjectWriter;
 use criterion::{criterion_group, criterion_main, BenchmarkId, Criterion, Throughput};
 use futures::StreamExt;
 use rand::Rng;
@@ -42,7 +42,11 @@ async fn client() -> aws_sdk_dynamodb::Client {
         ))
         .load()
         .await;
-    classpulse::sink::dynamodb::client(&sdk, Some(&ENDPOINT.parse().unwrap()))
+    classpulse::aws::dynamodb(
+        &sdk,
+        Some(&ENDPOINT.parse().unwrap()),
+        classpulse::aws::Retries::Caller,
+    )
 }
 
 /// Packs a simulated hour into the events table; prints the write units per 1,000 events.

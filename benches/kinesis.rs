@@ -12,9 +12,9 @@ use aws_sdk_kinesis::primitives::Blob;
 use aws_sdk_kinesis::types::{PutRecordsRequestEntry, ShardIteratorType, StreamStatus};
 use bytes::Bytes;
 use classpulse::config::KinesisConfig;
+use classpulse::config::StartPosition;
 use classpulse::decode::RawMessage;
 use classpulse::health::Health;
-use classpulse::source::kinesis::lease::StartPosition;
 use classpulse::source::kinesis::KinesisSource;
 use criterion::{criterion_group, criterion_main, Criterion, Throughput};
 
@@ -40,7 +40,11 @@ async fn clients() -> (aws_sdk_kinesis::Client, aws_sdk_dynamodb::Client) {
         .await;
     (
         classpulse::aws::kinesis(&sdk, Some(&KINESIS.parse().unwrap())),
-        classpulse::aws::dynamodb(&sdk, Some(&DYNAMODB.parse().unwrap())),
+        classpulse::aws::dynamodb(
+            &sdk,
+            Some(&DYNAMODB.parse().unwrap()),
+            classpulse::aws::Retries::Sdk,
+        ),
     )
 }
 

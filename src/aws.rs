@@ -1,9 +1,10 @@
-//! AWS clients. In production the SDK's default credential chain and region apply (the ECS task
-//! role); for local servers an endpoint override per service, and us-east-1 when no region is
-//! configured.
+//! AWS clients and their errors. In production the SDK's default credential chain and region
+//! apply (the ECS task role); for local servers an endpoint override per service, and us-east-1
+//! when no region is configured.
 
 use aws_config::meta::region::RegionProviderChain;
 use aws_config::{BehaviorVersion, SdkConfig};
+use aws_sdk_dynamodb::error::{ProvideErrorMetadata, SdkError};
 use url::Url;
 
 /// Region used when neither the environment nor a profile names one (local servers).
@@ -18,10 +19,28 @@ pub async fn sdk_config() -> SdkConfig {
         .await
 }
 
-/// A DynamoDB client with [`call_timeouts`] (the Kinesis source's leases and checkpoints),
-/// sent to `endpoint` when one is set.
-pub fn dynamodb(sdk: &SdkConfig, endpoint: Option<&Url>) -> aws_sdk_dynamodb::Client {
+/// Who retries a DynamoDB call.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Retries {
+    /// The SDK, with its standard retries (the Kinesis source's leases and checkpoints, table
+    /// setup).
+    Sdk,
+    /// The caller only: the sinks' table writer retries, and its limiter must see every
+    /// throttle.
+    Caller,
+}
+
+/// A DynamoDB client with [`call_timeouts`], retried by `retries`, sent to `endpoint` when one
+/// is set.
+pub fn dynamodb(
+    sdk: &SdkConfig,
+    endpoint: Option<&Url>,
+    retries: Retries,
+) -> aws_sdk_dynamodb::Client {
     let mut builder = aws_sdk_dynamodb::config::Builder::from(sdk).timeout_config(call_timeouts());
+    if retries == Retries::Caller {
+        builder = builder.retry_config(aws_sdk_dynamodb::config::retry::RetryConfig::disabled());
+    }
     if let Some(endpoint) = endpoint {
         builder = builder.endpoint_url(endpoint.as_str().trim_end_matches('/'));
     }
@@ -46,4 +65,65 @@ pub fn kinesis(sdk: &SdkConfig, endpoint: Option<&Url>) -> aws_sdk_kinesis::Clie
         builder = builder.endpoint_url(endpoint.as_str().trim_end_matches('/'));
     }
     aws_sdk_kinesis::Client::from_conf(builder.build())
+}
+
+/// What a failed call means for what was in it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Failure {
+    /// Slow down and try again.
+    Throttled,
+    /// A transient fault (5xx, connection, timeout): try again.
+    Transient(String),
+    /// The request is invalid: retrying the same items cannot succeed.
+    Invalid(String),
+    /// The table is missing, or access is denied: needs an operator; retried slowly.
+    Fatal(String),
+}
+
+impl Failure {
+    /// Metric label.
+    pub fn reason(&self) -> &'static str {
+        match self {
+            Failure::Throttled => "throttled",
+            Failure::Transient(_) => "transient",
+            Failure::Invalid(_) => "invalid",
+            Failure::Fatal(_) => "fatal",
+        }
+    }
+}
+
+/// Sorts an SDK error into a [`Failure`] by its error code (DynamoDB's, and the codes every
+/// AWS service shares).
+pub fn classify<E, R>(error: &SdkError<E, R>) -> Failure
+where
+    E: ProvideErrorMetadata + std::error::Error + 'static,
+    R: std::fmt::Debug,
+{
+    let detail = || {
+        let message = error.message().unwrap_or_default();
+        match error.code() {
+            Some(code) => format!("{code}: {message}"),
+            None => format!("{}", aws_sdk_dynamodb::error::DisplayErrorContext(error)),
+        }
+    };
+    match error {
+        SdkError::ServiceError(_) => match error.code().unwrap_or_default() {
+            "ProvisionedThroughputExceededException"
+            | "ThrottlingException"
+            | "RequestLimitExceeded"
+            | "LimitExceededException" => Failure::Throttled,
+            "ValidationException"
+            | "ItemCollectionSizeLimitExceededException"
+            | "SerializationException" => Failure::Invalid(detail()),
+            "ResourceNotFoundException"
+            | "AccessDeniedException"
+            | "UnrecognizedClientException"
+            | "MissingAuthenticationTokenException"
+            | "InvalidSignatureException"
+            | "ExpiredTokenException" => Failure::Fatal(detail()),
+            _ => Failure::Transient(detail()),
+        },
+        SdkError::ConstructionFailure(_) => Failure::Invalid(detail()),
+        _ => Failure::Transient(detail()),
+    }
 }

@@ -163,6 +163,17 @@ impl KafkaConfig {
     }
 }
 
+/// The configured start of a shard with no checkpoint and no parent.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum StartPosition {
+    /// `TRIM_HORIZON` (the default: a backlog is never skipped).
+    TrimHorizon,
+    /// `LATEST`.
+    Latest,
+    /// `AT_TIMESTAMP`, epoch ms.
+    AtTimestamp(i64),
+}
+
 /// Kinesis consumer settings.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct KinesisConfig {
@@ -173,7 +184,7 @@ pub struct KinesisConfig {
     /// Lease table name.
     pub lease_table: String,
     /// Start of shards with no checkpoint and no parent.
-    pub start: crate::source::kinesis::lease::StartPosition,
+    pub start: StartPosition,
     /// Expiry of an unrenewed lease.
     pub lease_duration: Duration,
     /// Interval between shard listings.
@@ -576,7 +587,6 @@ impl Reader<'_> {
 
     /// Kinesis settings; the stream is required when `required`.
     fn kinesis(&self, required: bool) -> Result<KinesisConfig, ConfigError> {
-        use crate::source::kinesis::lease::StartPosition;
         let stream = self.raw("CLASSPULSE_KINESIS_STREAM").trim().to_owned();
         let valid_name = |name: &str| {
             (1..=128).contains(&name.len())
@@ -1179,7 +1189,6 @@ mod tests {
 
     #[test]
     fn kinesis_needs_a_stream_and_names_its_lease_table_after_the_app() {
-        use crate::source::kinesis::lease::StartPosition;
         let error = Config::from_vars(&env(&[("CLASSPULSE_SOURCE", "kinesis")])).unwrap_err();
         assert_eq!(error.variable, "CLASSPULSE_KINESIS_STREAM");
         let config = Config::from_vars(&env(&[

@@ -5,7 +5,8 @@
 //! An event's path, in order:
 //!
 //! - [`source`]: where messages come from: [`source::simulator`] (built in),
-//!   [`source::kafka`] (a consumer group; [`source::msk_iam`] signs MSK IAM tokens) and
+//!   [`source::kafka`] (a consumer group; [`kafka`] holds the client settings it shares with the
+//!   dead-letter topic, and [`kafka::msk_iam`] signs MSK IAM tokens) and
 //!   [`source::kinesis`] (shard leases in DynamoDB, KPL de-aggregation). A source yields
 //!   [`source::RawBatch`]es, one partition each, and takes back committed positions.
 //! - [`decode`]: the hot path. Splits a message into events (object, array or NDJSON),
@@ -16,9 +17,8 @@
 //! - [`aggregate`]: the aggregate stage. Judges each event (duplicate, late), counts it into
 //!   its class, checkpoints each partition's state, and writes results (the lake's
 //!   `aggregates/`, the DynamoDB aggregates table) once final.
-//! - [`sink`]: destinations. [`sink::object`] is the shared object writer (one code path for
-//!   a local directory and S3) behind [`sink::lake`] (Parquet) and [`sink::dead_letter`]
-//!   (zstd NDJSON); [`sink::dead_letter_topic`] also produces rejected inputs to Kafka;
+//! - [`sink`]: destinations. [`sink::object`] batches records into objects per partition and
+//!   hour for [`sink::lake`] (Parquet) and [`sink::dead_letter`] (zstd NDJSON); [`sink::dead_letter_topic`] also produces rejected inputs to Kafka;
 //!   [`sink::dynamodb`] writes the events table (packed items) and the aggregates table
 //!   (conditional puts, fed by the aggregate stage).
 //! - [`ack`]: the acknowledgement path back. Each decoded batch carries an
@@ -26,8 +26,9 @@
 //!   source commits only the contiguous durable prefix. The tracker also knows each
 //!   partition's turns of ownership and whether it is read to its end.
 //!
-//! Around it: [`config`] (every `CLASSPULSE_*` variable, validated up front), [`aws`] (SDK
-//! clients with local endpoint overrides), [`metrics`] (every metric, declared once),
+//! Around it: [`store`] (the object store client: a local directory or S3, keys, the replay
+//! index, writes retried until durable), [`config`] (every `CLASSPULSE_*` variable, validated
+//! up front), [`aws`] (SDK clients with local endpoint overrides, DynamoDB error classes), [`metrics`] (every metric, declared once),
 //! [`http`] (`/metrics`, `/healthz`, `/readyz`), [`health`] (readiness), [`shutdown`]
 //! (signals), [`retry`] (backoff with jitter), [`log_limit`] (repeated warnings once per
 //! interval), [`memory`] (glibc arenas and trimming), [`schema`] (the JSON Schema of the
@@ -42,6 +43,7 @@ pub mod decode;
 pub mod event;
 pub mod health;
 pub mod http;
+pub mod kafka;
 pub mod log_limit;
 pub mod memory;
 pub mod metrics;
@@ -53,3 +55,4 @@ pub mod shutdown;
 pub mod sink;
 pub mod source;
 pub mod stats;
+pub mod store;

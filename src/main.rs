@@ -15,6 +15,7 @@ use classpulse::aggregate::Rules;
 use classpulse::config::{self, Config, LakeLocation, LogFormat, SourceKind};
 use classpulse::decode::DecodeLimits;
 use classpulse::health::Health;
+use classpulse::kafka::MskIam;
 use classpulse::pipeline::{Pipeline, RunReport, Settings};
 use classpulse::sink::dead_letter::{DeadLetterFormat, NdjsonZstEncoder};
 use classpulse::sink::dead_letter_topic::DeadLetterTopicSink;
@@ -23,14 +24,14 @@ use classpulse::sink::dynamodb::events::{EventsTableSink, PackSettings, MAX_PAYL
 use classpulse::sink::dynamodb::tables::{create_table, Created};
 use classpulse::sink::dynamodb::TableWriter;
 use classpulse::sink::lake::{LakeFormat, ParquetEncoder};
-use classpulse::sink::object::{ObjectLimits, ObjectSink, ObjectWriter};
+use classpulse::sink::object::{ObjectLimits, ObjectSink};
 use classpulse::sink::Sink;
 use classpulse::source::kafka::KafkaSource;
 use classpulse::source::kinesis::KinesisSource;
-use classpulse::source::msk_iam::MskIam;
 use classpulse::source::simulator::{Simulator, SimulatorStats};
 use classpulse::source::Source;
 use classpulse::stats::Stats;
+use classpulse::store::ObjectWriter;
 use classpulse::{http, metrics, redrive, schema, shutdown};
 
 /// Exit code for invalid configuration.
@@ -179,7 +180,11 @@ async fn create_tables(config: &Config) -> anyhow::Result<()> {
         );
     }
     let sdk = classpulse::aws::sdk_config().await;
-    let client = classpulse::aws::dynamodb(&sdk, config.aws.dynamodb.as_ref());
+    let client = classpulse::aws::dynamodb(
+        &sdk,
+        config.aws.dynamodb.as_ref(),
+        classpulse::aws::Retries::Sdk,
+    );
     for table in tables {
         match create_table(&client, table).await? {
             Created::Created => println!("created {table} (on-demand, TTL on `ttl`)"),
@@ -285,7 +290,11 @@ async fn run(config: Config) -> anyhow::Result<()> {
                     KinesisSource::start(
                         &config.kinesis,
                         classpulse::aws::kinesis(&sdk, config.aws.kinesis.as_ref()),
-                        classpulse::aws::dynamodb(&sdk, config.aws.dynamodb.as_ref()),
+                        classpulse::aws::dynamodb(
+                            &sdk,
+                            config.aws.dynamodb.as_ref(),
+                            classpulse::aws::Retries::Sdk,
+                        ),
                         health.clone(),
                     )
                     .await?,
@@ -322,9 +331,10 @@ async fn run(config: Config) -> anyhow::Result<()> {
     let dynamodb_client = if dynamodb.events_table.is_some() || dynamodb.aggregates_table.is_some()
     {
         let sdk = classpulse::aws::sdk_config().await;
-        Some(classpulse::sink::dynamodb::client(
+        Some(classpulse::aws::dynamodb(
             &sdk,
             config.aws.dynamodb.as_ref(),
+            classpulse::aws::Retries::Caller,
         ))
     } else {
         None
@@ -515,7 +525,11 @@ async fn redrive(config: Config, args: RedriveArgs) -> anyhow::Result<()> {
     ))];
     if let Some(table) = &config.dynamodb.events_table {
         let sdk = classpulse::aws::sdk_config().await;
-        let client = classpulse::sink::dynamodb::client(&sdk, config.aws.dynamodb.as_ref());
+        let client = classpulse::aws::dynamodb(
+            &sdk,
+            config.aws.dynamodb.as_ref(),
+            classpulse::aws::Retries::Caller,
+        );
         let (sink, _) = events_table(&config, &client, table, &health, &lake);
         sinks.push(Box::new(sink));
     }

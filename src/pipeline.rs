@@ -17,7 +17,6 @@ use std::collections::BTreeMap;
 use std::sync::Arc;
 use std::time::Duration;
 
-use chrono::Utc;
 use tokio::sync::mpsc;
 use tokio::task::JoinHandle;
 use tokio::time::Instant;
@@ -25,12 +24,11 @@ use tokio_util::sync::CancellationToken;
 
 use crate::ack::{AckTracker, PartitionId};
 use crate::aggregate::stage::{AggregateError, AggregateStage};
-use crate::decode::{DecodeLimits, Decoder, RejectReason};
-use crate::event::{EventType, PerformanceEvent, Verdict};
+use crate::decode::{decode_stage, Closed, DecodeLimits, Downstream, Judge};
 use crate::health::Health;
 use crate::metrics;
 use crate::retry::Backoff;
-use crate::sink::{run_sink, DecodedBatch, Sink, SinkError};
+use crate::sink::{run_sink, Sink, SinkError};
 use crate::source::{RawBatch, Source, SourceError};
 use crate::stats::Stats;
 
@@ -106,6 +104,12 @@ pub enum PipelineError {
     Stage(String),
 }
 
+impl From<Closed> for PipelineError {
+    fn from(closed: Closed) -> PipelineError {
+        PipelineError::Stage(closed.to_string())
+    }
+}
+
 impl PipelineError {
     /// Whether restarting the process may succeed.
     pub fn is_retryable(&self) -> bool {
@@ -117,10 +121,6 @@ impl PipelineError {
         }
     }
 }
-
-/// Decides each event's verdict where no aggregate stage does (a redrive: its events come
-/// after their classes' aggregates are final).
-pub type Judge = Arc<dyn Fn(&PerformanceEvent) -> Verdict + Send + Sync>;
 
 /// A source wired to its sinks.
 pub struct Pipeline {
@@ -209,7 +209,8 @@ impl Pipeline {
         let decoder = tokio::spawn(decode_stage(
             raw_receiver,
             downstream,
-            settings.clone(),
+            settings.limits,
+            settings.batch_max_events,
             acks.clone(),
             Arc::clone(&stats),
             source_kind,
@@ -417,139 +418,6 @@ impl Committer {
     }
 }
 
-/// Where the decoder sends its batches.
-enum Downstream {
-    /// Straight to every sink.
-    Sinks(Vec<mpsc::Sender<Arc<DecodedBatch>>>),
-    /// To the aggregate stage, which passes them on.
-    Aggregates(mpsc::Sender<DecodedBatch>),
-}
-
-/// The decode stage: raw messages in, validated batches out to every sink.
-async fn decode_stage(
-    mut input: mpsc::Receiver<RawBatch>,
-    downstream: Downstream,
-    settings: Settings,
-    acks: AckTracker,
-    stats: Arc<Stats>,
-    source_kind: &'static str,
-    judge: Option<Judge>,
-) -> Result<(), PipelineError> {
-    let mut decoder = Decoder::default();
-    while let Some(raw) = input.recv().await {
-        let now_ms = Utc::now().timestamp_millis();
-        for mut batch in decode_batch(
-            &mut decoder,
-            raw,
-            &settings.limits,
-            settings.batch_max_events,
-            now_ms,
-            &acks,
-        ) {
-            record_decoded(&stats, source_kind, &batch);
-            if let Some(judge) = &judge {
-                let (mut duplicate, mut late) = (0, 0);
-                for event in &mut batch.events {
-                    event.verdict = judge(event);
-                    duplicate += u64::from(event.verdict == Verdict::Duplicate);
-                    late += u64::from(event.verdict == Verdict::Late);
-                }
-                Stats::add(&stats.duplicates, duplicate);
-                Stats::add(&stats.late, late);
-                metrics::record_verdicts(duplicate, late);
-            }
-            let stopped = || PipelineError::Stage("a sink stopped accepting batches".into());
-            match &downstream {
-                Downstream::Aggregates(output) => {
-                    output.send(batch).await.map_err(|_| stopped())?
-                }
-                Downstream::Sinks(outputs) => {
-                    let batch = Arc::new(batch);
-                    for output in outputs {
-                        output
-                            .send(Arc::clone(&batch))
-                            .await
-                            .map_err(|_| stopped())?;
-                    }
-                }
-            }
-        }
-    }
-    Ok(())
-}
-
-/// Decodes a raw batch into batches of about `max_events` records (cut at message
-/// boundaries), each registered with `acks`.
-pub fn decode_batch(
-    decoder: &mut Decoder,
-    raw: RawBatch,
-    limits: &DecodeLimits,
-    max_events: usize,
-    now_ms: i64,
-    acks: &AckTracker,
-) -> Vec<DecodedBatch> {
-    let mut batches = Vec::new();
-    let mut events = Vec::new();
-    let mut rejected = Vec::new();
-    let mut first_offset = None;
-    let mut cut =
-        |first: &mut Option<u64>, last: u64, events: &mut Vec<_>, rejected: &mut Vec<_>| {
-            let Some(first_offset) = first.take() else {
-                return;
-            };
-            batches.push(DecodedBatch {
-                partition: raw.partition.clone(),
-                first_offset,
-                last_offset: last,
-                events: std::mem::take(events),
-                rejected: std::mem::take(rejected),
-                received_at_ms: now_ms,
-                generation: raw.generation,
-                ack: acks.register(&raw.partition, raw.generation, last),
-            });
-        };
-    let last_offset = raw.messages.last().map(|message| message.offset);
-    for message in &raw.messages {
-        first_offset.get_or_insert(message.offset);
-        decoder.decode(message, limits, now_ms, &mut events, &mut rejected);
-        if events.len() + rejected.len() >= max_events {
-            cut(
-                &mut first_offset,
-                message.offset,
-                &mut events,
-                &mut rejected,
-            );
-        }
-    }
-    if let Some(last) = last_offset {
-        cut(&mut first_offset, last, &mut events, &mut rejected);
-    }
-    batches
-}
-
-fn record_decoded(stats: &Stats, source_kind: &'static str, batch: &DecodedBatch) {
-    let mut by_type = [0u64; 5];
-    for event in &batch.events {
-        by_type[EventType::ALL
-            .iter()
-            .position(|t| *t == event.event_type)
-            .unwrap_or(0)] += 1;
-    }
-    let mut by_reason = [0u64; 11];
-    for rejected in &batch.rejected {
-        let index = RejectReason::ALL
-            .iter()
-            .position(|r| *r == rejected.rejection.reason)
-            .unwrap_or(0);
-        by_reason[index] += 1;
-        Stats::add(&stats.rejected[index], 1);
-    }
-    let messages = (batch.last_offset - batch.first_offset + 1) as usize;
-    Stats::add(&stats.messages, messages as u64);
-    Stats::add(&stats.events, batch.events.len() as u64);
-    metrics::record_decoded(source_kind, messages, &by_type, &by_reason);
-}
-
 /// The progress line.
 struct Progress {
     interval: Duration,
@@ -596,11 +464,12 @@ impl Progress {
 mod tests {
     use super::*;
     use crate::config::Config;
-    use crate::decode::RawMessage;
+    use crate::decode::{decode_batch, DecodedBatch, Decoder, RawMessage};
     use crate::sink::NullSink;
     use crate::source::simulator::Simulator;
     use async_trait::async_trait;
     use bytes::Bytes;
+    use chrono::Utc;
 
     fn settings() -> Settings {
         Settings {

@@ -31,11 +31,11 @@ use parquet::arrow::ProjectionMask;
 use serde::Deserialize;
 
 use crate::ack::PartitionId;
+use crate::decode::Judge;
 use crate::decode::{decode_message, DecodeLimits, RawMessage};
 use crate::event::{PerformanceEvent, Verdict};
-use crate::pipeline::Judge;
-use crate::sink::object::{hour_folder, ObjectWriter, HOUR_MS};
 use crate::source::{RawBatch, Source, SourceError};
+use crate::store::{hour_folder, ObjectWriter, HOUR_MS};
 
 /// The source kind of what a redrive writes: the lake's `source` column, object names.
 pub const KIND: &str = "redrive";

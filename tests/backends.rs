@@ -16,7 +16,7 @@ use aws_sdk_kinesis::types::{ShardIteratorType, StreamStatus};
 use bytes::Bytes;
 use classpulse::ack::PartitionId;
 use classpulse::health::Health;
-use classpulse::sink::object::ObjectWriter;
+use classpulse::store::ObjectWriter;
 use common::backends::*;
 use common::*;
 use futures::TryStreamExt;
@@ -209,7 +209,11 @@ async fn kinesis_put_and_get_records_on_two_shards() {
 async fn dynamodb_batch_write_and_read_back() {
     require(DYNAMODB);
     let sdk = sdk_config().await;
-    let dynamodb = classpulse::aws::dynamodb(&sdk, Some(&DYNAMODB.parse().unwrap()));
+    let dynamodb = classpulse::aws::dynamodb(
+        &sdk,
+        Some(&DYNAMODB.parse().unwrap()),
+        classpulse::aws::Retries::Sdk,
+    );
     let table = unique_name("table");
     let key = |name: &str, key_type| {
         KeySchemaElement::builder()
@@ -411,7 +415,7 @@ async fn large_objects_go_up_in_parts() {
     let writer = with_test_credentials(|| {
         ObjectWriter::open(&lake, "kafka", Health::new(), Arc::default()).unwrap()
     });
-    let body: Vec<u8> = (0..classpulse::sink::object::MULTIPART_THRESHOLD + (4 << 20))
+    let body: Vec<u8> = (0..classpulse::store::MULTIPART_THRESHOLD + (4 << 20))
         .map(|i| (i % 251) as u8)
         .collect();
     let key = writer.key(

@@ -578,11 +578,12 @@ async fn a_kafka_member_killed_after_writing_items_leaves_every_event_once() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_window_too_large_for_one_item_is_split_into_parts_dynamodb_accepts() {
     use classpulse::ack::{AckTracker, PartitionId};
+    use classpulse::decode::DecodedBatch;
     use classpulse::sink::dynamodb::events::{
         EventsTableSink, PackSettings, MAX_PAYLOAD_BYTES, NAME,
     };
     use classpulse::sink::dynamodb::TableWriter;
-    use classpulse::sink::{DecodedBatch, Sink};
+    use classpulse::sink::Sink;
     use rand::Rng;
     require(DYNAMODB);
     let client = dynamodb_client().await;
@@ -616,7 +617,7 @@ async fn a_window_too_large_for_one_item_is_split_into_parts_dynamodb_accepts() 
     let sdk = sdk_config().await;
     let endpoint: url::Url = DYNAMODB.parse().unwrap();
     let writer = TableWriter::new(
-        classpulse::sink::dynamodb::client(&sdk, Some(&endpoint)),
+        classpulse::aws::dynamodb(&sdk, Some(&endpoint), classpulse::aws::Retries::Caller),
         &table,
         NAME,
         4,
@@ -629,7 +630,7 @@ async fn a_window_too_large_for_one_item_is_split_into_parts_dynamodb_accepts() 
         ttl_days: 1,
         max_payload_bytes: MAX_PAYLOAD_BYTES,
     };
-    let dead_letters = classpulse::sink::object::ObjectWriter::open(
+    let dead_letters = classpulse::store::ObjectWriter::open(
         &classpulse::config::LakeConfig {
             location: classpulse::config::LakeLocation::Local(lake.path().to_path_buf()),
             s3_endpoint: None,

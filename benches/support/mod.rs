@@ -9,8 +9,8 @@ use classpulse::aggregate::stage::AggregateStage;
 use classpulse::aggregate::Rules;
 use classpulse::health::Health;
 use classpulse::pipeline::Settings;
-use classpulse::sink::object::ObjectWriter;
 use classpulse::stats::Stats;
+use classpulse::store::ObjectWriter;
 
 use chrono::Utc;
 use classpulse::config::{Config, SimulatorConfig};

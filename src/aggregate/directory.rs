@@ -43,9 +43,9 @@ use object_store::path::Path;
 use object_store::{ObjectStoreExt, PutMode, PutOptions, PutPayload};
 use serde::{Deserialize, Serialize};
 
-use super::partition::FINALISED_MEMORY_MS;
+use super::FINALISED_MEMORY_MS;
 use crate::ack::PartitionId;
-use crate::sink::object::{sanitize, ObjectWriter};
+use crate::store::{sanitize, ObjectWriter};
 
 /// What a partition is to a class.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]

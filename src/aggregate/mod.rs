@@ -41,6 +41,10 @@ pub(crate) mod reference;
 
 use crate::config::AggregateConfig;
 
+/// How long a final class is remembered after its last event (event time on the partition's
+/// clock): events for it in that time are late, not a new class.
+pub const FINALISED_MEMORY_MS: i64 = 24 * 3_600_000;
+
 /// The definitions' parameters, in milliseconds.
 #[derive(Debug, Clone, Copy, PartialEq)]
 pub struct Rules {

@@ -20,12 +20,8 @@ use super::checkpoint::{self, CheckpointError};
 use super::class::ClassState;
 use super::directory::{Place, Role};
 use super::output::{ClassResult, Outgoing};
-use super::Rules;
+use super::{Rules, FINALISED_MEMORY_MS};
 use crate::event::{PerformanceEvent, Verdict};
-
-/// How long a final class is remembered after its last event (event time on the partition's
-/// clock): events for it in that time are late, not a new class.
-pub const FINALISED_MEMORY_MS: i64 = 24 * 3_600_000;
 
 /// How long (in arrival time on the partition) the verdict of an event left out is kept for
 /// replays: a replay starts at the committed position, which trails the newest read by the

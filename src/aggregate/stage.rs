@@ -34,18 +34,21 @@ use super::output::{ClassResult, Outgoing};
 use super::partition::{Finalised, PartitionState};
 use super::Rules;
 use crate::ack::{AckToken, AckTracker, PartitionId};
+use crate::decode::DecodedBatch;
 use crate::health::Health;
 use crate::metrics;
 use crate::retry::Backoff;
 use crate::sink::dynamodb::aggregates::AggregatesTable;
-use crate::sink::object::{classify, sanitize, ObjectWriter};
-use crate::sink::{DecodedBatch, TICK};
 use crate::stats::Stats;
+use crate::store::{classify, sanitize, ObjectWriter};
 
 /// Health component and write label of the stage.
 pub const NAME: &str = "aggregates";
 /// Health component naming the partitions refused for a checkpoint of a newer format.
 pub const REFUSED: &str = "aggregate checkpoints";
+/// How often the stage releases revoked partitions, adopts assigned ones, sweeps for classes
+/// that are due, and writes live values and checkpoints when they are due.
+const TICK: Duration = Duration::from_secs(1);
 /// Checkpoints kept per partition (the newest, and one before it).
 const CHECKPOINTS_KEPT: usize = 2;
 /// How often a closing class looks again for the parts it waits for.

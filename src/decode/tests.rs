@@ -1,5 +1,6 @@
+use super::time::parse_rfc3339_millis;
 use super::*;
-use crate::event::MIN_EVENT_TIME_MS;
+use crate::event::{EventType, MIN_EVENT_TIME_MS};
 use proptest::prelude::*;
 use serde_json::{json, Value};
 

@@ -9,7 +9,7 @@ use chrono::{DateTime, SecondsFormat, Utc};
 use serde::Serialize;
 
 use super::object::{Encoder, ObjectFormat, PartitionObjects};
-use super::DecodedBatch;
+use crate::decode::DecodedBatch;
 
 /// One line of a dead-letter object.
 #[derive(Debug, Serialize)]

@@ -15,13 +15,14 @@ use async_trait::async_trait;
 use rdkafka::client::OAuthToken;
 use rdkafka::message::{Header, OwnedHeaders};
 use rdkafka::producer::{FutureProducer, FutureRecord};
-use rdkafka::{ClientConfig, ClientContext};
+use rdkafka::ClientContext;
 
-use super::{DecodedBatch, Sink, SinkError};
+use super::{Sink, SinkError};
 use crate::config::KafkaConfig;
+use crate::decode::DecodedBatch;
 use crate::health::Health;
+use crate::kafka::{self, MskIam};
 use crate::metrics;
-use crate::source::msk_iam::MskIam;
 
 const SINK: &str = "dead_letter_topic";
 
@@ -38,7 +39,7 @@ impl ClientContext for DlqContext {
         &self,
         _config: Option<&str>,
     ) -> Result<OAuthToken, Box<dyn std::error::Error>> {
-        crate::source::kafka::oauth_token(self.msk_iam.as_ref(), &self.health)
+        kafka::oauth_token(self.msk_iam.as_ref(), &self.health)
     }
 }
 
@@ -58,18 +59,7 @@ impl DeadLetterTopicSink {
         health: Health,
         msk_iam: Option<MskIam>,
     ) -> Result<Self, SinkError> {
-        let mut client = ClientConfig::new();
-        client
-            .set("bootstrap.servers", &config.brokers)
-            .set("enable.idempotence", "true")
-            .set("linger.ms", "20")
-            .set(
-                "client.id",
-                format!("classpulse-dlq-{}", std::process::id()),
-            );
-        for (property, value) in &config.properties {
-            client.set(property, value);
-        }
+        let client = kafka::producer_config(config);
         let context = DlqContext {
             msk_iam,
             health: health.clone(),
@@ -78,7 +68,7 @@ impl DeadLetterTopicSink {
             .create_with_context(context)
             .map_err(|error| SinkError::Setup {
                 sink: SINK,
-                detail: format!("kafka producer: {}", crate::source::kafka::redacted(&error)),
+                detail: format!("kafka producer: {}", kafka::redacted(&error)),
             })?;
         Ok(DeadLetterTopicSink {
             producer,

@@ -21,7 +21,7 @@ use parquet::file::metadata::KeyValue;
 use parquet::file::properties::{EnabledStatistics, WriterProperties};
 
 use super::object::{Encoder, ObjectFormat, PartitionObjects};
-use super::DecodedBatch;
+use crate::decode::DecodedBatch;
 use crate::event::{Metrics, PerformanceEvent, Verdict};
 
 /// Rows buffered in arrow builders before they are encoded into the open row group.

@@ -2,7 +2,7 @@
 //!
 //! Every sink receives every [`DecodedBatch`] (shared, not copied) through its own bounded
 //! channel and keeps what it stores: the lake keeps valid events, the dead-letter sink keeps
-//! rejected inputs. A sink holds a clone of the batch's [`AckToken`] until its part of the batch
+//! rejected inputs. A sink holds a clone of the batch's [`crate::ack::AckToken`] until its part of the batch
 //! is durable; that is how the source learns what it may commit. Sinks retry transient failures
 //! themselves (with backoff and jitter) and return an error only when they cannot go on.
 
@@ -18,31 +18,7 @@ use std::time::Duration;
 use async_trait::async_trait;
 use tokio::sync::mpsc;
 
-use crate::ack::{AckToken, PartitionId};
-use crate::decode::RejectedInput;
-use crate::event::PerformanceEvent;
-
-/// The unit that flows from the decoder to the sinks: the outcome of decoding consecutive
-/// messages of one partition.
-#[derive(Debug)]
-pub struct DecodedBatch {
-    /// The partition the messages came from.
-    pub partition: PartitionId,
-    /// The partition's turn of ownership when the messages were read.
-    pub generation: u64,
-    /// Offset of the first message in the batch.
-    pub first_offset: u64,
-    /// Offset of the last message in the batch.
-    pub last_offset: u64,
-    /// Valid events, in message order.
-    pub events: Vec<PerformanceEvent>,
-    /// Inputs that failed validation, in message order.
-    pub rejected: Vec<RejectedInput>,
-    /// When the decoder received the messages (epoch ms).
-    pub received_at_ms: i64,
-    /// Held until every sink has made its part durable.
-    pub ack: AckToken,
-}
+use crate::decode::DecodedBatch;
 
 /// Why a sink stopped.
 #[derive(Debug, thiserror::Error)]

@@ -29,7 +29,8 @@
 //! [`crate::ack::AtEnd`]): a class becomes final by the wall clock only while its partition is
 //! read to its end, never while it is paused, starved or cut off from its leader.
 //!
-//! MSK IAM tokens are signed by [`crate::source::msk_iam`]. The dead-letter topic is a sink:
+//! The client's configuration, its secrets kept out of errors and its MSK IAM tokens come from
+//! [`crate::kafka`], which the dead-letter topic's producer shares. The dead-letter topic is a sink:
 //! [`crate::sink::dead_letter_topic`].
 
 use std::collections::{BTreeMap, HashMap, HashSet, VecDeque};
@@ -41,19 +42,19 @@ use bytes::Bytes;
 use futures::FutureExt;
 use rdkafka::config::RDKafkaLogLevel;
 
-use super::msk_iam::MskIam;
 use rdkafka::client::OAuthToken;
 use rdkafka::consumer::{
     BaseConsumer, CommitMode, Consumer, ConsumerContext, Rebalance, StreamConsumer,
 };
 use rdkafka::error::{KafkaError, RDKafkaErrorCode};
-use rdkafka::{ClientConfig, ClientContext, Message, Offset, Statistics, TopicPartitionList};
+use rdkafka::{ClientContext, Message, Offset, Statistics, TopicPartitionList};
 
 use super::{RawBatch, Source, SourceError};
 use crate::ack::{AckTracker, PartitionId};
 use crate::config::KafkaConfig;
 use crate::decode::RawMessage;
 use crate::health::Health;
+use crate::kafka::{consumer_config, oauth_token, redacted, MskIam};
 use crate::log_limit::LogLimiter;
 
 /// How long shutdown waits for the final commit and for the consumer to leave its group.
@@ -78,16 +79,6 @@ const REPEAT_LOG_INTERVAL: Duration = Duration::from_secs(30);
 /// itself gives a hung broker up only after `socket.timeout.ms` (60 s); a healthy one answers
 /// a fetch within `fetch.wait.max.ms` (500 ms) even when there is nothing new.
 const BROKER_SILENCE_MS: i64 = 10_000;
-
-/// librdkafka properties classpulse sets unless the operator sets them
-/// (`CLASSPULSE_KAFKA_PROP_*`). A partition whose prefetch queue is over
-/// `queued.max.messages.kbytes` waits `fetch.queue.backoff.ms` before its next fetch;
-/// librdkafka's 1 s starves a pipeline only a moment behind, and with 20 ms a quarter of its
-/// 64 MiB queue reads as fast. See docs/decisions/0006-fetch-backoff-and-queue-size.md.
-const FETCH_DEFAULTS: [(&str, &str); 2] = [
-    ("fetch.queue.backoff.ms", "20"),
-    ("queued.max.messages.kbytes", "16384"),
-];
 
 /// When each broker was last heard from, from librdkafka's statistics.
 #[derive(Debug, Default)]
@@ -134,25 +125,6 @@ fn is_untrusted_certificate(error: &KafkaError, reason: &str) -> bool {
         && reason.contains("certificate verify failed")
 }
 
-/// An rdkafka error as text without a secret in it: librdkafka's configuration errors quote the
-/// property's value ("Client config error: ... ssl.key.password <value>"), which must not reach
-/// the logs when the property holds a password, key or token.
-pub fn redacted(error: &KafkaError) -> String {
-    match error {
-        KafkaError::ClientConfig(_, description, property, value)
-            if KafkaConfig::is_secret(property) =>
-        {
-            let description = if value.is_empty() {
-                description.clone()
-            } else {
-                description.replace(value.as_str(), "****")
-            };
-            format!("Client config error: {description} {property} ****")
-        }
-        other => other.to_string(),
-    }
-}
-
 /// The partition of a librdkafka log line reporting an offset reset forced by an error
 /// (facility `OFFSET`, logged as a warning: the committed offset was out of range, so events
 /// between it and where reading resumes were skipped, or are read again). Resets of a new group
@@ -168,28 +140,6 @@ pub fn offset_reset_partition(facility: &str, message: &str) -> Option<(String, 
     let partition = head[open + 2..].parse().ok()?;
     let topic = head[..open].rsplit("]: ").next()?.trim();
     Some((topic.to_owned(), partition))
-}
-
-/// librdkafka's OAUTHBEARER token callback: an MSK IAM token, or why there is none.
-pub fn oauth_token(
-    msk_iam: Option<&MskIam>,
-    health: &Health,
-) -> Result<OAuthToken, Box<dyn std::error::Error>> {
-    let Some(msk_iam) = msk_iam else {
-        return Err("sasl.mechanism OAUTHBEARER: classpulse signs only MSK IAM tokens (set CLASSPULSE_KAFKA_AWS_IAM=true)".into());
-    };
-    match msk_iam.token() {
-        Ok(token) => Ok(OAuthToken {
-            token: token.token,
-            principal_name: String::new(),
-            lifetime_ms: token.expires_ms,
-        }),
-        Err(error) => {
-            health.not_ready("source", format!("kafka: no MSK IAM token: {error}"));
-            tracing::warn!(error = %error, "MSK IAM token not signed");
-            Err(error.into())
-        }
-    }
 }
 
 impl ClientContext for SourceContext {
@@ -500,7 +450,7 @@ impl KafkaSource {
         health: Health,
         msk_iam: Option<MskIam>,
     ) -> Result<KafkaSource, SourceError> {
-        let client = client_config(config);
+        let client = consumer_config(config);
         let last_seen = LastSeen::default();
         let acks = SharedAcks::default();
         let refusal = Refusal::default();
@@ -864,58 +814,9 @@ impl Source for KafkaSource {
     }
 }
 
-/// The consumer's configuration: classpulse's settings, then the operator's properties (which
-/// win), then the end-of-partition signal classpulse depends on.
-fn client_config(config: &KafkaConfig) -> ClientConfig {
-    let mut client = ClientConfig::new();
-    client
-        .set("bootstrap.servers", &config.brokers)
-        .set("group.id", &config.group_id)
-        .set("enable.auto.commit", "false")
-        // A new group reads the backlog instead of skipping it.
-        .set("auto.offset.reset", "earliest")
-        .set("partition.assignment.strategy", "cooperative-sticky")
-        .set("client.id", format!("classpulse-{}", std::process::id()))
-        .set("statistics.interval.ms", "5000");
-    for (property, value) in FETCH_DEFAULTS {
-        client.set(property, value);
-    }
-    for (property, value) in &config.properties {
-        client.set(property, value);
-    }
-    // The aggregate stage finalises a class by the wall clock only on a partition read to
-    // its end (the configuration refuses to have this changed).
-    client.set("enable.partition.eof", "true");
-    client
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    #[test]
-    fn fetch_defaults_apply_unless_the_operator_sets_them() {
-        let mut config = KafkaConfig {
-            brokers: "b:9092".into(),
-            topics: vec!["perf".into()],
-            group_id: "g".into(),
-            properties: Vec::new(),
-            dead_letter_topic: None,
-            aws_iam: false,
-        };
-        let client = client_config(&config);
-        assert_eq!(client.get("fetch.queue.backoff.ms"), Some("20"));
-        assert_eq!(client.get("queued.max.messages.kbytes"), Some("16384"));
-        config.properties = vec![
-            ("queued.max.messages.kbytes".into(), "65536".into()),
-            ("enable.partition.eof".into(), "false".into()),
-        ];
-        let client = client_config(&config);
-        assert_eq!(client.get("queued.max.messages.kbytes"), Some("65536"));
-        assert_eq!(client.get("fetch.queue.backoff.ms"), Some("20"));
-        // The configuration refuses this one; were it let through, classpulse's value stands.
-        assert_eq!(client.get("enable.partition.eof"), Some("true"));
-    }
 
     #[test]
     fn consumer_errors_are_classified() {
@@ -1005,26 +906,6 @@ mod tests {
 #[cfg(test)]
 mod log_and_error_text_tests {
     use super::*;
-
-    #[test]
-    fn configuration_errors_never_quote_a_secret_value() {
-        let secret = KafkaError::ClientConfig(
-            rdkafka::types::RDKafkaConfRes::RD_KAFKA_CONF_INVALID,
-            "Invalid value \"hunter2\" for configuration property \"sasl.password\"".into(),
-            "sasl.password".into(),
-            "hunter2".into(),
-        );
-        let text = redacted(&secret);
-        assert!(!text.contains("hunter2"), "{text}");
-        assert!(text.contains("sasl.password ****"), "{text}");
-        let plain = KafkaError::ClientConfig(
-            rdkafka::types::RDKafkaConfRes::RD_KAFKA_CONF_INVALID,
-            "Invalid value".into(),
-            "fetch.max.bytes".into(),
-            "lots".into(),
-        );
-        assert!(redacted(&plain).contains("fetch.max.bytes lots"));
-    }
 
     #[test]
     fn an_offset_reset_warning_names_its_partition() {

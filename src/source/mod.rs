@@ -7,7 +7,6 @@
 
 pub mod kafka;
 pub mod kinesis;
-pub mod msk_iam;
 pub mod simulator;
 
 use async_trait::async_trait;

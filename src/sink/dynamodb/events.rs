@@ -52,11 +52,13 @@ use xxhash_rust::xxh3::xxh3_128;
 
 use super::{ttl_seconds, Item, RejectedItem, TableWriter, PARTITION_KEY, SORT_KEY, TTL_ATTRIBUTE};
 use crate::ack::{AckToken, PartitionId};
+use crate::decode::DecodedBatch;
 use crate::event::{EventType, PerformanceEvent, Verdict};
 use crate::metrics;
 use crate::sink::dead_letter::{DeadLetterLine, NdjsonZstEncoder};
-use crate::sink::object::{sanitize, Encoder, ObjectWriter};
-use crate::sink::{DecodedBatch, Sink, SinkError};
+use crate::sink::object::Encoder;
+use crate::sink::{Sink, SinkError};
+use crate::store::{sanitize, ObjectWriter};
 
 /// Sink name: metric label, log field, health component.
 pub const NAME: &str = "events_table";

@@ -29,11 +29,12 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use aws_sdk_dynamodb::error::{ProvideErrorMetadata, SdkError};
+use aws_sdk_dynamodb::error::ProvideErrorMetadata;
 use aws_sdk_dynamodb::types::{AttributeValue, PutRequest, ReturnConsumedCapacity, WriteRequest};
 use futures::StreamExt;
 use tokio::sync::Notify;
 
+use crate::aws::{classify, Failure};
 use crate::health::Health;
 use crate::metrics;
 use crate::retry::Backoff;
@@ -51,66 +52,6 @@ pub const TTL_ATTRIBUTE: &str = "ttl";
 pub const BATCH_LIMIT: usize = 25;
 /// DynamoDB's item size limit (names and values).
 pub const MAX_ITEM_BYTES: usize = 400 * 1024;
-
-/// What a failed call means for the items in it.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub enum Failure {
-    /// Slow down and try again.
-    Throttled,
-    /// A transient fault (5xx, connection, timeout): try again.
-    Transient(String),
-    /// The request is invalid: retrying the same items cannot succeed.
-    Invalid(String),
-    /// The table is missing, or access is denied: needs an operator; retried slowly.
-    Fatal(String),
-}
-
-impl Failure {
-    /// Metric label.
-    fn reason(&self) -> &'static str {
-        match self {
-            Failure::Throttled => "throttled",
-            Failure::Transient(_) => "transient",
-            Failure::Invalid(_) => "invalid",
-            Failure::Fatal(_) => "fatal",
-        }
-    }
-}
-
-/// Sorts an SDK error into a [`Failure`].
-pub fn classify<E, R>(error: &SdkError<E, R>) -> Failure
-where
-    E: ProvideErrorMetadata + std::error::Error + 'static,
-    R: std::fmt::Debug,
-{
-    let detail = || {
-        let message = error.message().unwrap_or_default();
-        match error.code() {
-            Some(code) => format!("{code}: {message}"),
-            None => format!("{}", aws_sdk_dynamodb::error::DisplayErrorContext(error)),
-        }
-    };
-    match error {
-        SdkError::ServiceError(_) => match error.code().unwrap_or_default() {
-            "ProvisionedThroughputExceededException"
-            | "ThrottlingException"
-            | "RequestLimitExceeded"
-            | "LimitExceededException" => Failure::Throttled,
-            "ValidationException"
-            | "ItemCollectionSizeLimitExceededException"
-            | "SerializationException" => Failure::Invalid(detail()),
-            "ResourceNotFoundException"
-            | "AccessDeniedException"
-            | "UnrecognizedClientException"
-            | "MissingAuthenticationTokenException"
-            | "InvalidSignatureException"
-            | "ExpiredTokenException" => Failure::Fatal(detail()),
-            _ => Failure::Transient(detail()),
-        },
-        SdkError::ConstructionFailure(_) => Failure::Invalid(detail()),
-        _ => Failure::Transient(detail()),
-    }
-}
 
 /// Additive-increase, multiplicative-decrease limit on calls in flight.
 #[derive(Debug)]
@@ -298,7 +239,7 @@ pub struct RejectedItem {
 
 impl TableWriter {
     /// A writer for `table`, reporting health as `component`. `client` should have the SDK's
-    /// retries off (see [`client`]): this writer retries itself.
+    /// retries off (see [`crate::aws::Retries`]): this writer retries itself.
     pub fn new(
         client: aws_sdk_dynamodb::Client,
         table: &str,
@@ -609,29 +550,6 @@ fn key_text(item: &Item, attribute: &str) -> String {
         Some(other) => format!("{other:?}"),
         None => String::new(),
     }
-}
-
-/// A DynamoDB client for the sinks: the SDK's retries off (the [`TableWriter`] retries, and
-/// its limiter must see throttles), and a deadline on every attempt so a hung server is a
-/// transient failure, not a stall.
-pub fn client(
-    sdk: &aws_config::SdkConfig,
-    endpoint: Option<&url::Url>,
-) -> aws_sdk_dynamodb::Client {
-    use aws_sdk_dynamodb::config::retry::RetryConfig;
-    use aws_sdk_dynamodb::config::timeout::TimeoutConfig;
-    let mut builder = aws_sdk_dynamodb::config::Builder::from(sdk)
-        .retry_config(RetryConfig::disabled())
-        .timeout_config(
-            TimeoutConfig::builder()
-                .connect_timeout(Duration::from_secs(3))
-                .operation_attempt_timeout(Duration::from_secs(10))
-                .build(),
-        );
-    if let Some(endpoint) = endpoint {
-        builder = builder.endpoint_url(endpoint.as_str().trim_end_matches('/'));
-    }
-    aws_sdk_dynamodb::Client::from_conf(builder.build())
 }
 
 /// Epoch seconds `days` after `time_ms`, for the `ttl` attribute; `None` when TTL is off.

@@ -43,6 +43,8 @@ use aws_sdk_dynamodb::types::{
 };
 use tokio::time::Instant;
 
+use crate::config::StartPosition;
+
 /// Attribute names.
 const KEY: &str = "leaseKey";
 const OWNER: &str = "leaseOwner";
@@ -101,26 +103,13 @@ impl Checkpoint {
     }
 }
 
-/// The configured start of a shard with no checkpoint and no parent.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum StartPosition {
-    /// `TRIM_HORIZON` (the default: a backlog is never skipped).
-    TrimHorizon,
-    /// `LATEST`.
-    Latest,
-    /// `AT_TIMESTAMP`, epoch ms.
-    AtTimestamp(i64),
-}
-
-impl StartPosition {
-    /// The first checkpoint of a new shard: a child shard always starts at its beginning, once
-    /// its parents are done, whatever the configured start is.
-    pub fn for_new_shard(self, has_parents: bool) -> Checkpoint {
-        match (has_parents, self) {
-            (true, _) | (false, StartPosition::TrimHorizon) => Checkpoint::TrimHorizon,
-            (false, StartPosition::Latest) => Checkpoint::Latest,
-            (false, StartPosition::AtTimestamp(ms)) => Checkpoint::AtTimestamp(ms),
-        }
+/// The first checkpoint of a new shard: a child shard always starts at its beginning, once its
+/// parents are done, whatever the configured start is.
+pub fn first_checkpoint(start: StartPosition, has_parents: bool) -> Checkpoint {
+    match (has_parents, start) {
+        (true, _) | (false, StartPosition::TrimHorizon) => Checkpoint::TrimHorizon,
+        (false, StartPosition::Latest) => Checkpoint::Latest,
+        (false, StartPosition::AtTimestamp(ms)) => Checkpoint::AtTimestamp(ms),
     }
 }
 
@@ -208,7 +197,7 @@ impl LeaseTable {
         E: ProvideErrorMetadata + std::error::Error + 'static,
         R: std::fmt::Debug,
     {
-        use crate::sink::dynamodb::{classify, Failure};
+        use crate::aws::{classify, Failure};
         match classify(&error) {
             Failure::Throttled => LeaseError::Unavailable {
                 table: self.table.clone(),

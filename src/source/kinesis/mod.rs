@@ -636,7 +636,7 @@ async fn sync_shards(shared: &Shared) -> Result<(), RoundError> {
             .flatten()
             .map(str::to_owned)
             .collect();
-        let checkpoint = shared.config.start.for_new_shard(!parents.is_empty());
+        let checkpoint = lease::first_checkpoint(shared.config.start, !parents.is_empty());
         let hash_range = shard.hash_key_range().and_then(|range| {
             let start = range.starting_hash_key().parse::<u128>().ok()?;
             Some((start, range.ending_hash_key().parse::<u128>().ok()?))
