@@ -547,7 +547,7 @@ impl Reader<'_> {
                 });
             }
             // The source vouches on each statistics interval that a partition is still at its
-            // end, and that word lasts 15 s (`ack::AT_END_STALE_MS`).
+            // end, and that word lasts 15 s (`partitions::AT_END_STALE_MS`).
             if property == "statistics.interval.ms"
                 && !value
                     .trim()

@@ -27,6 +27,7 @@ use crate::aggregate::stage::{AggregateError, AggregateStage};
 use crate::decode::{decode_stage, Closed, DecodeLimits, Downstream, Judge};
 use crate::health::Health;
 use crate::metrics;
+use crate::partitions::Partitions;
 use crate::retry::Backoff;
 use crate::sink::{run_sink, Sink, SinkError};
 use crate::source::{RawBatch, Source, SourceError};
@@ -129,7 +130,7 @@ pub struct Pipeline {
     settings: Settings,
     stats: Arc<Stats>,
     health: Health,
-    acks: AckTracker,
+    partitions: Partitions,
     aggregates: Option<AggregateStage>,
     judge: Option<Judge>,
 }
@@ -149,7 +150,7 @@ impl Pipeline {
             settings,
             stats,
             health,
-            acks: AckTracker::new(),
+            partitions: Partitions::new(AckTracker::new()),
             aggregates: None,
             judge: None,
         }
@@ -176,12 +177,13 @@ impl Pipeline {
             settings,
             stats,
             health,
-            acks,
+            partitions,
             aggregates,
             judge,
         } = self;
+        let acks = partitions.acks().clone();
         let source_kind = source.kind();
-        source.attach(acks.clone());
+        source.attach(partitions.clone());
         let capacity = settings.channel_capacity;
 
         let mut sink_inputs = Vec::new();
@@ -199,7 +201,7 @@ impl Pipeline {
                     receiver,
                     sink_inputs,
                     source_ended.clone(),
-                    acks.clone(),
+                    partitions.clone(),
                 ));
                 (Downstream::Aggregates(sender), Some(task))
             }
@@ -597,7 +599,7 @@ mod tests {
             Arc::clone(&stats),
             Health::new(),
         );
-        let acks = pipeline.acks.clone();
+        let acks = pipeline.partitions.acks().clone();
         let report = pipeline.run(CancellationToken::new()).await.unwrap();
         assert_eq!(report.ending, Ending::SourceEnded);
         assert!(Stats::get(&stats.events) > 1000);

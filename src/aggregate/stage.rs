@@ -33,10 +33,11 @@ use super::directory::{self, Place, Role};
 use super::output::{ClassResult, Outgoing};
 use super::partition::{Finalised, PartitionState};
 use super::Rules;
-use crate::ack::{AckToken, AckTracker, PartitionId};
+use crate::ack::{AckToken, PartitionId};
 use crate::decode::DecodedBatch;
 use crate::health::Health;
 use crate::metrics;
+use crate::partitions::Partitions;
 use crate::retry::Backoff;
 use crate::sink::dynamodb::aggregates::AggregatesTable;
 use crate::stats::Stats;
@@ -130,9 +131,9 @@ pub struct AggregateStage {
     partitions: HashMap<PartitionId, Owned>,
     /// Whether classes are claimed in the class directory.
     class_directory: bool,
-    /// The source's acknowledgements (set by [`AggregateStage::run`]): which partitions
-    /// continue others.
-    acks: Option<AckTracker>,
+    /// The source's partitions (set by [`AggregateStage::run`]): turns of ownership, ends,
+    /// and which partitions continue others.
+    registry: Option<Partitions>,
     /// Partitions whose newest checkpoint a newer build wrote, with the turn refused and why:
     /// their batches are failed, never counted, and nothing of them is written.
     refused: HashMap<PartitionId, (u64, String)>,
@@ -159,7 +160,7 @@ impl AggregateStage {
             stats,
             partitions: HashMap::new(),
             class_directory: false,
-            acks: None,
+            registry: None,
             refused: HashMap::new(),
         }
     }
@@ -195,9 +196,9 @@ impl AggregateStage {
         mut input: mpsc::Receiver<DecodedBatch>,
         outputs: Vec<mpsc::Sender<Arc<DecodedBatch>>>,
         source_ended: CancellationToken,
-        acks: AckTracker,
+        registry: Partitions,
     ) -> Result<(), AggregateError> {
-        self.acks = Some(acks.clone());
+        self.registry = Some(registry.clone());
         let (jobs, job_receiver) = mpsc::channel(2);
         let writer = tokio::spawn(write_jobs(
             job_receiver,
@@ -228,9 +229,9 @@ impl AggregateStage {
                     None => break,
                 },
                 _ = tick.tick() => {
-                    self.release_revoked(&acks);
-                    self.adopt_assigned(&acks).await?;
-                    self.sweep(&acks);
+                    self.release_revoked(&registry);
+                    self.adopt_assigned(&registry).await?;
+                    self.sweep(&registry);
                     self.close_classes(false).await;
                     if live_every.is_some_and(|interval| last_live.elapsed() >= interval) {
                         self.write_live(&jobs).await?;
@@ -244,7 +245,7 @@ impl AggregateStage {
             }
         }
         drop(outputs);
-        self.release_revoked(&acks);
+        self.release_revoked(&registry);
         if source_ended.is_cancelled() {
             let mut finalised = Vec::new();
             for owned in self.partitions.values_mut() {
@@ -562,9 +563,9 @@ impl AggregateStage {
 
     /// Forgets partitions given up in a rebalance: another task owns them now and restores
     /// them from their checkpoint. Nothing of them is finalised or written here any more.
-    fn release_revoked(&mut self, acks: &AckTracker) {
+    fn release_revoked(&mut self, registry: &Partitions) {
         self.partitions.retain(|partition, owned| {
-            let current = acks.generation(partition) == owned.generation;
+            let current = registry.generation(partition) == owned.generation;
             if !current {
                 tracing::info!(partition = %partition, "aggregate state released (partition revoked)");
             }
@@ -572,7 +573,7 @@ impl AggregateStage {
         });
         let refused = self.refused.len();
         self.refused
-            .retain(|partition, (generation, _)| acks.generation(partition) == *generation);
+            .retain(|partition, (generation, _)| registry.generation(partition) == *generation);
         if self.refused.len() != refused {
             self.report_refused();
         }
@@ -580,8 +581,8 @@ impl AggregateStage {
 
     /// Restores partitions assigned but not yet seen in a batch: a partition whose backlog is
     /// empty still holds open classes that must become final here.
-    async fn adopt_assigned(&mut self, acks: &AckTracker) -> Result<(), AggregateError> {
-        for (partition, generation) in acks.assigned() {
+    async fn adopt_assigned(&mut self, registry: &Partitions) -> Result<(), AggregateError> {
+        for (partition, generation) in registry.assigned() {
             if self
                 .partitions
                 .get(&partition)
@@ -597,13 +598,13 @@ impl AggregateStage {
     /// Finalises what is due, compacts the rest, reports the state's size. The wall-clock rule
     /// applies only to a partition the source read to its end and that this stage has counted
     /// up to that end.
-    fn sweep(&mut self, acks: &AckTracker) {
+    fn sweep(&mut self, registry: &Partitions) {
         let wall_ms = Utc::now().timestamp_millis();
         let mut finalised = Vec::new();
         let (mut classes, mut bytes) = (0, 0);
         for (partition, owned) in self.partitions.iter_mut() {
             let position = owned.state.position;
-            let at_end = acks
+            let at_end = registry
                 .at_end(partition, owned.generation, wall_ms)
                 .filter(|end| position.is_none_or(|last| last + 1 >= end.next_offset))
                 .map(|end| (end.since_ms, end.confirmed_ms));
@@ -801,7 +802,11 @@ impl AggregateStage {
         partition: &PartitionId,
         state: &mut PartitionState,
     ) -> Result<bool, AggregateError> {
-        let Some(lineage) = self.acks.as_ref().and_then(|acks| acks.lineage(partition)) else {
+        let Some(lineage) = self
+            .registry
+            .as_ref()
+            .and_then(|registry| registry.lineage(partition))
+        else {
             return Ok(false);
         };
         let store = self.writer.store();
@@ -906,6 +911,7 @@ async fn write_jobs(
 #[cfg(test)]
 pub(crate) mod tests {
     use super::*;
+    use crate::ack::AckTracker;
     use crate::aggregate::reference::event;
     use crate::config::{LakeConfig, LakeLocation};
     use crate::event::{EventType, Metrics};
@@ -972,7 +978,7 @@ pub(crate) mod tests {
     /// One task's stage running on `directory` until `script` is done with it.
     async fn run_stage<F, Fut>(
         directory: &std::path::Path,
-        acks: AckTracker,
+        registry: Partitions,
         end_of_input: bool,
         script: F,
     ) -> Arc<Stats>
@@ -997,7 +1003,7 @@ pub(crate) mod tests {
         if end_of_input {
             ended.cancel();
         }
-        let task = tokio::spawn(stage.run(receiver, vec![output], ended, acks));
+        let task = tokio::spawn(stage.run(receiver, vec![output], ended, registry));
         script(input).await;
         task.await.unwrap().unwrap();
         drained.await.unwrap();
@@ -1008,15 +1014,15 @@ pub(crate) mod tests {
     async fn a_partition_assigned_again_continues_from_what_its_other_owner_checkpointed() {
         let directory = tempfile::tempdir().unwrap();
         let partition = PartitionId::new("events", 0);
-        let first_task = AckTracker::new();
+        let first_task = Partitions::new(AckTracker::new());
         first_task.assign(&partition);
         let (to_first, first_input) = mpsc::channel(4);
         // The first task counts offsets 0-4, then loses the partition.
         let first = {
             let directory = directory.path().to_path_buf();
-            let acks = first_task.clone();
+            let registry = first_task.clone();
             tokio::spawn(async move {
-                run_stage(&directory, acks, true, |input| async move {
+                run_stage(&directory, registry, true, |input| async move {
                     let mut first_input: mpsc::Receiver<DecodedBatch> = first_input;
                     while let Some(batch) = first_input.recv().await {
                         input.send(batch).await.unwrap();
@@ -1025,19 +1031,25 @@ pub(crate) mod tests {
                 .await
             })
         };
-        to_first.send(batch(&first_task, 1, 0..=4)).await.unwrap();
+        to_first
+            .send(batch(first_task.acks(), 1, 0..=4))
+            .await
+            .unwrap();
         tokio::time::sleep(Duration::from_millis(1_500)).await; // a checkpoint at 4
         first_task.revoke(&partition);
 
         // Another task owns it meanwhile: restores 0-4 and counts 5-9, then drains.
-        let other_task = AckTracker::new();
+        let other_task = Partitions::new(AckTracker::new());
         other_task.assign(&partition);
         let other = run_stage(
             directory.path(),
             other_task.clone(),
             false,
             |input| async move {
-                input.send(batch(&other_task, 1, 0..=9)).await.unwrap();
+                input
+                    .send(batch(other_task.acks(), 1, 0..=9))
+                    .await
+                    .unwrap();
             },
         )
         .await;
@@ -1051,7 +1063,10 @@ pub(crate) mod tests {
         // before is stale: it must start from the other task's checkpoint.
         tokio::time::sleep(Duration::from_millis(1_100)).await; // a tick notices the revoke
         first_task.assign(&partition);
-        to_first.send(batch(&first_task, 3, 10..=14)).await.unwrap();
+        to_first
+            .send(batch(first_task.acks(), 3, 10..=14))
+            .await
+            .unwrap();
         drop(to_first);
         let first_stats = first.await.unwrap();
         assert_eq!(Stats::get(&first_stats.classes_final), 1);
@@ -1094,9 +1109,10 @@ pub(crate) mod tests {
         let newer_key = newer_dir.join(format!("{:020}.postcard.zst", 40));
         std::fs::write(&newer_key, &body).unwrap();
 
-        let acks = AckTracker::new();
-        acks.assign(&newer);
-        acks.assign(&other);
+        let registry = Partitions::new(AckTracker::new());
+        registry.assign(&newer);
+        registry.assign(&other);
+        let acks = registry.acks();
         let health = Health::new();
         let stage = AggregateStage::new(
             Rules::default(),
@@ -1112,14 +1128,14 @@ pub(crate) mod tests {
             receiver,
             vec![output],
             CancellationToken::new(),
-            acks.clone(),
+            registry.clone(),
         ));
         input
-            .send(batch_of(newer.clone(), &acks, 1, 41..=45))
+            .send(batch_of(newer.clone(), acks, 1, 41..=45))
             .await
             .unwrap();
         input
-            .send(batch_of(other.clone(), &acks, 1, 0..=4))
+            .send(batch_of(other.clone(), acks, 1, 0..=4))
             .await
             .unwrap();
         let passed_on = sink.recv().await.unwrap();

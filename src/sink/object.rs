@@ -454,13 +454,13 @@ mod tests {
 
     /// A lake sink on a fresh directory (objects close after 1 s), fed one valid event at
     /// offset 7 of `events/0`: the directory, its writer, the sink's input and driver, and
-    /// the tracker the event's batch is registered with.
+    /// the partitions whose acknowledgements the event's batch is registered with.
     struct Harness {
         directory: tempfile::TempDir,
         writer: ObjectWriter,
         input: Option<tokio::sync::mpsc::Sender<Arc<DecodedBatch>>>,
         driver: Option<tokio::task::JoinHandle<Result<(), SinkError>>>,
-        acks: crate::ack::AckTracker,
+        partitions: crate::partitions::Partitions,
     }
 
     impl Harness {
@@ -499,7 +499,7 @@ mod tests {
                 writer,
                 input: Some(input),
                 driver: Some(driver),
-                acks: crate::ack::AckTracker::new(),
+                partitions: crate::partitions::Partitions::new(crate::ack::AckTracker::new()),
             }
         }
 
@@ -530,7 +530,7 @@ mod tests {
                 &limits,
                 500,
                 1_764_090_000_000,
-                &self.acks,
+                self.partitions.acks(),
             ) {
                 let input = self.input.as_ref().expect("not closed");
                 input.send(Arc::new(batch)).await.unwrap();
@@ -560,7 +560,7 @@ mod tests {
         // The input stays open and silent: only the age limit can close the object.
         let deadline = Instant::now() + Duration::from_secs(10);
         let committable = loop {
-            let moved = sink.acks.take_committable();
+            let moved = sink.partitions.acks().take_committable();
             if !moved.is_empty() {
                 break moved;
             }
@@ -584,9 +584,9 @@ mod tests {
         let mut sink = Harness::start(|_| async {}).await;
         sink.send_event().await;
         // The partition is given up before the object is old enough to be written.
-        sink.acks.revoke(&PartitionId::new("events", 0));
+        sink.partitions.revoke(&PartitionId::new("events", 0));
         tokio::time::sleep(Duration::from_millis(2_500)).await;
-        assert!(sink.acks.take_committable().is_empty());
+        assert!(sink.partitions.acks().take_committable().is_empty());
         sink.close().await;
         assert_eq!(
             sink.objects_written(),

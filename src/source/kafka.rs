@@ -11,9 +11,9 @@
 //! consumed message is while there is lag (0 once caught up, so an idle topic never looks late).
 //!
 //! Rebalances (cooperative-sticky by default): an assigned or revoked partition starts a new turn
-//! of ownership in the [`AckTracker`]. A revoked partition's durable frontier is committed
-//! synchronously before it is let go, and nothing read in an earlier turn is ever committed
-//! again; commits are limited to the partitions assigned now.
+//! of ownership in the [`Partitions`] registry. A revoked partition's durable frontier is
+//! committed synchronously before it is let go, and nothing read in an earlier turn is ever
+//! committed again; commits are limited to the partitions assigned now.
 //!
 //! Consumer errors are classified: unreachable brokers or a missing topic make the source not
 //! ready and retry; refused credentials or ACLs, and a broker certificate that fails TLS
@@ -26,7 +26,7 @@
 //! lake's replay index keeps what was written from being written twice.
 //!
 //! The end of each partition is tracked for the aggregate stage (`enable.partition.eof`; see
-//! [`crate::ack::AtEnd`]): a class becomes final by the wall clock only while its partition is
+//! [`crate::partitions::AtEnd`]): a class becomes final by the wall clock only while its partition is
 //! read to its end, never while it is paused, starved or cut off from its leader.
 //!
 //! The client's configuration, its secrets kept out of errors and its MSK IAM tokens come from
@@ -50,12 +50,13 @@ use rdkafka::error::{KafkaError, RDKafkaErrorCode};
 use rdkafka::{ClientContext, Message, Offset, Statistics, TopicPartitionList};
 
 use super::{RawBatch, Source, SourceError};
-use crate::ack::{AckTracker, PartitionId};
+use crate::ack::PartitionId;
 use crate::config::KafkaConfig;
 use crate::decode::RawMessage;
 use crate::health::Health;
 use crate::kafka::{consumer_config, oauth_token, redacted, MskIam};
 use crate::log_limit::LogLimiter;
+use crate::partitions::Partitions;
 
 /// How long shutdown waits for the final commit and for the consumer to leave its group.
 const CLOSE_TIMEOUT: Duration = Duration::from_secs(5);
@@ -63,8 +64,8 @@ const CLOSE_TIMEOUT: Duration = Duration::from_secs(5);
 /// Newest consumed message time (epoch ms) per partition, shared with the statistics callback.
 type LastSeen = Arc<Mutex<HashMap<PartitionId, i64>>>;
 
-/// The pipeline's acknowledgements, handed over by [`Source::attach`].
-type SharedAcks = Arc<OnceLock<AckTracker>>;
+/// The pipeline's partition registry, handed over by [`Source::attach`].
+type SharedPartitions = Arc<OnceLock<Partitions>>;
 
 /// What the client has learned that retrying will not fix: the brokers' TLS certificate
 /// failed verification (librdkafka reports it only in its error callback; the consumer's own
@@ -103,7 +104,7 @@ impl Answers {
 pub struct SourceContext {
     last_seen: LastSeen,
     health: Health,
-    acks: SharedAcks,
+    partitions: SharedPartitions,
     refusal: Refusal,
     repeats: Arc<LogLimiter>,
     answers: Mutex<Answers>,
@@ -184,8 +185,8 @@ impl ClientContext for SourceContext {
         if error.rdkafka_error_code() == Some(RDKafkaErrorCode::AllBrokersDown) {
             self.health
                 .not_ready("source", format!("kafka: no broker reachable ({reason})"));
-            if let Some(acks) = self.acks.get() {
-                acks.doubt_end(None, now_ms());
+            if let Some(partitions) = self.partitions.get() {
+                partitions.doubt_end(None, now_ms());
             }
         }
         if is_untrusted_certificate(&error, reason) {
@@ -209,7 +210,7 @@ impl ClientContext for SourceContext {
             .last_seen
             .lock()
             .unwrap_or_else(|poisoned| poisoned.into_inner());
-        let acks = self.acks.get();
+        let partitions = self.partitions.get();
         // Per broker that is UP: when it was last heard from. A hung one (a stopped process,
         // a black-holed network path) stays UP to librdkafka for a minute answering nothing.
         let heard: HashMap<i32, i64> = {
@@ -247,12 +248,12 @@ impl ClientContext for SourceContext {
                 // A partition not being fetched (its leader unreachable, fetching stopped)
                 // would not show a new message: its time at the end starts again.
                 // One being fetched would: the source vouches for the end it reported.
-                if let (Some(acks), true) = (acks, *index >= 0) {
+                if let (Some(partitions), true) = (partitions, *index >= 0) {
                     let partition = PartitionId::new(topic.as_str(), *index as u32);
                     if let (true, Some(heard_ms)) = (healthy, leader_heard_ms) {
-                        acks.vouch_end(&partition, heard_ms);
+                        partitions.vouch_end(&partition, heard_ms);
                     } else {
-                        acks.doubt_end(Some(&partition), now_ms);
+                        partitions.doubt_end(Some(&partition), now_ms);
                     }
                 }
                 // -1 is librdkafka's internal "unassigned" partition; a negative lag means
@@ -292,10 +293,10 @@ impl ConsumerContext for SourceContext {
     /// partition commits its durable frontier, synchronously, before it is let go, then starts
     /// a new turn so that nothing read before is ever committed by this member again.
     fn pre_rebalance(&self, consumer: &BaseConsumer<SourceContext>, rebalance: &Rebalance<'_>) {
-        let Some(acks) = self.acks.get() else {
+        let Some(partitions) = self.partitions.get() else {
             return;
         };
-        let partitions = |list: &TopicPartitionList| -> Vec<PartitionId> {
+        let ids_of = |list: &TopicPartitionList| -> Vec<PartitionId> {
             list.elements()
                 .iter()
                 .map(|element| PartitionId::new(element.topic(), element.partition() as u32))
@@ -303,18 +304,18 @@ impl ConsumerContext for SourceContext {
         };
         match rebalance {
             Rebalance::Assign(list) => {
-                let assigned = partitions(list);
+                let assigned = ids_of(list);
                 for partition in &assigned {
-                    acks.assign(partition);
+                    partitions.assign(partition);
                 }
                 tracing::info!(partitions = %names(&assigned), "partitions assigned");
             }
             Rebalance::Revoke(list) => {
-                let revoked = partitions(list);
+                let revoked = ids_of(list);
                 let frontiers: Vec<(PartitionId, u64)> = revoked
                     .iter()
                     .filter_map(|partition| {
-                        let frontier = acks.revoke(partition)?;
+                        let frontier = partitions.revoke(partition)?;
                         Some((partition.clone(), frontier))
                     })
                     .collect();
@@ -428,7 +429,7 @@ pub struct KafkaSource {
     /// The last frontier committed per partition, for the final synchronous commit.
     committed: BTreeMap<PartitionId, u64>,
     /// The pipeline's acknowledgements (for turns of ownership).
-    acks: SharedAcks,
+    partitions: SharedPartitions,
     /// Whether fetching is paused because the pipeline is full.
     paused: bool,
     /// The offset after the last message read per partition, with the turn it was read in.
@@ -452,13 +453,13 @@ impl KafkaSource {
     ) -> Result<KafkaSource, SourceError> {
         let client = consumer_config(config);
         let last_seen = LastSeen::default();
-        let acks = SharedAcks::default();
+        let partitions = SharedPartitions::default();
         let refusal = Refusal::default();
         let repeats = Arc::new(LogLimiter::new(REPEAT_LOG_INTERVAL));
         let context = SourceContext {
             last_seen: Arc::clone(&last_seen),
             health: health.clone(),
-            acks: Arc::clone(&acks),
+            partitions: Arc::clone(&partitions),
             refusal: Arc::clone(&refusal),
             repeats: Arc::clone(&repeats),
             answers: Mutex::default(),
@@ -479,7 +480,7 @@ impl KafkaSource {
             ready: VecDeque::new(),
             max_messages: max_messages.max(1),
             committed: BTreeMap::new(),
-            acks,
+            partitions,
             paused: false,
             read_next: HashMap::new(),
             at_end: HashSet::new(),
@@ -500,11 +501,11 @@ impl KafkaSource {
         if let Some(time_ms) = message.timestamp().to_millis() {
             newest.insert(partition.clone(), time_ms);
         }
-        let acks = self.acks.get();
-        let generation = acks.map_or(0, |acks| acks.generation(&partition));
+        let partitions = self.partitions.get();
+        let generation = partitions.map_or(0, |partitions| partitions.generation(&partition));
         if self.at_end.remove(&partition) {
-            if let Some(acks) = acks {
-                acks.left_end(&partition);
+            if let Some(partitions) = partitions {
+                partitions.left_end(&partition);
             }
         }
         self.read_next
@@ -520,7 +521,7 @@ impl KafkaSource {
     /// topic: with several topics sharing the index it is not used, and those partitions'
     /// classes become final by event time and at the end of input only.
     fn reached_end(&mut self, consumer: &StreamConsumer<SourceContext>, index: i32) {
-        let Some(acks) = self.acks.get() else {
+        let Some(partitions) = self.partitions.get() else {
             return;
         };
         let candidates: Vec<PartitionId> = assigned(consumer)
@@ -531,14 +532,14 @@ impl KafkaSource {
             tracing::debug!(index, partitions = %names(&candidates), "end of partition reported for an index several topics share; not used");
             return;
         };
-        let generation = acks.generation(partition);
+        let generation = partitions.generation(partition);
         // Nothing read in this turn: the end is where reading started, which the aggregate
         // state restored for the turn already includes.
         let next_offset = match self.read_next.get(partition) {
             Some((turn, next_offset)) if *turn == generation => *next_offset,
             _ => 0,
         };
-        acks.reached_end(partition, generation, next_offset, now_ms());
+        partitions.reached_end(partition, generation, next_offset, now_ms());
         self.at_end.insert(partition.clone());
     }
 
@@ -552,8 +553,8 @@ impl KafkaSource {
 
     /// Nothing new would be seen now (paused, brokers away): time at the end starts again.
     fn doubt_ends(&self) {
-        if let Some(acks) = self.acks.get() {
-            acks.doubt_end(None, now_ms());
+        if let Some(partitions) = self.partitions.get() {
+            partitions.doubt_end(None, now_ms());
         }
     }
 
@@ -764,8 +765,8 @@ impl Source for KafkaSource {
         Ok(())
     }
 
-    fn attach(&mut self, acks: AckTracker) {
-        let _ = self.acks.set(acks);
+    fn attach(&mut self, partitions: Partitions) {
+        let _ = self.partitions.set(partitions);
     }
 
     async fn shutdown(&mut self) {

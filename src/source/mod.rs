@@ -11,15 +11,16 @@ pub mod simulator;
 
 use async_trait::async_trait;
 
-use crate::ack::{AckTracker, PartitionId};
+use crate::ack::PartitionId;
 use crate::decode::RawMessage;
+use crate::partitions::Partitions;
 
 /// Messages of one partition, in offset order.
 #[derive(Debug, Clone)]
 pub struct RawBatch {
     /// The partition they came from.
     pub partition: PartitionId,
-    /// The partition's turn of ownership when they were read ([`AckTracker::generation`]):
+    /// The partition's turn of ownership when they were read ([`Partitions::generation`]):
     /// batches read before a rebalance are told apart from the replay after it.
     pub generation: u64,
     /// The messages; never empty.
@@ -62,12 +63,12 @@ pub trait Source: Send {
     /// partitions, within a bounded time.
     async fn shutdown(&mut self) {}
 
-    /// Gives the source the pipeline's acknowledgements before the first batch. A source
+    /// Gives the source the pipeline's partition registry before the first batch. A source
     /// whose partitions move between tasks (a consumer group, shard leases) reports each
-    /// change with [`AckTracker::assign`] and [`AckTracker::revoke`], stamps batches with
-    /// [`AckTracker::generation`], and may commit the durable frontier of a partition it
-    /// gives up.
-    fn attach(&mut self, _acks: AckTracker) {}
+    /// change with [`Partitions::assign`] and [`Partitions::revoke`], stamps batches with
+    /// [`Partitions::generation`], may commit the durable frontier of a partition it gives
+    /// up, and says where it stands against each partition's end.
+    fn attach(&mut self, _partitions: Partitions) {}
 
     /// The pipeline is full: stop fetching until [`Source::resume`]. Meanwhile the pipeline
     /// calls [`Source::keep_alive`] every second.

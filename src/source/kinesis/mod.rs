@@ -24,7 +24,7 @@
 //! (KPL user records of one record are checkpointed together); they are conditional on the
 //! lease's owner and counter, so a worker that lost its lease (paused past expiry, stolen from)
 //! has its checkpoint refused, stops reading the shard and starts a new turn of ownership in
-//! the [`AckTracker`] so nothing it read is ever committed.
+//! the [`Partitions`] so nothing it read is ever committed.
 //!
 //! **Resharding.** A closed shard's reader reaches its end; once every record of it is durable
 //! its lease is checkpointed `SHARD_END` and the shard list is synced at once. A child shard's
@@ -37,7 +37,7 @@
 //! `MillisBehindLatest` is `classpulse_source_lag_seconds`.
 //!
 //! A child shard's partition carries its [`Lineage`] (its parents and hash key range) in the
-//! [`AckTracker`], so the aggregate stage takes over the parents' classes in that range before
+//! [`Partitions`], so the aggregate stage takes over the parents' classes in that range before
 //! counting the child's first event.
 
 pub mod kpl;
@@ -58,10 +58,11 @@ use tokio_util::sync::CancellationToken;
 
 use self::lease::{plan_takes, Checkpoint, Lease, LeaseError, LeaseTable, Observations};
 use super::{RawBatch, Source, SourceError};
-use crate::ack::{AckTracker, Lineage, PartitionId};
+use crate::ack::PartitionId;
 use crate::config::KinesisConfig;
 use crate::decode::RawMessage;
 use crate::health::Health;
+use crate::partitions::{Lineage, Partitions};
 use crate::retry::Backoff;
 
 /// Metric label and lake object prefix.
@@ -160,7 +161,7 @@ struct Shared {
     stream: Arc<str>,
     worker: String,
     health: Health,
-    acks: Arc<OnceLock<AckTracker>>,
+    partitions: Arc<OnceLock<Partitions>>,
     /// Leases held, by shard id. Every lease write of this task goes through this lock, so
     /// renewals and checkpoints never race each other for the counter.
     held: tokio::sync::Mutex<BTreeMap<String, Held>>,
@@ -268,7 +269,7 @@ impl KinesisSource {
             config: config.clone(),
             worker,
             health,
-            acks: Arc::default(),
+            partitions: Arc::default(),
             held: tokio::sync::Mutex::default(),
             positions: Mutex::default(),
             failing: Mutex::default(),
@@ -447,8 +448,8 @@ impl Source for KinesisSource {
         result
     }
 
-    fn attach(&mut self, acks: AckTracker) {
-        let _ = self.shared.acks.set(acks);
+    fn attach(&mut self, partitions: Partitions) {
+        let _ = self.shared.partitions.set(partitions);
         if self.coordinator.is_none() {
             self.coordinator = Some(tokio::spawn(coordinate(Arc::clone(&self.shared))));
         }
@@ -497,8 +498,8 @@ impl Source for KinesisSource {
 fn lose(shared: &Shared, held: &mut BTreeMap<String, Held>, shard_id: &str, why: &str) {
     if let Some(lease) = held.remove(shard_id) {
         lease.reader.cancel();
-        if let Some(acks) = shared.acks.get() {
-            acks.revoke(&lease.partition);
+        if let Some(partitions) = shared.partitions.get() {
+            partitions.revoke(&lease.partition);
         }
         crate::metrics::clear_source_lag(KIND, &lease.partition);
         tracing::warn!(shard = %shard_id, why, "lease lost; the shard's new owner goes on from its checkpoint");
@@ -514,8 +515,8 @@ fn lose(shared: &Shared, held: &mut BTreeMap<String, Held>, shard_id: &str, why:
 fn finish_shard(shared: &Shared, held: &mut BTreeMap<String, Held>, shard_id: &str) {
     if let Some(lease) = held.remove(shard_id) {
         lease.reader.cancel();
-        if let Some(acks) = shared.acks.get() {
-            acks.revoke(&lease.partition);
+        if let Some(partitions) = shared.partitions.get() {
+            partitions.revoke(&lease.partition);
         }
         crate::metrics::clear_source_lag(KIND, &lease.partition);
     }
@@ -806,9 +807,9 @@ async fn begin_handoff(
     lease.reader.cancel();
     lease.handing_off = Some(to.to_owned());
     let frontier = shared
-        .acks
+        .partitions
         .get()
-        .and_then(|acks| acks.revoke(&lease.partition));
+        .and_then(|partitions| partitions.revoke(&lease.partition));
     let planned = frontier.and_then(|frontier| {
         let positions = shared.positions.lock().unwrap_or_else(|e| e.into_inner());
         positions.get(shard_id)?.checkpoint_for(frontier)
@@ -842,8 +843,8 @@ fn start_reader(
 ) {
     let index = shard_index(&lease.shard_id).expect("lease keys are numbered shard ids");
     let partition = PartitionId::new(Arc::clone(&shared.stream), index);
-    let generation = match shared.acks.get() {
-        Some(acks) => {
+    let generation = match shared.partitions.get() {
+        Some(partitions) => {
             // A child shard continues its parents' classes (the aggregate stage takes them
             // over from the parents' last checkpoints).
             let parents: Option<Vec<PartitionId>> = lease
@@ -856,7 +857,7 @@ fn start_reader(
                 .collect();
             if let (Some(parents), Some(hash_range)) = (parents, lease.hash_range) {
                 if !parents.is_empty() {
-                    acks.set_lineage(
+                    partitions.set_lineage(
                         &partition,
                         Lineage {
                             parents,
@@ -865,8 +866,8 @@ fn start_reader(
                     );
                 }
             }
-            acks.assign(&partition);
-            acks.generation(&partition)
+            partitions.assign(&partition);
+            partitions.generation(&partition)
         }
         None => 0,
     };
@@ -990,8 +991,8 @@ async fn hand_out(
     if records.is_empty() {
         return true;
     }
-    if let Some(acks) = shared.acks.get() {
-        acks.left_end(&shard.partition);
+    if let Some(partitions) = shared.partitions.get() {
+        partitions.left_end(&shard.partition);
     }
     if !cursor.pinned {
         let first = records[0].sequence_number().to_owned();
@@ -1040,23 +1041,23 @@ async fn hand_out(
 }
 
 /// Tells the aggregate stage where the reader stands against the shard's tip (see
-/// [`crate::ack::AtEnd`]): at it when a response says 0 ms behind and everything before has been
+/// [`crate::partitions::AtEnd`]): at it when a response says 0 ms behind and everything before has been
 /// handed out; not at it while records are being handed out or the reader is behind.
 fn report_tip(shared: &Shared, shard: &ShardRead, cursor: &Cursor, behind_ms: Option<i64>) {
-    let Some(acks) = shared.acks.get() else {
+    let Some(partitions) = shared.partitions.get() else {
         return;
     };
     let now_ms = chrono::Utc::now().timestamp_millis();
     match behind_ms {
-        Some(0) => acks.reached_end(
+        Some(0) => partitions.reached_end(
             &shard.partition,
             shard.generation,
             cursor.next_offset,
             now_ms,
         ),
-        Some(_) => acks.left_end(&shard.partition),
+        Some(_) => partitions.left_end(&shard.partition),
         // A read failed: nothing new would be seen now.
-        None => acks.doubt_end(Some(&shard.partition), now_ms),
+        None => partitions.doubt_end(Some(&shard.partition), now_ms),
     }
 }
 
