@@ -11,9 +11,9 @@
 //!
 //! Changing a serialised type: bump [`VERSION`], move the old definitions into `v{old}.rs`
 //! with an upgrade, and write the new version's fixture with
-//! `CLASSPULSE_WRITE_FIXTURES=1 cargo test --lib aggregate::checkpoint`. A class part changes
-//! version only when its own layout does ([`PART_VERSION`]), so an older home still merges the
-//! parts of a newer visitor whenever it can.
+//! `CLASSPULSE_TEST_WRITE_FIXTURES=1 cargo test --lib aggregate::checkpoint`. A class part
+//! changes version only when its own layout does ([`PART_VERSION`]), so an older home still
+//! merges the parts of a newer visitor whenever it can.
 
 mod v3;
 
@@ -277,18 +277,18 @@ mod tests {
 
     /// The fixture of this build's format holds what this build writes at the cut: a change
     /// to the serialised types without a new version fails here.
-    /// `CLASSPULSE_WRITE_FIXTURES=1` writes it first (for a new version).
+    /// `CLASSPULSE_TEST_WRITE_FIXTURES=1` writes it first (for a new version).
     #[test]
     fn this_builds_format_is_its_fixture() {
         let encoded = encode(&at_cut());
         let path = fixture::directory().join(format!("v{VERSION}.postcard.zst"));
-        if std::env::var_os("CLASSPULSE_WRITE_FIXTURES").is_some() {
+        if std::env::var_os("CLASSPULSE_TEST_WRITE_FIXTURES").is_some() {
             std::fs::create_dir_all(fixture::directory()).unwrap();
             std::fs::write(&path, &encoded).unwrap();
         }
         let fixture = std::fs::read(&path).unwrap_or_else(|error| {
             panic!(
-                "{}: {error} (CLASSPULSE_WRITE_FIXTURES=1 writes it)",
+                "{}: {error} (CLASSPULSE_TEST_WRITE_FIXTURES=1 writes it)",
                 path.display()
             )
         });

@@ -14,23 +14,26 @@
 //! the newest is restored when a partition is first seen. Two are kept per partition. Since a
 //! state is a function of the events up to its position, a stale owner writing the same
 //! position after a rebalance writes the same state.
+//!
+//! Here the stage's loop and the counting of each batch; `persist.rs` writes checkpoints,
+//! results and live values and restores a partition from its checkpoint (refusing one of a
+//! newer format); `handoff.rs` claims new classes in the class directory and closes the classes
+//! whose parts other partitions counted.
+
+mod handoff;
+mod persist;
 
 use std::collections::HashMap;
 use std::sync::Arc;
 use std::time::Duration;
 
-use bytes::Bytes;
 use chrono::Utc;
-use futures::{StreamExt, TryStreamExt};
 use object_store::path::Path;
-use object_store::{ObjectStore, ObjectStoreExt};
 use tokio::sync::mpsc;
 use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 
 use super::checkpoint::CheckpointError;
-use super::directory::{self, Place, Role};
-use super::output::{ClassResult, Outgoing};
 use super::partition::{Finalised, PartitionState};
 use super::Rules;
 use crate::ack::{AckToken, PartitionId};
@@ -41,7 +44,9 @@ use crate::partitions::Partitions;
 use crate::retry::Backoff;
 use crate::sink::dynamodb::aggregates::AggregatesTable;
 use crate::stats::Stats;
-use crate::store::{classify, sanitize, ObjectWriter};
+use crate::store::{classify, ObjectWriter};
+
+use persist::write_jobs;
 
 /// Health component and write label of the stage.
 pub const NAME: &str = "aggregates";
@@ -50,12 +55,6 @@ pub const REFUSED: &str = "aggregate checkpoints";
 /// How often the stage releases revoked partitions, adopts assigned ones, sweeps for classes
 /// that are due, and writes live values and checkpoints when they are due.
 const TICK: Duration = Duration::from_secs(1);
-/// Checkpoints kept per partition (the newest, and one before it).
-const CHECKPOINTS_KEPT: usize = 2;
-/// How often a closing class looks again for the parts it waits for.
-const CLOSING_RECHECK: Duration = Duration::from_secs(5);
-/// Class claims in flight at once.
-const CLAIMS_AT_ONCE: usize = 16;
 
 /// Why the aggregate stage stopped.
 #[derive(Debug, thiserror::Error)]
@@ -102,19 +101,6 @@ struct Owned {
     recheck: HashMap<String, Instant>,
     /// Directory objects of closed classes, deleted once the checkpoint after them is durable.
     leftovers: Vec<Path>,
-}
-
-/// Work for the writer task, in order.
-#[derive(Default)]
-struct Job {
-    checkpoints: Vec<(Path, Bytes)>,
-    results: Vec<(Path, Bytes)>,
-    /// Live values for the aggregates table.
-    live_rows: Vec<ClassResult>,
-    /// Final results for the aggregates table.
-    final_rows: Vec<ClassResult>,
-    deletes: Vec<Path>,
-    tokens: Vec<AckToken>,
 }
 
 /// The aggregate stage.
@@ -303,131 +289,6 @@ impl AggregateStage {
         Ok(true)
     }
 
-    /// Restores `partition` for turn `generation` from its newest checkpoint; `false` if it
-    /// is refused: that checkpoint (or a parent's) has a format newer than this build reads.
-    /// A refused partition is not ready until it is revoked, and nothing of it is written,
-    /// so the newer state stays for a build that reads it.
-    async fn take_up(
-        &mut self,
-        partition: &PartitionId,
-        generation: u64,
-    ) -> Result<bool, AggregateError> {
-        if self
-            .refused
-            .get(partition)
-            .is_some_and(|(refused, _)| *refused >= generation)
-        {
-            return Ok(false);
-        }
-        match self.restore(partition, generation).await {
-            Ok(owned) => {
-                self.partitions.insert(partition.clone(), owned);
-                if self.refused.remove(partition).is_some() {
-                    self.report_refused();
-                }
-                Ok(true)
-            }
-            Err(AggregateError::Checkpoint {
-                partition: from,
-                key,
-                source,
-            }) if source.is_newer() => {
-                tracing::error!(partition = %partition, checkpoint = %key, error = %source, "partition refused: its checkpoint is of a newer build; nothing of it is counted or written here");
-                metrics::record_checkpoint_refused();
-                self.refused.insert(
-                    partition.clone(),
-                    (generation, format!("{partition} ({from}: {key}: {source})")),
-                );
-                self.report_refused();
-                Ok(false)
-            }
-            Err(error) => Err(error),
-        }
-    }
-
-    /// Readiness names the refused partitions.
-    fn report_refused(&self) {
-        if self.refused.is_empty() {
-            self.health.ready(REFUSED);
-            return;
-        }
-        let mut names: Vec<&str> = self.refused.values().map(|(_, why)| why.as_str()).collect();
-        names.sort();
-        self.health.not_ready(
-            REFUSED,
-            format!(
-                "partitions refused, their checkpoints are of a newer build: {}",
-                names.join("; ")
-            ),
-        );
-    }
-
-    /// Claims in the class directory the classes `events` meet for the first time on
-    /// `partition`, so the state knows whether it is their home ([`directory`]). Retried until
-    /// the store answers (the stage is not ready meanwhile).
-    async fn claim_new_classes(
-        &mut self,
-        partition: &PartitionId,
-        events: &[crate::event::PerformanceEvent],
-    ) {
-        let Some(owned) = self.partitions.get(partition) else {
-            return;
-        };
-        let Some(place) = owned.state.place.clone() else {
-            return;
-        };
-        let position = owned.state.position;
-        let mut new: Vec<(String, Box<str>, Box<str>, i64)> = Vec::new();
-        let mut previous: Option<(&str, &str)> = None;
-        for event in events {
-            if position.is_some_and(|p| event.offset <= p) {
-                continue;
-            }
-            let ids = (&*event.studio_id, &*event.class_id);
-            if previous == Some(ids) {
-                continue;
-            }
-            previous = Some(ids);
-            let key = format!("{}:{}", ids.0, ids.1);
-            if owned.state.is_new_class(&key) && !new.iter().any(|(k, ..)| *k == key) {
-                new.push((key, ids.0.into(), ids.1.into(), event.event_time_ms));
-            }
-        }
-        if new.is_empty() {
-            return;
-        }
-        let mut pending = Vec::with_capacity(new.len());
-        for (key, studio, class, first_ms) in new {
-            let (this, place) = (&*self, &place);
-            pending.push(async move {
-                let role = this
-                    .retry("claiming a class", || {
-                        directory::claim(&this.writer, place, &studio, &class, first_ms)
-                    })
-                    .await;
-                (key, role)
-            });
-        }
-        let claims: Vec<(String, Role)> = futures::stream::iter(pending)
-            .buffer_unordered(CLAIMS_AT_ONCE)
-            .collect()
-            .await;
-        let owned = self.partitions.get_mut(partition).expect("checked above");
-        for (key, role) in claims {
-            match role {
-                Role::Closed(home) => {
-                    metrics::record_handoffs("too_late", 1);
-                    tracing::warn!(partition = %partition, class = %key, home, "class already final at its home partition: its events here are late");
-                }
-                Role::Visitor(home) => {
-                    tracing::info!(partition = %partition, class = %key, home, "class moved here from its home partition: counting a part to hand over");
-                }
-                Role::Home => {}
-            }
-            owned.state.roles.insert(key, role);
-        }
-    }
-
     /// Runs `attempt` until it succeeds, reporting failures as the stage's readiness.
     async fn retry<T, F, Fut>(&self, what: &str, mut attempt: F) -> T
     where
@@ -455,110 +316,6 @@ impl AggregateStage {
                 }
             }
         }
-    }
-
-    /// Finalises the closing classes whose parts are all handed over (all of them, with what
-    /// is there, if `force`: a bounded source ended).
-    async fn close_classes(&mut self, force: bool) {
-        let now = Instant::now();
-        /// A closing class to look at: its partition, key, place and ids.
-        struct Due {
-            partition: PartitionId,
-            key: String,
-            place: Place,
-            studio: Box<str>,
-            class: Box<str>,
-        }
-        let mut due = Vec::new();
-        for (partition, owned) in &self.partitions {
-            let Some(place) = &owned.state.place else {
-                continue;
-            };
-            for (key, (class, _)) in &owned.state.closing {
-                if force || owned.recheck.get(key).is_none_or(|at| *at <= now) {
-                    due.push(Due {
-                        partition: partition.clone(),
-                        key: key.clone(),
-                        place: place.clone(),
-                        studio: class.studio_id.clone(),
-                        class: class.class_id.clone(),
-                    });
-                }
-            }
-        }
-        let mut finalised = Vec::new();
-        for Due {
-            partition,
-            key,
-            place,
-            studio,
-            class,
-        } in due
-        {
-            let visits = self
-                .retry("listing a class's parts", || {
-                    directory::visits(&self.writer, &place, &studio, &class)
-                })
-                .await;
-            let missing = visits.missing();
-            if !missing.is_empty() && !force {
-                let owned = self.partitions.get_mut(&partition).expect("listed above");
-                if owned
-                    .recheck
-                    .insert(key.clone(), now + CLOSING_RECHECK)
-                    .is_none()
-                {
-                    tracing::info!(partition = %partition, class = %key, waiting_for = ?missing, "class due: waiting for the parts counted on other partitions");
-                }
-                continue;
-            }
-            let mut parts = Vec::new();
-            let mut newer = false;
-            for (visitor, part_key) in &visits.parts {
-                let body = self
-                    .retry("reading a class part", || {
-                        directory::read(&self.writer, part_key)
-                    })
-                    .await;
-                match PartitionState::decode_part(&body) {
-                    Ok((counted_on, part)) => {
-                        tracing::info!(partition = %partition, class = %key, visitor, counted_on, "class part merged");
-                        parts.push(part);
-                    }
-                    // Of a newer build: the class waits for a home that merges it.
-                    Err(error) if error.is_newer() && !force => {
-                        tracing::error!(partition = %partition, class = %key, key = %part_key, error = %error, "class part of a newer build: the class waits, closing, for a build that merges it");
-                        newer = true;
-                    }
-                    Err(error) => {
-                        // Not mergeable by this build: it stays where it is for an operator.
-                        tracing::error!(partition = %partition, class = %key, key = %part_key, error = %error, "class part unreadable: the class is final without it");
-                    }
-                }
-            }
-            if newer {
-                let owned = self.partitions.get_mut(&partition).expect("listed above");
-                owned.recheck.insert(key.clone(), now + CLOSING_RECHECK);
-                continue;
-            }
-            let merged = parts.len() as u64;
-            let owned = self.partitions.get_mut(&partition).expect("listed above");
-            owned.recheck.remove(&key);
-            if let Some((result, exact)) = owned.state.close(&key, parts, &self.rules) {
-                metrics::record_handoffs(if exact { "merged" } else { "merged_inexact" }, merged);
-                if !exact {
-                    tracing::warn!(partition = %partition, class = %key, "class parts interleave in time for a member: heart-rate zones merged approximately");
-                }
-                owned.dirty = true;
-                owned.leftovers.extend(
-                    directory::leftovers(&visits, &place, &studio, &class)
-                        .iter()
-                        .map(|relative| self.writer.path(relative)),
-                );
-                finalised.push(result);
-            }
-        }
-        self.record_finalised(finalised);
     }
 
     /// Forgets partitions given up in a rebalance: another task owns them now and restores
@@ -639,270 +396,6 @@ impl AggregateStage {
                 .is_none_or(|b| top(&class.result.summary) > top(b))
             {
                 *best = Some(class.result.summary);
-            }
-        }
-    }
-
-    /// Hands the writer the live values of every class that changed. They hold no
-    /// acknowledgement: live values are a view, the checkpoint is the record.
-    async fn write_live(&mut self, jobs: &mpsc::Sender<Job>) -> Result<(), AggregateError> {
-        let mut job = Job::default();
-        for owned in self.partitions.values_mut() {
-            for result in owned.state.take_changed(&self.rules) {
-                if self.live_interval.is_some() {
-                    if let Ok((relative, body)) = result.live_object() {
-                        job.results
-                            .push((self.writer.path(&relative), Bytes::from(body)));
-                    }
-                }
-                if self.table.is_some() {
-                    job.live_rows.push(result);
-                }
-            }
-        }
-        if job.results.is_empty() && job.live_rows.is_empty() {
-            return Ok(());
-        }
-        jobs.send(job)
-            .await
-            .map_err(|_| AggregateError::Writer("writer task ended".into()))
-    }
-
-    /// Hands the writer a checkpoint of every changed partition, the final results they
-    /// record, and the acknowledgements they cover.
-    async fn checkpoint(&mut self, jobs: &mpsc::Sender<Job>) -> Result<(), AggregateError> {
-        let mut job = Job::default();
-        for (partition, owned) in &mut self.partitions {
-            if owned.dirty {
-                let position = owned.state.position.unwrap_or(0);
-                let key = self.writer.path(&format!(
-                    "{}/{position:020}.postcard.zst",
-                    checkpoint_dir(&self.writer, partition)
-                ));
-                job.checkpoints
-                    .push((key.clone(), Bytes::from(encode(&owned.state))));
-                if owned.checkpoints.last() != Some(&key) {
-                    owned.checkpoints.push(key);
-                }
-                while owned.checkpoints.len() > CHECKPOINTS_KEPT {
-                    job.deletes.push(owned.checkpoints.remove(0));
-                }
-                job.deletes.append(&mut owned.leftovers);
-                for outgoing in owned.state.outbox.drain(..) {
-                    match outgoing {
-                        Outgoing::Result(result) => {
-                            let mut objects = result.objects();
-                            if self.live_interval.is_some() {
-                                // The screens' document ends with the final values.
-                                objects = objects.and_then(|mut objects| {
-                                    objects.push(result.live_object()?);
-                                    Ok(objects)
-                                });
-                            }
-                            match objects {
-                                Ok(objects) => job.results.extend(objects.into_iter().map(
-                                    |(relative, body)| {
-                                        (self.writer.path(&relative), Bytes::from(body))
-                                    },
-                                )),
-                                // Plain structs of numbers and strings always serialise.
-                                Err(error) => {
-                                    unreachable!("class result does not serialise: {error}")
-                                }
-                            }
-                            if self.table.is_some() {
-                                job.final_rows.push(*result);
-                            }
-                        }
-                        Outgoing::Part { key, body } | Outgoing::HomeFinal { key, body } => {
-                            job.results
-                                .push((self.writer.path(&key), Bytes::from(body)));
-                        }
-                    }
-                }
-                owned.dirty = false;
-            }
-            job.tokens.append(&mut owned.tokens);
-        }
-        if job.checkpoints.is_empty() && job.tokens.is_empty() {
-            return Ok(());
-        }
-        jobs.send(job)
-            .await
-            .map_err(|_| AggregateError::Writer("writer task ended".into()))
-    }
-
-    /// The newest checkpoint of `partition`, or an empty state. Listing and reading are
-    /// retried until they succeed (the stage is not ready meanwhile); an unreadable
-    /// checkpoint stops the stage.
-    async fn restore(
-        &self,
-        partition: &PartitionId,
-        generation: u64,
-    ) -> Result<Owned, AggregateError> {
-        let directory = self.writer.path(&checkpoint_dir(&self.writer, partition));
-        let store = self.writer.store();
-        let (keys, body) = self
-            .retry(&format!("reading {directory}"), || {
-                newest(store.as_ref(), &directory)
-            })
-            .await;
-        let place = self
-            .class_directory
-            .then(|| Place::new(&self.writer, partition));
-        let Some((key, body)) = body else {
-            let mut state = PartitionState::new(partition.to_string());
-            state.place = place;
-            let inherited = self.inherit(partition, &mut state).await?;
-            return Ok(Owned {
-                generation,
-                state,
-                tokens: Vec::new(),
-                dirty: inherited,
-                checkpoints: keys,
-                recheck: HashMap::new(),
-                leftovers: Vec::new(),
-            });
-        };
-        let mut state =
-            PartitionState::decode(&body, Utc::now().timestamp_millis()).map_err(|source| {
-                AggregateError::Checkpoint {
-                    partition: partition.clone(),
-                    key: key.to_string(),
-                    source,
-                }
-            })?;
-        tracing::info!(
-            partition = %partition,
-            position = state.position,
-            classes = state.classes.len(),
-            "aggregate state restored"
-        );
-        state.place = place;
-        // Results recorded by the checkpoint may not have been written: write them again.
-        let dirty = !state.outbox.is_empty();
-        Ok(Owned {
-            generation,
-            state,
-            tokens: Vec::new(),
-            dirty,
-            checkpoints: keys,
-            recheck: HashMap::new(),
-            leftovers: Vec::new(),
-        })
-    }
-}
-
-impl AggregateStage {
-    /// A partition seen for the first time that continues others (a Kinesis child shard,
-    /// read only once its parents are read to their end and checkpointed) takes over their
-    /// classes in its hash range from their last checkpoints. Returns whether it took any.
-    async fn inherit(
-        &self,
-        partition: &PartitionId,
-        state: &mut PartitionState,
-    ) -> Result<bool, AggregateError> {
-        let Some(lineage) = self
-            .registry
-            .as_ref()
-            .and_then(|registry| registry.lineage(partition))
-        else {
-            return Ok(false);
-        };
-        let store = self.writer.store();
-        let mut classes = 0;
-        for parent in &lineage.parents {
-            let directory = self.writer.path(&checkpoint_dir(&self.writer, parent));
-            let (_, body) = self
-                .retry("reading a parent partition's checkpoints", || {
-                    newest(store.as_ref(), &directory)
-                })
-                .await;
-            let Some((key, body)) = body else {
-                continue;
-            };
-            let parent_state = PartitionState::decode(&body, Utc::now().timestamp_millis())
-                .map_err(|source| AggregateError::Checkpoint {
-                    partition: parent.clone(),
-                    key: key.to_string(),
-                    source,
-                })?;
-            classes += state.inherit(parent_state, lineage.hash_range);
-        }
-        tracing::info!(partition = %partition, parents = ?lineage.parents.iter().map(ToString::to_string).collect::<Vec<_>>(), classes, "aggregate state taken over from the parent partitions");
-        Ok(true)
-    }
-}
-
-/// Encodes a partition's state. Hundreds of classes take a few hundred milliseconds of CPU:
-/// on a multi-threaded runtime the worker hands its other tasks to the rest first.
-fn encode(state: &PartitionState) -> Vec<u8> {
-    let flavor = tokio::runtime::Handle::try_current().map(|handle| handle.runtime_flavor());
-    if matches!(flavor, Ok(tokio::runtime::RuntimeFlavor::MultiThread)) {
-        tokio::task::block_in_place(|| state.encode())
-    } else {
-        state.encode()
-    }
-}
-
-fn checkpoint_dir(writer: &ObjectWriter, partition: &PartitionId) -> String {
-    format!(
-        "checkpoints/aggregates/{}-{}-{}",
-        writer.source_kind(),
-        sanitize(&partition.stream),
-        partition.index
-    )
-}
-
-/// Every checkpoint key under `directory` (oldest first) and the newest one's body.
-async fn newest(
-    store: &dyn ObjectStore,
-    directory: &Path,
-) -> object_store::Result<(Vec<Path>, Option<(Path, Bytes)>)> {
-    let mut keys: Vec<Path> = store
-        .list(Some(directory))
-        .map_ok(|meta| meta.location)
-        .try_collect()
-        .await?;
-    keys.sort();
-    let Some(newest) = keys.last().cloned() else {
-        return Ok((keys, None));
-    };
-    let body = store.get(&newest).await?.bytes().await?;
-    Ok((keys, Some((newest, body))))
-}
-
-/// Writes each job's checkpoints, then its results, then releases its acknowledgements.
-async fn write_jobs(
-    mut jobs: mpsc::Receiver<Job>,
-    writer: ObjectWriter,
-    table: Option<AggregatesTable>,
-    stats: Arc<Stats>,
-) {
-    while let Some(job) = jobs.recv().await {
-        let started = Instant::now();
-        let mut bytes = 0;
-        for (key, body) in job.checkpoints {
-            bytes += body.len();
-            writer.put(NAME, &key, body, &[]).await;
-        }
-        for (key, body) in job.results {
-            writer.put(NAME, &key, body, &[]).await;
-            Stats::add(&stats.aggregate_objects, 1);
-        }
-        if let Some(table) = &table {
-            if !job.final_rows.is_empty() {
-                table.write_final(&job.final_rows).await;
-            }
-            if !job.live_rows.is_empty() {
-                table.write_live(&job.live_rows).await;
-            }
-        }
-        metrics::record_aggregate_checkpoint(bytes, started.elapsed());
-        drop(job.tokens);
-        for key in job.deletes {
-            if let Err(error) = writer.store().delete(&key).await {
-                tracing::debug!(key = %key, error = %error, "old checkpoint not deleted");
             }
         }
     }
