@@ -184,40 +184,15 @@ impl Pipeline {
         let acks = partitions.acks().clone();
         let source_kind = source.kind();
         source.attach(partitions.clone());
-        let capacity = settings.channel_capacity;
-
-        let mut sink_inputs = Vec::new();
-        let mut sink_tasks: Vec<JoinHandle<Result<(), SinkError>>> = Vec::new();
-        for sink in sinks {
-            let (sender, receiver) = mpsc::channel(capacity);
-            sink_inputs.push(sender);
-            sink_tasks.push(tokio::spawn(run_sink(sink, receiver)));
-        }
-        let source_ended = CancellationToken::new();
-        let (downstream, aggregator) = match aggregates {
-            Some(stage) => {
-                let (sender, receiver) = mpsc::channel(capacity);
-                let task = tokio::spawn(stage.run(
-                    receiver,
-                    sink_inputs,
-                    source_ended.clone(),
-                    partitions.clone(),
-                ));
-                (Downstream::Aggregates(sender), Some(task))
-            }
-            None => (Downstream::Sinks(sink_inputs), None),
-        };
-        let (raw_sender, raw_receiver) = mpsc::channel::<RawBatch>(capacity);
-        let decoder = tokio::spawn(decode_stage(
-            raw_receiver,
-            downstream,
-            settings.limits,
-            settings.batch_max_events,
-            acks.clone(),
-            Arc::clone(&stats),
-            source_kind,
+        let stages = Stages::spawn(
+            sinks,
+            aggregates,
             judge,
-        ));
+            &settings,
+            &partitions,
+            &stats,
+            source_kind,
+        );
 
         let mut committer = Committer {
             acks: acks.clone(),
@@ -250,44 +225,17 @@ impl Pipeline {
                             health.ready("source");
                             backoff = Backoff::new(Duration::from_millis(100), Duration::from_secs(10));
                         }
-                        match raw_sender.try_send(batch) {
-                            Ok(()) => {}
-                            // The decoder stopped; its error is reported below.
-                            Err(mpsc::error::TrySendError::Closed(_)) => break Ending::SourceEnded,
-                            // Backpressure: the source stops fetching but stays alive (a Kafka
-                            // member that stops polling is put out of its group).
-                            Err(mpsc::error::TrySendError::Full(batch)) => {
-                                let waited = tokio::select! {
-                                    biased;
-                                    _ = shutdown.cancelled() => break Ending::Drained,
-                                    permit = tokio::time::timeout(PAUSE_AFTER, raw_sender.reserve()) => permit,
-                                };
-                                if let Ok(permit) = waited {
-                                    match permit {
-                                        Ok(permit) => permit.send(batch),
-                                        Err(_) => break Ending::SourceEnded,
-                                    }
-                                    continue;
-                                }
-                                source.pause();
-                                let mut keep_alive = tokio::time::interval(Duration::from_secs(1));
-                                let permit = loop {
-                                    tokio::select! {
-                                        biased;
-                                        _ = shutdown.cancelled() => break None,
-                                        permit = raw_sender.reserve() => break Some(permit),
-                                        _ = keep_alive.tick() => source.keep_alive().await,
-                                        // Whatever the sinks finish meanwhile is committed.
-                                        _ = commit_tick.tick() => committer.commit(source.as_mut()).await?,
-                                    }
-                                };
-                                source.resume();
-                                match permit {
-                                    Some(Ok(permit)) => permit.send(batch),
-                                    Some(Err(_)) => break Ending::SourceEnded,
-                                    None => break Ending::Drained,
-                                }
-                            }
+                        let forwarded = forward(
+                            batch,
+                            &stages.raw,
+                            source.as_mut(),
+                            &mut committer,
+                            &mut commit_tick,
+                            &shutdown,
+                        )
+                        .await?;
+                        if let Some(ending) = forwarded {
+                            break ending;
                         }
                     }
                     Ok(None) => break Ending::SourceEnded,
@@ -301,48 +249,12 @@ impl Pipeline {
             }
         };
 
-        // Drain: no more input; the decoder finishes, every sink flushes, then the last commit.
-        if ending == Ending::SourceEnded {
-            source_ended.cancel();
-        }
-        drop(raw_sender);
         health.not_ready("pipeline", "draining");
         let drain_started = Instant::now();
         tracing::info!(ending = ?ending, in_flight = acks.in_flight(), "draining");
-        let drained = async {
-            let mut decoded = join(decoder).await;
-            if let Some(aggregator) = aggregator {
-                decoded = decoded.and(join(aggregator).await);
-            }
-            let mut sinks_result = Ok(());
-            for task in sink_tasks {
-                if let Err(error) = join(task).await {
-                    sinks_result = sinks_result.and(Err(error));
-                }
-            }
-            decoded.and(sinks_result)
-        };
-        let result = match ending {
-            Ending::Drained => match tokio::time::timeout(settings.shutdown_timeout, drained).await
-            {
-                Ok(result) => result,
-                Err(_) => Err(PipelineError::DrainTimeout {
-                    timeout: settings.shutdown_timeout,
-                    in_flight: acks.in_flight(),
-                }),
-            },
-            // A bounded source ended: flush without a deadline unless a signal arrives.
-            Ending::SourceEnded => {
-                tokio::pin!(drained);
-                tokio::select! {
-                    result = &mut drained => result,
-                    _ = shutdown.cancelled() => match tokio::time::timeout(settings.shutdown_timeout, drained).await {
-                        Ok(result) => result,
-                        Err(_) => Err(PipelineError::DrainTimeout { timeout: settings.shutdown_timeout, in_flight: acks.in_flight() }),
-                    },
-                }
-            }
-        };
+        let result = stages
+            .drain(ending, settings.shutdown_timeout, &shutdown, &acks)
+            .await;
         // Whatever happened, commit what is durable, and nothing else after this point.
         committer.commit(source.as_mut()).await?;
         acks.close();
@@ -357,6 +269,173 @@ impl Pipeline {
             elapsed: started.elapsed(),
         })
     }
+}
+
+/// The stages after the source, each a task, and the channel into the first.
+struct Stages {
+    /// Raw batches to the decoder.
+    raw: mpsc::Sender<RawBatch>,
+    decoder: JoinHandle<Result<(), Closed>>,
+    aggregator: Option<JoinHandle<Result<(), AggregateError>>>,
+    sinks: Vec<JoinHandle<Result<(), SinkError>>>,
+    /// Cancelled when a bounded source ends: the aggregate stage then finalises every class.
+    source_ended: CancellationToken,
+}
+
+impl Stages {
+    /// Spawns a task per sink, the aggregate stage (if any) and the decoder, joined by bounded
+    /// channels of `settings.channel_capacity` batches.
+    fn spawn(
+        sinks: Vec<Box<dyn Sink>>,
+        aggregates: Option<AggregateStage>,
+        judge: Option<Judge>,
+        settings: &Settings,
+        partitions: &Partitions,
+        stats: &Arc<Stats>,
+        source_kind: &'static str,
+    ) -> Stages {
+        let capacity = settings.channel_capacity;
+        let mut sink_inputs = Vec::new();
+        let mut sink_tasks = Vec::new();
+        for sink in sinks {
+            let (sender, receiver) = mpsc::channel(capacity);
+            sink_inputs.push(sender);
+            sink_tasks.push(tokio::spawn(run_sink(sink, receiver)));
+        }
+        let source_ended = CancellationToken::new();
+        let (downstream, aggregator) = match aggregates {
+            Some(stage) => {
+                let (sender, receiver) = mpsc::channel(capacity);
+                let task = tokio::spawn(stage.run(
+                    receiver,
+                    sink_inputs,
+                    source_ended.clone(),
+                    partitions.clone(),
+                ));
+                (Downstream::Aggregates(sender), Some(task))
+            }
+            None => (Downstream::Sinks(sink_inputs), None),
+        };
+        let (raw, raw_receiver) = mpsc::channel::<RawBatch>(capacity);
+        let decoder = tokio::spawn(decode_stage(
+            raw_receiver,
+            downstream,
+            settings.limits,
+            settings.batch_max_events,
+            partitions.acks().clone(),
+            Arc::clone(stats),
+            source_kind,
+            judge,
+        ));
+        Stages {
+            raw,
+            decoder,
+            aggregator,
+            sinks: sink_tasks,
+            source_ended,
+        }
+    }
+
+    /// No more input: the decoder and the aggregate stage finish, every sink flushes. After a
+    /// signal within `timeout`; after a bounded source's end without a deadline, unless a
+    /// signal arrives.
+    async fn drain(
+        self,
+        ending: Ending,
+        timeout: Duration,
+        shutdown: &CancellationToken,
+        acks: &AckTracker,
+    ) -> Result<(), PipelineError> {
+        if ending == Ending::SourceEnded {
+            self.source_ended.cancel();
+        }
+        drop(self.raw);
+        let drained = async {
+            let mut decoded = join(self.decoder).await;
+            if let Some(aggregator) = self.aggregator {
+                decoded = decoded.and(join(aggregator).await);
+            }
+            let mut sinks_result = Ok(());
+            for task in self.sinks {
+                if let Err(error) = join(task).await {
+                    sinks_result = sinks_result.and(Err(error));
+                }
+            }
+            decoded.and(sinks_result)
+        };
+        let overran = || PipelineError::DrainTimeout {
+            timeout,
+            in_flight: acks.in_flight(),
+        };
+        match ending {
+            Ending::Drained => tokio::time::timeout(timeout, drained)
+                .await
+                .unwrap_or_else(|_| Err(overran())),
+            Ending::SourceEnded => {
+                tokio::pin!(drained);
+                tokio::select! {
+                    result = &mut drained => result,
+                    _ = shutdown.cancelled() => tokio::time::timeout(timeout, drained)
+                        .await
+                        .unwrap_or_else(|_| Err(overran())),
+                }
+            }
+        }
+    }
+}
+
+/// Hands `batch` to the decoder. With no room, waits up to [`PAUSE_AFTER`]; then pauses the
+/// source (it stops fetching but keeps polling, so a Kafka member stays in its group) and
+/// keeps committing until there is room. `Some` when the run ends meanwhile (a signal, or
+/// the decoder stopped: its error is reported by the drain).
+async fn forward(
+    batch: RawBatch,
+    raw: &mpsc::Sender<RawBatch>,
+    source: &mut dyn Source,
+    committer: &mut Committer,
+    commit_tick: &mut tokio::time::Interval,
+    shutdown: &CancellationToken,
+) -> Result<Option<Ending>, PipelineError> {
+    let batch = match raw.try_send(batch) {
+        Ok(()) => return Ok(None),
+        Err(mpsc::error::TrySendError::Closed(_)) => return Ok(Some(Ending::SourceEnded)),
+        Err(mpsc::error::TrySendError::Full(batch)) => batch,
+    };
+    let waited = tokio::select! {
+        biased;
+        _ = shutdown.cancelled() => return Ok(Some(Ending::Drained)),
+        permit = tokio::time::timeout(PAUSE_AFTER, raw.reserve()) => permit,
+    };
+    if let Ok(permit) = waited {
+        return Ok(match permit {
+            Ok(permit) => {
+                permit.send(batch);
+                None
+            }
+            Err(_) => Some(Ending::SourceEnded),
+        });
+    }
+    source.pause();
+    let mut keep_alive = tokio::time::interval(Duration::from_secs(1));
+    let permit = loop {
+        tokio::select! {
+            biased;
+            _ = shutdown.cancelled() => break None,
+            permit = raw.reserve() => break Some(permit),
+            _ = keep_alive.tick() => source.keep_alive().await,
+            // Whatever the sinks finish meanwhile is committed.
+            _ = commit_tick.tick() => committer.commit(source).await?,
+        }
+    };
+    source.resume();
+    Ok(match permit {
+        Some(Ok(permit)) => {
+            permit.send(batch);
+            None
+        }
+        Some(Err(_)) => Some(Ending::SourceEnded),
+        None => Some(Ending::Drained),
+    })
 }
 
 /// A partition behind a failed batch cannot commit until a restart replays it: say so on
