@@ -157,9 +157,9 @@ impl AggregateStage {
         self
     }
 
-    /// Keeps the class directory ([`directory`]): a class whose key moves to another
-    /// partition (partitions added to a Kafka topic) is finalised once, by the partition where
-    /// it began, with the parts counted elsewhere.
+    /// Keeps the class directory ([`directory`](super::directory)): a class whose key moves
+    /// to another partition (partitions added to a Kafka topic) is finalised once, by the
+    /// partition where it began, with the parts counted elsewhere.
     pub fn with_class_directory(mut self) -> AggregateStage {
         self.class_directory = true;
         self

@@ -36,9 +36,9 @@
 //! exceptions backed off with jitter, an expired iterator re-resolved after the last record read.
 //! `MillisBehindLatest` is `classpulse_source_lag_seconds`.
 //!
-//! A child shard's partition carries its [`Lineage`] (its parents and hash key range) in the
-//! [`Partitions`], so the aggregate stage takes over the parents' classes in that range before
-//! counting the child's first event.
+//! A child shard's partition carries its [`Lineage`](crate::partitions::Lineage) (its parents
+//! and hash key range) in the [`Partitions`], so the aggregate stage takes over the parents'
+//! classes in that range before counting the child's first event.
 //!
 //! Here the [`Source`] and the mapping of frontiers to checkpoints; `coordinator.rs` runs the
 //! rounds of leases, `reader.rs` the polling readers, `fan_out.rs` enhanced fan-out, `lease.rs`
