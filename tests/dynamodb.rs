@@ -7,7 +7,7 @@ mod common;
 use std::collections::{BTreeMap, BTreeSet};
 use std::path::Path;
 use std::process::Command;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use arrow_array::cast::AsArray;
 use aws_sdk_dynamodb::types::AttributeValue;
@@ -57,22 +57,18 @@ async fn await_table_events(
     expected: &BTreeSet<String>,
     within: Duration,
 ) -> BTreeMap<String, (String, u32)> {
-    let deadline = Instant::now() + within;
-    loop {
+    wait_until_async(within, "every event in the table", || async move {
         let stored = table_events(&scan_all(client, table).await);
         let missing = expected
             .iter()
             .filter(|id| !stored.contains_key(*id))
             .count();
-        if missing == 0 {
-            return stored;
+        match missing {
+            0 => Ok(stored),
+            _ => Err(format!("{missing} missing")),
         }
-        assert!(
-            Instant::now() < deadline,
-            "{missing} events never reached the table"
-        );
-        tokio::time::sleep(Duration::from_millis(500)).await;
-    }
+    })
+    .await
 }
 
 /// Event id to member of every row in the lake.
@@ -459,19 +455,15 @@ fn a_missing_table_fails_readyz_by_name_and_nothing_is_lost_once_it_exists() {
         &events_table,
         &aggregates_table,
     ));
-    let deadline = Instant::now() + Duration::from_secs(60);
-    loop {
+    let body = wait_until(Duration::from_secs(60), "/readyz naming the table", || {
         let (status, body) = http_get(running.http, "/readyz");
         if status == 503 && body.contains("events_table") && body.contains(&events_table) {
-            assert!(body.contains("ResourceNotFoundException"), "{body}");
-            break;
+            Ok(body)
+        } else {
+            Err(format!("{status} {body}"))
         }
-        assert!(
-            Instant::now() < deadline,
-            "readyz never named the table: {status} {body}"
-        );
-        std::thread::sleep(Duration::from_millis(200));
-    }
+    });
+    assert!(body.contains("ResourceNotFoundException"), "{body}");
     runtime
         .block_on(classpulse::sink::dynamodb::tables::create_table(
             &client,
@@ -520,20 +512,22 @@ async fn a_kafka_member_killed_after_writing_items_leaves_every_event_once() {
         &group,
         &events_table,
     ));
-    let deadline = Instant::now() + Duration::from_secs(60);
-    loop {
-        let (_, metrics) = http_get(first.http, "/metrics");
-        let commits = metric_sum(&metrics, "classpulse_source_commits_total");
-        let items = metric_sum(&metrics, "classpulse_dynamodb_items_written_total");
-        if commits >= 1.0 && items >= 100.0 {
-            break;
-        }
-        assert!(
-            Instant::now() < deadline,
-            "no items or commits: {commits} {items}"
-        );
-        tokio::time::sleep(Duration::from_millis(200)).await;
-    }
+    let http = first.http;
+    wait_until_async(
+        Duration::from_secs(60),
+        "items written and committed",
+        || async move {
+            let (_, metrics) = http_get(http, "/metrics");
+            let commits = metric_sum(&metrics, "classpulse_source_commits_total");
+            let items = metric_sum(&metrics, "classpulse_dynamodb_items_written_total");
+            if commits >= 1.0 && items >= 100.0 {
+                Ok(())
+            } else {
+                Err(format!("{commits} commits, {items} items"))
+            }
+        },
+    )
+    .await;
     first.signal("KILL");
     let (code, _, _) = tokio::task::spawn_blocking(move || first.wait(Duration::from_secs(10)))
         .await
@@ -697,32 +691,13 @@ async fn a_sink_stalled_past_the_poll_interval_keeps_the_member_in_its_group() {
         .env("CLASSPULSE_CHANNEL_CAPACITY", "2")
         .env("CLASSPULSE_BATCH_MAX_EVENTS", "50");
     let running = Running::start(&mut command);
-    let deadline = Instant::now() + Duration::from_secs(60);
-    loop {
-        let (status, body) = http_get(running.http, "/readyz");
-        if status == 503 && body.contains(&events_table) {
-            break;
-        }
-        assert!(Instant::now() < deadline, "the sink never stalled: {body}");
-        tokio::time::sleep(Duration::from_millis(200)).await;
-    }
+    await_readiness(running.http, 503, &events_table, Duration::from_secs(60)).await;
     // Stalled for twice the poll interval.
     tokio::time::sleep(Duration::from_secs(16)).await;
     classpulse::sink::dynamodb::tables::create_table(&client, &events_table)
         .await
         .unwrap();
-    let deadline = Instant::now() + Duration::from_secs(90);
-    loop {
-        let stored = table_events(&scan_all(&client, &events_table).await);
-        if expected.iter().all(|id| stored.contains_key(id)) {
-            break;
-        }
-        assert!(
-            Instant::now() < deadline,
-            "events missing from the table after the stall"
-        );
-        tokio::time::sleep(Duration::from_millis(500)).await;
-    }
+    await_table_events(&client, &events_table, &expected, Duration::from_secs(90)).await;
     let (_, logs) = drain(running).await;
     let logs = logs.join("\n");
     assert!(
@@ -763,33 +738,22 @@ async fn a_dynamodb_server_that_hangs_makes_the_task_not_ready_then_nothing_is_l
         kafka_member_with_table(lake.path(), &topic, &unique_name("hang"), &events_table);
     member.env("CLASSPULSE_DYNAMODB_ENDPOINT", &server.endpoint);
     let running = Running::start(&mut member);
-    let deadline = Instant::now() + Duration::from_secs(60);
-    while metric_sum(
-        &http_get(running.http, "/metrics").1,
-        "classpulse_dynamodb_items_written_total",
-    ) < 1.0
-    {
-        assert!(Instant::now() < deadline, "no items written");
-        tokio::time::sleep(Duration::from_millis(200)).await;
-    }
+    let http = running.http;
+    wait_until_async(Duration::from_secs(60), "an item written", || async move {
+        let (_, metrics) = http_get(http, "/metrics");
+        match metric_sum(&metrics, "classpulse_dynamodb_items_written_total") {
+            items if items >= 1.0 => Ok(()),
+            items => Err(format!("{items} items")),
+        }
+    })
+    .await;
 
     // Hung, not refusing: connections open, no answer (as a JVM in a long pause, or a host
     // that stopped scheduling it). Calls time out; after a few the task says it is not ready,
     // naming the table, while it keeps reading into its bounded buffers.
     server.process.signal("STOP");
     produce(&topic, rest, 3).await;
-    let deadline = Instant::now() + Duration::from_secs(90);
-    let reason = loop {
-        let (status, body) = http_get(running.http, "/readyz");
-        if status == 503 && body.contains(&events_table) {
-            break body;
-        }
-        assert!(
-            Instant::now() < deadline,
-            "still ready while the table hangs: {status} {body}"
-        );
-        tokio::time::sleep(Duration::from_millis(500)).await;
-    };
+    let reason = await_readiness(running.http, 503, &events_table, Duration::from_secs(90)).await;
     assert!(reason.contains("unreachable"), "{reason}");
     let rss = metric_sum(
         &http_get(running.http, "/metrics").1,

@@ -306,14 +306,18 @@ async fn a_corpus_of_hostile_inputs_ends_in_dead_letters_with_the_right_reasons_
     let mut member = kafka_member(lake.path(), &topic, &unique_name("hostile"));
     member.env("CLASSPULSE_MAX_MESSAGE_BYTES", "64KiB");
     let running = Running::start(&mut member);
-    let deadline = std::time::Instant::now() + Duration::from_secs(60);
-    while !lake_ids(lake.path()).contains_key("good") {
-        assert!(
-            std::time::Instant::now() < deadline,
-            "the good event never landed"
-        );
-        tokio::time::sleep(Duration::from_millis(250)).await;
-    }
+    let lake_path = lake.path();
+    wait_until_async(
+        Duration::from_secs(60),
+        "the good event in the lake",
+        || async move {
+            match lake_ids(lake_path).contains_key("good") {
+                true => Ok(()),
+                false => Err("not yet".to_owned()),
+            }
+        },
+    )
+    .await;
     let (_, metrics) = http_get(running.http, "/metrics");
     let rss = metric_sum(&metrics, "classpulse_process_resident_memory_bytes");
     drain(running).await;
@@ -376,11 +380,7 @@ async fn an_s3_server_that_hangs_then_crashes_mid_run_loses_nothing() {
     member.env("CLASSPULSE_CLASS_IDLE_TIMEOUT", "45s");
     let running = Running::start(&mut member);
     let http = running.http;
-    let deadline = Instant::now() + Duration::from_secs(60);
-    while lake_ids(&s3.lake()).is_empty() {
-        assert!(Instant::now() < deadline, "nothing reached the lake");
-        tokio::time::sleep(Duration::from_millis(200)).await;
-    }
+    await_lake_ids(&s3.lake(), 1, Duration::from_secs(60)).await;
 
     // Hung: requests get no answer and time out, rather than fail fast. (Events keep coming:
     // a member with nothing to write has no way to notice.)
@@ -458,14 +458,7 @@ async fn a_kinesis_server_that_hangs_then_crashes_mid_run_loses_nothing() {
         .env("CLASSPULSE_KINESIS_LEASE_DURATION", "60s");
     let running = Running::start(&mut member);
     let http = running.http;
-    let deadline = Instant::now() + Duration::from_secs(60);
-    while lake_ids(faulty.path()).len() < first.len() / 2 {
-        assert!(
-            Instant::now() < deadline,
-            "the first third did not reach the lake"
-        );
-        tokio::time::sleep(Duration::from_millis(200)).await;
-    }
+    await_lake_ids(faulty.path(), first.len() / 2, Duration::from_secs(60)).await;
 
     // Hung for three idle timeouts: calls get no answer.
     server.process.signal("STOP");
@@ -533,14 +526,7 @@ async fn a_fan_out_server_that_hangs_mid_run_loses_nothing() {
         .env("CLASSPULSE_CLASS_IDLE_TIMEOUT", "8s");
     let running = Running::start(&mut member);
     let http = running.http;
-    let deadline = Instant::now() + Duration::from_secs(60);
-    while lake_ids(faulty.path()).len() < first.len() / 2 {
-        assert!(
-            Instant::now() < deadline,
-            "the first half did not reach the lake"
-        );
-        tokio::time::sleep(Duration::from_millis(200)).await;
-    }
+    await_lake_ids(faulty.path(), first.len() / 2, Duration::from_secs(60)).await;
 
     server.process.signal("STOP");
     let hung = Instant::now();

@@ -19,49 +19,49 @@ const PARTITIONS: i32 = 3;
 /// stops it with SIGTERM. Returns its stdout.
 fn consume_until(lake: &std::path::Path, topic: &str, group: &str, events: u64) -> String {
     let running = Running::start(&mut kafka_member(lake, topic, group));
-    let deadline = Instant::now() + Duration::from_secs(90);
-    loop {
-        let (_, metrics) = http_get(running.http, "/metrics");
-        let durable = metric_sum(&metrics, "classpulse_sink_records_total{sink=\"lake\"}");
-        if durable as u64 >= events {
-            break;
-        }
-        assert!(
-            Instant::now() < deadline,
-            "only {durable} of {events} events durable after 90 s"
-        );
-        std::thread::sleep(Duration::from_millis(250));
-    }
+    wait_for_metric(
+        running.http,
+        "classpulse_sink_records_total{sink=\"lake\"}",
+        events as f64,
+        Duration::from_secs(90),
+    );
     // Caught up: every partition's lag is published and reads zero, in messages and in seconds.
-    let deadline = Instant::now() + Duration::from_secs(15);
-    loop {
-        let (_, metrics) = http_get(running.http, "/metrics");
-        let lag_lines: Vec<&str> = metrics
-            .lines()
-            .filter(|l| l.starts_with("classpulse_source_lag_messages{"))
-            .collect();
-        let seconds_lines: Vec<&str> = metrics
-            .lines()
-            .filter(|l| l.starts_with("classpulse_source_lag_seconds{"))
-            .collect();
-        let all_zero = |lines: &[&str]| lines.iter().all(|l| l.ends_with(" 0"));
-        // Every partition with data has a series (an empty one may not: nothing fetched yet).
-        if lag_lines.len() >= 2 && all_zero(&lag_lines) && all_zero(&seconds_lines) {
-            assert!(
-                lag_lines.iter().all(|l| l.contains("source=\"kafka\"")
-                    && l.contains(&format!("partition=\"{topic}/"))),
-                "{lag_lines:?}"
-            );
-            break;
-        }
-        assert!(
-            Instant::now() < deadline,
-            "lag never reached zero: {lag_lines:?} {seconds_lines:?}"
-        );
-        std::thread::sleep(Duration::from_millis(250));
-    }
-    // Let the commit interval pass once more so the last frontier is committed before the drain.
-    std::thread::sleep(Duration::from_millis(500));
+    wait_until(
+        Duration::from_secs(15),
+        "every partition's lag at zero",
+        || {
+            let (_, metrics) = http_get(running.http, "/metrics");
+            let lag_lines: Vec<&str> = metrics
+                .lines()
+                .filter(|l| l.starts_with("classpulse_source_lag_messages{"))
+                .collect();
+            let seconds_lines: Vec<&str> = metrics
+                .lines()
+                .filter(|l| l.starts_with("classpulse_source_lag_seconds{"))
+                .collect();
+            let all_zero = |lines: &[&str]| lines.iter().all(|l| l.ends_with(" 0"));
+            // Every partition with data has a series (an empty one may not: nothing fetched yet).
+            if lag_lines.len() >= 2 && all_zero(&lag_lines) && all_zero(&seconds_lines) {
+                assert!(
+                    lag_lines.iter().all(|l| l.contains("source=\"kafka\"")
+                        && l.contains(&format!("partition=\"{topic}/"))),
+                    "{lag_lines:?}"
+                );
+                Ok(())
+            } else {
+                Err(format!("{lag_lines:?} {seconds_lines:?}"))
+            }
+        },
+    );
+    // One more commit, so the last frontier is committed before the drain.
+    let (_, metrics) = http_get(running.http, "/metrics");
+    let commits = metric_sum(&metrics, "classpulse_source_commits_total");
+    wait_for_metric(
+        running.http,
+        "classpulse_source_commits_total",
+        commits + 1.0,
+        Duration::from_secs(15),
+    );
     running.signal("TERM");
     let (code, stdout, logs) = running.wait(Duration::from_secs(30));
     assert_eq!(code, Some(0), "{stdout}\n{}", logs.join("\n"));
@@ -227,26 +227,26 @@ fn no_reachable_broker_makes_the_source_not_ready() {
         .env("CLASSPULSE_SHUTDOWN_TIMEOUT", "5s")
         .arg("run");
     let running = Running::start(&mut command);
-    let deadline = Instant::now() + Duration::from_secs(20);
-    loop {
-        let (status, report) = http_get(running.http, "/readyz");
-        let source_line = report
-            .lines()
-            .find(|line| line.starts_with("source:"))
-            .unwrap_or_default()
-            .to_owned();
-        if status == 503
-            && source_line.contains("not ready")
-            && source_line.to_lowercase().contains("broker")
-        {
-            break;
-        }
-        assert!(
-            Instant::now() < deadline,
-            "/readyz never reported the missing broker: {status} {report}"
-        );
-        std::thread::sleep(Duration::from_millis(200));
-    }
+    wait_until(
+        Duration::from_secs(20),
+        "/readyz naming the missing broker",
+        || {
+            let (status, report) = http_get(running.http, "/readyz");
+            let source_line = report
+                .lines()
+                .find(|line| line.starts_with("source:"))
+                .unwrap_or_default()
+                .to_owned();
+            if status == 503
+                && source_line.contains("not ready")
+                && source_line.to_lowercase().contains("broker")
+            {
+                Ok(())
+            } else {
+                Err(format!("{status} {report}"))
+            }
+        },
+    );
     assert_eq!(
         http_get(running.http, "/healthz").0,
         200,
@@ -305,20 +305,20 @@ async fn a_member_killed_mid_stream_loses_nothing() {
 
     // The survivor takes over the dead member's partitions after its session times out and
     // replays them from their last committed offsets.
-    let deadline = Instant::now() + Duration::from_secs(60);
-    let ids = loop {
-        let ids = lake_ids(lake.path());
-        if expected.iter().all(|id| ids.contains_key(id)) {
-            break ids;
-        }
-        let missing = expected.iter().filter(|id| !ids.contains_key(*id)).count();
-        assert!(
-            Instant::now() < deadline,
-            "{missing} of {} events never reached the lake",
-            expected.len()
-        );
-        tokio::time::sleep(Duration::from_millis(500)).await;
-    };
+    let (lake_path, expected) = (lake.path(), &expected);
+    let ids = wait_until_async(
+        Duration::from_secs(60),
+        "every event in the lake",
+        || async move {
+            let ids = lake_ids(lake_path);
+            let missing = expected.iter().filter(|id| !ids.contains_key(*id)).count();
+            match missing {
+                0 => Ok(ids),
+                _ => Err(format!("{missing} of {} missing", expected.len())),
+            }
+        },
+    )
+    .await;
     drain(second).await;
     // Nothing lost, and nothing written more often than it was sent: the replay after the
     // kill skips what the dead member wrote (the lake's replay index) and leaves out the same
@@ -455,22 +455,12 @@ async fn rejected_inputs_also_go_to_the_dead_letter_topic() {
     let mut command = kafka_member(lake.path(), &topic, &unique_name("group"));
     command.env("CLASSPULSE_KAFKA_DLQ_TOPIC", &dead_letter_topic);
     let running = Running::start(&mut command);
-    let deadline = Instant::now() + Duration::from_secs(60);
-    loop {
-        let (_, metrics) = http_get(running.http, "/metrics");
-        if metric_sum(
-            &metrics,
-            "classpulse_sink_records_total{sink=\"dead_letter_topic\"}",
-        ) >= 2.0
-        {
-            break;
-        }
-        assert!(
-            Instant::now() < deadline,
-            "dead letters never produced:\n{metrics}"
-        );
-        std::thread::sleep(Duration::from_millis(250));
-    }
+    wait_for_metric(
+        running.http,
+        "classpulse_sink_records_total{sink=\"dead_letter_topic\"}",
+        2.0,
+        Duration::from_secs(60),
+    );
     drain(running).await;
 
     // Read the dead-letter topic back from the beginning of every partition.
@@ -581,19 +571,12 @@ async fn broker_outage(outage_kind: Outage) {
     let running = Running::start(&mut member);
     let http = running.http;
     let read = move |wanted: usize| {
-        let deadline = Instant::now() + Duration::from_secs(60);
-        loop {
-            let (_, metrics) = http_get(http, "/metrics");
-            let messages = metric_sum(&metrics, "classpulse_messages_in_total") as usize;
-            if messages >= wanted {
-                return;
-            }
-            assert!(
-                Instant::now() < deadline,
-                "read {messages} of {wanted} messages"
-            );
-            std::thread::sleep(Duration::from_millis(200));
-        }
+        wait_for_metric(
+            http,
+            "classpulse_messages_in_total",
+            wanted as f64,
+            Duration::from_secs(60),
+        );
     };
     let wanted = before.len();
     tokio::task::spawn_blocking(move || read(wanted))
@@ -605,22 +588,7 @@ async fn broker_outage(outage_kind: Outage) {
         Outage::Hang => broker.process.signal("STOP"),
     }
     let away = Instant::now();
-    let not_ready = tokio::task::spawn_blocking(move || {
-        let deadline = Instant::now() + Duration::from_secs(30);
-        loop {
-            let (status, report) = http_get(http, "/readyz");
-            if status == 503 && report.contains("broker") {
-                return report;
-            }
-            assert!(
-                Instant::now() < deadline,
-                "/readyz never reported the broker away: {status} {report}"
-            );
-            std::thread::sleep(Duration::from_millis(200));
-        }
-    })
-    .await
-    .unwrap();
+    let not_ready = await_readiness(http, 503, "broker", Duration::from_secs(30)).await;
     assert!(not_ready.contains("source"), "{not_ready}");
     // Three idle timeouts (8 s) without a broker: were the wall clock to count while the
     // partition is cut off, every class would be final here and its second half late.

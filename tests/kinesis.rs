@@ -76,24 +76,19 @@ fn sent_ids(messages: &[RawMessage]) -> BTreeMap<String, u32> {
 
 /// Waits until the lake holds every id of `expected`; fails naming how many are missing.
 async fn await_lake(lake: &std::path::Path, expected: &BTreeMap<String, u32>, within: Duration) {
-    let deadline = Instant::now() + within;
-    loop {
+    wait_until_async(within, "every event in the lake", || async move {
         let rows = lake_rows(lake);
         let ids: BTreeSet<&str> = rows.iter().map(|r| r.event_id.as_str()).collect();
         let missing = expected
             .keys()
             .filter(|id| !ids.contains(id.as_str()))
             .count();
-        if missing == 0 {
-            return;
+        match missing {
+            0 => Ok(()),
+            _ => Err(format!("{missing} of {} missing", expected.len())),
         }
-        assert!(
-            Instant::now() < deadline,
-            "{missing} of {} events never reached the lake",
-            expected.len()
-        );
-        tokio::time::sleep(Duration::from_millis(300)).await;
-    }
+    })
+    .await
 }
 
 /// Fails if the lake holds an event id more often than once.
@@ -125,20 +120,17 @@ async fn await_checkpoints(
     records: u64,
     within: Duration,
 ) -> BTreeMap<String, (Option<String>, String, u64)> {
-    let dynamodb = dynamodb_client().await;
-    let deadline = Instant::now() + within;
-    loop {
-        let leases = leases(&dynamodb, table).await;
+    let dynamodb = &dynamodb_client().await;
+    wait_until_async(within, "checkpoints of every record", || async move {
+        let leases = leases(dynamodb, table).await;
         let total: u64 = leases.values().map(|(_, _, offset)| offset).sum();
         if total == records {
-            return leases;
+            Ok(leases)
+        } else {
+            Err(format!("{total} of {records} records: {leases:?}"))
         }
-        assert!(
-            Instant::now() < deadline,
-            "checkpoints cover {total} of {records} records: {leases:?}"
-        );
-        tokio::time::sleep(Duration::from_millis(300)).await;
-    }
+    })
+    .await
 }
 
 /// Lease counts per owner, waiting until they are `expected` (sorted) or `within` passes.
@@ -486,17 +478,19 @@ async fn a_task_frozen_past_its_lease_expiry_is_fenced_off() {
     // Frozen (as a container the host stops scheduling) for longer than the 3 s lease.
     frozen.signal("STOP");
     let survivor = Running::start(&mut kinesis_member(lake.path(), &stream, &app));
-    let deadline = Instant::now() + Duration::from_secs(30);
-    let new_owner = loop {
-        match owner_of_all(leases(&dynamodb, &app).await) {
-            Some(owner) if owner != stale_owner => break owner,
-            _ => {}
-        }
-        assert!(
-            Instant::now() < deadline,
-            "the other task never took both expired leases"
-        );
-        tokio::time::sleep(Duration::from_millis(200)).await;
+    let new_owner = {
+        let (dynamodb, app, stale_owner) = (&dynamodb, &app, &stale_owner);
+        wait_until_async(
+            Duration::from_secs(30),
+            "the other task holding both expired leases",
+            || async move {
+                match owner_of_all(leases(dynamodb, app).await) {
+                    Some(owner) if owner != *stale_owner => Ok(owner),
+                    owner => Err(format!("owner {owner:?}")),
+                }
+            },
+        )
+        .await
     };
     put_messages(&kinesis, &stream, after, 0).await;
     frozen.signal("CONT");
@@ -512,13 +506,19 @@ async fn a_task_frozen_past_its_lease_expiry_is_fenced_off() {
     );
     // Thawed, it was a live task again and got a fair share back by hand-off; drained, it
     // released that, and the survivor holds everything.
-    let deadline = Instant::now() + Duration::from_secs(10);
-    while owner_of_all(leases(&dynamodb, &app).await).as_ref() != Some(&new_owner) {
-        assert!(
-            Instant::now() < deadline,
-            "the survivor never took the released lease"
-        );
-        tokio::time::sleep(Duration::from_millis(200)).await;
+    {
+        let (dynamodb, app, new_owner) = (&dynamodb, &app, &new_owner);
+        wait_until_async(
+            Duration::from_secs(10),
+            "the survivor holding the released lease",
+            || async move {
+                match owner_of_all(leases(dynamodb, app).await) {
+                    Some(owner) if owner == *new_owner => Ok(()),
+                    owner => Err(format!("owner {owner:?}")),
+                }
+            },
+        )
+        .await;
     }
     drain(survivor).await;
     assert_no_duplicate_rows(lake.path());

@@ -275,7 +275,25 @@ async fn every_dashboard_query_and_rule_returns_data_from_a_real_prometheus() {
         produce(&topic, chunk, 3).await;
         tokio::time::sleep(Duration::from_secs(1)).await;
     }
-    tokio::time::sleep(Duration::from_secs(5)).await;
+    // Prometheus has scraped everything classpulse consumed.
+    wait_until(
+        Duration::from_secs(60),
+        "a scrape of every event in",
+        || {
+            let (_, metrics) = http_get(running.http, "/metrics");
+            let consumed = metric_sum(&metrics, "classpulse_events_in_total");
+            let window = started.elapsed().as_secs() as i64 + 5;
+            let scraped = prometheus
+                .range("sum(classpulse_events_in_total)", window)?
+                .into_iter()
+                .fold(0.0, f64::max);
+            if consumed > 0.0 && scraped >= consumed {
+                Ok(())
+            } else {
+                Err(format!("scraped {scraped} of {consumed}"))
+            }
+        },
+    );
     let window = started.elapsed().as_secs() as i64 + 5;
 
     let must_move = ["Events in per second", "Source lag", "End-to-end latency"];

@@ -253,9 +253,18 @@ fn a_run_killed_after_writing_objects_does_not_write_them_twice() {
         command
     };
     let running = Running::start(&mut paced("1s"));
-    std::thread::sleep(Duration::from_millis(4_000));
-    let before: usize = read_lake(lake.path()).iter().map(|b| b.num_rows()).sum();
-    assert!(before > 0, "objects were written before the kill");
+    wait_until(
+        Duration::from_secs(30),
+        "lake objects before the kill",
+        || match read_lake(lake.path())
+            .iter()
+            .map(|b| b.num_rows())
+            .sum::<usize>()
+        {
+            0 => Err("none yet".to_owned()),
+            _ => Ok(()),
+        },
+    );
     running.signal("KILL");
     let (code, _, _) = running.wait(Duration::from_secs(10));
     assert_eq!(code, None);

@@ -490,6 +490,77 @@ pub fn assert_same_lake_rows(actual: &Path, expected: &Path) {
     );
 }
 
+/// How often [`wait_until`] and [`wait_until_async`] look again.
+const POLL: Duration = Duration::from_millis(250);
+
+/// Looks at `condition` until it holds (`Ok`), and returns what it found; fails the test after
+/// `within`, naming `what` and the condition's last word on how far things got (`Err`).
+pub fn wait_until<T>(
+    within: Duration,
+    what: &str,
+    mut condition: impl FnMut() -> Result<T, String>,
+) -> T {
+    let deadline = Instant::now() + within;
+    loop {
+        match condition() {
+            Ok(found) => return found,
+            Err(state) if Instant::now() >= deadline => {
+                panic!("{what}: not within {within:?}: {state}")
+            }
+            Err(_) => std::thread::sleep(POLL),
+        }
+    }
+}
+
+/// [`wait_until`] with a condition that awaits (it sleeps on the runtime's timer).
+pub async fn wait_until_async<T, F, Fut>(within: Duration, what: &str, mut condition: F) -> T
+where
+    F: FnMut() -> Fut,
+    Fut: std::future::Future<Output = Result<T, String>>,
+{
+    let deadline = Instant::now() + within;
+    loop {
+        match condition().await {
+            Ok(found) => return found,
+            Err(state) if Instant::now() >= deadline => {
+                panic!("{what}: not within {within:?}: {state}")
+            }
+            Err(_) => tokio::time::sleep(POLL).await,
+        }
+    }
+}
+
+/// Waits until the metric `name` (summed over its series) of the process at `http` reaches
+/// `at_least`; returns its value.
+pub fn wait_for_metric(http: SocketAddr, name: &str, at_least: f64, within: Duration) -> f64 {
+    wait_until(within, &format!("{name} at {at_least}"), || {
+        let (_, metrics) = http_get(http, "/metrics");
+        let value = metric_sum(&metrics, name);
+        if value >= at_least {
+            Ok(value)
+        } else {
+            Err(format!("{name} is {value}"))
+        }
+    })
+}
+
+/// Waits until `lake` holds at least `events` distinct event ids; returns them.
+pub async fn await_lake_ids(lake: &Path, events: usize, within: Duration) -> BTreeMap<String, u32> {
+    wait_until_async(
+        within,
+        &format!("{events} events in the lake"),
+        || async move {
+            let ids = lake_ids(lake);
+            if ids.len() >= events {
+                Ok(ids)
+            } else {
+                Err(format!("{} there", ids.len()))
+            }
+        },
+    )
+    .await
+}
+
 /// Waits until `lake` holds `classes` final class summaries; returns how many it holds.
 pub fn await_final_classes(lake: &Path, classes: usize, within: Duration) -> usize {
     let deadline = Instant::now() + within;
@@ -501,7 +572,7 @@ pub fn await_final_classes(lake: &Path, classes: usize, within: Duration) -> usi
         if summaries >= classes || Instant::now() > deadline {
             return summaries;
         }
-        std::thread::sleep(Duration::from_millis(250));
+        std::thread::sleep(POLL);
     }
 }
 

