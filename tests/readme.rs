@@ -136,3 +136,31 @@ fn every_relative_link_in_the_documents_leads_to_a_file() {
         }
     }
 }
+
+/// A path in backticks such as `src/decode/` or `tests/kafka.rs` names a file or directory of
+/// the repository as it is. Decision records are left out: they tell where things were.
+#[test]
+fn every_source_path_a_document_names_exists() {
+    let mut checked = 0;
+    for (path, text) in documents() {
+        if path.starts_with("docs/decisions/") {
+            continue;
+        }
+        for quoted in text.split('`').skip(1).step_by(2) {
+            let named = quoted.split_whitespace().next().unwrap_or_default();
+            let is_path = ["src/", "tests/", "benches/", "scripts/", "deploy/"]
+                .iter()
+                .any(|root| named.starts_with(root))
+                && !named.contains(['*', '{', '<']);
+            if !is_path {
+                continue;
+            }
+            checked += 1;
+            assert!(
+                Path::new(ROOT).join(named.trim_end_matches(':')).exists(),
+                "{path} names {named}, which does not exist"
+            );
+        }
+    }
+    assert!(checked > 20, "only {checked} paths found");
+}

@@ -71,7 +71,7 @@ pub(super) fn split_stream(payload: &[u8]) -> Vec<&[u8]> {
 }
 
 /// The index after the object or array starting at `start`, or the end of the payload.
-pub(super) fn value_end(payload: &[u8], start: usize) -> usize {
+fn value_end(payload: &[u8], start: usize) -> usize {
     let mut depth = 0usize;
     let mut i = start;
     while i < payload.len() {
@@ -96,7 +96,7 @@ pub(super) fn value_end(payload: &[u8], start: usize) -> usize {
 
 /// The index after the string whose opening quote is at `quote` (escapes skipped), or the end
 /// of the payload for an unterminated string.
-pub(super) fn string_end(payload: &[u8], quote: usize) -> usize {
+fn string_end(payload: &[u8], quote: usize) -> usize {
     let mut i = quote + 1;
     while i < payload.len() {
         match payload[i] {

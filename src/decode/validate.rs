@@ -113,7 +113,7 @@ pub(super) fn decode_event(
 
 /// `text` as a slice of `payload` when it lies within it (no copy: the usual case, a string
 /// without escapes), else as a copy (an unescaped string).
-pub(super) fn share(payload: &Bytes, text: &str) -> ByteString {
+fn share(payload: &Bytes, text: &str) -> ByteString {
     let within = payload.as_ptr_range();
     let range = text.as_bytes().as_ptr_range();
     if within.start <= range.start && range.end <= within.end {
@@ -124,7 +124,7 @@ pub(super) fn share(payload: &Bytes, text: &str) -> ByteString {
     ByteString::from(text)
 }
 
-pub(super) fn key_matches(key: &[u8], studio_id: &str, class_id: &str) -> bool {
+fn key_matches(key: &[u8], studio_id: &str, class_id: &str) -> bool {
     key.len() == studio_id.len() + 1 + class_id.len()
         && key.starts_with(studio_id.as_bytes())
         && key[studio_id.len()] == b':'
@@ -132,10 +132,7 @@ pub(super) fn key_matches(key: &[u8], studio_id: &str, class_id: &str) -> bool {
 }
 
 /// Checks the type-specific fields and builds the typed metrics.
-pub(super) fn check_event_data(
-    event_type: EventType,
-    data: &WireData<'_>,
-) -> Result<Metrics, Rejection> {
+fn check_event_data(event_type: EventType, data: &WireData<'_>) -> Result<Metrics, Rejection> {
     let mut metrics = Metrics::default();
     for spec in fields_of(event_type) {
         let value = data.get(spec.name);
@@ -160,11 +157,11 @@ pub(super) fn check_event_data(
     Ok(metrics)
 }
 
-pub(super) fn missing(name: &str) -> Rejection {
+fn missing(name: &str) -> Rejection {
     Rejection::new(RejectReason::MissingField, format!("{name} is missing"))
 }
 
-pub(super) fn bad_type(spec: &FieldSpec, expected: &str, found: &Scalar<'_>) -> Rejection {
+fn bad_type(spec: &FieldSpec, expected: &str, found: &Scalar<'_>) -> Rejection {
     Rejection::new(
         RejectReason::BadType,
         format!(
@@ -176,15 +173,12 @@ pub(super) fn bad_type(spec: &FieldSpec, expected: &str, found: &Scalar<'_>) -> 
 }
 
 /// Checks a required string field.
-pub(super) fn check_string<'v>(
-    spec: &FieldSpec,
-    value: &'v Scalar<'_>,
-) -> Result<&'v str, Rejection> {
+fn check_string<'v>(spec: &FieldSpec, value: &'v Scalar<'_>) -> Result<&'v str, Rejection> {
     check_optional_string(spec, value)?.ok_or_else(|| missing(spec.name))
 }
 
 /// Checks a string field that may be absent (required ones are reported missing).
-pub(super) fn check_optional_string<'v>(
+fn check_optional_string<'v>(
     spec: &FieldSpec,
     value: &'v Scalar<'_>,
 ) -> Result<Option<&'v str>, Rejection> {
@@ -235,10 +229,7 @@ pub(super) fn check_optional_string<'v>(
 }
 
 /// Checks a numeric field that may be absent (required ones are reported missing).
-pub(super) fn check_optional_number(
-    spec: &FieldSpec,
-    value: &Scalar<'_>,
-) -> Result<Option<f64>, Rejection> {
+fn check_optional_number(spec: &FieldSpec, value: &Scalar<'_>) -> Result<Option<f64>, Rejection> {
     let (min, max, integer) = match spec.kind {
         FieldKind::Number { min, max } => (min, max, false),
         FieldKind::Integer { min, max } => (min, max, true),
@@ -273,7 +264,7 @@ pub(super) fn check_optional_number(
 }
 
 /// Checks `event_created` and returns epoch milliseconds.
-pub(super) fn check_timestamp(spec: &FieldSpec, value: &Scalar<'_>) -> Result<i64, Rejection> {
+fn check_timestamp(spec: &FieldSpec, value: &Scalar<'_>) -> Result<i64, Rejection> {
     let millis = match value {
         Scalar::Absent | Scalar::Null => return Err(missing(spec.name)),
         Scalar::Num(number) if number.fract() == 0.0 => *number,
