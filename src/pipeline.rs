@@ -396,11 +396,33 @@ async fn forward(
     commit_tick: &mut tokio::time::Interval,
     shutdown: &CancellationToken,
 ) -> Result<Option<Ending>, PipelineError> {
-    let batch = match raw.try_send(batch) {
-        Ok(()) => return Ok(None),
-        Err(mpsc::error::TrySendError::Closed(_)) => return Ok(Some(Ending::SourceEnded)),
-        Err(mpsc::error::TrySendError::Full(batch)) => batch,
-    };
+    match raw.try_send(batch) {
+        Ok(()) => Ok(None),
+        Err(mpsc::error::TrySendError::Closed(_)) => Ok(Some(Ending::SourceEnded)),
+        Err(mpsc::error::TrySendError::Full(batch)) => {
+            // Boxed: the slow path's timers stay out of the per-batch future.
+            Box::pin(wait_for_room(
+                batch,
+                raw,
+                source,
+                committer,
+                commit_tick,
+                shutdown,
+            ))
+            .await
+        }
+    }
+}
+
+/// [`forward`] when the decoder has no room: the backpressure protocol.
+async fn wait_for_room(
+    batch: RawBatch,
+    raw: &mpsc::Sender<RawBatch>,
+    source: &mut dyn Source,
+    committer: &mut Committer,
+    commit_tick: &mut tokio::time::Interval,
+    shutdown: &CancellationToken,
+) -> Result<Option<Ending>, PipelineError> {
     let waited = tokio::select! {
         biased;
         _ = shutdown.cancelled() => return Ok(Some(Ending::Drained)),

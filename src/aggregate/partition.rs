@@ -351,6 +351,8 @@ impl PartitionState {
     /// `closing` for the stage to bring the other parts ([`PartitionState::close`]); without
     /// a directory the result is rendered at once. Either way the class's later events here
     /// are late.
+    // Once per class: kept out of line, so that `apply`'s per-event loop stays small.
+    #[cold]
     fn finalise(&mut self, key: &str, trigger: Trigger, rules: &Rules) -> Option<Finalised> {
         let class = self
             .classes
