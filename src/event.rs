@@ -472,6 +472,51 @@ pub enum Verdict {
     Late,
 }
 
+/// Event ids by fingerprint: the xxh3-128 hash of the id ([`fingerprint`]). The set hashes
+/// a fingerprint by its own bits, since hashing a uniform hash again spreads no better and
+/// costs time on every event judged.
+pub type IdSet = hashbrown::HashSet<u128, FingerprintBits>;
+
+/// The fingerprint of an event id (xxh3-128).
+pub fn fingerprint(event_id: &str) -> u128 {
+    xxhash_rust::xxh3::xxh3_128(event_id.as_bytes())
+}
+
+/// Builds the hasher of an [`IdSet`].
+#[derive(Debug, Clone, Copy, Default)]
+pub struct FingerprintBits;
+
+impl std::hash::BuildHasher for FingerprintBits {
+    type Hasher = FingerprintHasher;
+
+    fn build_hasher(&self) -> FingerprintHasher {
+        FingerprintHasher(0)
+    }
+}
+
+/// Folds a fingerprint's two halves into its hash.
+#[derive(Debug)]
+pub struct FingerprintHasher(u64);
+
+impl std::hash::Hasher for FingerprintHasher {
+    fn finish(&self) -> u64 {
+        self.0
+    }
+
+    fn write_u128(&mut self, fingerprint: u128) {
+        self.0 ^= (fingerprint as u64) ^ ((fingerprint >> 64) as u64);
+    }
+
+    // Only fingerprints are hashed; anything else is folded in eight bytes at a time.
+    fn write(&mut self, bytes: &[u8]) {
+        for chunk in bytes.chunks(8) {
+            let mut word = [0u8; 8];
+            word[..chunk.len()].copy_from_slice(chunk);
+            self.0 = self.0.rotate_left(5) ^ u64::from_le_bytes(word);
+        }
+    }
+}
+
 impl PerformanceEvent {
     /// The `studio_id:class_id` key producers partition by.
     pub fn class_key(&self) -> String {

@@ -231,85 +231,153 @@ fn init_logging(config: &Config) {
 }
 
 async fn run(config: Config) -> anyhow::Result<()> {
-    let metrics_handle = metrics::install().context("installing the metrics recorder")?;
     let health = Health::new();
     let stats = Arc::new(Stats::default());
     let shutdown = shutdown::on_signals().context("installing signal handlers")?;
-    let http_shutdown = CancellationToken::new();
-    let http_addr = http::serve(
+    let http_shutdown = serve_http(&config, &health).await?;
+    let msk_iam = msk_iam(&config).await?;
+    let (source, simulator_stats) = open_source(&config, &health, &msk_iam).await?;
+    let lake = ObjectWriter::open(
+        &config.lake,
+        source.kind(),
+        health.clone(),
+        Arc::clone(&stats),
+    )?;
+    let dynamodb = dynamodb_client(&config).await;
+    let mut table_writers = Vec::new();
+    let aggregates = aggregate_stage(
+        &config,
+        dynamodb.as_ref(),
+        &lake,
+        &health,
+        &stats,
+        &mut table_writers,
+    );
+    let sinks = sinks(
+        &config,
+        source.kind(),
+        dynamodb.as_ref(),
+        &lake,
+        &health,
+        &msk_iam,
+        &mut table_writers,
+    )?;
+    tracing::info!(source = source.kind(), lake = %describe_lake(&config.lake.location), "classpulse starting");
+    let pipeline = Pipeline::new(
+        source,
+        sinks,
+        pipeline_settings(&config),
+        Arc::clone(&stats),
+        health,
+    )
+    .with_aggregates(aggregates);
+    let report = pipeline.run(shutdown).await;
+    http_shutdown.cancel();
+    let report = report?;
+    print_summary(&config, &report, &stats, simulator_stats.as_deref());
+    print_table_totals(&table_writers, &stats);
+    Ok(())
+}
+
+/// Serves `/metrics` and the health endpoints (and, with JSON logs, the lag metric for
+/// CloudWatch) until the returned token is cancelled.
+async fn serve_http(config: &Config, health: &Health) -> anyhow::Result<CancellationToken> {
+    let metrics_handle = metrics::install().context("installing the metrics recorder")?;
+    let stop = CancellationToken::new();
+    let addr = http::serve(
         config.http_addr,
         metrics_handle,
         health.clone(),
-        http_shutdown.clone(),
+        stop.clone(),
     )
     .await
     .with_context(|| format!("binding CLASSPULSE_HTTP_ADDR={}", config.http_addr))?;
-    tracing::info!(addr = %http_addr, "http endpoints listening");
+    tracing::info!(addr = %addr, "http endpoints listening");
     if config.log_format == LogFormat::Json && !config.emf_interval.is_zero() {
         let group = match config.source {
             SourceKind::Kafka => config.kafka.group_id.clone(),
             SourceKind::Kinesis => config.kinesis.app_name.clone(),
             SourceKind::Simulator => "simulator".to_owned(),
         };
-        tokio::spawn(emit_lag_metric(
-            group,
-            config.emf_interval,
-            http_shutdown.clone(),
-        ));
+        tokio::spawn(emit_lag_metric(group, config.emf_interval, stop.clone()));
     }
+    Ok(stop)
+}
 
-    let msk_iam = if config.kafka.aws_iam && config.source == SourceKind::Kafka {
-        let sdk = classpulse::aws::sdk_config().await;
-        let signer = MskIam::new(&sdk).map_err(anyhow::Error::msg)?;
-        tracing::info!(signer = ?signer, "kafka: authenticating with AWS IAM");
-        Some(signer)
-    } else {
-        None
-    };
-    let (source, simulator_stats): (Box<dyn Source>, Option<Arc<SimulatorStats>>) = match config
-        .source
-    {
+/// The MSK IAM signer, when the Kafka source authenticates with AWS IAM.
+async fn msk_iam(config: &Config) -> anyhow::Result<Option<MskIam>> {
+    if !(config.kafka.aws_iam && config.source == SourceKind::Kafka) {
+        return Ok(None);
+    }
+    let sdk = classpulse::aws::sdk_config().await;
+    let signer = MskIam::new(&sdk).map_err(anyhow::Error::msg)?;
+    tracing::info!(signer = ?signer, "kafka: authenticating with AWS IAM");
+    Ok(Some(signer))
+}
+
+/// The configured source, and the simulator's counters when it is the simulator.
+async fn open_source(
+    config: &Config,
+    health: &Health,
+    msk_iam: &Option<MskIam>,
+) -> anyhow::Result<(Box<dyn Source>, Option<Arc<SimulatorStats>>)> {
+    Ok(match config.source {
         SourceKind::Simulator => {
             let simulator = Simulator::new(&config.simulator, config.batch_max_events, Utc::now());
             let stats = simulator.stats();
             (Box::new(simulator), Some(stats))
         }
-        SourceKind::Kafka => (
-            Box::new(KafkaSource::new(
+        SourceKind::Kafka => {
+            let source = KafkaSource::new(
                 &config.kafka,
                 config.batch_max_events,
                 health.clone(),
                 msk_iam.clone(),
-            )?),
-            None,
-        ),
+            )?;
+            (Box::new(source), None)
+        }
         SourceKind::Kinesis => {
             let sdk = classpulse::aws::sdk_config().await;
-            (
-                Box::new(
-                    KinesisSource::start(
-                        &config.kinesis,
-                        classpulse::aws::kinesis(&sdk, config.aws.kinesis.as_ref()),
-                        classpulse::aws::dynamodb(
-                            &sdk,
-                            config.aws.dynamodb.as_ref(),
-                            classpulse::aws::Retries::Sdk,
-                        ),
-                        health.clone(),
-                    )
-                    .await?,
+            let source = KinesisSource::start(
+                &config.kinesis,
+                classpulse::aws::kinesis(&sdk, config.aws.kinesis.as_ref()),
+                classpulse::aws::dynamodb(
+                    &sdk,
+                    config.aws.dynamodb.as_ref(),
+                    classpulse::aws::Retries::Sdk,
                 ),
-                None,
+                health.clone(),
             )
+            .await?;
+            (Box::new(source), None)
         }
-    };
-    let writer = ObjectWriter::open(
-        &config.lake,
-        source.kind(),
-        health.clone(),
-        Arc::clone(&stats),
-    )?;
-    let limits = ObjectLimits::from_config(&config.lake);
+    })
+}
+
+/// The DynamoDB client of the sinks, when a table is configured.
+async fn dynamodb_client(config: &Config) -> Option<aws_sdk_dynamodb::Client> {
+    let dynamodb = &config.dynamodb;
+    if dynamodb.events_table.is_none() && dynamodb.aggregates_table.is_none() {
+        return None;
+    }
+    let sdk = classpulse::aws::sdk_config().await;
+    Some(classpulse::aws::dynamodb(
+        &sdk,
+        config.aws.dynamodb.as_ref(),
+        classpulse::aws::Retries::Caller,
+    ))
+}
+
+/// The aggregate stage: results into the lake, and into the aggregates table when one is
+/// configured (its writer added to `table_writers`).
+fn aggregate_stage(
+    config: &Config,
+    dynamodb: Option<&aws_sdk_dynamodb::Client>,
+    lake: &ObjectWriter,
+    health: &Health,
+    stats: &Arc<Stats>,
+    table_writers: &mut Vec<TableWriter>,
+) -> AggregateStage {
     // Live values go to the object store only in the embedded default (a local directory):
     // on S3 a PUT per class every few seconds would cost more than it is worth.
     let live_interval = matches!(config.lake.location, LakeLocation::Local(_))
@@ -318,62 +386,60 @@ async fn run(config: Config) -> anyhow::Result<()> {
         Rules::from_config(&config.aggregates),
         config.aggregates.checkpoint_interval,
         live_interval,
-        writer.clone(),
+        lake.clone(),
         health.clone(),
-        Arc::clone(&stats),
+        Arc::clone(stats),
     );
     if matches!(config.source, SourceKind::Kafka) {
         // Partitions can be added to a topic, moving classes in progress.
         aggregates = aggregates.with_class_directory();
     }
-    let dynamodb = &config.dynamodb;
-    let mut table_writers = Vec::new();
-    let dynamodb_client = if dynamodb.events_table.is_some() || dynamodb.aggregates_table.is_some()
-    {
-        let sdk = classpulse::aws::sdk_config().await;
-        Some(classpulse::aws::dynamodb(
-            &sdk,
-            config.aws.dynamodb.as_ref(),
-            classpulse::aws::Retries::Caller,
-        ))
-    } else {
-        None
-    };
-    if let (Some(client), Some(table)) = (&dynamodb_client, &dynamodb.aggregates_table) {
+    let dynamodb_config = &config.dynamodb;
+    if let (Some(client), Some(table)) = (dynamodb, &dynamodb_config.aggregates_table) {
         let writer = TableWriter::new(
             client.clone(),
             table,
             classpulse::sink::dynamodb::aggregates::NAME,
-            dynamodb.max_inflight,
+            dynamodb_config.max_inflight,
             health.clone(),
         );
         table_writers.push(writer.clone());
         aggregates = aggregates.with_table(
-            AggregatesTable::new(writer, dynamodb.ttl_days),
+            AggregatesTable::new(writer, dynamodb_config.ttl_days),
             config.aggregates.flush_interval,
         );
     }
-    let sinks: Vec<Box<dyn Sink>> = vec![
+    aggregates
+}
+
+/// The sinks: the lake, the dead letters, and the events table and dead-letter topic when
+/// configured (the table's writer added to `table_writers`).
+fn sinks(
+    config: &Config,
+    source_kind: &'static str,
+    dynamodb: Option<&aws_sdk_dynamodb::Client>,
+    lake: &ObjectWriter,
+    health: &Health,
+    msk_iam: &Option<MskIam>,
+    table_writers: &mut Vec<TableWriter>,
+) -> anyhow::Result<Vec<Box<dyn Sink>>> {
+    let limits = ObjectLimits::from_config(&config.lake);
+    let mut sinks: Vec<Box<dyn Sink>> = vec![
         Box::new(ObjectSink::new(
-            LakeFormat {
-                source_kind: source.kind(),
-            },
+            LakeFormat { source_kind },
             ParquetEncoder::new,
-            writer.clone(),
+            lake.clone(),
             limits,
         )),
         Box::new(ObjectSink::new(
-            DeadLetterFormat {
-                source_kind: source.kind(),
-            },
+            DeadLetterFormat { source_kind },
             NdjsonZstEncoder::new,
-            writer.clone(),
+            lake.clone(),
             limits,
         )),
     ];
-    let mut sinks = sinks;
-    if let (Some(client), Some(table)) = (&dynamodb_client, &dynamodb.events_table) {
-        let (sink, table_writer) = events_table(&config, client, table, &health, &writer);
+    if let (Some(client), Some(table)) = (dynamodb, &config.dynamodb.events_table) {
+        let (sink, table_writer) = events_table(config, client, table, health, lake);
         table_writers.push(table_writer);
         sinks.push(Box::new(sink));
     }
@@ -385,15 +451,12 @@ async fn run(config: Config) -> anyhow::Result<()> {
             msk_iam.clone(),
         )?));
     }
-    let settings = pipeline_settings(&config);
-    tracing::info!(source = source.kind(), lake = %describe_lake(&config.lake.location), "classpulse starting");
-    let pipeline = Pipeline::new(source, sinks, settings, Arc::clone(&stats), health)
-        .with_aggregates(aggregates);
-    let report = pipeline.run(shutdown).await;
-    http_shutdown.cancel();
-    let report = report?;
-    print_summary(&config, &report, &stats, simulator_stats.as_deref());
-    for writer in &table_writers {
+    Ok(sinks)
+}
+
+/// One summary line per DynamoDB table written.
+fn print_table_totals(table_writers: &[TableWriter], stats: &Stats) {
+    for writer in table_writers {
         let totals = writer.totals();
         println!(
             "  dynamodb       {}: {} items, {} write units ({:.1} per 1,000 events in; the server reported {:.0}), {} refused as not newer",
@@ -405,7 +468,6 @@ async fn run(config: Config) -> anyhow::Result<()> {
             totals.refused.load(std::sync::atomic::Ordering::Relaxed),
         );
     }
-    Ok(())
 }
 
 /// The pipeline's settings from the configuration.

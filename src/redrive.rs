@@ -16,7 +16,7 @@
 //! stopped half way and run again) writes nothing twice, because everything it wrote is in the
 //! lake when the next run looks. Aggregates are not recomputed.
 
-use std::collections::{BTreeMap, BTreeSet, HashSet, VecDeque};
+use std::collections::{BTreeMap, BTreeSet, VecDeque};
 use std::sync::{Arc, Mutex};
 
 use async_trait::async_trait;
@@ -33,7 +33,7 @@ use serde::Deserialize;
 use crate::ack::PartitionId;
 use crate::decode::Judge;
 use crate::decode::{decode_message, DecodeLimits, RawMessage};
-use crate::event::{PerformanceEvent, Verdict};
+use crate::event::{fingerprint, IdSet, PerformanceEvent, Verdict};
 use crate::source::{RawBatch, Source, SourceError};
 use crate::store::{hour_folder, ObjectWriter, HOUR_MS};
 
@@ -215,12 +215,12 @@ fn message_of(letter: &DeadLetter, offset: u64) -> Result<RawMessage, String> {
 }
 
 /// The ids of the events the lake holds in the given event-time hours, by fingerprint.
-pub struct LakeIds(HashSet<u128>);
+pub struct LakeIds(IdSet);
 
 impl LakeIds {
     /// Reads the `event_id` column of every lake object of `hours` (epoch hours).
     pub async fn read(lake: &ObjectWriter, hours: &BTreeSet<i64>) -> Result<LakeIds, RedriveError> {
-        let mut ids = HashSet::new();
+        let mut ids = IdSet::default();
         for hour in hours {
             let folder = lake.path(&hour_folder("events", *hour));
             for path in list(lake, &folder, ".parquet").await? {
@@ -266,16 +266,10 @@ impl LakeIds {
     }
 }
 
-/// 128 bits of an id (xxh3, as the aggregates keep ids): 16 bytes an id in memory, and no
-/// collision to fear among the billions of a year.
-fn fingerprint(id: &str) -> u128 {
-    xxhash_rust::xxh3::xxh3_128(id.as_bytes())
-}
-
 /// The verdict of each redriven event: a duplicate if the lake holds its id or this run has
 /// passed it already, else late (its class's aggregates are final without it).
 pub fn judge(lake: LakeIds) -> Judge {
-    let passed = Mutex::new(HashSet::new());
+    let passed = Mutex::new(IdSet::default());
     Arc::new(move |event: &PerformanceEvent| {
         let id = fingerprint(&event.event_id);
         let mut passed = passed.lock().unwrap_or_else(|e| e.into_inner());

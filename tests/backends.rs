@@ -12,7 +12,7 @@ use aws_sdk_dynamodb::types::{
     ScalarAttributeType, WriteRequest,
 };
 use aws_sdk_kinesis::primitives::Blob;
-use aws_sdk_kinesis::types::{ShardIteratorType, StreamStatus};
+use aws_sdk_kinesis::types::ShardIteratorType;
 use bytes::Bytes;
 use classpulse::ack::PartitionId;
 use classpulse::health::Health;
@@ -126,25 +126,7 @@ async fn kinesis_put_and_get_records_on_two_shards() {
         .send()
         .await
         .unwrap();
-    let deadline = Instant::now() + Duration::from_secs(30);
-    loop {
-        let summary = kinesis
-            .describe_stream_summary()
-            .stream_name(&stream)
-            .send()
-            .await
-            .unwrap();
-        if summary
-            .stream_description_summary()
-            .unwrap()
-            .stream_status()
-            == &StreamStatus::Active
-        {
-            break;
-        }
-        assert!(Instant::now() < deadline, "stream not active in 30 s");
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
+    await_stream_active(&kinesis, &stream).await;
     let shards = kinesis
         .list_shards()
         .stream_name(&stream)
@@ -470,18 +452,16 @@ fn lake_on_s3(
 
 /// Polls /readyz until it is 503 and mentions `expected`.
 async fn await_not_ready(running: &Running, expected: &str) -> String {
-    let deadline = Instant::now() + Duration::from_secs(30);
-    loop {
+    let what = format!("/readyz reporting {expected:?}");
+    wait_until_async(Duration::from_secs(30), &what, || async {
         let (status, report) = http_get(running.http, "/readyz");
         if status == 503 && report.contains(expected) {
-            return report;
+            Ok(report)
+        } else {
+            Err(format!("{status} {report}"))
         }
-        assert!(
-            Instant::now() < deadline,
-            "/readyz never reported {expected:?}: {status} {report}"
-        );
-        tokio::time::sleep(Duration::from_millis(200)).await;
-    }
+    })
+    .await
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -635,14 +635,15 @@ async fn broker_outage(outage_kind: Outage) {
     .await
     .unwrap();
     let ready_again = tokio::task::spawn_blocking(move || {
-        let deadline = Instant::now() + Duration::from_secs(15);
-        loop {
+        let answer = poll_until(Duration::from_secs(15), || {
             let (status, report) = http_get(http, "/readyz");
-            if status == 200 || Instant::now() > deadline {
-                return (status, report);
+            if status == 200 {
+                Ok((status, report))
+            } else {
+                Err((status, report))
             }
-            std::thread::sleep(Duration::from_millis(200));
-        }
+        });
+        answer.unwrap_or_else(|last| last)
     })
     .await
     .unwrap();

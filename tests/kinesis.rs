@@ -136,8 +136,7 @@ async fn await_checkpoints(
 /// Lease counts per owner, waiting until they are `expected` (sorted) or `within` passes.
 async fn await_owners(table: &str, expected: &[usize], within: Duration) -> Vec<usize> {
     let dynamodb = dynamodb_client().await;
-    let deadline = Instant::now() + within;
-    loop {
+    let answer = poll_until_async(within, || async {
         let mut per_owner: BTreeMap<String, usize> = BTreeMap::new();
         for (owner, _, _) in leases(&dynamodb, table).await.values() {
             if let Some(owner) = owner {
@@ -146,11 +145,14 @@ async fn await_owners(table: &str, expected: &[usize], within: Duration) -> Vec<
         }
         let mut counts: Vec<usize> = per_owner.into_values().collect();
         counts.sort_unstable();
-        if counts == expected || Instant::now() > deadline {
-            return counts;
+        if counts == expected {
+            Ok(counts)
+        } else {
+            Err(counts)
         }
-        tokio::time::sleep(Duration::from_millis(200)).await;
-    }
+    })
+    .await;
+    answer.unwrap_or_else(|counts| counts)
 }
 
 /// A new stream of `shards` shards, and a new application name (and so lease table).

@@ -174,11 +174,9 @@ impl Prometheus {
             addr,
             _data: data,
         };
-        let deadline = Instant::now() + Duration::from_secs(30);
-        while std::net::TcpStream::connect(addr).is_err() {
-            assert!(Instant::now() < deadline, "prometheus did not start");
-            std::thread::sleep(Duration::from_millis(200));
-        }
+        wait_until(Duration::from_secs(30), "prometheus listening", || {
+            std::net::TcpStream::connect(addr).map_err(|e| e.to_string())
+        });
         prometheus
     }
 
@@ -259,18 +257,12 @@ async fn every_dashboard_query_and_rule_returns_data_from_a_real_prometheus() {
     // so that the scrapes see it working and behind.
     let chunks: Vec<_> = messages.chunks(messages.len() / 15 + 1).collect();
     produce(&topic, chunks[0], 3).await;
-    let deadline = Instant::now() + Duration::from_secs(60);
-    loop {
-        let (_, metrics) = http_get(running.http, "/metrics");
-        if metric_sum(&metrics, "classpulse_events_in_total") > 0.0 {
-            break;
-        }
-        assert!(
-            Instant::now() < deadline,
-            "classpulse consumed nothing in 60 s"
-        );
-        tokio::time::sleep(Duration::from_millis(250)).await;
-    }
+    wait_for_metric(
+        running.http,
+        "classpulse_events_in_total",
+        1.0,
+        Duration::from_secs(60),
+    );
     for chunk in &chunks[1..] {
         produce(&topic, chunk, 3).await;
         tokio::time::sleep(Duration::from_secs(1)).await;

@@ -3,7 +3,7 @@
 mod common;
 
 use std::collections::BTreeSet;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use arrow_array::cast::AsArray;
 use arrow_array::types::{Float64Type, Int64Type};
@@ -196,19 +196,15 @@ fn sigterm_drains_with_everything_counted_durable() {
     assert_eq!(http_get(running.http, "/healthz"), (200, "ok\n".to_owned()));
 
     // Wait until events flow and at least one object is durable.
-    let deadline = Instant::now() + Duration::from_secs(30);
-    let metrics = loop {
+    let metrics = wait_until(Duration::from_secs(30), "an object written", || {
         let (status, metrics) = http_get(running.http, "/metrics");
         assert_eq!(status, 200);
         if metric_sum(&metrics, "classpulse_sink_objects_total") >= 1.0 {
-            break metrics;
+            Ok(metrics)
+        } else {
+            Err(metrics)
         }
-        assert!(
-            Instant::now() < deadline,
-            "no object written in 30 s:\n{metrics}"
-        );
-        std::thread::sleep(Duration::from_millis(200));
-    };
+    });
     assert!(metric_sum(&metrics, "classpulse_events_in_total") > 0.0);
     assert!(
         metrics.contains("classpulse_sink_write_seconds_bucket"),

@@ -4,7 +4,7 @@
 
 mod common;
 
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use common::backends::*;
 use common::*;
@@ -61,13 +61,12 @@ fn a_refused_secret_property_is_named_but_its_value_never_shown() {
         .stderr(std::process::Stdio::piped())
         .spawn()
         .unwrap();
-    let deadline = Instant::now() + Duration::from_secs(30);
-    while child.try_wait().unwrap().is_none() {
-        if Instant::now() > deadline {
-            let _ = child.kill();
-            panic!("classpulse accepted the property and ran on");
-        }
-        std::thread::sleep(Duration::from_millis(50));
+    let exited = poll_until(Duration::from_secs(30), || {
+        child.try_wait().unwrap().ok_or("running")
+    });
+    if exited.is_err() {
+        let _ = child.kill();
+        panic!("classpulse accepted the property and ran on");
     }
     let output = child.wait_with_output().unwrap();
     assert!(!output.status.success());
@@ -104,16 +103,16 @@ fn logs_metrics_readiness_and_summary_never_show_a_secret() {
         command.env(name, value);
     }
     let running = Running::start(&mut command);
-    let deadline = Instant::now() + Duration::from_secs(60);
-    loop {
+    let metrics = wait_until(Duration::from_secs(60), "an event consumed", || {
         let (_, metrics) = http_get(running.http, "/metrics");
-        if metric_sum(&metrics, "classpulse_events_in_total") > 0.0 {
-            assert_no_secret("/metrics", &metrics);
-            break;
+        let events = metric_sum(&metrics, "classpulse_events_in_total");
+        if events > 0.0 {
+            Ok(metrics)
+        } else {
+            Err(format!("{events} events in"))
         }
-        assert!(Instant::now() < deadline, "nothing consumed");
-        std::thread::sleep(Duration::from_millis(250));
-    }
+    });
+    assert_no_secret("/metrics", &metrics);
     let (_, readiness) = http_get(running.http, "/readyz");
     assert_no_secret("/readyz", &readiness);
 

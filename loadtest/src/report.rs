@@ -128,16 +128,29 @@ impl Report<'_> {
     }
 
     fn markdown(&self) -> String {
-        let m = self.manifest;
-        let w = &m.workload;
-        let e = &m.expected;
-        let v = self.verdict;
         let mut md = String::new();
         let _ = writeln!(
             md,
             "# classpulse load test, {}\n",
             chrono::Utc::now().format("%Y-%m-%d %H:%M UTC")
         );
+        self.workload(&mut md);
+        self.verification(&mut md);
+        self.latency(&mut md);
+        self.resources(&mut md);
+        self.steadiness(&mut md);
+        let _ = writeln!(md, "\n## Cost projection for 69,120,000 events a day\n");
+        md.push_str(&self.cost());
+        let _ = writeln!(md, "\n![events/s and lag](report.svg)");
+        md
+    }
+
+    /// The workload sent and how classpulse read it.
+    fn workload(&self, md: &mut String) {
+        let m = self.manifest;
+        let w = &m.workload;
+        let e = &m.expected;
+        let _ = writeln!(md, "## Workload\n");
         let mode = if w.all_at_once {
             "every class at once"
         } else {
@@ -148,7 +161,6 @@ impl Report<'_> {
             (None, s) if s > 0.0 => format!("speedup {s}"),
             _ => "unpaced (as fast as the broker takes it)".to_owned(),
         };
-        let _ = writeln!(md, "## Workload\n");
         let _ = writeln!(md, "| | |\n|---|---|");
         let _ = writeln!(
             md,
@@ -234,7 +246,11 @@ impl Report<'_> {
             .fold(0.0, f64::max);
         let _ = writeln!(md, "| source lag | at most {peak_lag:.0} messages by classpulse's metric; at most {peak_backlog:.0} messages sent and not yet read |");
         let _ = writeln!(md, "| classpulse exits | {} |", self.exits.join(", "));
+    }
 
+    /// What the verifier found in the lake, the dead letters and the tables.
+    fn verification(&self, md: &mut String) {
+        let v = self.verdict;
         let _ = writeln!(md, "\n## Verify\n");
         let _ = writeln!(md, "| check | result |\n|---|---|");
         let _ = writeln!(md, "| lake | {} rows in {} objects: **{} missing, {} duplicated**, {} late flags wrong, {} rows that should have been rejected |", v.lake_rows, v.lake_objects, v.missing, v.duplicated, v.late_flag_wrong, v.unexpected_rows);
@@ -266,7 +282,11 @@ impl Report<'_> {
         for line in v.differences.iter().take(30) {
             let _ = writeln!(md, "\n- {line}");
         }
+    }
 
+    /// From send to the lake, the live document and each sink.
+    fn latency(&self, md: &mut String) {
+        let v = self.verdict;
         let _ = writeln!(md, "\n## Latency\n");
         let _ = writeln!(
             md,
@@ -297,7 +317,11 @@ impl Report<'_> {
                 |p: f64| bucket_quantile(buckets, p).map_or("-".to_owned(), |s| format!("≤ {s} s"));
             let _ = writeln!(md, "| durable in `{sink}` (classpulse's own histogram, from `event_created`: meaningful at real time; bucket upper bounds) | {} | {} | {} | {} | |", q(0.5), q(0.9), q(0.99), q(0.999));
         }
+    }
 
+    /// CPU, memory and partitions of classpulse, CPU of the servers.
+    fn resources(&self, md: &mut String) {
+        let m = self.manifest;
         let _ = writeln!(md, "\n## Resources\n");
         let cpu = self.total("classpulse_process_cpu_seconds_total");
         let _ = writeln!(md, "| | |\n|---|---|");
@@ -350,7 +374,11 @@ impl Report<'_> {
             "| busiest (the first to saturate on 2 cores) | {} |",
             busiest.0
         );
+    }
 
+    /// Whether memory, descriptors and lag stayed flat while producing.
+    fn steadiness(&self, md: &mut String) {
+        let m = self.manifest;
         let warm_up = (f64::from(m.workload.class_minutes) * 60.0).min(self.produced_seconds / 4.0);
         if let Some(steady) = Steadiness::of(self.samples, warm_up, self.produced_seconds) {
             let [(a, b), (c, d)] = steady.thirds;
@@ -391,11 +419,6 @@ impl Report<'_> {
                 }
             );
         }
-
-        let _ = writeln!(md, "\n## Cost projection for 69,120,000 events a day\n");
-        md.push_str(&self.cost());
-        let _ = writeln!(md, "\n![events/s and lag](report.svg)");
-        md
     }
 
     /// Dollars a day, from this run's request counts scaled to the full workload. Requests

@@ -4,8 +4,6 @@
 
 use std::collections::BTreeMap;
 
-use hashbrown::HashSet;
-
 use serde::{Deserialize, Serialize};
 
 use super::output::{
@@ -13,7 +11,7 @@ use super::output::{
     TypeCounts,
 };
 use super::Rules;
-use crate::event::{EventType, PerformanceEvent};
+use crate::event::{EventType, IdSet, PerformanceEvent};
 
 /// Length of a class-minute window.
 pub const MINUTE_MS: i64 = 60_000;
@@ -469,7 +467,7 @@ pub struct ClassState {
     /// Hashes (xxh3-128) of counted event ids by event-time bucket ([`DEDUP_BUCKET_MS`]), for
     /// duplicates; a bucket is dropped once it ends before the watermark minus the allowed
     /// lateness.
-    pub seen: BTreeMap<i64, HashSet<u128>>,
+    pub seen: BTreeMap<i64, IdSet>,
     /// Members by id.
     pub members: BTreeMap<Box<str>, MemberState>,
     /// Minute windows by start time.

@@ -14,14 +14,13 @@ use std::sync::Arc;
 use hashbrown::HashMap;
 
 use serde::{Deserialize, Serialize};
-use xxhash_rust::xxh3::xxh3_128;
 
 use super::checkpoint::{self, CheckpointError};
 use super::class::ClassState;
 use super::directory::{Place, Role};
 use super::output::{ClassResult, Outgoing};
 use super::{Rules, FINALISED_MEMORY_MS};
-use crate::event::{PerformanceEvent, Verdict};
+use crate::event::{fingerprint, PerformanceEvent, Verdict};
 
 /// How long (in arrival time on the partition) the verdict of an event left out is kept for
 /// replays: a replay starts at the committed position, which trails the newest read by the
@@ -161,7 +160,7 @@ impl PartitionState {
         let Some(left_out) = self.left_out.get(&event.offset) else {
             return Verdict::Counted;
         };
-        let id_hash = xxh3_128(event.event_id.as_bytes());
+        let id_hash = fingerprint(&event.event_id);
         match left_out.iter().find(|(hash, _, _)| *hash == id_hash) {
             Some((_, true, _)) => Verdict::Late,
             Some((_, false, _)) => Verdict::Duplicate,
@@ -181,13 +180,9 @@ impl PartitionState {
     ) -> (Tally, Vec<Finalised>) {
         let mut tally = Tally::default();
         let mut finalised = Vec::new();
-        let restored = self.position;
         let mut key = String::new();
-        // Events come in runs of one class (a message is one class's): look the class up once
-        // per run. Whether a class is final by event time is checked where its run starts in
-        // the partition (the previous event was another class's, even in an earlier batch),
-        // never where a batch happens to cut a run: a class whose backlog arrives behind the
-        // partition's clock gets the same verdicts however it is read.
+        // Events come in runs of one class (a message is one class's): the class is looked up
+        // once per run.
         let mut rest = events;
         while !rest.is_empty() {
             let run_length = rest
@@ -196,107 +191,157 @@ impl PartitionState {
                 .unwrap_or(rest.len());
             let (run, tail) = std::mem::take(&mut rest).split_at_mut(run_length);
             rest = tail;
-            // Positions the restored state already includes are not judged again; they get
-            // the verdict they had, for the sinks.
-            let replayed = run
-                .iter()
-                .take_while(|e| restored.is_some_and(|position| e.offset <= position))
-                .count();
-            tally.replayed += replayed as u64;
-            let (replay, run) = run.split_at_mut(replayed);
-            for event in replay {
-                event.verdict = self.replayed_verdict(event);
-            }
-            if run.is_empty() {
+            let run = self.give_replayed_verdicts(run, &mut tally);
+            let Some(first) = run.first() else {
                 continue;
-            }
+            };
             key.clear();
-            key.push_str(&run[0].studio_id);
+            key.push_str(&first.studio_id);
             key.push(':');
-            key.push_str(&run[0].class_id);
-            let run_starts = self.last_class.as_deref() != Some(key.as_str());
-            self.last_class = Some(key.clone());
-            let due = run_starts
-                && self.classes.get(key.as_str()).is_some_and(|class| {
-                    self.clock_ms
-                        >= class
-                            .max_time_ms
-                            .saturating_add(rules.class_idle_timeout_ms)
-                });
-            if due {
-                finalised.extend(self.finalise(&key, Trigger::EventTime, rules));
-            }
-            if !self.classes.contains_key(key.as_str()) && !self.finalised.contains_key(&key) {
-                let mut class = ClassState::new(&run[0].studio_id, &run[0].class_id, wall_ms);
-                match self.roles.remove(&key) {
-                    Some(Role::Closed(_)) => {
-                        // Final at its home already: this part comes too late to count.
-                        self.finalised.insert(key.clone(), run[0].event_time_ms);
-                    }
-                    Some(Role::Visitor(home)) => {
-                        class.home = Some(home);
-                        self.classes.insert(key.clone(), class);
-                    }
-                    Some(Role::Home) | None => {
-                        self.classes.insert(key.clone(), class);
-                    }
-                }
-            }
-            let mut class = self.classes.get_mut(key.as_str());
-            for event in run.iter_mut() {
-                let verdict = match class.as_deref_mut() {
-                    None => Verdict::Late,
-                    Some(class) => {
-                        let verdict = judge(class, event, rules);
-                        class.observe(event, rules);
-                        class.last_seen_wall_ms = wall_ms;
-                        verdict
-                    }
-                };
-                match verdict {
-                    Verdict::Counted => tally.counted += 1,
-                    Verdict::Duplicate => tally.duplicate += 1,
-                    Verdict::Late => tally.late += 1,
-                }
-                if verdict != Verdict::Counted {
-                    self.left_out.entry(event.offset).or_default().push((
-                        xxh3_128(event.event_id.as_bytes()),
-                        verdict == Verdict::Late,
-                        event.arrival_ms,
-                    ));
-                }
-                event.verdict = verdict;
-                let capped = event
-                    .event_time_ms
-                    .min(event.arrival_ms.saturating_add(rules.max_clock_skew_ms));
-                self.clock_ms = self
-                    .clock_ms
-                    .max(capped.saturating_sub(rules.watermark_delay_ms));
-            }
+            key.push_str(&first.class_id);
+            finalised.extend(self.start_run(&key, first, rules, wall_ms));
+            self.count_run(&key, run, rules, wall_ms, &mut tally);
         }
         if self.position.is_none_or(|position| last_offset > position) {
             self.position = Some(last_offset);
         }
-        // Forget verdicts older than any replay can reach. Arrival times grow with positions
-        // (the broker stamps them), so the oldest are first.
+        self.forget_old_verdicts();
+        (tally, finalised)
+    }
+
+    /// Gives the events of `run` at or below the restored position, which the state already
+    /// includes, the verdict they had when first judged (for the sinks), and returns the rest.
+    fn give_replayed_verdicts<'a>(
+        &self,
+        run: &'a mut [PerformanceEvent],
+        tally: &mut Tally,
+    ) -> &'a mut [PerformanceEvent] {
+        let replayed = run
+            .iter()
+            .take_while(|e| self.position.is_some_and(|position| e.offset <= position))
+            .count();
+        tally.replayed += replayed as u64;
+        let (replay, rest) = run.split_at_mut(replayed);
+        for event in replay {
+            event.verdict = self.replayed_verdict(event);
+        }
+        rest
+    }
+
+    /// Where a run of class `key` starts (`first` its first event): the class becomes final
+    /// first if the partition's clock has passed its idle timeout, and a class met for the
+    /// first time opens. Whether a class is final by event time is checked where its run starts
+    /// in the partition (the previous event was another class's, even in an earlier batch),
+    /// never where a batch happens to cut a run: a class whose backlog arrives behind the
+    /// partition's clock gets the same verdicts however it is read.
+    fn start_run(
+        &mut self,
+        key: &str,
+        first: &PerformanceEvent,
+        rules: &Rules,
+        wall_ms: i64,
+    ) -> Option<Finalised> {
+        let mut finalised = None;
+        if self.last_class.as_deref() != Some(key) {
+            self.last_class = Some(key.to_owned());
+            let due = self.classes.get(key).is_some_and(|class| {
+                self.clock_ms
+                    >= class
+                        .max_time_ms
+                        .saturating_add(rules.class_idle_timeout_ms)
+            });
+            if due {
+                finalised = self.finalise(key, Trigger::EventTime, rules);
+            }
+        }
+        if !self.classes.contains_key(key) && !self.finalised.contains_key(key) {
+            self.open_class(key, first, wall_ms);
+        }
+        finalised
+    }
+
+    /// Opens class `key` at its first event here, in the role the class directory gave it.
+    fn open_class(&mut self, key: &str, first: &PerformanceEvent, wall_ms: i64) {
+        let mut class = ClassState::new(&first.studio_id, &first.class_id, wall_ms);
+        match self.roles.remove(key) {
+            Some(Role::Closed(_)) => {
+                // Final at its home already: this part comes too late to count.
+                self.finalised.insert(key.to_owned(), first.event_time_ms);
+            }
+            Some(Role::Visitor(home)) => {
+                class.home = Some(home);
+                self.classes.insert(key.to_owned(), class);
+            }
+            Some(Role::Home) | None => {
+                self.classes.insert(key.to_owned(), class);
+            }
+        }
+    }
+
+    /// Judges and counts a run of class `key`'s events (late, all of them, if the class is
+    /// final), remembering the verdict of each one left out, and moves the partition's clock.
+    fn count_run(
+        &mut self,
+        key: &str,
+        run: &mut [PerformanceEvent],
+        rules: &Rules,
+        wall_ms: i64,
+        tally: &mut Tally,
+    ) {
+        let mut class = self.classes.get_mut(key);
+        for event in run.iter_mut() {
+            let verdict = match class.as_deref_mut() {
+                None => Verdict::Late,
+                Some(class) => {
+                    let verdict = judge(class, event, rules);
+                    class.observe(event, rules);
+                    class.last_seen_wall_ms = wall_ms;
+                    verdict
+                }
+            };
+            match verdict {
+                Verdict::Counted => tally.counted += 1,
+                Verdict::Duplicate => tally.duplicate += 1,
+                Verdict::Late => tally.late += 1,
+            }
+            if verdict != Verdict::Counted {
+                self.left_out.entry(event.offset).or_default().push((
+                    fingerprint(&event.event_id),
+                    verdict == Verdict::Late,
+                    event.arrival_ms,
+                ));
+            }
+            event.verdict = verdict;
+            let capped = event
+                .event_time_ms
+                .min(event.arrival_ms.saturating_add(rules.max_clock_skew_ms));
+            self.clock_ms = self
+                .clock_ms
+                .max(capped.saturating_sub(rules.watermark_delay_ms));
+        }
+    }
+
+    /// Forgets verdicts older than any replay can reach. Arrival times grow with positions
+    /// (the broker stamps them), so the oldest are first.
+    fn forget_old_verdicts(&mut self) {
         let newest = self
             .left_out
             .last_key_value()
             .and_then(|(_, entries)| entries.iter().map(|(_, _, arrival)| *arrival).max());
-        if let Some(newest) = newest {
-            while let Some(entry) = self.left_out.first_entry() {
-                if entry
-                    .get()
-                    .iter()
-                    .all(|(_, _, arrival)| *arrival < newest - REPLAY_MEMORY_MS)
-                {
-                    entry.remove();
-                } else {
-                    break;
-                }
+        let Some(newest) = newest else {
+            return;
+        };
+        while let Some(entry) = self.left_out.first_entry() {
+            if entry
+                .get()
+                .iter()
+                .all(|(_, _, arrival)| *arrival < newest - REPLAY_MEMORY_MS)
+            {
+                entry.remove();
+            } else {
+                break;
             }
         }
-        (tally, finalised)
     }
 
     /// Finalises classes whose time is up, compacts the rest, and forgets final classes long
@@ -485,7 +530,7 @@ fn judge(class: &mut ClassState, event: &PerformanceEvent, rules: &Rules) -> Ver
     if event.event_time_ms < class.lateness_limit_ms(rules) {
         return Verdict::Late;
     }
-    let id_hash = xxh3_128(event.event_id.as_bytes());
+    let id_hash = fingerprint(&event.event_id);
     if class.has_seen(id_hash) {
         return Verdict::Duplicate;
     }

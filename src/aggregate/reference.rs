@@ -54,7 +54,7 @@ pub fn batch_result(arrivals: &[PerformanceEvent], rules: &Rules) -> ClassResult
             .map(|e| {
                 (
                     e.event_time_ms,
-                    xxhash_rust::xxh3::xxh3_128(e.event_id.as_bytes()),
+                    crate::event::fingerprint(&e.event_id),
                     e.metrics.bpm.unwrap(),
                 )
             })

@@ -125,23 +125,10 @@ impl Reader<'_> {
             app_name,
             lease_table,
             start,
-            lease_duration: self.duration(
-                "CLASSPULSE_KINESIS_LEASE_DURATION",
-                Duration::from_secs(1),
-                Duration::from_secs(600),
-            )?,
-            shard_sync_interval: self.duration(
-                "CLASSPULSE_KINESIS_SHARD_SYNC_INTERVAL",
-                Duration::from_secs(1),
-                Duration::from_secs(3600),
-            )?,
-            poll_interval: self.duration(
-                "CLASSPULSE_KINESIS_POLL_INTERVAL",
-                Duration::from_millis(200),
-                // Each poll vouches that the shard is still at its tip; the word lasts 15 s.
-                Duration::from_secs(10),
-            )?,
-            max_records: self.integer("CLASSPULSE_KINESIS_MAX_RECORDS", 1, 10_000)? as usize,
+            lease_duration: self.duration("CLASSPULSE_KINESIS_LEASE_DURATION")?,
+            shard_sync_interval: self.duration("CLASSPULSE_KINESIS_SHARD_SYNC_INTERVAL")?,
+            poll_interval: self.duration("CLASSPULSE_KINESIS_POLL_INTERVAL")?,
+            max_records: self.integer("CLASSPULSE_KINESIS_MAX_RECORDS")? as usize,
             efo_consumer: efo.then_some(consumer_name),
         })
     }

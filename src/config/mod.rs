@@ -27,7 +27,7 @@ mod vars;
 pub use kafka::{KafkaConfig, KAFKA_PROP_PREFIX};
 pub use kinesis::{KinesisConfig, StartPosition};
 pub use reader::{parse_bytes, parse_duration};
-pub use vars::{VarSpec, VARS};
+pub use vars::{Range, VarSpec, VARS};
 
 use reader::Reader;
 
@@ -224,11 +224,7 @@ impl Config {
         let aws = read.aws_endpoints()?;
         let dynamodb = read.dynamodb()?;
         let simulator = read.simulator()?;
-        let max_clock_skew = read.duration(
-            "CLASSPULSE_MAX_CLOCK_SKEW",
-            Duration::ZERO,
-            Duration::from_secs(24 * 3600),
-        )?;
+        let max_clock_skew = read.duration("CLASSPULSE_MAX_CLOCK_SKEW")?;
         let aggregates = read.aggregates(max_clock_skew)?;
         Ok(Config {
             source,
@@ -238,20 +234,12 @@ impl Config {
             aws,
             dynamodb,
             aggregates,
-            batch_max_events: read.integer("CLASSPULSE_BATCH_MAX_EVENTS", 1, 100_000)? as usize,
-            channel_capacity: read.integer("CLASSPULSE_CHANNEL_CAPACITY", 1, 4096)? as usize,
-            max_message_bytes: read.bytes("CLASSPULSE_MAX_MESSAGE_BYTES", 1 << 10, 256 << 20)?,
+            batch_max_events: read.integer("CLASSPULSE_BATCH_MAX_EVENTS")? as usize,
+            channel_capacity: read.integer("CLASSPULSE_CHANNEL_CAPACITY")? as usize,
+            max_message_bytes: read.bytes("CLASSPULSE_MAX_MESSAGE_BYTES")?,
             max_clock_skew,
-            commit_interval: read.duration(
-                "CLASSPULSE_COMMIT_INTERVAL",
-                Duration::from_millis(10),
-                Duration::from_secs(3600),
-            )?,
-            shutdown_timeout: read.duration(
-                "CLASSPULSE_SHUTDOWN_TIMEOUT",
-                Duration::from_secs(1),
-                Duration::from_secs(3600),
-            )?,
+            commit_interval: read.duration("CLASSPULSE_COMMIT_INTERVAL")?,
+            shutdown_timeout: read.duration("CLASSPULSE_SHUTDOWN_TIMEOUT")?,
             http_addr: read.parse(
                 "CLASSPULSE_HTTP_ADDR",
                 "expected host:port, e.g. 127.0.0.1:9898",
@@ -273,16 +261,8 @@ impl Config {
                         .map(|_| text.to_owned())
                 },
             )?,
-            progress_interval: read.duration(
-                "CLASSPULSE_PROGRESS_INTERVAL",
-                Duration::ZERO,
-                Duration::from_secs(3600),
-            )?,
-            emf_interval: read.duration(
-                "CLASSPULSE_EMF_INTERVAL",
-                Duration::ZERO,
-                Duration::from_secs(3600),
-            )?,
+            progress_interval: read.duration("CLASSPULSE_PROGRESS_INTERVAL")?,
+            emf_interval: read.duration("CLASSPULSE_EMF_INTERVAL")?,
             simulator,
         })
     }
@@ -302,15 +282,16 @@ pub struct EffectiveVar {
 /// The reference table of every variable, as `classpulse config --markdown` prints it and
 /// docs/configuration.md holds it (a test keeps the two equal).
 pub fn reference_markdown() -> String {
-    let mut table = String::from("| Variable | Default | Meaning |\n|---|---|---|\n");
+    let mut table = String::from("| Variable | Default | Allowed | Meaning |\n|---|---|---|---|\n");
     for spec in VARS {
         let default = if spec.default.is_empty() {
             "(unset)".to_owned()
         } else {
             format!("`{}`", spec.default)
         };
+        let allowed = spec.range.describe().unwrap_or_default();
         table.push_str(&format!(
-            "| `{}` | {default} | {} |\n",
+            "| `{}` | {default} | {allowed} | {} |\n",
             spec.name, spec.meaning
         ));
     }

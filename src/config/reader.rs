@@ -7,7 +7,7 @@ use std::time::Duration;
 
 use url::Url;
 
-use super::vars::spec;
+use super::vars::{spec, Range};
 use super::{ConfigError, LakeLocation};
 
 /// Reads variables with their defaults and records what was parsed from where.
@@ -54,43 +54,48 @@ impl Reader<'_> {
         })
     }
 
-    pub(super) fn integer(
-        &self,
-        name: &'static str,
-        min: u64,
-        max: u64,
-    ) -> Result<u64, ConfigError> {
+    /// A whole number in its variable's [`Range::Whole`].
+    pub(super) fn integer(&self, name: &'static str) -> Result<u64, ConfigError> {
+        let Range::Whole(min, max) = spec(name).range else {
+            unreachable!("{name} is read as a whole number without a Range::Whole in config::VARS")
+        };
         let allowed = format!("expected a whole number from {min} to {max}");
         self.parse(name, &allowed, |text| {
             text.parse::<u64>().ok().filter(|n| (min..=max).contains(n))
         })
     }
 
-    pub(super) fn fraction(&self, name: &'static str) -> Result<f64, ConfigError> {
-        self.parse(name, "expected a number from 0 to 1", |text| {
-            text.parse::<f64>().ok().filter(|n| (0.0..=1.0).contains(n))
+    /// A number in its variable's [`Range::Number`].
+    pub(super) fn number(&self, name: &'static str) -> Result<f64, ConfigError> {
+        let Range::Number(min, max) = spec(name).range else {
+            unreachable!("{name} is read as a number without a Range::Number in config::VARS")
+        };
+        let allowed = format!("expected a number from {min} to {max}");
+        self.parse(name, &allowed, |text| {
+            text.parse::<f64>().ok().filter(|n| (min..=max).contains(n))
         })
     }
 
-    pub(super) fn duration(
-        &self,
-        name: &'static str,
-        min: Duration,
-        max: Duration,
-    ) -> Result<Duration, ConfigError> {
-        let allowed =
-            format!("expected a duration such as 500ms, 30s, 5m or 1h, from {min:?} to {max:?}");
+    /// A duration in its variable's [`Range::Duration`].
+    pub(super) fn duration(&self, name: &'static str) -> Result<Duration, ConfigError> {
+        let range = spec(name).range;
+        let Range::Duration(min, max) = range else {
+            unreachable!("{name} is read as a duration without a Range::Duration in config::VARS")
+        };
+        let allowed = format!(
+            "expected a duration such as 500ms, 30s, 5m or 1h, from {}",
+            range.describe().unwrap_or_default()
+        );
         self.parse(name, &allowed, |text| {
             parse_duration(text).filter(|d| (min..=max).contains(d))
         })
     }
 
-    pub(super) fn bytes(
-        &self,
-        name: &'static str,
-        min: usize,
-        max: usize,
-    ) -> Result<usize, ConfigError> {
+    /// A size in its variable's [`Range::Bytes`].
+    pub(super) fn bytes(&self, name: &'static str) -> Result<usize, ConfigError> {
+        let Range::Bytes(min, max) = spec(name).range else {
+            unreachable!("{name} is read as a size without a Range::Bytes in config::VARS")
+        };
         let allowed = format!(
             "expected a size such as 65536, 512KiB, 64MiB or 1GiB, from {min} to {max} bytes"
         );

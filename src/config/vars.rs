@@ -1,7 +1,8 @@
-//! The registry of variables: each one's name, default and meaning ([`VARS`]), and the retired
-//! names refused with their replacements.
+//! The registry of variables: each one's name, default, range and meaning ([`VARS`]), and the
+//! retired names refused with their replacements.
 
 use std::collections::HashMap;
+use std::time::Duration;
 
 use super::{ConfigError, KAFKA_PROP_PREFIX};
 
@@ -14,8 +15,61 @@ pub struct VarSpec {
     pub default: &'static str,
     /// What it does, for `classpulse config` and docs/configuration.md.
     pub meaning: &'static str,
+    /// The values allowed, for a number, duration or size.
+    pub range: Range,
     /// Masked wherever values are shown.
     pub secret: bool,
+}
+
+/// The values a variable allows, bounds included.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub enum Range {
+    /// Whatever its reader accepts (a name, a URL, a choice; the meaning says which).
+    Any,
+    /// A whole number.
+    Whole(u64, u64),
+    /// A number.
+    Number(f64, f64),
+    /// A duration (`500ms`, `30s`, `5m`, `1h`).
+    Duration(Duration, Duration),
+    /// A size in bytes (`65536`, `512KiB`, `64MiB`, `1GiB`).
+    Bytes(usize, usize),
+}
+
+impl Range {
+    /// The range as the reference and the errors show it, e.g. `1s to 1h`.
+    pub fn describe(&self) -> Option<String> {
+        match *self {
+            Range::Any => None,
+            Range::Whole(min, max) => Some(format!("{min} to {max}")),
+            Range::Number(min, max) => Some(format!("{min} to {max}")),
+            Range::Duration(min, max) => Some(format!("{} to {}", duration(min), duration(max))),
+            Range::Bytes(min, max) => Some(format!("{} to {}", bytes(min), bytes(max))),
+        }
+    }
+}
+
+/// A duration in its largest whole unit: `0s`, `200ms`, `10m`, `24h`.
+fn duration(value: Duration) -> String {
+    let ms = value.as_millis();
+    match ms {
+        0 => "0s".to_owned(),
+        _ if ms % 3_600_000 == 0 => format!("{}h", ms / 3_600_000),
+        _ if ms % 60_000 == 0 => format!("{}m", ms / 60_000),
+        _ if ms % 1_000 == 0 => format!("{}s", ms / 1_000),
+        _ => format!("{ms}ms"),
+    }
+}
+
+/// A size in its largest whole binary unit: `1KiB`, `256MiB`, `5GiB`.
+fn bytes(value: usize) -> String {
+    match value {
+        0 => "0".to_owned(),
+        _ if value % (1 << 30) == 0 => format!("{}GiB", value >> 30),
+        _ if value % (1 << 20) == 0 => format!("{}MiB", value >> 20),
+        _ if value % (1 << 10) == 0 => format!("{}KiB", value >> 10),
+        _ => value.to_string(),
+    }
 }
 
 const fn var(name: &'static str, default: &'static str, meaning: &'static str) -> VarSpec {
@@ -23,8 +77,43 @@ const fn var(name: &'static str, default: &'static str, meaning: &'static str) -
         name,
         default,
         meaning,
+        range: Range::Any,
         secret: false,
     }
+}
+
+impl VarSpec {
+    const fn whole(self, min: u64, max: u64) -> VarSpec {
+        VarSpec {
+            range: Range::Whole(min, max),
+            ..self
+        }
+    }
+
+    const fn number(self, min: f64, max: f64) -> VarSpec {
+        VarSpec {
+            range: Range::Number(min, max),
+            ..self
+        }
+    }
+
+    const fn duration(self, min: Duration, max: Duration) -> VarSpec {
+        VarSpec {
+            range: Range::Duration(min, max),
+            ..self
+        }
+    }
+
+    const fn bytes(self, min: usize, max: usize) -> VarSpec {
+        VarSpec {
+            range: Range::Bytes(min, max),
+            ..self
+        }
+    }
+}
+
+const fn hours(n: u64) -> Duration {
+    Duration::from_secs(n * 3600)
 }
 
 /// Every variable classpulse reads.
@@ -40,54 +129,55 @@ pub const VARS: &[VarSpec] = &[
     var("CLASSPULSE_DYNAMODB_ENDPOINT", "", "DynamoDB endpoint override for local servers (unset in production)."),
     var("CLASSPULSE_DYNAMODB_EVENTS_TABLE", "", "DynamoDB table of packed raw events (one item per member, class and pack window); unset: not written."),
     var("CLASSPULSE_DYNAMODB_AGGREGATES_TABLE", "", "DynamoDB table of live and final class aggregates; unset: not written."),
-    var("CLASSPULSE_DYNAMODB_TTL_DAYS", "400", "Items of both tables carry a `ttl` attribute this many days after their event time (0: none)."),
-    var("CLASSPULSE_DYNAMODB_MAX_INFLIGHT", "16", "Most DynamoDB calls in flight per table; throttling lowers it adaptively (AIMD)."),
-    var("CLASSPULSE_DYNAMODB_PACK_WINDOW", "3m", "Event time packed into one events-table item per member: longer windows cost fewer write units (about 35 per 1,000 events at 3m) and hold more events in memory."),
+    var("CLASSPULSE_DYNAMODB_TTL_DAYS", "400", "Items of both tables carry a `ttl` attribute this many days after their event time (0: none).").whole(0, 36_500),
+    var("CLASSPULSE_DYNAMODB_MAX_INFLIGHT", "16", "Most DynamoDB calls in flight per table; throttling lowers it adaptively (AIMD).").whole(1, 1_000),
+    var("CLASSPULSE_DYNAMODB_PACK_WINDOW", "3m", "Event time packed into one events-table item per member: longer windows cost fewer write units (about 35 per 1,000 events at 3m) and hold more events in memory.").duration(Duration::from_secs(1), hours(1)),
     var("CLASSPULSE_KINESIS_ENDPOINT", "", "Kinesis endpoint override for local servers (unset in production)."),
     var("CLASSPULSE_KINESIS_STREAM", "", "Stream to consume, by name or ARN (required with `kinesis`)."),
     var("CLASSPULSE_KINESIS_APP_NAME", "classpulse", "Application name: every task of one deployment shares it; the lease table is named after it unless set."),
     var("CLASSPULSE_KINESIS_LEASE_TABLE", "", "DynamoDB table of shard leases and checkpoints (created if missing); default: the application name."),
     var("CLASSPULSE_KINESIS_START_POSITION", "TRIM_HORIZON", "Where a shard with no checkpoint and no parent starts: `TRIM_HORIZON`, `LATEST` or `AT_TIMESTAMP` (child shards always start at their beginning)."),
     var("CLASSPULSE_KINESIS_START_TIMESTAMP", "", "With `AT_TIMESTAMP`: the time to start from (RFC 3339)."),
-    var("CLASSPULSE_KINESIS_LEASE_DURATION", "10s", "A lease not renewed for this long is taken over by another task (renewed every third of it)."),
-    var("CLASSPULSE_KINESIS_SHARD_SYNC_INTERVAL", "60s", "How often the shard list is read for new shards (also whenever a shard ends)."),
-    var("CLASSPULSE_KINESIS_POLL_INTERVAL", "1s", "GetRecords interval per shard once caught up (while behind: every 200 ms, within the 5 calls/s limit)."),
-    var("CLASSPULSE_KINESIS_MAX_RECORDS", "10000", "Records per GetRecords call at most (the API's limit is 10,000)."),
+    var("CLASSPULSE_KINESIS_LEASE_DURATION", "10s", "A lease not renewed for this long is taken over by another task (renewed every third of it).").duration(Duration::from_secs(1), Duration::from_secs(600)),
+    var("CLASSPULSE_KINESIS_SHARD_SYNC_INTERVAL", "60s", "How often the shard list is read for new shards (also whenever a shard ends).").duration(Duration::from_secs(1), hours(1)),
+    // Each poll vouches that the shard is still at its tip; the word lasts 15 s.
+    var("CLASSPULSE_KINESIS_POLL_INTERVAL", "1s", "GetRecords interval per shard once caught up (while behind: every 200 ms, within the 5 calls/s limit).").duration(Duration::from_millis(200), Duration::from_secs(10)),
+    var("CLASSPULSE_KINESIS_MAX_RECORDS", "10000", "Records per GetRecords call at most (the API's limit is 10,000).").whole(1, 10_000),
     var("CLASSPULSE_KINESIS_EFO", "false", "`true`: read by enhanced fan-out (SubscribeToShard: a dedicated 2 MB/s per shard, pushed) instead of polling GetRecords."),
     var("CLASSPULSE_KINESIS_CONSUMER_NAME", "", "With `CLASSPULSE_KINESIS_EFO=true`: the stream consumer registered (if missing) and read through; default: the application name."),
-    var("CLASSPULSE_BATCH_MAX_EVENTS", "500", "Events the decoder hands to the sinks at once (cut at message boundaries)."),
-    var("CLASSPULSE_CHANNEL_CAPACITY", "16", "Batches queued between stages before the source is slowed."),
-    var("CLASSPULSE_MAX_MESSAGE_BYTES", "1MiB", "Larger messages are dead-lettered as `too_large` without being parsed."),
-    var("CLASSPULSE_MAX_CLOCK_SKEW", "60s", "How far in the future `event_created` may be before `timestamp_skew`."),
-    var("CLASSPULSE_LAKE_MAX_EVENTS", "1000000", "An object is closed at this many records."),
-    var("CLASSPULSE_LAKE_MAX_BYTES", "64MiB", "An object is closed at this many (encoded) bytes."),
-    var("CLASSPULSE_LAKE_MAX_AGE", "300s", "An object is closed this long after it was opened, even with no new data."),
-    var("CLASSPULSE_LAKE_MAX_BUFFER_BYTES", "256MiB", "Cap on bytes buffered in all open objects; the largest are cut early. Part of the task's memory budget: count about twice this (see docs/benchmarks.md)."),
-    var("CLASSPULSE_HR_MAX_BPM", "190", "Heart rate taken as 100% for zones: zone 1 from 50%, each zone 10 points wide, zone 5 from 90%."),
-    var("CLASSPULSE_HR_MAX_GAP", "5s", "A heart-rate sample counts for the gap to the member's previous one, at most this long."),
-    var("CLASSPULSE_WATERMARK_DELAY", "10s", "A class's watermark trails its newest event time by this much (out-of-order tolerance)."),
-    var("CLASSPULSE_ALLOWED_LATENESS", "5m", "Events up to this far behind the watermark still update aggregates; older ones are `late`."),
-    var("CLASSPULSE_CLASS_IDLE_TIMEOUT", "10m", "A class is final once its partition's event time, or the wall clock while the partition is read to its end, passes its last event by this much."),
-    var("CLASSPULSE_AGG_FLUSH_INTERVAL", "5s", "How often live (in-class) values of classes that changed are written, for the screens."),
-    var("CLASSPULSE_AGG_CHECKPOINT_INTERVAL", "30s", "How often aggregate state is checkpointed and final results written; commits wait for it."),
-    var("CLASSPULSE_COMMIT_INTERVAL", "5s", "How often durable positions are committed to the source."),
-    var("CLASSPULSE_SHUTDOWN_TIMEOUT", "25s", "Drain deadline after SIGTERM (ECS stops tasks after 30 s)."),
+    var("CLASSPULSE_BATCH_MAX_EVENTS", "500", "Events the decoder hands to the sinks at once (cut at message boundaries).").whole(1, 100_000),
+    var("CLASSPULSE_CHANNEL_CAPACITY", "16", "Batches queued between stages before the source is slowed.").whole(1, 4096),
+    var("CLASSPULSE_MAX_MESSAGE_BYTES", "1MiB", "Larger messages are dead-lettered as `too_large` without being parsed.").bytes(1 << 10, 256 << 20),
+    var("CLASSPULSE_MAX_CLOCK_SKEW", "60s", "How far in the future `event_created` may be before `timestamp_skew`.").duration(Duration::ZERO, hours(24)),
+    var("CLASSPULSE_LAKE_MAX_EVENTS", "1000000", "An object is closed at this many records.").whole(1, 100_000_000),
+    var("CLASSPULSE_LAKE_MAX_BYTES", "64MiB", "An object is closed at this many (encoded) bytes.").bytes(1 << 10, 5 << 30),
+    var("CLASSPULSE_LAKE_MAX_AGE", "300s", "An object is closed this long after it was opened, even with no new data.").duration(Duration::from_secs(1), hours(24)),
+    var("CLASSPULSE_LAKE_MAX_BUFFER_BYTES", "256MiB", "Cap on bytes buffered in all open objects; the largest are cut early. Part of the task's memory budget: count about twice this (see docs/benchmarks.md).").bytes(1 << 20, 64 << 30),
+    var("CLASSPULSE_HR_MAX_BPM", "190", "Heart rate taken as 100% for zones: zone 1 from 50%, each zone 10 points wide, zone 5 from 90%.").number(100.0, 250.0),
+    var("CLASSPULSE_HR_MAX_GAP", "5s", "A heart-rate sample counts for the gap to the member's previous one, at most this long.").duration(Duration::from_secs(1), Duration::from_secs(60)),
+    var("CLASSPULSE_WATERMARK_DELAY", "10s", "A class's watermark trails its newest event time by this much (out-of-order tolerance).").duration(Duration::ZERO, hours(1)),
+    var("CLASSPULSE_ALLOWED_LATENESS", "5m", "Events up to this far behind the watermark still update aggregates; older ones are `late`.").duration(Duration::ZERO, hours(24)),
+    var("CLASSPULSE_CLASS_IDLE_TIMEOUT", "10m", "A class is final once its partition's event time, or the wall clock while the partition is read to its end, passes its last event by this much.").duration(Duration::from_secs(1), hours(24)),
+    var("CLASSPULSE_AGG_FLUSH_INTERVAL", "5s", "How often live (in-class) values of classes that changed are written, for the screens.").duration(Duration::from_millis(100), hours(1)),
+    var("CLASSPULSE_AGG_CHECKPOINT_INTERVAL", "30s", "How often aggregate state is checkpointed and final results written; commits wait for it.").duration(Duration::from_millis(100), hours(1)),
+    var("CLASSPULSE_COMMIT_INTERVAL", "5s", "How often durable positions are committed to the source.").duration(Duration::from_millis(10), hours(1)),
+    var("CLASSPULSE_SHUTDOWN_TIMEOUT", "25s", "Drain deadline after SIGTERM (ECS stops tasks after 30 s).").duration(Duration::from_secs(1), hours(1)),
     var("CLASSPULSE_HTTP_ADDR", "127.0.0.1:9898", "Address of /metrics, /healthz and /readyz (port 0: any free port)."),
     var("CLASSPULSE_LOG_FORMAT", "text", "`text`, or `json` for ECS/CloudWatch."),
     var("CLASSPULSE_LOG_LEVEL", "info", "tracing filter, e.g. `info` or `classpulse=debug`."),
-    var("CLASSPULSE_EMF_INTERVAL", "60s", "With `json` logs: how often a CloudWatch Embedded Metric Format line with the largest source lag goes to stdout, for autoscaling (0s: never)."),
-    var("CLASSPULSE_PROGRESS_INTERVAL", "5s", "How often `run` logs a progress line (0s: never)."),
-    var("CLASSPULSE_SIM_STUDIOS", "20", "Simulator: studios running classes."),
-    var("CLASSPULSE_SIM_MEMBERS", "12", "Simulator: members in each class."),
-    var("CLASSPULSE_SIM_CLASS_MINUTES", "60", "Simulator: length of a class."),
-    var("CLASSPULSE_SIM_DURATION", "60m", "Simulator: span of event time simulated (the run ends after it)."),
+    var("CLASSPULSE_EMF_INTERVAL", "60s", "With `json` logs: how often a CloudWatch Embedded Metric Format line with the largest source lag goes to stdout, for autoscaling (0s: never).").duration(Duration::ZERO, hours(1)),
+    var("CLASSPULSE_PROGRESS_INTERVAL", "5s", "How often `run` logs a progress line (0s: never).").duration(Duration::ZERO, hours(1)),
+    var("CLASSPULSE_SIM_STUDIOS", "20", "Simulator: studios running classes.").whole(1, 10_000),
+    var("CLASSPULSE_SIM_MEMBERS", "12", "Simulator: members in each class.").whole(1, 200),
+    var("CLASSPULSE_SIM_CLASS_MINUTES", "60", "Simulator: length of a class.").whole(1, 24 * 60),
+    var("CLASSPULSE_SIM_DURATION", "60m", "Simulator: span of event time simulated (the run ends after it).").duration(Duration::from_secs(1), hours(7 * 24)),
     var("CLASSPULSE_SIM_SPEEDUP", "120", "Simulator: event time runs this many times faster than the wall clock (0: as fast as possible)."),
-    var("CLASSPULSE_SIM_PARTITIONS", "4", "Simulator: partitions classes are spread over, as on a Kafka topic."),
-    var("CLASSPULSE_SIM_SEED", "", "Simulator: random seed; with CLASSPULSE_SIM_START set too, a run is reproducible event for event."),
+    var("CLASSPULSE_SIM_PARTITIONS", "4", "Simulator: partitions classes are spread over, as on a Kafka topic.").whole(1, 1024),
+    var("CLASSPULSE_SIM_SEED", "", "Simulator: random seed; with CLASSPULSE_SIM_START set too, a run is reproducible event for event.").whole(0, u64::MAX),
     var("CLASSPULSE_SIM_START", "", "Simulator: event time of the start (RFC 3339); default: now minus the duration."),
-    var("CLASSPULSE_SIM_DUPLICATE_RATE", "0.01", "Simulator: share of events sent twice (producer retries)."),
-    var("CLASSPULSE_SIM_OUT_OF_ORDER_RATE", "0.02", "Simulator: share of events delayed by a few seconds."),
-    var("CLASSPULSE_SIM_INVALID_RATE", "0.005", "Simulator: share of events corrupted (each ends as a dead letter)."),
+    var("CLASSPULSE_SIM_DUPLICATE_RATE", "0.01", "Simulator: share of events sent twice (producer retries).").number(0.0, 1.0),
+    var("CLASSPULSE_SIM_OUT_OF_ORDER_RATE", "0.02", "Simulator: share of events delayed by a few seconds.").number(0.0, 1.0),
+    var("CLASSPULSE_SIM_INVALID_RATE", "0.005", "Simulator: share of events corrupted (each ends as a dead letter).").number(0.0, 1.0),
 ];
 
 /// Variables of earlier releases and their names now: setting an old one is refused with its
@@ -127,4 +217,21 @@ pub(super) fn spec(name: &str) -> &'static VarSpec {
     VARS.iter()
         .find(|spec| spec.name == name)
         .unwrap_or_else(|| panic!("{name} is read but not declared in config::VARS"))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_range_reads_in_the_units_an_operator_writes() {
+        let described = |name: &str| spec(name).range.describe().unwrap();
+        assert_eq!(described("CLASSPULSE_COMMIT_INTERVAL"), "10ms to 1h");
+        assert_eq!(described("CLASSPULSE_HR_MAX_GAP"), "1s to 1m");
+        assert_eq!(described("CLASSPULSE_MAX_CLOCK_SKEW"), "0s to 24h");
+        assert_eq!(described("CLASSPULSE_LAKE_MAX_BYTES"), "1KiB to 5GiB");
+        assert_eq!(described("CLASSPULSE_BATCH_MAX_EVENTS"), "1 to 100000");
+        assert_eq!(described("CLASSPULSE_SIM_DUPLICATE_RATE"), "0 to 1");
+        assert_eq!(spec("CLASSPULSE_SOURCE").range.describe(), None);
+    }
 }

@@ -498,34 +498,49 @@ const POLL: Duration = Duration::from_millis(250);
 pub fn wait_until<T>(
     within: Duration,
     what: &str,
-    mut condition: impl FnMut() -> Result<T, String>,
+    condition: impl FnMut() -> Result<T, String>,
 ) -> T {
-    let deadline = Instant::now() + within;
-    loop {
-        match condition() {
-            Ok(found) => return found,
-            Err(state) if Instant::now() >= deadline => {
-                panic!("{what}: not within {within:?}: {state}")
-            }
-            Err(_) => std::thread::sleep(POLL),
-        }
-    }
+    poll_until(within, condition)
+        .unwrap_or_else(|state| panic!("{what}: not within {within:?}: {state}"))
 }
 
 /// [`wait_until`] with a condition that awaits (it sleeps on the runtime's timer).
-pub async fn wait_until_async<T, F, Fut>(within: Duration, what: &str, mut condition: F) -> T
+pub async fn wait_until_async<T, F, Fut>(within: Duration, what: &str, condition: F) -> T
 where
     F: FnMut() -> Fut,
     Fut: std::future::Future<Output = Result<T, String>>,
 {
+    poll_until_async(within, condition)
+        .await
+        .unwrap_or_else(|state| panic!("{what}: not within {within:?}: {state}"))
+}
+
+/// Looks at `condition` until it holds (`Ok`) or `within` has passed, and returns its last
+/// answer: for a caller that reports a failure with more than the condition knows (a log).
+pub fn poll_until<T, E>(
+    within: Duration,
+    mut condition: impl FnMut() -> Result<T, E>,
+) -> Result<T, E> {
+    let deadline = Instant::now() + within;
+    loop {
+        match condition() {
+            Err(_) if Instant::now() < deadline => std::thread::sleep(POLL),
+            answer => return answer,
+        }
+    }
+}
+
+/// [`poll_until`] with a condition that awaits.
+pub async fn poll_until_async<T, E, F, Fut>(within: Duration, mut condition: F) -> Result<T, E>
+where
+    F: FnMut() -> Fut,
+    Fut: std::future::Future<Output = Result<T, E>>,
+{
     let deadline = Instant::now() + within;
     loop {
         match condition().await {
-            Ok(found) => return found,
-            Err(state) if Instant::now() >= deadline => {
-                panic!("{what}: not within {within:?}: {state}")
-            }
-            Err(_) => tokio::time::sleep(POLL).await,
+            Err(_) if Instant::now() < deadline => tokio::time::sleep(POLL).await,
+            answer => return answer,
         }
     }
 }
@@ -563,17 +578,18 @@ pub async fn await_lake_ids(lake: &Path, events: usize, within: Duration) -> BTr
 
 /// Waits until `lake` holds `classes` final class summaries; returns how many it holds.
 pub fn await_final_classes(lake: &Path, classes: usize, within: Duration) -> usize {
-    let deadline = Instant::now() + within;
-    loop {
+    let answer = poll_until(within, || {
         let summaries = aggregate_files(lake)
             .keys()
             .filter(|name| name.starts_with("classes/"))
             .count();
-        if summaries >= classes || Instant::now() > deadline {
-            return summaries;
+        if summaries >= classes {
+            Ok(summaries)
+        } else {
+            Err(summaries)
         }
-        std::thread::sleep(POLL);
-    }
+    });
+    answer.unwrap_or_else(|summaries| summaries)
 }
 
 /// Runs `member` (a command writing into `lake`) until `lake` holds `classes` final class

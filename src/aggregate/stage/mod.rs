@@ -528,7 +528,18 @@ pub(crate) mod tests {
             .send(batch(first_task.acks(), 1, 0..=4))
             .await
             .unwrap();
-        tokio::time::sleep(Duration::from_millis(1_500)).await; // a checkpoint at 4
+        // The first task's checkpoint at 4 is durable before it loses the partition.
+        let checkpoints = directory
+            .path()
+            .join("checkpoints/aggregates/kafka-events-0");
+        let written = async {
+            while std::fs::read_dir(&checkpoints).map_or(true, |mut dir| dir.next().is_none()) {
+                tokio::time::sleep(Duration::from_millis(50)).await;
+            }
+        };
+        tokio::time::timeout(Duration::from_secs(30), written)
+            .await
+            .expect("a checkpoint within 30 s");
         first_task.revoke(&partition);
 
         // Another task owns it meanwhile: restores 0-4 and counts 5-9, then drains.
@@ -553,8 +564,8 @@ pub(crate) mod tests {
         );
 
         // The first task gets it back and reads on from the committed offset 10. What it held
-        // before is stale: it must start from the other task's checkpoint.
-        tokio::time::sleep(Duration::from_millis(1_100)).await; // a tick notices the revoke
+        // before is stale: it must start from the other task's checkpoint, whether a tick or
+        // the next batch is the first to see the new turn.
         first_task.assign(&partition);
         to_first
             .send(batch(first_task.acks(), 3, 10..=14))

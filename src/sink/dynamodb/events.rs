@@ -48,12 +48,11 @@ use chrono::{DateTime, SecondsFormat, Utc};
 use serde::{Deserialize, Serialize};
 use serde_json::value::RawValue;
 use tokio::time::Instant;
-use xxhash_rust::xxh3::xxh3_128;
 
 use super::{ttl_seconds, Item, RejectedItem, TableWriter, PARTITION_KEY, SORT_KEY, TTL_ATTRIBUTE};
 use crate::ack::{AckToken, PartitionId};
 use crate::decode::DecodedBatch;
-use crate::event::{EventType, PerformanceEvent, Verdict};
+use crate::event::{fingerprint, EventType, PerformanceEvent, Verdict};
 use crate::metrics;
 use crate::sink::dead_letter::{DeadLetterLine, NdjsonZstEncoder};
 use crate::sink::object::Encoder;
@@ -569,7 +568,7 @@ impl Packs {
             class_id: Arc::clone(&event.class_id),
             window_start_ms,
         };
-        let id_hash = xxh3_128(event.event_id.as_bytes());
+        let id_hash = fingerprint(&event.event_id);
         let item = match self.open.get_mut(&key) {
             Some(item) => item,
             None => {

@@ -9,7 +9,7 @@ use std::time::Duration;
 use aws_sdk_kinesis::error::{ProvideErrorMetadata, SdkError};
 use tokio::time::Instant;
 
-use super::lease::{plan_takes, Checkpoint, LeaseError, Observations};
+use super::lease::{plan_takes, Checkpoint, Lease, LeaseError, Observations};
 use super::reader::start_reader;
 use super::{lease, lease_failure, shard_index, Held, Shared, KIND, MAX_TAKES_PER_ROUND};
 use crate::retry::Backoff;
@@ -163,8 +163,24 @@ pub(super) async fn coordinate_round(
     observations: &mut Observations,
 ) -> Result<(), RoundError> {
     let mut held = shared.held.lock().await;
-    // Second half of hand-offs begun last round: the sinks have dropped what they held of the
-    // shard by now, so the new owner cannot meet a late write of ours.
+    complete_handoffs(shared, &mut held).await?;
+    renew_held(shared, &mut held).await?;
+    finish_read_shards(shared, &mut held).await?;
+    shared.health.ready("source");
+    let leases = shared.leases.list().await?;
+    let expired = observations.expired(&leases, Instant::now(), shared.config.lease_duration);
+    follow_lease_table(shared, &mut held, &leases).await?;
+    take_by_plan(shared, &mut held, &leases, &expired).await?;
+    crate::metrics::set_leases_held(KIND, held.len());
+    Ok(())
+}
+
+/// Second half of the hand-offs begun last round: the sinks have dropped what they held of the
+/// shard by now, so the new owner cannot meet a late write of ours.
+async fn complete_handoffs(
+    shared: &Shared,
+    held: &mut BTreeMap<String, Held>,
+) -> Result<(), RoundError> {
     let handing_off: Vec<(String, String)> = held
         .iter()
         .filter_map(|(shard, lease)| Some((shard.clone(), lease.handing_off.clone()?)))
@@ -183,6 +199,11 @@ pub(super) async fn coordinate_round(
             None => tracing::info!(shard = %shard_id, "lease moved on before the hand-off"),
         }
     }
+    Ok(())
+}
+
+/// Renews every lease held; one whose renewal is refused is lost.
+async fn renew_held(shared: &Shared, held: &mut BTreeMap<String, Held>) -> Result<(), RoundError> {
     for shard_id in held.keys().cloned().collect::<Vec<_>>() {
         let counter = held[&shard_id].counter;
         match shared
@@ -195,11 +216,18 @@ pub(super) async fn coordinate_round(
                 lease.counter = counter;
                 lease.renewed_at = Instant::now();
             }
-            None => lose(shared, &mut held, &shard_id, "renewal refused"),
+            None => lose(shared, held, &shard_id, "renewal refused"),
         }
     }
-    // A shard read to its end with every record already checkpointed (or none at all) gets
-    // no further commit: finish it here.
+    Ok(())
+}
+
+/// Finishes the shards read to their end with every record already checkpointed (or none at
+/// all): they get no further commit.
+async fn finish_read_shards(
+    shared: &Shared,
+    held: &mut BTreeMap<String, Held>,
+) -> Result<(), RoundError> {
     let finished: Vec<(String, u64)> = {
         let positions = shared.positions.lock().unwrap_or_else(|e| e.into_inner());
         held.keys()
@@ -222,35 +250,52 @@ pub(super) async fn coordinate_round(
             )
             .await?
         {
-            Some(_) => finish_shard(shared, &mut held, &shard_id),
-            None => lose(shared, &mut held, &shard_id, "checkpoint refused"),
+            Some(_) => finish_shard(shared, held, &shard_id),
+            None => lose(shared, held, &shard_id, "checkpoint refused"),
         }
     }
-    shared.health.ready("source");
+    Ok(())
+}
 
-    let leases = shared.leases.list().await?;
-    let expired = observations.expired(&leases, Instant::now(), shared.config.lease_duration);
-    // Leases the table says are someone else's (taken while our renewal was in flight).
-    for lease in &leases {
+/// Follows what the lease table says of this task's leases: one taken by another task while
+/// our renewal was in flight is lost, one handed to this task starts reading, and one another
+/// task asked for begins its hand-off.
+async fn follow_lease_table(
+    shared: &Arc<Shared>,
+    held: &mut BTreeMap<String, Held>,
+    leases: &[Lease],
+) -> Result<(), RoundError> {
+    for lease in leases {
         if held.contains_key(&lease.shard_id) && lease.owner.as_deref() != Some(&shared.worker) {
-            lose(shared, &mut held, &lease.shard_id, "taken by another task");
+            lose(shared, held, &lease.shard_id, "taken by another task");
         }
     }
-    for lease in &leases {
+    for lease in leases {
         if lease.owner.as_deref() != Some(&shared.worker) || lease.is_finished() {
             continue;
         }
         match (held.get(&lease.shard_id), &lease.handoff_to) {
             // Handed to this task by its last owner.
-            (None, _) => start_reader(shared, &mut held, lease, lease.counter),
+            (None, _) => start_reader(shared, held, lease, lease.counter),
             // Another task asked for it: stop reading and begin the hand-off.
             (Some(ours), Some(to)) if ours.handing_off.is_none() && to != &shared.worker => {
-                begin_handoff(shared, &mut held, &lease.shard_id, to).await?;
+                begin_handoff(shared, held, &lease.shard_id, to).await?;
             }
             _ => {}
         }
     }
-    for shard_id in plan_takes(&leases, &expired, &shared.worker, MAX_TAKES_PER_ROUND) {
+    Ok(())
+}
+
+/// Takes the leases the plan gives this task: an expired one at once, a live one by asking its
+/// owner for a hand-off.
+async fn take_by_plan(
+    shared: &Arc<Shared>,
+    held: &mut BTreeMap<String, Held>,
+    leases: &[Lease],
+    expired: &[String],
+) -> Result<(), RoundError> {
+    for shard_id in plan_takes(leases, expired, &shared.worker, MAX_TAKES_PER_ROUND) {
         let Some(lease) = leases.iter().find(|lease| lease.shard_id == shard_id) else {
             continue;
         };
@@ -270,12 +315,11 @@ pub(super) async fn coordinate_round(
                     .take(&shard_id, lease.counter, &shared.worker)
                     .await?
                 {
-                    start_reader(shared, &mut held, lease, counter);
+                    start_reader(shared, held, lease, counter);
                 }
             }
         }
     }
-    crate::metrics::set_leases_held(KIND, held.len());
     Ok(())
 }
 

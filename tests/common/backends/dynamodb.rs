@@ -114,14 +114,15 @@ impl PrivateDynamo {
         };
         // Listening is not serving yet: wait for an answer.
         let client = server.client().await;
-        let deadline = std::time::Instant::now() + Duration::from_secs(60);
-        while client.list_tables().send().await.is_err() {
-            assert!(
-                std::time::Instant::now() < deadline,
-                "private DynamoDB Local did not answer in 60 s"
-            );
-            tokio::time::sleep(Duration::from_millis(200)).await;
-        }
+        crate::common::wait_until_async(
+            Duration::from_secs(60),
+            "the private DynamoDB Local answering",
+            || async {
+                let answer = client.list_tables().send().await;
+                answer.map_err(|e| format!("{}", aws_sdk_dynamodb::error::DisplayErrorContext(e)))
+            },
+        )
+        .await;
         server
     }
 

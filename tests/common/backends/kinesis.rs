@@ -12,27 +12,24 @@ pub async fn kinesis_client(endpoint: &str) -> aws_sdk_kinesis::Client {
 
 /// Waits until `stream` is ACTIVE (after a create, split or merge).
 pub async fn await_stream_active(kinesis: &aws_sdk_kinesis::Client, stream: &str) {
-    let deadline = std::time::Instant::now() + Duration::from_secs(30);
-    loop {
+    let what = format!("stream {stream} active");
+    crate::common::wait_until_async(Duration::from_secs(30), &what, || async {
         let summary = kinesis
             .describe_stream_summary()
             .stream_name(stream)
             .send()
             .await
             .unwrap();
-        let status = summary
+        match summary
             .stream_description_summary()
             .unwrap()
-            .stream_status();
-        if status == &aws_sdk_kinesis::types::StreamStatus::Active {
-            return;
+            .stream_status()
+        {
+            aws_sdk_kinesis::types::StreamStatus::Active => Ok(()),
+            other => Err(format!("it is {other:?}")),
         }
-        assert!(
-            std::time::Instant::now() < deadline,
-            "stream {stream} not active in 30 s"
-        );
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
+    })
+    .await;
 }
 
 /// Creates a stream of `shards` shards with a unique name and waits until it is active.

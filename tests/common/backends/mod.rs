@@ -148,14 +148,11 @@ impl ServerProcess {
             .spawn()
             .unwrap_or_else(|error| panic!("{command:?}: {error}"));
         self.0 = Some(child);
-        let deadline = std::time::Instant::now() + Duration::from_secs(30);
-        while TcpStream::connect_timeout(&addr, Duration::from_millis(200)).is_err() {
-            assert!(
-                std::time::Instant::now() < deadline,
-                "{command:?} did not listen on {addr} in 30 s"
-            );
-            tokio::time::sleep(Duration::from_millis(100)).await;
-        }
+        let what = format!("{command:?} listening on {addr}");
+        crate::common::wait_until_async(Duration::from_secs(30), &what, || async {
+            TcpStream::connect_timeout(&addr, Duration::from_millis(200)).map_err(|e| e.to_string())
+        })
+        .await;
     }
 
     /// Sends it a signal (`STOP`, `CONT`).
