@@ -451,6 +451,107 @@ pub struct Minute {
     pub bpm: Stat,
 }
 
+/// Counted event ids (fingerprints) by event-time bucket ([`DEDUP_BUCKET_MS`]), with one index
+/// over every bucket: judging an event is one probe however many buckets the lateness horizon
+/// spans. Serialised as the buckets alone; the index is rebuilt when they are read.
+#[derive(Clone, Default)]
+pub struct SeenIds {
+    buckets: BTreeMap<i64, Vec<u128>>,
+    index: IdSet,
+}
+
+impl SeenIds {
+    /// Whether `id` is held, in any bucket.
+    pub fn contains(&self, id: u128) -> bool {
+        self.index.contains(&id)
+    }
+
+    /// Holds `id` in the bucket starting at `bucket_ms`, unless it is held already.
+    pub fn insert(&mut self, bucket_ms: i64, id: u128) {
+        if self.index.insert(id) {
+            self.buckets.entry(bucket_ms).or_default().push(id);
+        }
+    }
+
+    /// Adds every id `other` holds.
+    pub fn merge(&mut self, other: SeenIds) {
+        for (bucket_ms, ids) in other.buckets {
+            for id in ids {
+                self.insert(bucket_ms, id);
+            }
+        }
+    }
+
+    /// Forgets the buckets that end at or before `limit_ms`.
+    pub fn forget_ending_by(&mut self, limit_ms: i64) {
+        while let Some(bucket) = self.buckets.first_entry() {
+            if bucket.key().saturating_add(DEDUP_BUCKET_MS) > limit_ms {
+                break;
+            }
+            for id in bucket.remove() {
+                self.index.remove(&id);
+            }
+        }
+    }
+
+    /// Forgets every id.
+    pub fn clear(&mut self) {
+        self.buckets.clear();
+        self.index.clear();
+    }
+
+    /// How many ids it holds.
+    pub fn len(&self) -> usize {
+        self.index.len()
+    }
+
+    /// Whether it holds none.
+    pub fn is_empty(&self) -> bool {
+        self.index.is_empty()
+    }
+
+    /// Bytes held, roughly: the buckets' ids and the index's slots.
+    pub fn approx_bytes(&self) -> usize {
+        let buckets: usize = self
+            .buckets
+            .values()
+            .map(|ids| 64 + ids.capacity() * 16)
+            .sum();
+        buckets + self.index.capacity() * 17
+    }
+}
+
+/// The buckets, each one's ids sorted: the same ids print the same in whatever order they came.
+impl std::fmt::Debug for SeenIds {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let sorted = self.buckets.iter().map(|(bucket_ms, ids)| {
+            let mut ids = ids.clone();
+            ids.sort_unstable();
+            (bucket_ms, ids)
+        });
+        f.debug_map().entries(sorted).finish()
+    }
+}
+
+impl Serialize for SeenIds {
+    fn serialize<S: serde::Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
+        self.buckets.serialize(serializer)
+    }
+}
+
+impl<'de> Deserialize<'de> for SeenIds {
+    fn deserialize<D: serde::Deserializer<'de>>(deserializer: D) -> Result<SeenIds, D::Error> {
+        let buckets = BTreeMap::<i64, Vec<u128>>::deserialize(deserializer)?;
+        let mut seen = SeenIds::default();
+        for (bucket_ms, ids) in buckets {
+            for id in ids {
+                seen.insert(bucket_ms, id);
+            }
+        }
+        Ok(seen)
+    }
+}
+
 /// Everything aggregated about one class so far.
 #[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct ClassState {
@@ -467,7 +568,7 @@ pub struct ClassState {
     /// Hashes (xxh3-128) of counted event ids by event-time bucket ([`DEDUP_BUCKET_MS`]), for
     /// duplicates; a bucket is dropped once it ends before the watermark minus the allowed
     /// lateness.
-    pub seen: BTreeMap<i64, IdSet>,
+    pub seen: SeenIds,
     /// Members by id.
     pub members: BTreeMap<Box<str>, MemberState>,
     /// Minute windows by start time.
@@ -528,14 +629,14 @@ impl ClassState {
 
     /// Whether an event id was already counted (within the lateness horizon).
     pub fn has_seen(&self, id_hash: u128) -> bool {
-        self.seen.values().any(|ids| ids.contains(&id_hash))
+        self.seen.contains(id_hash)
     }
 
     /// Counts an event that is neither a duplicate nor late.
     pub fn add(&mut self, event: &PerformanceEvent, id_hash: u128) {
         self.changed = true;
         let bucket_ms = event.event_time_ms.div_euclid(DEDUP_BUCKET_MS) * DEDUP_BUCKET_MS;
-        self.seen.entry(bucket_ms).or_default().insert(id_hash);
+        self.seen.insert(bucket_ms, id_hash);
         let minute_ms = event.event_time_ms.div_euclid(MINUTE_MS) * MINUTE_MS;
         self.first_event_ms = self.first_event_ms.min(event.event_time_ms);
         self.last_event_ms = self.last_event_ms.max(event.event_time_ms);
@@ -578,9 +679,7 @@ impl ClassState {
         self.first_event_ms = self.first_event_ms.min(other.first_event_ms);
         self.last_event_ms = self.last_event_ms.max(other.last_event_ms);
         self.last_seen_wall_ms = self.last_seen_wall_ms.max(other.last_seen_wall_ms);
-        for (bucket_ms, ids) in other.seen {
-            self.seen.entry(bucket_ms).or_default().extend(ids);
-        }
+        self.seen.merge(other.seen);
         // Members keep this part's indexes; the other's new members follow, in their order.
         let mut theirs: Vec<(Box<str>, MemberState)> = other.members.into_iter().collect();
         theirs.sort_by_key(|(_, member)| member.index);
@@ -622,8 +721,7 @@ impl ClassState {
         for member in self.members.values_mut() {
             member.heart_rate.seal_before(limit, rules);
         }
-        self.seen
-            .retain(|bucket_ms, _| bucket_ms.saturating_add(DEDUP_BUCKET_MS) > limit);
+        self.seen.forget_ending_by(limit);
     }
 
     /// Seals everything (the class is final).
@@ -768,8 +866,7 @@ impl ClassState {
             .values()
             .map(|m| 64 + m.members.capacity() * 4)
             .sum();
-        let seen: usize = self.seen.values().map(|ids| 64 + ids.capacity() * 17).sum();
-        std::mem::size_of::<ClassState>() + seen + members + minutes
+        std::mem::size_of::<ClassState>() + self.seen.approx_bytes() + members + minutes
     }
 }
 

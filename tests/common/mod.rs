@@ -278,16 +278,10 @@ impl Running {
 
     /// Waits for the exit; returns the exit code, stdout, and the remaining log lines.
     pub fn wait(mut self, timeout: Duration) -> (Option<i32>, String, Vec<String>) {
-        let deadline = Instant::now() + timeout;
-        let status = loop {
-            if let Some(status) = self.child.try_wait().unwrap() {
-                break status;
-            }
-            if Instant::now() > deadline {
-                let _ = self.child.kill();
-                panic!("classpulse did not exit within {timeout:?}");
-            }
-            std::thread::sleep(Duration::from_millis(50));
+        let exited = poll_until(timeout, || self.child.try_wait().unwrap().ok_or(()));
+        let Ok(status) = exited else {
+            let _ = self.child.kill();
+            panic!("classpulse did not exit within {timeout:?}");
         };
         let mut stdout = String::new();
         self.child
@@ -579,23 +573,24 @@ pub async fn await_lake_ids(lake: &Path, events: usize, within: Duration) -> BTr
 
 /// Waits until `lake` holds `classes` final class summaries; returns how many it holds.
 pub fn await_final_classes(lake: &Path, classes: usize, within: Duration) -> usize {
-    let answer = poll_until(within, || {
-        let summaries = aggregate_files(lake)
-            .keys()
-            .filter(|name| name.starts_with("classes/"))
-            .count();
-        if summaries >= classes {
-            Ok(summaries)
-        } else {
-            Err(summaries)
-        }
+    let answer = poll_until(within, || match final_classes(lake) {
+        summaries if summaries >= classes => Ok(summaries),
+        summaries => Err(summaries),
     });
     answer.unwrap_or_else(|summaries| summaries)
 }
 
+/// How many final class summaries `lake` holds.
+pub fn final_classes(lake: &Path) -> usize {
+    aggregate_files(lake)
+        .keys()
+        .filter(|name| name.starts_with("classes/"))
+        .count()
+}
+
 /// Runs `member` (a command writing into `lake`) until `lake` holds `classes` final class
-/// summaries, then drains it; fails the test, with its log, if they are not all there within
-/// 150 s (generous: a member behind a fault proxy on a loaded machine may take a minute to join
+/// summaries, then drains it; fails the test, with its log, if the member exits first or they
+/// are not all there within 150 s (generous: a member behind a fault proxy on a loaded machine may take a minute to join
 /// its group and fetch; a run that is done returns at once).
 /// Returns the member's log lines.
 pub async fn run_until_final(member: &mut Command, lake: &Path, classes: usize) -> Vec<String> {
@@ -609,11 +604,28 @@ pub async fn run_until_final_within(
     classes: usize,
     within: Duration,
 ) -> Vec<String> {
-    let running = Running::start(member);
+    let mut running = Running::start(member);
     let path = lake.to_owned();
-    let finals = tokio::task::spawn_blocking(move || await_final_classes(&path, classes, within))
-        .await
-        .unwrap();
+    let (running, finals, exited) = tokio::task::spawn_blocking(move || {
+        let answer = poll_until(within, || match final_classes(&path) {
+            summaries if summaries >= classes => Ok((summaries, None)),
+            summaries => match running.child.try_wait().unwrap() {
+                Some(status) => Ok((summaries, Some(status))),
+                None => Err(summaries),
+            },
+        });
+        let (finals, exited) = answer.unwrap_or_else(|summaries| (summaries, None));
+        (running, finals, exited)
+    })
+    .await
+    .unwrap();
+    if let Some(status) = exited {
+        let (_, _, logs) = running.wait(Duration::from_secs(5));
+        panic!(
+            "classpulse exited ({status}) with {finals} of {classes} classes final; log:\n{}",
+            logs.join("\n")
+        );
+    }
     let (_, logs) = drain(running).await;
     assert_eq!(
         finals,
