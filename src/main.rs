@@ -236,7 +236,7 @@ async fn run(config: Config) -> anyhow::Result<()> {
     let shutdown = shutdown::on_signals().context("installing signal handlers")?;
     let http_shutdown = serve_http(&config, &health).await?;
     let msk_iam = msk_iam(&config).await?;
-    let (source, simulator_stats) = open_source(&config, &health, &msk_iam).await?;
+    let (source, simulator_stats) = open_source(&config, &health, msk_iam.as_ref()).await?;
     let lake = ObjectWriter::open(
         &config.lake,
         source.kind(),
@@ -259,7 +259,7 @@ async fn run(config: Config) -> anyhow::Result<()> {
         dynamodb.as_ref(),
         &lake,
         &health,
-        &msk_iam,
+        msk_iam.as_ref(),
         &mut table_writers,
     )?;
     tracing::info!(source = source.kind(), lake = %describe_lake(&config.lake.location), "classpulse starting");
@@ -319,7 +319,7 @@ async fn msk_iam(config: &Config) -> anyhow::Result<Option<MskIam>> {
 async fn open_source(
     config: &Config,
     health: &Health,
-    msk_iam: &Option<MskIam>,
+    msk_iam: Option<&MskIam>,
 ) -> anyhow::Result<(Box<dyn Source>, Option<Arc<SimulatorStats>>)> {
     Ok(match config.source {
         SourceKind::Simulator => {
@@ -332,7 +332,7 @@ async fn open_source(
                 &config.kafka,
                 config.batch_max_events,
                 health.clone(),
-                msk_iam.clone(),
+                msk_iam.cloned(),
             )?;
             (Box::new(source), None)
         }
@@ -420,7 +420,7 @@ fn sinks(
     dynamodb: Option<&aws_sdk_dynamodb::Client>,
     lake: &ObjectWriter,
     health: &Health,
-    msk_iam: &Option<MskIam>,
+    msk_iam: Option<&MskIam>,
     table_writers: &mut Vec<TableWriter>,
 ) -> anyhow::Result<Vec<Box<dyn Sink>>> {
     let limits = ObjectLimits::from_config(&config.lake);
@@ -448,7 +448,7 @@ fn sinks(
             &config.kafka,
             topic,
             health.clone(),
-            msk_iam.clone(),
+            msk_iam.cloned(),
         )?));
     }
     Ok(sinks)

@@ -500,16 +500,6 @@ impl SeenIds {
         self.index.clear();
     }
 
-    /// How many ids it holds.
-    pub fn len(&self) -> usize {
-        self.index.len()
-    }
-
-    /// Whether it holds none.
-    pub fn is_empty(&self) -> bool {
-        self.index.is_empty()
-    }
-
     /// Bytes held, roughly: the buckets' ids and the index's slots.
     pub fn approx_bytes(&self) -> usize {
         let buckets: usize = self
