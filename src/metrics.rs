@@ -80,6 +80,14 @@ pub const AGGREGATE_HANDOFFS: &str = "classpulse_aggregate_handoffs_total";
 /// Partitions refused because their newest checkpoint is of a newer format than this build
 /// reads (once per turn of ownership).
 pub const AGGREGATE_PARTITIONS_REFUSED: &str = "classpulse_aggregate_partitions_refused_total";
+/// Requests for sealed id segments (the ids of classes' late copies). Labels: `request`
+/// (`put`: a segment written; `list`: a class's segments listed; `get`: one read back).
+pub const ID_SEGMENT_REQUESTS: &str = "classpulse_id_segment_requests_total";
+/// Late events looked up in their class's sealed id segments. Labels: `outcome`
+/// (`duplicate`: found there, left out of the lake; `late`: not found, written once).
+pub const ID_SEGMENT_LOOKUPS: &str = "classpulse_id_segment_lookups_total";
+/// Ids held by the task's cache of sealed id segments.
+pub const ID_SEGMENT_CACHED_IDS: &str = "classpulse_id_segment_cached_ids";
 /// Approximate memory held by aggregate state.
 pub const AGGREGATE_STATE_BYTES: &str = "classpulse_aggregate_state_bytes";
 /// Time to write one round of aggregate checkpoints and final results.
@@ -135,6 +143,21 @@ fn describe() {
         EVENTS_LATE,
         Unit::Count,
         "Events beyond the allowed lateness or for a final class: left out of aggregates, flagged in the lake."
+    );
+    describe_counter!(
+        ID_SEGMENT_REQUESTS,
+        Unit::Count,
+        "Requests for sealed id segments, by request (put, list, get)."
+    );
+    describe_counter!(
+        ID_SEGMENT_LOOKUPS,
+        Unit::Count,
+        "Late events looked up in their class's sealed id segments, by outcome (duplicate, late)."
+    );
+    describe_gauge!(
+        ID_SEGMENT_CACHED_IDS,
+        Unit::Count,
+        "Ids held by the cache of sealed id segments."
     );
     describe_gauge!(
         AGGREGATE_CLASSES_OPEN,
@@ -518,6 +541,27 @@ pub fn record_handoffs(outcome: &'static str, parts: u64) {
     if parts > 0 {
         counter!(AGGREGATE_HANDOFFS, "outcome" => outcome).increment(parts);
     }
+}
+
+/// Counts requests for sealed id segments ([`ID_SEGMENT_REQUESTS`]).
+pub fn record_id_segment_requests(request: &'static str, count: u64) {
+    if count > 0 {
+        counter!(ID_SEGMENT_REQUESTS, "request" => request).increment(count);
+    }
+}
+
+/// Counts late events looked up in sealed id segments ([`ID_SEGMENT_LOOKUPS`]).
+pub fn record_id_segment_lookups(duplicate: u64, late: u64) {
+    for (outcome, count) in [("duplicate", duplicate), ("late", late)] {
+        if count > 0 {
+            counter!(ID_SEGMENT_LOOKUPS, "outcome" => outcome).increment(count);
+        }
+    }
+}
+
+/// Sets the ids the segment cache holds.
+pub fn set_id_segment_cache(ids: usize) {
+    gauge!(ID_SEGMENT_CACHED_IDS).set(ids as f64);
 }
 
 /// Sets the size of the aggregate state.

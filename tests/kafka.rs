@@ -659,3 +659,173 @@ async fn a_class_whose_key_moves_to_an_added_partition_ends_once_with_all_its_ev
             .unwrap();
     }
 }
+
+/// Messages of `classes` classes of 6 members with 80 heart-rate events each (one event a
+/// message, keyed by class), their start `start_ms` apart, and the class of each.
+fn classes_of_six(classes: usize, start_ms: i64) -> Vec<(String, RawMessage)> {
+    let mut messages = Vec::new();
+    for c in 0..classes {
+        let (studio, class) = (format!("studio-{}", c % 3), format!("class-{c}"));
+        let key = format!("{studio}:{class}");
+        for member in 0..6 {
+            for i in 0..80 {
+                let time = start_ms + c as i64 * 60_000 + i * 4_000 + member * 500;
+                let payload = format!(
+                    r#"{{"event_id":"{class}-m{member}-{i}","event_type":"heart_rate","event_created":{time},"studio_id":"{studio}","class_id":"{class}","member_id":"m{member}","event_data":{{"bpm":{}}}}}"#,
+                    110 + (i * 7 + member * 3) % 80
+                );
+                messages.push((
+                    key.clone(),
+                    RawMessage {
+                        offset: 0,
+                        timestamp_ms: None,
+                        key: Some(bytes::Bytes::from(key.clone())),
+                        payload: Some(bytes::Bytes::from(payload)),
+                    },
+                ));
+            }
+        }
+    }
+    messages
+}
+
+/// Copies that come after their class is final land once: 12 classes shuffled with producer
+/// retries, read with a 3 s idle timeout so that classes end while their events are still
+/// behind in the partition; then one class's whole queue posted again by a client, read by a
+/// new process that finds the ids in the class's sealed segments.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn late_copies_of_final_classes_are_left_out_of_the_lake() {
+    use rand::seq::SliceRandom;
+    use rand::{Rng, SeedableRng};
+    const RETRIES: usize = 150;
+    require(KAFKA);
+    let (admin, topic) = create_topic(PARTITIONS).await;
+    let group = unique_name("late-copies");
+    let classes = classes_of_six(12, 1_764_090_000_000);
+    let valid = classes.len();
+    assert_eq!(valid, 5_760);
+    let mut rng = rand::rngs::StdRng::seed_from_u64(28);
+    let mut messages: Vec<RawMessage> = classes.iter().map(|(_, m)| m.clone()).collect();
+    for _ in 0..RETRIES {
+        let retry = messages[rng.random_range(0..valid)].clone();
+        messages.push(retry);
+    }
+    for i in 0..5 {
+        let key = messages[i].key.clone();
+        messages.push(RawMessage {
+            offset: 0,
+            timestamp_ms: None,
+            key,
+            payload: Some(bytes::Bytes::from(format!("not json {i}"))),
+        });
+    }
+    messages.shuffle(&mut rng);
+    produce(&topic, &messages, PARTITIONS).await;
+
+    let lake = tempfile::tempdir().unwrap();
+    let member = |lake: &std::path::Path| {
+        let mut command = kafka_member(lake, &topic, &group);
+        command.env("CLASSPULSE_CLASS_IDLE_TIMEOUT", "3s");
+        command
+    };
+    let running = Running::start(&mut member(lake.path()));
+    let http = running.http;
+    tokio::task::spawn_blocking(move || {
+        wait_for_metric(
+            http,
+            "classpulse_sink_records_total{sink=\"lake\"}",
+            valid as f64,
+            Duration::from_secs(90),
+        );
+        wait_for_metric(
+            http,
+            "classpulse_events_duplicate_total",
+            RETRIES as f64,
+            Duration::from_secs(30),
+        );
+        wait_for_metric(
+            http,
+            "classpulse_sink_records_total{sink=\"dead_letters\"}",
+            5.0,
+            Duration::from_secs(30),
+        );
+        // Every class final, its ids sealed and written.
+        wait_for_metric(
+            http,
+            "classpulse_aggregate_classes_final_total",
+            12.0,
+            Duration::from_secs(30),
+        );
+        wait_for_metric(
+            http,
+            "classpulse_id_segment_requests_total{request=\"put\"}",
+            12.0,
+            Duration::from_secs(30),
+        );
+    })
+    .await
+    .unwrap();
+    let (_, logs) = drain(running).await;
+    let ids = lake_ids(lake.path());
+    let twice: Vec<_> = ids.iter().filter(|(_, rows)| **rows > 1).collect();
+    assert!(twice.is_empty(), "ids in the lake twice: {twice:?}");
+    assert_eq!(ids.len(), valid, "{}", logs.join("\n"));
+    let late = read_lake(lake.path())
+        .iter()
+        .map(|batch| {
+            let late = batch.column_by_name("late").unwrap();
+            let late = late
+                .as_any()
+                .downcast_ref::<arrow_array::BooleanArray>()
+                .unwrap();
+            late.true_count()
+        })
+        .sum::<usize>();
+    assert!(
+        late > 0,
+        "the short idle timeout ends classes before their last events"
+    );
+
+    // A client posts one class's queue again: every event a duplicate, found in the class's
+    // segments (the new process holds none of its ids), and no row added.
+    let again: Vec<RawMessage> = classes
+        .iter()
+        .filter(|(key, _)| key == "studio-1:class-4")
+        .map(|(_, m)| m.clone())
+        .collect();
+    produce(&topic, &again, PARTITIONS).await;
+    let running = Running::start(&mut member(lake.path()));
+    let (http, copies) = (running.http, again.len() as f64);
+    tokio::task::spawn_blocking(move || {
+        wait_for_metric(
+            http,
+            "classpulse_events_duplicate_total",
+            copies,
+            Duration::from_secs(60),
+        );
+        let (_, metrics) = http_get(http, "/metrics");
+        assert_eq!(
+            metric_sum(
+                &metrics,
+                "classpulse_id_segment_lookups_total{outcome=\"duplicate\"}"
+            ),
+            copies,
+            "{metrics}"
+        );
+        assert!(
+            metric_sum(
+                &metrics,
+                "classpulse_id_segment_requests_total{request=\"list\"}"
+            ) >= 1.0
+        );
+    })
+    .await
+    .unwrap();
+    drain(running).await;
+    assert_eq!(lake_ids(lake.path()), ids, "the second post added no row");
+
+    admin
+        .delete_topics(&[&topic], &AdminOptions::new())
+        .await
+        .unwrap();
+}

@@ -29,8 +29,11 @@ pub struct Expected {
     pub rejected_valid: BTreeMap<u64, String>,
     /// Invalid events: id and the dead-letter reason.
     pub invalid: BTreeMap<String, String>,
-    /// Extra copies sent (producer retries).
+    /// Extra copies sent (producer retries, classes posted again).
     pub retries: u64,
+    /// Classes whose whole stream was posted again after they were final.
+    #[serde(default)]
+    pub resent_classes: u64,
     /// Final results per class key (`studio:class`): summary, members, minutes.
     pub classes: BTreeMap<String, ClassExpectation>,
     /// Messages generated on the side (malformed ones), waiting to be sent.

@@ -91,6 +91,14 @@ pub struct WorkloadArgs {
     /// aggregates).
     #[arg(long, default_value_t = 0.0005)]
     pub late_rate: f64,
+    /// Share of classes whose whole stream is posted again after the class is final (a
+    /// client's offline queue posted twice): every copy is a duplicate, none in the lake.
+    #[arg(long, default_value_t = 0.01)]
+    pub resend_rate: f64,
+    /// How long after a class's end its stream is posted again (event time): more than
+    /// classpulse's CLASSPULSE_CLASS_IDLE_TIMEOUT, so the class is final by then.
+    #[arg(long, default_value_t = 900_000)]
+    pub resend_after_ms: i64,
     /// Share of extra messages that are not JSON (a truncated event).
     #[arg(long, default_value_t = 0.0005)]
     pub malformed_rate: f64,
@@ -182,6 +190,7 @@ impl WorkloadArgs {
             ("--duplicate-rate", self.duplicate_rate),
             ("--out-of-order-rate", self.out_of_order_rate),
             ("--late-rate", self.late_rate),
+            ("--resend-rate", self.resend_rate),
             ("--malformed-rate", self.malformed_rate),
             ("--out-of-range-rate", self.out_of_range_rate),
         ] {
@@ -301,6 +310,8 @@ pub struct ClassPlan {
     pub base_index: u64,
     /// Valid events the class sends.
     pub events: u64,
+    /// Whether its whole stream is posted again `resend_after_ms` after its end.
+    pub resend: bool,
 }
 
 impl ClassPlan {
@@ -429,6 +440,8 @@ impl Plan {
                     members,
                     base_index: 0,
                     events,
+                    resend: (xxhash(&format!("{}:{index}:resend", args.seed)) as f64)
+                        < args.resend_rate * u64::MAX as f64,
                 });
             }
         }
@@ -440,8 +453,15 @@ impl Plan {
         }
         anyhow::ensure!(base < INVALID_BASE, "too many events for the id space");
         let start_ms = classes.iter().map(|c| c.start_ms).min().unwrap_or(0) / TICK_MS * TICK_MS;
-        let end_ms = classes.iter().map(|c| c.end_ms).max().unwrap_or(0)
-            + args.late_hold_ms().max(MAX_RETRY_DELAY_MS)
+        let resends_end = classes
+            .iter()
+            .filter(|c| c.resend)
+            .map(|c| c.end_ms + args.resend_after_ms)
+            .max()
+            .unwrap_or(0);
+        let end_ms = (classes.iter().map(|c| c.end_ms).max().unwrap_or(0)
+            + args.late_hold_ms().max(MAX_RETRY_DELAY_MS))
+        .max(resends_end)
             + TICK_MS;
         let run_id = (xxhash(&format!("{}:{start_ms}", args.seed)) & 0xffff_ffff) as u32;
         Ok(Plan {
@@ -561,6 +581,9 @@ struct ClassGen<'a> {
     pending_late: Vec<u64>,
     acc: ClassAcc,
     messages_sent: u64,
+    /// With [`ClassPlan::resend`]: every valid event sent, until it is posted again.
+    sent: Vec<String>,
+    resent: bool,
 }
 
 #[derive(Default)]
@@ -598,11 +621,16 @@ impl<'a> ClassGen<'a> {
             pending_late: Vec::new(),
             acc: ClassAcc::default(),
             messages_sent: 0,
+            sent: Vec::new(),
+            resent: !class.resend,
         }
     }
 
     fn done(&self, tick: i64) -> bool {
-        tick >= self.plan.end_ms && self.delayed.is_empty() && self.pending.is_empty()
+        tick >= self.plan.end_ms
+            && self.delayed.is_empty()
+            && self.pending.is_empty()
+            && self.resent
     }
 
     fn tick(
@@ -639,6 +667,15 @@ impl<'a> ClassGen<'a> {
                         k += 1;
                     }
                 }
+            }
+        }
+        // The class's queue posted again, long after it is final.
+        if !self.resent && tick >= class.end_ms + args.resend_after_ms {
+            self.resent = true;
+            expected.resent_classes += 1;
+            for json in std::mem::take(&mut self.sent) {
+                expected.retried();
+                self.pending.push(json);
             }
         }
         // Held-back events that are due go out with this tick's.
@@ -792,6 +829,9 @@ impl<'a> ClassGen<'a> {
         }
 
         let fate = self.fate(plan, time_ms);
+        if class.resend {
+            self.sent.push(json.clone());
+        }
         match fate {
             Fate::Late => {
                 expected.late(index);
@@ -1042,6 +1082,29 @@ mod tests {
         args.class_minutes = 20;
         args.day = NaiveDate::from_ymd_opt(2026, 11, 20);
         args
+    }
+
+    /// A class posted again sends every valid event it sent, once more, after it is final.
+    #[test]
+    fn a_class_posted_again_repeats_its_events_after_it_is_final() {
+        let mut args = small();
+        args.resend_rate = 0.3;
+        let plan = Plan::new(&args, 0.0, 1_800_000_000_000).unwrap();
+        let resent: Vec<&ClassPlan> = plan.classes.iter().filter(|c| c.resend).collect();
+        assert!(!resent.is_empty() && resent.len() < plan.classes.len());
+        let mut again: BTreeMap<String, u64> = BTreeMap::new();
+        let expected = plan.generate(|m| {
+            if let Some(class) = resent.iter().find(|c| c.key() == m.key) {
+                if m.tick_ms >= class.end_ms + args.resend_after_ms {
+                    *again.entry(m.key.clone()).or_default() += u64::from(m.events);
+                }
+            }
+        });
+        assert_eq!(expected.resent_classes, resent.len() as u64);
+        assert!(expected.rejected_valid.is_empty());
+        for class in resent {
+            assert_eq!(again[&class.key()], class.events, "{}", class.key());
+        }
     }
 
     #[test]

@@ -194,7 +194,7 @@ impl Report<'_> {
             m.messages,
             m.bytes_sent as f64 / 1e6
         );
-        let _ = writeln!(md, "| imperfections | {} producer retries, {} late, {} malformed or out of range, {} ahead of the clock (fast studio) |", e.retries, e.late.len(), e.invalid.len(), e.rejected_valid.len());
+        let _ = writeln!(md, "| imperfections | {} extra copies (producer retries, {} classes posted again after they were final), {} late, {} malformed or out of range, {} ahead of the clock (fast studio) |", e.retries, e.resent_classes, e.late.len(), e.invalid.len(), e.rejected_valid.len());
         let _ = writeln!(
             md,
             "| produce | {:.1} s ({:.0} events/s) |",

@@ -451,17 +451,32 @@ pub struct Minute {
     pub bpm: Stat,
 }
 
-/// Counted event ids (fingerprints) by event-time bucket ([`DEDUP_BUCKET_MS`]), with one index
-/// over every bucket: judging an event is one probe however many buckets the lateness horizon
-/// spans. Serialised as the buckets alone; the index is rebuilt when they are read.
+/// The event ids (fingerprints) a class wrote to the lake, held in memory: those counted
+/// within the lateness horizon by event-time bucket ([`DEDUP_BUCKET_MS`]), and the *retired*
+/// ones (counted ids whose bucket left the horizon, late events written) until they go to a
+/// sealed segment ([`super::segment`]). One index over all of them: judging an event is one
+/// probe however many buckets the horizon spans. Serialised as the buckets and the retired
+/// ids; the index is rebuilt when they are read.
 #[derive(Clone, Default)]
 pub struct SeenIds {
     buckets: BTreeMap<i64, Vec<u128>>,
+    retired: Vec<u128>,
     index: IdSet,
 }
 
 impl SeenIds {
-    /// Whether `id` is held, in any bucket.
+    /// Ids counted by event-time bucket (a checkpoint of format 4 held only these).
+    pub fn from_buckets(buckets: BTreeMap<i64, Vec<u128>>) -> SeenIds {
+        let mut seen = SeenIds::default();
+        for (bucket_ms, ids) in buckets {
+            for id in ids {
+                seen.insert(bucket_ms, id);
+            }
+        }
+        seen
+    }
+
+    /// Whether `id` is held, in any bucket or retired.
     pub fn contains(&self, id: u128) -> bool {
         self.index.contains(&id)
     }
@@ -473,70 +488,119 @@ impl SeenIds {
         }
     }
 
-    /// Adds every id `other` holds.
+    /// Holds `id` as retired (outside every bucket), unless it is held already.
+    pub fn insert_retired(&mut self, id: u128) {
+        if self.index.insert(id) {
+            self.retired.push(id);
+        }
+    }
+
+    /// Adds every id `other` holds, each where `other` held it.
     pub fn merge(&mut self, other: SeenIds) {
         for (bucket_ms, ids) in other.buckets {
             for id in ids {
                 self.insert(bucket_ms, id);
             }
         }
+        for id in other.retired {
+            self.insert_retired(id);
+        }
     }
 
-    /// Forgets the buckets that end at or before `limit_ms`.
-    pub fn forget_ending_by(&mut self, limit_ms: i64) {
+    /// Retires the buckets that end at or before `limit_ms`: their ids stay held until
+    /// [`SeenIds::take_retired`].
+    pub fn retire_ending_by(&mut self, limit_ms: i64) {
         while let Some(bucket) = self.buckets.first_entry() {
             if bucket.key().saturating_add(DEDUP_BUCKET_MS) > limit_ms {
                 break;
             }
-            for id in bucket.remove() {
-                self.index.remove(&id);
-            }
+            self.retired.append(&mut bucket.remove());
         }
     }
 
-    /// Forgets every id.
-    pub fn clear(&mut self) {
-        self.buckets.clear();
-        self.index.clear();
+    /// Retired ids held.
+    pub fn retired_len(&self) -> usize {
+        self.retired.len()
     }
 
-    /// Bytes held, roughly: the buckets' ids and the index's slots.
+    /// Whether no id is held.
+    pub fn is_empty(&self) -> bool {
+        self.index.is_empty()
+    }
+
+    /// Lets go of the retired ids (for a segment), sorted.
+    pub fn take_retired(&mut self) -> Vec<u128> {
+        let mut retired = std::mem::take(&mut self.retired);
+        for id in &retired {
+            self.index.remove(id);
+        }
+        retired.sort_unstable();
+        retired
+    }
+
+    /// Lets go of every id (for a segment), sorted.
+    pub fn take_all(&mut self) -> Vec<u128> {
+        let mut ids = std::mem::take(&mut self.retired);
+        for (_, mut bucket) in std::mem::take(&mut self.buckets) {
+            ids.append(&mut bucket);
+        }
+        self.index.clear();
+        ids.sort_unstable();
+        ids
+    }
+
+    /// Bytes held, roughly: the ids and the index's slots.
     pub fn approx_bytes(&self) -> usize {
         let buckets: usize = self
             .buckets
             .values()
             .map(|ids| 64 + ids.capacity() * 16)
             .sum();
-        buckets + self.index.capacity() * 17
+        buckets + self.retired.capacity() * 16 + self.index.capacity() * 17
     }
 }
 
-/// The buckets, each one's ids sorted: the same ids print the same in whatever order they came.
+/// The buckets and the retired ids, each sorted: the same ids print the same in whatever
+/// order they came.
 impl std::fmt::Debug for SeenIds {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        let sorted = self.buckets.iter().map(|(bucket_ms, ids)| {
+        let sorted = |ids: &Vec<u128>| {
             let mut ids = ids.clone();
             ids.sort_unstable();
-            (bucket_ms, ids)
-        });
-        f.debug_map().entries(sorted).finish()
+            ids
+        };
+        let buckets: BTreeMap<&i64, Vec<u128>> = self
+            .buckets
+            .iter()
+            .map(|(ms, ids)| (ms, sorted(ids)))
+            .collect();
+        f.debug_struct("SeenIds")
+            .field("buckets", &buckets)
+            .field("retired", &sorted(&self.retired))
+            .finish()
+    }
+}
+
+/// The same ids in the same places, in whatever order they came.
+impl PartialEq for SeenIds {
+    fn eq(&self, other: &SeenIds) -> bool {
+        format!("{self:?}") == format!("{other:?}")
     }
 }
 
 impl Serialize for SeenIds {
     fn serialize<S: serde::Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
-        self.buckets.serialize(serializer)
+        (&self.buckets, &self.retired).serialize(serializer)
     }
 }
 
 impl<'de> Deserialize<'de> for SeenIds {
     fn deserialize<D: serde::Deserializer<'de>>(deserializer: D) -> Result<SeenIds, D::Error> {
-        let buckets = BTreeMap::<i64, Vec<u128>>::deserialize(deserializer)?;
-        let mut seen = SeenIds::default();
-        for (bucket_ms, ids) in buckets {
-            for id in ids {
-                seen.insert(bucket_ms, id);
-            }
+        let (buckets, retired) =
+            <(BTreeMap<i64, Vec<u128>>, Vec<u128>)>::deserialize(deserializer)?;
+        let mut seen = SeenIds::from_buckets(buckets);
+        for id in retired {
+            seen.insert_retired(id);
         }
         Ok(seen)
     }
@@ -555,10 +619,14 @@ pub struct ClassState {
     pub first_event_ms: i64,
     /// Latest event time counted.
     pub last_event_ms: i64,
-    /// Hashes (xxh3-128) of counted event ids by event-time bucket ([`DEDUP_BUCKET_MS`]), for
-    /// duplicates; a bucket is dropped once it ends before the watermark minus the allowed
-    /// lateness.
+    /// Fingerprints of the event ids written for the class and still held here
+    /// ([`SeenIds`]), for duplicates; a bucket is retired once it ends before the watermark
+    /// minus the allowed lateness, and retired ids go to sealed segments.
     pub seen: SeenIds,
+    /// Whether ids of the class may be held outside this state: in segments sealed from it,
+    /// or on another partition that counts or counted a part of it. A late event not found
+    /// here is then looked for in the class's segments ([`super::segment`]).
+    pub stored_ids: bool,
     /// Members by id.
     pub members: BTreeMap<Box<str>, MemberState>,
     /// Minute windows by start time.
@@ -588,6 +656,7 @@ impl ClassState {
             first_event_ms: i64::MAX,
             last_event_ms: i64::MIN,
             seen: Default::default(),
+            stored_ids: false,
             members: BTreeMap::new(),
             minutes: BTreeMap::new(),
             first_offset: u64::MAX,
@@ -615,11 +684,6 @@ impl ClassState {
             .event_time_ms
             .min(event.arrival_ms.saturating_add(rules.max_clock_skew_ms));
         self.max_time_ms = self.max_time_ms.max(capped);
-    }
-
-    /// Whether an event id was already counted (within the lateness horizon).
-    pub fn has_seen(&self, id_hash: u128) -> bool {
-        self.seen.contains(id_hash)
     }
 
     /// Counts an event that is neither a duplicate nor late.
@@ -670,6 +734,7 @@ impl ClassState {
         self.last_event_ms = self.last_event_ms.max(other.last_event_ms);
         self.last_seen_wall_ms = self.last_seen_wall_ms.max(other.last_seen_wall_ms);
         self.seen.merge(other.seen);
+        self.stored_ids |= other.stored_ids;
         // Members keep this part's indexes; the other's new members follow, in their order.
         let mut theirs: Vec<(Box<str>, MemberState)> = other.members.into_iter().collect();
         theirs.sort_by_key(|(_, member)| member.index);
@@ -704,22 +769,21 @@ impl ClassState {
         exact
     }
 
-    /// Seals heart-rate samples and forgets event ids that can no longer matter: nothing
-    /// older than the lateness limit is counted any more.
+    /// Seals heart-rate samples and retires event ids older than the lateness limit:
+    /// nothing older is counted any more, so only a late copy can match them.
     pub fn compact(&mut self, rules: &Rules) {
         let limit = self.lateness_limit_ms(rules);
         for member in self.members.values_mut() {
             member.heart_rate.seal_before(limit, rules);
         }
-        self.seen.forget_ending_by(limit);
+        self.seen.retire_ending_by(limit);
     }
 
-    /// Seals everything (the class is final).
+    /// Seals every heart-rate sample (the class is final).
     pub fn seal_all(&mut self, rules: &Rules) {
         for member in self.members.values_mut() {
             member.heart_rate.seal_before(i64::MAX, rules);
         }
-        self.seen.clear();
     }
 
     /// The results: class summary, member summaries, minute windows.

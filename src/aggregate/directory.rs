@@ -43,7 +43,6 @@ use object_store::path::Path;
 use object_store::{ObjectStoreExt, PutMode, PutOptions, PutPayload};
 use serde::{Deserialize, Serialize};
 
-use super::FINALISED_MEMORY_MS;
 use crate::ack::PartitionId;
 use crate::store::{sanitize, ObjectWriter};
 
@@ -63,8 +62,8 @@ pub enum Role {
 struct HomeRecord {
     /// The partition (index) that finalises the class.
     partition: u32,
-    /// Event time of the first event it counted. A record older than the final-class memory
-    /// is a previous class with the same ids, and is claimed again.
+    /// Event time of the first event it counted. A record older than the dedup horizon is a
+    /// previous class with the same ids, and is claimed again.
     first_ms: i64,
     /// Whether the class is final there.
     #[serde(rename = "final")]
@@ -165,13 +164,15 @@ impl Place {
 }
 
 /// Claims a class met for the first time on this partition (its first event at `first_ms`):
-/// this partition's role for it.
+/// this partition's role for it. A home record more than `horizon_ms` older is of a previous
+/// class with the same ids.
 pub async fn claim(
     writer: &ObjectWriter,
     place: &Place,
     studio_id: &str,
     class_id: &str,
     first_ms: i64,
+    horizon_ms: i64,
 ) -> object_store::Result<Role> {
     let store = writer.store();
     let home = writer.path(&place.home_key(studio_id, class_id));
@@ -202,7 +203,7 @@ pub async fn claim(
             return Ok(Role::Home);
         }
     };
-    if first_ms.saturating_sub(existing.first_ms) > FINALISED_MEMORY_MS {
+    if first_ms.saturating_sub(existing.first_ms) > horizon_ms {
         // A class of the same ids long ago.
         store.put(&home, PutPayload::from(body)).await?;
         return Ok(Role::Home);
@@ -280,6 +281,8 @@ mod tests {
     use super::*;
     use crate::aggregate::stage::tests::writer;
 
+    const HORIZON: i64 = 24 * 3_600_000;
+
     #[tokio::test]
     async fn the_first_partition_to_claim_a_class_is_its_home_and_the_others_visit() {
         let lake = tempfile::tempdir().unwrap();
@@ -288,7 +291,11 @@ mod tests {
         let t0 = 1_764_090_000_000;
         let claim = |index, first_ms| {
             let (writer, place) = (&writer, place(index));
-            async move { claim(writer, &place, "s1", "c1", first_ms).await.unwrap() }
+            async move {
+                claim(writer, &place, "s1", "c1", first_ms, HORIZON)
+                    .await
+                    .unwrap()
+            }
         };
         assert_eq!(claim(2, t0).await, Role::Home);
         // The same partition after a restart: still home.
@@ -319,7 +326,7 @@ mod tests {
             .unwrap();
         assert_eq!(claim(7, t0 + 120_000).await, Role::Closed(2));
         // A class of the same ids a day and more later is a new class.
-        let next_day = t0 + FINALISED_MEMORY_MS + 1;
+        let next_day = t0 + HORIZON + 1;
         assert_eq!(claim(7, next_day).await, Role::Home);
         assert_eq!(claim(2, next_day).await, Role::Visitor(7));
     }

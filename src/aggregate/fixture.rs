@@ -182,7 +182,7 @@ pub fn prepare(state: &mut PartitionState) {
 
 /// Runs `events` (consecutive, from the partition's order) into `state` as the stage would
 /// between two checkpoints: the roles claimed for new classes, the batch applied, a sweep,
-/// and the closing of class-1 once it is due (its visitors handed nothing).
+/// the closing of class-1 once it is due (its visitors handed nothing), and the ids sealed.
 pub fn apply(state: &mut PartitionState, events: &[PerformanceEvent]) {
     let rules = rules();
     for class in ["class-1", "class-3", "class-4"] {
@@ -204,6 +204,7 @@ pub fn apply(state: &mut PartitionState, events: &[PerformanceEvent]) {
         if state.closing.contains_key("studio-1:class-1") {
             state.close("studio-1:class-1", Vec::new(), &rules);
         }
+        state.seal_ids(super::segment::SEAL_AT);
     }
 }
 

@@ -32,6 +32,7 @@ pub mod class;
 pub mod directory;
 pub mod output;
 pub mod partition;
+pub mod segment;
 pub mod stage;
 
 #[cfg(test)]
@@ -40,10 +41,6 @@ pub(crate) mod fixture;
 pub(crate) mod reference;
 
 use crate::config::AggregateConfig;
-
-/// How long a final class is remembered after its last event (event time on the partition's
-/// clock): events for it in that time are late, not a new class.
-pub const FINALISED_MEMORY_MS: i64 = 24 * 3_600_000;
 
 /// The definitions' parameters, in milliseconds.
 #[derive(Debug, Clone, Copy, PartialEq)]
@@ -60,6 +57,10 @@ pub struct Rules {
     pub class_idle_timeout_ms: i64,
     /// How far ahead of its arrival an event may pull the watermark.
     pub max_clock_skew_ms: i64,
+    /// How long (event time on the partition's clock) a final class is remembered after its
+    /// last event: its events are late, never a new class, and copies of what it wrote are
+    /// duplicates (those are found in its sealed segments for as long as they are kept).
+    pub dedup_horizon_ms: i64,
 }
 
 impl Default for Rules {
@@ -72,6 +73,7 @@ impl Default for Rules {
             allowed_lateness_ms: 300_000,
             class_idle_timeout_ms: 600_000,
             max_clock_skew_ms: 60_000,
+            dedup_horizon_ms: 24 * 3_600_000,
         }
     }
 }
@@ -87,6 +89,7 @@ impl Rules {
             allowed_lateness_ms: ms(config.allowed_lateness),
             class_idle_timeout_ms: ms(config.class_idle_timeout),
             max_clock_skew_ms: ms(config.max_clock_skew),
+            dedup_horizon_ms: ms(config.dedup_horizon),
         }
     }
 }

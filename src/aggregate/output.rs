@@ -328,6 +328,16 @@ pub enum Outgoing {
         /// The record.
         body: Vec<u8>,
     },
+    /// Event ids the class wrote that leave the state: a sealed segment
+    /// ([`super::segment`]), named by its content when written.
+    Ids {
+        /// The studio.
+        studio_id: Box<str>,
+        /// The class.
+        class_id: Box<str>,
+        /// The fingerprints, ascending.
+        ids: Vec<u128>,
+    },
 }
 
 impl Outgoing {
@@ -340,6 +350,19 @@ impl Outgoing {
             Outgoing::Part { key, body } | Outgoing::HomeFinal { key, body } => {
                 key.len() + body.len()
             }
+            Outgoing::Ids { ids, .. } => 64 + ids.capacity() * 16,
+        }
+    }
+
+    /// Whether this is a segment of class `studio_id`/`class_id` holding `id`.
+    pub fn holds_id(&self, studio_id: &str, class_id: &str, id: u128) -> bool {
+        match self {
+            Outgoing::Ids {
+                studio_id: studio,
+                class_id: class,
+                ids,
+            } => **studio == *studio_id && **class == *class_id && ids.binary_search(&id).is_ok(),
+            _ => false,
         }
     }
 }

@@ -16,10 +16,10 @@ use hashbrown::HashMap;
 use serde::{Deserialize, Serialize};
 
 use super::checkpoint::{self, CheckpointError};
-use super::class::ClassState;
+use super::class::{ClassState, SeenIds};
 use super::directory::{Place, Role};
 use super::output::{ClassResult, Outgoing};
-use super::{Rules, FINALISED_MEMORY_MS};
+use super::Rules;
 use crate::event::{fingerprint, PerformanceEvent, Verdict};
 
 /// How long (in arrival time on the partition) the verdict of an event left out is kept for
@@ -62,6 +62,33 @@ pub struct Tally {
     pub replayed: u64,
 }
 
+/// A class final here, remembered for the dedup horizon after its last event: its events are
+/// late, and those whose ids it wrote already are duplicates.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+pub struct FinalClass {
+    /// Its newest (capped) event time; for a class met only past the horizon, that event's.
+    pub last_ms: i64,
+    /// Whether ids of the class may be held outside this state, as
+    /// [`ClassState::stored_ids`]: always, once the class is final and sealed.
+    pub stored_ids: bool,
+    /// The ids of the late events written for it since the last seal.
+    pub late: SeenIds,
+}
+
+/// Late events of one class, judged so only because the state does not hold their ids,
+/// while the class's ids may be held elsewhere ([`ClassState::stored_ids`]): the stage looks
+/// for them in the class's segments ([`super::segment`]) and makes those found duplicates
+/// ([`PartitionState::confirm_duplicates`]).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Unconfirmed {
+    /// The studio.
+    pub studio_id: Arc<str>,
+    /// The class.
+    pub class_id: Arc<str>,
+    /// The events, by index in the slice given to [`PartitionState::apply`].
+    pub events: Vec<usize>,
+}
+
 /// A class that became final, with its result.
 #[derive(Debug, Clone)]
 pub struct Finalised {
@@ -82,8 +109,8 @@ pub struct PartitionState {
     pub clock_ms: i64,
     /// Open classes by `studio_id:class_id`.
     pub classes: HashMap<String, ClassState>,
-    /// Final classes by `studio_id:class_id`, with their last event time.
-    pub finalised: BTreeMap<String, i64>,
+    /// Final classes by `studio_id:class_id`.
+    pub finalised: BTreeMap<String, FinalClass>,
     /// What the classes final here write once the checkpoint that records it is durable.
     pub outbox: Vec<Outgoing>,
     /// Events judged duplicate or late, by position: (event id hash, late, arrival ms). A
@@ -105,6 +132,8 @@ pub struct PartitionState {
     /// Parts of classes handed to their home since the last call of
     /// [`PartitionState::take_handed_over`].
     handed_over: u64,
+    /// Late events of the last [`PartitionState::apply`] that the stage confirms.
+    unconfirmed: Vec<Unconfirmed>,
 }
 
 impl PartitionState {
@@ -123,6 +152,7 @@ impl PartitionState {
             place: None,
             roles: HashMap::new(),
             handed_over: 0,
+            unconfirmed: Vec::new(),
         }
     }
 
@@ -144,6 +174,16 @@ impl PartitionState {
             .extend(parent.closing.into_iter().filter(|(key, _)| ours(key)));
         self.finalised
             .extend(parent.finalised.into_iter().filter(|(key, _)| ours(key)));
+        // Segments the parent sealed and may not have written: they are written from here.
+        self.outbox
+            .extend(parent.outbox.into_iter().filter(|outgoing| match outgoing {
+                Outgoing::Ids {
+                    studio_id,
+                    class_id,
+                    ..
+                } => ours(&format!("{studio_id}:{class_id}")),
+                _ => false,
+            }));
         self.classes.len() - before
     }
 
@@ -152,6 +192,13 @@ impl PartitionState {
         !self.classes.contains_key(key)
             && !self.finalised.contains_key(key)
             && !self.roles.contains_key(key)
+    }
+
+    /// Whether an event time is past the dedup horizon on the partition's clock: a class
+    /// not known here whose event is that old is long final (or never ran in time), and its
+    /// events are late rather than a new class.
+    pub fn past_horizon(&self, event_time_ms: i64, rules: &Rules) -> bool {
+        event_time_ms < self.clock_ms.saturating_sub(rules.dedup_horizon_ms)
     }
 
     /// The verdict a replayed event (at or below the restored position) had when first
@@ -181,6 +228,8 @@ impl PartitionState {
         let mut tally = Tally::default();
         let mut finalised = Vec::new();
         let mut key = String::new();
+        self.unconfirmed.clear();
+        let total = events.len();
         // Events come in runs of one class (a message is one class's): the class is looked up
         // once per run.
         let mut rest = events;
@@ -195,12 +244,13 @@ impl PartitionState {
             let Some(first) = run.first() else {
                 continue;
             };
+            let start = total - rest.len() - run.len();
             key.clear();
             key.push_str(&first.studio_id);
             key.push(':');
             key.push_str(&first.class_id);
             finalised.extend(self.start_run(&key, first, rules, wall_ms));
-            self.count_run(&key, run, rules, wall_ms, &mut tally);
+            self.count_run(&key, run, start, rules, wall_ms, &mut tally);
         }
         if self.position.is_none_or(|position| last_offset > position) {
             self.position = Some(last_offset);
@@ -255,7 +305,20 @@ impl PartitionState {
             }
         }
         if !self.classes.contains_key(key) && !self.finalised.contains_key(key) {
-            self.open_class(key, first, wall_ms);
+            if self.past_horizon(first.event_time_ms, rules) {
+                // Never a new class whose result would replace the real one's.
+                self.roles.remove(key);
+                self.finalised.insert(
+                    key.to_owned(),
+                    FinalClass {
+                        last_ms: first.event_time_ms,
+                        stored_ids: true,
+                        late: SeenIds::default(),
+                    },
+                );
+            } else {
+                self.open_class(key, first, wall_ms);
+            }
         }
         finalised
     }
@@ -265,11 +328,19 @@ impl PartitionState {
         let mut class = ClassState::new(&first.studio_id, &first.class_id, wall_ms);
         match self.roles.remove(key) {
             Some(Role::Closed(_)) => {
-                // Final at its home already: this part comes too late to count.
-                self.finalised.insert(key.to_owned(), first.event_time_ms);
+                // Final at its home already: this part comes too late to count, and the
+                // home sealed the class's ids.
+                let class = FinalClass {
+                    last_ms: first.event_time_ms,
+                    stored_ids: true,
+                    late: SeenIds::default(),
+                };
+                self.finalised.insert(key.to_owned(), class);
             }
             Some(Role::Visitor(home)) => {
+                // The home holds ids of the class, and seals them.
                 class.home = Some(home);
+                class.stored_ids = true;
                 self.classes.insert(key.to_owned(), class);
             }
             Some(Role::Home) | None => {
@@ -278,27 +349,61 @@ impl PartitionState {
         }
     }
 
-    /// Judges and counts a run of class `key`'s events (late, all of them, if the class is
-    /// final), remembering the verdict of each one left out, and moves the partition's clock.
+    /// Judges and counts a run of class `key`'s events (`start` the index of the first in
+    /// [`PartitionState::apply`]'s slice), remembering the verdict of each one left out, and
+    /// moves the partition's clock. The events of a class closing or final are late, or
+    /// duplicates of ids it wrote.
     fn count_run(
         &mut self,
         key: &str,
         run: &mut [PerformanceEvent],
+        start: usize,
         rules: &Rules,
         wall_ms: i64,
         tally: &mut Tally,
     ) {
-        let mut class = self.classes.get_mut(key);
-        for event in run.iter_mut() {
-            let verdict = match class.as_deref_mut() {
-                None => Verdict::Late,
-                Some(class) => {
-                    let verdict = judge(class, event, rules);
+        /// Where the run's class is.
+        enum Target<'a> {
+            Open(&'a mut ClassState),
+            Closing(&'a mut ClassState),
+            Final(&'a mut FinalClass),
+        }
+        let mut target = if let Some(class) = self.classes.get_mut(key) {
+            Target::Open(class)
+        } else if let Some((class, _)) = self.closing.get_mut(key) {
+            Target::Closing(class)
+        } else {
+            match self.finalised.get_mut(key) {
+                Some(class) => Target::Final(class),
+                None => unreachable!("a run's class is open or final once the run starts"),
+            }
+        };
+        let (studio_id, class_id) = (Arc::clone(&run[0].studio_id), Arc::clone(&run[0].class_id));
+        let mut unconfirmed = Vec::new();
+        for (i, event) in run.iter_mut().enumerate() {
+            let id = fingerprint(&event.event_id);
+            let (mut verdict, stored_ids) = match &mut target {
+                Target::Open(class) => {
+                    let verdict = judge(class, event, id, rules);
                     class.observe(event, rules);
                     class.last_seen_wall_ms = wall_ms;
-                    verdict
+                    (verdict, class.stored_ids)
                 }
+                Target::Closing(class) => (late_unless_held(&mut class.seen, id), class.stored_ids),
+                Target::Final(class) => (late_unless_held(&mut class.late, id), class.stored_ids),
             };
+            if verdict == Verdict::Late {
+                // Its id may have left the state already, in a segment not yet written.
+                if self
+                    .outbox
+                    .iter()
+                    .any(|outgoing| outgoing.holds_id(&studio_id, &class_id, id))
+                {
+                    verdict = Verdict::Duplicate;
+                } else if stored_ids {
+                    unconfirmed.push(start + i);
+                }
+            }
             match verdict {
                 Verdict::Counted => tally.counted += 1,
                 Verdict::Duplicate => tally.duplicate += 1,
@@ -306,7 +411,7 @@ impl PartitionState {
             }
             if verdict != Verdict::Counted {
                 self.left_out.entry(event.offset).or_default().push((
-                    fingerprint(&event.event_id),
+                    id,
                     verdict == Verdict::Late,
                     event.arrival_ms,
                 ));
@@ -318,6 +423,46 @@ impl PartitionState {
             self.clock_ms = self
                 .clock_ms
                 .max(capped.saturating_sub(rules.watermark_delay_ms));
+        }
+        if !unconfirmed.is_empty() {
+            self.unconfirmed.push(Unconfirmed {
+                studio_id,
+                class_id,
+                events: unconfirmed,
+            });
+        }
+    }
+
+    /// The late events of the last [`PartitionState::apply`] whose ids may be in their
+    /// classes' segments.
+    pub fn take_unconfirmed(&mut self) -> Vec<Unconfirmed> {
+        std::mem::take(&mut self.unconfirmed)
+    }
+
+    /// Makes duplicates of late events whose ids the stage found in their class's segments:
+    /// `found` indexes `events`, the slice given to [`PartitionState::apply`].
+    pub fn confirm_duplicates(
+        &mut self,
+        events: &mut [PerformanceEvent],
+        found: &[usize],
+        tally: &mut Tally,
+    ) {
+        for &index in found {
+            let event = &mut events[index];
+            if event.verdict != Verdict::Late {
+                continue;
+            }
+            event.verdict = Verdict::Duplicate;
+            tally.late -= 1;
+            tally.duplicate += 1;
+            let id = fingerprint(&event.event_id);
+            if let Some(entry) = self
+                .left_out
+                .get_mut(&event.offset)
+                .and_then(|entries| entries.iter_mut().find(|(hash, _, _)| *hash == id))
+            {
+                entry.1 = false;
+            }
         }
     }
 
@@ -377,9 +522,41 @@ impl PartitionState {
             .into_iter()
             .filter_map(|(key, trigger)| self.finalise(&key, trigger, rules))
             .collect();
-        let horizon = self.clock_ms.saturating_sub(FINALISED_MEMORY_MS);
-        self.finalised.retain(|_, last_ms| *last_ms >= horizon);
+        // A class whose late ids are not sealed yet is kept until they are.
+        let horizon = self.clock_ms.saturating_sub(rules.dedup_horizon_ms);
+        self.finalised
+            .retain(|_, class| class.last_ms >= horizon || !class.late.is_empty());
         finalised
+    }
+
+    /// Seals into segments (outbox entries) the ids the state should no longer hold: an open
+    /// class's retired ids once it has `seal_at` of them ([`super::segment::SEAL_AT`] in the
+    /// stage), and those of late events written for final classes. Called before each
+    /// checkpoint; returns whether it sealed any.
+    pub fn seal_ids(&mut self, seal_at: usize) -> bool {
+        let before = self.outbox.len();
+        for class in self.classes.values_mut() {
+            if class.seen.retired_len() >= seal_at {
+                class.stored_ids = true;
+                self.outbox.push(Outgoing::Ids {
+                    studio_id: class.studio_id.clone(),
+                    class_id: class.class_id.clone(),
+                    ids: class.seen.take_retired(),
+                });
+            }
+        }
+        for (key, class) in &mut self.finalised {
+            if !class.late.is_empty() {
+                class.stored_ids = true;
+                let (studio_id, class_id) = key.split_once(':').unwrap_or((key, ""));
+                self.outbox.push(Outgoing::Ids {
+                    studio_id: studio_id.into(),
+                    class_id: class_id.into(),
+                    ids: class.late.take_all(),
+                });
+            }
+        }
+        self.outbox.len() > before
     }
 
     /// Finalises every open class (a bounded source ended).
@@ -399,17 +576,24 @@ impl PartitionState {
     // Once per class: kept out of line, so that `apply`'s per-event loop stays small.
     #[cold]
     fn finalise(&mut self, key: &str, trigger: Trigger, rules: &Rules) -> Option<Finalised> {
-        let class = self
+        let mut class = self
             .classes
             .remove(key)
             .unwrap_or_else(|| unreachable!("finalising a class that is not open"));
-        self.finalised.insert(key.to_owned(), class.max_time_ms);
+        let remembered = FinalClass {
+            last_ms: class.max_time_ms,
+            stored_ids: class.stored_ids,
+            late: SeenIds::default(),
+        };
+        self.finalised.insert(key.to_owned(), remembered);
         match (&self.place, class.home) {
             (Some(place), Some(_)) => {
                 self.outbox.push(Outgoing::Part {
                     key: place.part_key(&class.studio_id, &class.class_id),
                     body: checkpoint::encode_part(&self.name, &class),
                 });
+                // Sealed here too: a copy arriving here before the home's result is found.
+                self.seal_all_ids(key, &mut class);
                 self.handed_over += 1;
                 None
             }
@@ -454,7 +638,24 @@ impl PartitionState {
         class.seal_all(rules);
         let result = class.result(rules, &self.name, true);
         self.outbox.push(Outgoing::Result(Box::new(result.clone())));
+        let key = format!("{}:{}", class.studio_id, class.class_id);
+        self.seal_all_ids(&key, &mut class);
         Finalised { trigger, result }
+    }
+
+    /// Seals every id class `key` (final) holds into a segment.
+    fn seal_all_ids(&mut self, key: &str, class: &mut ClassState) {
+        if class.seen.is_empty() {
+            return;
+        }
+        if let Some(remembered) = self.finalised.get_mut(key) {
+            remembered.stored_ids = true;
+        }
+        self.outbox.push(Outgoing::Ids {
+            studio_id: class.studio_id.clone(),
+            class_id: class.class_id.clone(),
+            ids: class.seen.take_all(),
+        });
     }
 
     /// Reads a part written by a visitor: the partition that counted it, and its state.
@@ -498,7 +699,11 @@ impl PartitionState {
                 .values()
                 .map(|(class, _)| class.approx_bytes())
                 .sum::<usize>()
-            + self.finalised.len() * 64
+            + self
+                .finalised
+                .values()
+                .map(|class| 64 + class.late.approx_bytes())
+                .sum::<usize>()
             + self.left_out.len() * 72
             + self
                 .outbox
@@ -524,18 +729,29 @@ fn same_class(a: &PerformanceEvent, b: &PerformanceEvent) -> bool {
         && (Arc::ptr_eq(&a.studio_id, &b.studio_id) || a.studio_id == b.studio_id)
 }
 
-/// Late first (so an old duplicate is late whenever its id was forgotten), then duplicate,
-/// else counted.
-fn judge(class: &mut ClassState, event: &PerformanceEvent, rules: &Rules) -> Verdict {
-    if event.event_time_ms < class.lateness_limit_ms(rules) {
-        return Verdict::Late;
-    }
-    let id_hash = fingerprint(&event.event_id);
-    if class.has_seen(id_hash) {
+/// A duplicate if the class holds the id (however old the event); else late if it is older
+/// than the class's lateness limit (held from now on: it lands once); else counted.
+fn judge(class: &mut ClassState, event: &PerformanceEvent, id: u128, rules: &Rules) -> Verdict {
+    if class.seen.contains(id) {
         return Verdict::Duplicate;
     }
-    class.add(event, id_hash);
+    if event.event_time_ms < class.lateness_limit_ms(rules) {
+        class.seen.insert_retired(id);
+        return Verdict::Late;
+    }
+    class.add(event, id);
     Verdict::Counted
+}
+
+/// The verdict of an event for a class that counts nothing more: a duplicate if `seen`
+/// holds its id, else late, and held from now on.
+fn late_unless_held(seen: &mut SeenIds, id: u128) -> Verdict {
+    if seen.contains(id) {
+        Verdict::Duplicate
+    } else {
+        seen.insert_retired(id);
+        Verdict::Late
+    }
 }
 
 #[cfg(test)]
@@ -615,7 +831,9 @@ mod tests {
             e.event_id = format!("b{i}").into();
         }
         parent.apply(&mut events, 3, &rules, 0);
-        parent.finalised.insert("studio-1:class-9".to_owned(), 0);
+        parent
+            .finalised
+            .insert("studio-1:class-9".to_owned(), FinalClass::default());
         let hash = |key: &str| u128::from_be_bytes(Md5::digest(key.as_bytes()).into());
         let (one, two) = (hash("studio-1:class-1"), hash("studio-1:class-2"));
         // A range holding class-1 and not class-2.
@@ -640,6 +858,44 @@ mod tests {
         let mut retry = vec![sample("a1", 10)];
         let (tally, _) = child.apply(&mut retry, 10, &rules, 0);
         assert_eq!(tally.duplicate, 1);
+    }
+
+    /// A final class costs the checkpoint its memory only (its ids are sealed): far under
+    /// 2 KB, however many events it had.
+    #[test]
+    fn a_final_class_adds_little_to_the_checkpoint() {
+        let rules = Rules::default();
+        let mut state = PartitionState::new("events/0".to_owned());
+        let empty = state.encode().len();
+        let classes = 100;
+        for class in 0..classes {
+            let mut events: Vec<PerformanceEvent> = (0..500)
+                .map(|i| {
+                    let mut e = sample(&format!("class-{class}-{i}"), class * 500 + i);
+                    e.class_id = Arc::from(format!("class-{class}"));
+                    e
+                })
+                .collect();
+            let last = events.last().unwrap().offset;
+            state.apply(&mut events, last, &rules, 0);
+        }
+        let sealed_ids = |outbox: &[Outgoing]| -> usize {
+            outbox
+                .iter()
+                .map(|o| match o {
+                    Outgoing::Ids { ids, .. } => ids.len(),
+                    _ => 0,
+                })
+                .sum()
+        };
+        state.finalise_all(&rules);
+        assert_eq!(sealed_ids(&state.outbox), classes as usize * 500);
+        // The checkpoint after the one that wrote them.
+        state.outbox.clear();
+        state.left_out.clear();
+        let per_class = (state.encode().len() - empty) / classes as usize;
+        assert!(per_class < 2_048, "{per_class} bytes a final class");
+        assert_eq!(state.finalised.len(), classes as usize);
     }
 
     #[test]

@@ -594,6 +594,12 @@ proptest! {
         // The visitor ends its part: it is handed over, not a result.
         prop_assert!(visitor.finalise_all(&rules).is_empty());
         prop_assert_eq!(visitor.take_handed_over(), 1);
+        // The part, and the visitor's ids sealed for copies that still come to it.
+        let Some(Outgoing::Ids { ids, .. }) = visitor.outbox.pop() else {
+            panic!("the visitor's ids are sealed");
+        };
+        let distinct: HashSet<&str> = visitor_part.iter().map(|e| &*e.event_id).collect();
+        prop_assert_eq!(ids.len(), distinct.len());
         let Some(Outgoing::Part { key: part_key, body }) = visitor.outbox.pop() else {
             panic!("the part is in the outbox");
         };
@@ -612,6 +618,13 @@ proptest! {
         let Some(Outgoing::HomeFinal { key: home_key, .. }) = home.outbox.last() else {
             panic!("the home record is last in the outbox");
         };
+        // The home seals every id of the class, its own and the visitor's.
+        let sealed: HashSet<u128> = home.outbox.iter().flat_map(|outgoing| match outgoing {
+            Outgoing::Ids { ids, .. } => ids.clone(),
+            _ => Vec::new(),
+        }).collect();
+        let distinct: HashSet<&str> = all.iter().map(|e| &*e.event_id).collect();
+        prop_assert_eq!(sealed.len(), distinct.len());
         prop_assert!(home_key.ends_with("/home"), "marked final after the result: {}", home_key);
 
         let mut actual = to_json(&finalised.result);
@@ -620,6 +633,145 @@ proptest! {
             json["summary"]["positions"] = Value::Null;
         }
         assert_close(&actual, &expected, "result");
+    }
+}
+
+/// The store side of the stage for tests of the state alone: segments written from the
+/// outbox, late events confirmed against them, and what reaches the lake.
+#[derive(Default)]
+struct Lake {
+    /// Sealed ids by `studio:class`.
+    segments: BTreeMap<String, HashSet<u128>>,
+    /// Event ids written to the lake, with their copies.
+    rows: BTreeMap<String, usize>,
+}
+
+impl Lake {
+    /// Writes the outbox's segments (a checkpoint became durable).
+    fn drain(&mut self, state: &mut PartitionState) {
+        for outgoing in state.outbox.drain(..) {
+            if let Outgoing::Ids {
+                studio_id,
+                class_id,
+                ids,
+            } = outgoing
+            {
+                self.segments
+                    .entry(format!("{studio_id}:{class_id}"))
+                    .or_default()
+                    .extend(ids);
+            }
+        }
+    }
+
+    /// Applies `batch` as the stage does: judged, late events looked up in the segments,
+    /// then what is not a duplicate written.
+    fn apply(
+        &mut self,
+        state: &mut PartitionState,
+        mut batch: Vec<PerformanceEvent>,
+        rules: &Rules,
+    ) {
+        let last = batch.last().unwrap().offset;
+        let (mut tally, _) = state.apply(&mut batch, last, rules, 0);
+        for unconfirmed in state.take_unconfirmed() {
+            let key = format!("{}:{}", unconfirmed.studio_id, unconfirmed.class_id);
+            let found: Vec<usize> = unconfirmed
+                .events
+                .into_iter()
+                .filter(|i| {
+                    self.segments.get(&key).is_some_and(|ids| {
+                        ids.contains(&crate::event::fingerprint(&batch[*i].event_id))
+                    })
+                })
+                .collect();
+            state.confirm_duplicates(&mut batch, &found, &mut tally);
+        }
+        for event in batch.iter().filter(|e| e.verdict != Verdict::Duplicate) {
+            *self.rows.entry(event.event_id.to_string()).or_default() += 1;
+        }
+    }
+}
+
+proptest! {
+    #![proptest_config(ProptestConfig { cases: 64, ..ProptestConfig::default() })]
+
+    /// A class counted, then copies of its events (retries of counted ones, new events far
+    /// behind, retries of those) while it is open past their lateness and again after it is
+    /// final, shuffled, in batches, with segments sealed and written at random points and a
+    /// checkpoint round trip: the lake gets every event id exactly once.
+    #[test]
+    fn late_copies_of_a_class_land_once_whatever_their_order(
+        members in prop::collection::vec(member_events(), 1..4),
+        copy_every in 1usize..5,
+        new_late in 0usize..12,
+        order_seed in any::<u64>(),
+        cuts in prop::collection::vec(1usize..40, 1..8),
+        restore_at in 0usize..40,
+        write_every in 1usize..6,
+        seal_at in 1usize..60,
+    ) {
+        let rules = Rules { allowed_lateness_ms: 20_000, watermark_delay_ms: 5_000, ..Rules::default() };
+        let mut class = class_events(members);
+        class.sort_by_key(|e| e.event_time_ms);
+        let first_ms = class[0].event_time_ms;
+        let last_ms = class.last().unwrap().event_time_ms;
+        // Copies of every n-th event, and events the class never had, far behind, twice.
+        let copies = |tag: &str| -> Vec<PerformanceEvent> {
+            let mut mix: Vec<PerformanceEvent> = class.iter().step_by(copy_every).cloned().collect();
+            for i in 0..new_late {
+                let mut fresh = hr(&format!("{tag}-{i}"), first_ms + i as i64, 120.0, 0);
+                fresh.arrival_ms = last_ms;
+                mix.push(fresh.clone());
+                mix.push(fresh);
+            }
+            let shuffle = |e: &PerformanceEvent| {
+                xxhash_rust::xxh3::xxh3_64_with_seed(e.event_id.as_bytes(), order_seed)
+            };
+            mix.sort_by_key(|e| (shuffle(e), e.event_time_ms));
+            mix
+        };
+        // The class's own events, then a copy mix while it is open, then another class far
+        // ahead (the class is final), then a mix again.
+        let mut ahead = hr("ahead", last_ms + rules.class_idle_timeout_ms + 60_000, 120.0, 0);
+        ahead.class_id = Arc::from("class-2");
+        let mut arrivals: Vec<PerformanceEvent> = class.clone();
+        arrivals.extend(copies("open"));
+        let final_from = arrivals.len();
+        arrivals.push(ahead);
+        arrivals.extend(copies("final"));
+        for (offset, e) in arrivals.iter_mut().enumerate() {
+            e.offset = offset as u64;
+            e.arrival_ms = e.arrival_ms.max(e.event_time_ms);
+        }
+
+        let mut lake = Lake::default();
+        let mut state = PartitionState::new(PARTITION.into());
+        let (mut start, mut n) = (0, 0);
+        for cut in cuts.iter().cycle() {
+            if start >= arrivals.len() {
+                break;
+            }
+            // The final class's mix starts a batch: its class-2 run makes class-1 final.
+            let end = if start < final_from { (start + cut).min(final_from) } else { start + cut };
+            let end = end.min(arrivals.len());
+            lake.apply(&mut state, arrivals[start..end].to_vec(), &rules);
+            state.sweep(&rules, None);
+            state.seal_ids(seal_at);
+            if n % write_every == 0 {
+                lake.drain(&mut state);
+            }
+            if n == restore_at {
+                state = PartitionState::decode(&state.encode(), 0).unwrap();
+            }
+            start = end;
+            n += 1;
+        }
+        prop_assert!(state.finalised.contains_key("studio-1:class-1"));
+        let distinct: HashSet<&str> = arrivals.iter().map(|e| &*e.event_id).collect();
+        prop_assert_eq!(lake.rows.len(), distinct.len());
+        let twice: Vec<_> = lake.rows.iter().filter(|(_, copies)| **copies != 1).collect();
+        prop_assert!(twice.is_empty(), "written more than once: {:?}", twice);
     }
 }
 
@@ -638,7 +790,7 @@ fn hr(id: &str, time_ms: i64, bpm: f64, offset: u64) -> PerformanceEvent {
 }
 
 #[test]
-fn old_events_and_events_for_final_classes_are_late() {
+fn old_events_and_events_for_final_classes_are_late_and_old_copies_duplicates() {
     let rules = Rules::default();
     let t0 = 1_700_000_000_000;
     let mut state = PartitionState::new(PARTITION.into());
@@ -653,7 +805,7 @@ fn old_events_and_events_for_final_classes_are_late() {
     ];
     state.apply(&mut batch, 4, &rules, 0);
     let verdicts: Vec<Verdict> = batch.iter().map(|e| e.verdict).collect();
-    // The copy of "a" is older than the limit: late, not duplicate.
+    // The copy of "a" is older than the limit, and a duplicate all the same.
     assert_eq!(
         verdicts,
         [
@@ -661,23 +813,53 @@ fn old_events_and_events_for_final_classes_are_late() {
             Verdict::Counted,
             Verdict::Late,
             Verdict::Counted,
-            Verdict::Late
+            Verdict::Duplicate
         ]
     );
 
     // Another class on the partition moves its clock 10 minutes past class-1's last event.
     let mut other = hr("x", t0 + 400_000 + 600_000 + 10_000, 120.0, 5);
     other.class_id = Arc::from("class-2");
-    let mut batch = vec![other, hr("e", t0 + 400_001, 120.0, 6)];
-    let (tally, finalised) = state.apply(&mut batch, 6, &rules, 0);
+    let mut batch = vec![
+        other,
+        hr("e", t0 + 400_001, 120.0, 6),
+        hr("c", t0 + 80_000, 120.0, 7),
+        hr("a", t0, 120.0, 8),
+        hr("e", t0 + 400_001, 120.0, 9),
+    ];
+    let (tally, finalised) = state.apply(&mut batch, 9, &rules, 0);
     assert_eq!(
         finalised.len(),
         1,
         "class-1 becomes final when its next event arrives"
     );
-    assert_eq!(batch[1].verdict, Verdict::Late);
-    assert_eq!((tally.counted, tally.late), (1, 1));
+    // New to the final class: late, once. Copies of what it wrote, counted or late:
+    // duplicates, its ids sealed in the outbox.
+    let verdicts: Vec<Verdict> = batch[1..].iter().map(|e| e.verdict).collect();
+    assert_eq!(
+        verdicts,
+        [
+            Verdict::Late,
+            Verdict::Duplicate,
+            Verdict::Duplicate,
+            Verdict::Duplicate
+        ]
+    );
+    assert_eq!((tally.counted, tally.late, tally.duplicate), (1, 1, 3));
     assert!(state.finalised.contains_key("studio-1:class-1"));
+    // The class's ids left the state (sealed): the new one is looked for in its segments.
+    let unconfirmed = state.take_unconfirmed();
+    assert_eq!(unconfirmed.len(), 1);
+    assert_eq!(unconfirmed[0].events, [1]);
+    // Found there (a copy of an event it wrote elsewhere): a duplicate after all.
+    let mut tally = tally;
+    state.confirm_duplicates(&mut batch, &unconfirmed[0].events, &mut tally);
+    assert_eq!(batch[1].verdict, Verdict::Duplicate);
+    assert_eq!((tally.late, tally.duplicate), (0, 4));
+    assert!(
+        state.left_out[&6].iter().all(|(_, late, _)| !late),
+        "a replay gives it the same verdict"
+    );
     assert_eq!(finalised[0].result.summary.hr_samples, 3);
 }
 
@@ -727,7 +909,7 @@ fn replayed_positions_are_skipped_and_a_class_idle_on_the_wall_clock_is_final() 
     assert_eq!(finalised.len(), 1);
     assert_eq!(finalised[0].result.summary.hr_samples, 3);
     assert!(
-        matches!(&restored.outbox[..], [Outgoing::Result(result)] if result.summary.hr_samples == 3),
-        "the result waits in the outbox"
+        matches!(&restored.outbox[..], [Outgoing::Result(result), Outgoing::Ids { ids, .. }] if result.summary.hr_samples == 3 && ids.len() == 3),
+        "the result and the class's sealed ids wait in the outbox"
     );
 }

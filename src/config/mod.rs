@@ -121,6 +121,8 @@ pub struct AggregateConfig {
     pub flush_interval: Duration,
     /// How far ahead of its arrival an event's time may pull the watermark.
     pub max_clock_skew: Duration,
+    /// How long a final class is remembered after its last event.
+    pub dedup_horizon: Duration,
 }
 
 /// Simulator settings.

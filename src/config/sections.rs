@@ -132,6 +132,7 @@ impl Reader<'_> {
             flush_interval: self.duration("CLASSPULSE_AGG_FLUSH_INTERVAL")?,
             checkpoint_interval: self.duration("CLASSPULSE_AGG_CHECKPOINT_INTERVAL")?,
             max_clock_skew,
+            dedup_horizon: self.duration("CLASSPULSE_DEDUP_HORIZON")?,
         })
     }
 }

@@ -158,6 +158,7 @@ pub const VARS: &[VarSpec] = &[
     var("CLASSPULSE_WATERMARK_DELAY", "10s", "A class's watermark trails its newest event time by this much (out-of-order tolerance).").duration(Duration::ZERO, hours(1)),
     var("CLASSPULSE_ALLOWED_LATENESS", "5m", "Events up to this far behind the watermark still update aggregates; older ones are `late`.").duration(Duration::ZERO, hours(24)),
     var("CLASSPULSE_CLASS_IDLE_TIMEOUT", "10m", "A class is final once its partition's event time, or the wall clock while the partition is read to its end, passes its last event by this much.").duration(Duration::from_secs(1), hours(24)),
+    var("CLASSPULSE_DEDUP_HORIZON", "24h", "A final class is remembered this long after its last event (event time): its events are `late`, never a new class, and copies of events it wrote are duplicates.").duration(hours(1), hours(30 * 24)),
     var("CLASSPULSE_AGG_FLUSH_INTERVAL", "5s", "How often live (in-class) values of classes that changed are written, for the screens.").duration(Duration::from_millis(100), hours(1)),
     var("CLASSPULSE_AGG_CHECKPOINT_INTERVAL", "30s", "How often aggregate state is checkpointed and final results written; commits wait for it.").duration(Duration::from_millis(100), hours(1)),
     var("CLASSPULSE_COMMIT_INTERVAL", "5s", "How often durable positions are committed to the source.").duration(Duration::from_millis(10), hours(1)),

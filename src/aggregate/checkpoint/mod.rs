@@ -3,7 +3,7 @@
 //!
 //! Both start with their format version. This build writes [`VERSION`] and restores every
 //! checkpoint from [`OLDEST`] on: an earlier version keeps its reader in a module of its own
-//! (`v3`), with the types as that version wrote them and an upgrade into the next version's
+//! (`v3`, `v4`), with the types as that version wrote them and an upgrade into the next version's
 //! form, so a restore runs the chain up to the newest. A checkpoint of a version newer than
 //! this build's (written by a newer build, met in a rolling deploy or after a rollback) is
 //! [`CheckpointError::Newer`]: the stage refuses its partition and never overwrites it
@@ -13,9 +13,11 @@
 //! with an upgrade, and write the new version's fixture with
 //! `CLASSPULSE_TEST_WRITE_FIXTURES=1 cargo test --lib aggregate::checkpoint`. A class part
 //! changes version only when its own layout does ([`PART_VERSION`]), so an older home still
-//! merges the parts of a newer visitor whenever it can.
+//! merges the parts of a newer visitor whenever it can, and a home merges the parts of
+//! visitors back to [`OLDEST_PART`].
 
 mod v3;
+mod v4;
 
 use std::collections::BTreeMap;
 
@@ -23,14 +25,16 @@ use serde::{Deserialize, Serialize};
 
 use super::class::ClassState;
 use super::output::Outgoing;
-use super::partition::{PartitionState, Trigger};
+use super::partition::{FinalClass, PartitionState, Trigger};
 
 /// The checkpoint format this build writes.
-pub const VERSION: u32 = 4;
+pub const VERSION: u32 = 5;
 /// The oldest checkpoint format this build restores.
 pub const OLDEST: u32 = 3;
-/// The format of a class part handed to its home, written and read by this build.
-pub const PART_VERSION: u32 = 3;
+/// The format of a class part handed to its home, written by this build.
+pub const PART_VERSION: u32 = 4;
+/// The oldest format of a class part this build merges.
+pub const OLDEST_PART: u32 = 3;
 
 /// A checkpoint or part this build cannot read.
 #[derive(Debug, thiserror::Error)]
@@ -46,6 +50,12 @@ pub enum CheckpointError {
     /// Older than any this build restores.
     #[error("format version {found} is older than this build reads ({OLDEST} to {VERSION})")]
     Older {
+        /// The version found.
+        found: u32,
+    },
+    /// A class part older than any this build merges.
+    #[error("class part format version {found} is older than this build merges ({OLDEST_PART} to {PART_VERSION})")]
+    OlderPart {
         /// The version found.
         found: u32,
     },
@@ -81,7 +91,7 @@ struct Checkpoint<C> {
     position: Option<u64>,
     clock_ms: i64,
     classes: Vec<C>,
-    finalised: BTreeMap<String, i64>,
+    finalised: BTreeMap<String, FinalClass>,
     outbox: Vec<Outgoing>,
     left_out: BTreeMap<u64, Vec<(u128, bool, i64)>>,
     last_class: Option<String>,
@@ -125,7 +135,8 @@ pub fn decode(bytes: &[u8], wall_ms: i64) -> Result<PartitionState, CheckpointEr
     let plain = zstd::stream::decode_all(bytes).map_err(CheckpointError::Compression)?;
     let checkpoint: Checkpoint<ClassState> = match version(&plain)? {
         VERSION => postcard::from_bytes(&plain).map_err(CheckpointError::Layout)?,
-        3 => v3::read(&plain)?.upgrade()?,
+        4 => v4::read(&plain)?.upgrade(),
+        3 => v3::read(&plain)?.upgrade()?.upgrade(),
         found if found > VERSION => {
             return Err(CheckpointError::Newer {
                 found,
@@ -175,11 +186,16 @@ pub fn decode_part(bytes: &[u8]) -> Result<(String, ClassState), CheckpointError
                 postcard::from_bytes(&plain).map_err(CheckpointError::Layout)?;
             Ok((part.partition, part.class))
         }
+        3 => {
+            let part: Part<v4::ClassV4> =
+                postcard::from_bytes(&plain).map_err(CheckpointError::Layout)?;
+            Ok((part.partition, part.class.upgrade()))
+        }
         found if found > PART_VERSION => Err(CheckpointError::Newer {
             found,
             newest: PART_VERSION,
         }),
-        found => Err(CheckpointError::Older { found }),
+        found => Err(CheckpointError::OlderPart { found }),
     }
 }
 
@@ -213,8 +229,10 @@ mod tests {
     }
 
     /// Every object the outbox writes (results with their live documents), by key; parts
-    /// as their canonical state.
+    /// as their canonical state; a class's id segments as one entry, `ids/{studio}/{class}`,
+    /// the union of their ids.
     fn written(outbox: &[Outgoing]) -> BTreeMap<String, String> {
+        let mut ids: BTreeMap<String, std::collections::BTreeSet<u128>> = BTreeMap::new();
         let mut objects = BTreeMap::new();
         for outgoing in outbox {
             match outgoing {
@@ -234,8 +252,18 @@ mod tests {
                 Outgoing::HomeFinal { key, body } => {
                     objects.insert(key.clone(), String::from_utf8(body.clone()).unwrap());
                 }
+                Outgoing::Ids {
+                    studio_id,
+                    class_id,
+                    ids: segment,
+                } => {
+                    ids.entry(format!("ids/{studio_id}/{class_id}"))
+                        .or_default()
+                        .extend(segment);
+                }
             }
         }
+        objects.extend(ids.into_iter().map(|(key, ids)| (key, format!("{ids:?}"))));
         objects
     }
 
@@ -303,7 +331,9 @@ mod tests {
     }
 
     /// Each version's checkpoint at the cut, restored, runs on to the results, positions and
-    /// verdicts of a run from scratch.
+    /// verdicts of a run from scratch. Versions before 5 forgot the ids of final classes and
+    /// those past the lateness horizon: a retry of such an event is late for them where the
+    /// run from scratch finds a duplicate, and they seal fewer ids; nothing else differs.
     #[test]
     fn every_versions_fixture_restores_into_the_run_from_scratch() {
         let (events, cut) = fixture::events();
@@ -337,25 +367,59 @@ mod tests {
             fixture::finish(&mut restored);
             assert_eq!(restored.position, scratch.position, "v{version}");
             assert_eq!(restored.clock_ms, scratch.clock_ms, "v{version}");
-            assert_eq!(restored.finalised, scratch.finalised, "v{version}");
-            assert_eq!(restored.left_out, scratch.left_out, "v{version}");
             assert!(restored.classes.is_empty() && restored.closing.is_empty());
-            let restored = written(&restored.outbox);
+            let written_restored = written(&restored.outbox);
+            let (ids, objects): (BTreeMap<_, _>, BTreeMap<_, _>) = written_restored
+                .iter()
+                .partition(|(key, _)| key.starts_with("ids/"));
+            let (expected_ids, expected_objects): (BTreeMap<_, _>, BTreeMap<_, _>) = expected
+                .iter()
+                .partition(|(key, _)| key.starts_with("ids/"));
+            assert_eq!(objects, expected_objects, "v{version}");
+            if version == VERSION {
+                assert_eq!(ids, expected_ids);
+            } else {
+                // What an older build forgot is not sealed; what it held is.
+                for (key, sealed) in ids {
+                    let sealed = sealed.trim_matches(['{', '}']);
+                    for id in sealed.split(", ") {
+                        assert!(expected_ids[key].contains(id), "v{version}: {key} {id}");
+                    }
+                }
+            }
+            if version == VERSION {
+                assert_eq!(restored.finalised, scratch.finalised);
+                assert_eq!(restored.left_out, scratch.left_out);
+                continue;
+            }
             assert_eq!(
-                restored.keys().collect::<Vec<_>>(),
-                expected.keys().collect::<Vec<_>>(),
+                restored.finalised.keys().collect::<Vec<_>>(),
+                scratch.finalised.keys().collect::<Vec<_>>(),
                 "v{version}"
             );
-            for (key, body) in &expected {
-                assert_eq!(&restored[key], body, "v{version}: {key}");
+            assert_eq!(
+                restored.left_out.keys().collect::<Vec<_>>(),
+                scratch.left_out.keys().collect::<Vec<_>>(),
+                "v{version}"
+            );
+            for (offset, entries) in &restored.left_out {
+                for ((id, late, arrival), (id_s, late_s, arrival_s)) in
+                    entries.iter().zip(&scratch.left_out[offset])
+                {
+                    assert_eq!((id, arrival), (id_s, arrival_s), "v{version}: {offset}");
+                    assert!(
+                        late == late_s || (*late && !late_s),
+                        "v{version}: offset {offset} is a duplicate only from scratch"
+                    );
+                }
             }
         }
     }
 
-    /// This build writes parts as the fixture's oldest version did: their layout did not
-    /// change, so an older home merges a newer visitor's part.
+    /// A part of the fixture's oldest version (a visitor of an older build) merges here, and
+    /// this build writes it in its own part format.
     #[test]
-    fn parts_keep_their_version() {
+    fn older_parts_are_read() {
         let path = fixture::directory().join(format!("v{OLDEST}.postcard.zst"));
         let restored = decode(&std::fs::read(path).unwrap(), 0).unwrap();
         let Some(Outgoing::Part { body, .. }) = restored
@@ -365,12 +429,20 @@ mod tests {
         else {
             panic!("the fixture hands a part over");
         };
+        assert_eq!(
+            version(&zstd::stream::decode_all(&body[..]).unwrap()).unwrap(),
+            OLDEST_PART
+        );
         let (partition, class) = decode_part(body).unwrap();
         assert_eq!(partition, fixture::PARTITION);
+        assert!(
+            class.stored_ids,
+            "a visitor's part: the home holds ids of the class"
+        );
         let again = encode_part(&partition, &class);
         assert_eq!(
             version(&zstd::stream::decode_all(&again[..]).unwrap()).unwrap(),
-            OLDEST
+            PART_VERSION
         );
         assert_eq!(
             canonical(&decode_part(&again).unwrap().1),
@@ -402,6 +474,10 @@ mod tests {
         assert!(decode_part(&with_version(PART_VERSION + 1))
             .unwrap_err()
             .is_newer());
+        assert!(matches!(
+            decode_part(&with_version(OLDEST_PART - 1)).unwrap_err(),
+            CheckpointError::OlderPart { found } if found == OLDEST_PART - 1
+        ));
         assert!(matches!(
             decode(b"not zstd", 0).unwrap_err(),
             CheckpointError::Compression(_)

@@ -2,14 +2,14 @@
 //! A final class's result is its three JSON objects (summary, members, minutes) and, where
 //! anything reads it, its live document; a part or a home record is the object as written.
 //!
-//! The class state is [`ClassState`] as version 4 has it: its layout is the same in both.
+//! The class state is as version 4 has it ([`ClassV4`]): its layout is the same in both.
 
 use std::collections::BTreeMap;
 
 use serde::Deserialize;
 
-use super::{Checkpoint, CheckpointError};
-use crate::aggregate::class::ClassState;
+use super::v4::{CheckpointV4, ClassV4};
+use super::CheckpointError;
 use crate::aggregate::output::{ClassMinute, ClassResult, ClassSummary, MemberSummary, Outgoing};
 use crate::aggregate::partition::Trigger;
 
@@ -20,12 +20,12 @@ pub(super) struct CheckpointV3 {
     name: String,
     position: Option<u64>,
     clock_ms: i64,
-    classes: Vec<ClassState>,
+    classes: Vec<ClassV4>,
     finalised: BTreeMap<String, i64>,
     outbox: Vec<(String, Vec<u8>)>,
     left_out: BTreeMap<u64, Vec<(u128, bool, i64)>>,
     last_class: Option<String>,
-    closing: Vec<(String, ClassState, Trigger)>,
+    closing: Vec<(String, ClassV4, Trigger)>,
 }
 
 pub(super) fn read(plain: &[u8]) -> Result<CheckpointV3, CheckpointError> {
@@ -34,9 +34,9 @@ pub(super) fn read(plain: &[u8]) -> Result<CheckpointV3, CheckpointError> {
 
 impl CheckpointV3 {
     /// Version 4's form: each final class's objects back into its [`ClassResult`].
-    pub(super) fn upgrade(self) -> Result<Checkpoint<ClassState>, CheckpointError> {
-        Ok(Checkpoint {
-            version: super::VERSION,
+    pub(super) fn upgrade(self) -> Result<CheckpointV4, CheckpointError> {
+        Ok(CheckpointV4 {
+            version: 4,
             name: self.name,
             position: self.position,
             clock_ms: self.clock_ms,

@@ -35,6 +35,7 @@ impl AggregateStage {
             return;
         };
         let position = owned.state.position;
+        let horizon_ms = self.rules.dedup_horizon_ms;
         let mut new: Vec<(String, Box<str>, Box<str>, i64)> = Vec::new();
         let mut previous: Option<(&str, &str)> = None;
         for event in events {
@@ -47,7 +48,11 @@ impl AggregateStage {
             }
             previous = Some(ids);
             let key = format!("{}:{}", ids.0, ids.1);
-            if owned.state.is_new_class(&key) && !new.iter().any(|(k, ..)| *k == key) {
+            // Past the horizon a class is late, never claimed (its home record stays).
+            if owned.state.is_new_class(&key)
+                && !owned.state.past_horizon(event.event_time_ms, &self.rules)
+                && !new.iter().any(|(k, ..)| *k == key)
+            {
                 new.push((key, ids.0.into(), ids.1.into(), event.event_time_ms));
             }
         }
@@ -60,7 +65,7 @@ impl AggregateStage {
             pending.push(async move {
                 let role = this
                     .retry("claiming a class", || {
-                        directory::claim(&this.writer, place, &studio, &class, first_ms)
+                        directory::claim(&this.writer, place, &studio, &class, first_ms, horizon_ms)
                     })
                     .await;
                 (key, role)

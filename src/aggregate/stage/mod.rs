@@ -16,14 +16,17 @@
 //! position after a rebalance writes the same state.
 //!
 //! Here the stage's loop and the counting of each batch; `persist.rs` writes checkpoints,
-//! results and live values and restores a partition from its checkpoint (refusing one of a
-//! newer format); `handoff.rs` claims new classes in the class directory and closes the classes
-//! whose parts other partitions counted.
+//! results, sealed id segments and live values and restores a partition from its checkpoint
+//! (refusing one of a newer format); `handoff.rs` claims new classes in the class directory
+//! and closes the classes whose parts other partitions counted; `segments.rs` looks late
+//! events up in their classes' sealed id segments.
 
 mod handoff;
 mod persist;
+mod segments;
 
 use std::collections::HashMap;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -47,6 +50,7 @@ use crate::stats::Stats;
 use crate::store::{classify, ObjectWriter};
 
 use persist::write_jobs;
+use segments::{InFlight, SegmentCache};
 
 /// Health component and write label of the stage.
 pub const NAME: &str = "aggregates";
@@ -123,6 +127,14 @@ pub struct AggregateStage {
     /// Partitions whose newest checkpoint a newer build wrote, with the turn refused and why:
     /// their batches are failed, never counted, and nothing of them is written.
     refused: HashMap<PartitionId, (u64, String)>,
+    /// Sealed ids of classes whose late events came lately.
+    segments: SegmentCache,
+    /// Segments handed to the writer and not yet written.
+    in_flight: Vec<InFlight>,
+    /// The number of the next job handed to the writer.
+    next_job: u64,
+    /// The number of the last job the writer finished.
+    jobs_done: Arc<AtomicU64>,
 }
 
 impl AggregateStage {
@@ -148,6 +160,10 @@ impl AggregateStage {
             class_directory: false,
             registry: None,
             refused: HashMap::new(),
+            segments: SegmentCache::default(),
+            in_flight: Vec::new(),
+            next_job: 1,
+            jobs_done: Arc::default(),
         }
     }
 
@@ -191,6 +207,7 @@ impl AggregateStage {
             self.writer.clone(),
             self.table.as_ref().map(|(table, _)| table.clone()),
             Arc::clone(&self.stats),
+            Arc::clone(&self.jobs_done),
         ));
         let live_every = self.live_every();
         let mut tick = tokio::time::interval(TICK);
@@ -215,6 +232,8 @@ impl AggregateStage {
                     None => break,
                 },
                 _ = tick.tick() => {
+                    let done = self.jobs_done.load(Ordering::Acquire);
+                    self.in_flight.retain(|segment| segment.job > done);
                     self.release_revoked(&registry);
                     self.adopt_assigned(&registry).await?;
                     self.sweep(&registry);
@@ -272,12 +291,29 @@ impl AggregateStage {
             .get_mut(&batch.partition)
             .expect("restored above");
         let before = owned.state.position;
-        let (tally, finalised) = owned.state.apply(
+        let (mut tally, finalised) = owned.state.apply(
             &mut batch.events,
             batch.last_offset,
             &self.rules,
             Utc::now().timestamp_millis(),
         );
+        let unconfirmed = owned.state.take_unconfirmed();
+        if !unconfirmed.is_empty() {
+            let found = self
+                .find_in_segments(&batch.partition, &batch.events, unconfirmed)
+                .await;
+            let owned = self
+                .partitions
+                .get_mut(&batch.partition)
+                .expect("restored above");
+            owned
+                .state
+                .confirm_duplicates(&mut batch.events, &found, &mut tally);
+        }
+        let owned = self
+            .partitions
+            .get_mut(&batch.partition)
+            .expect("restored above");
         owned.dirty |= owned.state.position != before || !owned.state.outbox.is_empty();
         metrics::record_handoffs("handed_over", owned.state.take_handed_over());
         owned.tokens.push(batch.ack.clone());

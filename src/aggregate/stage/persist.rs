@@ -1,8 +1,9 @@
-//! The stage's persistence: checkpoints, final results and live values handed to a writer task
-//! in order, and a partition restored from its newest checkpoint (or refused, when a newer
+//! The stage's persistence: checkpoints, sealed id segments, final results and live values
+//! handed to a writer task in order, and a partition restored from its newest checkpoint (or refused, when a newer
 //! build wrote it: decision 0015), or taken over from its parents' (a Kinesis child shard).
 
 use std::collections::HashMap;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 
 use bytes::Bytes;
@@ -17,11 +18,13 @@ use crate::ack::{AckToken, PartitionId};
 use crate::aggregate::directory::Place;
 use crate::aggregate::output::{ClassResult, Outgoing};
 use crate::aggregate::partition::PartitionState;
+use crate::aggregate::segment;
 use crate::metrics;
 use crate::sink::dynamodb::aggregates::AggregatesTable;
 use crate::stats::Stats;
 use crate::store::{sanitize, ObjectWriter};
 
+use super::segments::InFlight;
 use super::{AggregateError, AggregateStage, Owned, NAME, REFUSED};
 
 /// Checkpoints kept per partition (the newest, and one before it).
@@ -30,7 +33,11 @@ const CHECKPOINTS_KEPT: usize = 2;
 /// Work for the writer task, in order.
 #[derive(Default)]
 pub(super) struct Job {
+    /// Its number, in the order jobs are handed over.
+    number: u64,
     checkpoints: Vec<(Path, Bytes)>,
+    /// Sealed id segments.
+    segments: Vec<(Path, Bytes)>,
     results: Vec<(Path, Bytes)>,
     /// Live values for the aggregates table.
     live_rows: Vec<ClassResult>,
@@ -123,6 +130,13 @@ impl AggregateStage {
         if job.results.is_empty() && job.live_rows.is_empty() {
             return Ok(());
         }
+        self.send(jobs, job).await
+    }
+
+    /// Hands `job` to the writer, numbered.
+    async fn send(&mut self, jobs: &mpsc::Sender<Job>, mut job: Job) -> Result<(), AggregateError> {
+        job.number = self.next_job;
+        self.next_job += 1;
         jobs.send(job)
             .await
             .map_err(|_| AggregateError::Writer("writer task ended".into()))
@@ -136,6 +150,7 @@ impl AggregateStage {
     ) -> Result<(), AggregateError> {
         let mut job = Job::default();
         for (partition, owned) in &mut self.partitions {
+            owned.dirty |= owned.state.seal_ids(segment::SEAL_AT);
             if owned.dirty {
                 let position = owned.state.position.unwrap_or(0);
                 let key = self.writer.path(&format!(
@@ -181,6 +196,28 @@ impl AggregateStage {
                             job.results
                                 .push((self.writer.path(&key), Bytes::from(body)));
                         }
+                        Outgoing::Ids {
+                            studio_id,
+                            class_id,
+                            ids,
+                        } => {
+                            let body = segment::encode(&ids);
+                            let key =
+                                segment::key(&self.writer, partition, &studio_id, &class_id, &body);
+                            let class_dir = segment::class_dir(
+                                &self.writer,
+                                &partition.stream,
+                                &studio_id,
+                                &class_id,
+                            );
+                            self.segments.written(&class_dir, &key, &ids);
+                            self.in_flight.push(InFlight {
+                                job: self.next_job,
+                                class_dir,
+                                ids: Arc::new(ids),
+                            });
+                            job.segments.push((key, Bytes::from(body)));
+                        }
                     }
                 }
                 owned.dirty = false;
@@ -190,9 +227,7 @@ impl AggregateStage {
         if job.checkpoints.is_empty() && job.tokens.is_empty() {
             return Ok(());
         }
-        jobs.send(job)
-            .await
-            .map_err(|_| AggregateError::Writer("writer task ended".into()))
+        self.send(jobs, job).await
     }
 
     /// The newest checkpoint of `partition`, or an empty state. Listing and reading are
@@ -333,18 +368,24 @@ async fn newest(
     Ok((keys, Some((newest, body))))
 }
 
-/// Writes each job's checkpoints, then its results, then releases its acknowledgements.
+/// Writes each job's checkpoints, then its id segments and results, then releases its
+/// acknowledgements; `done` is the number of the last job written.
 pub(super) async fn write_jobs(
     mut jobs: mpsc::Receiver<Job>,
     writer: ObjectWriter,
     table: Option<AggregatesTable>,
     stats: Arc<Stats>,
+    done: Arc<AtomicU64>,
 ) {
     while let Some(job) = jobs.recv().await {
         let started = Instant::now();
         let mut bytes = 0;
         for (key, body) in job.checkpoints {
             bytes += body.len();
+            writer.put(NAME, &key, body, &[]).await;
+        }
+        metrics::record_id_segment_requests("put", job.segments.len() as u64);
+        for (key, body) in job.segments {
             writer.put(NAME, &key, body, &[]).await;
         }
         for (key, body) in job.results {
@@ -360,6 +401,7 @@ pub(super) async fn write_jobs(
             }
         }
         metrics::record_aggregate_checkpoint(bytes, started.elapsed());
+        done.store(job.number, Ordering::Release);
         drop(job.tokens);
         for key in job.deletes {
             if let Err(error) = writer.store().delete(&key).await {
