@@ -794,6 +794,11 @@ async fn late_copies_of_final_classes_are_left_out_of_the_lake() {
         .map(|(_, m)| m.clone())
         .collect();
     produce(&topic, &again, PARTITIONS).await;
+    let segments = files_under(&lake.path().join("checkpoints/ids"), ".ids")
+        .into_iter()
+        .filter(|path| path.to_string_lossy().contains("/studio-1/class-4/"))
+        .count() as f64;
+    assert!(segments >= 1.0);
     let running = Running::start(&mut member(lake.path()));
     let (http, copies) = (running.http, again.len() as f64);
     tokio::task::spawn_blocking(move || {
@@ -812,12 +817,14 @@ async fn late_copies_of_final_classes_are_left_out_of_the_lake() {
             copies,
             "{metrics}"
         );
-        assert!(
+        // One listing and one read of each of the class's segments for the whole burst.
+        let requests = |request: &str| {
             metric_sum(
                 &metrics,
-                "classpulse_id_segment_requests_total{request=\"list\"}"
-            ) >= 1.0
-        );
+                &format!("classpulse_id_segment_requests_total{{request=\"{request}\"}}"),
+            )
+        };
+        assert_eq!((requests("list"), requests("get")), (1.0, segments));
     })
     .await
     .unwrap();

@@ -860,6 +860,63 @@ mod tests {
         assert_eq!(tally.duplicate, 1);
     }
 
+    /// A parent whose class became final sealed its ids into a segment it may not have
+    /// written: the child that takes the class over writes it, and finds a late copy there.
+    #[test]
+    fn a_child_partition_takes_over_the_ids_its_parent_sealed() {
+        let rules = Rules::default();
+        let mut parent = PartitionState::new("events/0".to_owned());
+        let mut events: Vec<PerformanceEvent> =
+            (0..4).map(|i| sample(&format!("a{i}"), i)).collect();
+        parent.apply(&mut events, 3, &rules, 0);
+        parent.finalise_all(&rules);
+        assert!(parent
+            .outbox
+            .iter()
+            .any(|o| matches!(o, Outgoing::Ids { ids, .. } if ids.len() == 4)));
+        let mut child = PartitionState::new("events/2".to_owned());
+        child.inherit(
+            PartitionState::decode(&parent.encode(), 0).unwrap(),
+            (0, u128::MAX),
+        );
+        assert!(child
+            .outbox
+            .iter()
+            .any(|o| matches!(o, Outgoing::Ids { ids, .. } if ids.len() == 4)));
+        let mut late = vec![sample("a2", 20), sample("new", 21)];
+        let (tally, _) = child.apply(&mut late, 21, &rules, 0);
+        assert_eq!((tally.duplicate, tally.late), (1, 1));
+        assert_eq!(late[0].verdict, Verdict::Duplicate);
+    }
+
+    /// A visitor that handed its part over seals the ids it counted, so a copy that still
+    /// comes to it is a duplicate, whether the segment is in its outbox or already written.
+    #[test]
+    fn a_visitor_finds_copies_of_the_part_it_handed_over() {
+        let rules = Rules::default();
+        let mut visitor = PartitionState::new("events/1".to_owned());
+        visitor.place = Some(Place::of("kafka", "events", 1));
+        visitor
+            .roles
+            .insert("studio-1:class-1".to_owned(), Role::Visitor(0));
+        let mut events: Vec<PerformanceEvent> =
+            (0..4).map(|i| sample(&format!("v{i}"), i)).collect();
+        visitor.apply(&mut events, 3, &rules, 0);
+        visitor.finalise_all(&rules);
+        assert_eq!(visitor.take_handed_over(), 1);
+        let mut copy = vec![sample("v1", 10)];
+        visitor.apply(&mut copy, 10, &rules, 0);
+        assert_eq!(copy[0].verdict, Verdict::Duplicate);
+        // Written: the copy is looked for in the class's segments.
+        visitor.outbox.clear();
+        let mut copy = vec![sample("v2", 11)];
+        visitor.apply(&mut copy, 11, &rules, 0);
+        assert_eq!(copy[0].verdict, Verdict::Late);
+        let unconfirmed = visitor.take_unconfirmed();
+        assert_eq!(unconfirmed.len(), 1);
+        assert_eq!(unconfirmed[0].events, [0]);
+    }
+
     /// A final class costs the checkpoint its memory only (its ids are sealed): far under
     /// 2 KB, however many events it had.
     #[test]
