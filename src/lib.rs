@@ -16,7 +16,9 @@
 //! - [`aggregate`]: the aggregate stage. Judges each event (duplicate, late), counts it into
 //!   its class, checkpoints each partition's state ([`aggregate::checkpoint`], a versioned
 //!   format), and writes results (the lake's `aggregates/`, the DynamoDB aggregates table) once
-//!   final.
+//!   final. Zones and effort are each member's own ([`aggregate::heart`]), from the
+//!   [`profile`] bound to their class state when it comes (a file, or the members table read in
+//!   the background: a lookup never waits).
 //! - [`sink`]: destinations. [`sink::object`] batches records into objects per partition and
 //!   hour for [`sink::lake`] (Parquet) and [`sink::dead_letter`] (zstd NDJSON);
 //!   [`sink::dead_letter_topic`] also produces rejected inputs to Kafka; [`sink::dynamodb`]
@@ -54,6 +56,7 @@ pub mod memory;
 pub mod metrics;
 pub mod partitions;
 pub mod pipeline;
+pub mod profile;
 pub mod redrive;
 pub mod retry;
 pub mod schema;

@@ -17,11 +17,12 @@ use classpulse::decode::DecodeLimits;
 use classpulse::health::Health;
 use classpulse::kafka::MskIam;
 use classpulse::pipeline::{Pipeline, RunReport, Settings};
+use classpulse::profile::source::{Profiles, TableSource};
 use classpulse::sink::dead_letter::{DeadLetterFormat, NdjsonZstEncoder};
 use classpulse::sink::dead_letter_topic::DeadLetterTopicSink;
 use classpulse::sink::dynamodb::aggregates::AggregatesTable;
 use classpulse::sink::dynamodb::events::{EventsTableSink, PackSettings, MAX_PAYLOAD_BYTES};
-use classpulse::sink::dynamodb::tables::{create_table, Created};
+use classpulse::sink::dynamodb::tables::{create_table_of, Created, Schema};
 use classpulse::sink::dynamodb::TableWriter;
 use classpulse::sink::lake::{LakeFormat, ParquetEncoder};
 use classpulse::sink::object::{ObjectLimits, ObjectSink};
@@ -97,9 +98,9 @@ struct RedriveArgs {
 #[derive(Subcommand)]
 enum TablesCommand {
     /// Create the tables named by CLASSPULSE_DYNAMODB_EVENTS_TABLE and
-    /// CLASSPULSE_DYNAMODB_AGGREGATES_TABLE (on-demand billing, TTL on `ttl`), for local
-    /// development; production uses deploy/terraform/dynamodb.tf. Existing tables are left as
-    /// they are.
+    /// CLASSPULSE_DYNAMODB_AGGREGATES_TABLE (on-demand billing, TTL on `ttl`) and
+    /// CLASSPULSE_DYNAMODB_MEMBERS_TABLE (key `member_id`), for local development; production
+    /// uses deploy/terraform/dynamodb.tf. Existing tables are left as they are.
     Create,
 }
 
@@ -167,16 +168,17 @@ fn main() -> ExitCode {
 }
 
 async fn create_tables(config: &Config) -> anyhow::Result<()> {
-    let tables: Vec<&String> = [
-        &config.dynamodb.events_table,
-        &config.dynamodb.aggregates_table,
+    let tables: Vec<(&String, Schema)> = [
+        (&config.dynamodb.events_table, Schema::Written),
+        (&config.dynamodb.aggregates_table, Schema::Written),
+        (&config.members.table, Schema::Members),
     ]
     .into_iter()
-    .flatten()
+    .filter_map(|(table, schema)| table.as_ref().map(|table| (table, schema)))
     .collect();
     if tables.is_empty() {
         anyhow::bail!(
-            "no table to create: set CLASSPULSE_DYNAMODB_EVENTS_TABLE and/or CLASSPULSE_DYNAMODB_AGGREGATES_TABLE"
+            "no table to create: set CLASSPULSE_DYNAMODB_EVENTS_TABLE, CLASSPULSE_DYNAMODB_AGGREGATES_TABLE and/or CLASSPULSE_DYNAMODB_MEMBERS_TABLE"
         );
     }
     let sdk = classpulse::aws::sdk_config().await;
@@ -185,8 +187,11 @@ async fn create_tables(config: &Config) -> anyhow::Result<()> {
         config.aws.dynamodb.as_ref(),
         classpulse::aws::Retries::Sdk,
     );
-    for table in tables {
-        match create_table(&client, table).await? {
+    for (table, schema) in tables {
+        match create_table_of(&client, table, schema).await? {
+            Created::Created if schema == Schema::Members => {
+                println!("created {table} (on-demand, key member_id)")
+            }
             Created::Created => println!("created {table} (on-demand, TTL on `ttl`)"),
             Created::Existed => println!("{table} exists; left as it is"),
         }
@@ -236,7 +241,13 @@ async fn run(config: Config) -> anyhow::Result<()> {
     let shutdown = shutdown::on_signals().context("installing signal handlers")?;
     let http_shutdown = serve_http(&config, &health).await?;
     let msk_iam = msk_iam(&config).await?;
-    let (source, simulator_stats) = open_source(&config, &health, msk_iam.as_ref()).await?;
+    let (source, simulator_stats, simulated_members) =
+        open_source(&config, &health, msk_iam.as_ref()).await?;
+    let profiles = member_profiles(&config, simulated_members).await?;
+    let profiles_stop = CancellationToken::new();
+    if let Some(profiles) = &profiles {
+        tokio::spawn(profiles.clone().run(health.clone(), profiles_stop.clone()));
+    }
     let lake = ObjectWriter::open(
         &config.lake,
         source.kind(),
@@ -245,7 +256,7 @@ async fn run(config: Config) -> anyhow::Result<()> {
     )?;
     let dynamodb = dynamodb_client(&config).await;
     let mut table_writers = Vec::new();
-    let aggregates = aggregate_stage(
+    let mut aggregates = aggregate_stage(
         &config,
         dynamodb.as_ref(),
         &lake,
@@ -253,6 +264,9 @@ async fn run(config: Config) -> anyhow::Result<()> {
         &stats,
         &mut table_writers,
     );
+    if let Some(profiles) = profiles {
+        aggregates = aggregates.with_profiles(profiles);
+    }
     let sinks = sinks(
         &config,
         source.kind(),
@@ -272,6 +286,7 @@ async fn run(config: Config) -> anyhow::Result<()> {
     )
     .with_aggregates(aggregates);
     let report = pipeline.run(shutdown).await;
+    profiles_stop.cancel();
     http_shutdown.cancel();
     let report = report?;
     print_summary(&config, &report, &stats, simulator_stats.as_deref());
@@ -315,17 +330,22 @@ async fn msk_iam(config: &Config) -> anyhow::Result<Option<MskIam>> {
     Ok(Some(signer))
 }
 
-/// The configured source, and the simulator's counters when it is the simulator.
+/// The source, its counters and the simulator's member profiles (NDJSON) when it is the
+/// simulator.
+type Opened = (Box<dyn Source>, Option<Arc<SimulatorStats>>, Option<String>);
+
+/// The configured source, and the simulator's counters and members when it is the simulator.
 async fn open_source(
     config: &Config,
     health: &Health,
     msk_iam: Option<&MskIam>,
-) -> anyhow::Result<(Box<dyn Source>, Option<Arc<SimulatorStats>>)> {
+) -> anyhow::Result<Opened> {
     Ok(match config.source {
         SourceKind::Simulator => {
             let simulator = Simulator::new(&config.simulator, config.batch_max_events, Utc::now());
             let stats = simulator.stats();
-            (Box::new(simulator), Some(stats))
+            let members = simulator.profiles_ndjson();
+            (Box::new(simulator), Some(stats), Some(members))
         }
         SourceKind::Kafka => {
             let source = KafkaSource::new(
@@ -334,7 +354,7 @@ async fn open_source(
                 health.clone(),
                 msk_iam.cloned(),
             )?;
-            (Box::new(source), None)
+            (Box::new(source), None, None)
         }
         SourceKind::Kinesis => {
             let sdk = classpulse::aws::sdk_config().await;
@@ -349,9 +369,62 @@ async fn open_source(
                 health.clone(),
             )
             .await?;
-            (Box::new(source), None)
+            (Box::new(source), None, None)
         }
     })
+}
+
+/// Member profiles: from `CLASSPULSE_MEMBERS_FILE`, and from the members table when one is
+/// named (a member in the file is not looked up there); with neither, the simulator's members
+/// (written beside a local lake as `members.ndjson`, for a look). `None`: no profiles (every
+/// member has the default maximum).
+async fn member_profiles(
+    config: &Config,
+    simulated: Option<String>,
+) -> anyhow::Result<Option<Profiles>> {
+    let members = &config.members;
+    let file = match (&members.file, simulated) {
+        (Some(path), _) => {
+            Some(Profiles::read_file(path).context("reading CLASSPULSE_MEMBERS_FILE")?)
+        }
+        (None, Some(text)) if members.table.is_none() => {
+            if let LakeLocation::Local(directory) = &config.lake.location {
+                let path = directory.join("members.ndjson");
+                std::fs::create_dir_all(directory)
+                    .and_then(|()| std::fs::write(&path, &text))
+                    .with_context(|| {
+                        format!("writing the simulator's members to {}", path.display())
+                    })?;
+            }
+            Some(Profiles::parse(&text, "the simulator's members")?)
+        }
+        (None, _) => None,
+    };
+    let table = match &members.table {
+        Some(table) => {
+            let sdk = classpulse::aws::sdk_config().await;
+            Some(TableSource {
+                client: classpulse::aws::dynamodb(
+                    &sdk,
+                    config.aws.dynamodb.as_ref(),
+                    classpulse::aws::Retries::Sdk,
+                ),
+                members: table.clone(),
+                aggregates: config.dynamodb.aggregates_table.clone(),
+            })
+        }
+        None => None,
+    };
+    if file.is_none() && table.is_none() {
+        return Ok(None);
+    }
+    let file = file.unwrap_or_default();
+    tracing::info!(
+        from_file = file.len(),
+        table = members.table.as_deref().unwrap_or("(none)"),
+        "member profiles"
+    );
+    Ok(Some(Profiles::new(file, table, members.cache_ttl)))
 }
 
 /// The DynamoDB client of the sinks, when a table is configured.
@@ -743,6 +816,18 @@ fn print_summary(
             class.members,
             board(&class.leaderboard_effort, " pts"),
             board(&class.leaderboard_distance, " m"),
+        );
+    }
+    let sources: Vec<u64> = stats.hr_max_sources.iter().map(Stats::get).collect();
+    if sources.iter().sum::<u64>() > 0 {
+        println!(
+            "  heart maximum  manual {}, measured {}, observed {}, age formula {}, default {}; raised by a class {}",
+            sources[0],
+            sources[1],
+            sources[2],
+            sources[3],
+            sources[4],
+            Stats::get(&stats.hr_max_raised),
         );
     }
     let committed: Vec<String> = report

@@ -88,6 +88,16 @@ pub const ID_SEGMENT_REQUESTS: &str = "classpulse_id_segment_requests_total";
 pub const ID_SEGMENT_LOOKUPS: &str = "classpulse_id_segment_lookups_total";
 /// Ids held by the task's cache of sealed id segments.
 pub const ID_SEGMENT_CACHED_IDS: &str = "classpulse_id_segment_cached_ids";
+/// Member-profile fields ignored as out of range. Labels: `field`.
+pub const MEMBER_PROFILES_REJECTED: &str = "classpulse_member_profiles_rejected_total";
+/// Member profiles read. Labels: `outcome` (`found`, `absent`: no item for the member,
+/// `failed`: a read of the members table failed, retried).
+pub const MEMBER_PROFILE_READS: &str = "classpulse_member_profile_reads_total";
+/// Members of open classes waiting for their profile.
+pub const MEMBER_PROFILES_WAITING: &str = "classpulse_member_profiles_waiting";
+/// Observed maximum heart rates written. Labels: `outcome` (`raised`; `kept`: a value as
+/// high or higher was there).
+pub const HR_MAX_OBSERVED_WRITES: &str = "classpulse_hr_max_observed_writes_total";
 /// Approximate memory held by aggregate state.
 pub const AGGREGATE_STATE_BYTES: &str = "classpulse_aggregate_state_bytes";
 /// Time to write one round of aggregate checkpoints and final results.
@@ -158,6 +168,26 @@ fn describe() {
         ID_SEGMENT_CACHED_IDS,
         Unit::Count,
         "Ids held by the cache of sealed id segments."
+    );
+    describe_counter!(
+        MEMBER_PROFILES_REJECTED,
+        Unit::Count,
+        "Member-profile fields ignored as out of range, by field."
+    );
+    describe_counter!(
+        MEMBER_PROFILE_READS,
+        Unit::Count,
+        "Member profiles read from the members table, by outcome (found, absent, failed)."
+    );
+    describe_gauge!(
+        MEMBER_PROFILES_WAITING,
+        Unit::Count,
+        "Members of open classes waiting for their profile."
+    );
+    describe_counter!(
+        HR_MAX_OBSERVED_WRITES,
+        Unit::Count,
+        "Observed maximum heart rates written to the aggregates table, by outcome (raised, kept)."
     );
     describe_gauge!(
         AGGREGATE_CLASSES_OPEN,
@@ -557,6 +587,30 @@ pub fn record_id_segment_lookups(duplicate: u64, late: u64) {
             counter!(ID_SEGMENT_LOOKUPS, "outcome" => outcome).increment(count);
         }
     }
+}
+
+/// Counts a profile's fields ignored ([`MEMBER_PROFILES_REJECTED`]).
+pub fn record_profile_rejected(fields: &[&'static str]) {
+    for field in fields {
+        counter!(MEMBER_PROFILES_REJECTED, "field" => *field).increment(1);
+    }
+}
+
+/// Counts profiles read from the members table ([`MEMBER_PROFILE_READS`]).
+pub fn record_profile_reads(outcome: &'static str, count: usize) {
+    if count > 0 {
+        counter!(MEMBER_PROFILE_READS, "outcome" => outcome).increment(count as u64);
+    }
+}
+
+/// Sets the members waiting for their profile ([`MEMBER_PROFILES_WAITING`]).
+pub fn set_profiles_waiting(members: usize) {
+    gauge!(MEMBER_PROFILES_WAITING).set(members as f64);
+}
+
+/// Counts an observed maximum written or kept ([`HR_MAX_OBSERVED_WRITES`]).
+pub fn record_hr_max_observed(outcome: &'static str) {
+    counter!(HR_MAX_OBSERVED_WRITES, "outcome" => outcome).increment(1);
 }
 
 /// Sets the ids the segment cache holds.

@@ -4,13 +4,14 @@
 
 mod common;
 
-use std::collections::BTreeSet;
+use std::collections::{BTreeMap, BTreeSet};
 use std::time::Duration;
 
 use aws_sdk_dynamodb::types::AttributeValue;
 use classpulse::sink::dynamodb::item_size;
 use common::backends::*;
 use common::faulty_dynamodb::{FaultCounts, FaultPlan, FaultyDynamo};
+use common::members::{expected_max, member_number};
 use common::tables::*;
 use common::*;
 
@@ -443,4 +444,249 @@ async fn a_window_too_large_for_one_item_is_split_into_parts_dynamodb_accepts() 
     assert_eq!(stored.len(), 6_000);
     assert!(stored.values().all(|(member, n)| member == "m1" && *n == 1));
     delete_table(&client, &table).await;
+}
+
+/// The small simulation, paced so that every member's profile is read while their class runs
+/// (a lookup never waits: a profile that came after the class was final is no part of it),
+/// with the members table and both tables of `endpoint`.
+fn run_with_members(
+    lake: &std::path::Path,
+    endpoint: &str,
+    members: &str,
+    aggregates: &str,
+) -> std::process::Command {
+    let mut command = classpulse(lake);
+    with_local_dynamodb(&mut command)
+        .env("CLASSPULSE_DYNAMODB_ENDPOINT", endpoint)
+        .env("CLASSPULSE_DYNAMODB_MEMBERS_TABLE", members)
+        .env("CLASSPULSE_DYNAMODB_AGGREGATES_TABLE", aggregates)
+        .env("CLASSPULSE_SIM_STUDIOS", "6")
+        .env("CLASSPULSE_SIM_CLASS_MINUTES", "10")
+        .env("CLASSPULSE_SIM_DURATION", "20m")
+        .env("CLASSPULSE_SIM_SPEEDUP", "120")
+        .arg("run");
+    command
+}
+
+/// The observed maximum items of the aggregates table: member id to (bpm, class id).
+fn observed_items(items: &[classpulse::sink::dynamodb::Item]) -> BTreeMap<String, (u16, String)> {
+    items
+        .iter()
+        .filter(|item| item["sk"].as_s().unwrap() == "hr_max_observed")
+        .map(|item| {
+            let member = item["pk"].as_s().unwrap().strip_prefix("member#").unwrap();
+            let bpm = item["hr_max_observed"].as_n().unwrap().parse().unwrap();
+            (
+                member.to_owned(),
+                (bpm, item["class_id"].as_s().unwrap().clone()),
+            )
+        })
+        .collect()
+}
+
+/// An observed maximum item as classpulse writes it.
+fn observed_item(member: &str, bpm: u16, class: &str) -> classpulse::sink::dynamodb::Item {
+    [
+        ("pk", AttributeValue::S(format!("member#{member}"))),
+        ("sk", AttributeValue::S("hr_max_observed".to_owned())),
+        ("hr_max_observed", AttributeValue::N(bpm.to_string())),
+        ("class_id", AttributeValue::S(class.to_owned())),
+    ]
+    .into_iter()
+    .map(|(name, value)| (name.to_owned(), value))
+    .collect()
+}
+
+/// Every member's result in the lake: (member, class) to its summary.
+fn member_results(
+    lake: &std::path::Path,
+) -> BTreeMap<(String, String), classpulse::aggregate::output::MemberSummary> {
+    lake_results(lake)
+        .into_values()
+        .flat_map(|(_, members, _)| members)
+        .map(|member| {
+            (
+                (member.member_id.to_string(), member.class_id.to_string()),
+                member,
+            )
+        })
+        .collect()
+}
+
+/// Profiles come from the members table in batches of at most 100 keys, each member's result
+/// uses the maximum their profile gives (set by hand or measured, an observed one classpulse
+/// wrote earlier, the age formula; the default for a member with no item), and a raise is
+/// written to the aggregates table once, conditionally: a second run of the same classes
+/// leaves an equal value as it is, writes one that is gone again, and never lowers a higher
+/// one written meanwhile by another task.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn profiles_come_from_the_members_table_and_observed_maximums_only_rise() {
+    require(DYNAMODB);
+    let client = dynamodb_client().await;
+    let members_table = create_members_table(&client).await;
+    let aggregates_table = create_table(&client, "aggregates").await;
+    let proxy = FaultyDynamo::start(DYNAMODB, FaultPlan::default(), 1).await;
+    let lake = tempfile::tempdir().unwrap();
+    let mut command = run_with_members(lake.path(), &proxy.url, &members_table, &aggregates_table);
+    let profiles = common::members::simulated_profiles(&command);
+
+    // Two members in three have an item; one in five has an observed maximum of 205 already.
+    let in_table: Vec<&str> = profiles
+        .iter()
+        .filter(|(id, _)| member_number(id) % 3 != 2)
+        .map(|(_, line)| line.as_str())
+        .collect();
+    put_profiles(&client, &members_table, &in_table).await;
+    let observed_before: BTreeMap<&str, u16> = profiles
+        .keys()
+        .filter(|id| member_number(id) % 5 == 0)
+        .map(|id| (id.as_str(), 205))
+        .collect();
+    let items: Vec<_> = observed_before
+        .keys()
+        .map(|member| observed_item(member, 205, "written-by-test"))
+        .collect();
+    put_items(&client, &aggregates_table, items).await;
+
+    let stdout = tokio::task::spawn_blocking(move || run_to_end(&mut command))
+        .await
+        .unwrap();
+    let results = member_results(lake.path());
+    assert!(results.len() > 100, "{stdout}");
+    let mut sources = BTreeMap::<&str, usize>::new();
+    for ((member, class), result) in &results {
+        let profile = (member_number(member) % 3 != 2).then(|| profiles[member].as_str());
+        let expected = expected_max(profile, observed_before.get(member.as_str()).copied(), 2026);
+        let source = serde_json::to_value(result.hr_max_source).unwrap();
+        assert_eq!(
+            (result.hr_max_used, source.as_str()),
+            (Some(expected.0), Some(expected.1)),
+            "{member} in {class}: {profile:?}"
+        );
+        *sources.entry(expected.1).or_default() += 1;
+        if let Some(raised) = result.hr_max_observed {
+            assert!(
+                raised > expected.0 && raised <= expected.0 + 10,
+                "{member}: {raised}"
+            );
+            assert!(!["manual", "measured"].contains(&expected.1), "{member}");
+        }
+    }
+    eprintln!("maximum sources: {sources:?}");
+    for source in ["manual", "measured", "observed", "formula", "default"] {
+        assert!(
+            sources.contains_key(source),
+            "no member's maximum is {source}: {sources:?}"
+        );
+    }
+    // Read in batches, each member's profile and observed maximum once: two keys a member.
+    let keys = proxy.counts.batch_get_keys.lock().unwrap().clone();
+    let members_seen = results
+        .keys()
+        .map(|(member, _)| member)
+        .collect::<BTreeSet<_>>()
+        .len();
+    assert!(keys.iter().all(|keys| *keys <= 100), "{keys:?}");
+    assert!(
+        keys.iter().any(|keys| *keys > 2),
+        "one member a call: {keys:?}"
+    );
+    assert_eq!(keys.iter().sum::<usize>(), 2 * members_seen, "{keys:?}");
+
+    // Each raise is in the table, the highest of the member's classes; none lowered a value.
+    let mut raised = BTreeMap::<String, u16>::new();
+    for ((member, _), result) in &results {
+        if let Some(bpm) = result.hr_max_observed {
+            let entry = raised.entry(member.clone()).or_insert(bpm);
+            *entry = (*entry).max(bpm);
+        }
+    }
+    let items = observed_items(&scan_all(&client, &aggregates_table).await);
+    for (member, bpm) in &observed_before {
+        let expected = raised.get(*member).copied().unwrap_or(*bpm).max(*bpm);
+        assert_eq!(items[*member].0, expected, "{member}");
+    }
+    let raised_now: Vec<(&String, &u16)> = raised
+        .iter()
+        .filter(|(member, _)| !observed_before.contains_key(member.as_str()))
+        .collect();
+    assert!(
+        raised_now.len() >= 3,
+        "too few raises to test their writes: {raised:?}"
+    );
+    for (member, bpm) in &raised_now {
+        assert_eq!(items[*member].0, **bpm, "{member}");
+    }
+
+    // Meanwhile: one raise gone, one overtaken by a higher value another task wrote, one left
+    // as it is but marked. The same classes again, with the same profiles from a file (the
+    // table's observed values are not read then, so every class raises as before).
+    let (gone, overtaken, left) = (raised_now[0].0, raised_now[1].0, raised_now[2].0);
+    client
+        .delete_item()
+        .table_name(&aggregates_table)
+        .set_key(Some(
+            observed_item(gone, 0, "")
+                .into_iter()
+                .filter(|(name, _)| name == "pk" || name == "sk")
+                .collect(),
+        ))
+        .send()
+        .await
+        .unwrap();
+    let meanwhile = vec![
+        observed_item(overtaken, 239, "written-by-test"),
+        observed_item(left, *raised_now[2].1, "kept-by-test"),
+    ];
+    put_items(&client, &aggregates_table, meanwhile).await;
+    let file = tempfile::NamedTempFile::new().unwrap();
+    std::fs::write(file.path(), in_table.join("\n")).unwrap();
+    let again = tempfile::tempdir().unwrap();
+    let mut command = run_with_members(again.path(), DYNAMODB, &members_table, &aggregates_table);
+    command
+        .env_remove("CLASSPULSE_DYNAMODB_MEMBERS_TABLE")
+        .env("CLASSPULSE_MEMBERS_FILE", file.path());
+    tokio::task::spawn_blocking(move || run_to_end(&mut command))
+        .await
+        .unwrap();
+    let second = member_results(again.path());
+    for member in [gone, overtaken, left] {
+        let raises =
+            |results: &BTreeMap<(String, String), classpulse::aggregate::output::MemberSummary>| {
+                results
+                    .iter()
+                    .filter(|((id, _), _)| id == member)
+                    .filter_map(|(_, result)| result.hr_max_observed)
+                    .max()
+            };
+        assert_eq!(
+            raises(&second),
+            raises(&results),
+            "{member} raised as before"
+        );
+    }
+    let items_after = observed_items(&scan_all(&client, &aggregates_table).await);
+    assert_eq!(
+        items_after[gone].0, *raised_now[0].1,
+        "{gone}: written again"
+    );
+    assert_eq!(
+        items_after[overtaken],
+        (239, "written-by-test".to_owned()),
+        "never lowered"
+    );
+    assert_eq!(
+        items_after[left],
+        (*raised_now[2].1, "kept-by-test".to_owned()),
+        "not rewritten"
+    );
+    for (member, (bpm, _)) in &items {
+        assert!(
+            items_after[member].0 >= *bpm || member == gone,
+            "{member} lowered"
+        );
+    }
+
+    delete_table(&client, &members_table).await;
+    delete_table(&client, &aggregates_table).await;
 }

@@ -1,6 +1,9 @@
 # The two DynamoDB tables classpulse writes, as `classpulse tables create` makes them locally:
 # on-demand billing, string keys pk/sk, TTL on `ttl`, no secondary index (README: "DynamoDB
-# tables" has the access patterns). Point-in-time recovery and KMS encryption are on.
+# tables" has the access patterns). Point-in-time recovery and KMS encryption are on. The
+# members table (CLASSPULSE_DYNAMODB_MEMBERS_TABLE, pk `member_id`) is the member system's and
+# is not made here; the task reads it, and its own `member#` items of the aggregates table,
+# with dynamodb:BatchGetItem (deploy/cloudformation/classpulse.yaml, statement MemberProfiles).
 
 variable "events_table" {
   description = "CLASSPULSE_DYNAMODB_EVENTS_TABLE"

@@ -8,13 +8,59 @@ use std::collections::{BTreeMap, BTreeSet};
 use serde::{Deserialize, Serialize};
 use serde_json::{json, Map, Value};
 
-use crate::model::{utc_rfc3339, Kind, Message, Reading};
+use crate::model::{utc_rfc3339, Kind, Message, Profile, Reading};
 
 /// The parameters of the definitions.
 #[derive(Debug, Clone, Copy)]
 pub struct Rules {
+    /// The maximum of a member with no better one.
     pub hr_max_bpm: f64,
     pub hr_max_gap_ms: i64,
+    /// How long a member's heart rate must stay above their maximum to raise it.
+    pub hr_max_raise_after_ms: i64,
+}
+
+/// The most a class raises a maximum by.
+const RAISE_CAP_BPM: u16 = 10;
+
+/// The maximum heart rate a class in `year` uses for a member with `profile` (none: the member
+/// system does not know them), and its source, by the definitions: set by hand or measured,
+/// else Tanaka's 208 - 0.7 x age rounded halves up, else the default. (A run seats a member
+/// once, so no class of it sees a maximum another class raised.)
+pub fn member_max(profile: Option<&Profile>, year: i32, default: f64) -> (u16, &'static str) {
+    match profile {
+        Some(Profile {
+            hr_max: Some((bpm, source)),
+            ..
+        }) => (bpm.round() as u16, source),
+        Some(profile) => {
+            let tenths = 2080 - 7 * (year - profile.birth_year);
+            (((tenths + 5) / 10) as u16, "formula")
+        }
+        None => (default.round() as u16, "default"),
+    }
+}
+
+/// The highest heart rate a member held for `raise_ms`: over every shortest run of samples
+/// that spans it with no two consecutive ones further apart than `gap_ms`, the run's lowest
+/// sample, and the highest of those.
+fn sustained(samples: &[(i64, u16)], gap_ms: i64, raise_ms: i64) -> Option<u16> {
+    let mut best = None;
+    for (i, (start, first)) in samples.iter().enumerate() {
+        let mut lowest = *first;
+        for pair in samples[i..].windows(2) {
+            let ((before, _), (time, bpm)) = (pair[0], pair[1]);
+            if time - before > gap_ms {
+                break;
+            }
+            lowest = lowest.min(bpm);
+            if time - start >= raise_ms {
+                best = best.max(Some(lowest));
+                break;
+            }
+        }
+    }
+    best
 }
 
 /// Leaderboards keep this many members.
@@ -77,8 +123,8 @@ impl Expected {
         std::mem::take(&mut self.stash)
     }
 
-    pub fn finish_class(&mut self, plan: &crate::model::ClassPlan, acc: ClassAcc) {
-        if let Some(result) = acc.result(&plan.studio_id, &plan.class_id) {
+    pub fn finish_class(&mut self, plan: &crate::model::ClassPlan, acc: ClassAcc, rules: &Rules) {
+        if let Some(result) = acc.result(&plan.studio_id, &plan.class_id, rules) {
             self.classes.insert(plan.key(), result);
         }
     }
@@ -153,6 +199,8 @@ struct Member {
     counts: [u64; 5],
     bpm: Stat,
     last_hr_ms: Option<i64>,
+    /// Heart-rate samples counted, in time order.
+    samples: Vec<(i64, u16)>,
     zone_ms: [i64; 5],
     machines: BTreeMap<Kind, Machine>,
     sets: u64,
@@ -170,6 +218,8 @@ struct Minute {
 /// One class's counted events, accumulated in event-time order.
 #[derive(Debug, Default, Clone)]
 pub struct ClassAcc {
+    /// Each seated member's maximum and its source, and whether they are on leaderboards.
+    seats: BTreeMap<String, ((u16, &'static str), bool)>,
     members: BTreeMap<String, Member>,
     minutes: BTreeMap<i64, Minute>,
     first_ms: Option<i64>,
@@ -177,6 +227,27 @@ pub struct ClassAcc {
 }
 
 impl ClassAcc {
+    /// A class of these members: (id, maximum and source, on leaderboards). Others have the
+    /// default maximum.
+    pub fn seated(
+        members: impl IntoIterator<Item = (String, (u16, &'static str), bool)>,
+    ) -> ClassAcc {
+        ClassAcc {
+            seats: members
+                .into_iter()
+                .map(|(id, max, leaderboard)| (id, (max, leaderboard)))
+                .collect(),
+            ..ClassAcc::default()
+        }
+    }
+
+    fn seat(&self, member_id: &str, rules: &Rules) -> ((u16, &'static str), bool) {
+        self.seats
+            .get(member_id)
+            .copied()
+            .unwrap_or(((rules.hr_max_bpm.round() as u16, "default"), true))
+    }
+
     /// Counts one event (the caller adds a member's events in time order).
     pub fn add(
         &mut self,
@@ -189,6 +260,7 @@ impl ClassAcc {
         let minute_ms = time_ms.div_euclid(60_000) * 60_000;
         self.first_ms = Some(self.first_ms.map_or(time_ms, |f| f.min(time_ms)));
         self.last_ms = self.last_ms.max(time_ms);
+        let ((hr_max, _), _) = self.seat(member_id, rules);
         let minute = self.minutes.entry(minute_ms).or_default();
         minute.events += 1;
         minute.members.insert(member_id.to_owned());
@@ -203,10 +275,12 @@ impl ClassAcc {
                     .last_hr_ms
                     .map_or(0, |last| (time_ms - last).min(rules.hr_max_gap_ms));
                 member.last_hr_ms = Some(time_ms);
-                // Zone k from (40 + 10k)% up; compared in integers so 60% is exactly zone 2.
+                member.samples.push((time_ms, bpm.round() as u16));
+                // Zone k from (40 + 10k)% of the member's maximum up; compared in whole
+                // numbers so 60% is exactly zone 2.
                 let zone = (5..=9)
                     .rev()
-                    .find(|tens| bpm * 10.0 >= rules.hr_max_bpm * f64::from(*tens));
+                    .find(|tens| bpm * 10.0 >= f64::from(hr_max) * f64::from(*tens));
                 if let Some(tens) = zone {
                     member.zone_ms[(tens - 5) as usize] += gap;
                 }
@@ -252,7 +326,12 @@ impl ClassAcc {
     }
 
     /// The final results, or `None` if nothing was counted.
-    pub fn result(&self, studio_id: &str, class_id: &str) -> Option<ClassExpectation> {
+    pub fn result(
+        &self,
+        studio_id: &str,
+        class_id: &str,
+        rules: &Rules,
+    ) -> Option<ClassExpectation> {
         let first_ms = self.first_ms?;
         let mut members = Vec::new();
         let mut rows: Vec<(String, f64, f64)> = Vec::new();
@@ -282,6 +361,11 @@ impl ClassAcc {
                     Value::Object(o)
                 })
             };
+            let ((hr_max, source), leaderboard) = self.seat(member_id, rules);
+            let percent = |bpm: f64| (bpm * 1000.0 / f64::from(hr_max)).round() / 10.0;
+            let raised = sustained(&m.samples, rules.hr_max_gap_ms, rules.hr_max_raise_after_ms)
+                .filter(|bpm| *bpm > hr_max && !["manual", "measured"].contains(&source))
+                .map(|bpm| bpm.min(hr_max + RAISE_CAP_BPM));
             members.push(json!({
                 "studio_id": studio_id,
                 "class_id": class_id,
@@ -292,6 +376,16 @@ impl ClassAcc {
                 "hr_min": m.bpm.min(),
                 "hr_max": m.bpm.max(),
                 "hr_avg": m.bpm.mean(),
+                "hr_max_used": hr_max,
+                "hr_max_source": source,
+                "hr_max_observed": raised,
+                "zone_basis": "max",
+                "hr_pct_avg": m.bpm.mean().map(percent),
+                "hr_pct_peak": m.bpm.max().map(percent),
+                // A final result has no "now".
+                "hr_current": null,
+                "hr_pct_current": null,
+                "zone_current": null,
                 "zone_seconds": zone_seconds,
                 "effort_points": effort,
                 "distance_m": distance,
@@ -303,7 +397,9 @@ impl ClassAcc {
                 "reps_total": m.reps,
                 "volume_kg": m.volume,
             }));
-            rows.push((member_id.clone(), effort, distance));
+            if leaderboard {
+                rows.push((member_id.clone(), effort, distance));
+            }
             totals.add(m, &zone_seconds, effort, distance, calories);
         }
         let board = |value: fn(&(String, f64, f64)) -> f64| {
@@ -462,6 +558,7 @@ mod tests {
     const RULES: Rules = Rules {
         hr_max_bpm: 190.0,
         hr_max_gap_ms: 5_000,
+        hr_max_raise_after_ms: 30_000,
     };
 
     fn hr(acc: &mut ClassAcc, member: &str, time_ms: i64, bpm: f64) {
@@ -485,7 +582,7 @@ mod tests {
         // 94 bpm is under 50%: no zone; 114 is exactly 60%: zone 2.
         hr(&mut acc, "a", 70_000, 94.0);
         hr(&mut acc, "a", 74_000, 114.0);
-        let result = acc.result("s", "c").unwrap();
+        let result = acc.result("s", "c", &RULES).unwrap();
         assert_eq!(
             result.members[0]["zone_seconds"],
             json!([2.0, 4.0, 0.0, 5.0, 4.0])
@@ -494,6 +591,74 @@ mod tests {
         assert_eq!(result.members[0]["effort_points"], json!(0.2));
         assert_eq!(result.summary["hr_samples"], json!(6));
         assert_eq!(result.minutes.len(), 2);
+    }
+
+    fn profile(birth_year: i32, hr_max: Option<(f64, &'static str)>) -> Profile {
+        Profile {
+            birth_year,
+            female: true,
+            weight_kg: 60.0,
+            resting_hr: None,
+            hr_max,
+            leaderboard: true,
+        }
+    }
+
+    #[test]
+    fn a_member_s_maximum_is_theirs_then_tanaka_then_the_default() {
+        assert_eq!(
+            member_max(Some(&profile(1980, Some((177.0, "measured")))), 2026, 190.0),
+            (177, "measured")
+        );
+        // 65 years: 208 - 45.5 = 162.5, halves up.
+        assert_eq!(
+            member_max(Some(&profile(1961, None)), 2026, 190.0),
+            (163, "formula")
+        );
+        assert_eq!(
+            member_max(Some(&profile(1986, None)), 2026, 190.0),
+            (180, "formula")
+        );
+        assert_eq!(member_max(None, 2026, 190.0), (190, "default"));
+    }
+
+    #[test]
+    fn zones_and_percentages_are_of_the_member_s_maximum_and_a_held_rate_raises_it() {
+        let mut acc = ClassAcc::seated([
+            ("old".to_owned(), (163, "formula"), true),
+            ("hand".to_owned(), (163, "manual"), false),
+        ]);
+        // 170 bpm for 40 s, every 4 s: above 163 for more than 30 s.
+        for member in ["old", "hand"] {
+            for (i, bpm) in [
+                170.0, 171.0, 169.0, 172.0, 170.0, 168.0, 175.0, 170.0, 171.0, 170.0, 170.0,
+            ]
+            .into_iter()
+            .enumerate()
+            {
+                hr(&mut acc, member, i as i64 * 4_000, bpm);
+            }
+        }
+        let result = acc.result("s", "c", &RULES).unwrap();
+        let old = &result.members[1];
+        assert_eq!(old["member_id"], json!("old"));
+        // 168 over 163 is 103.1%: every sample in zone 5.
+        assert_eq!(old["zone_seconds"], json!([0.0, 0.0, 0.0, 0.0, 40.0]));
+        assert_eq!(old["hr_pct_peak"], json!(107.4));
+        // The lowest of the shortest 30 s runs, at best: samples 4 s apart, 8 of them span 28 s,
+        // so 9 (32 s): the best of those is 168 (and 169 from index 2 to 10 has 168 in it).
+        assert_eq!(old["hr_max_observed"], json!(168));
+        // Set by hand: never raised; off the leaderboards.
+        let hand = &result.members[0];
+        assert_eq!(hand["hr_max_observed"], Value::Null);
+        let board = result.summary["leaderboard_effort"].as_array().unwrap();
+        assert_eq!(board.len(), 1);
+        assert_eq!(board[0]["member_id"], json!("old"));
+        // A gap longer than 5 s breaks the run.
+        let samples: Vec<(i64, u16)> = (0..8).map(|i| (i * 6_000, 180)).collect();
+        assert_eq!(sustained(&samples, 5_000, 30_000), None);
+        let samples: Vec<(i64, u16)> = (0..8).map(|i| (i * 5_000, 180)).collect();
+        assert_eq!(sustained(&samples, 5_000, 30_000), Some(180));
     }
 
     #[test]
@@ -513,7 +678,7 @@ mod tests {
             };
             acc.add("a", Kind::Bike, t, &reading, &RULES);
         }
-        let result = acc.result("s", "c").unwrap();
+        let result = acc.result("s", "c", &RULES).unwrap();
         let gained: f64 = result
             .minutes
             .iter()
@@ -535,7 +700,7 @@ mod tests {
             };
             acc.add(member, Kind::FreeWeights, 0, &reading, &RULES);
         }
-        let result = acc.result("s", "c").unwrap();
+        let result = acc.result("s", "c", &RULES).unwrap();
         let board: Vec<&str> = result.summary["leaderboard_distance"]
             .as_array()
             .unwrap()

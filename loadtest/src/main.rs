@@ -70,6 +70,12 @@ async fn main() -> anyhow::Result<()> {
             let path = sent.write(&manifest)?;
             sends.write(&manifest)?;
             eprintln!("manifest: {}", path.display());
+            // The profiles classpulse is to read (CLASSPULSE_MEMBERS_FILE or the members table).
+            let now_ms = chrono::Utc::now().timestamp_millis();
+            let plan = model::Plan::new(&workload, pace.plan_speedup(), now_ms)?;
+            let profiles = manifest.join("members.ndjson");
+            std::fs::write(&profiles, plan.profiles_ndjson())?;
+            eprintln!("member profiles: {}", profiles.display());
         }
         Command::Verify { manifest, output } => {
             let verdict = verify::verify(&manifest, &output).await?;

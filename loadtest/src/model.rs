@@ -6,18 +6,22 @@
 //!
 //! Generation is deterministic: every class draws from its own ChaCha8 stream seeded by the
 //! run seed and the class index, so a class's events (values, ids, imperfections) do not depend
-//! on which other classes run beside it. Event ids encode a dense index, so `verify` can check
+//! on which other classes run beside it. Members are people of their studio ([`person`]), the
+//! same body and profile in every class; a studio seats each of them once a run (a raise of a
+//! member's maximum applies from their next class, and when that class looks it up is timing
+//! the load test does not control). Event ids encode a dense index, so `verify` can check
 //! "each exactly once" for 69 million events with a bitmap instead of a set of strings.
 
 use std::collections::BTreeMap;
 use std::fmt::Write as _;
 
 use chrono::{DateTime, Duration, NaiveDate, SecondsFormat, TimeZone, Utc};
+use rand::seq::SliceRandom;
 use rand::{Rng, SeedableRng};
 use rand_chacha::ChaCha8Rng;
 use serde::{Deserialize, Serialize};
 
-use crate::expect::{ClassAcc, Expected, Rules};
+use crate::expect::{member_max, ClassAcc, Expected, Rules};
 
 /// One second of event time: the step in which classes generate and messages are cut.
 pub const TICK_MS: i64 = 1000;
@@ -121,6 +125,9 @@ pub struct WorkloadArgs {
     /// classpulse's CLASSPULSE_HR_MAX_GAP, in ms.
     #[arg(long, default_value_t = 5_000)]
     pub hr_max_gap_ms: i64,
+    /// classpulse's CLASSPULSE_HR_MAX_RAISE_AFTER, in ms.
+    #[arg(long, default_value_t = 30_000)]
+    pub hr_max_raise_after_ms: i64,
     /// classpulse's CLASSPULSE_WATERMARK_DELAY, in ms.
     #[arg(long, default_value_t = 10_000)]
     pub watermark_delay_ms: i64,
@@ -138,6 +145,7 @@ impl WorkloadArgs {
         Rules {
             hr_max_bpm: self.hr_max_bpm,
             hr_max_gap_ms: self.hr_max_gap_ms,
+            hr_max_raise_after_ms: self.hr_max_raise_after_ms,
         }
     }
 
@@ -290,6 +298,97 @@ pub struct MemberPlan {
     rest_hr: f64,
     /// 0.8 (beginner) to 1.1 (athlete).
     fitness: f64,
+    /// The maximum classpulse must use for them in this class, and its source.
+    pub hr_max: (u16, &'static str),
+    /// Whether they are on the leaderboards.
+    pub leaderboard: bool,
+    /// Their profile, if the member system has one.
+    pub profile: Option<Profile>,
+}
+
+/// A member of a studio: their body, and what the studios' member system knows of them.
+#[derive(Debug, Clone)]
+pub struct Person {
+    pub member_id: String,
+    /// Their true maximum heart rate: about Tanaka's estimate, for one in ten 12 bpm above it.
+    pub max_hr: f64,
+    pub rest_hr: f64,
+    /// Their profile; `None` for one in ten, whom the member system does not know.
+    pub profile: Option<Profile>,
+}
+
+/// A member profile, as the member system holds it.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Profile {
+    pub birth_year: i32,
+    pub female: bool,
+    pub weight_kg: f64,
+    /// Known for seven in ten.
+    pub resting_hr: Option<f64>,
+    /// Measured for one in ten, set by hand for another.
+    pub hr_max: Option<(f64, &'static str)>,
+    /// Off the leaderboards for one in twelve.
+    pub leaderboard: bool,
+}
+
+impl Profile {
+    /// The profile as one NDJSON line (`CLASSPULSE_MEMBERS_FILE`, or an item of the table).
+    pub fn to_json(&self, member_id: &str) -> String {
+        let mut json = format!(
+            r#"{{"member_id":"{member_id}","birth_year":{},"sex":"{}","weight_kg":{}"#,
+            self.birth_year,
+            if self.female { "female" } else { "male" },
+            self.weight_kg
+        );
+        if let Some(resting) = self.resting_hr {
+            let _ = write!(json, r#","resting_hr":{resting}"#);
+        }
+        if let Some((bpm, source)) = self.hr_max {
+            let _ = write!(json, r#","hr_max":{bpm},"hr_max_source":"{source}""#);
+        }
+        if !self.leaderboard {
+            json.push_str(r#","leaderboard":false"#);
+        }
+        json.push('}');
+        json
+    }
+}
+
+/// Member `number` of `studio`: the same person in every class and every run of `seed`.
+pub fn person(seed: u64, studio: u32, number: u32) -> Person {
+    let mut rng = ChaCha8Rng::seed_from_u64(
+        seed ^ 0x70e0_91e5
+            ^ (u64::from(studio) << 32 | u64::from(number)).wrapping_mul(0x9E37_79B9_7F4A_7C15),
+    );
+    let birth_year = rng.random_range(1946..=2008);
+    // Ages as of 2026; a run in another year shifts everyone alike.
+    let age = f64::from(2026 - birth_year);
+    let above = if rng.random_bool(0.1) { 12.0 } else { 0.0 };
+    let max_hr = (208.0 - 0.7 * age + rng.random_range(-4.0..4.0) + above).round();
+    let rest_hr = rng.random_range(50.0..75.0f64).round();
+    let female = rng.random_bool(0.5);
+    let weight_kg = (rng.random_range(50.0..110.0f64) * 10.0).round() / 10.0;
+    let hr_max = match rng.random_range(0..10) {
+        0 => Some((max_hr, "measured")),
+        1 => Some((max_hr - 3.0, "manual")),
+        _ => None,
+    };
+    let resting_hr = rng.random_bool(0.7).then_some(rest_hr);
+    let leaderboard = !rng.random_bool(1.0 / 12.0);
+    let known = !rng.random_bool(0.1);
+    Person {
+        member_id: format!("m{studio:04}{number:04}"),
+        max_hr,
+        rest_hr,
+        profile: known.then_some(Profile {
+            birth_year,
+            female,
+            weight_kg,
+            resting_hr,
+            hr_max,
+            leaderboard,
+        }),
+    }
 }
 
 /// One class session.
@@ -393,8 +492,18 @@ impl Plan {
                     })
                     .collect(),
             };
+            // Each member of the studio once a run: a shuffled pool, wider than the studio's
+            // 400 when the run seats more.
+            let seats = starts.len() * args.members as usize;
+            let mut pool: Vec<u32> = (0..(seats as u32).max(MEMBERS_PER_STUDIO)).collect();
+            pool.shuffle(&mut ChaCha8Rng::seed_from_u64(
+                args.seed ^ 0x9001 ^ (u64::from(studio) << 24),
+            ));
+            let mut seated = pool.into_iter();
             for start_ms in starts {
                 let index = classes.len() as u32;
+                let year = DateTime::<Utc>::from_timestamp_millis(start_ms)
+                    .map_or(2026, |t| chrono::Datelike::year(&t));
                 let mut class_rng = class_rng(args.seed, index);
                 let kind = [
                     ClassKind::Cycle,
@@ -408,18 +517,19 @@ impl Plan {
                 )
                 .unwrap_or_default();
                 let class_id = format!("{}-{}", local.format("%Y%m%dT%H%M"), kind.name());
-                let mut pool: Vec<u32> = (0..MEMBERS_PER_STUDIO).collect();
                 let mut members = Vec::new();
-                for _ in 0..args.members {
-                    let pick = pool.swap_remove(class_rng.random_range(0..pool.len()));
-                    let age: f64 = class_rng.random_range(20.0..65.0);
+                for pick in seated.by_ref().take(args.members as usize) {
+                    let person = person(args.seed, studio, pick);
                     members.push(MemberPlan {
-                        member_id: format!("m{studio:04}{pick:04}"),
+                        hr_max: member_max(person.profile.as_ref(), year, args.hr_max_bpm),
+                        leaderboard: person.profile.as_ref().is_none_or(|p| p.leaderboard),
+                        profile: person.profile,
+                        member_id: person.member_id,
                         machine: kind.machine(&mut class_rng),
                         hr_phase_ms: class_rng.random_range(0..args.sample_ms),
                         machine_phase_ms: class_rng.random_range(0..args.sample_ms),
-                        max_hr: (208.0 - 0.7 * age).round(),
-                        rest_hr: class_rng.random_range(55.0..75.0f64).round(),
+                        max_hr: person.max_hr,
+                        rest_hr: person.rest_hr,
                         fitness: class_rng.random_range(0.8..1.1),
                     });
                 }
@@ -475,6 +585,23 @@ impl Plan {
             start_ms,
             end_ms,
         })
+    }
+
+    /// The profiles of every member the run seats who has one, as NDJSON: what the members
+    /// table or `CLASSPULSE_MEMBERS_FILE` holds for classpulse.
+    pub fn profiles_ndjson(&self) -> String {
+        let mut lines = BTreeMap::new();
+        for class in &self.classes {
+            for member in &class.members {
+                if let Some(profile) = &member.profile {
+                    lines.insert(member.member_id.clone(), profile.to_json(&member.member_id));
+                }
+            }
+        }
+        lines
+            .into_values()
+            .flat_map(|line| [line, "\n".to_owned()])
+            .collect()
     }
 
     /// Valid events in all (each sent at least once).
@@ -534,7 +661,11 @@ impl Plan {
             active.retain_mut(|class| {
                 let done = class.done(tick);
                 if done {
-                    expected.finish_class(class.plan, std::mem::take(&mut class.acc));
+                    expected.finish_class(
+                        class.plan,
+                        std::mem::take(&mut class.acc),
+                        &self.args.rules(),
+                    );
                 }
                 !done
             });
@@ -619,7 +750,12 @@ impl<'a> ClassGen<'a> {
             pending: Vec::new(),
             pending_first: Vec::new(),
             pending_late: Vec::new(),
-            acc: ClassAcc::default(),
+            acc: ClassAcc::seated(
+                class
+                    .members
+                    .iter()
+                    .map(|m| (m.member_id.clone(), m.hr_max, m.leaderboard)),
+            ),
             messages_sent: 0,
             sent: Vec::new(),
             resent: !class.resend,
@@ -1104,6 +1240,39 @@ mod tests {
         assert!(expected.rejected_valid.is_empty());
         for class in resent {
             assert_eq!(again[&class.key()], class.events, "{}", class.key());
+        }
+    }
+
+    /// Every member is seated once a run, with the same body and profile wherever they are;
+    /// the population has each kind of profile the expectations distinguish.
+    #[test]
+    fn members_are_seated_once_with_their_own_profile() {
+        let mut args = small();
+        args.classes_per_day = 4;
+        let plan = Plan::new(&args, 0.0, 1_800_000_000_000).unwrap();
+        let mut seen = std::collections::BTreeSet::new();
+        let mut sources: BTreeMap<&str, usize> = BTreeMap::new();
+        for class in &plan.classes {
+            for member in &class.members {
+                assert!(
+                    seen.insert(member.member_id.clone()),
+                    "{} twice",
+                    member.member_id
+                );
+                *sources.entry(member.hr_max.1).or_default() += 1;
+            }
+        }
+        for source in ["manual", "measured", "formula", "default"] {
+            assert!(sources.contains_key(source), "{sources:?}");
+        }
+        let profiles = plan.profiles_ndjson();
+        assert_eq!(profiles.lines().count(), seen.len() - sources["default"]);
+        let again = person(args.seed, 3, 17);
+        assert_eq!(again.profile, person(args.seed, 3, 17).profile);
+        for line in profiles.lines() {
+            let profile: serde_json::Value = serde_json::from_str(line).unwrap();
+            let year = profile["birth_year"].as_i64().unwrap();
+            assert!((1946..=2008).contains(&year), "{line}");
         }
     }
 

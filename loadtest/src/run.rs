@@ -52,6 +52,11 @@ pub struct RunArgs {
     /// classpulse's aggregates table.
     #[arg(long)]
     pub aggregates_table: Option<String>,
+    /// A members table (created by `classpulse tables create`) the load test fills with the
+    /// run's profiles, for classpulse to read; default: the profiles as OUT/members.ndjson,
+    /// `CLASSPULSE_MEMBERS_FILE`.
+    #[arg(long)]
+    pub members_table: Option<String>,
     /// Extra classpulse settings, `NAME=VALUE` (repeatable).
     #[arg(long = "env", value_parser = parse_env)]
     pub env: Vec<(String, String)>,
@@ -193,6 +198,10 @@ fn start_instance(
         .env("CLASSPULSE_HR_MAX_BPM", w.hr_max_bpm.to_string())
         .env("CLASSPULSE_HR_MAX_GAP", format!("{}ms", w.hr_max_gap_ms))
         .env(
+            "CLASSPULSE_HR_MAX_RAISE_AFTER",
+            format!("{}ms", w.hr_max_raise_after_ms),
+        )
+        .env(
             "CLASSPULSE_WATERMARK_DELAY",
             format!("{}ms", w.watermark_delay_ms),
         )
@@ -229,10 +238,14 @@ fn start_instance(
             "CLASSPULSE_DYNAMODB_AGGREGATES_TABLE",
             &args.aggregates_table,
         ),
+        ("CLASSPULSE_DYNAMODB_MEMBERS_TABLE", &args.members_table),
     ] {
         if let Some(value) = value {
             command.env(name, value);
         }
+    }
+    if args.members_table.is_none() {
+        command.env("CLASSPULSE_MEMBERS_FILE", args.out.join("members.ndjson"));
     }
     // Local servers take any credentials; real AWS ones come from the environment.
     for (name, value) in [
@@ -292,6 +305,61 @@ fn server_pids() -> Vec<(String, u32)> {
     found
 }
 
+/// Puts the profiles of every member the run seats where classpulse reads them: the members
+/// table, or OUT/members.ndjson (`CLASSPULSE_MEMBERS_FILE`).
+async fn write_profiles(args: &RunArgs) -> anyhow::Result<()> {
+    let now_ms = chrono::Utc::now().timestamp_millis();
+    let plan = crate::model::Plan::new(&args.workload, args.pace.plan_speedup(), now_ms)?;
+    let profiles = plan.profiles_ndjson();
+    let path = args.out.join("members.ndjson");
+    std::fs::write(&path, &profiles)?;
+    let Some(table) = &args.members_table else {
+        return Ok(());
+    };
+    use aws_sdk_dynamodb::types::{AttributeValue, PutRequest, WriteRequest};
+    let client = crate::dynamodb_client(args.dynamodb_endpoint.as_deref()).await;
+    let mut requests = Vec::new();
+    for line in profiles.lines() {
+        let fields: serde_json::Map<String, serde_json::Value> = serde_json::from_str(line)?;
+        let item = fields
+            .into_iter()
+            .map(|(name, value)| {
+                let value = match value {
+                    serde_json::Value::String(text) => AttributeValue::S(text),
+                    serde_json::Value::Bool(flag) => AttributeValue::Bool(flag),
+                    number => AttributeValue::N(number.to_string()),
+                };
+                (name, value)
+            })
+            .collect();
+        let put = PutRequest::builder().set_item(Some(item)).build()?;
+        requests.push(WriteRequest::builder().put_request(put).build());
+    }
+    let count = requests.len();
+    for chunk in requests.chunks(25) {
+        let mut pending = chunk.to_vec();
+        while !pending.is_empty() {
+            let output = client
+                .batch_write_item()
+                .request_items(table, pending)
+                .send()
+                .await
+                .map_err(|e| {
+                    anyhow::anyhow!(
+                        "writing profiles to {table}: {}",
+                        aws_sdk_dynamodb::error::DisplayErrorContext(e)
+                    )
+                })?;
+            pending = output
+                .unprocessed_items
+                .and_then(|mut tables| tables.remove(table))
+                .unwrap_or_default();
+        }
+    }
+    eprintln!("{count} member profiles in {table}");
+    Ok(())
+}
+
 /// Runs the whole load test; returns whether verify was clean.
 pub async fn run(mut args: RunArgs) -> anyhow::Result<bool> {
     std::fs::create_dir_all(&args.out)?;
@@ -319,6 +387,7 @@ pub async fn run(mut args: RunArgs) -> anyhow::Result<bool> {
     };
 
     let http = reqwest::Client::new();
+    write_profiles(&args).await?;
     if !args.backlog {
         crate::produce::prepare(&args.target).await?;
         start_all(&mut instances)?;

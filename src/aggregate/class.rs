@@ -4,14 +4,17 @@
 
 use std::collections::BTreeMap;
 
+use chrono::Datelike;
 use serde::{Deserialize, Serialize};
 
+use super::heart::{whole_bpm, BpmTime, Personal, Sustained};
 use super::output::{
     CardioSummary, ClassMinute, ClassResult, ClassSummary, Leader, MemberSummary, Positions,
     TypeCounts,
 };
 use super::Rules;
 use crate::event::{EventType, IdSet, PerformanceEvent};
+use crate::profile::Profile;
 
 /// Length of a class-minute window.
 pub const MINUTE_MS: i64 = 60_000;
@@ -90,26 +93,13 @@ impl Stat {
     }
 }
 
-/// The heart-rate zone (0 for zone 1 .. 4 for zone 5) of `bpm`, or `None` under 50% of
-/// `max_bpm`. Compared as `bpm * 10 >= max * k`, so 60% of 190 (114) is exactly zone 2.
-pub fn zone(bpm: f64, max_bpm: f64) -> Option<usize> {
-    (5..=9)
-        .rev()
-        .find(|tenths| bpm * 10.0 >= max_bpm * f64::from(*tenths))
-        .map(|tenths| tenths as usize - 5)
-}
-
-/// `effort_points` from time in zones: minutes in zone 4 plus twice the minutes in zone 5,
-/// rounded down to 0.1.
-pub fn effort_points(zone_ms: &[i64; 5]) -> f64 {
-    let tenths = (zone_ms[3] + 2 * zone_ms[4]) / 6_000;
-    tenths as f64 / 10.0
-}
-
-/// Heart-rate state of one member. Samples wait in `pending`, ordered by event time (then
-/// event-id hash), until nothing can arrive before them any more; then they are *sealed*: each
-/// adds the gap to the previous sealed sample to its zone. So out-of-order arrival within the
-/// allowed lateness gives exactly the zones of the sorted samples.
+/// Heart-rate state of one member, kept in a form that does not need the member's maximum:
+/// time at each whole bpm ([`BpmTime`]) and the highest rate sustained ([`Sustained`]), so the
+/// zones of whatever maximum applies are cut when a result is rendered. Samples wait in
+/// `pending`, ordered by event time (then event-id hash), until nothing can arrive before them
+/// any more; then they are *sealed*: each adds the gap to the previous sealed sample at its
+/// bpm. So out-of-order arrival within the allowed lateness gives exactly the time of the
+/// sorted samples.
 #[derive(Debug, Clone, Default, Serialize, Deserialize)]
 pub struct HeartRate {
     /// Every counted sample's bpm.
@@ -123,14 +113,27 @@ pub struct HeartRate {
     pub first_sealed: Option<(i64, f64)>,
     /// Event time of the last sealed sample.
     pub last_sealed_ms: Option<i64>,
-    /// Milliseconds in each zone, from sealed samples.
-    pub zone_ms: [i64; 5],
+    /// Milliseconds at each whole bpm, from sealed samples.
+    pub at_bpm: BpmTime,
+    /// Milliseconds in each zone counted by a build whose state held zones of the default
+    /// maximum instead of time at each bpm (a checkpoint of format 5 or older).
+    pub fixed_zone_ms: Option<[i64; 5]>,
+    /// The highest rate sustained, from sealed samples.
+    pub sustained: Sustained,
+    /// The newest sample: (event time, event-id hash, bpm).
+    pub latest: Option<(i64, u128, f64)>,
 }
 
 impl HeartRate {
     fn add(&mut self, time_ms: i64, id_hash: u128, bpm: f64) {
         self.bpm.add(bpm);
         self.pending.insert((time_ms, id_hash), bpm);
+        if self
+            .latest
+            .is_none_or(|(time, hash, _)| (time, hash) < (time_ms, id_hash))
+        {
+            self.latest = Some((time_ms, id_hash, bpm));
+        }
     }
 
     /// Seals every pending sample older than `limit_ms`.
@@ -142,40 +145,71 @@ impl HeartRate {
             let ((time_ms, _), bpm) = entry.remove_entry();
             self.first_sealed.get_or_insert((time_ms, bpm));
             accumulate(
-                &mut self.zone_ms,
+                &mut self.at_bpm,
                 &mut self.last_sealed_ms,
                 time_ms,
                 bpm,
                 rules,
+            );
+            self.sustained.push(
+                time_ms,
+                whole_bpm(bpm),
+                rules.hr_max_gap_ms,
+                rules.heart.raise_after_ms,
             );
         }
     }
 
     /// Takes in the same member's samples counted elsewhere: the other part of a class whose
     /// key moved to another partition. Each side's sealed samples are one block, known by its
-    /// first sample, its last time and its zone times; blocks and pending samples are laid
-    /// out in time order and the chain runs across them, a block's first sample getting the
-    /// (capped) gap to what precedes it. Everything up to the end of the last block is sealed;
-    /// later samples stay pending. Exact unless a sample or block of one side falls inside
-    /// the other's block (a device that switched partitions once never does that); returns
-    /// whether it was exact.
+    /// first sample, its last time, its time at each bpm and its sustained rate; blocks and
+    /// pending samples are laid out in time order and the chain runs across them, a block's
+    /// first sample getting the (capped) gap to what precedes it. Everything up to the end of
+    /// the last block is sealed; later samples stay pending. Exact unless a sample or block of
+    /// one side falls inside the other's block (a device that switched partitions once never
+    /// does that); returns whether it was exact.
     pub fn merge(&mut self, other: HeartRate, rules: &Rules) -> bool {
         struct Block {
             first: (i64, f64),
             last_ms: i64,
-            zone_ms: [i64; 5],
+            at_bpm: BpmTime,
+            sustained: Sustained,
         }
-        let block = |hr: &HeartRate| {
+        let block = |hr: &mut HeartRate| {
+            let (at_bpm, sustained) = (take(&mut hr.at_bpm), take(&mut hr.sustained));
             hr.first_sealed.map(|first| Block {
                 first,
                 last_ms: hr.last_sealed_ms.unwrap_or(first.0),
-                zone_ms: hr.zone_ms,
+                at_bpm,
+                sustained,
             })
         };
-        let mut blocks: Vec<Block> = [block(self), block(&other)].into_iter().flatten().collect();
+        let mut other = other;
+        let mut blocks: Vec<Block> = [block(self), block(&mut other)]
+            .into_iter()
+            .flatten()
+            .collect();
         blocks.sort_by_key(|b| (b.first.0, b.last_ms));
         self.bpm.merge(&other.bpm);
         self.pending.extend(other.pending);
+        if let (Some(mine), Some(theirs)) = (self.latest, other.latest) {
+            self.latest = Some(if (mine.0, mine.1) >= (theirs.0, theirs.1) {
+                mine
+            } else {
+                theirs
+            });
+        } else {
+            self.latest = self.latest.or(other.latest);
+        }
+        self.fixed_zone_ms = match (self.fixed_zone_ms, other.fixed_zone_ms) {
+            (Some(mut mine), Some(theirs)) => {
+                for (total, ms) in mine.iter_mut().zip(theirs) {
+                    *total += ms;
+                }
+                Some(mine)
+            }
+            (mine, theirs) => mine.or(theirs),
+        };
         let inside = |time: i64, b: &Block| b.first.0 < time && time < b.last_ms;
         let blocks_overlap = blocks.len() == 2 && blocks[1].first.0 < blocks[0].last_ms;
         let sample_inside = self
@@ -184,7 +218,6 @@ impl HeartRate {
             .any(|(time, _)| blocks.iter().any(|b| inside(*time, b)));
         let exact = !blocks_overlap && !sample_inside;
         let end = blocks.last().map(|b| b.last_ms);
-        self.zone_ms = [0; 5];
         self.first_sealed = None;
         self.last_sealed_ms = None;
         let mut blocks = blocks.into_iter().peekable();
@@ -201,14 +234,18 @@ impl HeartRate {
                 }
                 _ => {
                     let Some(b) = blocks.next() else { break };
-                    if let (Some(previous), Some(zone)) =
-                        (self.last_sealed_ms, zone(b.first.1, rules.hr_max_bpm))
-                    {
-                        self.zone_ms[zone] += (b.first.0 - previous).clamp(0, rules.hr_max_gap_ms);
+                    if let Some(previous) = self.last_sealed_ms {
+                        self.at_bpm.add(
+                            whole_bpm(b.first.1),
+                            (b.first.0 - previous).clamp(0, rules.hr_max_gap_ms),
+                        );
                     }
-                    for (total, ms) in self.zone_ms.iter_mut().zip(b.zone_ms) {
-                        *total += ms;
-                    }
+                    self.at_bpm.merge(&b.at_bpm);
+                    self.sustained.append(
+                        b.sustained,
+                        rules.hr_max_gap_ms,
+                        rules.heart.raise_after_ms,
+                    );
                     self.first_sealed.get_or_insert(b.first);
                     self.last_sealed_ms =
                         Some(self.last_sealed_ms.map_or(b.last_ms, |l| l.max(b.last_ms)));
@@ -218,32 +255,52 @@ impl HeartRate {
         exact
     }
 
-    /// Zone times as if every pending sample were sealed now (live values).
-    pub fn zone_ms_now(&self, rules: &Rules) -> [i64; 5] {
-        let mut zone_ms = self.zone_ms;
+    /// Time at each bpm as if every pending sample were sealed now (live values).
+    pub fn at_bpm_now(&self, rules: &Rules) -> BpmTime {
+        let mut at_bpm = self.at_bpm.clone();
         let mut last = self.last_sealed_ms;
         for ((time_ms, _), bpm) in &self.pending {
-            accumulate(&mut zone_ms, &mut last, *time_ms, *bpm, rules);
+            accumulate(&mut at_bpm, &mut last, *time_ms, *bpm, rules);
+        }
+        at_bpm
+    }
+
+    /// Time in each zone for `member`'s maximum: of the sealed samples when `sealed_only`,
+    /// else as if every pending sample were sealed now.
+    pub fn zone_ms(&self, member: &Personal, rules: &Rules, sealed_only: bool) -> [i64; 5] {
+        let mut zone_ms = if sealed_only {
+            member.zone_ms(&self.at_bpm, &rules.heart)
+        } else {
+            member.zone_ms(&self.at_bpm_now(rules), &rules.heart)
+        };
+        for (total, ms) in zone_ms
+            .iter_mut()
+            .zip(self.fixed_zone_ms.unwrap_or_default())
+        {
+            *total += ms;
         }
         zone_ms
     }
 }
 
-fn accumulate(
-    zone_ms: &mut [i64; 5],
-    last: &mut Option<i64>,
-    time_ms: i64,
-    bpm: f64,
-    rules: &Rules,
-) {
+impl HeartRate {
+    /// Rough heap bytes of the time at each bpm and the sustained-rate window.
+    fn approx_bytes(&self) -> usize {
+        self.at_bpm.approx_bytes() + self.sustained.approx_bytes()
+    }
+}
+
+fn take<T: Default>(value: &mut T) -> T {
+    std::mem::take(value)
+}
+
+fn accumulate(at_bpm: &mut BpmTime, last: &mut Option<i64>, time_ms: i64, bpm: f64, rules: &Rules) {
     // Never negative: sealing goes in time order (a merge that had to interleave parts
     // counts nothing for a step back).
     let duration = last.map_or(0, |previous| {
         (time_ms - previous).clamp(0, rules.hr_max_gap_ms)
     });
-    if let Some(zone) = zone(bpm, rules.hr_max_bpm) {
-        zone_ms[zone] += duration;
-    }
+    at_bpm.add(whole_bpm(bpm), duration);
     *last = Some(time_ms);
 }
 
@@ -374,6 +431,9 @@ pub struct MemberState {
     pub cardio: [Cardio; 3],
     /// Free weights.
     pub weights: Weights,
+    /// The member's profile, once bound (`Some(Profile::default())`: none exists); from then
+    /// on it is part of the state, so every result of the class uses the same one.
+    pub profile: Option<Profile>,
 }
 
 fn cardio_index(event_type: EventType) -> Option<usize> {
@@ -431,6 +491,9 @@ impl MemberState {
         self.weights.sets += other.weights.sets;
         self.weights.reps_total += other.weights.reps_total;
         self.weights.volume_kg += other.weights.volume_kg;
+        if self.profile.is_none() {
+            self.profile = other.profile;
+        }
         self.heart_rate.merge(other.heart_rate, rules)
     }
 
@@ -788,15 +851,21 @@ impl ClassState {
 
     /// The results: class summary, member summaries, minute windows.
     pub fn result(&self, rules: &Rules, partition: &str, is_final: bool) -> ClassResult {
+        let year = chrono::DateTime::<chrono::Utc>::from_timestamp_millis(self.first_event_ms)
+            .map_or(1970, |time| time.year());
         let mut members = Vec::with_capacity(self.members.len());
+        let mut hidden = Vec::new();
         for (member_id, member) in &self.members {
-            let zone_ms = if is_final {
-                member.heart_rate.zone_ms
-            } else {
-                member.heart_rate.zone_ms_now(rules)
-            };
-            let hr = &member.heart_rate.bpm;
+            let personal = rules.heart.personal(member.profile.as_ref(), year);
+            let heart = &member.heart_rate;
+            let zone_ms = heart.zone_ms(&personal, rules, is_final);
+            let hr = &heart.bpm;
+            // The reading now, for live values only: a final result has no "now".
+            let current = heart.latest.filter(|_| !is_final).map(|(_, _, bpm)| bpm);
             let [treadmill, rower, bike] = &member.cardio;
+            if member.profile.as_ref().is_some_and(|p| !p.leaderboard) {
+                hidden.push(member_id.clone());
+            }
             members.push(MemberSummary {
                 studio_id: self.studio_id.clone(),
                 class_id: self.class_id.clone(),
@@ -807,8 +876,19 @@ impl ClassState {
                 hr_min: hr.min(),
                 hr_max: hr.max(),
                 hr_avg: hr.mean(),
+                hr_max_used: Some(personal.hr_max),
+                hr_max_source: Some(personal.source),
+                hr_max_observed: personal.raised(heart.sustained.best()).filter(|_| is_final),
+                zone_basis: Some(personal.basis),
+                hr_pct_avg: hr.mean().map(|bpm| personal.percent(bpm)),
+                hr_pct_peak: hr.max().map(|bpm| personal.percent(bpm)),
+                hr_current: current,
+                hr_pct_current: current.map(|bpm| personal.percent(bpm)),
+                zone_current: current
+                    .and_then(|bpm| personal.zone(whole_bpm(bpm), &rules.heart))
+                    .map(|zone| zone as u8 + 1),
                 zone_seconds: zone_ms.map(|ms| ms as f64 / 1000.0),
-                effort_points: effort_points(&zone_ms),
+                effort_points: rules.heart.effort_points(&zone_ms),
                 distance_m: member.distance_m(),
                 calories: member.cardio.iter().map(|c| c.calories.span()).sum(),
                 treadmill: treadmill.summary(),
@@ -840,9 +920,11 @@ impl ClassState {
             })
             .collect();
 
+        // Members whose profile says so are left off every leaderboard.
         let leaders = |value: &dyn Fn(&MemberSummary) -> f64| {
             let mut ranked: Vec<Leader> = members
                 .iter()
+                .filter(|m| !hidden.contains(&m.member_id))
                 .map(|m| Leader {
                     member_id: m.member_id.clone(),
                     value: value(m),
@@ -909,6 +991,7 @@ impl ClassState {
             .map(|m| {
                 std::mem::size_of::<MemberState>()
                     + m.heart_rate.pending.len() * 48
+                    + m.heart_rate.approx_bytes()
                     + m.cardio
                         .iter()
                         .map(|c| c.minute_distance.len() * 40)
@@ -927,44 +1010,43 @@ impl ClassState {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::aggregate::heart::HeartModel;
 
-    #[test]
-    fn zones_follow_the_percent_bands() {
-        let max = 190.0;
-        assert_eq!(zone(94.0, max), None); // 49.5%
-        assert_eq!(zone(95.0, max), Some(0)); // 50%
-        assert_eq!(zone(113.9, max), Some(0));
-        assert_eq!(zone(114.0, max), Some(1)); // 60% exactly
-        assert_eq!(zone(133.0, max), Some(2)); // 70%
-        assert_eq!(zone(152.0, max), Some(3)); // 80%
-        assert_eq!(zone(170.9, max), Some(3));
-        assert_eq!(zone(171.0, max), Some(4)); // 90%
-        assert_eq!(zone(240.0, max), Some(4));
-    }
-
-    #[test]
-    fn effort_points_round_down_to_a_tenth() {
-        // 1 min 5 s in zone 4 and 30 s in zone 5: 65/60 + 2*30/60 = 2.0833 -> 2.0
-        assert_eq!(effort_points(&[0, 0, 0, 65_000, 30_000]), 2.0);
-        // 5.99 s short of 0.1 point
-        assert_eq!(effort_points(&[0, 0, 0, 5_990, 0]), 0.0);
-        assert_eq!(effort_points(&[0, 0, 0, 6_000, 0]), 0.1);
-        assert_eq!(effort_points(&[60_000; 5]), 3.0);
+    /// The default maximum (190), cut by percent of it.
+    fn default_member() -> Personal {
+        HeartModel::default().personal(None, 2026)
     }
 
     #[test]
     fn samples_count_the_capped_gap_to_the_previous_one() {
         let rules = Rules::default();
+        let member = default_member();
         let mut hr = HeartRate::default();
         // zone 5, zone 5 after 4 s, zone 4 after a 60 s gap (capped to 5 s), zone 1 after 2 s.
         for (time, bpm) in [(0, 180.0), (4_000, 180.0), (64_000, 160.0), (66_000, 100.0)] {
             hr.add(time, time as u128, bpm);
         }
-        assert_eq!(hr.zone_ms_now(&rules), [2_000, 0, 0, 5_000, 4_000]);
+        assert_eq!(
+            hr.zone_ms(&member, &rules, false),
+            [2_000, 0, 0, 5_000, 4_000]
+        );
         hr.seal_before(64_000, &rules);
-        assert_eq!(hr.zone_ms, [0, 0, 0, 0, 4_000]);
+        assert_eq!(hr.zone_ms(&member, &rules, true), [0, 0, 0, 0, 4_000]);
         hr.seal_before(i64::MAX, &rules);
-        assert_eq!(hr.zone_ms, [2_000, 0, 0, 5_000, 4_000]);
+        assert_eq!(
+            hr.zone_ms(&member, &rules, true),
+            [2_000, 0, 0, 5_000, 4_000]
+        );
+        assert_eq!(hr.latest, Some((66_000, 66_000, 100.0)));
+        // The same time, cut for a maximum of 160: 180 and 160 are zone 5, 100 is under 70%.
+        let lower = HeartModel::default().personal(
+            Some(&Profile {
+                hr_max: Some((160, crate::profile::SetBy::Manual)),
+                ..Profile::default()
+            }),
+            2026,
+        );
+        assert_eq!(hr.zone_ms(&lower, &rules, true), [0, 2_000, 0, 0, 9_000]);
     }
 
     /// One strap's samples split where its device switched partitions: each side sealed in
@@ -974,7 +1056,7 @@ mod tests {
     fn heart_rate_parts_merge_to_the_zones_of_the_whole() {
         let rules = Rules::default();
         let samples: Vec<(i64, f64)> = (0..40)
-            .map(|i| (i * 3_000 + (i % 4) * 900, 100.0 + (i * 37 % 90) as f64))
+            .map(|i| (i * 3_000 + (i % 4) * 900, 150.0 + (i * 37 % 40) as f64))
             .collect();
         let part = |samples: &[(i64, f64)], seal_before: i64| {
             let mut hr = HeartRate::default();
@@ -984,7 +1066,8 @@ mod tests {
             hr.seal_before(seal_before, &rules);
             hr
         };
-        let whole = part(&samples, i64::MAX).zone_ms;
+        let whole = part(&samples, i64::MAX);
+        assert!(whole.sustained.best().is_some());
         let (earlier, later) = samples.split_at(25);
         for (seal_earlier, seal_later) in
             [(0, 0), (40_000, 0), (i64::MAX, 100_000), (20_000, i64::MAX)]
@@ -992,14 +1075,15 @@ mod tests {
             let mut merged = part(earlier, seal_earlier);
             assert!(merged.merge(part(later, seal_later), &rules));
             merged.seal_before(i64::MAX, &rules);
-            assert_eq!(
-                merged.zone_ms, whole,
-                "earlier into later, sealed {seal_earlier} {seal_later}"
-            );
+            let at = format!("sealed {seal_earlier} {seal_later}");
+            assert_eq!(merged.at_bpm, whole.at_bpm, "earlier into later, {at}");
+            assert_eq!(merged.sustained.best(), whole.sustained.best(), "{at}");
+            assert_eq!(merged.latest, whole.latest, "{at}");
             let mut merged = part(later, seal_later);
             assert!(merged.merge(part(earlier, seal_earlier), &rules));
             merged.seal_before(i64::MAX, &rules);
-            assert_eq!(merged.zone_ms, whole, "later into earlier");
+            assert_eq!(merged.at_bpm, whole.at_bpm, "later into earlier, {at}");
+            assert_eq!(merged.sustained.best(), whole.sustained.best(), "{at}");
             assert_eq!(merged.bpm.count, 40);
         }
         // Alternating samples, both sides sealed: not exact, and said so.

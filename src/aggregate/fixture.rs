@@ -14,6 +14,7 @@ use super::partition::PartitionState;
 use super::reference::event;
 use super::Rules;
 use crate::event::{EventType, Metrics, PerformanceEvent};
+use crate::profile::{Profile, SetBy, Sex};
 
 /// The partition's name in results.
 pub const PARTITION: &str = "events/0";
@@ -181,7 +182,8 @@ pub fn prepare(state: &mut PartitionState) {
 }
 
 /// Runs `events` (consecutive, from the partition's order) into `state` as the stage would
-/// between two checkpoints: the roles claimed for new classes, the batch applied, a sweep,
+/// between two checkpoints: the roles claimed for new classes, the batch applied, m1's
+/// profile bound, a sweep,
 /// the closing of class-1 once it is due (its visitors handed nothing), and the ids sealed.
 pub fn apply(state: &mut PartitionState, events: &[PerformanceEvent]) {
     let rules = rules();
@@ -200,11 +202,32 @@ pub fn apply(state: &mut PartitionState, events: &[PerformanceEvent]) {
         let mut batch = batch.to_vec();
         let last = batch.last().map_or(0, |e| e.offset);
         state.apply(&mut batch, last, &rules, 0);
+        for (key, member) in state.take_unbound() {
+            if &*member == "m1" {
+                state.bind_profile(&key, &member, profile_of_m1());
+            }
+        }
         state.sweep(&rules, None);
         if state.closing.contains_key("studio-1:class-1") {
             state.close("studio-1:class-1", Vec::new(), &rules);
         }
         state.seal_ids(super::segment::SEAL_AT);
+    }
+}
+
+/// The profile bound to m1 when the stage meets them (the others have none): every field
+/// set, and a maximum equal to the default, so that results of formats before profiles
+/// existed are the same but for the fields naming it.
+pub fn profile_of_m1() -> Profile {
+    Profile {
+        birth_year: Some(1961),
+        sex: Some(Sex::Female),
+        weight_kg: Some(64.5),
+        resting_hr: Some(58),
+        hr_max: Some((190, SetBy::Manual)),
+        hr_max_observed: Some(185),
+        alias: Some("Ann K.".into()),
+        leaderboard: true,
     }
 }
 

@@ -7,8 +7,8 @@
 //! class:
 //!
 //! - per member in a class: events by type; heart-rate samples, min, max, mean and seconds in
-//!   each of 5 zones (a sample counts the capped gap to the member's previous sample);
-//!   `effort_points`; per machine the distance and energy (max minus min of the cumulative
+//!   each of 5 zones of the member's own maximum ([`heart`]; a sample counts the capped gap to
+//!   the member's previous sample); `effort_points`; per machine the distance and energy (max minus min of the cumulative
 //!   readings) and mean and max of speed, power, cadence, stroke rate; free-weights sets,
 //!   reps and volume;
 //! - per class: the sums, and leaderboards by effort points and by distance;
@@ -30,6 +30,7 @@
 pub mod checkpoint;
 pub mod class;
 pub mod directory;
+pub mod heart;
 pub mod output;
 pub mod partition;
 pub mod segment;
@@ -41,12 +42,13 @@ pub(crate) mod fixture;
 pub(crate) mod reference;
 
 use crate::config::AggregateConfig;
+use heart::HeartModel;
 
 /// The definitions' parameters, in milliseconds.
 #[derive(Debug, Clone, Copy, PartialEq)]
 pub struct Rules {
-    /// Heart rate taken as 100% for zones.
-    pub hr_max_bpm: f64,
+    /// Maximum heart rates, zones and effort points.
+    pub heart: HeartModel,
     /// Longest time one heart-rate sample counts for.
     pub hr_max_gap_ms: i64,
     /// How far a class's watermark trails its newest event.
@@ -67,7 +69,7 @@ impl Default for Rules {
     /// The documented defaults.
     fn default() -> Rules {
         Rules {
-            hr_max_bpm: 190.0,
+            heart: HeartModel::default(),
             hr_max_gap_ms: 5_000,
             watermark_delay_ms: 10_000,
             allowed_lateness_ms: 300_000,
@@ -83,7 +85,14 @@ impl Rules {
     pub fn from_config(config: &AggregateConfig) -> Rules {
         let ms = |d: std::time::Duration| d.as_millis() as i64;
         Rules {
-            hr_max_bpm: config.hr_max_bpm,
+            heart: HeartModel {
+                default_max_bpm: config.hr_max_bpm,
+                formula: config.hr_max_formula,
+                zone_tenths: config.hr_zone_tenths,
+                basis: config.hr_zone_basis,
+                effort_hundredths: config.effort_hundredths,
+                raise_after_ms: ms(config.hr_max_raise_after),
+            },
             hr_max_gap_ms: ms(config.hr_max_gap),
             watermark_delay_ms: ms(config.watermark_delay),
             allowed_lateness_ms: ms(config.allowed_lateness),

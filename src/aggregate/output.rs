@@ -27,6 +27,7 @@ use chrono::{DateTime, SecondsFormat, Utc};
 use object_store::path::Path;
 use serde::{Deserialize, Serialize, Serializer};
 
+use super::heart::{HrMaxSource, ZoneBasis};
 use crate::event::EventType;
 
 /// Counts per event type.
@@ -121,9 +122,38 @@ pub struct MemberSummary {
     pub hr_max: Option<f64>,
     /// Mean bpm.
     pub hr_avg: Option<f64>,
+    /// The maximum heart rate zones and percentages are of (absent in results an older build
+    /// rendered, as are the fields after it).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub hr_max_used: Option<u16>,
+    /// Where it came from.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub hr_max_source: Option<HrMaxSource>,
+    /// A final result only: what the member sustained above the maximum in use, capped at 10
+    /// bpm above it (absent when nothing was, or the maximum was set by hand or measured).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub hr_max_observed: Option<u16>,
+    /// What zones are a share of: `max`, or `reserve` (maximum minus resting).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub zone_basis: Option<ZoneBasis>,
+    /// Mean bpm as a percent of the maximum in use.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub hr_pct_avg: Option<f64>,
+    /// Highest bpm as a percent of the maximum in use.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub hr_pct_peak: Option<f64>,
+    /// Live values only: the newest sample's bpm.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub hr_current: Option<f64>,
+    /// Live values only: the newest sample as a percent of the maximum in use.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub hr_pct_current: Option<f64>,
+    /// Live values only: the newest sample's zone (1 to 5; absent below zone 1).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub zone_current: Option<u8>,
     /// Seconds in zones 1 to 5.
     pub zone_seconds: [f64; 5],
-    /// Minutes in zone 4 plus twice the minutes in zone 5, rounded down to 0.1.
+    /// Weighted minutes in zones (`CLASSPULSE_EFFORT_WEIGHTS`), rounded down to 0.1.
     pub effort_points: f64,
     /// Distance over all machines.
     pub distance_m: f64,

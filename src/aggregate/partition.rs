@@ -21,6 +21,7 @@ use super::directory::{Place, Role};
 use super::output::{ClassResult, Outgoing};
 use super::Rules;
 use crate::event::{fingerprint, PerformanceEvent, Verdict};
+use crate::profile::Profile;
 
 /// How long (in arrival time on the partition) the verdict of an event left out is kept for
 /// replays: a replay starts at the committed position, which trails the newest read by the
@@ -134,6 +135,9 @@ pub struct PartitionState {
     handed_over: u64,
     /// Late events of the last [`PartitionState::apply`] that the stage confirms.
     unconfirmed: Vec<Unconfirmed>,
+    /// Members the last [`PartitionState::apply`] met first in a class, by class key: their
+    /// profiles are for the stage to bind.
+    unbound: Vec<(String, Box<str>)>,
 }
 
 impl PartitionState {
@@ -153,6 +157,7 @@ impl PartitionState {
             roles: HashMap::new(),
             handed_over: 0,
             unconfirmed: Vec::new(),
+            unbound: Vec::new(),
         }
     }
 
@@ -229,6 +234,7 @@ impl PartitionState {
         let mut finalised = Vec::new();
         let mut key = String::new();
         self.unconfirmed.clear();
+        self.unbound.clear();
         let total = events.len();
         // Events come in runs of one class (a message is one class's): the class is looked up
         // once per run.
@@ -384,7 +390,12 @@ impl PartitionState {
             let id = fingerprint(&event.event_id);
             let (mut verdict, stored_ids) = match &mut target {
                 Target::Open(class) => {
+                    let members = class.members.len();
                     let verdict = judge(class, event, id, rules);
+                    if class.members.len() > members {
+                        self.unbound
+                            .push((key.to_owned(), Box::from(&*event.member_id)));
+                    }
                     class.observe(event, rules);
                     class.last_seen_wall_ms = wall_ms;
                     (verdict, class.stored_ids)
@@ -431,6 +442,60 @@ impl PartitionState {
                 events: unconfirmed,
             });
         }
+    }
+
+    /// The members the last [`PartitionState::apply`] met first in a class: `(class key,
+    /// member id)`, for [`PartitionState::bind_profile`].
+    pub fn take_unbound(&mut self) -> Vec<(String, Box<str>)> {
+        std::mem::take(&mut self.unbound)
+    }
+
+    /// Every member of an open or closing class without a profile (after a restore).
+    pub fn unbound_members(&self) -> Vec<(String, Box<str>)> {
+        let open = self.classes.iter();
+        let closing = self.closing.iter().map(|(key, (class, _))| (key, class));
+        open.chain(closing)
+            .flat_map(|(key, class)| {
+                class
+                    .members
+                    .iter()
+                    .filter(|(_, member)| member.profile.is_none())
+                    .map(|(member_id, _)| (key.clone(), member_id.clone()))
+            })
+            .collect()
+    }
+
+    /// Whether member `member_id` of class `key` is open or closing here without a profile.
+    pub fn wants_profile(&self, key: &str, member_id: &str) -> bool {
+        self.class_ref(key)
+            .and_then(|class| class.members.get(member_id))
+            .is_some_and(|member| member.profile.is_none())
+    }
+
+    /// Binds `profile` to member `member_id` of class `key` if it has none yet: from now on
+    /// every result of the class uses it. Returns whether it was bound.
+    pub fn bind_profile(&mut self, key: &str, member_id: &str, profile: Profile) -> bool {
+        let class = match self.classes.get_mut(key) {
+            Some(class) => Some(class),
+            None => self.closing.get_mut(key).map(|(class, _)| class),
+        };
+        let Some(class) = class else {
+            return false;
+        };
+        match class.members.get_mut(member_id) {
+            Some(member) if member.profile.is_none() => {
+                member.profile = Some(profile);
+                class.changed = true;
+                true
+            }
+            _ => false,
+        }
+    }
+
+    fn class_ref(&self, key: &str) -> Option<&ClassState> {
+        self.classes
+            .get(key)
+            .or_else(|| self.closing.get(key).map(|(class, _)| class))
     }
 
     /// The late events of the last [`PartitionState::apply`] whose ids may be in their

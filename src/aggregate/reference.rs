@@ -9,6 +9,7 @@ use std::sync::Arc;
 use proptest::prelude::*;
 use serde_json::Value;
 
+use super::heart::{Formula, HeartModel, HrMaxSource, ZoneBasis};
 use super::output::{
     CardioSummary, ClassMinute, ClassResult, ClassSummary, Leader, MemberSummary, Outgoing,
     Positions, TypeCounts,
@@ -16,11 +17,81 @@ use super::output::{
 use super::partition::PartitionState;
 use super::Rules;
 use crate::event::{EventType, Metrics, PerformanceEvent, Verdict};
+use crate::profile::{Profile, SetBy};
+use chrono::Datelike;
 
 const PARTITION: &str = "test/0";
 
-/// The results of one class from its events, in arrival order (first copy of an id counts).
+/// The results of one class from its events, in arrival order (first copy of an id counts),
+/// for members without a profile.
 pub fn batch_result(arrivals: &[PerformanceEvent], rules: &Rules) -> ClassResult {
+    batch_result_with(arrivals, rules, &BTreeMap::new())
+}
+
+/// A member's maximum in use and its source, from the rules as the docs state them.
+fn reference_max(profile: Option<&Profile>, year: i32, rules: &Rules) -> (u16, HrMaxSource) {
+    let model = &rules.heart;
+    match profile {
+        Some(Profile {
+            hr_max: Some((bpm, set_by)),
+            ..
+        }) => (
+            *bpm,
+            match set_by {
+                SetBy::Manual => HrMaxSource::Manual,
+                SetBy::Measured => HrMaxSource::Measured,
+            },
+        ),
+        Some(Profile {
+            hr_max_observed: Some(bpm),
+            ..
+        }) => (*bpm, HrMaxSource::Observed),
+        Some(Profile {
+            birth_year: Some(born),
+            ..
+        }) => {
+            let age = i64::from(year - i32::from(*born));
+            // Tenths of a bpm for Tanaka, Gellish and Fox; hundredths for Nes.
+            let (value, unit) = match model.formula {
+                Formula::Tanaka => (2080 - 7 * age, 10),
+                Formula::Gellish => (2070 - 7 * age, 10),
+                Formula::Nes => (21_100 - 64 * age, 100),
+                Formula::Fox => (220 - age, 1),
+            };
+            let rounded = (value * 2 + unit) / (2 * unit);
+            (rounded as u16, HrMaxSource::Formula)
+        }
+        _ => (model.default_max_bpm, HrMaxSource::Default),
+    }
+}
+
+/// The highest, over every stretch of at least the raise time with no gap over the
+/// sample gap, of the stretch's lowest sample (by brute force).
+fn reference_sustained(samples: &[(i64, f64)], rules: &Rules) -> Option<u16> {
+    let mut best: Option<u16> = None;
+    for i in 0..samples.len() {
+        let mut lowest = f64::MAX;
+        for j in i..samples.len() {
+            if j > i && samples[j].0 - samples[j - 1].0 > rules.hr_max_gap_ms {
+                break;
+            }
+            lowest = lowest.min(samples[j].1);
+            if samples[j].0 - samples[i].0 >= rules.heart.raise_after_ms {
+                let whole = (lowest + 0.5).floor() as u16;
+                best = best.max(Some(whole));
+            }
+        }
+    }
+    best
+}
+
+/// The results of one class, each member with the profile `profiles` gives them (absent:
+/// none arrived).
+pub fn batch_result_with(
+    arrivals: &[PerformanceEvent],
+    rules: &Rules,
+    profiles: &BTreeMap<String, Profile>,
+) -> ClassResult {
     let mut ids = HashSet::new();
     let events: Vec<&PerformanceEvent> = arrivals
         .iter()
@@ -60,6 +131,29 @@ pub fn batch_result(arrivals: &[PerformanceEvent], rules: &Rules) -> ClassResult
             })
             .collect();
         hr.sort_by_key(|sample| (sample.0, sample.1));
+        let year = chrono::DateTime::from_timestamp_millis(
+            events.iter().map(|e| e.event_time_ms).min().unwrap(),
+        )
+        .unwrap()
+        .year();
+        let profile = profiles.get(*member_id);
+        let (hr_max, source) = reference_max(profile, year, rules);
+        let resting = profile
+            .and_then(|p| p.resting_hr)
+            .filter(|r| rules.heart.basis == ZoneBasis::Reserve && *r < hr_max);
+        let percent_of_zone = |bpm: f64| {
+            let whole = (bpm + 0.5).floor();
+            match resting {
+                Some(r) => (whole - f64::from(r)) * 100.0 / f64::from(hr_max - r),
+                None => whole * 100.0 / f64::from(hr_max),
+            }
+        };
+        let zone_of = |bpm: f64| {
+            let p = percent_of_zone(bpm);
+            (0..5)
+                .rev()
+                .find(|z| p >= f64::from(rules.heart.zone_tenths[*z]) / 10.0)
+        };
         let mut zone_ms = [0i64; 5];
         for (i, (time, _, bpm)) in hr.iter().enumerate() {
             let duration = if i == 0 {
@@ -67,23 +161,24 @@ pub fn batch_result(arrivals: &[PerformanceEvent], rules: &Rules) -> ClassResult
             } else {
                 (time - hr[i - 1].0).min(rules.hr_max_gap_ms)
             };
-            let percent = bpm * 100.0 / rules.hr_max_bpm;
-            let zone = match percent {
-                p if p >= 90.0 => Some(4),
-                p if p >= 80.0 => Some(3),
-                p if p >= 70.0 => Some(2),
-                p if p >= 60.0 => Some(1),
-                p if p >= 50.0 => Some(0),
-                _ => None,
-            };
-            if let Some(zone) = zone {
+            if let Some(zone) = zone_of(*bpm) {
                 zone_ms[zone] += duration;
             }
         }
-        let effort = ((zone_ms[3] as f64 / 60_000.0 + 2.0 * zone_ms[4] as f64 / 60_000.0) * 10.0
-            + 1e-9)
-            .floor()
-            / 10.0;
+        let points: f64 = (0..5)
+            .map(|z| {
+                f64::from(rules.heart.effort_hundredths[z]) / 100.0 * zone_ms[z] as f64 / 60_000.0
+            })
+            .sum();
+        let effort = ((points * 10.0) + 1e-9).floor() / 10.0;
+        let samples: Vec<(i64, f64)> = hr.iter().map(|(t, _, b)| (*t, *b)).collect();
+        let observed = match source {
+            HrMaxSource::Manual | HrMaxSource::Measured => None,
+            _ => reference_sustained(&samples, rules)
+                .filter(|best| *best > hr_max)
+                .map(|best| best.min(hr_max + 10)),
+        };
+        let pct = |bpm: f64| (bpm * 1000.0 / f64::from(hr_max)).round() / 10.0;
         let bpms: Vec<f64> = hr.iter().map(|s| s.2).collect();
         let cardio = |t: EventType| {
             let of: Vec<&Metrics> = events
@@ -131,6 +226,19 @@ pub fn batch_result(arrivals: &[PerformanceEvent], rules: &Rules) -> ClassResult
             hr_min: min(&bpms),
             hr_max: max(&bpms),
             hr_avg: mean(&bpms),
+            hr_max_used: Some(hr_max),
+            hr_max_source: Some(source),
+            hr_max_observed: observed,
+            zone_basis: Some(if resting.is_some() {
+                ZoneBasis::Reserve
+            } else {
+                ZoneBasis::Max
+            }),
+            hr_pct_avg: mean(&bpms).map(pct),
+            hr_pct_peak: max(&bpms).map(pct),
+            hr_current: None,
+            hr_pct_current: None,
+            zone_current: None,
             zone_seconds: zone_ms.map(|ms| ms as f64 / 1000.0),
             effort_points: effort,
             distance_m: machines
@@ -206,9 +314,15 @@ pub fn batch_result(arrivals: &[PerformanceEvent], rules: &Rules) -> ClassResult
         })
         .collect();
 
+    let on_boards = |m: &&MemberSummary| {
+        profiles
+            .get(&*m.member_id)
+            .is_none_or(|profile| profile.leaderboard)
+    };
     let leaders = |value: fn(&MemberSummary) -> f64| {
         let mut ranked: Vec<Leader> = members
             .iter()
+            .filter(on_boards)
             .map(|m| Leader {
                 member_id: m.member_id.clone(),
                 value: value(m),
@@ -325,6 +439,63 @@ pub fn event(
 /// One member's machine and readings: (event time, bpm, cumulative distance, reps) per step.
 type MemberReadings = (EventType, Vec<(i64, f64, f64, u32)>);
 
+/// A member's profile: none of the fields the heart model reads, a birth year, a maximum set
+/// by hand or measured, an observed maximum; a resting rate and a place on leaderboards.
+fn profile() -> impl Strategy<Value = Profile> {
+    (
+        0u8..5,
+        1940u16..2010,
+        150u16..200,
+        prop::option::of(40u16..80),
+        any::<bool>(),
+    )
+        .prop_map(|(kind, born, hr_max, resting, leaderboard)| Profile {
+            birth_year: (kind == 1 || kind == 4).then_some(born),
+            hr_max: match kind {
+                2 => Some((hr_max, SetBy::Manual)),
+                3 => Some((hr_max, SetBy::Measured)),
+                _ => None,
+            },
+            hr_max_observed: (kind == 4).then_some(hr_max),
+            resting_hr: resting,
+            leaderboard,
+            ..Profile::default()
+        })
+}
+
+/// A heart model: formula, zone bounds, basis and effort weights drawn from the settings.
+fn heart_model() -> impl Strategy<Value = HeartModel> {
+    let formula = prop_oneof![
+        Just(Formula::Tanaka),
+        Just(Formula::Gellish),
+        Just(Formula::Nes),
+        Just(Formula::Fox)
+    ];
+    let basis = prop_oneof![Just(ZoneBasis::Max), Just(ZoneBasis::Reserve)];
+    let zones = prop_oneof![
+        Just([500u16, 600, 700, 800, 900]),
+        Just([500, 610, 710, 840, 920]),
+        Just([455, 555, 655, 755, 855])
+    ];
+    let weights = prop_oneof![
+        Just([0u32, 0, 0, 100, 200]),
+        Just([100, 200, 300, 400, 400]),
+        Just([0, 0, 0, 100, 100]),
+        Just([25, 50, 75, 125, 150])
+    ];
+    (formula, basis, zones, weights, 150u16..200).prop_map(
+        |(formula, basis, zone_tenths, effort_hundredths, default_max_bpm)| HeartModel {
+            default_max_bpm,
+            formula,
+            zone_tenths,
+            basis,
+            effort_hundredths,
+            // Short, so that generated classes sustain stretches above a maximum.
+            raise_after_ms: 10_000,
+        },
+    )
+}
+
 /// One member's readings: a heart-rate sample and a machine reading at each step.
 fn member_events() -> impl Strategy<Value = MemberReadings> {
     let machine = prop_oneof![
@@ -334,16 +505,17 @@ fn member_events() -> impl Strategy<Value = MemberReadings> {
         Just(EventType::FreeWeights),
     ];
     // (gap to previous ms, bpm, distance gained, reps)
-    let steps = prop::collection::vec((0i64..9_000, 80u32..200, 0.0f64..40.0, 1u32..20), 1..60);
-    (machine, steps).prop_map(|(machine, steps)| {
+    let steps = prop::collection::vec((0i64..9_000, 0u32..40, 0.0f64..40.0, 1u32..20), 1..60);
+    // Each member's heart runs in a band of 40 bpm somewhere from 80 to 210.
+    (machine, 80u32..170, steps).prop_map(|(machine, low, steps)| {
         let mut time = 1_700_000_000_000i64;
         let mut distance = 0.0;
         let readings = steps
             .into_iter()
-            .map(|(gap, bpm, gained, reps)| {
+            .map(|(gap, above, gained, reps)| {
                 time += gap;
                 distance += gained;
-                (time, f64::from(bpm), distance, reps)
+                (time, f64::from(low + above), distance, reps)
             })
             .collect();
         (machine, readings)
@@ -427,8 +599,15 @@ proptest! {
         duplicate_every in 2usize..12,
         cuts in prop::collection::vec(1usize..80, 1..20),
         checkpoint_after in 0usize..20,
+        profiles in prop::collection::vec((profile(), 0usize..24), 4),
+        model in heart_model(),
     ) {
-        let rules = Rules { allowed_lateness_ms: 20_000, watermark_delay_ms: 5_000, ..Rules::default() };
+        let rules = Rules {
+            allowed_lateness_ms: 20_000,
+            watermark_delay_ms: 5_000,
+            heart: model,
+            ..Rules::default()
+        };
         let bound = rules.allowed_lateness_ms + rules.watermark_delay_ms;
         let events = class_events(members);
         // Arrival key: event time plus a jitter below the lateness bound; every n-th event is
@@ -448,8 +627,13 @@ proptest! {
             e.offset = offset as u64;
             e.arrival_ms = e.event_time_ms;
         }
-        let expected = batch_result(&arrivals, &rules);
 
+        // Member m's profile arrives after batch `arrives_after` (later than the last batch:
+        // never, and the member keeps the default), as the stage binds it: to members met
+        // so far, then to each met later.
+        let key = "studio-1:class-1";
+        let mut bound = BTreeMap::new();
+        let mut waiting: Vec<Box<str>> = Vec::new();
         let mut state = PartitionState::new(PARTITION.into());
         let mut start = 0;
         let mut verdicts = Vec::new();
@@ -460,14 +644,35 @@ proptest! {
             let end = (start + cut).min(arrivals.len());
             let mut batch = arrivals[start..end].to_vec();
             let (_, finalised) = state.apply(&mut batch, (end - 1) as u64, &rules, 0);
+            waiting.extend(state.take_unbound().into_iter().map(|(_, member)| member));
+            waiting.retain(|member| {
+                let m: usize = member.trim_start_matches("member-").parse().unwrap();
+                let (profile, arrives_after) = &profiles[m];
+                if n < *arrives_after {
+                    return true;
+                }
+                assert!(state.bind_profile(key, member, profile.clone()));
+                bound.insert(member.to_string(), profile.clone());
+                false
+            });
             prop_assert!(finalised.is_empty());
             verdicts.extend(batch.iter().map(|e| e.verdict));
             prop_assert!(state.sweep(&rules, Some((0, 0))).is_empty());
             if n == checkpoint_after {
                 state = PartitionState::decode(&state.encode(), 0).unwrap();
+                let mut again: Vec<Box<str>> = state
+                    .unbound_members()
+                    .into_iter()
+                    .map(|(_, member)| member)
+                    .collect();
+                again.sort();
+                let mut expected_waiting = waiting.clone();
+                expected_waiting.sort();
+                prop_assert_eq!(again, expected_waiting, "a restore knows who waits");
             }
             start = end;
         }
+        let expected = batch_result_with(&arrivals, &rules, &bound);
         prop_assert!(!verdicts.contains(&Verdict::Late));
         let duplicates = verdicts.iter().filter(|v| **v == Verdict::Duplicate).count();
         let distinct: HashSet<_> = arrivals.iter().map(|e| e.event_id.clone()).collect();
@@ -484,7 +689,14 @@ proptest! {
         let mut final_json = to_json(&actual);
         for json in [&mut live, &mut final_json] {
             json["summary"]["final"] = Value::Null;
-            for m in json["members"].as_array_mut().unwrap() { m["final"] = Value::Null; }
+            for m in json["members"].as_array_mut().unwrap() {
+                m["final"] = Value::Null;
+                // What a class sustained counts at its end; "now" is for live values.
+                let m = m.as_object_mut().unwrap();
+                for field in ["hr_max_observed", "hr_current", "hr_pct_current", "zone_current"] {
+                    m.remove(field);
+                }
+            }
             for m in json["minutes"].as_array_mut().unwrap() { m["final"] = Value::Null; }
         }
         assert_close(&live, &final_json, "live");

@@ -18,6 +18,8 @@ use std::time::Duration;
 use chrono::{DateTime, Utc};
 use url::Url;
 
+use crate::aggregate::heart::{Formula, ZoneBasis};
+
 mod kafka;
 mod kinesis;
 mod reader;
@@ -105,10 +107,20 @@ pub struct DynamoDbConfig {
 /// Class aggregate settings (the definitions are in [`crate::aggregate`]).
 #[derive(Debug, Clone, Copy, PartialEq)]
 pub struct AggregateConfig {
-    /// Heart rate taken as 100% for zones.
-    pub hr_max_bpm: f64,
+    /// Maximum heart rate of a member with no better one.
+    pub hr_max_bpm: u16,
+    /// Age formula for the maximum.
+    pub hr_max_formula: Formula,
+    /// How long a member's heart rate stays above their maximum to raise it.
+    pub hr_max_raise_after: Duration,
     /// Longest time one heart-rate sample counts for.
     pub hr_max_gap: Duration,
+    /// Lower bounds of zones 1 to 5, tenths of a percent.
+    pub hr_zone_tenths: [u16; 5],
+    /// What zones are a share of.
+    pub hr_zone_basis: ZoneBasis,
+    /// Effort points per minute in zones 1 to 5, hundredths.
+    pub effort_hundredths: [u32; 5],
     /// How far a class's watermark trails its newest event.
     pub watermark_delay: Duration,
     /// How far behind the watermark an event may be and still count.
@@ -123,6 +135,17 @@ pub struct AggregateConfig {
     pub max_clock_skew: Duration,
     /// How long a final class is remembered after its last event.
     pub dedup_horizon: Duration,
+}
+
+/// Where member profiles come from ([`crate::profile`]).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct MembersConfig {
+    /// NDJSON profiles; `None` with the simulator: its own members.
+    pub file: Option<PathBuf>,
+    /// The DynamoDB table the studios' member system writes.
+    pub table: Option<String>,
+    /// How long a profile read from the table is used.
+    pub cache_ttl: Duration,
 }
 
 /// Simulator settings.
@@ -193,6 +216,8 @@ pub struct Config {
     pub simulator: SimulatorConfig,
     /// Class aggregates.
     pub aggregates: AggregateConfig,
+    /// Member profiles.
+    pub members: MembersConfig,
 }
 
 /// An invalid or unknown variable. Its message names the variable, the value (masked if
@@ -228,7 +253,9 @@ impl Config {
         let simulator = read.simulator()?;
         let max_clock_skew = read.duration("CLASSPULSE_MAX_CLOCK_SKEW")?;
         let aggregates = read.aggregates(max_clock_skew)?;
+        let members = read.members(&dynamodb)?;
         Ok(Config {
+            members,
             source,
             kafka,
             kinesis,
@@ -396,7 +423,11 @@ mod tests {
     #[test]
     fn every_variable_rejects_garbage_except_free_text() {
         // Free-form values where any text is meaningful are exempt.
-        let free_text = ["CLASSPULSE_LOG_LEVEL", "CLASSPULSE_KAFKA_GROUP_ID"];
+        let free_text = [
+            "CLASSPULSE_LOG_LEVEL",
+            "CLASSPULSE_KAFKA_GROUP_ID",
+            "CLASSPULSE_MEMBERS_FILE",
+        ];
         for spec in VARS.iter().filter(|spec| !free_text.contains(&spec.name)) {
             let result = Config::from_vars(&env(&[(spec.name, "not a valid value ☃")]));
             let error = result.expect_err(spec.name);

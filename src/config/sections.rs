@@ -1,16 +1,19 @@
 //! The sections of the configuration besides the sources' ([`super::kafka`],
 //! [`super::kinesis`]): where events come from, the lake, the AWS endpoints, the DynamoDB
-//! tables, the simulator and the aggregate definitions, each read and checked on its own.
+//! tables, member profiles, the simulator and the aggregate definitions, each read and checked
+//! on its own.
 
+use std::path::PathBuf;
 use std::time::Duration;
 
 use chrono::{DateTime, Utc};
 
 use super::reader::{parse_lake_url, Reader};
 use super::{
-    AggregateConfig, AwsEndpoints, ConfigError, DynamoDbConfig, LakeConfig, SimulatorConfig,
-    SourceKind,
+    AggregateConfig, AwsEndpoints, ConfigError, DynamoDbConfig, LakeConfig, MembersConfig,
+    SimulatorConfig, SourceKind,
 };
+use crate::aggregate::heart::{Formula, ZoneBasis};
 
 impl Reader<'_> {
     /// `CLASSPULSE_SOURCE`.
@@ -79,6 +82,23 @@ impl Reader<'_> {
         Ok(dynamodb)
     }
 
+    /// Where member profiles come from.
+    pub(super) fn members(&self, dynamodb: &DynamoDbConfig) -> Result<MembersConfig, ConfigError> {
+        let table = self.table_name("CLASSPULSE_DYNAMODB_MEMBERS_TABLE")?;
+        if table.is_some() && (table == dynamodb.events_table || table == dynamodb.aggregates_table)
+        {
+            return Err(self.error(
+                "CLASSPULSE_DYNAMODB_MEMBERS_TABLE",
+                "must differ from the events and aggregates tables (the member system writes it)",
+            ));
+        }
+        Ok(MembersConfig {
+            file: self.optional("CLASSPULSE_MEMBERS_FILE").map(PathBuf::from),
+            table,
+            cache_ttl: self.duration("CLASSPULSE_MEMBERS_CACHE_TTL")?,
+        })
+    }
+
     /// The built-in simulator.
     pub(super) fn simulator(&self) -> Result<SimulatorConfig, ConfigError> {
         Ok(SimulatorConfig {
@@ -124,8 +144,40 @@ impl Reader<'_> {
         max_clock_skew: Duration,
     ) -> Result<AggregateConfig, ConfigError> {
         Ok(AggregateConfig {
-            hr_max_bpm: self.number("CLASSPULSE_HR_MAX_BPM")?,
+            hr_max_bpm: self.integer("CLASSPULSE_HR_MAX_BPM")? as u16,
+            hr_max_formula: self.parse(
+                "CLASSPULSE_HR_MAX_FORMULA",
+                &format!("expected {}", Formula::NAMES),
+                Formula::from_name,
+            )?,
+            hr_max_raise_after: self.duration("CLASSPULSE_HR_MAX_RAISE_AFTER")?,
             hr_max_gap: self.duration("CLASSPULSE_HR_MAX_GAP")?,
+            hr_zone_tenths: self.parse(
+                "CLASSPULSE_HR_ZONES",
+                "expected 5 ascending percents from 1 to 100, to 0.1, such as 50,60,70,80,90",
+                |text| {
+                    let tenths = fixed_points::<5>(text, 10)?.map(|n| n as u16);
+                    let ascending = tenths.windows(2).all(|pair| pair[0] < pair[1]);
+                    (ascending && tenths[0] >= 10 && tenths[4] <= 1000).then_some(tenths)
+                },
+            )?,
+            hr_zone_basis: self.parse(
+                "CLASSPULSE_HR_ZONE_BASIS",
+                "expected max or reserve",
+                |text| match text {
+                    "max" => Some(ZoneBasis::Max),
+                    "reserve" => Some(ZoneBasis::Reserve),
+                    _ => None,
+                },
+            )?,
+            effort_hundredths: self.parse(
+                "CLASSPULSE_EFFORT_WEIGHTS",
+                "expected 5 points per minute from 0 to 100, to 0.01, such as 0,0,0,1,2",
+                |text| {
+                    let weights = fixed_points::<5>(text, 100)?;
+                    weights.iter().all(|w| *w <= 10_000).then_some(weights)
+                },
+            )?,
             watermark_delay: self.duration("CLASSPULSE_WATERMARK_DELAY")?,
             allowed_lateness: self.duration("CLASSPULSE_ALLOWED_LATENESS")?,
             class_idle_timeout: self.duration("CLASSPULSE_CLASS_IDLE_TIMEOUT")?,
@@ -135,4 +187,30 @@ impl Reader<'_> {
             dedup_horizon: self.duration("CLASSPULSE_DEDUP_HORIZON")?,
         })
     }
+}
+
+/// `N` comma-separated non-negative decimals with at most as many decimals as `scale` allows
+/// (10: one, 100: two), each as a whole number of `1/scale`.
+fn fixed_points<const N: usize>(text: &str, scale: u32) -> Option<[u32; N]> {
+    let digits = scale.ilog10() as usize;
+    let parts: Vec<&str> = text.split(',').map(str::trim).collect();
+    if parts.len() != N {
+        return None;
+    }
+    let mut values = [0u32; N];
+    for (value, part) in values.iter_mut().zip(parts) {
+        let (whole, fraction) = part.split_once('.').unwrap_or((part, ""));
+        let all_digits = |s: &str| s.bytes().all(|b| b.is_ascii_digit());
+        if whole.is_empty()
+            || whole.len() > 6
+            || fraction.len() > digits
+            || !all_digits(whole)
+            || !all_digits(fraction)
+        {
+            return None;
+        }
+        let fraction = format!("{fraction:0<digits$}");
+        *value = whole.parse::<u32>().ok()? * scale + fraction.parse::<u32>().unwrap_or(0);
+    }
+    Some(values)
 }

@@ -18,7 +18,7 @@ use std::time::Duration;
 
 use async_trait::async_trait;
 use bytes::Bytes;
-use chrono::{DateTime, SecondsFormat, Utc};
+use chrono::{DateTime, Datelike, SecondsFormat, Utc};
 use rand::{Rng, SeedableRng};
 use rand_chacha::ChaCha8Rng;
 use tokio::time::Instant;
@@ -115,6 +115,7 @@ struct PartitionState {
 /// The simulator source.
 pub struct Simulator {
     config: SimulatorConfig,
+    people: People,
     rng: ChaCha8Rng,
     classes: Vec<SimClass>,
     /// Simulated time of the next tick to generate.
@@ -148,13 +149,24 @@ impl Simulator {
         let end_ms = start_ms + duration_ms;
         let class_ms = config.class_length.as_millis() as i64;
 
+        let year = DateTime::<Utc>::from_timestamp_millis(start_ms)
+            .unwrap_or_default()
+            .year();
         let mut classes = Vec::new();
         for studio in 0..config.studios {
             // Studios do not start on the same second (but short simulations stay busy).
             let jitter_seconds = (class_ms / 6).min(duration_ms / 4) / 1000;
             let mut class_start = start_ms + rng.random_range(0..=jitter_seconds) * 1000;
             while class_start < end_ms {
-                classes.push(plan_class(&mut rng, config, studio, class_start, class_ms));
+                let people = People { seed, year };
+                classes.push(plan_class(
+                    &mut rng,
+                    config,
+                    &people,
+                    studio,
+                    class_start,
+                    class_ms,
+                ));
                 class_start += class_ms;
             }
         }
@@ -175,6 +187,7 @@ impl Simulator {
         tracing::info!(seed, start = %format_rfc3339(start_ms), classes = classes.len(), "simulator planned");
         Simulator {
             config: config.clone(),
+            people: People { seed, year },
             rng,
             classes,
             clock_ms: start_ms,
@@ -189,6 +202,19 @@ impl Simulator {
             stats,
             committed: BTreeMap::new(),
         }
+    }
+
+    /// The profiles of every member of every studio's pool, as NDJSON (the file
+    /// `CLASSPULSE_MEMBERS_FILE` reads): what the studios' member system would know of them.
+    pub fn profiles_ndjson(&self) -> String {
+        let mut text = String::new();
+        for studio in 0..self.config.studios {
+            for number in 0..MEMBERS_PER_STUDIO {
+                text.push_str(&self.people.person(studio, number).profile_json());
+                text.push('\n');
+            }
+        }
+        text
     }
 
     /// Counters of what was sent.
@@ -513,12 +539,15 @@ impl Source for Simulator {
 fn plan_class(
     rng: &mut ChaCha8Rng,
     config: &SimulatorConfig,
+    people: &People,
     studio: u32,
     start_ms: i64,
     class_ms: i64,
 ) -> SimClass {
+    // Studios take the kinds in turn, so a few studios already use every machine.
     const KINDS: [&str; 5] = ["hiit", "ride", "row", "strength", "run"];
-    let kind = KINDS[rng.random_range(0..KINDS.len())];
+    let round = start_ms.div_euclid(class_ms.max(1)) as usize;
+    let kind = KINDS[(studio as usize + round) % KINDS.len()];
     let studio_id = format!("studio-{studio:04}");
     let start = DateTime::from_timestamp_millis(start_ms).unwrap_or_default();
     let class_id = format!("{}-{kind}", start.format("%Y%m%dT%H%M"));
@@ -544,11 +573,12 @@ fn plan_class(
                     EventType::FreeWeights,
                 ][rng.random_range(0..4)],
             };
+            let person = people.person(studio, number);
             SimMember {
-                member_id: format!("m{studio:04}{number:04}"),
+                member_id: person.member_id,
                 machine,
-                max_hr: rng.random_range(170.0..200.0),
-                rest_hr: rng.random_range(55.0..75.0),
+                max_hr: person.max_hr,
+                rest_hr: person.resting_hr,
                 fitness: rng.random_range(0.8..1.1),
                 next_hr_ms: start_ms + rng.random_range(0..SAMPLE_INTERVAL_MS),
                 next_machine_ms: start_ms + rng.random_range(0..SAMPLE_INTERVAL_MS),
@@ -569,6 +599,96 @@ fn plan_class(
         members,
         delayed: Vec::new(),
         ndjson: rng.random_bool(0.5),
+    }
+}
+
+/// Where each studio's members come from: the same person in every class they attend.
+struct People {
+    seed: u64,
+    /// The calendar year of the simulation's start (ages count from it).
+    year: i32,
+}
+
+/// One member of a studio's pool: their body and what their profile says of it.
+struct Person {
+    member_id: String,
+    birth_year: i32,
+    female: bool,
+    weight_kg: f64,
+    resting_hr: f64,
+    /// Their true maximum: about the age formula's, a few well above it.
+    max_hr: f64,
+    /// What their profile holds of it: measured, set by hand, or nothing (the formula).
+    profile_max: Option<(f64, &'static str)>,
+    resting_known: bool,
+    alias: Option<String>,
+    leaderboard: bool,
+}
+
+impl People {
+    fn person(&self, studio: u32, number: u32) -> Person {
+        let member = u64::from(studio) << 32 | u64::from(number);
+        let mut rng =
+            ChaCha8Rng::seed_from_u64(self.seed ^ member.wrapping_mul(0x9E37_79B9_7F4A_7C15));
+        let birth_year = self.year - rng.random_range(18..=80);
+        let female = rng.random_bool(0.5);
+        let age = f64::from(self.year - birth_year);
+        // Tanaka's estimate, the spread people have around it, and one in ten well above it.
+        let above = if rng.random_bool(0.1) { 12.0 } else { 0.0 };
+        let max_hr = (208.0 - 0.7 * age + rng.random_range(-6.0..6.0) + above).round();
+        let profile_max = match rng.random_range(0..10) {
+            0 => Some((max_hr, "measured")),
+            1 => Some((max_hr - 2.0, "manual")),
+            _ => None,
+        };
+        let weight_kg = if female {
+            rng.random_range(50.0..95.0)
+        } else {
+            rng.random_range(60.0..115.0)
+        };
+        let aliases = [
+            "Ace", "Blaze", "Comet", "Dash", "Echo", "Flash", "Gale", "Hawk",
+        ];
+        Person {
+            member_id: format!("m{studio:04}{number:04}"),
+            birth_year,
+            female,
+            weight_kg: (weight_kg * 10.0_f64).round() / 10.0,
+            resting_hr: rng.random_range(50.0..75.0_f64).round(),
+            max_hr,
+            profile_max,
+            resting_known: rng.random_bool(0.7),
+            alias: rng
+                .random_bool(0.5)
+                .then(|| format!("{} {number}", aliases[number as usize % aliases.len()])),
+            leaderboard: !rng.random_bool(0.1),
+        }
+    }
+}
+
+impl Person {
+    fn profile_json(&self) -> String {
+        let mut json = format!(
+            r#"{{"member_id":"{}","birth_year":{},"sex":"{}","weight_kg":{}"#,
+            self.member_id,
+            self.birth_year,
+            if self.female { "female" } else { "male" },
+            self.weight_kg
+        );
+        if self.resting_known {
+            let _ = write!(json, r#","resting_hr":{}"#, self.resting_hr);
+        }
+        if let Some((bpm, source)) = self.profile_max {
+            let _ = write!(json, r#","hr_max":{bpm},"hr_max_source":"{source}""#);
+        }
+        if let Some(alias) = &self.alias {
+            let _ = write!(json, r#","alias":"{alias}""#);
+        }
+        if !self.leaderboard {
+            json.push_str(r#","leaderboard":false"#);
+        }
+        json.push('}');
+        json
     }
 }
 
@@ -661,6 +781,40 @@ mod tests {
             batches.push(batch);
         }
         batches
+    }
+
+    #[test]
+    fn every_member_has_a_profile_that_reads_without_a_rejected_field() {
+        let simulator = Simulator::new(&small_config(3), 500, Utc::now());
+        let text = simulator.profiles_ndjson();
+        let mut members = 0;
+        let (mut with_max, mut with_resting, mut hidden) = (0, 0, 0);
+        for line in text.lines() {
+            let (_, profile, rejected) = crate::profile::from_json(line, 2026).unwrap();
+            assert!(rejected.is_empty(), "{line}: {rejected:?}");
+            let age = 2026 - i32::from(profile.birth_year.unwrap());
+            assert!((18..=80).contains(&age), "{line}");
+            assert!(
+                profile.sex.is_some() && profile.weight_kg.is_some(),
+                "{line}"
+            );
+            members += 1;
+            with_max += usize::from(profile.hr_max.is_some());
+            with_resting += usize::from(profile.resting_hr.is_some());
+            hidden += usize::from(!profile.leaderboard);
+        }
+        assert_eq!(members, 10 * MEMBERS_PER_STUDIO as usize);
+        // About one in five with a maximum of their own, seven in ten a resting rate, one in
+        // ten off the leaderboards: each present and none universal.
+        for (count, share) in [(with_max, 0.2), (with_resting, 0.7), (hidden, 0.1)] {
+            let seen = count as f64 / members as f64;
+            assert!(
+                (seen - share).abs() < 0.1,
+                "{count} of {members}, expected {share}"
+            );
+        }
+        let again = Simulator::new(&small_config(3), 500, Utc::now()).profiles_ndjson();
+        assert_eq!(text, again, "the same seed, the same people");
     }
 
     #[tokio::test]

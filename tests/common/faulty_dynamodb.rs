@@ -5,7 +5,8 @@
 //!   forwarding them;
 //! - forwards part of a BatchWriteItem and returns the rest as `UnprocessedItems`;
 //! - refuses, as a `ValidationException`, any BatchWriteItem holding an item whose `pk` ends
-//!   with a chosen suffix (a "poisoned" item).
+//!   with a chosen suffix (a "poisoned" item);
+//! - counts the keys of every BatchGetItem it forwards.
 //!
 //! Everything else is forwarded as is, one upstream connection per request.
 
@@ -42,6 +43,8 @@ pub struct FaultCounts {
     pub unprocessed_items: AtomicU64,
     pub poisoned_calls: AtomicU64,
     pub forwarded: AtomicU64,
+    /// The keys of each BatchGetItem call forwarded, over all its tables.
+    pub batch_get_keys: Mutex<Vec<usize>>,
 }
 
 impl FaultCounts {
@@ -113,6 +116,16 @@ async fn handle(State(proxy): State<Arc<Proxy>>, headers: HeaderMap, body: Bytes
         .unwrap_or_default()
         .to_owned();
     let writes = target.ends_with(".BatchWriteItem") || target.ends_with(".PutItem");
+    if target.ends_with(".BatchGetItem") {
+        let request: Value = serde_json::from_slice(&body).unwrap();
+        let keys = request["RequestItems"]
+            .as_object()
+            .unwrap()
+            .values()
+            .map(|table| table["Keys"].as_array().map_or(0, Vec::len))
+            .sum();
+        proxy.counts.batch_get_keys.lock().unwrap().push(keys);
+    }
     if !writes {
         return forward(&proxy, &headers, body.to_vec(), None).await;
     }

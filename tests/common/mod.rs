@@ -5,6 +5,7 @@
 
 pub mod backends;
 pub mod faulty_dynamodb;
+pub mod members;
 pub mod tables;
 pub mod tcp_proxy;
 

@@ -1,5 +1,5 @@
 //! A server that hangs (SIGSTOP) or crashes mid-run: S3, Kinesis, a fan-out server, the broker,
-//! DynamoDB, and a sink stalled past the consumer's poll interval.
+//! DynamoDB, the members table, and a sink stalled past the consumer's poll interval.
 
 use std::collections::BTreeSet;
 use std::time::{Duration, Instant};
@@ -464,4 +464,94 @@ async fn a_dynamodb_server_that_hangs_makes_the_task_not_ready_then_nothing_is_l
         .delete_topics(&[&topic], &rdkafka::admin::AdminOptions::new())
         .await
         .unwrap();
+}
+
+/// The members table's server hangs (SIGSTOP) once the first profiles are read. A lookup
+/// never waits, so no partition stalls: the run keeps the simulator's pace and every class is
+/// final on time, `/readyz` names the members table meanwhile, and each member's result uses
+/// the maximum of the profile that came, or says `default` where none did.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_members_table_that_hangs_stalls_no_partition_and_results_say_default() {
+    use crate::common::members::{expected_max, simulated_profiles};
+    // A server of this test's own: pausing the shared one would stall the other tests.
+    let server = PrivateDynamo::start().await;
+    let client = server.client().await;
+    let members_table = create_members_table(&client).await;
+    let lake = tempfile::tempdir().unwrap();
+    let mut member = classpulse(lake.path());
+    with_local_dynamodb(&mut member)
+        .env("CLASSPULSE_DYNAMODB_ENDPOINT", &server.endpoint)
+        .env("CLASSPULSE_DYNAMODB_MEMBERS_TABLE", &members_table)
+        .env("CLASSPULSE_SIM_STUDIOS", "4")
+        .env("CLASSPULSE_SIM_CLASS_MINUTES", "5")
+        .env("CLASSPULSE_SIM_DURATION", "30m")
+        .env("CLASSPULSE_SIM_SPEEDUP", "60")
+        .arg("run");
+    let profiles = simulated_profiles(&member);
+    let lines: Vec<&str> = profiles.values().map(String::as_str).collect();
+    put_profiles(&client, &members_table, &lines).await;
+
+    let started = Instant::now();
+    let running = Running::start(&mut member);
+    let http = running.http;
+    wait_until_async(Duration::from_secs(30), "a profile read", || async move {
+        let (_, metrics) = http_get(http, "/metrics");
+        match metric_sum(&metrics, "classpulse_member_profile_reads_total") {
+            read if read >= 1.0 => Ok(()),
+            read => Err(format!("{read} read")),
+        }
+    })
+    .await;
+    server.process.signal("STOP");
+    let report = await_readiness(http, 503, "members_table", Duration::from_secs(60)).await;
+    assert!(report.contains(&members_table), "{report}");
+    let waiting = wait_until_async(Duration::from_secs(60), "members waiting", || async move {
+        let (_, metrics) = http_get(http, "/metrics");
+        match metric_sum(&metrics, "classpulse_member_profiles_waiting") {
+            waiting if waiting >= 1.0 => Ok(waiting),
+            waiting => Err(format!("{waiting} waiting")),
+        }
+    })
+    .await;
+
+    // The simulation takes 30 s at its pace; the run ends on it, the server still hung.
+    let (code, stdout, logs) =
+        tokio::task::spawn_blocking(move || running.wait(Duration::from_secs(120)))
+            .await
+            .unwrap();
+    let took = started.elapsed();
+    assert_eq!(code, Some(0), "{stdout}\n{}", logs.join("\n"));
+    assert!(
+        took < Duration::from_secs(75),
+        "the run took {took:?}: a partition stalled"
+    );
+    server.process.signal("CONT");
+    assert_eq!(final_classes(lake.path()), 4 * 6, "{stdout}");
+
+    let mut defaults = 0;
+    let mut personal = 0;
+    for (_, members, _) in crate::common::tables::lake_results(lake.path()).into_values() {
+        for result in members {
+            let member = result.member_id.to_string();
+            let source = serde_json::to_value(result.hr_max_source).unwrap();
+            let used = (result.hr_max_used, source.as_str());
+            let (formula, _) = expected_max(Some(&profiles[&member]), None, 2026);
+            if used == (Some(190), Some("default")) {
+                defaults += 1;
+            } else if used.1 == Some("observed") {
+                // Raised by an earlier class of this run, kept in memory for the next.
+                assert!(used.0 > Some(formula), "{member}: {used:?}");
+                personal += 1;
+            } else {
+                let expected = expected_max(Some(&profiles[&member]), None, 2026);
+                assert_eq!(used, (Some(expected.0), Some(expected.1)), "{member}");
+                personal += 1;
+            }
+        }
+    }
+    eprintln!("{waiting} waiting while hung; {personal} results with a profile, {defaults} without; run took {took:?}");
+    assert!(
+        personal > 0 && defaults > 0,
+        "{personal} with a profile, {defaults} default"
+    );
 }

@@ -3,7 +3,7 @@
 //!
 //! Both start with their format version. This build writes [`VERSION`] and restores every
 //! checkpoint from [`OLDEST`] on: an earlier version keeps its reader in a module of its own
-//! (`v3`, `v4`), with the types as that version wrote them and an upgrade into the next version's
+//! (`v3`, `v4`, `v5`), with the types as that version wrote them and an upgrade into the next version's
 //! form, so a restore runs the chain up to the newest. A checkpoint of a version newer than
 //! this build's (written by a newer build, met in a rolling deploy or after a rollback) is
 //! [`CheckpointError::Newer`]: the stage refuses its partition and never overwrites it
@@ -18,6 +18,7 @@
 
 mod v3;
 mod v4;
+mod v5;
 
 use std::collections::BTreeMap;
 
@@ -28,11 +29,11 @@ use super::output::Outgoing;
 use super::partition::{FinalClass, PartitionState, Trigger};
 
 /// The checkpoint format this build writes.
-pub const VERSION: u32 = 5;
+pub const VERSION: u32 = 6;
 /// The oldest checkpoint format this build restores.
 pub const OLDEST: u32 = 3;
 /// The format of a class part handed to its home, written by this build.
-pub const PART_VERSION: u32 = 4;
+pub const PART_VERSION: u32 = 5;
 /// The oldest format of a class part this build merges.
 pub const OLDEST_PART: u32 = 3;
 
@@ -135,8 +136,9 @@ pub fn decode(bytes: &[u8], wall_ms: i64) -> Result<PartitionState, CheckpointEr
     let plain = zstd::stream::decode_all(bytes).map_err(CheckpointError::Compression)?;
     let checkpoint: Checkpoint<ClassState> = match version(&plain)? {
         VERSION => postcard::from_bytes(&plain).map_err(CheckpointError::Layout)?,
-        4 => v4::read(&plain)?.upgrade(),
-        3 => v3::read(&plain)?.upgrade()?.upgrade(),
+        5 => v5::upgrade(v5::read(&plain)?),
+        4 => v5::upgrade(v4::read(&plain)?.upgrade()),
+        3 => v5::upgrade(v3::read(&plain)?.upgrade()?.upgrade()),
         found if found > VERSION => {
             return Err(CheckpointError::Newer {
                 found,
@@ -186,10 +188,15 @@ pub fn decode_part(bytes: &[u8]) -> Result<(String, ClassState), CheckpointError
                 postcard::from_bytes(&plain).map_err(CheckpointError::Layout)?;
             Ok((part.partition, part.class))
         }
+        4 => {
+            let part: Part<v5::ClassV5> =
+                postcard::from_bytes(&plain).map_err(CheckpointError::Layout)?;
+            Ok((part.partition, part.class.upgrade()))
+        }
         3 => {
             let part: Part<v4::ClassV4> =
                 postcard::from_bytes(&plain).map_err(CheckpointError::Layout)?;
-            Ok((part.partition, part.class.upgrade()))
+            Ok((part.partition, part.class.upgrade().upgrade()))
         }
         found if found > PART_VERSION => Err(CheckpointError::Newer {
             found,
@@ -232,6 +239,68 @@ mod tests {
     /// as their canonical state; a class's id segments as one entry, `ids/{studio}/{class}`,
     /// the union of their ids.
     fn written(outbox: &[Outgoing]) -> BTreeMap<String, String> {
+        written_as(outbox, |_, class| canonical(&class))
+    }
+
+    /// The member fields format 6 added to results: an older build's results in the outbox
+    /// are written as it rendered them, without these.
+    const FORMAT_6_FIELDS: [&str; 9] = [
+        "hr_max_used",
+        "hr_max_source",
+        "hr_max_observed",
+        "zone_basis",
+        "hr_pct_avg",
+        "hr_pct_peak",
+        "hr_current",
+        "hr_pct_current",
+        "zone_current",
+    ];
+
+    /// [`written`] as an older format is compared: parts as the result they give (their state
+    /// is held in another form: zone times, no profile), member results without
+    /// [`FORMAT_6_FIELDS`].
+    fn written_by_result(outbox: &[Outgoing]) -> BTreeMap<String, String> {
+        let rules = fixture::rules();
+        let mut objects = written_as(outbox, |partition, mut class| {
+            class.seal_all(&rules);
+            serde_json::to_string(&class.result(&rules, &partition, true)).unwrap()
+        });
+        for (key, body) in objects.iter_mut() {
+            if !key.starts_with("aggregates/") && !key.contains("/part-") {
+                continue;
+            }
+            let strip = |member: &mut serde_json::Value| {
+                if let Some(member) = member.as_object_mut() {
+                    for field in FORMAT_6_FIELDS {
+                        member.remove(field);
+                    }
+                }
+            };
+            let (prefix, json) = match body.split_once(' ') {
+                Some((partition, json)) if key.contains("/part-") => {
+                    (format!("{partition} "), json)
+                }
+                _ => (String::new(), body.as_str()),
+            };
+            let mut lines = Vec::new();
+            for line in json.lines() {
+                let mut value: serde_json::Value = serde_json::from_str(line).unwrap();
+                strip(&mut value);
+                if let Some(members) = value.get_mut("members").and_then(|m| m.as_array_mut()) {
+                    members.iter_mut().for_each(strip);
+                }
+                lines.push(value.to_string());
+            }
+            *body = prefix + &lines.join("\n");
+        }
+        objects
+    }
+
+    /// [`written`], parts shown by `part`.
+    fn written_as(
+        outbox: &[Outgoing],
+        part: impl Fn(String, ClassState) -> String,
+    ) -> BTreeMap<String, String> {
         let mut ids: BTreeMap<String, std::collections::BTreeSet<u128>> = BTreeMap::new();
         let mut objects = BTreeMap::new();
         for outgoing in outbox {
@@ -247,7 +316,10 @@ mod tests {
                 }
                 Outgoing::Part { key, body } => {
                     let (partition, class) = decode_part(body).unwrap();
-                    objects.insert(key.clone(), format!("{partition} {}", canonical(&class)));
+                    objects.insert(
+                        key.clone(),
+                        format!("{partition} {}", part(partition.clone(), class)),
+                    );
                 }
                 Outgoing::HomeFinal { key, body } => {
                     objects.insert(key.clone(), String::from_utf8(body.clone()).unwrap());
@@ -333,7 +405,9 @@ mod tests {
     /// Each version's checkpoint at the cut, restored, runs on to the results, positions and
     /// verdicts of a run from scratch. Versions before 5 forgot the ids of final classes and
     /// those past the lateness horizon: a retry of such an event is late for them where the
-    /// run from scratch finds a duplicate, and they seal fewer ids; nothing else differs.
+    /// run from scratch finds a duplicate, and they seal fewer ids. Versions before 6 held
+    /// zone times, not the time at each bpm, and no profiles: their parts are compared by the
+    /// results they give, and the results they rendered lack the fields 6 added.
     #[test]
     fn every_versions_fixture_restores_into_the_run_from_scratch() {
         let (events, cut) = fixture::events();
@@ -368,7 +442,14 @@ mod tests {
             assert_eq!(restored.position, scratch.position, "v{version}");
             assert_eq!(restored.clock_ms, scratch.clock_ms, "v{version}");
             assert!(restored.classes.is_empty() && restored.closing.is_empty());
-            let written_restored = written(&restored.outbox);
+            let (written_restored, expected) = if version == VERSION {
+                (written(&restored.outbox), expected.clone())
+            } else {
+                (
+                    written_by_result(&restored.outbox),
+                    written_by_result(&scratch.outbox),
+                )
+            };
             let (ids, objects): (BTreeMap<_, _>, BTreeMap<_, _>) = written_restored
                 .iter()
                 .partition(|(key, _)| key.starts_with("ids/"));
@@ -376,7 +457,7 @@ mod tests {
                 .iter()
                 .partition(|(key, _)| key.starts_with("ids/"));
             assert_eq!(objects, expected_objects, "v{version}");
-            if version == VERSION {
+            if version >= 5 {
                 assert_eq!(ids, expected_ids);
             } else {
                 // What an older build forgot is not sealed; what it held is.
@@ -387,7 +468,7 @@ mod tests {
                     }
                 }
             }
-            if version == VERSION {
+            if version >= 5 {
                 assert_eq!(restored.finalised, scratch.finalised);
                 assert_eq!(restored.left_out, scratch.left_out);
                 continue;

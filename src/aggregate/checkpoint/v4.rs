@@ -7,8 +7,9 @@ use std::collections::BTreeMap;
 
 use serde::Deserialize;
 
+use super::v5::{ClassV5, MemberV5};
 use super::{Checkpoint, CheckpointError};
-use crate::aggregate::class::{ClassState, MemberState, Minute, SeenIds};
+use crate::aggregate::class::{Minute, SeenIds};
 use crate::aggregate::output::Outgoing;
 use crate::aggregate::partition::{FinalClass, Trigger};
 
@@ -21,7 +22,7 @@ pub(super) struct ClassV4 {
     first_event_ms: i64,
     last_event_ms: i64,
     seen: BTreeMap<i64, Vec<u128>>,
-    members: BTreeMap<Box<str>, MemberState>,
+    members: BTreeMap<Box<str>, MemberV5>,
     minutes: BTreeMap<i64, Minute>,
     first_offset: u64,
     last_offset: u64,
@@ -30,9 +31,9 @@ pub(super) struct ClassV4 {
 }
 
 impl ClassV4 {
-    /// The class as version 5 has it.
-    pub(super) fn upgrade(self) -> ClassState {
-        ClassState {
+    /// The class as version 5 had it.
+    pub(super) fn upgrade(self) -> ClassV5 {
+        ClassV5 {
             studio_id: self.studio_id,
             class_id: self.class_id,
             max_time_ms: self.max_time_ms,
@@ -46,7 +47,6 @@ impl ClassV4 {
             last_offset: self.last_offset,
             last_seen_wall_ms: self.last_seen_wall_ms,
             home: self.home,
-            changed: false,
         }
     }
 }
@@ -72,7 +72,7 @@ pub(super) fn read(plain: &[u8]) -> Result<CheckpointV4, CheckpointError> {
 
 impl CheckpointV4 {
     /// Version 5's form.
-    pub(super) fn upgrade(self) -> Checkpoint<ClassState> {
+    pub(super) fn upgrade(self) -> Checkpoint<ClassV5> {
         Checkpoint {
             version: super::VERSION,
             name: self.name,

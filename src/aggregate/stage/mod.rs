@@ -23,6 +23,7 @@
 
 mod handoff;
 mod persist;
+mod profiles;
 mod segments;
 
 use std::collections::HashMap;
@@ -44,12 +45,14 @@ use crate::decode::DecodedBatch;
 use crate::health::Health;
 use crate::metrics;
 use crate::partitions::Partitions;
+use crate::profile::source::Profiles;
 use crate::retry::Backoff;
 use crate::sink::dynamodb::aggregates::AggregatesTable;
 use crate::stats::Stats;
 use crate::store::{classify, ObjectWriter};
 
 use persist::write_jobs;
+use profiles::bind_profiles;
 use segments::{InFlight, SegmentCache};
 
 /// Health component and write label of the stage.
@@ -105,6 +108,8 @@ struct Owned {
     recheck: HashMap<String, Instant>,
     /// Directory objects of closed classes, deleted once the checkpoint after them is durable.
     leftovers: Vec<Path>,
+    /// Members of open classes whose profile is not known yet: `(class key, member id)`.
+    waiting: Vec<(String, Box<str>)>,
 }
 
 /// The aggregate stage.
@@ -135,6 +140,8 @@ pub struct AggregateStage {
     next_job: u64,
     /// The number of the last job the writer finished.
     jobs_done: Arc<AtomicU64>,
+    /// Member profiles, bound to members as they appear; `None`: none configured.
+    profiles: Option<Profiles>,
 }
 
 impl AggregateStage {
@@ -164,7 +171,15 @@ impl AggregateStage {
             in_flight: Vec::new(),
             next_job: 1,
             jobs_done: Arc::default(),
+            profiles: None,
         }
+    }
+
+    /// Binds each member's profile to their state in a class as it becomes known
+    /// ([`Profiles::lookup`] never waits).
+    pub fn with_profiles(mut self, profiles: Profiles) -> AggregateStage {
+        self.profiles = Some(profiles);
+        self
     }
 
     /// Also writes live values (every `live_interval`) and final results to `table`.
@@ -236,6 +251,7 @@ impl AggregateStage {
                     self.in_flight.retain(|segment| segment.job > done);
                     self.release_revoked(&registry);
                     self.adopt_assigned(&registry).await?;
+                    self.bind_waiting();
                     self.sweep(&registry);
                     self.close_classes(false).await;
                     if live_every.is_some_and(|interval| last_live.elapsed() >= interval) {
@@ -297,6 +313,7 @@ impl AggregateStage {
             &self.rules,
             Utc::now().timestamp_millis(),
         );
+        let unbound = owned.state.take_unbound();
         let unconfirmed = owned.state.take_unconfirmed();
         if !unconfirmed.is_empty() {
             let found = self
@@ -317,6 +334,10 @@ impl AggregateStage {
         owned.dirty |= owned.state.position != before || !owned.state.outbox.is_empty();
         metrics::record_handoffs("handed_over", owned.state.take_handed_over());
         owned.tokens.push(batch.ack.clone());
+        if let Some(profiles) = &self.profiles {
+            owned.waiting.extend(unbound);
+            bind_profiles(profiles, owned);
+        }
         metrics::record_verdicts(tally.duplicate, tally.late);
         Stats::add(&self.stats.duplicates, tally.duplicate);
         Stats::add(&self.stats.late, tally.late);
@@ -414,6 +435,21 @@ impl AggregateStage {
 
     fn record_finalised(&self, finalised: Vec<Finalised>) {
         for class in finalised {
+            self.record_raised(&class.result);
+            for member in &class.result.members {
+                use super::heart::HrMaxSource;
+                let index = match member.hr_max_source {
+                    Some(HrMaxSource::Manual) => 0,
+                    Some(HrMaxSource::Measured) => 1,
+                    Some(HrMaxSource::Observed) => 2,
+                    Some(HrMaxSource::Formula) => 3,
+                    Some(HrMaxSource::Default) | None => 4,
+                };
+                Stats::add(&self.stats.hr_max_sources[index], 1);
+                if member.hr_max_observed.is_some() {
+                    Stats::add(&self.stats.hr_max_raised, 1);
+                }
+            }
             metrics::record_class_final(class.trigger.as_str());
             Stats::add(&self.stats.classes_final, 1);
             let top = |summary: &super::output::ClassSummary| {

@@ -67,6 +67,7 @@ impl AggregateStage {
         match self.restore(partition, generation).await {
             Ok(owned) => {
                 self.partitions.insert(partition.clone(), owned);
+                self.wait_for_unbound(partition);
                 if self.refused.remove(partition).is_some() {
                     self.report_refused();
                 }
@@ -260,6 +261,7 @@ impl AggregateStage {
                 checkpoints: keys,
                 recheck: HashMap::new(),
                 leftovers: Vec::new(),
+                waiting: Vec::new(),
             });
         };
         let mut state =
@@ -287,6 +289,7 @@ impl AggregateStage {
             checkpoints: keys,
             recheck: HashMap::new(),
             leftovers: Vec::new(),
+            waiting: Vec::new(),
         })
     }
 

@@ -8,6 +8,10 @@
 //!     summary                    the final class summary (leaderboards included)
 //!     member#{member_id}         a member's final summary in the class
 //!     minute#{YYYY-MM-DDTHH:MMZ} a final class minute window
+//!
+//! pk  member#{member_id}
+//! sk  hr_max_observed            the highest maximum heart rate a class of the member raised
+//!                                ([`crate::aggregate::heart`]), read with their profile
 //! ```
 //!
 //! Every item holds the record's fields as DynamoDB types, plus `src` (the source partition),
@@ -17,7 +21,8 @@
 //! checkpoint writing its outbox again, or a stale owner after a rebalance can rewrite the same
 //! values but never older ones; equal versions hold equal values, since a result is a function
 //! of the events counted. Versions are comparable within one partition: a class that moves to
-//! another partition (partitions added) starts over there.
+//! another partition (partitions added) starts over there. An observed maximum is written
+//! under `attribute_not_exists(pk) OR hr_max_observed < :bpm`: it only ever rises.
 
 use std::collections::HashMap;
 
@@ -29,6 +34,8 @@ use super::{
     ttl_seconds, Condition, Conditional, Item, TableWriter, PARTITION_KEY, SORT_KEY, TTL_ATTRIBUTE,
 };
 use crate::aggregate::output::{ClassMinute, ClassResult, ClassSummary, MemberSummary};
+use crate::metrics;
+use crate::profile::source::{observed_key, OBSERVED_SORT_KEY};
 
 /// Health component and metric label.
 pub const NAME: &str = "aggregates_table";
@@ -56,6 +63,14 @@ pub struct Written {
     pub refused: usize,
     /// Items DynamoDB refused as invalid (logged and counted; the lake holds the result).
     pub invalid: usize,
+}
+
+impl Written {
+    fn add(&mut self, other: Written) {
+        self.written += other.written;
+        self.refused += other.refused;
+        self.invalid += other.invalid;
+    }
 }
 
 impl AggregatesTable {
@@ -87,7 +102,62 @@ impl AggregatesTable {
                 items.extend(self.item(summary, minute_key(minute), minute));
             }
         }
-        self.write(items).await
+        let mut written = self.write(items).await;
+        for result in results {
+            written.add(self.write_observed(result).await);
+        }
+        written
+    }
+
+    /// The maximums `result`'s class raised, each in the member's own item, never lowering a
+    /// value written meanwhile (by another class of the member, or a replay).
+    async fn write_observed(&self, result: &ClassResult) -> Written {
+        let mut written = Written::default();
+        for member in &result.members {
+            let Some(bpm) = member.hr_max_observed else {
+                continue;
+            };
+            let value = AttributeValue::N(bpm.to_string());
+            let item: Item = HashMap::from([
+                (
+                    PARTITION_KEY.to_owned(),
+                    AttributeValue::S(observed_key(&member.member_id)),
+                ),
+                (
+                    SORT_KEY.to_owned(),
+                    AttributeValue::S(OBSERVED_SORT_KEY.to_owned()),
+                ),
+                (OBSERVED_SORT_KEY.to_owned(), value.clone()),
+                (
+                    "studio_id".to_owned(),
+                    AttributeValue::S(member.studio_id.to_string()),
+                ),
+                (
+                    "class_id".to_owned(),
+                    AttributeValue::S(member.class_id.to_string()),
+                ),
+            ]);
+            let condition = Condition {
+                expression: "attribute_not_exists(#pk) OR #bpm < :bpm".to_owned(),
+                names: HashMap::from([
+                    ("#pk".to_owned(), PARTITION_KEY.to_owned()),
+                    ("#bpm".to_owned(), OBSERVED_SORT_KEY.to_owned()),
+                ]),
+                values: HashMap::from([(":bpm".to_owned(), value)]),
+            };
+            match self.writer.put_if(item, &condition).await {
+                Ok(Conditional::Written) => {
+                    metrics::record_hr_max_observed("raised");
+                    written.written += 1;
+                }
+                Ok(Conditional::Refused) => {
+                    metrics::record_hr_max_observed("kept");
+                    written.refused += 1;
+                }
+                Err(_) => written.invalid += 1,
+            }
+        }
+        written
     }
 
     fn live_item(&self, result: &ClassResult) -> Option<(Item, Condition)> {

@@ -11,6 +11,9 @@ use aws_sdk_dynamodb::client::Waiters;
 
 use super::{PARTITION_KEY, SORT_KEY, TTL_ATTRIBUTE};
 
+/// The members table's key.
+pub const MEMBER_KEY: &str = "member_id";
+
 /// Why a table could not be created.
 #[derive(Debug, thiserror::Error)]
 #[error("table {table}: {detail}")]
@@ -30,11 +33,30 @@ pub enum Created {
     Existed,
 }
 
+/// Which table's schema.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Schema {
+    /// The events and aggregates tables: `pk` and `sk`, TTL on `ttl`.
+    Written,
+    /// The members table the studios' member system writes: `member_id`, no TTL.
+    Members,
+}
+
 /// Creates `table` with the schema both classpulse tables share, waits until it is active and
 /// turns TTL on. An existing table is left as it is.
 pub async fn create_table(
     client: &aws_sdk_dynamodb::Client,
     table: &str,
+) -> Result<Created, CreateError> {
+    create_table_of(client, table, Schema::Written).await
+}
+
+/// Creates `table` with `schema` (on-demand billing), waits until it is active and, for the
+/// tables classpulse writes, turns TTL on. An existing table is left as it is.
+pub async fn create_table_of(
+    client: &aws_sdk_dynamodb::Client,
+    table: &str,
+    schema: Schema,
 ) -> Result<Created, CreateError> {
     let error = |detail: String| CreateError {
         table: table.to_owned(),
@@ -54,16 +76,21 @@ pub async fn create_table(
             .build()
             .expect("name and type are set")
     };
-    let created = client
+    let request = client
         .create_table()
         .table_name(table)
-        .billing_mode(BillingMode::PayPerRequest)
-        .attribute_definitions(attribute(PARTITION_KEY))
-        .attribute_definitions(attribute(SORT_KEY))
-        .key_schema(key(PARTITION_KEY, KeyType::Hash))
-        .key_schema(key(SORT_KEY, KeyType::Range))
-        .send()
-        .await;
+        .billing_mode(BillingMode::PayPerRequest);
+    let request = match schema {
+        Schema::Written => request
+            .attribute_definitions(attribute(PARTITION_KEY))
+            .attribute_definitions(attribute(SORT_KEY))
+            .key_schema(key(PARTITION_KEY, KeyType::Hash))
+            .key_schema(key(SORT_KEY, KeyType::Range)),
+        Schema::Members => request
+            .attribute_definitions(attribute(MEMBER_KEY))
+            .key_schema(key(MEMBER_KEY, KeyType::Hash)),
+    };
+    let created = request.send().await;
     let outcome = match created {
         Ok(_) => Created::Created,
         Err(e)
@@ -84,6 +111,9 @@ pub async fn create_table(
         .wait(std::time::Duration::from_secs(60))
         .await
         .map_err(|e| error(format!("did not become active: {e}")))?;
+    if schema == Schema::Members {
+        return Ok(outcome);
+    }
     client
         .update_time_to_live()
         .table_name(table)

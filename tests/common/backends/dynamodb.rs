@@ -22,6 +22,73 @@ pub async fn create_table(client: &aws_sdk_dynamodb::Client, kind: &str) -> Stri
     table
 }
 
+/// Creates a members table (pk `member_id`) with a unique name.
+pub async fn create_members_table(client: &aws_sdk_dynamodb::Client) -> String {
+    use classpulse::sink::dynamodb::tables::{create_table_of, Schema};
+    let table = unique_name("members");
+    create_table_of(client, &table, Schema::Members)
+        .await
+        .unwrap();
+    table
+}
+
+/// Writes profiles (NDJSON lines, as `CLASSPULSE_MEMBERS_FILE` holds them) into `table` as
+/// the studios' member system would: one item a member, numbers as N, flags as BOOL.
+pub async fn put_profiles(client: &aws_sdk_dynamodb::Client, table: &str, lines: &[&str]) {
+    use aws_sdk_dynamodb::types::AttributeValue;
+    let items = lines
+        .iter()
+        .map(|line| {
+            let fields: serde_json::Map<String, serde_json::Value> =
+                serde_json::from_str(line).unwrap();
+            fields
+                .into_iter()
+                .map(|(name, value)| {
+                    let value = match value {
+                        serde_json::Value::String(text) => AttributeValue::S(text),
+                        serde_json::Value::Number(number) => AttributeValue::N(number.to_string()),
+                        serde_json::Value::Bool(flag) => AttributeValue::Bool(flag),
+                        other => panic!("{name}: {other} is not a profile value"),
+                    };
+                    (name, value)
+                })
+                .collect()
+        })
+        .collect();
+    put_items(client, table, items).await;
+}
+
+/// Writes `items` into `table`, 25 a call, until none is left unprocessed.
+pub async fn put_items(
+    client: &aws_sdk_dynamodb::Client,
+    table: &str,
+    items: Vec<classpulse::sink::dynamodb::Item>,
+) {
+    use aws_sdk_dynamodb::types::{PutRequest, WriteRequest};
+    let requests: Vec<WriteRequest> = items
+        .into_iter()
+        .map(|item| {
+            let put = PutRequest::builder().set_item(Some(item)).build().unwrap();
+            WriteRequest::builder().put_request(put).build()
+        })
+        .collect();
+    for chunk in requests.chunks(25) {
+        let mut pending = chunk.to_vec();
+        while !pending.is_empty() {
+            let output = client
+                .batch_write_item()
+                .request_items(table, pending)
+                .send()
+                .await
+                .unwrap();
+            pending = output
+                .unprocessed_items
+                .and_then(|mut tables| tables.remove(table))
+                .unwrap_or_default();
+        }
+    }
+}
+
 /// Deletes `table`.
 pub async fn delete_table(client: &aws_sdk_dynamodb::Client, table: &str) {
     client
