@@ -211,11 +211,7 @@ impl Profiles {
         let new_backoff = || Backoff::new(Duration::from_millis(200), Duration::from_secs(10));
         let mut backoff = new_backoff();
         loop {
-            let members = {
-                let mut cache = self.inner.cache.lock().unwrap_or_else(|e| e.into_inner());
-                let n = cache.wanted.len().min(per_call);
-                cache.wanted.drain(..n).collect::<Vec<_>>()
-            };
+            let members = self.next_batch(per_call);
             if members.is_empty() {
                 tokio::select! {
                     _ = self.inner.wake.notified() => continue,
@@ -248,6 +244,13 @@ impl Profiles {
                 }
             }
         }
+    }
+
+    /// The next members to read, at most `limit`, in the order they were asked for.
+    fn next_batch(&self, limit: usize) -> Vec<Box<str>> {
+        let mut cache = self.inner.cache.lock().unwrap_or_else(|e| e.into_inner());
+        let n = cache.wanted.len().min(limit);
+        cache.wanted.drain(..n).collect()
     }
 
     /// Keeps what a read found; members it had no item for get an empty profile; members left
@@ -426,5 +429,103 @@ fn attribute_value(value: &AttributeValue) -> Value<'_> {
         AttributeValue::Bool(on) => Value::Bool(*on),
         AttributeValue::Null(_) => Value::Null,
         _ => Value::Text("\u{0}"),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn born(year: u16) -> Profile {
+        Profile {
+            birth_year: Some(year),
+            ..Profile::default()
+        }
+    }
+
+    /// A table source whose client is never called.
+    fn table() -> TableSource {
+        let config = aws_sdk_dynamodb::Config::builder()
+            .behavior_version(aws_sdk_dynamodb::config::BehaviorVersion::latest())
+            .region(aws_sdk_dynamodb::config::Region::new("us-east-1"))
+            .build();
+        TableSource {
+            client: aws_sdk_dynamodb::Client::from_conf(config),
+            members: "members".to_owned(),
+            aggregates: None,
+        }
+    }
+
+    #[test]
+    fn a_file_answers_at_once_and_a_raise_is_kept_for_the_next_class() {
+        let text =
+            "{\"member_id\":\"a\",\"birth_year\":1980}\n\n{\"member_id\":\"b\",\"hr_max\":181}\n";
+        let profiles = Profiles::new(
+            Profiles::parse(text, "test").unwrap(),
+            None,
+            Duration::from_secs(600),
+        );
+        assert_eq!(profiles.lookup("a"), Some(born(1980)));
+        assert_eq!(
+            profiles.lookup("b").unwrap().hr_max,
+            Some((181, super::super::SetBy::Manual))
+        );
+        // Not in the file and no table to ask: known to have no profile.
+        assert_eq!(profiles.lookup("c"), Some(Profile::default()));
+        assert_eq!(profiles.queued(), 0);
+        // Raises only rise.
+        profiles.record_raised("a", 190);
+        profiles.record_raised("a", 185);
+        assert_eq!(profiles.lookup("a").unwrap().hr_max_observed, Some(190));
+    }
+
+    #[test]
+    fn a_line_that_is_no_profile_fails_the_file_naming_the_line() {
+        let error = Profiles::parse(
+            "{\"member_id\":\"a\"}\n{\"birth_year\":1980}\n",
+            "members.ndjson",
+        )
+        .unwrap_err();
+        assert_eq!(error.to_string(), "members.ndjson:2: no member_id string");
+    }
+
+    #[test]
+    fn a_member_not_read_yet_is_queued_once_and_never_waited_for() {
+        let profiles = Profiles::new(HashMap::new(), Some(table()), Duration::from_secs(600));
+        assert_eq!(profiles.lookup("a"), None);
+        assert_eq!(profiles.lookup("b"), None);
+        assert_eq!(profiles.lookup("a"), None, "asked again: still not read");
+        assert_eq!(profiles.queued(), 2);
+        let batch = profiles.next_batch(100);
+        assert_eq!(batch, [Box::<str>::from("a"), Box::from("b")]);
+        // The read finds a, has no item for b, and leaves c unprocessed (throttled).
+        profiles.lookup("c");
+        let batch: Vec<Box<str>> = [batch, profiles.next_batch(100)].concat();
+        let found = HashMap::from([("a".into(), (born(1990), Vec::new()))]);
+        profiles.store(found, &batch, &[Box::from("c")]);
+        assert_eq!(profiles.lookup("a"), Some(born(1990)));
+        assert_eq!(profiles.lookup("b"), Some(Profile::default()));
+        assert_eq!(profiles.lookup("c"), None);
+        assert_eq!(
+            profiles.next_batch(100),
+            [Box::<str>::from("c")],
+            "read again"
+        );
+    }
+
+    #[test]
+    fn a_copy_older_than_the_cache_time_is_used_while_it_is_read_again() {
+        let profiles = Profiles::new(HashMap::new(), Some(table()), Duration::ZERO);
+        profiles.lookup("a");
+        let batch = profiles.next_batch(100);
+        profiles.store(
+            HashMap::from([("a".into(), (born(1970), Vec::new()))]),
+            &batch,
+            &[],
+        );
+        assert_eq!(profiles.lookup("a"), Some(born(1970)));
+        assert_eq!(profiles.queued(), 1, "stale: queued to be read again");
+        assert_eq!(profiles.lookup("a"), Some(born(1970)));
+        assert_eq!(profiles.queued(), 1, "queued once");
     }
 }

@@ -544,10 +544,8 @@ fn plan_class(
     start_ms: i64,
     class_ms: i64,
 ) -> SimClass {
-    // Studios take the kinds in turn, so a few studios already use every machine.
     const KINDS: [&str; 5] = ["hiit", "ride", "row", "strength", "run"];
-    let round = start_ms.div_euclid(class_ms.max(1)) as usize;
-    let kind = KINDS[(studio as usize + round) % KINDS.len()];
+    let kind = KINDS[rng.random_range(0..KINDS.len())];
     let studio_id = format!("studio-{studio:04}");
     let start = DateTime::from_timestamp_millis(start_ms).unwrap_or_default();
     let class_id = format!("{}-{kind}", start.format("%Y%m%dT%H%M"));
@@ -577,8 +575,10 @@ fn plan_class(
             SimMember {
                 member_id: person.member_id,
                 machine,
-                max_hr: person.max_hr,
-                rest_hr: person.resting_hr,
+                // How they are on the day: their reach a bpm or two either way of their
+                // true maximum, their resting rate a few.
+                max_hr: person.max_hr + rng.random_range(-2.0..2.0),
+                rest_hr: person.resting_hr + rng.random_range(-3.0..3.0),
                 fitness: rng.random_range(0.8..1.1),
                 next_hr_ms: start_ms + rng.random_range(0..SAMPLE_INTERVAL_MS),
                 next_machine_ms: start_ms + rng.random_range(0..SAMPLE_INTERVAL_MS),
