@@ -37,8 +37,8 @@ pub struct Stats {
     pub aggregate_objects: AtomicU64,
     /// The final class with the highest effort on its leaderboard, for the run summary.
     pub top_class: Mutex<Option<ClassSummary>>,
-    /// Members of final classes by where their maximum heart rate came from: manual,
-    /// measured, observed, formula, default.
+    /// Members of final classes by where their maximum heart rate came from, in the order of
+    /// `HrMaxSource`: manual, measured, observed, formula, default.
     pub hr_max_sources: [AtomicU64; 5],
     /// Members of final classes whose class raised their maximum.
     pub hr_max_raised: AtomicU64,

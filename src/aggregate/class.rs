@@ -176,7 +176,10 @@ impl HeartRate {
             sustained: Sustained,
         }
         let block = |hr: &mut HeartRate| {
-            let (at_bpm, sustained) = (take(&mut hr.at_bpm), take(&mut hr.sustained));
+            let (at_bpm, sustained) = (
+                std::mem::take(&mut hr.at_bpm),
+                std::mem::take(&mut hr.sustained),
+            );
             hr.first_sealed.map(|first| Block {
                 first,
                 last_ms: hr.last_sealed_ms.unwrap_or(first.0),
@@ -192,15 +195,11 @@ impl HeartRate {
         blocks.sort_by_key(|b| (b.first.0, b.last_ms));
         self.bpm.merge(&other.bpm);
         self.pending.extend(other.pending);
-        if let (Some(mine), Some(theirs)) = (self.latest, other.latest) {
-            self.latest = Some(if (mine.0, mine.1) >= (theirs.0, theirs.1) {
-                mine
-            } else {
-                theirs
-            });
-        } else {
-            self.latest = self.latest.or(other.latest);
-        }
+        // The newer by (event time, id hash); on a tie, this side's (the last maximum).
+        self.latest = [other.latest, self.latest]
+            .into_iter()
+            .flatten()
+            .max_by_key(|(time, hash, _)| (*time, *hash));
         self.fixed_zone_ms = match (self.fixed_zone_ms, other.fixed_zone_ms) {
             (Some(mut mine), Some(theirs)) => {
                 for (total, ms) in mine.iter_mut().zip(theirs) {
@@ -288,10 +287,6 @@ impl HeartRate {
     fn approx_bytes(&self) -> usize {
         self.at_bpm.approx_bytes() + self.sustained.approx_bytes()
     }
-}
-
-fn take<T: Default>(value: &mut T) -> T {
-    std::mem::take(value)
 }
 
 fn accumulate(at_bpm: &mut BpmTime, last: &mut Option<i64>, time_ms: i64, bpm: f64, rules: &Rules) {

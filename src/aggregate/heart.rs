@@ -77,17 +77,7 @@ pub enum ZoneBasis {
     Reserve,
 }
 
-impl ZoneBasis {
-    /// Its name in results and settings.
-    pub fn as_str(self) -> &'static str {
-        match self {
-            ZoneBasis::Max => "max",
-            ZoneBasis::Reserve => "reserve",
-        }
-    }
-}
-
-/// Where the maximum in use came from.
+/// Where the maximum in use came from (in this order: `Stats::hr_max_sources` counts by it).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "snake_case")]
 pub enum HrMaxSource {

@@ -437,15 +437,10 @@ impl AggregateStage {
         for class in finalised {
             self.record_raised(&class.result);
             for member in &class.result.members {
-                use super::heart::HrMaxSource;
-                let index = match member.hr_max_source {
-                    Some(HrMaxSource::Manual) => 0,
-                    Some(HrMaxSource::Measured) => 1,
-                    Some(HrMaxSource::Observed) => 2,
-                    Some(HrMaxSource::Formula) => 3,
-                    Some(HrMaxSource::Default) | None => 4,
-                };
-                Stats::add(&self.stats.hr_max_sources[index], 1);
+                let source = member
+                    .hr_max_source
+                    .unwrap_or(super::heart::HrMaxSource::Default);
+                Stats::add(&self.stats.hr_max_sources[source as usize], 1);
                 if member.hr_max_observed.is_some() {
                     Stats::add(&self.stats.hr_max_raised, 1);
                 }
