@@ -168,7 +168,8 @@ const fn optional(spec: FieldSpec) -> FieldSpec {
     }
 }
 
-const ID_LEN: usize = 64;
+/// The longest id of the contract (studio, class, member, device).
+pub const ID_LEN: usize = 64;
 
 const fn id(name: &'static str, charset: Charset, description: &'static str) -> FieldSpec {
     FieldSpec {

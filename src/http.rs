@@ -1,6 +1,7 @@
 //! The HTTP endpoints SREs and ECS use: `/metrics` (Prometheus text), `/healthz` (the process
 //! is alive) and `/readyz` (sources connected, sinks writable). Read-only, with a bound on
-//! requests served at once.
+//! requests served at once; beside them, the studios' walls when this process serves them
+//! ([`crate::screens`], bounded by their own limit on streams).
 
 use std::io::{Read, Write};
 use std::net::SocketAddr;
@@ -17,6 +18,7 @@ use tower::limit::GlobalConcurrencyLimitLayer;
 
 use crate::health::Health;
 use crate::metrics;
+use crate::screens::listener::{StallingListener, STALL_LIMIT};
 
 /// Requests served at once; more wait. Scrapes and probes are tiny, a few suffice.
 const MAX_CONCURRENT_REQUESTS: usize = 32;
@@ -27,17 +29,19 @@ struct AppState {
     health: Health,
 }
 
-/// Binds `addr` and serves until `shutdown` is cancelled. Returns the bound address (useful
-/// with port 0).
+/// Binds `addr` and serves until `shutdown` is cancelled, with `walls` (the screens' routes)
+/// if given. Returns the bound address (useful with port 0).
 pub async fn serve(
     addr: SocketAddr,
     metrics_handle: PrometheusHandle,
     health: Health,
     shutdown: CancellationToken,
+    walls: Option<Router>,
 ) -> std::io::Result<SocketAddr> {
     let listener = TcpListener::bind(addr).await?;
     let bound = listener.local_addr()?;
-    let app = Router::new()
+    let listener = StallingListener::new(listener, STALL_LIMIT);
+    let mut app = Router::new()
         .route("/metrics", get(render_metrics))
         .route("/healthz", get(|| async { "ok\n" }))
         .route("/readyz", get(readiness))
@@ -46,6 +50,9 @@ pub async fn serve(
             metrics: metrics_handle,
             health,
         });
+    if let Some(walls) = walls {
+        app = app.merge(walls);
+    }
     tokio::spawn(async move {
         let served = axum::serve(listener, app)
             .with_graceful_shutdown(shutdown.cancelled_owned())
@@ -118,6 +125,7 @@ mod tests {
             recorder.handle(),
             Health::new(),
             shutdown.clone(),
+            None,
         )
         .await
         .unwrap();

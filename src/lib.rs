@@ -24,6 +24,10 @@
 //!   [`sink::dead_letter_topic`] also produces rejected inputs to Kafka; [`sink::dynamodb`]
 //!   writes the events table (packed items) and the aggregates table (conditional puts, fed by
 //!   the aggregate stage).
+//! - [`live`]: what the studios' walls show. The aggregate stage publishes a versioned record
+//!   of every class that changed, every second, to the live topic (or, in the embedded
+//!   default, straight to the board); [`screens`] is the server that reads the topic and
+//!   streams each studio's records to its walls (Server-Sent Events, a page of its own).
 //! - [`ack`]: the acknowledgement path back. Each decoded batch carries an
 //!   [`ack::AckToken`]; the aggregate stage and the sinks hold clones until durable; the
 //!   source commits only the contiguous durable prefix.
@@ -51,6 +55,7 @@ pub mod event;
 pub mod health;
 pub mod http;
 pub mod kafka;
+pub mod live;
 pub mod log_limit;
 pub mod memory;
 pub mod metrics;
@@ -60,6 +65,7 @@ pub mod profile;
 pub mod redrive;
 pub mod retry;
 pub mod schema;
+pub mod screens;
 pub mod shutdown;
 pub mod sink;
 pub mod source;

@@ -16,8 +16,10 @@ use classpulse::config::{self, Config, LakeLocation, LogFormat, SourceKind};
 use classpulse::decode::DecodeLimits;
 use classpulse::health::Health;
 use classpulse::kafka::MskIam;
+use classpulse::live::{Board, Publisher, Tiles};
 use classpulse::pipeline::{Pipeline, RunReport, Settings};
 use classpulse::profile::source::{Profiles, TableSource};
+use classpulse::screens::{wall_routes, Access, Walls};
 use classpulse::sink::dead_letter::{DeadLetterFormat, NdjsonZstEncoder};
 use classpulse::sink::dead_letter_topic::DeadLetterTopicSink;
 use classpulse::sink::dynamodb::aggregates::AggregatesTable;
@@ -76,6 +78,25 @@ enum Command {
     Tables {
         #[command(subcommand)]
         command: TablesCommand,
+    },
+    /// The screen server: reads CLASSPULSE_LIVE_TOPIC and streams each studio's classes to its
+    /// walls on CLASSPULSE_HTTP_ADDR (`/studios/{studio_id}?k=TOKEN`).
+    Screens {
+        #[command(subcommand)]
+        command: Option<ScreensCommand>,
+    },
+}
+
+#[derive(Subcommand)]
+enum ScreensCommand {
+    /// Print the URL of a studio's wall, its token made with CLASSPULSE_SCREENS_KEY.
+    Url {
+        /// The studio.
+        studio_id: String,
+        /// Where the screen server is reached, e.g. https://walls.example.com; default:
+        /// http://CLASSPULSE_HTTP_ADDR.
+        #[arg(long)]
+        base: Option<String>,
     },
 }
 
@@ -161,10 +182,74 @@ fn main() -> ExitCode {
                 Ok(config) => config,
                 Err(error) => return config_error(&error),
             };
+            if config.live.topic.is_some() {
+                if let Err(error) = config.live.tile_key_for_topic() {
+                    return config_error(&error);
+                }
+            }
             init_logging(&config);
             block_on(run(config))
         }
+        Command::Screens { command } => {
+            let config = match Config::from_env() {
+                Ok(config) => config,
+                Err(error) => return config_error(&error),
+            };
+            match command {
+                Some(ScreensCommand::Url { studio_id, base }) => {
+                    match wall_url(&config, &studio_id, base.as_deref()) {
+                        Ok(url) => {
+                            println!("{url}");
+                            ExitCode::SUCCESS
+                        }
+                        Err(error) => {
+                            eprintln!("classpulse: {error}");
+                            ExitCode::from(CONFIG_ERROR_EXIT_CODE)
+                        }
+                    }
+                }
+                None => {
+                    init_logging(&config);
+                    block_on(serve_screens(config))
+                }
+            }
+        }
     }
+}
+
+/// The URL of `studio_id`'s wall, with its token when walls need one.
+fn wall_url(config: &Config, studio_id: &str, base: Option<&str>) -> Result<String, String> {
+    let valid = !studio_id.is_empty()
+        && studio_id.len() <= classpulse::event::ID_LEN
+        && studio_id
+            .chars()
+            .all(|c| classpulse::event::Charset::Id.allows(c));
+    if !valid {
+        return Err(format!(
+            "studio id {studio_id:?}: expected 1 to 64 characters of [A-Za-z0-9_.-]"
+        ));
+    }
+    let base = base.map_or_else(
+        || format!("http://{}", config.http_addr),
+        |base| base.trim_end_matches('/').to_owned(),
+    );
+    let access = Access::new(
+        config.screens.key.as_deref(),
+        config.http_addr.ip().is_loopback(),
+    );
+    match (access.token(studio_id), access) {
+        (Some(token), _) => Ok(format!("{base}/studios/{studio_id}?k={token}")),
+        (None, Access::Open) => Ok(format!("{base}/studios/{studio_id}")),
+        _ => Err("CLASSPULSE_SCREENS_KEY is unset: walls off a loopback address need it".into()),
+    }
+}
+
+async fn serve_screens(config: Config) -> anyhow::Result<()> {
+    let metrics_handle = metrics::install().context("installing the metrics recorder")?;
+    let shutdown = shutdown::on_signals().context("installing signal handlers")?;
+    classpulse::screens::serve(&config, metrics_handle, shutdown)
+        .await
+        .map_err(anyhow::Error::msg)
 }
 
 async fn create_tables(config: &Config) -> anyhow::Result<()> {
@@ -239,7 +324,17 @@ async fn run(config: Config) -> anyhow::Result<()> {
     let health = Health::new();
     let stats = Arc::new(Stats::default());
     let shutdown = shutdown::on_signals().context("installing signal handlers")?;
-    let http_shutdown = serve_http(&config, &health).await?;
+    // The embedded default serves its own walls; a deployment publishes to the live topic.
+    let board = (config.live.topic.is_none() && config.source == SourceKind::Simulator)
+        .then(|| Board::new(config.screens.keep_final));
+    let (http_shutdown, http_addr) = serve_http(&config, &health, board.clone()).await?;
+    if board.is_some() {
+        let mut local = config.clone();
+        local.http_addr = http_addr;
+        if let Ok(url) = wall_url(&local, "studio-0001", None) {
+            println!("watch: {url}");
+        }
+    }
     let msk_iam = msk_iam(&config).await?;
     let (source, simulator_stats, simulated_members) =
         open_source(&config, &health, msk_iam.as_ref()).await?;
@@ -267,6 +362,31 @@ async fn run(config: Config) -> anyhow::Result<()> {
     if let Some(profiles) = profiles {
         aggregates = aggregates.with_profiles(profiles);
     }
+    let walls_stop = CancellationToken::new();
+    let publisher = match (&config.live.topic, &board) {
+        (Some(topic), _) => Some(
+            Publisher::topic(
+                &config.kafka,
+                topic,
+                health.clone(),
+                msk_iam.clone(),
+                walls_stop.clone(),
+            )
+            .map_err(anyhow::Error::msg)?,
+        ),
+        (None, Some(board)) => Some(Publisher::board(board.clone())),
+        (None, None) => None,
+    };
+    if let Some(publisher) = publisher {
+        aggregates = aggregates.with_walls(classpulse::aggregate::stage::Walls {
+            publisher,
+            tiles: Tiles::new(match &config.live.topic {
+                Some(_) => config.live.tile_key_for_topic()?.as_bytes(),
+                None => config.live.tile_key_or_embedded().as_bytes(),
+            }),
+            interval: config.live.interval,
+        });
+    }
     let sinks = sinks(
         &config,
         source.kind(),
@@ -287,6 +407,7 @@ async fn run(config: Config) -> anyhow::Result<()> {
     .with_aggregates(aggregates);
     let report = pipeline.run(shutdown).await;
     profiles_stop.cancel();
+    walls_stop.cancel();
     http_shutdown.cancel();
     let report = report?;
     print_summary(&config, &report, &stats, simulator_stats.as_deref());
@@ -294,16 +415,35 @@ async fn run(config: Config) -> anyhow::Result<()> {
     Ok(())
 }
 
-/// Serves `/metrics` and the health endpoints (and, with JSON logs, the lag metric for
-/// CloudWatch) until the returned token is cancelled.
-async fn serve_http(config: &Config, health: &Health) -> anyhow::Result<CancellationToken> {
+/// Serves `/metrics` and the health endpoints, the walls of `board` if given (and, with JSON
+/// logs, the lag metric for CloudWatch) until the returned token is cancelled; returns the
+/// token and the bound address.
+async fn serve_http(
+    config: &Config,
+    health: &Health,
+    board: Option<Board>,
+) -> anyhow::Result<(CancellationToken, std::net::SocketAddr)> {
     let metrics_handle = metrics::install().context("installing the metrics recorder")?;
     let stop = CancellationToken::new();
+    let walls = board.map(|board| {
+        tokio::spawn(classpulse::screens::forget_old(board.clone(), stop.clone()));
+        let access = Access::new(
+            config.screens.key.as_deref(),
+            config.http_addr.ip().is_loopback(),
+        );
+        wall_routes(Walls::new(
+            board,
+            access,
+            config.screens.max_clients,
+            stop.clone(),
+        ))
+    });
     let addr = http::serve(
         config.http_addr,
         metrics_handle,
         health.clone(),
         stop.clone(),
+        walls,
     )
     .await
     .with_context(|| format!("binding CLASSPULSE_HTTP_ADDR={}", config.http_addr))?;
@@ -316,7 +456,7 @@ async fn serve_http(config: &Config, health: &Health) -> anyhow::Result<Cancella
         };
         tokio::spawn(emit_lag_metric(group, config.emf_interval, stop.clone()));
     }
-    Ok(stop)
+    Ok((stop, addr))
 }
 
 /// The MSK IAM signer, when the Kafka source authenticates with AWS IAM.
@@ -454,7 +594,8 @@ fn aggregate_stage(
     // Live values go to the object store only in the embedded default (a local directory):
     // on S3 a PUT per class every few seconds would cost more than it is worth.
     let live_interval = matches!(config.lake.location, LakeLocation::Local(_))
-        .then_some(config.aggregates.flush_interval);
+        .then_some(config.aggregates.flush_interval)
+        .flatten();
     let mut aggregates = AggregateStage::new(
         Rules::from_config(&config.aggregates),
         config.aggregates.checkpoint_interval,

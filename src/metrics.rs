@@ -105,6 +105,30 @@ pub const AGGREGATE_CHECKPOINT_SECONDS: &str = "classpulse_aggregate_checkpoint_
 /// Bytes of aggregate checkpoints written.
 pub const AGGREGATE_CHECKPOINT_BYTES: &str = "classpulse_aggregate_checkpoint_bytes_total";
 
+/// Live records handed to the wall's channel. Labels: `outcome` (`published`: the broker or
+/// the board has it; `failed`: a send failed, retried unless a newer record replaced it).
+pub const LIVE_RECORDS: &str = "classpulse_live_records_total";
+/// Live records replaced, unsent, by a newer record of their class (the broker was slow or
+/// away): the wall skips them.
+pub const LIVE_RECORDS_SUPERSEDED: &str = "classpulse_live_records_superseded_total";
+/// Classes with a live record not yet acknowledged by the broker.
+pub const LIVE_RECORDS_PENDING: &str = "classpulse_live_records_pending";
+/// Screen server: walls connected (event streams open).
+pub const SCREENS_CLIENTS: &str = "classpulse_screens_clients";
+/// Screen server: live records read from the topic. Labels: `outcome` (`shown`: newer than
+/// the board's; `not_newer`; `too_old`: older than the lookback; `malformed`).
+pub const SCREENS_RECORDS_IN: &str = "classpulse_screens_records_in_total";
+/// Screen server: records sent to walls.
+pub const SCREENS_EVENTS_SENT: &str = "classpulse_screens_events_sent_total";
+/// Screen server: walls cut. Labels: `reason` (`behind`: more than a few records behind;
+/// `stalled`: its connection took nothing for 10 s; `full`: refused, the server holds its
+/// most walls).
+pub const SCREENS_CLIENTS_CUT: &str = "classpulse_screens_clients_cut_total";
+/// Screen server: age of a record when sent to a wall (from its publication).
+pub const SCREENS_RECORD_AGE_SECONDS: &str = "classpulse_screens_record_age_seconds";
+/// Screen server: classes on the board.
+pub const SCREENS_CLASSES: &str = "classpulse_screens_classes";
+
 /// Write capacity units DynamoDB reports consumed (ReturnConsumedCapacity=TOTAL). Labels:
 /// `table`. With the events counted, write units per 1,000 events: the table's cost.
 pub const DYNAMODB_WRITE_UNITS: &str = "classpulse_dynamodb_write_units_total";
@@ -139,6 +163,47 @@ pub fn install() -> Result<PrometheusHandle, metrics_exporter_prometheus::BuildE
 }
 
 fn describe() {
+    describe_counter!(
+        LIVE_RECORDS,
+        Unit::Count,
+        "Live records handed to the walls' channel, by outcome (published, failed)."
+    );
+    describe_counter!(
+        LIVE_RECORDS_SUPERSEDED,
+        Unit::Count,
+        "Live records replaced unsent by a newer record of their class."
+    );
+    describe_gauge!(
+        LIVE_RECORDS_PENDING,
+        Unit::Count,
+        "Classes with a live record not yet acknowledged by the broker."
+    );
+    describe_gauge!(
+        SCREENS_CLIENTS,
+        Unit::Count,
+        "Walls connected to the screen server."
+    );
+    describe_counter!(
+        SCREENS_RECORDS_IN,
+        Unit::Count,
+        "Live records the screen server read, by outcome (shown, not_newer, too_old, malformed)."
+    );
+    describe_counter!(SCREENS_EVENTS_SENT, Unit::Count, "Records sent to walls.");
+    describe_counter!(
+        SCREENS_CLIENTS_CUT,
+        Unit::Count,
+        "Walls cut or refused, by reason (behind, stalled, full)."
+    );
+    describe_histogram!(
+        SCREENS_RECORD_AGE_SECONDS,
+        Unit::Seconds,
+        "Age of a live record when sent to a wall, from its publication."
+    );
+    describe_gauge!(
+        SCREENS_CLASSES,
+        Unit::Count,
+        "Classes on the screen server's board."
+    );
     describe_counter!(
         SOURCE_ERRORS,
         Unit::Count,
@@ -633,6 +698,52 @@ pub fn record_aggregate_checkpoint(bytes: usize, took: Duration) {
 /// Records an error the source reported.
 pub fn record_source_error(source: &'static str, class: &'static str) {
     counter!(SOURCE_ERRORS, "source" => source, "class" => class).increment(1);
+}
+
+/// Counts live records handed over ([`LIVE_RECORDS`]).
+pub fn record_live_records(outcome: &'static str, records: u64) {
+    if records > 0 {
+        counter!(LIVE_RECORDS, "outcome" => outcome).increment(records);
+    }
+}
+
+/// Counts live records replaced unsent ([`LIVE_RECORDS_SUPERSEDED`]).
+pub fn record_live_superseded(records: u64) {
+    if records > 0 {
+        counter!(LIVE_RECORDS_SUPERSEDED).increment(records);
+    }
+}
+
+/// Sets the classes with an unacknowledged live record ([`LIVE_RECORDS_PENDING`]).
+pub fn set_live_pending(classes: usize) {
+    gauge!(LIVE_RECORDS_PENDING).set(classes as f64);
+}
+
+/// Sets the walls connected ([`SCREENS_CLIENTS`]).
+pub fn set_screens_clients(clients: usize) {
+    gauge!(SCREENS_CLIENTS).set(clients as f64);
+}
+
+/// Counts a record the screen server read ([`SCREENS_RECORDS_IN`]).
+pub fn record_screens_record_in(outcome: &'static str) {
+    counter!(SCREENS_RECORDS_IN, "outcome" => outcome).increment(1);
+}
+
+/// Counts a record sent to a wall, `age` after its publication ([`SCREENS_EVENTS_SENT`],
+/// [`SCREENS_RECORD_AGE_SECONDS`]).
+pub fn record_screens_event_sent(age: Duration) {
+    counter!(SCREENS_EVENTS_SENT).increment(1);
+    histogram!(SCREENS_RECORD_AGE_SECONDS).record(age.as_secs_f64());
+}
+
+/// Counts a wall cut or refused ([`SCREENS_CLIENTS_CUT`]).
+pub fn record_screens_client_cut(reason: &'static str) {
+    counter!(SCREENS_CLIENTS_CUT, "reason" => reason).increment(1);
+}
+
+/// Sets the classes on the board ([`SCREENS_CLASSES`]).
+pub fn set_screens_classes(classes: usize) {
+    gauge!(SCREENS_CLASSES).set(classes as f64);
 }
 
 #[cfg(test)]

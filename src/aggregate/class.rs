@@ -699,9 +699,14 @@ pub struct ClassState {
     /// began there and its key moved here (partitions were added). This part is handed to it
     /// instead of being finalised ([`super::directory`]).
     pub home: Option<u32>,
-    /// Whether an event was counted since live values were last written.
+    /// Whether an event was counted (or a profile bound) since live values were last written
+    /// to the table and the lake's live documents.
     #[serde(skip)]
     pub changed: bool,
+    /// Whether an event was counted since the class's last live record: a record's values
+    /// follow from the events up to its version.
+    #[serde(skip)]
+    pub unpublished: bool,
 }
 
 impl ClassState {
@@ -722,6 +727,7 @@ impl ClassState {
             last_seen_wall_ms: wall_ms,
             home: None,
             changed: false,
+            unpublished: false,
         }
     }
 
@@ -747,6 +753,7 @@ impl ClassState {
     /// Counts an event that is neither a duplicate nor late.
     pub fn add(&mut self, event: &PerformanceEvent, id_hash: u128) {
         self.changed = true;
+        self.unpublished = true;
         let bucket_ms = event.event_time_ms.div_euclid(DEDUP_BUCKET_MS) * DEDUP_BUCKET_MS;
         self.seen.insert(bucket_ms, id_hash);
         let minute_ms = event.event_time_ms.div_euclid(MINUTE_MS) * MINUTE_MS;
@@ -787,6 +794,7 @@ impl ClassState {
     /// part's.
     pub fn merge(&mut self, other: ClassState, rules: &Rules) -> bool {
         self.changed = true;
+        self.unpublished = true;
         self.max_time_ms = self.max_time_ms.max(other.max_time_ms);
         self.first_event_ms = self.first_event_ms.min(other.first_event_ms);
         self.last_event_ms = self.last_event_ms.max(other.last_event_ms);
@@ -865,6 +873,7 @@ impl ClassState {
                 studio_id: self.studio_id.clone(),
                 class_id: self.class_id.clone(),
                 member_id: member_id.clone(),
+                alias: member.profile.as_ref().and_then(|p| p.alias.clone()),
                 is_final,
                 events: TypeCounts::from_array(member.events),
                 hr_samples: hr.count,

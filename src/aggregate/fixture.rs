@@ -240,3 +240,24 @@ pub fn finish(state: &mut PartitionState) {
         state.close(&key, Vec::new(), &rules);
     }
 }
+
+/// The final result of the fixture's class-1, where m1 has an alias (for the live record's
+/// tests).
+pub fn final_result_with_alias() -> super::output::ClassResult {
+    let mut state = state();
+    let (events, _) = events();
+    apply(&mut state, &events);
+    finish(&mut state);
+    state
+        .outbox
+        .iter()
+        .find_map(|outgoing| match outgoing {
+            super::output::Outgoing::Result(result)
+                if result.members.iter().any(|m| m.alias.is_some()) =>
+            {
+                Some((**result).clone())
+            }
+            _ => None,
+        })
+        .expect("a final class with m1 in it")
+}

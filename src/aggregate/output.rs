@@ -109,6 +109,9 @@ pub struct MemberSummary {
     pub class_id: Box<str>,
     /// The member.
     pub member_id: Box<str>,
+    /// The name screens and leaderboards show, from the member's profile (absent without one).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub alias: Option<Box<str>>,
     /// Whether the class is over (else a live value).
     #[serde(rename = "final")]
     pub is_final: bool,

@@ -738,6 +738,23 @@ impl PartitionState {
         results
     }
 
+    /// The results of every class counted here that counted an event since its last live
+    /// record, each with its watermark; a visitor's part is left out (its home publishes the
+    /// class).
+    pub fn take_unpublished(&mut self, rules: &Rules) -> Vec<(ClassResult, i64)> {
+        let mut results = Vec::new();
+        for class in self.classes.values_mut().filter(|class| class.unpublished) {
+            class.unpublished = false;
+            if class.home.is_none() {
+                results.push((
+                    class.result(rules, &self.name, false),
+                    class.watermark_ms(rules),
+                ));
+            }
+        }
+        results
+    }
+
     /// Live results of every open class (tests compare them with the final ones).
     #[cfg(test)]
     pub fn live_results(&self, rules: &Rules) -> Vec<ClassResult> {

@@ -220,6 +220,7 @@ pub fn batch_result_with(
             studio_id: first.studio_id.as_ref().into(),
             class_id: first.class_id.as_ref().into(),
             member_id: (*member_id).into(),
+            alias: profile.and_then(|p| p.alias.clone()),
             is_final: true,
             events: TypeCounts::from_array(counts),
             hr_samples: bpms.len() as u64,

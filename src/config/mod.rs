@@ -129,12 +129,57 @@ pub struct AggregateConfig {
     pub class_idle_timeout: Duration,
     /// Interval between checkpoints.
     pub checkpoint_interval: Duration,
-    /// Interval between writes of live values.
-    pub flush_interval: Duration,
+    /// Interval between writes of live values to the table and local documents; `None`: off.
+    pub flush_interval: Option<Duration>,
     /// How far ahead of its arrival an event's time may pull the watermark.
     pub max_clock_skew: Duration,
     /// How long a final class is remembered after its last event.
     pub dedup_horizon: Duration,
+}
+
+/// The live records of the walls ([`crate::live`]).
+#[derive(Debug, Clone)]
+pub struct LiveConfig {
+    /// The Kafka topic they go to; `None`: the embedded walls only.
+    pub topic: Option<String>,
+    /// How often a record of each class that changed is published.
+    pub interval: Duration,
+    /// Key of the tile ids; `None`: unset (the embedded walls use a fixed one).
+    pub tile_key: Option<String>,
+    /// Why the tile key cannot publish to a topic (it is unset), for [`LiveConfig::tile_key_for_topic`].
+    tile_key_error: Option<ConfigError>,
+}
+
+impl LiveConfig {
+    /// The key tiles are made with when publishing to the live topic: required, as every
+    /// task must name a member alike (the screen server, which makes no tiles, needs none).
+    pub fn tile_key_for_topic(&self) -> Result<&str, ConfigError> {
+        match (&self.tile_key, &self.tile_key_error) {
+            (Some(key), _) => Ok(key),
+            (None, Some(error)) => Err(error.clone()),
+            (None, None) => unreachable!("an unset tile key has its error"),
+        }
+    }
+
+    /// The key tiles are made with on the embedded walls.
+    pub fn tile_key_or_embedded(&self) -> &str {
+        self.tile_key
+            .as_deref()
+            .unwrap_or("classpulse-embedded-walls")
+    }
+}
+
+/// The screen server ([`crate::screens`]), and the walls of the embedded default.
+#[derive(Debug, Clone)]
+pub struct ScreensConfig {
+    /// Key of the wall tokens; `None`: no token, on loopback only.
+    pub key: Option<String>,
+    /// How far back the live topic is read at start.
+    pub lookback: Duration,
+    /// How long a final class stays on a wall.
+    pub keep_final: Duration,
+    /// Walls streamed at once.
+    pub max_clients: usize,
 }
 
 /// Where member profiles come from ([`crate::profile`]).
@@ -218,6 +263,10 @@ pub struct Config {
     pub aggregates: AggregateConfig,
     /// Member profiles.
     pub members: MembersConfig,
+    /// Live records.
+    pub live: LiveConfig,
+    /// Walls.
+    pub screens: ScreensConfig,
 }
 
 /// An invalid or unknown variable. Its message names the variable, the value (masked if
@@ -252,10 +301,14 @@ impl Config {
         let dynamodb = read.dynamodb()?;
         let simulator = read.simulator()?;
         let max_clock_skew = read.duration("CLASSPULSE_MAX_CLOCK_SKEW")?;
-        let aggregates = read.aggregates(max_clock_skew)?;
+        let live = read.live(&kafka)?;
+        let aggregates = read.aggregates(max_clock_skew, live.topic.is_some())?;
         let members = read.members(&dynamodb)?;
+        let screens = read.screens()?;
         Ok(Config {
             members,
+            live,
+            screens,
             source,
             kafka,
             kinesis,
@@ -427,6 +480,8 @@ mod tests {
             "CLASSPULSE_LOG_LEVEL",
             "CLASSPULSE_KAFKA_GROUP_ID",
             "CLASSPULSE_MEMBERS_FILE",
+            "CLASSPULSE_LIVE_TILE_KEY",
+            "CLASSPULSE_SCREENS_KEY",
         ];
         for spec in VARS.iter().filter(|spec| !free_text.contains(&spec.name)) {
             let result = Config::from_vars(&env(&[(spec.name, "not a valid value ☃")]));

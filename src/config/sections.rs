@@ -10,8 +10,8 @@ use chrono::{DateTime, Utc};
 
 use super::reader::{parse_lake_url, Reader};
 use super::{
-    AggregateConfig, AwsEndpoints, ConfigError, DynamoDbConfig, LakeConfig, MembersConfig,
-    SimulatorConfig, SourceKind,
+    AggregateConfig, AwsEndpoints, ConfigError, DynamoDbConfig, KafkaConfig, LakeConfig,
+    LiveConfig, MembersConfig, ScreensConfig, SimulatorConfig, SourceKind,
 };
 use crate::aggregate::heart::{Formula, ZoneBasis};
 
@@ -99,6 +99,85 @@ impl Reader<'_> {
         })
     }
 
+    /// The live records: a topic needs brokers and a tile key.
+    pub(super) fn live(&self, kafka: &KafkaConfig) -> Result<LiveConfig, ConfigError> {
+        let topic = self.optional("CLASSPULSE_LIVE_TOPIC").map(str::to_owned);
+        if let Some(topic) = &topic {
+            let valid = topic.len() <= 249
+                && topic
+                    .chars()
+                    .all(|c| c.is_ascii_alphanumeric() || matches!(c, '.' | '_' | '-'));
+            if !valid {
+                return Err(self.error(
+                    "CLASSPULSE_LIVE_TOPIC",
+                    "a topic name ([A-Za-z0-9._-], at most 249 characters)",
+                ));
+            }
+            if kafka.brokers.is_empty() {
+                return Err(self.error(
+                    "CLASSPULSE_LIVE_TOPIC",
+                    "needs CLASSPULSE_KAFKA_BROKERS (the brokers the live topic is on)",
+                ));
+            }
+        }
+        let tile_key = self.optional("CLASSPULSE_LIVE_TILE_KEY").map(str::to_owned);
+        let tile_key_error = tile_key
+            .as_ref()
+            .is_none_or(|key| key.len() < 16)
+            .then(|| {
+                self.error(
+                    "CLASSPULSE_LIVE_TILE_KEY",
+                    "at least 16 characters, the same in every task (required with CLASSPULSE_LIVE_TOPIC)",
+                )
+            });
+        if tile_key.is_some() {
+            if let Some(error) = tile_key_error {
+                return Err(error);
+            }
+        }
+        Ok(LiveConfig {
+            topic,
+            interval: self.duration("CLASSPULSE_LIVE_INTERVAL")?,
+            tile_key,
+            tile_key_error,
+        })
+    }
+
+    /// `CLASSPULSE_AGG_FLUSH_INTERVAL`: a duration or `off`; unset: 5 s, off with a live topic.
+    pub(super) fn flush_interval(&self, live_topic: bool) -> Result<Option<Duration>, ConfigError> {
+        let name = "CLASSPULSE_AGG_FLUSH_INTERVAL";
+        match self.optional(name) {
+            None if live_topic => Ok(None),
+            None => Ok(Some(Duration::from_secs(5))),
+            Some("off") => Ok(None),
+            Some(_) => self
+                .parse(
+                    name,
+                    "expected off, or a duration such as 500ms, 5s or 1m, from 100ms to 1h",
+                    |text| {
+                        super::parse_duration(text).filter(|d| {
+                            (Duration::from_millis(100)..=Duration::from_secs(3600)).contains(d)
+                        })
+                    },
+                )
+                .map(Some),
+        }
+    }
+
+    /// The walls: a key of at least 16 characters, if any.
+    pub(super) fn screens(&self) -> Result<ScreensConfig, ConfigError> {
+        let key = self.optional("CLASSPULSE_SCREENS_KEY").map(str::to_owned);
+        if key.as_ref().is_some_and(|key| key.len() < 16) {
+            return Err(self.error("CLASSPULSE_SCREENS_KEY", "at least 16 characters"));
+        }
+        Ok(ScreensConfig {
+            key,
+            lookback: self.duration("CLASSPULSE_SCREENS_LOOKBACK")?,
+            keep_final: self.duration("CLASSPULSE_SCREENS_KEEP_FINAL")?,
+            max_clients: self.integer("CLASSPULSE_SCREENS_MAX_CLIENTS")? as usize,
+        })
+    }
+
     /// The built-in simulator.
     pub(super) fn simulator(&self) -> Result<SimulatorConfig, ConfigError> {
         Ok(SimulatorConfig {
@@ -138,10 +217,12 @@ impl Reader<'_> {
         })
     }
 
-    /// The aggregate definitions' parameters; `max_clock_skew` is shared with the decoder.
+    /// The aggregate definitions' parameters; `max_clock_skew` is shared with the decoder, and
+    /// live values are written to the table by default unless a live topic carries them.
     pub(super) fn aggregates(
         &self,
         max_clock_skew: Duration,
+        live_topic: bool,
     ) -> Result<AggregateConfig, ConfigError> {
         Ok(AggregateConfig {
             hr_max_bpm: self.integer("CLASSPULSE_HR_MAX_BPM")? as u16,
@@ -181,7 +262,7 @@ impl Reader<'_> {
             watermark_delay: self.duration("CLASSPULSE_WATERMARK_DELAY")?,
             allowed_lateness: self.duration("CLASSPULSE_ALLOWED_LATENESS")?,
             class_idle_timeout: self.duration("CLASSPULSE_CLASS_IDLE_TIMEOUT")?,
-            flush_interval: self.duration("CLASSPULSE_AGG_FLUSH_INTERVAL")?,
+            flush_interval: self.flush_interval(live_topic)?,
             checkpoint_interval: self.duration("CLASSPULSE_AGG_CHECKPOINT_INTERVAL")?,
             max_clock_skew,
             dedup_horizon: self.duration("CLASSPULSE_DEDUP_HORIZON")?,

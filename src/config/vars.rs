@@ -110,6 +110,13 @@ impl VarSpec {
             ..self
         }
     }
+
+    const fn secret(self) -> VarSpec {
+        VarSpec {
+            secret: true,
+            ..self
+        }
+    }
 }
 
 const fn hours(n: u64) -> Duration {
@@ -167,7 +174,14 @@ pub const VARS: &[VarSpec] = &[
     var("CLASSPULSE_ALLOWED_LATENESS", "5m", "Events up to this far behind the watermark still update aggregates; older ones are `late`.").duration(Duration::ZERO, hours(24)),
     var("CLASSPULSE_CLASS_IDLE_TIMEOUT", "10m", "A class is final once its partition's event time, or the wall clock while the partition is read to its end, passes its last event by this much.").duration(Duration::from_secs(1), hours(24)),
     var("CLASSPULSE_DEDUP_HORIZON", "24h", "A final class is remembered this long after its last event (event time): its events are `late`, never a new class, and copies of events it wrote are duplicates.").duration(hours(1), hours(30 * 24)),
-    var("CLASSPULSE_AGG_FLUSH_INTERVAL", "5s", "How often live (in-class) values of classes that changed are written, for the screens.").duration(Duration::from_millis(100), hours(1)),
+    var("CLASSPULSE_AGG_FLUSH_INTERVAL", "", "How often live (in-class) values of classes that changed are written to the aggregates table's `live` items (and, with a local lake, its live documents): a duration from 100ms to 1h, or `off`; unset: `5s`, or `off` with a live topic (the walls read that)."),
+    var("CLASSPULSE_LIVE_TOPIC", "", "Kafka topic (on `CLASSPULSE_KAFKA_BROKERS`) the aggregate stage publishes live records to, one a class a `CLASSPULSE_LIVE_INTERVAL` while it changes, for `classpulse screens`; unset: none (the embedded default serves its own walls)."),
+    var("CLASSPULSE_LIVE_INTERVAL", "1s", "How often a live record of each class that changed is published (the walls refresh this often).").duration(Duration::from_millis(100), Duration::from_secs(60)),
+    var("CLASSPULSE_LIVE_TILE_KEY", "", "Key of the HMAC that names members as tiles in live records (stable within a class, no member id): required with `CLASSPULSE_LIVE_TOPIC`, the same in every task; unset otherwise: a fixed key.").secret(),
+    var("CLASSPULSE_SCREENS_KEY", "", "`classpulse screens` and the embedded walls: key of the HMAC token in each studio's wall URL (`classpulse screens url STUDIO`); unset: walls are served without a token on a loopback address only.").secret(),
+    var("CLASSPULSE_SCREENS_LOOKBACK", "10m", "`classpulse screens`: how far back the live topic is read at start (the longest a final class stays on a wall).").duration(Duration::from_secs(10), hours(24)),
+    var("CLASSPULSE_SCREENS_KEEP_FINAL", "10m", "How long a final class stays on its studio's wall.").duration(Duration::ZERO, hours(24)),
+    var("CLASSPULSE_SCREENS_MAX_CLIENTS", "2000", "Walls streamed at once by one server; more get 503 with Retry-After.").whole(1, 100_000),
     var("CLASSPULSE_AGG_CHECKPOINT_INTERVAL", "30s", "How often aggregate state is checkpointed and final results written; commits wait for it.").duration(Duration::from_millis(100), hours(1)),
     var("CLASSPULSE_COMMIT_INTERVAL", "5s", "How often durable positions are committed to the source.").duration(Duration::from_millis(10), hours(1)),
     var("CLASSPULSE_SHUTDOWN_TIMEOUT", "25s", "Drain deadline after SIGTERM (ECS stops tasks after 30 s).").duration(Duration::from_secs(1), hours(1)),

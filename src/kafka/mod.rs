@@ -7,7 +7,7 @@ pub mod msk_iam;
 
 use rdkafka::client::OAuthToken;
 use rdkafka::error::KafkaError;
-use rdkafka::ClientConfig;
+use rdkafka::{ClientConfig, ClientContext};
 
 pub use msk_iam::MskIam;
 
@@ -61,6 +61,50 @@ pub fn producer_config(config: &KafkaConfig) -> ClientConfig {
         .set(
             "client.id",
             format!("classpulse-dlq-{}", std::process::id()),
+        );
+    for (property, value) in &config.properties {
+        client.set(property, value);
+    }
+    client
+}
+
+/// A producer's librdkafka callbacks: MSK IAM tokens, signed as the consumer signs them.
+pub struct TokenContext {
+    msk_iam: Option<MskIam>,
+    health: Health,
+}
+
+impl TokenContext {
+    /// Tokens from `msk_iam` (none: the producer does not use OAUTHBEARER); a failure to sign
+    /// one is reported on `health`.
+    pub fn new(msk_iam: Option<MskIam>, health: Health) -> TokenContext {
+        TokenContext { msk_iam, health }
+    }
+}
+
+impl ClientContext for TokenContext {
+    const ENABLE_REFRESH_OAUTH_TOKEN: bool = true;
+
+    fn generate_oauth_token(
+        &self,
+        _config: Option<&str>,
+    ) -> Result<OAuthToken, Box<dyn std::error::Error>> {
+        oauth_token(self.msk_iam.as_ref(), &self.health)
+    }
+}
+
+/// The live-record producer's configuration: the dead-letter producer's, lz4, batched for 5 ms,
+/// and a send given up after 10 s (it is sent again, or replaced by a newer record of its
+/// class). The operator's properties win.
+pub fn live_producer_config(config: &KafkaConfig) -> ClientConfig {
+    let mut client = producer_config(config);
+    client
+        .set("compression.type", "lz4")
+        .set("linger.ms", "5")
+        .set("message.timeout.ms", "10000")
+        .set(
+            "client.id",
+            format!("classpulse-live-{}", std::process::id()),
         );
     for (property, value) in &config.properties {
         client.set(property, value);

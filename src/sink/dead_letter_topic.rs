@@ -12,40 +12,21 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use async_trait::async_trait;
-use rdkafka::client::OAuthToken;
 use rdkafka::message::{Header, OwnedHeaders};
 use rdkafka::producer::{FutureProducer, FutureRecord};
-use rdkafka::ClientContext;
 
 use super::{Sink, SinkError};
 use crate::config::KafkaConfig;
 use crate::decode::DecodedBatch;
 use crate::health::Health;
-use crate::kafka::{self, MskIam};
+use crate::kafka::{self, MskIam, TokenContext};
 use crate::metrics;
 
 const SINK: &str = "dead_letter_topic";
 
-/// The producer's librdkafka callbacks: MSK IAM tokens, as the consumer signs them.
-pub struct DlqContext {
-    msk_iam: Option<MskIam>,
-    health: Health,
-}
-
-impl ClientContext for DlqContext {
-    const ENABLE_REFRESH_OAUTH_TOKEN: bool = true;
-
-    fn generate_oauth_token(
-        &self,
-        _config: Option<&str>,
-    ) -> Result<OAuthToken, Box<dyn std::error::Error>> {
-        kafka::oauth_token(self.msk_iam.as_ref(), &self.health)
-    }
-}
-
 /// Produces rejected inputs to a topic.
 pub struct DeadLetterTopicSink {
-    producer: FutureProducer<DlqContext>,
+    producer: FutureProducer<TokenContext>,
     topic: String,
     health: Health,
 }
@@ -60,10 +41,7 @@ impl DeadLetterTopicSink {
         msk_iam: Option<MskIam>,
     ) -> Result<Self, SinkError> {
         let client = kafka::producer_config(config);
-        let context = DlqContext {
-            msk_iam,
-            health: health.clone(),
-        };
+        let context = TokenContext::new(msk_iam, health.clone());
         let producer = client
             .create_with_context(context)
             .map_err(|error| SinkError::Setup {

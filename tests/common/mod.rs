@@ -8,6 +8,7 @@ pub mod faulty_dynamodb;
 pub mod members;
 pub mod tables;
 pub mod tcp_proxy;
+pub mod walls;
 
 use std::collections::BTreeMap;
 use std::fs::File;
@@ -315,6 +316,16 @@ pub fn http_get(addr: SocketAddr, path: &str) -> (u16, String) {
 
 /// A plain HTTP/1.0 request with `method` and no body; returns the status code and body.
 pub fn http_request(addr: SocketAddr, method: &str, path: &str) -> (u16, String) {
+    http_request_with(addr, method, path, "")
+}
+
+/// [`http_request`] with extra header lines (each ending in CRLF).
+pub fn http_request_with(
+    addr: SocketAddr,
+    method: &str,
+    path: &str,
+    headers: &str,
+) -> (u16, String) {
     let mut stream = TcpStream::connect_timeout(&addr, Duration::from_secs(5))
         .expect("http endpoint accepts connections");
     stream
@@ -322,7 +333,7 @@ pub fn http_request(addr: SocketAddr, method: &str, path: &str) -> (u16, String)
         .unwrap();
     write!(
         stream,
-        "{method} {path} HTTP/1.0\r\nHost: {addr}\r\nContent-Length: 0\r\n\r\n"
+        "{method} {path} HTTP/1.0\r\nHost: {addr}\r\nContent-Length: 0\r\n{headers}\r\n"
     )
     .unwrap();
     let mut response = String::new();

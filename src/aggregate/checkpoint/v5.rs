@@ -106,6 +106,7 @@ impl ClassV5 {
             last_seen_wall_ms: self.last_seen_wall_ms,
             home: self.home,
             changed: false,
+            unpublished: false,
         }
     }
 }

@@ -43,6 +43,7 @@ use super::Rules;
 use crate::ack::{AckToken, PartitionId};
 use crate::decode::DecodedBatch;
 use crate::health::Health;
+use crate::live::{Publisher, Tiles};
 use crate::metrics;
 use crate::partitions::Partitions;
 use crate::profile::source::Profiles;
@@ -118,8 +119,9 @@ pub struct AggregateStage {
     checkpoint_interval: Duration,
     /// How often live values are written to the object store; `None`: not there.
     live_interval: Option<Duration>,
-    /// The DynamoDB aggregates table, and how often live values are written to it.
-    table: Option<(AggregatesTable, Duration)>,
+    /// The DynamoDB aggregates table, and how often live values are written to it (`None`:
+    /// never).
+    table: Option<(AggregatesTable, Option<Duration>)>,
     writer: ObjectWriter,
     health: Health,
     stats: Arc<Stats>,
@@ -142,6 +144,19 @@ pub struct AggregateStage {
     jobs_done: Arc<AtomicU64>,
     /// Member profiles, bound to members as they appear; `None`: none configured.
     profiles: Option<Profiles>,
+    /// Where live records go for the walls; `None`: nowhere.
+    walls: Option<Walls>,
+}
+
+/// The walls' channel of the stage.
+#[derive(Clone)]
+pub struct Walls {
+    /// Takes the records.
+    pub publisher: Publisher,
+    /// Names the members.
+    pub tiles: Tiles,
+    /// How often a record of each class that changed is published.
+    pub interval: Duration,
 }
 
 impl AggregateStage {
@@ -172,7 +187,15 @@ impl AggregateStage {
             next_job: 1,
             jobs_done: Arc::default(),
             profiles: None,
+            walls: None,
         }
+    }
+
+    /// Publishes a live record of every class that counted an event every `walls.interval`,
+    /// and each class's final record after the checkpoint that records it.
+    pub fn with_walls(mut self, walls: Walls) -> AggregateStage {
+        self.walls = Some(walls);
+        self
     }
 
     /// Binds each member's profile to their state in a class as it becomes known
@@ -182,8 +205,12 @@ impl AggregateStage {
         self
     }
 
-    /// Also writes live values (every `live_interval`) and final results to `table`.
-    pub fn with_table(mut self, table: AggregatesTable, live_interval: Duration) -> AggregateStage {
+    /// Also writes final results to `table`, and live values every `live_interval` if given.
+    pub fn with_table(
+        mut self,
+        table: AggregatesTable,
+        live_interval: Option<Duration>,
+    ) -> AggregateStage {
         self.table = Some((table, live_interval));
         self
     }
@@ -196,9 +223,9 @@ impl AggregateStage {
         self
     }
 
-    /// How often live values are written anywhere.
+    /// How often live values are written to the table or the lake's live documents.
     fn live_every(&self) -> Option<Duration> {
-        let table = self.table.as_ref().map(|(_, interval)| *interval);
+        let table = self.table.as_ref().and_then(|(_, interval)| *interval);
         match (self.live_interval, table) {
             (Some(a), Some(b)) => Some(a.min(b)),
             (a, b) => a.or(b),
@@ -223,8 +250,11 @@ impl AggregateStage {
             self.table.as_ref().map(|(table, _)| table.clone()),
             Arc::clone(&self.stats),
             Arc::clone(&self.jobs_done),
+            self.walls.as_ref().map(|walls| walls.publisher.clone()),
         ));
         let live_every = self.live_every();
+        let walls_every = self.walls.as_ref().map(|walls| walls.interval);
+        let mut last_walls = Instant::now();
         let mut tick = tokio::time::interval(TICK);
         tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         let mut last_checkpoint = Instant::now();
@@ -257,6 +287,10 @@ impl AggregateStage {
                     if live_every.is_some_and(|interval| last_live.elapsed() >= interval) {
                         self.write_live(&jobs).await?;
                         last_live = Instant::now();
+                    }
+                    if walls_every.is_some_and(|interval| last_walls.elapsed() >= interval) {
+                        self.publish_live();
+                        last_walls = Instant::now();
                     }
                     if last_checkpoint.elapsed() >= self.checkpoint_interval {
                         self.checkpoint(&jobs).await?;

@@ -19,6 +19,7 @@ use crate::aggregate::directory::Place;
 use crate::aggregate::output::{ClassResult, Outgoing};
 use crate::aggregate::partition::PartitionState;
 use crate::aggregate::segment;
+use crate::live::{LiveRecord, Publisher};
 use crate::metrics;
 use crate::sink::dynamodb::aggregates::AggregatesTable;
 use crate::stats::Stats;
@@ -43,6 +44,8 @@ pub(super) struct Job {
     live_rows: Vec<ClassResult>,
     /// Final results for the aggregates table.
     final_rows: Vec<ClassResult>,
+    /// Final records for the walls.
+    final_records: Vec<LiveRecord>,
     deletes: Vec<Path>,
     tokens: Vec<AckToken>,
 }
@@ -123,7 +126,11 @@ impl AggregateStage {
                             .push((self.writer.path(&relative), Bytes::from(body)));
                     }
                 }
-                if self.table.is_some() {
+                if self
+                    .table
+                    .as_ref()
+                    .is_some_and(|(_, every)| every.is_some())
+                {
                     job.live_rows.push(result);
                 }
             }
@@ -132,6 +139,21 @@ impl AggregateStage {
             return Ok(());
         }
         self.send(jobs, job).await
+    }
+
+    /// Hands the walls' publisher a record of every class that counted an event since its
+    /// last one (never waits: the publisher keeps the newest of each class).
+    pub(super) fn publish_live(&mut self) {
+        let Some(walls) = &self.walls else {
+            return;
+        };
+        for (partition, owned) in &mut self.partitions {
+            for (result, watermark_ms) in owned.state.take_unpublished(&self.rules) {
+                let record =
+                    LiveRecord::from_result(&result, partition.index, watermark_ms, &walls.tiles);
+                walls.publisher.publish(&record);
+            }
+        }
     }
 
     /// Hands `job` to the writer, numbered.
@@ -188,6 +210,15 @@ impl AggregateStage {
                                 Err(error) => {
                                     unreachable!("class result does not serialise: {error}")
                                 }
+                            }
+                            if let Some(walls) = &self.walls {
+                                // The class is over: its watermark is its last event.
+                                job.final_records.push(LiveRecord::from_result(
+                                    &result,
+                                    partition.index,
+                                    result.summary.last_event_ms,
+                                    &walls.tiles,
+                                ));
                             }
                             if self.table.is_some() {
                                 job.final_rows.push(*result);
@@ -371,14 +402,16 @@ async fn newest(
     Ok((keys, Some((newest, body))))
 }
 
-/// Writes each job's checkpoints, then its id segments and results, then releases its
-/// acknowledgements; `done` is the number of the last job written.
+/// Writes each job's checkpoints, then its id segments and results (and the walls' final
+/// records, once the broker has them), then releases its acknowledgements; `done` is the
+/// number of the last job written.
 pub(super) async fn write_jobs(
     mut jobs: mpsc::Receiver<Job>,
     writer: ObjectWriter,
     table: Option<AggregatesTable>,
     stats: Arc<Stats>,
     done: Arc<AtomicU64>,
+    walls: Option<Publisher>,
 ) {
     while let Some(job) = jobs.recv().await {
         let started = Instant::now();
@@ -394,6 +427,11 @@ pub(super) async fn write_jobs(
         for (key, body) in job.results {
             writer.put(NAME, &key, body, &[]).await;
             Stats::add(&stats.aggregate_objects, 1);
+        }
+        if let Some(walls) = &walls {
+            for record in &job.final_records {
+                walls.publish_final(record).await;
+            }
         }
         if let Some(table) = &table {
             if !job.final_rows.is_empty() {

@@ -1,0 +1,267 @@
+//! Where the aggregate stage puts live records: the live topic (`CLASSPULSE_LIVE_TOPIC`), or,
+//! in the embedded default, the board its own screens serve.
+//!
+//! A wall shows a view, so the pipeline never waits on it: each class has at most one record
+//! waiting and one in flight, and a newer record replaces an unsent one
+//! (`classpulse_live_records_superseded_total`). Memory stays at two records a class however
+//! long the broker is away. Only a class's final record is waited for
+//! ([`Publisher::publish_final`]): the stage's writer sends it after the checkpoint that
+//! records it and goes on once the broker has it, so a crash cannot lose it (a restore sends it
+//! again).
+
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex, MutexGuard};
+use std::time::Duration;
+
+use bytes::Bytes;
+use futures::stream::FuturesUnordered;
+use futures::StreamExt;
+use rdkafka::producer::{FutureProducer, FutureRecord, Producer};
+use tokio::sync::{oneshot, Notify};
+use tokio_util::sync::CancellationToken;
+
+use super::board::Board;
+use super::record::{LiveRecord, Version};
+use crate::config::KafkaConfig;
+use crate::health::Health;
+use crate::kafka::{self, MskIam, TokenContext};
+use crate::metrics;
+
+/// How long a failed send waits before it is tried again.
+const RETRY_AFTER: Duration = Duration::from_millis(500);
+
+/// A record waiting to be sent, or in flight.
+struct Entry {
+    version: Version,
+    body: Bytes,
+    /// Told once the broker has this version or a newer one of the class.
+    waiters: Vec<oneshot::Sender<()>>,
+}
+
+#[derive(Default)]
+struct Queue {
+    waiting: HashMap<Arc<str>, Entry>,
+    in_flight: HashMap<Arc<str>, Version>,
+}
+
+struct Shared {
+    queue: Mutex<Queue>,
+    wake: Notify,
+}
+
+impl Shared {
+    fn lock(&self) -> MutexGuard<'_, Queue> {
+        self.queue
+            .lock()
+            .unwrap_or_else(|poisoned| poisoned.into_inner())
+    }
+
+    /// Puts `entry` in the class's place unless a newer record waits there: the older of the
+    /// two is superseded (its waiters wait on the newer).
+    fn enqueue(&self, key: Arc<str>, mut entry: Entry) {
+        let mut queue = self.lock();
+        match queue.waiting.get_mut(&key) {
+            Some(waiting) if waiting.version >= entry.version => {
+                waiting.waiters.append(&mut entry.waiters);
+                if waiting.version > entry.version {
+                    metrics::record_live_superseded(1);
+                }
+            }
+            Some(waiting) => {
+                entry.waiters.append(&mut waiting.waiters);
+                *waiting = entry;
+                metrics::record_live_superseded(1);
+            }
+            None => {
+                queue.waiting.insert(key, entry);
+            }
+        }
+        metrics::set_live_pending(queue.waiting.len() + queue.in_flight.len());
+        drop(queue);
+        self.wake.notify_one();
+    }
+}
+
+enum Target {
+    Topic(Arc<Shared>),
+    Board(Board),
+}
+
+/// Hands live records to the walls' channel (cloning shares it).
+#[derive(Clone)]
+pub struct Publisher {
+    target: Arc<Target>,
+}
+
+impl Publisher {
+    /// Records into `board` directly (the embedded default).
+    pub fn board(board: Board) -> Publisher {
+        Publisher {
+            target: Arc::new(Target::Board(board)),
+        }
+    }
+
+    /// Records to `topic` on the Kafka brokers of `config`, sent by a task that runs until
+    /// `stop` (then flushes for up to 5 s).
+    pub fn topic(
+        config: &KafkaConfig,
+        topic: &str,
+        health: Health,
+        msk_iam: Option<MskIam>,
+        stop: CancellationToken,
+    ) -> Result<Publisher, String> {
+        let producer: FutureProducer<TokenContext> = kafka::live_producer_config(config)
+            .create_with_context(TokenContext::new(msk_iam, health))
+            .map_err(|error| format!("live topic producer: {}", kafka::redacted(&error)))?;
+        let shared = Arc::new(Shared {
+            queue: Mutex::default(),
+            wake: Notify::new(),
+        });
+        tokio::spawn(send(Arc::clone(&shared), producer, topic.to_owned(), stop));
+        Ok(Publisher {
+            target: Arc::new(Target::Topic(shared)),
+        })
+    }
+
+    /// Hands `record` over without waiting.
+    pub fn publish(&self, record: &LiveRecord) {
+        let (key, body) = record.encode();
+        match &*self.target {
+            Target::Board(board) => {
+                if board.offer(Bytes::from(body), now_ms()).is_ok() {
+                    metrics::record_live_records("published", 1);
+                }
+            }
+            Target::Topic(shared) => shared.enqueue(
+                key.into(),
+                Entry {
+                    version: record.version,
+                    body: Bytes::from(body),
+                    waiters: Vec::new(),
+                },
+            ),
+        }
+    }
+
+    /// Hands `record` over and returns once the broker has it (or a newer record of its
+    /// class), retrying for as long as that takes.
+    pub async fn publish_final(&self, record: &LiveRecord) {
+        let (key, body) = record.encode();
+        match &*self.target {
+            Target::Board(board) => {
+                if board.offer(Bytes::from(body), now_ms()).is_ok() {
+                    metrics::record_live_records("published", 1);
+                }
+            }
+            Target::Topic(shared) => {
+                let (told, delivered) = oneshot::channel();
+                shared.enqueue(
+                    key.into(),
+                    Entry {
+                        version: record.version,
+                        body: Bytes::from(body),
+                        waiters: vec![told],
+                    },
+                );
+                // The sender task ends only at shutdown, dropping the waiters: nothing to wait for.
+                let _ = delivered.await;
+            }
+        }
+    }
+}
+
+fn now_ms() -> i64 {
+    chrono::Utc::now().timestamp_millis()
+}
+
+/// What a send came to.
+struct Sent {
+    key: Arc<str>,
+    entry: Entry,
+    delivered: bool,
+}
+
+type Delivery = std::pin::Pin<Box<dyn std::future::Future<Output = Sent> + Send>>;
+
+/// Sends each class's waiting record once none of the class is in flight. A failed send is
+/// held for [`RETRY_AFTER`], then waits again (behind a newer record of its class, if one came).
+async fn send(
+    shared: Arc<Shared>,
+    producer: FutureProducer<TokenContext>,
+    topic: String,
+    stop: CancellationToken,
+) {
+    let mut deliveries: FuturesUnordered<Delivery> = FuturesUnordered::new();
+    loop {
+        for (key, entry) in take_ready(&shared) {
+            let record = FutureRecord::to(&topic)
+                .key(&*key)
+                .payload(&entry.body[..])
+                .timestamp(now_ms());
+            let delivery: Delivery = match producer.send_result(record) {
+                Ok(delivery) => Box::pin(async move {
+                    let delivered = matches!(delivery.await, Ok(Ok(_)));
+                    if !delivered {
+                        tokio::time::sleep(RETRY_AFTER).await;
+                    }
+                    Sent {
+                        key,
+                        entry,
+                        delivered,
+                    }
+                }),
+                // librdkafka's queue is full, or the producer failed.
+                Err((error, _)) => {
+                    tracing::debug!(error = %error, "live record not queued");
+                    Box::pin(async move {
+                        tokio::time::sleep(RETRY_AFTER).await;
+                        Sent {
+                            key,
+                            entry,
+                            delivered: false,
+                        }
+                    })
+                }
+            };
+            deliveries.push(delivery);
+        }
+        tokio::select! {
+            _ = shared.wake.notified() => {}
+            Some(sent) = deliveries.next() => {
+                let mut queue = shared.lock();
+                queue.in_flight.remove(&sent.key);
+                if sent.delivered {
+                    metrics::record_live_records("published", 1);
+                    for waiter in sent.entry.waiters {
+                        let _ = waiter.send(());
+                    }
+                    metrics::set_live_pending(queue.waiting.len() + queue.in_flight.len());
+                } else {
+                    metrics::record_live_records("failed", 1);
+                    drop(queue);
+                    shared.enqueue(sent.key, sent.entry);
+                }
+            }
+            _ = stop.cancelled() => break,
+        }
+    }
+    let _ = tokio::task::spawn_blocking(move || producer.flush(Duration::from_secs(5))).await;
+}
+
+/// The waiting records of classes with nothing in flight, now in flight.
+fn take_ready(shared: &Shared) -> Vec<(Arc<str>, Entry)> {
+    let mut queue = shared.lock();
+    let keys: Vec<Arc<str>> = queue
+        .waiting
+        .keys()
+        .filter(|key| !queue.in_flight.contains_key(*key))
+        .cloned()
+        .collect();
+    keys.into_iter()
+        .filter_map(|key| {
+            let entry = queue.waiting.remove(&key)?;
+            queue.in_flight.insert(Arc::clone(&key), entry.version);
+            Some((key, entry))
+        })
+        .collect()
+}
