@@ -117,7 +117,7 @@ fn promtool_checks_the_rules_and_their_unit_tests_pass() {
         .filter(|(kind, _, _)| kind == "alert")
         .map(|(_, name, _)| name.to_ascii_lowercase())
         .collect();
-    assert_eq!(alerts.len(), 10, "{alerts:?}");
+    assert_eq!(alerts.len(), 11, "{alerts:?}");
     for alert in &alerts {
         assert!(
             text.contains(&format!("runbook_url: deploy/RUNBOOK.md#{alert}")),
@@ -246,10 +246,14 @@ async fn every_dashboard_query_and_rule_returns_data_from_a_real_prometheus() {
     let messages = simulated_messages(17, "2026-11-25T22:00:00Z").await;
     let lake = tempfile::tempdir().unwrap();
 
+    // Live records too, for the walls' panel.
+    let (_, live_topic) = create_topic(1).await;
     let mut command = kafka_member(lake.path(), &topic, &group);
     with_local_dynamodb(&mut command)
         .env("CLASSPULSE_DYNAMODB_EVENTS_TABLE", &events_table)
-        .env("CLASSPULSE_DYNAMODB_PACK_WINDOW", "20s");
+        .env("CLASSPULSE_DYNAMODB_PACK_WINDOW", "20s")
+        .env("CLASSPULSE_LIVE_TOPIC", &live_topic)
+        .env("CLASSPULSE_LIVE_TILE_KEY", "observability-tile-key");
     let running = Running::start(&mut command);
     let prometheus = Prometheus::start(running.http);
     let started = Instant::now();
@@ -323,7 +327,7 @@ async fn every_dashboard_query_and_rule_returns_data_from_a_real_prometheus() {
     drain(running).await;
     drop(prometheus);
     admin
-        .delete_topics(&[&topic], &rdkafka::admin::AdminOptions::new())
+        .delete_topics(&[&topic, &live_topic], &rdkafka::admin::AdminOptions::new())
         .await
         .unwrap();
     delete_table(&client, &events_table).await;

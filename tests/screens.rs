@@ -548,3 +548,116 @@ async fn the_wall_page_in_a_browser_shows_the_newest_record_and_moves() {
     drop(browser);
     drain(running).await;
 }
+
+/// Every record on `topic` of `brokers`, read from the start to the end of each partition.
+fn topic_records(brokers: &str, topic: &str, partitions: i32) -> Vec<Value> {
+    use rdkafka::consumer::{BaseConsumer, Consumer};
+    use rdkafka::message::Message;
+    let consumer: BaseConsumer = rdkafka::ClientConfig::new()
+        .set("bootstrap.servers", brokers)
+        .set("group.id", unique_name("reader"))
+        .set("enable.auto.commit", "false")
+        .set("enable.partition.eof", "true")
+        .create()
+        .unwrap();
+    let mut list = rdkafka::TopicPartitionList::new();
+    for partition in 0..partitions {
+        list.add_partition_offset(topic, partition, rdkafka::Offset::Beginning)
+            .unwrap();
+    }
+    consumer.assign(&list).unwrap();
+    let mut ended = std::collections::BTreeSet::new();
+    let mut records = Vec::new();
+    let deadline = std::time::Instant::now() + Duration::from_secs(60);
+    while ended.len() < partitions as usize {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "{topic} not read to its end"
+        );
+        match consumer.poll(Duration::from_millis(500)) {
+            Some(Ok(message)) => {
+                records.push(serde_json::from_slice(message.payload().unwrap()).unwrap())
+            }
+            Some(Err(rdkafka::error::KafkaError::PartitionEOF(partition))) => {
+                ended.insert(partition);
+            }
+            _ => {}
+        }
+    }
+    records
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_paused_broker_slows_nothing_and_the_walls_catch_up() {
+    require(&format!("http://{KAFKA}"));
+    let broker = PrivateKafka::start(&unique_name("live-broker")).await;
+    let (_admin, topic) = create_topic_on(&broker.brokers, 1).await;
+    let lake = tempfile::tempdir().unwrap();
+    let mut run = classpulse(lake.path());
+    run.arg("run")
+        .env("CLASSPULSE_LIVE_TOPIC", &topic)
+        .env("CLASSPULSE_KAFKA_BROKERS", &broker.brokers)
+        .env("CLASSPULSE_LIVE_TILE_KEY", TILE_KEY)
+        .env("CLASSPULSE_LIVE_INTERVAL", "200ms")
+        .env("CLASSPULSE_SIM_STUDIOS", "2")
+        .env("CLASSPULSE_SIM_DURATION", "10m")
+        .env("CLASSPULSE_SIM_SPEEDUP", "20");
+    let running = Running::start(&mut run);
+    wait_for_metric(
+        running.http,
+        "classpulse_live_records_total{outcome=\"published\"}",
+        5.0,
+        Duration::from_secs(60),
+    );
+    broker.process.signal("STOP");
+    let (_, metrics) = http_get(running.http, "/metrics");
+    let paused_at = metric_sum(&metrics, "classpulse_events_in_total");
+    // Away: the pipeline counts on at its pace, and newer records replace unsent ones.
+    wait_for_metric(
+        running.http,
+        "classpulse_live_records_superseded_total",
+        5.0,
+        Duration::from_secs(30),
+    );
+    wait_for_metric(
+        running.http,
+        "classpulse_events_in_total",
+        paused_at + 2_000.0,
+        Duration::from_secs(20),
+    );
+    broker.process.signal("CONT");
+    let (code, stdout, logs) =
+        tokio::task::spawn_blocking(move || running.wait(Duration::from_secs(120)))
+            .await
+            .unwrap();
+    assert_eq!(code, Some(0), "{stdout}\n{}", logs.join("\n"));
+    // Back: every class's final record is on the topic, after its live ones.
+    let classes: Vec<String> = files_under(&lake.path().join("aggregates/classes"), ".json")
+        .iter()
+        .map(|file| file.file_stem().unwrap().to_string_lossy().to_string())
+        .collect();
+    assert_eq!(classes.len(), 2, "{classes:?}");
+    let records = tokio::task::spawn_blocking({
+        let (brokers, topic) = (broker.brokers.clone(), topic.clone());
+        move || topic_records(&brokers, &topic, 1)
+    })
+    .await
+    .unwrap();
+    for class in &classes {
+        let of_class: Vec<&Value> = records
+            .iter()
+            .filter(|r| {
+                format!(
+                    "{}-{}",
+                    r["studio_id"].as_str().unwrap(),
+                    r["class_id"].as_str().unwrap()
+                ) == *class
+            })
+            .collect();
+        let last = of_class
+            .last()
+            .unwrap_or_else(|| panic!("{class}: no record"));
+        assert_eq!(last["final"], true, "{class}: the final record came last");
+        assert!(of_class.len() >= 2, "{class}: {} records", of_class.len());
+    }
+}

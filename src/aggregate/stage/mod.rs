@@ -253,8 +253,11 @@ impl AggregateStage {
             self.walls.as_ref().map(|walls| walls.publisher.clone()),
         ));
         let live_every = self.live_every();
+        // The walls' records on a timer of their own: their interval may be shorter than a
+        // tick, and a tick a moment early would hold them back a whole tick.
         let walls_every = self.walls.as_ref().map(|walls| walls.interval);
-        let mut last_walls = Instant::now();
+        let mut walls_tick = tokio::time::interval(walls_every.unwrap_or(TICK));
+        walls_tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         let mut tick = tokio::time::interval(TICK);
         tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         let mut last_checkpoint = Instant::now();
@@ -276,6 +279,7 @@ impl AggregateStage {
                     }
                     None => break,
                 },
+                _ = walls_tick.tick(), if walls_every.is_some() => self.publish_live(),
                 _ = tick.tick() => {
                     let done = self.jobs_done.load(Ordering::Acquire);
                     self.in_flight.retain(|segment| segment.job > done);
@@ -287,10 +291,6 @@ impl AggregateStage {
                     if live_every.is_some_and(|interval| last_live.elapsed() >= interval) {
                         self.write_live(&jobs).await?;
                         last_live = Instant::now();
-                    }
-                    if walls_every.is_some_and(|interval| last_walls.elapsed() >= interval) {
-                        self.publish_live();
-                        last_walls = Instant::now();
                     }
                     if last_checkpoint.elapsed() >= self.checkpoint_interval {
                         self.checkpoint(&jobs).await?;
