@@ -186,6 +186,16 @@ pub fn prepare(state: &mut PartitionState) {
 /// profile bound, a sweep,
 /// the closing of class-1 once it is due (its visitors handed nothing), and the ids sealed.
 pub fn apply(state: &mut PartitionState, events: &[PerformanceEvent]) {
+    apply_in(state, events, 37, &mut |_| {});
+}
+
+/// [`apply`] in batches of `batch_size` events, `after` called at the end of each batch.
+pub fn apply_in(
+    state: &mut PartitionState,
+    events: &[PerformanceEvent],
+    batch_size: usize,
+    after: &mut dyn FnMut(&mut PartitionState),
+) {
     let rules = rules();
     for class in ["class-1", "class-3", "class-4"] {
         let key = format!("studio-1:{class}");
@@ -198,7 +208,7 @@ pub fn apply(state: &mut PartitionState, events: &[PerformanceEvent]) {
             .roles
             .insert("studio-1:class-2".into(), Role::Visitor(1));
     }
-    for batch in events.chunks(37) {
+    for batch in events.chunks(batch_size) {
         let mut batch = batch.to_vec();
         let last = batch.last().map_or(0, |e| e.offset);
         state.apply(&mut batch, last, &rules, 0);
@@ -212,6 +222,7 @@ pub fn apply(state: &mut PartitionState, events: &[PerformanceEvent]) {
             state.close("studio-1:class-1", Vec::new(), &rules);
         }
         state.seal_ids(super::segment::SEAL_AT);
+        after(state);
     }
 }
 

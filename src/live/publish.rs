@@ -9,7 +9,7 @@
 //! records it and goes on once the broker has it, so a crash cannot lose it (a restore sends it
 //! again).
 
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet};
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::Duration;
 
@@ -41,7 +41,8 @@ struct Entry {
 #[derive(Default)]
 struct Queue {
     waiting: HashMap<Arc<str>, Entry>,
-    in_flight: HashMap<Arc<str>, Version>,
+    /// Classes with a record in flight.
+    in_flight: HashSet<Arc<str>>,
 }
 
 struct Shared {
@@ -254,14 +255,58 @@ fn take_ready(shared: &Shared) -> Vec<(Arc<str>, Entry)> {
     let keys: Vec<Arc<str>> = queue
         .waiting
         .keys()
-        .filter(|key| !queue.in_flight.contains_key(*key))
+        .filter(|key| !queue.in_flight.contains(*key))
         .cloned()
         .collect();
     keys.into_iter()
         .filter_map(|key| {
             let entry = queue.waiting.remove(&key)?;
-            queue.in_flight.insert(Arc::clone(&key), entry.version);
+            queue.in_flight.insert(Arc::clone(&key));
             Some((key, entry))
         })
         .collect()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn entry(position: u64, waiters: Vec<oneshot::Sender<()>>) -> Entry {
+        Entry {
+            version: Version(0, position),
+            body: Bytes::from(position.to_string()),
+            waiters,
+        }
+    }
+
+    #[test]
+    fn a_class_has_one_record_waiting_and_one_in_flight_the_newest_waiting() {
+        let shared = Shared {
+            queue: Mutex::default(),
+            wake: Notify::new(),
+        };
+        let key: Arc<str> = "s1:c1".into();
+        shared.enqueue(Arc::clone(&key), entry(10, Vec::new()));
+        // An older record (a replay) is dropped; whoever waits on it waits on the newer.
+        let (told, _delivered) = oneshot::channel();
+        shared.enqueue(Arc::clone(&key), entry(8, vec![told]));
+        shared.enqueue(Arc::clone(&key), entry(12, Vec::new()));
+        shared.enqueue("s1:c2".into(), entry(3, Vec::new()));
+        let mut ready = take_ready(&shared);
+        ready.sort_by(|a, b| a.0.cmp(&b.0));
+        assert_eq!(ready.len(), 2);
+        assert_eq!(ready[0].1.version, Version(0, 12));
+        assert_eq!(
+            ready[0].1.waiters.len(),
+            1,
+            "the waiter moved to the newest"
+        );
+        // In flight: the next record of c1 waits, and only the newest of them.
+        shared.enqueue(Arc::clone(&key), entry(14, Vec::new()));
+        shared.enqueue(Arc::clone(&key), entry(16, Vec::new()));
+        assert!(take_ready(&shared).is_empty());
+        let queue = shared.lock();
+        assert_eq!(queue.waiting.len(), 1);
+        assert_eq!(queue.waiting[&key].version, Version(0, 16));
+    }
 }

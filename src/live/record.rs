@@ -317,4 +317,52 @@ mod tests {
         let back: LiveRecord = serde_json::from_str(&text).unwrap();
         assert_eq!(back, record);
     }
+
+    /// The invariant walls rely on (decision 0018): a record's values follow from the events
+    /// up to its version, so a replay that cuts its batches elsewhere, or restores from a
+    /// checkpoint, publishes under a version only what the first run published under it.
+    #[test]
+    fn a_version_carries_the_same_values_however_the_events_came_and_across_a_restore() {
+        use std::collections::BTreeMap;
+
+        use crate::aggregate::partition::PartitionState;
+
+        let (events, cut) = fixture::events();
+        let rules = fixture::rules();
+        let tiles = Tiles::new(b"tile-key");
+        let published = |batch_size: usize, restore: bool| {
+            let mut seen: BTreeMap<(String, Version), String> = BTreeMap::new();
+            let mut record = |state: &mut PartitionState| {
+                for (result, watermark_ms) in state.take_unpublished(&rules) {
+                    let record = LiveRecord::from_result(&result, 0, watermark_ms, &tiles);
+                    let body = String::from_utf8(record.encode().1).unwrap();
+                    seen.insert((record.class_id.to_string(), record.version), body);
+                }
+            };
+            let mut state = fixture::state();
+            fixture::apply_in(&mut state, &events[..cut], batch_size, &mut record);
+            if restore {
+                state = PartitionState::decode(&state.encode(), 0).unwrap();
+                fixture::prepare(&mut state);
+            }
+            fixture::apply_in(&mut state, &events[cut..], batch_size, &mut record);
+            seen
+        };
+        // A record after every event: every version a run can publish.
+        let every = published(1, false);
+        let mut compared = 0;
+        for (batch_size, restore) in [(7, false), (37, true), (13, true), (101, false)] {
+            for (key, body) in published(batch_size, restore) {
+                let expected = every.get(&key).unwrap_or_else(|| {
+                    panic!("{key:?} ({batch_size}, {restore}) not published event by event")
+                });
+                assert_eq!(
+                    &body, expected,
+                    "{key:?} in batches of {batch_size}, restored: {restore}"
+                );
+                compared += 1;
+            }
+        }
+        assert!(compared > 50, "{compared} records compared");
+    }
 }
