@@ -219,14 +219,10 @@ fn main() -> ExitCode {
 
 /// The URL of `studio_id`'s wall, with its token when walls need one.
 fn wall_url(config: &Config, studio_id: &str, base: Option<&str>) -> Result<String, String> {
-    let valid = !studio_id.is_empty()
-        && studio_id.len() <= classpulse::event::ID_LEN
-        && studio_id
-            .chars()
-            .all(|c| classpulse::event::Charset::Id.allows(c));
-    if !valid {
+    if !classpulse::screens::valid_id(studio_id) {
         return Err(format!(
-            "studio id {studio_id:?}: expected 1 to 64 characters of [A-Za-z0-9_.-]"
+            "studio id {studio_id:?}: expected 1 to {} characters of [A-Za-z0-9_.-]",
+            classpulse::event::ID_LEN
         ));
     }
     let base = base.map_or_else(

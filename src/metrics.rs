@@ -38,6 +38,9 @@ pub const BATCH_EVENTS: &str = "classpulse_batch_events";
 /// From `event_created` to durable in a sink (for dead letters, which may have no valid event
 /// time: from receipt to durable). Labels: `sink`.
 pub const END_TO_END_SECONDS: &str = "classpulse_end_to_end_latency_seconds";
+/// From a message's timestamp at the source (Kafka's message timestamp, Kinesis's arrival) to
+/// its decoding. Labels: `source`.
+pub const SOURCE_MESSAGE_AGE_SECONDS: &str = "classpulse_source_message_age_seconds";
 /// Messages between the position read and the partition's end. Labels: `source`, `partition`.
 pub const SOURCE_LAG_MESSAGES: &str = "classpulse_source_lag_messages";
 /// How far behind the source is in time (0 when caught up). Labels: `source`, `partition`.
@@ -328,6 +331,11 @@ fn describe() {
         Unit::Seconds,
         "From event_created to durable, by sink."
     );
+    describe_histogram!(
+        SOURCE_MESSAGE_AGE_SECONDS,
+        Unit::Seconds,
+        "From a message's timestamp at the source to its decoding, by source."
+    );
     describe_gauge!(
         SOURCE_LAG_MESSAGES,
         Unit::Count,
@@ -428,6 +436,14 @@ pub fn set_dynamodb_concurrency(table: &str, limit: usize) {
 /// Items of `table` refused as invalid.
 pub fn record_dynamodb_rejected(table: &str, items: usize) {
     counter!(DYNAMODB_REJECTED_ITEMS, "table" => table.to_owned()).increment(items as u64);
+}
+
+/// The ages of the messages of one raw batch at decoding, in seconds, by source.
+pub fn record_message_ages(source: &'static str, ages: impl IntoIterator<Item = f64>) {
+    let histogram = histogram!(SOURCE_MESSAGE_AGE_SECONDS, "source" => source);
+    for age in ages {
+        histogram.record(age);
+    }
 }
 
 /// Counts for one decoded batch.

@@ -584,7 +584,9 @@ async fn a_broker_behind_tls_is_read_with_the_ca_it_is_given_and_refused_without
 /// count sends the rest of some classes to a new partition, read by another member. Each
 /// such class ends once, at the partition where it began, with the part counted on the new
 /// one merged in: results equal those of a topic that never grew, and the lake holds every
-/// event once.
+/// event once. On the walls' topic every class is published by its home alone (one epoch, the
+/// home's index), one set of values under each version, its newest record final and holding
+/// the merged result.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_class_whose_key_moves_to_an_added_partition_ends_once_with_all_its_events() {
     require(KAFKA);
@@ -608,11 +610,22 @@ async fn a_class_whose_key_moves_to_an_added_partition_ends_once_with_all_its_ev
         command.env("CLASSPULSE_CLASS_IDLE_TIMEOUT", "20s");
         command
     };
+    let (_, live_topic) = create_topic(1).await;
+    let publishing = |lake: &std::path::Path, group: &str| {
+        let mut command = member(lake, &topic, group);
+        command
+            .env("CLASSPULSE_LIVE_TOPIC", &live_topic)
+            .env("CLASSPULSE_LIVE_TILE_KEY", "test-tile-key-0123456789")
+            .env("CLASSPULSE_LIVE_INTERVAL", "200ms")
+            // The live documents too, as the topic that never grew has them.
+            .env("CLASSPULSE_AGG_FLUSH_INTERVAL", "5s");
+        command
+    };
 
     let grown = tempfile::tempdir().unwrap();
     let group = unique_name("grown");
-    let first = Running::start(&mut member(grown.path(), &topic, &group));
-    let second = Running::start(&mut member(grown.path(), &topic, &group));
+    let first = Running::start(&mut publishing(grown.path(), &group));
+    let second = Running::start(&mut publishing(grown.path(), &group));
     let chunks: Vec<&[RawMessage]> = messages.chunks(messages.len() / 16 + 1).collect();
     for (i, chunk) in chunks.iter().enumerate() {
         // The producer learns of the new partitions half way.
@@ -636,6 +649,68 @@ async fn a_class_whose_key_moves_to_an_added_partition_ends_once_with_all_its_ev
         "one part merged per moved class; logs:\n{logs}"
     );
 
+    // The walls' view of every class, moved or not.
+    let records = tokio::task::spawn_blocking({
+        let live_topic = live_topic.clone();
+        move || common::walls::topic_records(KAFKA, &live_topic, 1)
+    })
+    .await
+    .unwrap();
+    let mut by_class: BTreeMap<String, Vec<&serde_json::Value>> = BTreeMap::new();
+    for record in &records {
+        let key = format!(
+            "{}:{}",
+            record["studio_id"].as_str().unwrap(),
+            record["class_id"].as_str().unwrap()
+        );
+        by_class.entry(key).or_default().push(record);
+    }
+    assert_eq!(by_class.len(), classes, "every class on the walls' topic");
+    let version = |r: &serde_json::Value| {
+        (
+            r["version"][0].as_u64().unwrap(),
+            r["version"][1].as_u64().unwrap(),
+        )
+    };
+    for (key, records) in &by_class {
+        // Its home: where it began, before the growth or after it.
+        let home = version(records[0]).0;
+        assert!(
+            [
+                partition_of(key.as_bytes(), 3),
+                partition_of(key.as_bytes(), 6)
+            ]
+            .contains(&(home as i32)),
+            "{key}: epoch {home}"
+        );
+        assert!(
+            records.iter().all(|r| version(r).0 == home),
+            "{key}: published by its home ({home}) alone: {:?}",
+            records.iter().map(|r| version(r)).collect::<Vec<_>>()
+        );
+        let newest = records.iter().max_by_key(|r| version(r)).unwrap();
+        assert_eq!(newest["final"], true, "{key}: the newest record is final");
+        for record in records {
+            let same = records.iter().filter(|r| version(r) == version(record));
+            assert!(
+                same.clone().all(|r| r == record),
+                "{key}: different values under {:?}",
+                version(record)
+            );
+        }
+        let name = key.replacen(':', "-", 1);
+        let file = files_under(&grown.path().join("aggregates/members"), ".ndjson")
+            .into_iter()
+            .find(|file| file.file_stem().is_some_and(|stem| stem == name.as_str()))
+            .unwrap_or_else(|| panic!("{key}: no member results"));
+        let members = std::fs::read_to_string(file).unwrap();
+        assert_eq!(
+            newest["members"].as_array().unwrap().len(),
+            members.lines().count(),
+            "{key}: the final record holds every member of the merged result"
+        );
+    }
+
     // The same events on a topic that never grew.
     let unchanged = tempfile::tempdir().unwrap();
     produce(&unchanged_topic, &messages, 3).await;
@@ -652,7 +727,7 @@ async fn a_class_whose_key_moves_to_an_added_partition_ends_once_with_all_its_ev
 
     assert_same_results(grown.path(), unchanged.path());
     assert_eq!(lake_ids(grown.path()), lake_ids(unchanged.path()));
-    for topic in [&topic, &unchanged_topic] {
+    for topic in [&topic, &unchanged_topic, &live_topic] {
         admin
             .delete_topics(&[topic], &AdminOptions::new())
             .await

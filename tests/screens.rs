@@ -205,31 +205,7 @@ async fn every_class_reaches_its_wall_in_version_order_and_ends_with_its_result(
         assert!(records[..records.len() - 1]
             .iter()
             .all(|r| r["final"] == false));
-        let members = &results[class_id];
-        assert_eq!(last["members"].as_array().unwrap().len(), members.len());
-        for member in members {
-            let tile = tiles.tile(
-                "studio-0001",
-                class_id,
-                member["member_id"].as_str().unwrap(),
-            );
-            let shown = last["members"]
-                .as_array()
-                .unwrap()
-                .iter()
-                .find(|t| t["tile"] == tile.as_str())
-                .unwrap_or_else(|| panic!("{class_id}: no tile {tile}"));
-            close(&shown["effort"], &member["effort_points"], "effort");
-            close(&shown["distance_m"], &member["distance_m"], "distance");
-            assert_eq!(shown["hr_max"], member["hr_max_used"]);
-            assert_eq!(shown["hr_max_source"], member["hr_max_source"]);
-            assert_eq!(shown["zone_seconds"], member["zone_seconds"]);
-            assert_eq!(shown.get("alias"), member.get("alias"));
-            assert!(
-                shown["hr"].is_null(),
-                "a final record has no current reading"
-            );
-        }
+        assert_shows_result(&tiles, class_id, last, &results[class_id]);
     }
 
     // A second server rebuilds the board from the topic.
@@ -549,42 +525,179 @@ async fn the_wall_page_in_a_browser_shows_the_newest_record_and_moves() {
     drain(running).await;
 }
 
-/// Every record on `topic` of `brokers`, read from the start to the end of each partition.
-fn topic_records(brokers: &str, topic: &str, partitions: i32) -> Vec<Value> {
-    use rdkafka::consumer::{BaseConsumer, Consumer};
-    use rdkafka::message::Message;
-    let consumer: BaseConsumer = rdkafka::ClientConfig::new()
-        .set("bootstrap.servers", brokers)
-        .set("group.id", unique_name("reader"))
-        .set("enable.auto.commit", "false")
-        .set("enable.partition.eof", "true")
-        .create()
-        .unwrap();
-    let mut list = rdkafka::TopicPartitionList::new();
-    for partition in 0..partitions {
-        list.add_partition_offset(topic, partition, rdkafka::Offset::Beginning)
-            .unwrap();
-    }
-    consumer.assign(&list).unwrap();
-    let mut ended = std::collections::BTreeSet::new();
-    let mut records = Vec::new();
-    let deadline = std::time::Instant::now() + Duration::from_secs(60);
-    while ended.len() < partitions as usize {
-        assert!(
-            std::time::Instant::now() < deadline,
-            "{topic} not read to its end"
+/// A final record of a studio-0001 class shows its members' final results tile for tile.
+fn assert_shows_result(tiles: &Tiles, class_id: &str, last: &Value, members: &[Value]) {
+    assert_eq!(last["final"], true, "{class_id}: the record is final");
+    assert_eq!(last["members"].as_array().unwrap().len(), members.len());
+    for member in members {
+        let tile = tiles.tile(
+            "studio-0001",
+            class_id,
+            member["member_id"].as_str().unwrap(),
         );
-        match consumer.poll(Duration::from_millis(500)) {
-            Some(Ok(message)) => {
-                records.push(serde_json::from_slice(message.payload().unwrap()).unwrap())
-            }
-            Some(Err(rdkafka::error::KafkaError::PartitionEOF(partition))) => {
-                ended.insert(partition);
-            }
-            _ => {}
-        }
+        let shown = last["members"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|t| t["tile"] == tile.as_str())
+            .unwrap_or_else(|| panic!("{class_id}: no tile {tile}"));
+        close(&shown["effort"], &member["effort_points"], "effort");
+        close(&shown["distance_m"], &member["distance_m"], "distance");
+        assert_eq!(shown["hr_max"], member["hr_max_used"]);
+        assert_eq!(shown["hr_max_source"], member["hr_max_source"]);
+        assert_eq!(shown["zone_seconds"], member["zone_seconds"]);
+        assert_eq!(shown.get("alias"), member.get("alias"));
+        assert!(
+            shown["hr"].is_null(),
+            "a final record has no current reading"
+        );
     }
-    records
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_sigkill_and_replay_publish_no_other_values_under_a_version_and_the_wall_keeps_growing() {
+    require(&format!("http://{KAFKA}"));
+    let (_admin, topic) = create_topic(1).await;
+    let lake = tempfile::tempdir().unwrap();
+    let token = token(&wall_url(lake.path(), "studio-0001"));
+    let screens = Running::start(&mut screen_server(lake.path(), &topic));
+    await_readiness(screens.http, 200, "", Duration::from_secs(60)).await;
+    let wall = open_stream(
+        screens.http,
+        &format!("/studios/studio-0001/live?k={token}"),
+        None,
+    );
+    assert_eq!(wall.status, 200, "{}", wall.headers);
+
+    // One stream (a seed and a start), run twice: killed after a class's final record, then
+    // restored from its checkpoint (every 5 s, so the kill lands before the next one) and
+    // replayed from the start to the end.
+    let start = (chrono::Utc::now() - chrono::Duration::minutes(5))
+        .format("%Y-%m-%dT%H:%M:%SZ")
+        .to_string();
+    let pipeline = || {
+        let mut command = classpulse(lake.path());
+        command
+            .arg("run")
+            .env("CLASSPULSE_LIVE_TOPIC", &topic)
+            .env("CLASSPULSE_KAFKA_BROKERS", KAFKA)
+            .env("CLASSPULSE_LIVE_TILE_KEY", TILE_KEY)
+            .env("CLASSPULSE_LIVE_INTERVAL", "200ms")
+            .env("CLASSPULSE_AGG_CHECKPOINT_INTERVAL", "5s")
+            .env("CLASSPULSE_SIM_SEED", "7")
+            .env("CLASSPULSE_SIM_START", &start)
+            .env("CLASSPULSE_SIM_STUDIOS", "2")
+            .env("CLASSPULSE_SIM_CLASS_MINUTES", "2")
+            .env("CLASSPULSE_SIM_DURATION", "5m")
+            .env("CLASSPULSE_SIM_SPEEDUP", "15");
+        command
+    };
+    let first = Running::start(&mut pipeline());
+    let before = collect_until(
+        &wall,
+        Duration::from_secs(90),
+        "a final record before the kill",
+        |events| events.iter().any(|e| e.json()["final"] == true),
+    );
+    first.signal("KILL");
+    let (code, _, _) = first.wait(Duration::from_secs(30));
+    assert_ne!(code, Some(0), "killed");
+    let killed_after = before
+        .iter()
+        .map(SseEvent::json)
+        .find(|r| r["final"] == true)
+        .unwrap();
+
+    let mut again = pipeline();
+    let stdout = tokio::task::spawn_blocking(move || run_to_end(&mut again))
+        .await
+        .unwrap();
+    let results = final_members(lake.path(), "studio-0001");
+    assert!(results.len() >= 2, "{stdout}");
+    let after = collect_until(
+        &wall,
+        Duration::from_secs(60),
+        "every class's final record",
+        |events| {
+            let mut finals: Vec<String> = before
+                .iter()
+                .chain(events)
+                .map(SseEvent::json)
+                .filter(|r| r["final"] == true)
+                .map(|r| r["class_id"].as_str().unwrap().to_owned())
+                .collect();
+            finals.sort();
+            finals.dedup();
+            finals.len() == results.len()
+        },
+    );
+
+    // The wall: per class strictly growing versions across the kill, none repeated, ending
+    // with the final result.
+    let tiles = Tiles::new(TILE_KEY.as_bytes());
+    let mut by_class: BTreeMap<String, Vec<Value>> = BTreeMap::new();
+    for record in before.iter().chain(&after).map(SseEvent::json) {
+        by_class
+            .entry(record["class_id"].as_str().unwrap().to_owned())
+            .or_default()
+            .push(record);
+    }
+    for (class_id, records) in &by_class {
+        let versions: Vec<(u64, u64)> = records.iter().map(version).collect();
+        assert!(
+            versions.windows(2).all(|pair| pair[0] < pair[1]),
+            "{class_id}: {versions:?}"
+        );
+        assert_shows_result(
+            &tiles,
+            class_id,
+            records.last().unwrap(),
+            &results[class_id],
+        );
+    }
+
+    // The topic: both runs' records; under one version, one set of values.
+    let records = tokio::task::spawn_blocking({
+        let topic = topic.clone();
+        move || topic_records(KAFKA, &topic, 1)
+    })
+    .await
+    .unwrap();
+    type Key = (String, String, (u64, u64));
+    let mut by_version: BTreeMap<Key, Vec<&Value>> = BTreeMap::new();
+    for record in &records {
+        let key = (
+            record["studio_id"].as_str().unwrap().to_owned(),
+            record["class_id"].as_str().unwrap().to_owned(),
+            version(record),
+        );
+        by_version.entry(key).or_default().push(record);
+    }
+    let mut met = 0;
+    for (key, same) in &by_version {
+        assert!(
+            same.iter().all(|r| r == &same[0]),
+            "{key:?}: different values under one version: {same:?}"
+        );
+        met += usize::from(same.len() > 1);
+    }
+    eprintln!(
+        "{} records, {} versions, {met} published more than once",
+        records.len(),
+        by_version.len()
+    );
+    // The final record the kill came after was published again after the restore, equal.
+    let resent = &by_version[&(
+        "studio-0001".to_owned(),
+        killed_after["class_id"].as_str().unwrap().to_owned(),
+        version(&killed_after),
+    )];
+    assert!(
+        resent.len() >= 2,
+        "the final record was re-sent after the restore"
+    );
+    assert_eq!(resent[0], &killed_after);
+    drain(screens).await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

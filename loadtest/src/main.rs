@@ -18,6 +18,7 @@ mod produce;
 mod report;
 mod run;
 mod verify;
+mod walls;
 
 #[derive(Parser)]
 #[command(

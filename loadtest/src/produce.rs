@@ -134,6 +134,35 @@ pub struct Observer {
     pub messages: AtomicU64,
     pub started_ms: std::sync::atomic::AtomicI64,
     pub class_sends: std::sync::Mutex<std::collections::HashMap<String, Vec<u32>>>,
+    /// With walls (Kafka only): per class, where each message carrying events sent for the
+    /// first time landed, for matching the live records' positions.
+    pub deliveries: Option<std::sync::Mutex<std::collections::HashMap<String, Vec<Delivered>>>>,
+}
+
+impl Observer {
+    /// An observer that also keeps every message's offset.
+    pub fn with_deliveries() -> Observer {
+        Observer {
+            deliveries: Some(Default::default()),
+            ..Observer::default()
+        }
+    }
+}
+
+/// A message the broker took: its offset, when it was sent (ms after the first send) and the
+/// events it carried for the first time.
+#[derive(Debug, Clone, Copy)]
+pub struct Delivered {
+    pub offset: i64,
+    pub sent_ms: u32,
+    pub events: u32,
+}
+
+/// What a delivery report is to record, carried with the message.
+pub struct Sent {
+    key: String,
+    sent_ms: u32,
+    events: u32,
 }
 
 /// Counts delivery failures (a message the broker never took is lost to the test).
@@ -143,20 +172,35 @@ struct Deliveries {
     delivered: AtomicU64,
 }
 
-struct Context(Arc<Deliveries>);
+struct Context {
+    deliveries: Arc<Deliveries>,
+    observer: Option<Arc<Observer>>,
+}
 
 impl ClientContext for Context {}
 
 impl ProducerContext for Context {
-    type DeliveryOpaque = ();
-    fn delivery(&self, result: &DeliveryResult<'_>, _: ()) {
+    type DeliveryOpaque = Box<Option<Sent>>;
+    fn delivery(&self, result: &DeliveryResult<'_>, sent: Box<Option<Sent>>) {
         match result {
-            Ok(_) => self.0.delivered.fetch_add(1, Ordering::Relaxed),
+            Ok(message) => {
+                self.deliveries.delivered.fetch_add(1, Ordering::Relaxed);
+                let tracked = self.observer.as_ref().and_then(|o| o.deliveries.as_ref());
+                if let (Some(tracked), Some(sent)) = (tracked, *sent) {
+                    if let Ok(mut classes) = tracked.lock() {
+                        classes.entry(sent.key).or_default().push(Delivered {
+                            offset: rdkafka::Message::offset(message),
+                            sent_ms: sent.sent_ms,
+                            events: sent.events,
+                        });
+                    }
+                }
+            }
             Err((error, _)) => {
                 eprintln!("delivery failed: {error}");
-                self.0.failed.fetch_add(1, Ordering::Relaxed)
+                self.deliveries.failed.fetch_add(1, Ordering::Relaxed);
             }
-        };
+        }
     }
 }
 
@@ -174,12 +218,13 @@ enum Sender {
 }
 
 impl Sender {
-    fn send(&mut self, message: Message) -> anyhow::Result<()> {
+    /// Sends `message`; `sent`, if given, is recorded by its delivery report.
+    fn send(&mut self, message: Message, sent: Option<Sent>) -> anyhow::Result<()> {
         match self {
             Sender::Kafka {
                 producer, topic, ..
             } => {
-                let mut record = BaseRecord::to(topic.as_str())
+                let mut record = BaseRecord::with_opaque_to(topic.as_str(), Box::new(sent))
                     .key(&message.key)
                     .payload(&message.payload);
                 loop {
@@ -233,7 +278,7 @@ pub async fn prepare(target: &TargetArgs) -> anyhow::Result<()> {
 }
 
 /// Creates the topic or stream if missing and returns a sender.
-async fn connect(target: &TargetArgs) -> anyhow::Result<Sender> {
+async fn connect(target: &TargetArgs, observer: Option<Arc<Observer>>) -> anyhow::Result<Sender> {
     prepare(target).await?;
     match target.target.as_str() {
         "kafka" => {
@@ -247,7 +292,10 @@ async fn connect(target: &TargetArgs) -> anyhow::Result<Sender> {
                 .set("batch.size", "1000000")
                 .set("queue.buffering.max.kbytes", "1048576")
                 .set("queue.buffering.max.messages", "1000000")
-                .create_with_context(Context(Arc::clone(&deliveries)))
+                .create_with_context(Context {
+                    deliveries: Arc::clone(&deliveries),
+                    observer,
+                })
                 .context("creating the Kafka producer")?;
             Ok(Sender::Kafka {
                 producer,
@@ -267,7 +315,8 @@ async fn connect(target: &TargetArgs) -> anyhow::Result<Sender> {
     }
 }
 
-async fn create_topic(target: &TargetArgs) -> anyhow::Result<()> {
+/// Creates `target`'s topic if missing.
+pub async fn create_topic(target: &TargetArgs) -> anyhow::Result<()> {
     use rdkafka::admin::{AdminClient, AdminOptions, NewTopic, TopicReplication};
     let admin: AdminClient<rdkafka::client::DefaultClientContext> = ClientConfig::new()
         .set("bootstrap.servers", &target.brokers)
@@ -304,7 +353,7 @@ pub async fn produce(
         crate::model::utc_rfc3339(peak_at),
         plan.run_id
     );
-    let sender = connect(target).await?;
+    let sender = connect(target, observer.clone()).await?;
     let runtime = tokio::runtime::Handle::current();
     let target = target.clone();
     tokio::task::spawn_blocking(move || {
@@ -374,7 +423,15 @@ fn send_all(
         events += u64::from(message.events);
         bytes += message.payload.len() as u64;
         bar.inc((message.first_sends.len() + message.late_sends.len()) as u64);
-        if let Err(error) = sender.send(message) {
+        let sent = observer
+            .as_ref()
+            .filter(|o| o.deliveries.is_some() && !message.first_sends.is_empty())
+            .map(|_| Sent {
+                key: message.key.clone(),
+                sent_ms,
+                events: message.first_sends.len() as u32,
+            });
+        if let Err(error) = sender.send(message, sent) {
             failure = Some(error);
         }
         if let Some(observer) = &observer {

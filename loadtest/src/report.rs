@@ -22,6 +22,21 @@ const S3_PER_GB_MONTH: f64 = 0.023;
 /// Kinesis on-demand is not used: provisioned shard-hours and PUT payload units (25 KB).
 const KINESIS_PER_SHARD_HOUR: f64 = 0.015;
 const KINESIS_PER_MILLION_PUT_UNITS: f64 = 0.014;
+/// Fargate, Linux x86, US East: dollars per vCPU-hour and per GB-hour.
+const FARGATE_PER_VCPU_HOUR: f64 = 0.04048;
+const FARGATE_PER_GB_HOUR: f64 = 0.004445;
+/// Application Load Balancer, US East: dollars per hour and per LCU-hour (an LCU: 1 GB
+/// processed an hour, or 3,000 active connections, whichever is more).
+const ALB_PER_HOUR: f64 = 0.0225;
+const ALB_PER_LCU_HOUR: f64 = 0.008;
+/// MSK storage, dollars per GB-month.
+const MSK_PER_GB_MONTH: f64 = 0.10;
+/// The default deployment (deploy/cloudformation): classpulse tasks (MinTasks, TaskCpu,
+/// TaskMemory) and screen-server tasks (ScreensTasks, 512 CPU units, 1 GB).
+const DEFAULT_TASKS: (f64, f64, f64) = (2.0, 1.0, 2.0);
+const DEFAULT_SCREENS_TASKS: (f64, f64, f64) = (2.0, 0.5, 1.0);
+/// Class-seconds a day: 3,200 one-hour classes.
+const CLASS_SECONDS_PER_DAY: f64 = 3200.0 * 3600.0;
 
 /// One second of the run.
 #[derive(Debug, Default, Clone, Serialize)]
@@ -108,6 +123,8 @@ pub struct Report<'a> {
     pub exits: Vec<String>,
     /// ms from send to visible in the class's live document (local lakes only).
     pub visible_latency: Option<hdrhistogram::Histogram<u64>>,
+    /// What the walls saw (`--walls`).
+    pub walls: Option<&'a crate::walls::WallsMeasure>,
 }
 
 impl Report<'_> {
@@ -137,6 +154,7 @@ impl Report<'_> {
         self.workload(&mut md);
         self.verification(&mut md);
         self.latency(&mut md);
+        self.walls(&mut md);
         self.resources(&mut md);
         self.steadiness(&mut md);
         let _ = writeln!(md, "\n## Cost projection for 69,120,000 events a day\n");
@@ -319,6 +337,62 @@ impl Report<'_> {
         }
     }
 
+    /// From send to the studios' walls, hop by hop, and the screen server's resources.
+    fn walls(&self, md: &mut String) {
+        let Some(w) = self.walls else {
+            return;
+        };
+        let _ = writeln!(md, "\n## Walls\n");
+        let _ = writeln!(md, "{} walls (one Server-Sent Events stream per studio) on one `classpulse screens`; live interval {}.\n", w.walls, w.interval);
+        let _ = writeln!(
+            md,
+            "| hop | p50 | p90 | p99 | p99.9 | max |\n|---|---|---|---|---|---|"
+        );
+        let mut age = Vec::new();
+        for scrape in self.last_scrapes {
+            for (le, count) in &scrape.message_age_buckets {
+                crate::run::add_bucket(&mut age, *le, *count);
+            }
+        }
+        let q = |p: f64| bucket_quantile(&age, p).map_or("-".to_owned(), |s| format!("≤ {s} s"));
+        let _ = writeln!(md, "| send → read by classpulse (its `classpulse_source_message_age_seconds`, from the message's timestamp; bucket upper bounds) | {} | {} | {} | {} | {} |", q(0.5), q(0.9), q(0.99), q(0.999), q(1.0));
+        let rows = [
+            ("send → published (the first live record covering the event's message, by the record's timestamp; every event)", &w.send_to_published),
+            ("published → at the wall (every record at every wall)", &w.published_to_wall),
+            ("**send → at the wall** (every event)", &w.send_to_wall),
+        ];
+        for (name, h) in rows {
+            let q = |p: f64| format!("{:.2} s", h.value_at_quantile(p) as f64 / 1000.0);
+            let _ = writeln!(
+                md,
+                "| {name} | {} | {} | {} | {} | {:.2} s |",
+                q(0.5),
+                q(0.9),
+                q(0.99),
+                q(0.999),
+                h.max() as f64 / 1000.0
+            );
+        }
+        let cut = w
+            .screens_metrics
+            .as_ref()
+            .map_or(0.0, |s| s.value("classpulse_screens_clients_cut_total"));
+        let seconds = self.caught_up_seconds.max(1e-9);
+        let _ = writeln!(md, "\n| | |\n|---|---|");
+        let _ = writeln!(
+            md,
+            "| events followed | {} sent for the first time; {} on no wall |",
+            w.events, w.events_unseen
+        );
+        let _ = writeln!(md, "| live records | {} published ({:.1} MB), {} arrivals at walls ({:.1} MB), {} not found on the topic |", w.records_published, w.record_bytes as f64 / 1e6, w.arrivals, w.wall_bytes as f64 / 1e6, w.arrivals_unmatched);
+        let _ = writeln!(
+            md,
+            "| walls cut or reconnected | {cut:.0} cut by the server, {} reconnects |",
+            w.reconnects
+        );
+        let _ = writeln!(md, "| screen server | {:.1} CPU-seconds ({:.1}% of a core over the run), RSS at most {:.0} MB |", w.screens_cpu_seconds, w.screens_cpu_seconds / seconds * 100.0, w.screens_peak_rss as f64 / 1e6);
+    }
+
     /// CPU, memory and partitions of classpulse, CPU of the servers.
     fn resources(&self, md: &mut String) {
         let m = self.manifest;
@@ -492,6 +566,9 @@ impl Report<'_> {
             md,
             "| **DynamoDB and S3 requests** | **${total:.2}** | target: under $3 |"
         );
+        if let Some(w) = self.walls {
+            md.push_str(&all_in(total, w, self.produced_seconds));
+        }
         let _ = writeln!(md, "\nLive values (the aggregates table's `live` item, about 6 KB for 12 members: 6 write units a flush while the class runs) cost apart: every 1 s ${:.2}, 5 s ${:.2}, 30 s ${:.2} a day for 3,200 one-hour classes.",
             live_cost(1.0), live_cost(5.0), live_cost(30.0));
         md
@@ -567,6 +644,43 @@ impl Report<'_> {
         root.present()?;
         Ok(())
     }
+}
+
+/// The default deployment's whole day, the walls included: tasks, the load balancer, the live
+/// topic's storage, and the requests measured above (`requests`).
+fn all_in(requests: f64, w: &crate::walls::WallsMeasure, produced_seconds: f64) -> String {
+    let mut md = String::new();
+    let task_day = |(tasks, vcpu, gb): (f64, f64, f64)| {
+        tasks * (vcpu * FARGATE_PER_VCPU_HOUR + gb * FARGATE_PER_GB_HOUR) * 24.0
+    };
+    let day = CLASS_SECONDS_PER_DAY / w.class_seconds.max(1.0);
+    let wall_gb = w.wall_bytes as f64 * day / 1e9;
+    // Walls connected all day (one per studio), and the bytes they are sent.
+    let lcu_hours = wall_gb.max(w.walls as f64 / 3000.0 * 24.0);
+    let alb = ALB_PER_HOUR * 24.0 + lcu_hours * ALB_PER_LCU_HOUR;
+    let topic_gb = w.record_bytes as f64 * day / 1e9;
+    // An hour's retention at this run's average rate.
+    let retained_gb = w.record_bytes as f64 / produced_seconds.max(1.0) * 3600.0 / 1e9;
+    let topic = retained_gb * MSK_PER_GB_MONTH / 30.0;
+    let (tasks, screens) = (task_day(DEFAULT_TASKS), task_day(DEFAULT_SCREENS_TASKS));
+    let total = requests + tasks + screens + alb + topic;
+    let _ = writeln!(md, "\n**All in, the default deployment with its walls** (`deploy/cloudformation`; the MSK cluster the deployment already runs is not counted):\n");
+    let _ = writeln!(md, "| item | per day | how |\n|---|---|---|");
+    let _ = writeln!(
+        md,
+        "| classpulse tasks | ${tasks:.2} | {} Fargate tasks of {} vCPU and {} GB |",
+        DEFAULT_TASKS.0, DEFAULT_TASKS.1, DEFAULT_TASKS.2
+    );
+    let _ = writeln!(
+        md,
+        "| screen-server tasks | ${screens:.2} | {} Fargate tasks of {} vCPU and {} GB |",
+        DEFAULT_SCREENS_TASKS.0, DEFAULT_SCREENS_TASKS.1, DEFAULT_SCREENS_TASKS.2
+    );
+    let _ = writeln!(md, "| load balancer | ${alb:.2} | 24 hours and {lcu_hours:.1} LCU-hours ({wall_gb:.1} GB to the walls a day, scaled from this run's {:.1} MB over {:.0} class-seconds) |", w.wall_bytes as f64 / 1e6, w.class_seconds);
+    let _ = writeln!(md, "| live topic | ${topic:.3} | {topic_gb:.1} GB published a day; an hour's retention at this run's average rate holds {retained_gb:.1} GB |");
+    let _ = writeln!(md, "| DynamoDB and S3 requests | ${requests:.2} | above |");
+    let _ = writeln!(md, "| **all in** | **${total:.2}** | |");
+    md
 }
 
 fn live_cost(interval_s: f64) -> f64 {

@@ -67,6 +67,8 @@ pub struct RunArgs {
     /// classpulse's CLASSPULSE_AGG_FLUSH_INTERVAL (live values).
     #[arg(long, default_value = "1s")]
     pub flush_interval: String,
+    #[command(flatten)]
+    pub walls: crate::walls::WallsArgs,
     /// Give up waiting for classpulse after this long once producing ends.
     #[arg(long, default_value_t = 1800)]
     pub timeout_secs: u64,
@@ -90,6 +92,8 @@ pub struct Scrape {
     pub values: HashMap<String, f64>,
     /// `classpulse_end_to_end_latency_seconds` buckets per sink: (le, cumulative count).
     pub latency_buckets: BTreeMap<String, Vec<(f64, f64)>>,
+    /// `classpulse_source_message_age_seconds` buckets, summed over sources.
+    pub message_age_buckets: Vec<(f64, f64)>,
 }
 
 impl Scrape {
@@ -112,25 +116,32 @@ fn parse_metrics(text: &str) -> Scrape {
             continue;
         };
         let name = series.split('{').next().unwrap_or(series);
+        let label = |key: &str| {
+            series
+                .split(&format!("{key}=\""))
+                .nth(1)
+                .and_then(|rest| rest.split('"').next())
+                .map(str::to_owned)
+        };
+        let le = label("le").map(|le| {
+            if le == "+Inf" {
+                f64::INFINITY
+            } else {
+                le.parse().unwrap_or(f64::NAN)
+            }
+        });
         if name == "classpulse_end_to_end_latency_seconds_bucket" {
-            let label = |key: &str| {
-                series
-                    .split(&format!("{key}=\""))
-                    .nth(1)
-                    .and_then(|rest| rest.split('"').next())
-                    .map(str::to_owned)
-            };
-            if let (Some(sink), Some(le)) = (label("sink"), label("le")) {
-                let le = if le == "+Inf" {
-                    f64::INFINITY
-                } else {
-                    le.parse().unwrap_or(f64::NAN)
-                };
+            if let (Some(sink), Some(le)) = (label("sink"), le) {
                 scrape
                     .latency_buckets
                     .entry(sink)
                     .or_default()
                     .push((le, value));
+            }
+        }
+        if name == "classpulse_source_message_age_seconds_bucket" {
+            if let Some(le) = le {
+                add_bucket(&mut scrape.message_age_buckets, le, value);
             }
         }
         *scrape.values.entry(name.to_owned()).or_default() += value;
@@ -142,7 +153,18 @@ fn parse_metrics(text: &str) -> Scrape {
     scrape
 }
 
-async fn scrape(client: &reqwest::Client, url: &str) -> Option<Scrape> {
+/// Adds `count` to the cumulative bucket `le` (kept in order of `le`).
+pub fn add_bucket(buckets: &mut Vec<(f64, f64)>, le: f64, count: f64) {
+    match buckets.iter_mut().find(|(bound, _)| *bound == le) {
+        Some(bucket) => bucket.1 += count,
+        None => {
+            buckets.push((le, count));
+            buckets.sort_by(|a, b| a.0.total_cmp(&b.0));
+        }
+    }
+}
+
+pub async fn scrape(client: &reqwest::Client, url: &str) -> Option<Scrape> {
     let response = client
         .get(url)
         .timeout(Duration::from_secs(2))
@@ -257,6 +279,12 @@ fn start_instance(
             command.env(name, value);
         }
     }
+    if args.walls.walls {
+        command
+            .env("CLASSPULSE_LIVE_TOPIC", &args.walls.live_topic)
+            .env("CLASSPULSE_LIVE_INTERVAL", &args.walls.live_interval)
+            .env("CLASSPULSE_LIVE_TILE_KEY", crate::walls::TILE_KEY);
+    }
     for (name, value) in &args.env {
         command.env(name, value);
     }
@@ -270,7 +298,7 @@ fn start_instance(
 }
 
 /// CPU seconds (user + system) of a process, from /proc.
-fn cpu_seconds(pid: u32) -> Option<f64> {
+pub fn cpu_seconds(pid: u32) -> Option<f64> {
     let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
     let fields: Vec<&str> = stat.rsplit_once(')')?.1.split_whitespace().collect();
     let ticks: f64 = fields.get(11)?.parse::<f64>().ok()? + fields.get(12)?.parse::<f64>().ok()?;
@@ -388,12 +416,50 @@ pub async fn run(mut args: RunArgs) -> anyhow::Result<bool> {
 
     let http = reqwest::Client::new();
     write_profiles(&args).await?;
+    let observer = Arc::new(if args.walls.walls {
+        crate::produce::Observer::with_deliveries()
+    } else {
+        crate::produce::Observer::default()
+    });
+    let walls = if args.walls.walls {
+        anyhow::ensure!(
+            args.target.target == "kafka",
+            "--walls needs --target kafka (the live records go to a Kafka topic)"
+        );
+        let live = TargetArgs {
+            topic: args.walls.live_topic.clone(),
+            ..args.target.clone()
+        };
+        crate::produce::create_topic(&live).await?;
+        let plan = crate::model::Plan::new(
+            &args.workload,
+            args.pace.plan_speedup(),
+            chrono::Utc::now().timestamp_millis(),
+        )?;
+        let studios: std::collections::BTreeSet<String> =
+            plan.classes.iter().map(|c| c.studio_id.clone()).collect();
+        let running = crate::walls::Running::start(
+            &binary,
+            &out,
+            &args.target.brokers,
+            &args.walls,
+            args.target.partitions,
+            studios.into_iter().collect(),
+        )
+        .await?;
+        eprintln!(
+            "screen server on {}, {} walls open",
+            running.screens.addr, running.walls.studios
+        );
+        Some(running)
+    } else {
+        None
+    };
     if !args.backlog {
         crate::produce::prepare(&args.target).await?;
         start_all(&mut instances)?;
         wait_owned(&http, &instances, args.target.partitions).await;
     }
-    let observer = Arc::new(crate::produce::Observer::default());
     let producing = {
         let (workload, target, pace) = (args.workload.clone(), args.target.clone(), args.pace);
         let observer = Arc::clone(&observer);
@@ -498,6 +564,11 @@ pub async fn run(mut args: RunArgs) -> anyhow::Result<bool> {
         }
     }
     let caught_up = started.elapsed();
+    if let (Some(walls), Some((manifest, _, _))) = (&walls, &produced) {
+        walls
+            .wait_finals(manifest.expected.classes.len(), Duration::from_secs(60))
+            .await;
+    }
     // Drain: SIGTERM each, wait for it to exit.
     let mut exits = Vec::new();
     for instance in &mut instances {
@@ -523,6 +594,21 @@ pub async fn run(mut args: RunArgs) -> anyhow::Result<bool> {
         .map(|((name, pid), before)| (name.clone(), cpu_seconds(*pid).unwrap_or(before) - before))
         .collect();
     let (manifest, sends, produced_after) = produced.context("producing did not finish")?;
+    let walls = match walls {
+        Some(walls) => {
+            // Wall-clock seconds of classes (event time runs --speedup times faster).
+            let speedup = args.pace.plan_speedup();
+            let class_seconds =
+                manifest.classes as f64 * f64::from(args.workload.class_minutes) * 60.0
+                    / if speedup > 0.0 { speedup } else { 1.0 };
+            Some(
+                walls
+                    .finish(&observer, &args.walls.live_interval, class_seconds)
+                    .await?,
+            )
+        }
+        None => None,
+    };
     manifest.write(&out)?;
     sends.write(&out)?;
     let output = output_args(&args, &lake);
@@ -544,6 +630,7 @@ pub async fn run(mut args: RunArgs) -> anyhow::Result<bool> {
         servers_cpu,
         exits,
         visible_latency,
+        walls: walls.as_ref(),
     };
     let path = report.write(&out)?;
     eprintln!("report: {}", path.display());

@@ -69,6 +69,13 @@ pub async fn decode_stage(
     let mut decoder = Decoder::default();
     while let Some(raw) = input.recv().await {
         let now_ms = Utc::now().timestamp_millis();
+        metrics::record_message_ages(
+            source_kind,
+            raw.messages
+                .iter()
+                .filter_map(|message| message.timestamp_ms)
+                .map(|sent_ms| (now_ms - sent_ms).max(0) as f64 / 1000.0),
+        );
         for mut batch in decode_batch(&mut decoder, raw, &limits, batch_max_events, now_ms, &acks) {
             record_decoded(&stats, source_kind, &batch);
             if let Some(judge) = &judge {

@@ -101,12 +101,16 @@ fn refuse(status: StatusCode, text: impl Into<String>) -> Response {
     Refusal(status, text.into()).into_response()
 }
 
-/// Checks an id of the event contract (`[A-Za-z0-9_.-]`, 1 to 64 characters).
-fn check_id(part: &str, value: &str) -> Result<(), Refusal> {
-    let valid = !value.is_empty()
+/// Whether `value` is an id of the event contract (`[A-Za-z0-9_.-]`, 1 to 64 characters).
+pub fn valid_id(value: &str) -> bool {
+    !value.is_empty()
         && value.len() <= crate::event::ID_LEN
-        && value.chars().all(|c| Charset::Id.allows(c));
-    if valid {
+        && value.chars().all(|c| Charset::Id.allows(c))
+}
+
+/// Checks an id of a request's path.
+fn check_id(part: &str, value: &str) -> Result<(), Refusal> {
+    if valid_id(value) {
         Ok(())
     } else {
         Err(Refusal(

@@ -243,3 +243,41 @@ pub fn collect_until(
     }
     events
 }
+
+/// Every record on `topic` of `brokers`, read from the start to the end of each partition.
+pub fn topic_records(brokers: &str, topic: &str, partitions: i32) -> Vec<Value> {
+    use rdkafka::consumer::{BaseConsumer, Consumer};
+    use rdkafka::message::Message;
+    let consumer: BaseConsumer = rdkafka::ClientConfig::new()
+        .set("bootstrap.servers", brokers)
+        .set("group.id", super::backends::unique_name("reader"))
+        .set("enable.auto.commit", "false")
+        .set("enable.partition.eof", "true")
+        .create()
+        .unwrap();
+    let mut list = rdkafka::TopicPartitionList::new();
+    for partition in 0..partitions {
+        list.add_partition_offset(topic, partition, rdkafka::Offset::Beginning)
+            .unwrap();
+    }
+    consumer.assign(&list).unwrap();
+    let mut ended = std::collections::BTreeSet::new();
+    let mut records = Vec::new();
+    let deadline = std::time::Instant::now() + Duration::from_secs(60);
+    while ended.len() < partitions as usize {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "{topic} not read to its end"
+        );
+        match consumer.poll(Duration::from_millis(500)) {
+            Some(Ok(message)) => {
+                records.push(serde_json::from_slice(message.payload().unwrap()).unwrap())
+            }
+            Some(Err(rdkafka::error::KafkaError::PartitionEOF(partition))) => {
+                ended.insert(partition);
+            }
+            _ => {}
+        }
+    }
+    records
+}
