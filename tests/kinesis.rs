@@ -324,9 +324,19 @@ async fn splits_and_merges_while_producing_keep_every_event_and_each_classes_ord
         command.env("CLASSPULSE_CLASS_IDLE_TIMEOUT", "8s");
         command
     };
+    // The walls' records go to a Kafka topic.
+    let (_, live_topic) = create_topic(1).await;
 
     let lake = tempfile::tempdir().unwrap();
-    let running = Running::start(&mut member(lake.path(), &stream, &app));
+    let running = Running::start(
+        member(lake.path(), &stream, &app)
+            .env("CLASSPULSE_KAFKA_BROKERS", KAFKA)
+            .env("CLASSPULSE_LIVE_TOPIC", &live_topic)
+            .env("CLASSPULSE_LIVE_TILE_KEY", "test-tile-key-0123456789")
+            .env("CLASSPULSE_LIVE_INTERVAL", "200ms")
+            // The live documents too, as the stream that never resharded has them.
+            .env("CLASSPULSE_AGG_FLUSH_INTERVAL", "5s"),
+    );
     put_messages(&kinesis, &stream, thirds[0], 0).await;
 
     // Split shard 0 in two halves; its children are shards 2 and 3.
@@ -438,6 +448,50 @@ async fn splits_and_merges_while_producing_keep_every_event_and_each_classes_ord
             logs.join("\n")
         );
     }
+
+    // On the walls' topic, each class's versions grow across every hand-over to a child
+    // shard (whose index is its epoch), and its last record is final with every member.
+    let records = tokio::task::spawn_blocking({
+        let live_topic = live_topic.clone();
+        move || common::walls::topic_records(KAFKA, &live_topic, 1)
+    })
+    .await
+    .unwrap();
+    let mut versions: BTreeMap<String, Vec<((u64, u64), &serde_json::Value)>> = BTreeMap::new();
+    for record in &records {
+        let key = format!(
+            "{}-{}",
+            record["studio_id"].as_str().unwrap(),
+            record["class_id"].as_str().unwrap()
+        );
+        let version = (
+            record["version"][0].as_u64().unwrap(),
+            record["version"][1].as_u64().unwrap(),
+        );
+        versions.entry(key).or_default().push((version, record));
+    }
+    assert_eq!(versions.len(), classes, "every class on the walls' topic");
+    let mut taken_over = 0;
+    for (class, records) in &versions {
+        let order: Vec<(u64, u64)> = records.iter().map(|(v, _)| *v).collect();
+        assert!(
+            order.windows(2).all(|pair| pair[0] < pair[1]),
+            "{class}: {order:?}"
+        );
+        taken_over += usize::from(order.first().map(|v| v.0) != order.last().map(|v| v.0));
+        let (_, last) = records.last().unwrap();
+        assert_eq!(last["final"], true, "{class}: {order:?}");
+        let file = files_under(&lake.path().join("aggregates/members"), ".ndjson")
+            .into_iter()
+            .find(|file| file.file_stem().is_some_and(|stem| stem == class.as_str()))
+            .unwrap_or_else(|| panic!("{class}: no member results"));
+        assert_eq!(
+            last["members"].as_array().unwrap().len(),
+            std::fs::read_to_string(file).unwrap().lines().count(),
+            "{class}: the final record holds every member"
+        );
+    }
+    assert!(taken_over > 0, "no class was taken over by a child shard");
 
     // Each class ends once, with every event, as on a stream that never resharded.
     let (_, unchanged_stream, unchanged_app) = stream_and_app(2).await;

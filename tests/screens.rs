@@ -584,6 +584,9 @@ async fn a_sigkill_and_replay_publish_no_other_values_under_a_version_and_the_wa
             .env("CLASSPULSE_LIVE_TILE_KEY", TILE_KEY)
             .env("CLASSPULSE_LIVE_INTERVAL", "200ms")
             .env("CLASSPULSE_AGG_CHECKPOINT_INTERVAL", "5s")
+            // Classes final a moment after their last event, so the first is final (and the
+            // kill lands) while the run goes on, not at its end.
+            .env("CLASSPULSE_CLASS_IDLE_TIMEOUT", "30s")
             .env("CLASSPULSE_SIM_SEED", "7")
             .env("CLASSPULSE_SIM_START", &start)
             .env("CLASSPULSE_SIM_STUDIOS", "2")
