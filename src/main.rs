@@ -927,32 +927,48 @@ fn print_summary(
         .as_ref()
     {
         let board = |leaders: &[classpulse::aggregate::output::Leader], unit: &str| {
-            let shown: Vec<_> = leaders.iter().filter(|l| l.value > 0.0).collect();
-            if shown.is_empty() {
-                return "none".to_owned();
-            }
-            shown
-                .into_iter()
+            leaders
+                .iter()
+                .filter(|l| l.value > 0.0)
                 .take(3)
                 .enumerate()
                 .map(|(rank, leader)| {
-                    format!(
-                        "{}. {} {:.1}{unit}",
-                        rank + 1,
-                        leader.member_id,
-                        leader.value
-                    )
+                    let name = leader
+                        .alias
+                        .as_deref()
+                        .or(leader.member_id.as_deref())
+                        .unwrap_or("?");
+                    format!("{}. {name} {:.1}{unit}", rank + 1, leader.value)
                 })
                 .collect::<Vec<_>>()
                 .join(", ")
         };
+        let boards: Vec<String> = [
+            ("effort", board(&class.leaderboard_effort, " pts")),
+            ("work", board(&class.leaderboard_work, " kJ")),
+            ("treadmill", board(&class.leaderboard_treadmill, " m")),
+            ("rower", board(&class.leaderboard_rower, " m")),
+            ("bike", board(&class.leaderboard_bike, " m")),
+        ]
+        .into_iter()
+        .filter(|(_, shown)| !shown.is_empty())
+        .map(|(name, shown)| format!("{name} {shown}"))
+        .collect();
         println!(
-            "  top class      {}:{} ({} members): effort {}; distance {}",
+            "  top class      {}:{} ({} members, {} off the boards): {}",
             class.studio_id,
             class.class_id,
             class.members,
-            board(&class.leaderboard_effort, " pts"),
-            board(&class.leaderboard_distance, " m"),
+            class.leaderboard_hidden,
+            if boards.is_empty() {
+                "no board".to_owned()
+            } else {
+                boards.join("; ")
+            },
+        );
+        println!(
+            "                 {:.0} kcal from heart rate, {:.0} kcal on the machines, {:.0} kJ of work, training load {:.0}",
+            class.calories_hr, class.calories, class.work_kj, class.trimp,
         );
     }
     let sources: Vec<u64> = stats.hr_max_sources.iter().map(Stats::get).collect();

@@ -457,7 +457,8 @@ async fn splits_and_merges_while_producing_keep_every_event_and_each_classes_ord
     })
     .await
     .unwrap();
-    let mut versions: BTreeMap<String, Vec<((u64, u64), &serde_json::Value)>> = BTreeMap::new();
+    type Versions<'a> = BTreeMap<String, Vec<((u64, u64), &'a serde_json::Value)>>;
+    let mut versions: Versions = BTreeMap::new();
     for record in &records {
         let key = format!(
             "{}-{}",

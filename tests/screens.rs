@@ -279,7 +279,9 @@ fn synthetic_record(studio_id: &str, position: u64, members: usize) -> String {
     serde_json::json!({
         "studio_id": studio_id, "class_id": "c1", "version": [0, position * 2],
         "final": false, "elapsed_s": 1.0, "watermark_ms": 0, "members": tiles,
-        "leaderboards": { "effort": [], "distance": [] }
+        "leaderboards": {
+            "effort": [], "work": [], "treadmill": [], "rower": [], "bike": [], "hidden": 0
+        }
     })
     .to_string()
 }

@@ -63,8 +63,25 @@ fn sustained(samples: &[(i64, u16)], gap_ms: i64, raise_ms: i64) -> Option<u16> 
     best
 }
 
-/// Leaderboards keep this many members.
-const LEADERBOARD_SIZE: usize = 10;
+/// Leaderboards keep this many members (`CLASSPULSE_LEADERBOARD_SIZE`'s default).
+const LEADERBOARD_SIZE: usize = 5;
+
+/// Keytel et al. (2005), without VO2max, in kcal a minute (kJ over 4.184), never below 0.
+fn keytel(profile: &Profile, bpm: f64, age: f64) -> f64 {
+    let kj = if profile.female {
+        -20.4022 + 0.4472 * bpm - 0.1263 * profile.weight_kg + 0.074 * age
+    } else {
+        -55.0969 + 0.6309 * bpm + 0.1988 * profile.weight_kg + 0.2017 * age
+    };
+    (kj / 4.184).max(0.0)
+}
+
+/// Banister's TRIMP a minute at `bpm`: reserve fraction x (held to 0..1) x a e^(b x).
+fn banister(female: bool, bpm: f64, resting: f64, hr_max: f64) -> f64 {
+    let x = ((bpm - resting) / (hr_max - resting)).clamp(0.0, 1.0);
+    let (a, b) = if female { (0.86, 1.67) } else { (0.64, 1.92) };
+    x * a * (b * x).exp()
+}
 
 /// Everything expected of one run.
 #[derive(Debug, Default, Serialize, Deserialize)]
@@ -178,6 +195,10 @@ struct Machine {
     spm: Stat,
     /// Smallest and largest distance reading per minute.
     minutes: BTreeMap<i64, (f64, f64)>,
+    /// Time of the last reading, and the sums of the capped gaps and of watts times them.
+    last_ms: Option<i64>,
+    moving_ms: i64,
+    joules: f64,
 }
 
 impl Machine {
@@ -202,6 +223,8 @@ struct Member {
     /// Heart-rate samples counted, in time order.
     samples: Vec<(i64, u16)>,
     zone_ms: [i64; 5],
+    /// Whole bpm and the capped gap each heart-rate sample counts, in time order.
+    timed: Vec<(f64, i64, Option<usize>)>,
     machines: BTreeMap<Kind, Machine>,
     sets: u64,
     reps: u64,
@@ -218,8 +241,8 @@ struct Minute {
 /// One class's counted events, accumulated in event-time order.
 #[derive(Debug, Default, Clone)]
 pub struct ClassAcc {
-    /// Each seated member's maximum and its source, and whether they are on leaderboards.
-    seats: BTreeMap<String, ((u16, &'static str), bool)>,
+    /// Each seated member's maximum and its source, and their profile.
+    seats: BTreeMap<String, ((u16, &'static str), Option<Profile>)>,
     members: BTreeMap<String, Member>,
     minutes: BTreeMap<i64, Minute>,
     first_ms: Option<i64>,
@@ -227,25 +250,25 @@ pub struct ClassAcc {
 }
 
 impl ClassAcc {
-    /// A class of these members: (id, maximum and source, on leaderboards). Others have the
-    /// default maximum.
+    /// A class of these members: (id, maximum and source, profile). Others have the default
+    /// maximum and no profile.
     pub fn seated(
-        members: impl IntoIterator<Item = (String, (u16, &'static str), bool)>,
+        members: impl IntoIterator<Item = (String, (u16, &'static str), Option<Profile>)>,
     ) -> ClassAcc {
         ClassAcc {
             seats: members
                 .into_iter()
-                .map(|(id, max, leaderboard)| (id, (max, leaderboard)))
+                .map(|(id, max, profile)| (id, (max, profile)))
                 .collect(),
             ..ClassAcc::default()
         }
     }
 
-    fn seat(&self, member_id: &str, rules: &Rules) -> ((u16, &'static str), bool) {
-        self.seats
-            .get(member_id)
-            .copied()
-            .unwrap_or(((rules.hr_max_bpm.round() as u16, "default"), true))
+    fn seat(&self, member_id: &str, rules: &Rules) -> ((u16, &'static str), Option<&Profile>) {
+        self.seats.get(member_id).map_or(
+            ((rules.hr_max_bpm.round() as u16, "default"), None),
+            |(max, profile)| (*max, profile.as_ref()),
+        )
     }
 
     /// Counts one event (the caller adds a member's events in time order).
@@ -284,6 +307,9 @@ impl ClassAcc {
                 if let Some(tens) = zone {
                     member.zone_ms[(tens - 5) as usize] += gap;
                 }
+                member
+                    .timed
+                    .push((bpm.round(), gap, zone.map(|tens| (tens - 5) as usize)));
             }
             Reading::Weights { reps, weight, .. } => {
                 member.sets += 1;
@@ -299,6 +325,7 @@ impl ClassAcc {
                 let m = member.machines.entry(kind).or_default();
                 m.speed.add(speed);
                 add_cumulative(m, minute_ms, distance, calories);
+                add_timed(m, time_ms, None, rules);
             }
             Reading::Rower {
                 spm,
@@ -310,6 +337,7 @@ impl ClassAcc {
                 m.spm.add(spm);
                 m.watts.add(watts);
                 add_cumulative(m, minute_ms, distance, calories);
+                add_timed(m, time_ms, Some(watts), rules);
             }
             Reading::Bike {
                 cadence,
@@ -321,6 +349,7 @@ impl ClassAcc {
                 m.cadence.add(cadence);
                 m.watts.add(watts);
                 add_cumulative(m, minute_ms, distance, calories);
+                add_timed(m, time_ms, Some(watts), rules);
             }
         }
     }
@@ -333,8 +362,13 @@ impl ClassAcc {
         rules: &Rules,
     ) -> Option<ClassExpectation> {
         let first_ms = self.first_ms?;
+        let year = chrono::DateTime::<chrono::Utc>::from_timestamp_millis(first_ms)
+            .map_or(2026, |t| chrono::Datelike::year(&t));
         let mut members = Vec::new();
-        let mut rows: Vec<(String, f64, f64)> = Vec::new();
+        // On the boards: (member, effort, work, distance per machine kind).
+        type Row = (String, f64, Option<f64>, [Option<f64>; 3]);
+        let mut rows: Vec<Row> = Vec::new();
+        let mut hidden = 0u64;
         let mut totals = Totals::default();
         for (member_id, m) in &self.members {
             let zone_seconds: Vec<f64> = m.zone_ms.iter().map(|ms| *ms as f64 / 1000.0).collect();
@@ -358,10 +392,52 @@ impl ClassAcc {
                             o.insert(format!("max_{name}"), json!(stat.max()));
                         }
                     }
+                    if x.watts.n > 0 {
+                        o.insert("work_kj".into(), json!(x.joules / 1_000.0));
+                    }
+                    let distance = x.distance.span();
+                    if kind == Kind::Rower && distance > 0.0 && x.moving_ms > 0 {
+                        let split = x.moving_ms as f64 / 1_000.0 * 500.0 / distance;
+                        o.insert("split_500m_s".into(), json!(split));
+                    }
                     Value::Object(o)
                 })
             };
-            let ((hr_max, source), leaderboard) = self.seat(member_id, rules);
+            let ((hr_max, source), profile) = self.seat(member_id, rules);
+            let leaderboard = profile.is_none_or(|p| p.leaderboard);
+            let age = profile.map(|p| f64::from(year - p.birth_year));
+            // Every seated profile has a sex, weight and birth year; resting rate for some.
+            let calories_hr = profile.zip(age).map(|(p, age)| {
+                m.timed
+                    .iter()
+                    .filter(|(_, _, zone)| zone.is_some())
+                    .map(|(bpm, gap, _)| keytel(p, *bpm, age) * *gap as f64 / 60_000.0)
+                    .sum::<f64>()
+            });
+            let resting = profile.and_then(|p| p.resting_hr.map(|r| (p.female, r.round())));
+            let trimp =
+                resting
+                    .filter(|(_, rest)| *rest < f64::from(hr_max))
+                    .map(|(female, rest)| {
+                        m.timed
+                            .iter()
+                            .map(|(bpm, gap, _)| {
+                                banister(female, *bpm, rest, f64::from(hr_max)) * *gap as f64
+                                    / 60_000.0
+                            })
+                            .sum::<f64>()
+                    });
+            let work_kj = [Kind::Rower, Kind::Bike]
+                .iter()
+                .filter_map(|kind| m.machines.get(kind).filter(|x| x.watts.n > 0))
+                .map(|x| x.joules / 1_000.0)
+                .reduce(|a, b| a + b);
+            let mut missing = Vec::new();
+            match profile {
+                None => missing.extend(["birth_year", "sex", "weight_kg", "resting_hr"]),
+                Some(p) if p.resting_hr.is_none() => missing.push("resting_hr"),
+                Some(_) => {}
+            }
             let percent = |bpm: f64| (bpm * 1000.0 / f64::from(hr_max)).round() / 10.0;
             let raised = sustained(&m.samples, rules.hr_max_gap_ms, rules.hr_max_raise_after_ms)
                 .filter(|bpm| *bpm > hr_max && !["manual", "measured"].contains(&source))
@@ -390,6 +466,9 @@ impl ClassAcc {
                 "effort_points": effort,
                 "distance_m": distance,
                 "calories": calories,
+                "calories_hr": calories_hr,
+                "trimp": trimp,
+                "work_kj": work_kj,
                 "treadmill": machine(Kind::Treadmill),
                 "rower": machine(Kind::Rower),
                 "bike": machine(Kind::Bike),
@@ -397,18 +476,38 @@ impl ClassAcc {
                 "reps_total": m.reps,
                 "volume_kg": m.volume,
             }));
+            if let Some(object) = members.last_mut().and_then(Value::as_object_mut) {
+                if !missing.is_empty() {
+                    object.insert("profile_missing".into(), json!(missing));
+                }
+                if !leaderboard {
+                    object.insert("leaderboard".into(), json!(false));
+                }
+            }
             if leaderboard {
-                rows.push((member_id.clone(), effort, distance));
+                let machine_distance = [Kind::Treadmill, Kind::Rower, Kind::Bike]
+                    .map(|kind| m.machines.get(&kind).map(|x| x.distance.span()));
+                rows.push((member_id.clone(), effort, work_kj, machine_distance));
+            } else {
+                hidden += 1;
             }
             totals.add(m, &zone_seconds, effort, distance, calories);
+            totals.calories_hr += calories_hr.unwrap_or(0.0);
+            totals.trimp += trimp.unwrap_or(0.0);
+            totals.work_kj += work_kj.unwrap_or(0.0);
         }
-        let board = |value: fn(&(String, f64, f64)) -> f64| {
-            let mut ranked: Vec<&(String, f64, f64)> = rows.iter().collect();
-            ranked.sort_by(|a, b| value(b).total_cmp(&value(a)).then_with(|| a.0.cmp(&b.0)));
+        // The top members by a value, ties by member id, only those it exists for (no
+        // profile in the run has an alias: boards name members by id).
+        let board = |value: &dyn Fn(&Row) -> Option<f64>| {
+            let mut ranked: Vec<(&str, f64)> = rows
+                .iter()
+                .filter_map(|r| value(r).map(|v| (r.0.as_str(), v)))
+                .collect();
+            ranked.sort_by(|a, b| b.1.total_cmp(&a.1).then_with(|| a.0.cmp(b.0)));
             ranked
                 .iter()
                 .take(LEADERBOARD_SIZE)
-                .map(|r| json!({"member_id": r.0, "value": value(r)}))
+                .map(|(id, value)| json!({"member_id": id, "value": value}))
                 .collect::<Vec<_>>()
         };
         let summary = json!({
@@ -425,11 +524,18 @@ impl ClassAcc {
             "effort_points": totals.effort,
             "distance_m": totals.distance,
             "calories": totals.calories,
+            "calories_hr": totals.calories_hr,
+            "trimp": totals.trimp,
+            "work_kj": totals.work_kj,
             "sets": totals.sets,
             "reps_total": totals.reps,
             "volume_kg": totals.volume,
-            "leaderboard_effort": board(|r| r.1),
-            "leaderboard_distance": board(|r| r.2),
+            "leaderboard_effort": board(&|r| Some(r.1)),
+            "leaderboard_work": board(&|r| r.2),
+            "leaderboard_treadmill": board(&|r| r.3[0]),
+            "leaderboard_rower": board(&|r| r.3[1]),
+            "leaderboard_bike": board(&|r| r.3[2]),
+            "leaderboard_hidden": hidden,
         });
         let minutes = self
             .minutes
@@ -461,6 +567,17 @@ impl ClassAcc {
     }
 }
 
+/// Chains a machine's reading (the caller adds them in time order): the capped gap to the
+/// previous one, and watts times it.
+fn add_timed(m: &mut Machine, time_ms: i64, watts: Option<f64>, rules: &Rules) {
+    let gap = m
+        .last_ms
+        .map_or(0, |last| (time_ms - last).min(rules.hr_max_gap_ms));
+    m.last_ms = Some(time_ms);
+    m.moving_ms += gap;
+    m.joules += watts.unwrap_or(0.0) * gap as f64 / 1_000.0;
+}
+
 fn add_cumulative(m: &mut Machine, minute_ms: i64, distance: f64, calories: f64) {
     m.n += 1;
     m.distance.add(distance);
@@ -484,6 +601,9 @@ struct Totals {
     effort: f64,
     distance: f64,
     calories: f64,
+    calories_hr: f64,
+    trimp: f64,
+    work_kj: f64,
     sets: u64,
     reps: u64,
     volume: f64,
@@ -624,9 +744,17 @@ mod tests {
 
     #[test]
     fn zones_and_percentages_are_of_the_member_s_maximum_and_a_held_rate_raises_it() {
+        let off_boards = Profile {
+            leaderboard: false,
+            ..profile(1990, Some((163.0, "manual")))
+        };
         let mut acc = ClassAcc::seated([
-            ("old".to_owned(), (163, "formula"), true),
-            ("hand".to_owned(), (163, "manual"), false),
+            (
+                "old".to_owned(),
+                (163, "formula"),
+                Some(profile(1961, None)),
+            ),
+            ("hand".to_owned(), (163, "manual"), Some(off_boards)),
         ]);
         // 170 bpm for 40 s, every 4 s: above 163 for more than 30 s.
         for member in ["old", "hand"] {
@@ -654,6 +782,8 @@ mod tests {
         let board = result.summary["leaderboard_effort"].as_array().unwrap();
         assert_eq!(board.len(), 1);
         assert_eq!(board[0]["member_id"], json!("old"));
+        assert_eq!(result.summary["leaderboard_hidden"], json!(1));
+        assert_eq!(hand["leaderboard"], json!(false));
         // A gap longer than 5 s breaks the run.
         let samples: Vec<(i64, u16)> = (0..8).map(|i| (i * 6_000, 180)).collect();
         assert_eq!(sustained(&samples, 5_000, 30_000), None);
@@ -701,7 +831,7 @@ mod tests {
             acc.add(member, Kind::FreeWeights, 0, &reading, &RULES);
         }
         let result = acc.result("s", "c", &RULES).unwrap();
-        let board: Vec<&str> = result.summary["leaderboard_distance"]
+        let board: Vec<&str> = result.summary["leaderboard_effort"]
             .as_array()
             .unwrap()
             .iter()

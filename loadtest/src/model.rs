@@ -300,8 +300,6 @@ pub struct MemberPlan {
     fitness: f64,
     /// The maximum classpulse must use for them in this class, and its source.
     pub hr_max: (u16, &'static str),
-    /// Whether they are on the leaderboards.
-    pub leaderboard: bool,
     /// Their profile, if the member system has one.
     pub profile: Option<Profile>,
 }
@@ -522,7 +520,6 @@ impl Plan {
                     let person = person(args.seed, studio, pick);
                     members.push(MemberPlan {
                         hr_max: member_max(person.profile.as_ref(), year, args.hr_max_bpm),
-                        leaderboard: person.profile.as_ref().is_none_or(|p| p.leaderboard),
                         profile: person.profile,
                         member_id: person.member_id,
                         machine: kind.machine(&mut class_rng),
@@ -754,7 +751,7 @@ impl<'a> ClassGen<'a> {
                 class
                     .members
                     .iter()
-                    .map(|m| (m.member_id.clone(), m.hr_max, m.leaderboard)),
+                    .map(|m| (m.member_id.clone(), m.hr_max, m.profile.clone())),
             ),
             messages_sent: 0,
             sent: Vec::new(),

@@ -7,10 +7,11 @@ use std::collections::BTreeMap;
 use chrono::Datelike;
 use serde::{Deserialize, Serialize};
 
+use super::energy::{self, Work};
 use super::heart::{whole_bpm, BpmTime, Personal, Sustained};
 use super::output::{
-    CardioSummary, ClassMinute, ClassResult, ClassSummary, Leader, MemberSummary, Positions,
-    TypeCounts,
+    leaders, CardioSummary, ClassMinute, ClassResult, ClassSummary, MemberSummary, Positions,
+    Standings, TypeCounts,
 };
 use super::Rules;
 use crate::event::{EventType, IdSet, PerformanceEvent};
@@ -23,8 +24,6 @@ pub const MINUTE_MS: i64 = 60_000;
 /// buckets probe fewer sets but keep ids longer (measured: 1 minute keeps 800 classes in
 /// about 150 MB at 2.7M events/s; 5 minutes costs 70% more memory).
 pub const DEDUP_BUCKET_MS: i64 = MINUTE_MS;
-/// Members on each leaderboard.
-pub const LEADERBOARD_SIZE: usize = 10;
 
 /// Count, sum, min and max of a measurement.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Serialize, Deserialize)]
@@ -318,12 +317,15 @@ pub struct Cardio {
     pub stroke_rate_spm: Stat,
     /// Smallest and largest distance reading per event-time minute (for distance per minute).
     pub minute_distance: BTreeMap<i64, (f64, f64)>,
+    /// The readings chained in time: moving time and work.
+    pub work: Work,
 }
 
 impl Cardio {
-    fn add(&mut self, event: &PerformanceEvent, minute_ms: i64) {
+    fn add(&mut self, event: &PerformanceEvent, id_hash: u128, minute_ms: i64) {
         let metrics = &event.metrics;
         self.samples += 1;
+        self.work.add(event.event_time_ms, id_hash, metrics.watts);
         for (stat, value) in [
             (&mut self.calories, metrics.calories),
             (&mut self.speed_kph, metrics.speed_kph),
@@ -346,7 +348,7 @@ impl Cardio {
         }
     }
 
-    fn merge(&mut self, other: &Cardio) {
+    fn merge(&mut self, other: Cardio, rules: &Rules) {
         self.samples += other.samples;
         for (mine, theirs) in [
             (&mut self.distance_m, &other.distance_m),
@@ -366,6 +368,7 @@ impl Cardio {
             range.0 = range.0.min(*low);
             range.1 = range.1.max(*high);
         }
+        self.work.merge(other.work, rules.hr_max_gap_ms);
     }
 
     /// Distance gained in `minute_ms`: its largest reading minus the largest reading of any
@@ -385,7 +388,25 @@ impl Cardio {
         (high - before.unwrap_or(*low)).max(0.0)
     }
 
-    fn summary(&self) -> Option<CardioSummary> {
+    /// Work in kJ and moving time: of the sealed readings when `sealed_only`, else as if
+    /// every pending one were sealed now; no work without power readings or when a restored
+    /// state missed readings.
+    fn work(&self, rules: &Rules, sealed_only: bool) -> (Option<f64>, Option<i64>) {
+        if self.work.unchained > 0 {
+            return (None, None);
+        }
+        let (joules, moving_ms) = if sealed_only {
+            (self.work.joules, self.work.moving_ms)
+        } else {
+            self.work.now(rules.hr_max_gap_ms)
+        };
+        let powered = self.watts.count > 0;
+        (powered.then(|| energy::kilojoules(joules)), Some(moving_ms))
+    }
+
+    fn summary(&self, rules: &Rules, sealed_only: bool, rower: bool) -> Option<CardioSummary> {
+        let (work_kj, moving_ms) = self.work(rules, sealed_only);
+        let distance_m = self.distance_m.span();
         (self.samples > 0).then(|| CardioSummary {
             events: self.samples,
             distance_m: self.distance_m.span(),
@@ -398,6 +419,10 @@ impl Cardio {
             max_cadence_rpm: self.cadence_rpm.max(),
             avg_stroke_rate_spm: self.stroke_rate_spm.mean(),
             max_stroke_rate_spm: self.stroke_rate_spm.max(),
+            work_kj,
+            split_500m_s: moving_ms
+                .filter(|_| rower)
+                .and_then(|ms| energy::split_500m_s(ms, distance_m)),
         })
     }
 }
@@ -468,7 +493,7 @@ impl MemberState {
             }
             other => {
                 if let Some(index) = cardio_index(other) {
-                    self.cardio[index].add(event, minute_ms);
+                    self.cardio[index].add(event, id_hash, minute_ms);
                 }
             }
         }
@@ -480,8 +505,8 @@ impl MemberState {
         for (mine, theirs) in self.events.iter_mut().zip(other.events) {
             *mine += theirs;
         }
-        for (mine, theirs) in self.cardio.iter_mut().zip(&other.cardio) {
-            mine.merge(theirs);
+        for (mine, theirs) in self.cardio.iter_mut().zip(other.cardio) {
+            mine.merge(theirs, rules);
         }
         self.weights.sets += other.weights.sets;
         self.weights.reps_total += other.weights.reps_total;
@@ -841,6 +866,9 @@ impl ClassState {
         let limit = self.lateness_limit_ms(rules);
         for member in self.members.values_mut() {
             member.heart_rate.seal_before(limit, rules);
+            for cardio in &mut member.cardio {
+                cardio.work.seal_before(limit, rules.hr_max_gap_ms);
+            }
         }
         self.seen.retire_ending_by(limit);
     }
@@ -849,6 +877,9 @@ impl ClassState {
     pub fn seal_all(&mut self, rules: &Rules) {
         for member in self.members.values_mut() {
             member.heart_rate.seal_before(i64::MAX, rules);
+            for cardio in &mut member.cardio {
+                cardio.work.seal_before(i64::MAX, rules.hr_max_gap_ms);
+            }
         }
     }
 
@@ -857,18 +888,34 @@ impl ClassState {
         let year = chrono::DateTime::<chrono::Utc>::from_timestamp_millis(self.first_event_ms)
             .map_or(1970, |time| time.year());
         let mut members = Vec::with_capacity(self.members.len());
-        let mut hidden = Vec::new();
         for (member_id, member) in &self.members {
-            let personal = rules.heart.personal(member.profile.as_ref(), year);
+            let profile = member.profile.as_ref();
+            let personal = rules.heart.personal(profile, year);
             let heart = &member.heart_rate;
             let zone_ms = heart.zone_ms(&personal, rules, is_final);
+            // The heart-rate energy needs the time at each bpm: none for time an older build
+            // held as zones only (such a member has no profile either).
+            let at_bpm = if is_final {
+                heart.at_bpm.clone()
+            } else {
+                heart.at_bpm_now(rules)
+            };
+            let energy_known = heart.fixed_zone_ms.is_none();
             let hr = &heart.bpm;
             // The reading now, for live values only: a final result has no "now".
             let current = heart.latest.filter(|_| !is_final).map(|(_, _, bpm)| bpm);
             let [treadmill, rower, bike] = &member.cardio;
-            if member.profile.as_ref().is_some_and(|p| !p.leaderboard) {
-                hidden.push(member_id.clone());
-            }
+            let machines = [
+                treadmill.summary(rules, is_final, false),
+                rower.summary(rules, is_final, true),
+                bike.summary(rules, is_final, false),
+            ];
+            let work_kj = machines
+                .iter()
+                .flatten()
+                .filter_map(|m| m.work_kj)
+                .reduce(|a, b| a + b);
+            let [treadmill, rower, bike] = machines;
             members.push(MemberSummary {
                 studio_id: self.studio_id.clone(),
                 class_id: self.class_id.clone(),
@@ -895,9 +942,15 @@ impl ClassState {
                 effort_points: rules.heart.effort_points(&zone_ms),
                 distance_m: member.distance_m(),
                 calories: member.cardio.iter().map(|c| c.calories.span()).sum(),
-                treadmill: treadmill.summary(),
-                rower: rower.summary(),
-                bike: bike.summary(),
+                calories_hr: energy::calories_hr(&at_bpm, &personal, &rules.heart, profile, year)
+                    .filter(|_| energy_known),
+                trimp: energy::trimp(&at_bpm, &personal, profile).filter(|_| energy_known),
+                work_kj,
+                profile_missing: energy::missing_fields(profile),
+                leaderboard: profile.is_none_or(|p| p.leaderboard),
+                treadmill,
+                rower,
+                bike,
                 sets: member.weights.sets,
                 reps_total: member.weights.reps_total,
                 volume_kg: member.weights.volume_kg,
@@ -924,24 +977,8 @@ impl ClassState {
             })
             .collect();
 
-        // Members whose profile says so are left off every leaderboard.
-        let leaders = |value: &dyn Fn(&MemberSummary) -> f64| {
-            let mut ranked: Vec<Leader> = members
-                .iter()
-                .filter(|m| !hidden.contains(&m.member_id))
-                .map(|m| Leader {
-                    member_id: m.member_id.clone(),
-                    value: value(m),
-                })
-                .collect();
-            ranked.sort_by(|a, b| {
-                b.value
-                    .total_cmp(&a.value)
-                    .then_with(|| a.member_id.cmp(&b.member_id))
-            });
-            ranked.truncate(LEADERBOARD_SIZE);
-            ranked
-        };
+        let boards = Standings::of(&members, rules.leaderboard_size);
+        let [treadmill, rower, bike] = &boards.distance;
         let mut events = [0u64; 5];
         let mut bpm = Stat::default();
         for member in self.members.values() {
@@ -969,11 +1006,19 @@ impl ClassState {
             effort_points: members.iter().map(|m| m.effort_points).sum(),
             distance_m: members.iter().map(|m| m.distance_m).sum(),
             calories: members.iter().map(|m| m.calories).sum(),
+            calories_hr: members.iter().filter_map(|m| m.calories_hr).sum(),
+            trimp: members.iter().filter_map(|m| m.trimp).sum(),
+            work_kj: members.iter().filter_map(|m| m.work_kj).sum(),
             sets: members.iter().map(|m| m.sets).sum(),
             reps_total: members.iter().map(|m| m.reps_total).sum(),
             volume_kg: members.iter().map(|m| m.volume_kg).sum(),
-            leaderboard_effort: leaders(&|m| m.effort_points),
-            leaderboard_distance: leaders(&|m| m.distance_m),
+            leaderboard_effort: leaders(&boards.effort),
+            leaderboard_work: leaders(&boards.work),
+            leaderboard_treadmill: leaders(treadmill),
+            leaderboard_rower: leaders(rower),
+            leaderboard_bike: leaders(bike),
+            leaderboard_hidden: boards.hidden,
+            leaderboard_distance: None,
             positions: Positions {
                 partition: partition.to_owned(),
                 first_offset: self.first_offset,
@@ -998,7 +1043,7 @@ impl ClassState {
                     + m.heart_rate.approx_bytes()
                     + m.cardio
                         .iter()
-                        .map(|c| c.minute_distance.len() * 40)
+                        .map(|c| c.minute_distance.len() * 40 + c.work.pending.len() * 48)
                         .sum::<usize>()
             })
             .sum();

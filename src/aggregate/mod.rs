@@ -8,10 +8,12 @@
 //!
 //! - per member in a class: events by type; heart-rate samples, min, max, mean and seconds in
 //!   each of 5 zones of the member's own maximum ([`heart`]; a sample counts the capped gap to
-//!   the member's previous sample); `effort_points`; per machine the distance and energy (max minus min of the cumulative
-//!   readings) and mean and max of speed, power, cadence, stroke rate; free-weights sets,
-//!   reps and volume;
-//! - per class: the sums, and leaderboards by effort points and by distance;
+//!   the member's previous sample); `effort_points`; calories from heart rate and training
+//!   load ([`energy`]); per machine the distance and energy (max minus min of the cumulative
+//!   readings), mean and max of speed, power, cadence, stroke rate, work and the rower's
+//!   split; free-weights sets, reps and volume;
+//! - per class: the sums, and leaderboards by effort points, by work and by distance on each
+//!   kind of machine;
 //! - per class minute: events, members active, mean heart rate, distance gained.
 //!
 //! Time is event time. A class's watermark is its newest event time (each capped at its
@@ -30,6 +32,7 @@
 pub mod checkpoint;
 pub mod class;
 pub mod directory;
+pub mod energy;
 pub mod heart;
 pub mod output;
 pub mod partition;
@@ -63,6 +66,8 @@ pub struct Rules {
     /// last event: its events are late, never a new class, and copies of what it wrote are
     /// duplicates (those are found in its sealed segments for as long as they are kept).
     pub dedup_horizon_ms: i64,
+    /// Members on each leaderboard.
+    pub leaderboard_size: usize,
 }
 
 impl Default for Rules {
@@ -76,6 +81,7 @@ impl Default for Rules {
             class_idle_timeout_ms: 600_000,
             max_clock_skew_ms: 60_000,
             dedup_horizon_ms: 24 * 3_600_000,
+            leaderboard_size: 5,
         }
     }
 }
@@ -99,6 +105,7 @@ impl Rules {
             class_idle_timeout_ms: ms(config.class_idle_timeout),
             max_clock_skew_ms: ms(config.max_clock_skew),
             dedup_horizon_ms: ms(config.dedup_horizon),
+            leaderboard_size: config.leaderboard_size,
         }
     }
 }

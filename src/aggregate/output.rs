@@ -98,6 +98,13 @@ pub struct CardioSummary {
     /// Rower stroke rate.
     #[serde(skip_serializing_if = "Option::is_none", default)]
     pub max_stroke_rate_spm: Option<f64>,
+    /// Rower or bike: power over each reading's capped gap, in kJ (absent without power
+    /// readings, or when a restored state missed some).
+    #[serde(skip_serializing_if = "Option::is_none", default)]
+    pub work_kj: Option<f64>,
+    /// Rower: seconds per 500 m over the time rowing (absent without distance).
+    #[serde(skip_serializing_if = "Option::is_none", default)]
+    pub split_500m_s: Option<f64>,
 }
 
 /// A member in a class.
@@ -162,6 +169,23 @@ pub struct MemberSummary {
     pub distance_m: f64,
     /// Energy over all machines.
     pub calories: f64,
+    /// Energy from heart rate (Keytel et al. 2005) over zone 1 and above, kcal: `null` for a
+    /// member whose profile lacks a sex, weight or birth year (`profile_missing` names them).
+    #[serde(default)]
+    pub calories_hr: Option<f64>,
+    /// Training load (Banister's TRIMP from the heart-rate reserve): `null` without a sex and
+    /// a resting rate.
+    #[serde(default)]
+    pub trimp: Option<f64>,
+    /// Work on the rower and bike, kJ (`null` with neither).
+    #[serde(default)]
+    pub work_kj: Option<f64>,
+    /// The profile fields the energy and load figures need that the member's profile lacks.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub profile_missing: Vec<Box<str>>,
+    /// `false` for a member whose profile keeps them off leaderboards.
+    #[serde(default = "on", skip_serializing_if = "is_on")]
+    pub leaderboard: bool,
     /// Treadmill, if used.
     pub treadmill: Option<CardioSummary>,
     /// Rower, if used.
@@ -176,13 +200,84 @@ pub struct MemberSummary {
     pub volume_kg: f64,
 }
 
-/// A place on a leaderboard.
+fn on() -> bool {
+    true
+}
+
+fn is_on(on: &bool) -> bool {
+    *on
+}
+
+/// A place on a leaderboard: the member's alias where they have one, else their id.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct Leader {
-    /// The member.
-    pub member_id: Box<str>,
-    /// Their effort points or distance.
+    /// The member, when they have no alias.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub member_id: Option<Box<str>>,
+    /// The member's alias.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub alias: Option<Box<str>>,
+    /// What the board ranks by.
     pub value: f64,
+}
+
+/// The class's leaderboards, each `size` long at most.
+#[derive(Debug, Clone, PartialEq, Default)]
+pub struct Standings<'a> {
+    /// By effort points.
+    pub effort: Vec<(&'a MemberSummary, f64)>,
+    /// By work on the rower and bike.
+    pub work: Vec<(&'a MemberSummary, f64)>,
+    /// By distance, one board per machine kind: treadmill, rower, bike.
+    pub distance: [Vec<(&'a MemberSummary, f64)>; 3],
+    /// Members left off by their profile.
+    pub hidden: u64,
+}
+
+impl Standings<'_> {
+    /// The boards of `members`: the top `size` by each value, ties by member id, members
+    /// whose profile says `leaderboard: false` left out and counted; a board holds only the
+    /// members the value exists for (a machine's board, those who used it).
+    pub fn of(members: &[MemberSummary], size: usize) -> Standings<'_> {
+        let rank = |value: &dyn Fn(&MemberSummary) -> Option<f64>| {
+            let mut ranked: Vec<(&MemberSummary, f64)> = members
+                .iter()
+                .filter(|m| m.leaderboard)
+                .filter_map(|m| value(m).map(|v| (m, v)))
+                .collect();
+            ranked.sort_by(|a, b| {
+                b.1.total_cmp(&a.1)
+                    .then_with(|| a.0.member_id.cmp(&b.0.member_id))
+            });
+            ranked.truncate(size);
+            ranked
+        };
+        let machine = |pick: fn(&MemberSummary) -> &Option<CardioSummary>| {
+            rank(&|m| pick(m).as_ref().map(|c| c.distance_m))
+        };
+        Standings {
+            effort: rank(&|m| Some(m.effort_points)),
+            work: rank(&|m| m.work_kj),
+            distance: [
+                machine(|m| &m.treadmill),
+                machine(|m| &m.rower),
+                machine(|m| &m.bike),
+            ],
+            hidden: members.iter().filter(|m| !m.leaderboard).count() as u64,
+        }
+    }
+}
+
+/// A board as results hold it.
+pub fn leaders(board: &[(&MemberSummary, f64)]) -> Vec<Leader> {
+    board
+        .iter()
+        .map(|(member, value)| Leader {
+            member_id: member.alias.is_none().then(|| member.member_id.clone()),
+            alias: member.alias.clone(),
+            value: *value,
+        })
+        .collect()
 }
 
 /// The source positions a result includes.
@@ -236,16 +331,42 @@ pub struct ClassSummary {
     pub distance_m: f64,
     /// Sum of the members' energy.
     pub calories: f64,
+    /// Sum of the members' energy from heart rate, of those who have it.
+    #[serde(default)]
+    pub calories_hr: f64,
+    /// Sum of the members' training load, of those who have it.
+    #[serde(default)]
+    pub trimp: f64,
+    /// Sum of the members' work, kJ.
+    #[serde(default)]
+    pub work_kj: f64,
     /// Free-weights sets.
     pub sets: u64,
     /// Repetitions.
     pub reps_total: u64,
     /// Volume lifted.
     pub volume_kg: f64,
-    /// Top members by effort points (ties by member id).
+    /// Top members by effort points ([`Standings`]).
     pub leaderboard_effort: Vec<Leader>,
-    /// Top members by distance (ties by member id).
-    pub leaderboard_distance: Vec<Leader>,
+    /// Top members by work, kJ.
+    #[serde(default)]
+    pub leaderboard_work: Vec<Leader>,
+    /// Top members by treadmill distance.
+    #[serde(default)]
+    pub leaderboard_treadmill: Vec<Leader>,
+    /// Top members by rower distance.
+    #[serde(default)]
+    pub leaderboard_rower: Vec<Leader>,
+    /// Top members by bike distance.
+    #[serde(default)]
+    pub leaderboard_bike: Vec<Leader>,
+    /// Members left off the boards by their profile.
+    #[serde(default)]
+    pub leaderboard_hidden: u64,
+    /// Top members by distance over all machines: only in results an older build rendered
+    /// (written as it rendered them).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub leaderboard_distance: Option<Vec<Leader>>,
     /// What the result includes.
     pub positions: Positions,
 }

@@ -17,7 +17,7 @@ use super::output::{
 use super::partition::PartitionState;
 use super::Rules;
 use crate::event::{EventType, Metrics, PerformanceEvent, Verdict};
-use crate::profile::{Profile, SetBy};
+use crate::profile::{Profile, SetBy, Sex};
 use chrono::Datelike;
 
 const PARTITION: &str = "test/0";
@@ -154,15 +154,52 @@ pub fn batch_result_with(
                 .rev()
                 .find(|z| p >= f64::from(rules.heart.zone_tenths[*z]) / 10.0)
         };
+        // Keytel et al. (2005) in kJ a minute, and Banister's TRIMP weighting, as published.
+        let age = profile
+            .and_then(|p| p.birth_year)
+            .map(|born| f64::from(year - i32::from(born)));
+        let keytel = match (
+            profile.and_then(|p| p.sex),
+            profile.and_then(|p| p.weight_kg),
+            age,
+        ) {
+            (Some(sex), Some(weight), Some(age)) => Some(move |hr: f64| match sex {
+                Sex::Male => -55.0969 + 0.6309 * hr + 0.1988 * weight + 0.2017 * age,
+                Sex::Female => -20.4022 + 0.4472 * hr - 0.1263 * weight + 0.074 * age,
+            }),
+            _ => None,
+        };
+        let banister = match (
+            profile.and_then(|p| p.sex),
+            profile.and_then(|p| p.resting_hr),
+        ) {
+            (Some(sex), Some(rest)) if rest < hr_max => Some(move |hr: f64| {
+                let x = ((hr - f64::from(rest)) / f64::from(hr_max - rest)).clamp(0.0, 1.0);
+                match sex {
+                    Sex::Male => x * 0.64 * (1.92 * x).exp(),
+                    Sex::Female => x * 0.86 * (1.67 * x).exp(),
+                }
+            }),
+            _ => None,
+        };
         let mut zone_ms = [0i64; 5];
+        let (mut calories_hr, mut trimp) = (0.0, 0.0);
         for (i, (time, _, bpm)) in hr.iter().enumerate() {
             let duration = if i == 0 {
                 0
             } else {
                 (time - hr[i - 1].0).min(rules.hr_max_gap_ms)
             };
+            let minutes = duration as f64 / 60_000.0;
+            let whole = (bpm + 0.5).floor();
             if let Some(zone) = zone_of(*bpm) {
                 zone_ms[zone] += duration;
+                if let Some(keytel) = keytel {
+                    calories_hr += (keytel(whole) / 4.184).max(0.0) * minutes;
+                }
+            }
+            if let Some(banister) = banister {
+                trimp += banister(whole) * minutes;
             }
         }
         let points: f64 = (0..5)
@@ -192,6 +229,28 @@ pub fn batch_result_with(
             let values = |f: fn(&Metrics) -> Option<f64>| {
                 of.iter().filter_map(|m| f(m)).collect::<Vec<f64>>()
             };
+            // Readings in time order (ties by the id's hash), each counting the capped gap to
+            // the one before it: moving time, and watts times it as work.
+            let mut chain: Vec<(i64, u128, Option<f64>)> = events
+                .iter()
+                .filter(|e| e.event_type == t)
+                .map(|e| {
+                    (
+                        e.event_time_ms,
+                        crate::event::fingerprint(&e.event_id),
+                        e.metrics.watts,
+                    )
+                })
+                .collect();
+            chain.sort_by_key(|reading| (reading.0, reading.1));
+            let (mut joules, mut moving_ms) = (0.0, 0i64);
+            for pair in chain.windows(2) {
+                let gap = (pair[1].0 - pair[0].0).min(rules.hr_max_gap_ms);
+                moving_ms += gap;
+                joules += pair[1].2.unwrap_or(0.0) * gap as f64 / 1_000.0;
+            }
+            let distance_m = span(&values(|m| m.distance_m));
+            let powered = !values(|m| m.watts).is_empty();
             Some(CardioSummary {
                 events: of.len() as u64,
                 distance_m: span(&values(|m| m.distance_m)),
@@ -204,6 +263,9 @@ pub fn batch_result_with(
                 max_cadence_rpm: max(&values(|m| m.cadence_rpm)),
                 avg_stroke_rate_spm: mean(&values(|m| m.stroke_rate_spm)),
                 max_stroke_rate_spm: max(&values(|m| m.stroke_rate_spm)),
+                work_kj: powered.then_some(joules / 1_000.0),
+                split_500m_s: (t == EventType::Rower && distance_m > 0.0 && moving_ms > 0)
+                    .then(|| moving_ms as f64 / 1_000.0 * 500.0 / distance_m),
             })
         };
         let (treadmill, rower, bike) = (
@@ -252,6 +314,23 @@ pub fn batch_result_with(
                 .filter_map(|m| m.as_ref())
                 .map(|m| m.calories)
                 .sum(),
+            calories_hr: keytel.map(|_| calories_hr),
+            trimp: banister.map(|_| trimp),
+            work_kj: [&rower, &bike]
+                .iter()
+                .filter_map(|m| m.as_ref().and_then(|m| m.work_kj))
+                .reduce(|a, b| a + b),
+            profile_missing: [
+                ("birth_year", profile.is_none_or(|p| p.birth_year.is_none())),
+                ("sex", profile.is_none_or(|p| p.sex.is_none())),
+                ("weight_kg", profile.is_none_or(|p| p.weight_kg.is_none())),
+                ("resting_hr", profile.is_none_or(|p| p.resting_hr.is_none())),
+            ]
+            .into_iter()
+            .filter(|(_, missing)| *missing)
+            .map(|(name, _)| name.into())
+            .collect(),
+            leaderboard: profile.is_none_or(|p| p.leaderboard),
             treadmill: treadmill.clone(),
             rower: rower.clone(),
             bike: bike.clone(),
@@ -315,28 +394,28 @@ pub fn batch_result_with(
         })
         .collect();
 
-    let on_boards = |m: &&MemberSummary| {
-        profiles
-            .get(&*m.member_id)
-            .is_none_or(|profile| profile.leaderboard)
-    };
-    let leaders = |value: fn(&MemberSummary) -> f64| {
-        let mut ranked: Vec<Leader> = members
+    // The top five by each value (the default size), ties by member id, members who keep
+    // off leaderboards left out; a machine's board only of those who used it.
+    let leaders = |value: &dyn Fn(&MemberSummary) -> Option<f64>| {
+        let mut ranked: Vec<(&MemberSummary, f64)> = members
             .iter()
-            .filter(on_boards)
-            .map(|m| Leader {
-                member_id: m.member_id.clone(),
-                value: value(m),
-            })
+            .filter(|m| profiles.get(&*m.member_id).is_none_or(|p| p.leaderboard))
+            .filter_map(|m| value(m).map(|v| (m, v)))
             .collect();
         ranked.sort_by(|a, b| {
-            b.value
-                .partial_cmp(&a.value)
+            b.1.partial_cmp(&a.1)
                 .unwrap()
-                .then(a.member_id.cmp(&b.member_id))
+                .then(a.0.member_id.cmp(&b.0.member_id))
         });
-        ranked.truncate(10);
         ranked
+            .into_iter()
+            .take(rules.leaderboard_size)
+            .map(|(m, value)| Leader {
+                member_id: m.alias.is_none().then(|| m.member_id.clone()),
+                alias: m.alias.clone(),
+                value,
+            })
+            .collect::<Vec<Leader>>()
     };
     let all_bpm: Vec<f64> = events.iter().filter_map(|e| e.metrics.bpm).collect();
     let mut counts = [0u64; 5];
@@ -365,11 +444,22 @@ pub fn batch_result_with(
         effort_points: members.iter().map(|m| m.effort_points).sum(),
         distance_m: members.iter().map(|m| m.distance_m).sum(),
         calories: members.iter().map(|m| m.calories).sum(),
+        calories_hr: members.iter().filter_map(|m| m.calories_hr).sum(),
+        trimp: members.iter().filter_map(|m| m.trimp).sum(),
+        work_kj: members.iter().filter_map(|m| m.work_kj).sum(),
         sets: members.iter().map(|m| m.sets).sum(),
         reps_total: members.iter().map(|m| m.reps_total).sum(),
         volume_kg: members.iter().map(|m| m.volume_kg).sum(),
-        leaderboard_effort: leaders(|m| m.effort_points),
-        leaderboard_distance: leaders(|m| m.distance_m),
+        leaderboard_effort: leaders(&|m| Some(m.effort_points)),
+        leaderboard_work: leaders(&|m| m.work_kj),
+        leaderboard_treadmill: leaders(&|m| m.treadmill.as_ref().map(|c| c.distance_m)),
+        leaderboard_rower: leaders(&|m| m.rower.as_ref().map(|c| c.distance_m)),
+        leaderboard_bike: leaders(&|m| m.bike.as_ref().map(|c| c.distance_m)),
+        leaderboard_hidden: profiles
+            .iter()
+            .filter(|(id, p)| !p.leaderboard && by_member.contains_key(id.as_str()))
+            .count() as u64,
+        leaderboard_distance: None,
         positions: Positions {
             partition: PARTITION.into(),
             first_offset: events.iter().map(|e| e.offset).min().unwrap(),
@@ -441,27 +531,37 @@ pub fn event(
 type MemberReadings = (EventType, Vec<(i64, f64, f64, u32)>);
 
 /// A member's profile: none of the fields the heart model reads, a birth year, a maximum set
-/// by hand or measured, an observed maximum; a resting rate and a place on leaderboards.
+/// by hand or measured, an observed maximum; a resting rate, a sex, a weight, an alias and a
+/// place on leaderboards, each there or not.
 fn profile() -> impl Strategy<Value = Profile> {
+    let sex = prop::option::of(prop_oneof![Just(Sex::Female), Just(Sex::Male)]);
     (
-        0u8..5,
-        1940u16..2010,
+        (0u8..5, 1940u16..2010, any::<bool>()),
         150u16..200,
         prop::option::of(40u16..80),
+        (sex, prop::option::of(45.0f64..120.0)),
+        prop::option::of("[A-Z][a-z]{2,6}"),
         any::<bool>(),
     )
-        .prop_map(|(kind, born, hr_max, resting, leaderboard)| Profile {
-            birth_year: (kind == 1 || kind == 4).then_some(born),
-            hr_max: match kind {
-                2 => Some((hr_max, SetBy::Manual)),
-                3 => Some((hr_max, SetBy::Measured)),
-                _ => None,
+        .prop_map(
+            |((kind, born, with_birth), hr_max, resting, (sex, weight_kg), alias, leaderboard)| {
+                Profile {
+                    birth_year: (kind == 1 || kind == 4 || (kind > 0 && with_birth))
+                        .then_some(born),
+                    hr_max: match kind {
+                        2 => Some((hr_max, SetBy::Manual)),
+                        3 => Some((hr_max, SetBy::Measured)),
+                        _ => None,
+                    },
+                    hr_max_observed: (kind == 4).then_some(hr_max),
+                    resting_hr: resting,
+                    sex,
+                    weight_kg,
+                    alias: alias.map(Into::into),
+                    leaderboard,
+                }
             },
-            hr_max_observed: (kind == 4).then_some(hr_max),
-            resting_hr: resting,
-            leaderboard,
-            ..Profile::default()
-        })
+        )
 }
 
 /// A heart model: formula, zone bounds, basis and effort weights drawn from the settings.

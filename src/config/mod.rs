@@ -135,6 +135,8 @@ pub struct AggregateConfig {
     pub max_clock_skew: Duration,
     /// How long a final class is remembered after its last event.
     pub dedup_horizon: Duration,
+    /// Members on each leaderboard.
+    pub leaderboard_size: usize,
 }
 
 /// The live records of the walls ([`crate::live`]).

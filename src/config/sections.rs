@@ -266,6 +266,7 @@ impl Reader<'_> {
             checkpoint_interval: self.duration("CLASSPULSE_AGG_CHECKPOINT_INTERVAL")?,
             max_clock_skew,
             dedup_horizon: self.duration("CLASSPULSE_DEDUP_HORIZON")?,
+            leaderboard_size: self.integer("CLASSPULSE_LEADERBOARD_SIZE")? as usize,
         })
     }
 }

@@ -166,6 +166,7 @@ pub const VARS: &[VarSpec] = &[
     var("CLASSPULSE_HR_MAX_GAP", "5s", "A heart-rate sample counts for the gap to the member's previous one, at most this long.").duration(Duration::from_secs(1), Duration::from_secs(60)),
     var("CLASSPULSE_HR_ZONES", "50,60,70,80,90", "Lower bounds of heart-rate zones 1 to 5, in percent (to 0.1), ascending."),
     var("CLASSPULSE_HR_ZONE_BASIS", "max", "What zones are a percent of: `max` (the maximum) or `reserve` (maximum minus resting, Karvonen; members without a resting rate fall back to `max`)."),
+    var("CLASSPULSE_LEADERBOARD_SIZE", "5", "Members on each of a class's leaderboards (effort, work, and distance on the treadmill, rower and bike).").whole(1, 100),
     var("CLASSPULSE_EFFORT_WEIGHTS", "0,0,0,1,2", "Effort points per minute in zones 1 to 5 (to 0.01)."),
     var("CLASSPULSE_MEMBERS_FILE", "", "Member profiles as NDJSON, one object a line (`member_id`, `birth_year`, `sex`, `weight_kg`, `resting_hr`, `hr_max`, `hr_max_source`, `alias`, `leaderboard`); unset with the simulator: the simulator's members."),
     var("CLASSPULSE_DYNAMODB_MEMBERS_TABLE", "", "DynamoDB table of member profiles (pk `member_id`) the studios' member system writes; read, never written; unset: not read."),

@@ -11,10 +11,7 @@ use serde::{Deserialize, Serialize};
 use sha2::Sha256;
 
 use crate::aggregate::heart::HrMaxSource;
-use crate::aggregate::output::{ClassResult, Leader, MemberSummary};
-
-/// Places on each of the record's leaderboards.
-pub const BOARD_SIZE: usize = 5;
+use crate::aggregate::output::{ClassResult, MemberSummary, Standings};
 
 /// A record's place in its class's sequence: `[epoch, position]`, compared in that order.
 ///
@@ -90,6 +87,18 @@ pub struct Tile {
     pub distance_m: f64,
     /// Energy the machines counted, to 0.1 kcal.
     pub calories: f64,
+    /// Energy from heart rate, to 0.1 kcal (absent without the profile fields it needs).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub calories_hr: Option<f64>,
+    /// Work on the rower and bike, to 0.1 kJ.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub work_kj: Option<f64>,
+    /// The rower's mean split, seconds per 500 m, to 0.1.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub split_500m_s: Option<f64>,
+    /// Training load so far, to 0.1.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub trimp: Option<f64>,
 }
 
 /// A place on a leaderboard: the alias where there is one, else the tile.
@@ -99,17 +108,25 @@ pub struct Place {
     pub tile: String,
     /// What the wall writes: the alias, or the tile.
     pub name: String,
-    /// Effort points or metres.
+    /// Effort points, kJ or metres, to 0.1.
     pub value: f64,
 }
 
-/// The class's leaderboards.
+/// The class's leaderboards ([`Standings`]).
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct Boards {
     /// By effort points.
     pub effort: Vec<Place>,
-    /// By distance.
-    pub distance: Vec<Place>,
+    /// By work on the rower and bike, kJ.
+    pub work: Vec<Place>,
+    /// By treadmill distance.
+    pub treadmill: Vec<Place>,
+    /// By rower distance.
+    pub rower: Vec<Place>,
+    /// By bike distance.
+    pub bike: Vec<Place>,
+    /// Members left off by their profile.
+    pub hidden: u64,
 }
 
 /// One class on the wall.
@@ -169,12 +186,14 @@ impl Tiles {
 }
 
 impl LiveRecord {
-    /// The record of `result`, counted by partition number `epoch`, at `watermark_ms`.
+    /// The record of `result`, counted by partition number `epoch`, at `watermark_ms`, with
+    /// `board_size` places on each leaderboard.
     pub fn from_result(
         result: &ClassResult,
         epoch: u32,
         watermark_ms: i64,
         tiles: &Tiles,
+        board_size: usize,
     ) -> LiveRecord {
         let summary = &result.summary;
         let tile_of =
@@ -184,25 +203,24 @@ impl LiveRecord {
             .iter()
             .map(|m| tile(m, tile_of(&m.member_id)))
             .collect();
-        let board = |leaders: &[Leader]| -> Vec<Place> {
-            leaders
+        let standings = Standings::of(&result.members, board_size);
+        let board = |ranked: &[(&MemberSummary, f64)]| -> Vec<Place> {
+            ranked
                 .iter()
-                .take(BOARD_SIZE)
-                .map(|leader| {
-                    let tile = tile_of(&leader.member_id);
-                    let alias = result
-                        .members
-                        .iter()
-                        .find(|m| m.member_id == leader.member_id)
-                        .and_then(|m| m.alias.as_deref());
+                .map(|(member, value)| {
+                    let tile = tile_of(&member.member_id);
                     Place {
-                        name: alias.map_or_else(|| tile.clone(), str::to_owned),
+                        name: member
+                            .alias
+                            .as_deref()
+                            .map_or_else(|| tile.clone(), str::to_owned),
                         tile,
-                        value: tenths(leader.value),
+                        value: tenths(*value),
                     }
                 })
                 .collect()
         };
+        let [treadmill, rower, bike] = &standings.distance;
         LiveRecord {
             studio_id: summary.studio_id.clone(),
             class_id: summary.class_id.clone(),
@@ -213,8 +231,12 @@ impl LiveRecord {
             watermark_ms,
             members,
             leaderboards: Boards {
-                effort: board(&summary.leaderboard_effort),
-                distance: board(&summary.leaderboard_distance),
+                effort: board(&standings.effort),
+                work: board(&standings.work),
+                treadmill: board(treadmill),
+                rower: board(rower),
+                bike: board(bike),
+                hidden: standings.hidden,
             },
         }
     }
@@ -241,6 +263,14 @@ fn tile(member: &MemberSummary, tile: String) -> Tile {
         zone_seconds: member.zone_seconds,
         distance_m: tenths(member.distance_m),
         calories: tenths(member.calories),
+        calories_hr: member.calories_hr.map(tenths),
+        work_kj: member.work_kj.map(tenths),
+        split_500m_s: member
+            .rower
+            .as_ref()
+            .and_then(|rower| rower.split_500m_s)
+            .map(tenths),
+        trimp: member.trimp.map(tenths),
     }
 }
 
@@ -285,7 +315,7 @@ mod tests {
     fn a_record_holds_no_member_id_and_boards_show_the_alias() {
         let result = fixture::final_result_with_alias();
         let tiles = Tiles::new(b"key");
-        let record = LiveRecord::from_result(&result, 3, 1_000, &tiles);
+        let record = LiveRecord::from_result(&result, 3, 1_000, &tiles, 5);
         let (key, body) = record.encode();
         let text = String::from_utf8(body).unwrap();
         assert_eq!(
@@ -310,7 +340,7 @@ mod tests {
             .leaderboards
             .effort
             .iter()
-            .chain(&record.leaderboards.distance)
+            .chain(&record.leaderboards.work)
             .find(|place| place.tile == tile)
             .expect("the member with an alias is on a board");
         assert_eq!(place.name, &**with_alias.alias.as_ref().unwrap());
@@ -334,7 +364,7 @@ mod tests {
             let mut seen: BTreeMap<(String, Version), String> = BTreeMap::new();
             let mut record = |state: &mut PartitionState| {
                 for (result, watermark_ms) in state.take_unpublished(&rules) {
-                    let record = LiveRecord::from_result(&result, 0, watermark_ms, &tiles);
+                    let record = LiveRecord::from_result(&result, 0, watermark_ms, &tiles, 5);
                     let body = String::from_utf8(record.encode().1).unwrap();
                     seen.insert((record.class_id.to_string(), record.version), body);
                 }

@@ -3,8 +3,8 @@
 //!
 //! Both start with their format version. This build writes [`VERSION`] and restores every
 //! checkpoint from [`OLDEST`] on: an earlier version keeps its reader in a module of its own
-//! (`v3`, `v4`, `v5`), with the types as that version wrote them and an upgrade into the next version's
-//! form, so a restore runs the chain up to the newest. A checkpoint of a version newer than
+//! (`v3` to `v6`), with the types as that version wrote them and an upgrade into a later
+//! version's form, so a restore runs the chain up to the newest. A checkpoint of a version newer than
 //! this build's (written by a newer build, met in a rolling deploy or after a rollback) is
 //! [`CheckpointError::Newer`]: the stage refuses its partition and never overwrites it
 //! (`docs/decisions/0015-checkpoint-versions-and-rollback.md`).
@@ -19,6 +19,7 @@
 mod v3;
 mod v4;
 mod v5;
+mod v6;
 
 use std::collections::BTreeMap;
 
@@ -29,11 +30,11 @@ use super::output::Outgoing;
 use super::partition::{FinalClass, PartitionState, Trigger};
 
 /// The checkpoint format this build writes.
-pub const VERSION: u32 = 6;
+pub const VERSION: u32 = 7;
 /// The oldest checkpoint format this build restores.
 pub const OLDEST: u32 = 3;
 /// The format of a class part handed to its home, written by this build.
-pub const PART_VERSION: u32 = 5;
+pub const PART_VERSION: u32 = 6;
 /// The oldest format of a class part this build merges.
 pub const OLDEST_PART: u32 = 3;
 
@@ -136,6 +137,7 @@ pub fn decode(bytes: &[u8], wall_ms: i64) -> Result<PartitionState, CheckpointEr
     let plain = zstd::stream::decode_all(bytes).map_err(CheckpointError::Compression)?;
     let checkpoint: Checkpoint<ClassState> = match version(&plain)? {
         VERSION => postcard::from_bytes(&plain).map_err(CheckpointError::Layout)?,
+        6 => v6::upgrade(v6::read(&plain)?),
         5 => v5::upgrade(v5::read(&plain)?),
         4 => v5::upgrade(v4::read(&plain)?.upgrade()),
         3 => v5::upgrade(v3::read(&plain)?.upgrade()?.upgrade()),
@@ -187,6 +189,11 @@ pub fn decode_part(bytes: &[u8]) -> Result<(String, ClassState), CheckpointError
             let part: Part<ClassState> =
                 postcard::from_bytes(&plain).map_err(CheckpointError::Layout)?;
             Ok((part.partition, part.class))
+        }
+        5 => {
+            let part: Part<v6::ClassV6> =
+                postcard::from_bytes(&plain).map_err(CheckpointError::Layout)?;
+            Ok((part.partition, part.class.upgrade()))
         }
         4 => {
             let part: Part<v5::ClassV5> =
@@ -259,9 +266,27 @@ mod tests {
         "zone_current",
     ];
 
+    /// The fields results gained with format 7 (energy, work, the boards by machine): an
+    /// older state has no work chain, and an older build's results in the outbox hold its
+    /// boards.
+    const FORMAT_7_FIELDS: [&str; 12] = [
+        "calories_hr",
+        "trimp",
+        "work_kj",
+        "profile_missing",
+        "leaderboard",
+        "leaderboard_effort",
+        "leaderboard_work",
+        "leaderboard_treadmill",
+        "leaderboard_rower",
+        "leaderboard_bike",
+        "leaderboard_hidden",
+        "leaderboard_distance",
+    ];
+
     /// [`written`] as an older format is compared: parts as the result they give (their state
-    /// is held in another form: zone times, no profile), member results without
-    /// [`FORMAT_6_FIELDS`].
+    /// is held in another form: zone times, no profile, no work chain), results without
+    /// [`FORMAT_6_FIELDS`] and [`FORMAT_7_FIELDS`].
     fn written_by_result(outbox: &[Outgoing]) -> BTreeMap<String, String> {
         let rules = fixture::rules();
         let mut objects = written_as(outbox, |partition, mut class| {
@@ -272,10 +297,18 @@ mod tests {
             if !key.starts_with("aggregates/") && !key.contains("/part-") {
                 continue;
             }
-            let strip = |member: &mut serde_json::Value| {
-                if let Some(member) = member.as_object_mut() {
-                    for field in FORMAT_6_FIELDS {
-                        member.remove(field);
+            let strip = |object: &mut serde_json::Value| {
+                if let Some(object) = object.as_object_mut() {
+                    for field in FORMAT_6_FIELDS.iter().chain(&FORMAT_7_FIELDS) {
+                        object.remove(*field);
+                    }
+                    for machine in ["treadmill", "rower", "bike"] {
+                        if let Some(machine) =
+                            object.get_mut(machine).and_then(|m| m.as_object_mut())
+                        {
+                            machine.remove("work_kj");
+                            machine.remove("split_500m_s");
+                        }
                     }
                 }
             };
@@ -289,6 +322,9 @@ mod tests {
             for line in json.lines() {
                 let mut value: serde_json::Value = serde_json::from_str(line).unwrap();
                 strip(&mut value);
+                if let Some(summary) = value.get_mut("summary") {
+                    strip(summary);
+                }
                 if let Some(members) = value.get_mut("members").and_then(|m| m.as_array_mut()) {
                     members.iter_mut().for_each(strip);
                 }

@@ -7,10 +7,9 @@ use std::collections::BTreeMap;
 
 use serde::Deserialize;
 
+use super::v6::CardioV6;
 use super::{Checkpoint, CheckpointError};
-use crate::aggregate::class::{
-    Cardio, ClassState, HeartRate, MemberState, Minute, SeenIds, Stat, Weights,
-};
+use crate::aggregate::class::{ClassState, HeartRate, MemberState, Minute, SeenIds, Stat, Weights};
 use crate::profile::Profile;
 
 /// [`HeartRate`] as versions 3 to 5 wrote it.
@@ -29,7 +28,7 @@ pub(super) struct MemberV5 {
     index: u32,
     events: [u64; 5],
     heart_rate: HeartRateV5,
-    cardio: [Cardio; 3],
+    cardio: [CardioV6; 3],
     weights: Weights,
 }
 
@@ -53,7 +52,7 @@ impl MemberV5 {
                 sustained: Default::default(),
                 latest,
             },
-            cardio: self.cardio,
+            cardio: self.cardio.map(CardioV6::upgrade),
             weights: self.weights,
             profile: Some(Profile::default()),
         }
@@ -89,7 +88,7 @@ pub(super) struct ClassV5 {
 }
 
 impl ClassV5 {
-    /// The class as version 6 has it.
+    /// The class as this build has it.
     pub(super) fn upgrade(self) -> ClassState {
         ClassState {
             studio_id: self.studio_id,
@@ -115,7 +114,7 @@ pub(super) fn read(plain: &[u8]) -> Result<Checkpoint<ClassV5>, CheckpointError>
     postcard::from_bytes(plain).map_err(CheckpointError::Layout)
 }
 
-/// Version 6's form.
+/// This build's form.
 pub(super) fn upgrade(checkpoint: Checkpoint<ClassV5>) -> Checkpoint<ClassState> {
     Checkpoint {
         version: super::VERSION,

@@ -149,8 +149,13 @@ impl AggregateStage {
         };
         for (partition, owned) in &mut self.partitions {
             for (result, watermark_ms) in owned.state.take_unpublished(&self.rules) {
-                let record =
-                    LiveRecord::from_result(&result, partition.index, watermark_ms, &walls.tiles);
+                let record = LiveRecord::from_result(
+                    &result,
+                    partition.index,
+                    watermark_ms,
+                    &walls.tiles,
+                    self.rules.leaderboard_size,
+                );
                 walls.publisher.publish(&record);
             }
         }
@@ -218,6 +223,7 @@ impl AggregateStage {
                                     partition.index,
                                     result.summary.last_event_ms,
                                     &walls.tiles,
+                                    self.rules.leaderboard_size,
                                 ));
                             }
                             if self.table.is_some() {
