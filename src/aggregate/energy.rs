@@ -73,15 +73,14 @@ pub fn calories_hr(
     let profile = profile?;
     let (sex, weight_kg, born) = (profile.sex?, profile.weight_kg?, profile.birth_year?);
     let age = f64::from(year - i32::from(born));
-    Some(
+    Some(plus_zero_sum(
         at_bpm
             .iter()
             .filter(|(bpm, _)| member.zone(*bpm, model).is_some())
             .map(|(bpm, ms)| {
                 keytel_kcal_per_min(sex, f64::from(bpm), weight_kg, age) * ms as f64 / 60_000.0
-            })
-            .sum(),
-    )
+            }),
+    ))
 }
 
 /// Training load: [`trimp_per_min`] over the time at each whole bpm, of `member`'s maximum;
@@ -93,14 +92,15 @@ pub fn trimp(at_bpm: &BpmTime, member: &Personal, profile: Option<&Profile>) -> 
         return None;
     }
     let (resting, hr_max) = (f64::from(resting), f64::from(member.hr_max));
-    Some(
-        at_bpm
-            .iter()
-            .map(|(bpm, ms)| {
-                trimp_per_min(sex, f64::from(bpm), resting, hr_max) * ms as f64 / 60_000.0
-            })
-            .sum(),
-    )
+    Some(plus_zero_sum(at_bpm.iter().map(|(bpm, ms)| {
+        trimp_per_min(sex, f64::from(bpm), resting, hr_max) * ms as f64 / 60_000.0
+    })))
+}
+
+/// The sum of `values`, `0.0` when there are none (a float sum of nothing is `-0.0`, which
+/// JSON would carry as `-0.0`).
+pub fn plus_zero_sum(values: impl Iterator<Item = f64>) -> f64 {
+    values.fold(0.0, |sum, value| sum + value)
 }
 
 /// Kilojoules of `joules`.
@@ -315,6 +315,10 @@ mod tests {
             vec![Box::from("weight_kg"), Box::from("resting_hr")]
         );
         assert_eq!(calories_hr(&at_bpm, &member, &model, None, 2026), None);
+        // No heart-rate time: zero, not the -0.0 JSON would carry.
+        let none = calories_hr(&BpmTime::default(), &member, &model, Some(&full), 2026).unwrap();
+        assert!(none == 0.0 && none.is_sign_positive());
+        assert!(plus_zero_sum(std::iter::empty()).is_sign_positive());
         assert_eq!(missing_fields(None).len(), 4);
     }
 

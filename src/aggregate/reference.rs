@@ -9,6 +9,7 @@ use std::sync::Arc;
 use proptest::prelude::*;
 use serde_json::Value;
 
+use super::energy::plus_zero_sum;
 use super::heart::{Formula, HeartModel, HrMaxSource, ZoneBasis};
 use super::output::{
     CardioSummary, ClassMinute, ClassResult, ClassSummary, Leader, MemberSummary, Outgoing,
@@ -444,9 +445,9 @@ pub fn batch_result_with(
         effort_points: members.iter().map(|m| m.effort_points).sum(),
         distance_m: members.iter().map(|m| m.distance_m).sum(),
         calories: members.iter().map(|m| m.calories).sum(),
-        calories_hr: members.iter().filter_map(|m| m.calories_hr).sum(),
-        trimp: members.iter().filter_map(|m| m.trimp).sum(),
-        work_kj: members.iter().filter_map(|m| m.work_kj).sum(),
+        calories_hr: plus_zero_sum(members.iter().filter_map(|m| m.calories_hr)),
+        trimp: plus_zero_sum(members.iter().filter_map(|m| m.trimp)),
+        work_kj: plus_zero_sum(members.iter().filter_map(|m| m.work_kj)),
         sets: members.iter().map(|m| m.sets).sum(),
         reps_total: members.iter().map(|m| m.reps_total).sum(),
         volume_kg: members.iter().map(|m| m.volume_kg).sum(),
