@@ -2,11 +2,13 @@
 //! from it. Pure logic, no I/O: the partition state ([`super::partition`]) decides which events
 //! reach it (not duplicates, not late).
 
+use std::borrow::Cow;
 use std::collections::BTreeMap;
 
 use chrono::Datelike;
 use serde::{Deserialize, Serialize};
 
+use super::chain::{self, Block, Chain};
 use super::energy::{self, Work};
 use super::heart::{whole_bpm, BpmTime, Personal, Sustained};
 use super::output::{
@@ -167,31 +169,11 @@ impl HeartRate {
     /// the last block is sealed; later samples stay pending. Exact unless a sample or block of
     /// one side falls inside the other's block (a device that switched partitions once never
     /// does that); returns whether it was exact.
-    pub fn merge(&mut self, other: HeartRate, rules: &Rules) -> bool {
-        struct Block {
-            first: (i64, f64),
-            last_ms: i64,
-            at_bpm: BpmTime,
-            sustained: Sustained,
-        }
-        let block = |hr: &mut HeartRate| {
-            let (at_bpm, sustained) = (
-                std::mem::take(&mut hr.at_bpm),
-                std::mem::take(&mut hr.sustained),
-            );
-            hr.first_sealed.map(|first| Block {
-                first,
-                last_ms: hr.last_sealed_ms.unwrap_or(first.0),
-                at_bpm,
-                sustained,
-            })
-        };
-        let mut other = other;
-        let mut blocks: Vec<Block> = [block(self), block(&mut other)]
+    pub fn merge(&mut self, mut other: HeartRate, rules: &Rules) -> bool {
+        let blocks: Vec<Block<HeartSums>> = [self.take_sealed(), other.take_sealed()]
             .into_iter()
             .flatten()
             .collect();
-        blocks.sort_by_key(|b| (b.first.0, b.last_ms));
         self.bpm.merge(&other.bpm);
         self.pending.extend(other.pending);
         // The newer by (event time, id hash); on a tie, this side's (the last maximum).
@@ -208,49 +190,35 @@ impl HeartRate {
             }
             (mine, theirs) => mine.or(theirs),
         };
-        let inside = |time: i64, b: &Block| b.first.0 < time && time < b.last_ms;
-        let blocks_overlap = blocks.len() == 2 && blocks[1].first.0 < blocks[0].last_ms;
+        let inside = |time: i64, b: &Block<HeartSums>| b.first_ms < time && time < b.last_ms;
+        let mut spans: Vec<(i64, i64)> = blocks.iter().map(|b| (b.first_ms, b.last_ms)).collect();
+        spans.sort_unstable();
+        let blocks_overlap = spans.len() == 2 && spans[1].0 < spans[0].1;
         let sample_inside = self
             .pending
             .keys()
             .any(|(time, _)| blocks.iter().any(|b| inside(*time, b)));
-        let exact = !blocks_overlap && !sample_inside;
-        let end = blocks.last().map(|b| b.last_ms);
-        self.first_sealed = None;
-        self.last_sealed_ms = None;
-        let mut blocks = blocks.into_iter().peekable();
-        loop {
-            let sample = self
-                .pending
-                .first_key_value()
-                .map(|((time, _), _)| *time)
-                .filter(|time| end.is_some_and(|end| *time <= end));
-            match (sample, blocks.peek().map(|b| b.first.0)) {
-                (None, None) => break,
-                (Some(time), next) if next.is_none_or(|first| time < first) => {
-                    self.seal_before(time + 1, rules);
-                }
-                _ => {
-                    let Some(b) = blocks.next() else { break };
-                    if let Some(previous) = self.last_sealed_ms {
-                        self.at_bpm.add(
-                            whole_bpm(b.first.1),
-                            (b.first.0 - previous).clamp(0, rules.hr_max_gap_ms),
-                        );
-                    }
-                    self.at_bpm.merge(&b.at_bpm);
-                    self.sustained.append(
-                        b.sustained,
-                        rules.hr_max_gap_ms,
-                        rules.heart.raise_after_ms,
-                    );
-                    self.first_sealed.get_or_insert(b.first);
-                    self.last_sealed_ms =
-                        Some(self.last_sealed_ms.map_or(b.last_ms, |l| l.max(b.last_ms)));
-                }
-            }
-        }
-        exact
+        chain::interleave(self, blocks, rules);
+        !blocks_overlap && !sample_inside
+    }
+
+    /// The sealed samples as one block, leaving none sealed.
+    fn take_sealed(&mut self) -> Option<Block<HeartSums>> {
+        let first = self.first_sealed.take();
+        let last_ms = self.last_sealed_ms.take();
+        let (at_bpm, sustained) = (
+            std::mem::take(&mut self.at_bpm),
+            std::mem::take(&mut self.sustained),
+        );
+        first.map(|(first_ms, first_bpm)| Block {
+            first_ms,
+            last_ms: last_ms.unwrap_or(first_ms),
+            sums: HeartSums {
+                first_bpm,
+                at_bpm,
+                sustained,
+            },
+        })
     }
 
     /// Time at each bpm as if every pending sample were sealed now (live values).
@@ -263,14 +231,26 @@ impl HeartRate {
         at_bpm
     }
 
+    /// Time at each bpm of the sealed samples when `sealed_only`, else as if every pending
+    /// sample were sealed now.
+    pub fn time_at_bpm(&self, rules: &Rules, sealed_only: bool) -> Cow<'_, BpmTime> {
+        if sealed_only {
+            Cow::Borrowed(&self.at_bpm)
+        } else {
+            Cow::Owned(self.at_bpm_now(rules))
+        }
+    }
+
     /// Time in each zone for `member`'s maximum: of the sealed samples when `sealed_only`,
     /// else as if every pending sample were sealed now.
     pub fn zone_ms(&self, member: &Personal, rules: &Rules, sealed_only: bool) -> [i64; 5] {
-        let mut zone_ms = if sealed_only {
-            member.zone_ms(&self.at_bpm, &rules.heart)
-        } else {
-            member.zone_ms(&self.at_bpm_now(rules), &rules.heart)
-        };
+        self.zone_ms_of(&self.time_at_bpm(rules, sealed_only), member, rules)
+    }
+
+    /// Time in each zone for `member`'s maximum, from `at_bpm` (of [`Self::time_at_bpm`])
+    /// and the time an older build held as zones only.
+    pub fn zone_ms_of(&self, at_bpm: &BpmTime, member: &Personal, rules: &Rules) -> [i64; 5] {
+        let mut zone_ms = member.zone_ms(at_bpm, &rules.heart);
         for (total, ms) in zone_ms
             .iter_mut()
             .zip(self.fixed_zone_ms.unwrap_or_default())
@@ -278,6 +258,47 @@ impl HeartRate {
             *total += ms;
         }
         zone_ms
+    }
+}
+
+/// A member's sealed heart-rate samples taken whole ([`HeartRate::merge`]).
+pub struct HeartSums {
+    first_bpm: f64,
+    at_bpm: BpmTime,
+    sustained: Sustained,
+}
+
+impl Chain for HeartRate {
+    type Sums = HeartSums;
+    type Context = Rules;
+
+    fn first_pending_ms(&self) -> Option<i64> {
+        self.pending.first_key_value().map(|((time, _), _)| *time)
+    }
+
+    fn seal_through(&mut self, time_ms: i64, rules: &Rules) {
+        self.seal_before(time_ms + 1, rules);
+    }
+
+    fn append(&mut self, block: Block<HeartSums>, rules: &Rules) {
+        if let Some(previous) = self.last_sealed_ms {
+            self.at_bpm.add(
+                whole_bpm(block.sums.first_bpm),
+                (block.first_ms - previous).clamp(0, rules.hr_max_gap_ms),
+            );
+        }
+        self.at_bpm.merge(&block.sums.at_bpm);
+        self.sustained.append(
+            block.sums.sustained,
+            rules.hr_max_gap_ms,
+            rules.heart.raise_after_ms,
+        );
+        self.first_sealed
+            .get_or_insert((block.first_ms, block.sums.first_bpm));
+        self.last_sealed_ms = Some(
+            self.last_sealed_ms
+                .map_or(block.last_ms, |l| l.max(block.last_ms)),
+        );
     }
 }
 
@@ -892,14 +913,10 @@ impl ClassState {
             let profile = member.profile.as_ref();
             let personal = rules.heart.personal(profile, year);
             let heart = &member.heart_rate;
-            let zone_ms = heart.zone_ms(&personal, rules, is_final);
+            let at_bpm = heart.time_at_bpm(rules, is_final);
+            let zone_ms = heart.zone_ms_of(&at_bpm, &personal, rules);
             // The heart-rate energy needs the time at each bpm: none for time an older build
             // held as zones only (such a member has no profile either).
-            let at_bpm = if is_final {
-                heart.at_bpm.clone()
-            } else {
-                heart.at_bpm_now(rules)
-            };
             let energy_known = heart.fixed_zone_ms.is_none();
             let hr = &heart.bpm;
             // The reading now, for live values only: a final result has no "now".

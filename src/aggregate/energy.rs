@@ -12,6 +12,7 @@ use std::collections::BTreeMap;
 
 use serde::{Deserialize, Serialize};
 
+use super::chain::{self, Block, Chain};
 use super::heart::{BpmTime, HeartModel, Personal};
 use crate::profile::{Profile, Sex};
 
@@ -156,73 +157,98 @@ impl Work {
 
     /// Counts a sample at `time_ms` after the last sealed one.
     fn chain(&mut self, time_ms: i64, watts: Option<f64>, gap_cap_ms: i64) {
-        let gap = self
-            .last_sealed_ms
-            .map_or(0, |previous| (time_ms - previous).clamp(0, gap_cap_ms));
+        let (joules, gap) = step(&mut self.last_sealed_ms, time_ms, watts, gap_cap_ms);
+        self.joules += joules;
         self.moving_ms += gap;
-        self.joules += watts.unwrap_or(0.0) * gap as f64 / 1_000.0;
-        self.last_sealed_ms = Some(self.last_sealed_ms.map_or(time_ms, |l| l.max(time_ms)));
     }
 
     /// Joules and moving time as if every pending sample were sealed now (live values).
     pub fn now(&self, gap_cap_ms: i64) -> (f64, i64) {
-        let mut sums = self.clone();
-        sums.seal_before(i64::MAX, gap_cap_ms);
-        (sums.joules, sums.moving_ms)
+        let (mut joules, mut moving_ms, mut last) =
+            (self.joules, self.moving_ms, self.last_sealed_ms);
+        for ((time_ms, _), watts) in &self.pending {
+            let (j, gap) = step(&mut last, *time_ms, *watts, gap_cap_ms);
+            joules += j;
+            moving_ms += gap;
+        }
+        (joules, moving_ms)
     }
 
     /// Takes in the same machine's samples counted elsewhere (the other part of a class whose
     /// key moved): each side's sealed samples are one block, laid out in time order with the
-    /// pending samples, a block's first sample getting the capped gap to what precedes it.
-    /// Exact unless the parts' samples interleave in time, as [`super::class::HeartRate::merge`].
-    pub fn merge(&mut self, other: Work, gap_cap_ms: i64) {
-        struct Block {
-            first: (i64, Option<f64>),
-            last_ms: i64,
-            joules: f64,
-            moving_ms: i64,
-        }
-        let block = |work: &Work| {
-            work.first_sealed.map(|first| Block {
-                first,
-                last_ms: work.last_sealed_ms.unwrap_or(first.0),
-                joules: work.joules,
-                moving_ms: work.moving_ms,
-            })
-        };
-        let mut blocks: Vec<Block> = [block(self), block(&other)].into_iter().flatten().collect();
-        blocks.sort_by_key(|b| (b.first.0, b.last_ms));
+    /// pending samples ([`chain::interleave`]). Exact unless the parts' samples interleave in
+    /// time, as [`super::class::HeartRate::merge`].
+    pub fn merge(&mut self, mut other: Work, gap_cap_ms: i64) {
+        let blocks = [self.take_sealed(), other.take_sealed()]
+            .into_iter()
+            .flatten()
+            .collect();
         self.pending.extend(other.pending);
         self.unchained += other.unchained;
-        let end = blocks.last().map(|b| b.last_ms);
-        (self.first_sealed, self.last_sealed_ms) = (None, None);
-        (self.joules, self.moving_ms) = (0.0, 0);
-        let mut blocks = blocks.into_iter().peekable();
-        loop {
-            let sample = self
-                .pending
-                .first_key_value()
-                .map(|((time, _), _)| *time)
-                .filter(|time| end.is_some_and(|end| *time <= end));
-            match (sample, blocks.peek().map(|b| b.first.0)) {
-                (None, None) => break,
-                (Some(time), next) if next.is_none_or(|first| time < first) => {
-                    self.seal_before(time + 1, gap_cap_ms);
-                }
-                _ => {
-                    let Some(b) = blocks.next() else { break };
-                    self.first_sealed.get_or_insert(b.first);
-                    if self.last_sealed_ms.is_some() {
-                        self.chain(b.first.0, b.first.1, gap_cap_ms);
-                    }
-                    self.joules += b.joules;
-                    self.moving_ms += b.moving_ms;
-                    self.last_sealed_ms =
-                        Some(self.last_sealed_ms.map_or(b.last_ms, |l| l.max(b.last_ms)));
-                }
-            }
-        }
+        chain::interleave(self, blocks, &gap_cap_ms);
     }
+
+    /// The sealed samples as one block, leaving none sealed.
+    fn take_sealed(&mut self) -> Option<Block<WorkSums>> {
+        let first = self.first_sealed.take();
+        let last_ms = self.last_sealed_ms.take();
+        let (joules, moving_ms) = (
+            std::mem::take(&mut self.joules),
+            std::mem::take(&mut self.moving_ms),
+        );
+        first.map(|(first_ms, first_watts)| Block {
+            first_ms,
+            last_ms: last_ms.unwrap_or(first_ms),
+            sums: WorkSums {
+                first_watts,
+                joules,
+                moving_ms,
+            },
+        })
+    }
+}
+
+/// A machine's sealed samples taken whole ([`Work::merge`]).
+pub struct WorkSums {
+    first_watts: Option<f64>,
+    joules: f64,
+    moving_ms: i64,
+}
+
+impl Chain for Work {
+    type Sums = WorkSums;
+    /// The gap cap in ms.
+    type Context = i64;
+
+    fn first_pending_ms(&self) -> Option<i64> {
+        self.pending.first_key_value().map(|((time, _), _)| *time)
+    }
+
+    fn seal_through(&mut self, time_ms: i64, gap_cap_ms: &i64) {
+        self.seal_before(time_ms + 1, *gap_cap_ms);
+    }
+
+    fn append(&mut self, block: Block<WorkSums>, gap_cap_ms: &i64) {
+        let first = (block.first_ms, block.sums.first_watts);
+        self.first_sealed.get_or_insert(first);
+        if self.last_sealed_ms.is_some() {
+            self.chain(first.0, first.1, *gap_cap_ms);
+        }
+        self.joules += block.sums.joules;
+        self.moving_ms += block.sums.moving_ms;
+        self.last_sealed_ms = Some(
+            self.last_sealed_ms
+                .map_or(block.last_ms, |l| l.max(block.last_ms)),
+        );
+    }
+}
+
+/// One sample chained after `last`: its joules and its gap (capped, never negative), with
+/// `last` moved on.
+fn step(last: &mut Option<i64>, time_ms: i64, watts: Option<f64>, gap_cap_ms: i64) -> (f64, i64) {
+    let gap = last.map_or(0, |previous| (time_ms - previous).clamp(0, gap_cap_ms));
+    *last = Some(last.map_or(time_ms, |l| l.max(time_ms)));
+    (watts.unwrap_or(0.0) * gap as f64 / 1_000.0, gap)
 }
 
 #[cfg(test)]

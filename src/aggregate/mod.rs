@@ -29,6 +29,7 @@
 //! it already includes are skipped. Final results are rendered into the checkpoint first and
 //! written after it (an outbox), under keys that depend only on the class ([`output`]).
 
+pub mod chain;
 pub mod checkpoint;
 pub mod class;
 pub mod directory;
