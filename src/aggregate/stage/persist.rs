@@ -252,6 +252,7 @@ impl AggregateStage {
                             self.in_flight.push(InFlight {
                                 job: self.next_job,
                                 class_dir,
+                                key: key.clone(),
                                 ids: Arc::new(ids),
                             });
                             job.segments.push((key, Bytes::from(body)));

@@ -6,8 +6,9 @@
 //! cached: the listing is trusted for [`RELIST_AFTER`] (a longer burst lists again and reads
 //! only the segments new since), and a class is forgotten after [`FORGET_AFTER`] without a
 //! late event, or sooner when the cache holds more than [`MAX_CACHED_IDS`]. Segments this task
-//! writes go into the cache of their class as they are written, and until the write is done
-//! they are looked up where they wait ([`InFlight`]).
+//! writes go into the cache of their class: when they are handed to the writer if the class
+//! is cached then, else at the class's next lookup while the write is under way
+//! ([`InFlight`]), since a listing made before the write is done does not show them.
 
 use std::collections::{HashMap, HashSet};
 use std::sync::Arc;
@@ -66,6 +67,7 @@ impl CachedClass {
 pub(super) struct InFlight {
     pub(super) job: u64,
     pub(super) class_dir: String,
+    pub(super) key: Path,
     pub(super) ids: Arc<Vec<u128>>,
 }
 
@@ -76,6 +78,25 @@ impl SegmentCache {
             class.read.insert(key.clone());
             self.ids += class.add(ids);
         }
+    }
+
+    /// Takes into the cache of class folder `dir` (if cached) its segments in `in_flight`.
+    fn take_in_flight(&mut self, dir: &str, in_flight: &[InFlight]) {
+        let Some(class) = self.classes.get_mut(dir) else {
+            return;
+        };
+        for segment in in_flight.iter().filter(|segment| segment.class_dir == dir) {
+            if class.read.insert(segment.key.clone()) {
+                self.ids += class.add(&segment.ids);
+            }
+        }
+    }
+
+    /// Whether the cache of class folder `dir` holds `id`.
+    fn holds(&self, dir: &str, id: u128) -> bool {
+        self.classes
+            .get(dir)
+            .is_some_and(|class| class.ids.binary_search(&id).is_ok())
     }
 
     /// Forgets the classes idle too long, then the least recently used beyond the limit.
@@ -128,19 +149,12 @@ impl AggregateStage {
                 &class.class_id,
             );
             self.load_segments(&dir).await;
-            let cached = &self.segments.classes[&dir];
-            let in_flight: Vec<&InFlight> = self
-                .in_flight
-                .iter()
-                .filter(|segment| segment.class_dir == dir)
-                .collect();
+            self.segments.take_in_flight(&dir, &self.in_flight);
             looked_up += class.events.len() as u64;
             for index in class.events {
-                let id = fingerprint(&events[index].event_id);
-                if cached.ids.binary_search(&id).is_ok()
-                    || in_flight
-                        .iter()
-                        .any(|segment| segment.ids.binary_search(&id).is_ok())
+                if self
+                    .segments
+                    .holds(&dir, fingerprint(&events[index].event_id))
                 {
                     found.push(index);
                 }
@@ -219,5 +233,53 @@ impl AggregateStage {
         class.listed = Some(now);
         class.used = now;
         self.segments.ids += added;
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// A class listed while its segment was being written, then looked up again after the
+    /// write was done (and the segment no longer in flight), finds the segment's ids.
+    #[test]
+    fn a_segment_in_flight_at_a_listing_stays_found_after_it_is_written() {
+        let now = Instant::now();
+        let mut cache = SegmentCache::default();
+        cache.classes.insert(
+            "c".to_owned(),
+            CachedClass {
+                ids: vec![1],
+                read: HashSet::from([Path::from("c/old")]),
+                listed: Some(now),
+                used: now,
+            },
+        );
+        cache.ids = 1;
+        let in_flight = vec![
+            InFlight {
+                job: 7,
+                class_dir: "c".to_owned(),
+                key: Path::from("c/new"),
+                ids: Arc::new(vec![2, 3]),
+            },
+            InFlight {
+                job: 7,
+                class_dir: "other".to_owned(),
+                key: Path::from("other/new"),
+                ids: Arc::new(vec![4]),
+            },
+        ];
+        cache.take_in_flight("c", &in_flight);
+        // Taken in once, however often it is looked up while in flight.
+        cache.take_in_flight("c", &in_flight);
+        drop(in_flight);
+        assert!(cache.holds("c", 1) && cache.holds("c", 2) && cache.holds("c", 3));
+        assert!(!cache.holds("c", 4), "another class's segment");
+        assert_eq!(cache.ids, 3);
+        assert!(cache.classes["c"].read.contains(&Path::from("c/new")));
+        // A class not cached takes nothing in: its first lookup lists the store.
+        cache.take_in_flight("other", &[]);
+        assert!(!cache.classes.contains_key("other"));
     }
 }
