@@ -15,7 +15,7 @@ use classpulse::live::Tiles;
 use common::backends::*;
 use common::walls::*;
 use common::*;
-use serde_json::Value;
+use serde_json::{json, Value};
 
 const TILE_KEY: &str = "test-tile-key-0123456789";
 const SCREENS_KEY: &str = "test-screens-key-0123456789";
@@ -444,11 +444,15 @@ async fn the_wall_page_in_a_browser_shows_the_newest_record_and_moves() {
     let running = Running::start(&mut run);
     let url = format!("http://{}/studios/studio-0001", running.http);
     let mut browser = Browser::open(&url);
-    // What the page shows: the class's version, the status line, and each tile.
+    // What the page shows: the class's version, the status line, each tile and each board
+    // (its places as read, numbers included), and whether it fits the screen unscrolled.
     let shown = "JSON.stringify({ status: document.getElementById('status').textContent, \
+        fits: document.documentElement.scrollHeight <= window.innerHeight, \
         classes: [...document.querySelectorAll('section.class')].map(s => ({ class: s.dataset.class, version: s.dataset.version, \
         tiles: [...s.querySelectorAll('.tile')].map(t => ({ tile: t.dataset.tile, hr: t.dataset.hr, zone: t.dataset.zone, \
-        text: t.querySelector('.hr').textContent })) })) })";
+        text: t.querySelector('.hr').textContent })), \
+        boards: [...s.querySelectorAll('.board')].map(b => ({ title: b.querySelector('h3').textContent, \
+        places: [...b.querySelectorAll('li')].map(li => li.innerText.replace(/\\s+/g, ' ')) })) })) })";
     // Null until the page has loaded.
     let read = |browser: &mut Browser| -> Value {
         match browser.evaluate(shown).as_str() {
@@ -520,7 +524,71 @@ async fn the_wall_page_in_a_browser_shows_the_newest_record_and_moves() {
             member["zone"].as_u64().unwrap_or(0).to_string()
         );
     }
+    // Every board of the record, place by place: its number, who (alias, else the tile's
+    // start) and value.
+    let boards = &record["leaderboards"];
+    let mut expected = Vec::new();
+    for (title, key, unit, digits) in [
+        ("Effort", "effort", " pts", 1),
+        ("Work", "work", " kJ", 0),
+        ("Treadmill", "treadmill", " m", 0),
+        ("Rower", "rower", " m", 0),
+        ("Bike", "bike", " m", 0),
+    ] {
+        let places = boards[key].as_array().cloned().unwrap_or_default();
+        if places.is_empty() && key != "effort" {
+            continue;
+        }
+        let places: Vec<String> = places
+            .iter()
+            .enumerate()
+            .map(|(i, place)| {
+                let tile = place["tile"].as_str().unwrap();
+                let name = place["name"].as_str().unwrap();
+                let who = if name == tile {
+                    format!("#{}", &tile[..4])
+                } else {
+                    name.to_owned()
+                };
+                // As the page's toFixed rounds: half away from zero (values are to 0.1).
+                let scale = 10f64.powi(digits as i32);
+                let value = (place["value"].as_f64().unwrap() * scale).round() / scale;
+                format!("{}. {who} {value:.digits$}{unit}", i + 1)
+            })
+            .collect();
+        expected.push(json!({ "title": title, "places": places }));
+    }
+    assert!(
+        expected.len() > 1,
+        "the simulator's class has machines: {boards}"
+    );
+    assert_eq!(shown["boards"], json!(expected));
+    assert_eq!(
+        second["fits"],
+        true,
+        "a class of {} members and its boards fit 1280 x 720 unscrolled",
+        tiles.len()
+    );
     if let Some(path) = std::env::var_os("CLASSPULSE_TEST_WALL_SCREENSHOT") {
+        // Well into the class, so the figures have grown.
+        wait_until(
+            Duration::from_secs(120),
+            "ten minutes into the class",
+            || {
+                let page = read(&mut browser);
+                let (_, body) = http_get(
+                    running.http,
+                    &format!("/studios/studio-0001/classes/{class_id}"),
+                );
+                let record: Value = serde_json::from_str(&body).map_err(|e| e.to_string())?;
+                let elapsed = record["elapsed_s"].as_f64().unwrap_or(0.0);
+                if elapsed >= 600.0 && version_of(&page) == version(&record) {
+                    Ok(())
+                } else {
+                    Err(format!("{elapsed} s"))
+                }
+            },
+        );
         std::fs::write(path, browser.screenshot()).unwrap();
     }
     drop(browser);
