@@ -3,6 +3,7 @@
 
 #![allow(dead_code)] // each test binary uses a different subset
 
+pub mod athena;
 pub mod backends;
 pub mod faulty_dynamodb;
 pub mod members;
