@@ -17,6 +17,7 @@ mod model;
 mod produce;
 mod report;
 mod run;
+mod selectivity;
 mod verify;
 mod walls;
 

@@ -272,6 +272,9 @@ impl Report<'_> {
         let _ = writeln!(md, "\n## Verify\n");
         let _ = writeln!(md, "| check | result |\n|---|---|");
         let _ = writeln!(md, "| lake | {} rows in {} objects: **{} missing, {} duplicated**, {} late flags wrong, {} rows that should have been rejected |", v.lake_rows, v.lake_objects, v.missing, v.duplicated, v.late_flag_wrong, v.unexpected_rows);
+        if let Some(s) = &v.lake_selectivity {
+            let _ = writeln!(md, "| lake reads | {} row groups; rows in the row groups a reader cannot skip (statistics, bloom filters) per row returned: one class-hour {:.1} on average, {:.1} at most ({} class-hours); one member's day {:.1}, {:.1} at most ({} member-days) |", s.row_groups, s.class_hour.mean, s.class_hour.max, s.class_hour.queries, s.member_day.mean, s.member_day.max, s.member_day.queries);
+        }
         let _ = writeln!(
             md,
             "| dead letters | {}: {} missing, {} wrong reason, {} unexpected |",

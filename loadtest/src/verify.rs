@@ -62,6 +62,8 @@ pub struct Verdict {
     pub table_missing: u64,
     pub table_duplicated: u64,
     pub table_items: u64,
+    /// How selectively a class-hour and a member-day read the lake.
+    pub lake_selectivity: Option<crate::selectivity::Figures>,
     /// Milliseconds from first send to the lake object's write, per event.
     #[serde(skip)]
     pub lake_latency_ms: Option<hdrhistogram::Histogram<u64>>,
@@ -111,6 +113,12 @@ impl Verdict {
             "aggregates    {} classes expected: {} missing, {} different",
             self.classes_expected, self.classes_missing, self.classes_wrong
         );
+        if let Some(s) = &self.lake_selectivity {
+            println!(
+                "lake reads    {} row groups; rows read per row returned: a class-hour {:.1} (at most {:.1}), a member's day {:.1} (at most {:.1})",
+                s.row_groups, s.class_hour.mean, s.class_hour.max, s.member_day.mean, s.member_day.max
+            );
+        }
         if let Some(events) = self.table_events {
             println!(
                 "events table  {events} events in {} items: {} missing, {} duplicated",
@@ -298,6 +306,7 @@ async fn check_lake(
 ) -> anyhow::Result<()> {
     let mut ledger = Ledger::new(manifest);
     let mut latency = hdrhistogram::Histogram::<u64>::new(3)?;
+    let mut selectivity = crate::selectivity::Selectivity::default();
     let objects = list(store, &under(prefix, "events")).await?;
     for object in objects
         .iter()
@@ -307,6 +316,7 @@ async fn check_lake(
         verdict.lake_objects += 1;
         verdict.lake_bytes += object.size;
         let written_ms = object.last_modified.timestamp_millis();
+        selectivity.object(object.location.as_ref(), &bytes)?;
         let builder = ParquetRecordBatchReaderBuilder::try_new(bytes)
             .with_context(|| format!("reading {}", object.location))?;
         let schema = builder.parquet_schema();
@@ -361,6 +371,7 @@ async fn check_lake(
     }
     verdict.missing = ledger.missing(verdict, "lake");
     verdict.lake_latency_ms = (!latency.is_empty()).then_some(latency);
+    verdict.lake_selectivity = Some(selectivity.figures());
     Ok(())
 }
 
