@@ -735,9 +735,10 @@ pub fn set_live_pending(classes: usize) {
     gauge!(LIVE_RECORDS_PENDING).set(classes as f64);
 }
 
-/// Sets the walls connected ([`SCREENS_CLIENTS`]).
-pub fn set_screens_clients(clients: usize) {
-    gauge!(SCREENS_CLIENTS).set(clients as f64);
+/// Counts a wall connected ([`SCREENS_CLIENTS`]), or one gone with `-1`: the gauge moves by
+/// each change, so walls that come and go at once leave it at their number.
+pub fn add_screens_clients(change: i8) {
+    gauge!(SCREENS_CLIENTS).increment(f64::from(change));
 }
 
 /// Counts a record the screen server read ([`SCREENS_RECORDS_IN`]).

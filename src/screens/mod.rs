@@ -227,12 +227,16 @@ fn decode_sent(id: &str) -> Result<BTreeMap<Box<str>, Version>, String> {
 /// Holds a wall's place among the clients while its stream lives.
 struct Seat {
     clients: Arc<AtomicUsize>,
+    /// Whether the wall was admitted, and so counted in the metric.
+    counted: bool,
 }
 
 impl Drop for Seat {
     fn drop(&mut self) {
-        let now = self.clients.fetch_sub(1, Ordering::AcqRel) - 1;
-        metrics::set_screens_clients(now);
+        self.clients.fetch_sub(1, Ordering::AcqRel);
+        if self.counted {
+            metrics::add_screens_clients(-1);
+        }
     }
 }
 
@@ -306,8 +310,9 @@ async fn live(
         Err(why) => return refuse(StatusCode::BAD_REQUEST, format!("Last-Event-ID: {why}")),
     };
     let taken = walls.clients.fetch_add(1, Ordering::AcqRel);
-    let seat = Seat {
+    let mut seat = Seat {
         clients: Arc::clone(&walls.clients),
+        counted: false,
     };
     if taken >= walls.max_clients {
         drop(seat);
@@ -324,7 +329,8 @@ async fn live(
             .insert(header::RETRY_AFTER, HeaderValue::from_static("5"));
         return refused;
     }
-    metrics::set_screens_clients(taken + 1);
+    seat.counted = true;
+    metrics::add_screens_clients(1);
     let (now, receiver) = walls.board.watch(&studio_id);
     let wall = Wall {
         queue: now.into(),
