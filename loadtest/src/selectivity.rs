@@ -4,13 +4,11 @@
 //! min/max statistics exclude the value, or its bloom filter says the value is not there, as
 //! Athena and DuckDB do; the partition keys pick the folders.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, HashMap};
 
 use anyhow::Context;
-use arrow_array::{Array, StringArray};
+use arrow_array::{Array, RecordBatch, StringArray};
 use bytes::Bytes;
-use parquet::arrow::arrow_reader::ParquetRecordBatchReaderBuilder;
-use parquet::arrow::ProjectionMask;
 use parquet::bloom_filter::Sbbf;
 use parquet::file::properties::ReaderProperties;
 use parquet::file::reader::{FileReader, SerializedFileReader};
@@ -19,7 +17,7 @@ use parquet::file::statistics::Statistics;
 use serde::Serialize;
 
 /// The id columns a query selects by.
-const COLUMNS: [&str; 3] = ["studio_id", "class_id", "member_id"];
+pub const COLUMNS: [&str; 3] = ["studio_id", "class_id", "member_id"];
 /// Class-hours and member-days measured, at most (evenly spread over all of them).
 const SAMPLE: usize = 400;
 
@@ -53,8 +51,10 @@ struct RowGroup {
 #[derive(Default)]
 pub struct Selectivity {
     groups: Vec<RowGroup>,
-    class_hours: BTreeMap<(String, String, String, String), u64>,
-    member_days: BTreeMap<(String, String), u64>,
+    /// Rows by (`dt`, `hour`), then by `studio_id` and `class_id` (joined by a tab).
+    class_hours: HashMap<(String, String), HashMap<String, u64>>,
+    /// Rows by `dt`, then by `member_id`.
+    member_days: HashMap<String, HashMap<String, u64>>,
 }
 
 /// Rows read over rows returned, over the sample.
@@ -74,9 +74,10 @@ pub struct Figures {
 }
 
 impl Selectivity {
-    /// Takes in one object, `key` its path (with `dt=` and `hour=` folders).
-    pub fn object(&mut self, key: &str, body: &Bytes) -> anyhow::Result<()> {
-        let folder = (partition_value(key, "dt="), partition_value(key, "hour="));
+    /// Takes in the row groups of one object, `key` its path (with `dt=` and `hour=`
+    /// folders): their sizes, statistics and bloom filters.
+    pub fn row_groups(&mut self, key: &str, body: &Bytes) -> anyhow::Result<()> {
+        let folder = folder(key);
         let options = ReadOptionsBuilder::new()
             .with_reader_properties(
                 ReaderProperties::builder()
@@ -87,16 +88,7 @@ impl Selectivity {
         let reader = SerializedFileReader::new_with_options(body.clone(), options)
             .with_context(|| format!("reading {key}"))?;
         let schema = reader.metadata().file_metadata().schema_descr_ptr();
-        let indexes: Vec<usize> = COLUMNS
-            .iter()
-            .map(|name| {
-                schema
-                    .columns()
-                    .iter()
-                    .position(|c| c.name() == *name)
-                    .with_context(|| format!("{key} has no column {name}"))
-            })
-            .collect::<anyhow::Result<_>>()?;
+        let indexes = crate::verify::leaf_indexes(&schema, &COLUMNS, key)?;
         for index in 0..reader.num_row_groups() {
             let group = reader.get_row_group(index)?;
             let meta = group.metadata();
@@ -113,47 +105,60 @@ impl Selectivity {
                 filters,
             });
         }
-        // What each query returns: the rows of each class-hour and member-day.
-        let builder = ParquetRecordBatchReaderBuilder::try_new(body.clone())?;
-        let mask = ProjectionMask::leaves(builder.parquet_schema(), indexes);
-        for batch in builder
-            .with_projection(mask)
-            .with_batch_size(65_536)
-            .build()?
-        {
-            let batch = batch?;
-            let column = |name: &str| -> anyhow::Result<&StringArray> {
-                batch
-                    .column_by_name(name)
-                    .and_then(|c| c.as_any().downcast_ref::<StringArray>())
-                    .with_context(|| format!("{name} is not a string column"))
-            };
-            let (studios, classes, members) = (
-                column("studio_id")?,
-                column("class_id")?,
-                column("member_id")?,
-            );
-            for row in 0..batch.num_rows() {
-                let (studio, class) = (studios.value(row), classes.value(row));
-                let key = (
-                    folder.0.clone(),
-                    folder.1.clone(),
-                    studio.to_owned(),
-                    class.to_owned(),
-                );
-                *self.class_hours.entry(key).or_default() += 1;
-                *self
-                    .member_days
-                    .entry((folder.0.clone(), members.value(row).to_owned()))
-                    .or_default() += 1;
-            }
+        Ok(())
+    }
+
+    /// Counts what each query returns from rows of object `key` (a batch with the
+    /// [`COLUMNS`]): the rows of each class-hour and member-day.
+    pub fn rows(&mut self, key: &str, batch: &RecordBatch) -> anyhow::Result<()> {
+        let column = |name: &str| -> anyhow::Result<&StringArray> {
+            batch
+                .column_by_name(name)
+                .and_then(|c| c.as_any().downcast_ref::<StringArray>())
+                .with_context(|| format!("{name} is not a string column"))
+        };
+        let (studios, classes, members) = (
+            column("studio_id")?,
+            column("class_id")?,
+            column("member_id")?,
+        );
+        let folder = folder(key);
+        let members_of_day = self.member_days.entry(folder.0.clone()).or_default();
+        let classes_of_hour = self.class_hours.entry(folder).or_default();
+        let mut class = String::new();
+        for row in 0..batch.num_rows() {
+            class.clear();
+            class.push_str(studios.value(row));
+            class.push('\t');
+            class.push_str(classes.value(row));
+            count(classes_of_hour, &class);
+            count(members_of_day, members.value(row));
         }
         Ok(())
     }
 
     /// The ratios over an even sample of the class-hours and member-days.
     pub fn figures(&self) -> Figures {
-        let class_hour = ratios(sample(&self.class_hours), |(dt, hour, studio, class)| {
+        let class_hours: BTreeMap<(&str, &str, &str), u64> = self
+            .class_hours
+            .iter()
+            .flat_map(|((dt, hour), classes)| {
+                classes
+                    .iter()
+                    .map(move |(class, rows)| ((dt.as_str(), hour.as_str(), class.as_str()), *rows))
+            })
+            .collect();
+        let member_days: BTreeMap<(&str, &str), u64> = self
+            .member_days
+            .iter()
+            .flat_map(|(dt, members)| {
+                members
+                    .iter()
+                    .map(move |(member, rows)| ((dt.as_str(), member.as_str()), *rows))
+            })
+            .collect();
+        let class_hour = ratios(sample(&class_hours), |(dt, hour, class)| {
+            let (studio, class) = class.split_once('\t').unwrap_or((class, ""));
             self.groups
                 .iter()
                 .filter(|g| g.folder.0 == *dt && g.folder.1 == *hour)
@@ -161,7 +166,7 @@ impl Selectivity {
                 .map(|g| g.rows)
                 .sum()
         });
-        let member_day = ratios(sample(&self.member_days), |(dt, member)| {
+        let member_day = ratios(sample(&member_days), |(dt, member)| {
             self.groups
                 .iter()
                 .filter(|g| g.folder.0 == *dt && g.filters[2].may_hold(member))
@@ -195,6 +200,21 @@ fn ratios<K>(sample: Vec<(K, u64)>, read: impl Fn(&K) -> u64) -> Ratios {
         mean: each.iter().sum::<f64>() / each.len().max(1) as f64,
         max: each.iter().copied().fold(0.0, f64::max),
     }
+}
+
+/// One more row of `key`, allocating the key only the first time.
+fn count(rows: &mut HashMap<String, u64>, key: &str) {
+    match rows.get_mut(key) {
+        Some(n) => *n += 1,
+        None => {
+            rows.insert(key.to_owned(), 1);
+        }
+    }
+}
+
+/// (`dt`, `hour`) of an object's path.
+fn folder(key: &str) -> (String, String) {
+    (partition_value(key, "dt="), partition_value(key, "hour="))
 }
 
 /// The value of a Hive-style folder `name=` in `key` (empty without one).

@@ -297,6 +297,24 @@ async fn list(
     Ok(store.list(Some(prefix)).try_collect().await?)
 }
 
+/// The leaf columns of `schema` named `names`, in that order; `key` names the object.
+pub fn leaf_indexes(
+    schema: &parquet::schema::types::SchemaDescriptor,
+    names: &[&str],
+    key: &str,
+) -> anyhow::Result<Vec<usize>> {
+    names
+        .iter()
+        .map(|name| {
+            schema
+                .columns()
+                .iter()
+                .position(|c| c.name() == *name)
+                .with_context(|| format!("{key} has no column {name}"))
+        })
+        .collect()
+}
+
 async fn check_lake(
     manifest: &Manifest,
     sends: Option<&SendTimes>,
@@ -316,27 +334,21 @@ async fn check_lake(
         verdict.lake_objects += 1;
         verdict.lake_bytes += object.size;
         let written_ms = object.last_modified.timestamp_millis();
-        selectivity.object(object.location.as_ref(), &bytes)?;
+        let key = object.location.as_ref();
+        selectivity.row_groups(key, &bytes)?;
         let builder = ParquetRecordBatchReaderBuilder::try_new(bytes)
-            .with_context(|| format!("reading {}", object.location))?;
-        let schema = builder.parquet_schema();
-        let columns: Vec<usize> = ["event_id", "late"]
-            .iter()
-            .map(|name| {
-                schema
-                    .columns()
-                    .iter()
-                    .position(|c| c.name() == *name)
-                    .with_context(|| format!("{} has no column {name}", object.location))
-            })
-            .collect::<anyhow::Result<_>>()?;
-        let mask = ProjectionMask::leaves(schema, columns);
+            .with_context(|| format!("reading {key}"))?;
+        let mut names = vec!["event_id", "late"];
+        names.extend(crate::selectivity::COLUMNS);
+        let columns = leaf_indexes(builder.parquet_schema(), &names, key)?;
+        let mask = ProjectionMask::leaves(builder.parquet_schema(), columns);
         for batch in builder
             .with_projection(mask)
             .with_batch_size(65_536)
             .build()?
         {
             let batch = batch?;
+            selectivity.rows(key, &batch)?;
             let ids = batch
                 .column_by_name("event_id")
                 .and_then(|c| c.as_any().downcast_ref::<StringArray>())

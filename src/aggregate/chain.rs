@@ -52,3 +52,8 @@ pub fn interleave<C: Chain>(chain: &mut C, mut blocks: Vec<Block<C::Sums>>, cont
         }
     }
 }
+
+/// Moves the last sealed time `last` on to `time_ms`, never back.
+pub fn reach(last: &mut Option<i64>, time_ms: i64) {
+    *last = Some(last.map_or(time_ms, |l| l.max(time_ms)));
+}

@@ -170,10 +170,11 @@ impl HeartRate {
     /// one side falls inside the other's block (a device that switched partitions once never
     /// does that); returns whether it was exact.
     pub fn merge(&mut self, mut other: HeartRate, rules: &Rules) -> bool {
-        let blocks: Vec<Block<HeartSums>> = [self.take_sealed(), other.take_sealed()]
+        let mut blocks: Vec<Block<HeartSums>> = [self.take_sealed(), other.take_sealed()]
             .into_iter()
             .flatten()
             .collect();
+        blocks.sort_by_key(|b| (b.first_ms, b.last_ms));
         self.bpm.merge(&other.bpm);
         self.pending.extend(other.pending);
         // The newer by (event time, id hash); on a tie, this side's (the last maximum).
@@ -191,9 +192,7 @@ impl HeartRate {
             (mine, theirs) => mine.or(theirs),
         };
         let inside = |time: i64, b: &Block<HeartSums>| b.first_ms < time && time < b.last_ms;
-        let mut spans: Vec<(i64, i64)> = blocks.iter().map(|b| (b.first_ms, b.last_ms)).collect();
-        spans.sort_unstable();
-        let blocks_overlap = spans.len() == 2 && spans[1].0 < spans[0].1;
+        let blocks_overlap = blocks.len() == 2 && blocks[1].first_ms < blocks[0].last_ms;
         let sample_inside = self
             .pending
             .keys()
@@ -295,10 +294,7 @@ impl Chain for HeartRate {
         );
         self.first_sealed
             .get_or_insert((block.first_ms, block.sums.first_bpm));
-        self.last_sealed_ms = Some(
-            self.last_sealed_ms
-                .map_or(block.last_ms, |l| l.max(block.last_ms)),
-        );
+        chain::reach(&mut self.last_sealed_ms, block.last_ms);
     }
 }
 

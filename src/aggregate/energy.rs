@@ -236,10 +236,7 @@ impl Chain for Work {
         }
         self.joules += block.sums.joules;
         self.moving_ms += block.sums.moving_ms;
-        self.last_sealed_ms = Some(
-            self.last_sealed_ms
-                .map_or(block.last_ms, |l| l.max(block.last_ms)),
-        );
+        chain::reach(&mut self.last_sealed_ms, block.last_ms);
     }
 }
 
@@ -247,7 +244,7 @@ impl Chain for Work {
 /// `last` moved on.
 fn step(last: &mut Option<i64>, time_ms: i64, watts: Option<f64>, gap_cap_ms: i64) -> (f64, i64) {
     let gap = last.map_or(0, |previous| (time_ms - previous).clamp(0, gap_cap_ms));
-    *last = Some(last.map_or(time_ms, |l| l.max(time_ms)));
+    chain::reach(last, time_ms);
     (watts.unwrap_or(0.0) * gap as f64 / 1_000.0, gap)
 }
 
