@@ -58,6 +58,17 @@ pub fn call_timeouts() -> aws_config::timeout::TimeoutConfig {
         .build()
 }
 
+/// The timeouts of a SubscribeToShard call, which streams for up to 5 minutes: a connect
+/// deadline and none on the whole call (the caller bounds the answer that opens the stream).
+pub fn subscription_override() -> aws_sdk_kinesis::config::Builder {
+    aws_sdk_kinesis::config::Builder::default().timeout_config(
+        aws_config::timeout::TimeoutConfig::builder()
+            .connect_timeout(std::time::Duration::from_secs(3))
+            .disable_operation_attempt_timeout()
+            .build(),
+    )
+}
+
 /// A Kinesis client with [`call_timeouts`], sent to `endpoint` when one is set.
 pub fn kinesis(sdk: &SdkConfig, endpoint: Option<&Url>) -> aws_sdk_kinesis::Client {
     let mut builder = aws_sdk_kinesis::config::Builder::from(sdk).timeout_config(call_timeouts());

@@ -79,7 +79,8 @@ enum Command {
         #[command(subcommand)]
         command: TablesCommand,
     },
-    /// The screen server: reads CLASSPULSE_LIVE_TOPIC and streams each studio's classes to its
+    /// The screen server: reads CLASSPULSE_LIVE_TOPIC (or CLASSPULSE_LIVE_STREAM, by enhanced
+    /// fan-out) and streams each studio's classes to its
     /// walls on CLASSPULSE_HTTP_ADDR (`/studios/{studio_id}?k=TOKEN`).
     Screens {
         #[command(subcommand)]
@@ -182,7 +183,7 @@ fn main() -> ExitCode {
                 Ok(config) => config,
                 Err(error) => return config_error(&error),
             };
-            if config.live.topic.is_some() {
+            if config.live.published() {
                 if let Err(error) = config.live.tile_key_for_topic() {
                     return config_error(&error);
                 }
@@ -320,8 +321,9 @@ async fn run(config: Config) -> anyhow::Result<()> {
     let health = Health::new();
     let stats = Arc::new(Stats::default());
     let shutdown = shutdown::on_signals().context("installing signal handlers")?;
-    // The embedded default serves its own walls; a deployment publishes to the live topic.
-    let board = (config.live.topic.is_none() && config.source == SourceKind::Simulator)
+    // The embedded default serves its own walls; a deployment publishes to the live topic or
+    // stream.
+    let board = (!config.live.published() && config.source == SourceKind::Simulator)
         .then(|| Board::new(config.screens.keep_final));
     let (http_shutdown, http_addr) = serve_http(&config, &health, board.clone()).await?;
     if board.is_some() {
@@ -359,8 +361,16 @@ async fn run(config: Config) -> anyhow::Result<()> {
         aggregates = aggregates.with_profiles(profiles);
     }
     let walls_stop = CancellationToken::new();
-    let publisher = match (&config.live.topic, &board) {
-        (Some(topic), _) => Some(
+    let publisher = match (&config.live.topic, &config.live.stream, &board) {
+        (_, Some(stream), _) => {
+            let sdk = classpulse::aws::sdk_config().await;
+            Some(Publisher::stream(
+                classpulse::aws::kinesis(&sdk, config.aws.kinesis.as_ref()),
+                stream,
+                walls_stop.clone(),
+            ))
+        }
+        (Some(topic), _, _) => Some(
             Publisher::topic(
                 &config.kafka,
                 topic,
@@ -370,15 +380,16 @@ async fn run(config: Config) -> anyhow::Result<()> {
             )
             .map_err(anyhow::Error::msg)?,
         ),
-        (None, Some(board)) => Some(Publisher::board(board.clone())),
-        (None, None) => None,
+        (None, None, Some(board)) => Some(Publisher::board(board.clone())),
+        (None, None, None) => None,
     };
     if let Some(publisher) = publisher {
         aggregates = aggregates.with_walls(classpulse::aggregate::stage::Walls {
             publisher,
-            tiles: Tiles::new(match &config.live.topic {
-                Some(_) => config.live.tile_key_for_topic()?.as_bytes(),
-                None => config.live.tile_key_or_embedded().as_bytes(),
+            tiles: Tiles::new(if config.live.published() {
+                config.live.tile_key_for_topic()?.as_bytes()
+            } else {
+                config.live.tile_key_or_embedded().as_bytes()
             }),
             interval: config.live.interval,
         });

@@ -123,10 +123,12 @@ pub const SCREENS_CLIENTS: &str = "classpulse_screens_clients";
 pub const SCREENS_RECORDS_IN: &str = "classpulse_screens_records_in_total";
 /// Screen server: records sent to walls.
 pub const SCREENS_EVENTS_SENT: &str = "classpulse_screens_events_sent_total";
-/// Screen server: walls cut. Labels: `reason` (`behind`: more than a few records behind;
-/// `stalled`: its connection took nothing for 10 s; `full`: refused, the server holds its
-/// most walls).
+/// Screen server: walls cut. Labels: `reason` (`stalled`: its connection took nothing for
+/// 10 s; `full`: refused, the server holds its most walls).
 pub const SCREENS_CLIENTS_CUT: &str = "classpulse_screens_clients_cut_total";
+/// Screen server: walls that fell more than a few records behind their studio (a burst) and
+/// were sent each class's newest record instead of the ones they missed.
+pub const SCREENS_WALLS_CAUGHT_UP: &str = "classpulse_screens_walls_caught_up_total";
 /// Screen server: age of a record when sent to a wall (from its publication).
 pub const SCREENS_RECORD_AGE_SECONDS: &str = "classpulse_screens_record_age_seconds";
 /// Screen server: classes on the board.
@@ -195,7 +197,12 @@ fn describe() {
     describe_counter!(
         SCREENS_CLIENTS_CUT,
         Unit::Count,
-        "Walls cut or refused, by reason (behind, stalled, full)."
+        "Walls cut or refused, by reason (stalled, full)."
+    );
+    describe_counter!(
+        SCREENS_WALLS_CAUGHT_UP,
+        Unit::Count,
+        "Walls that fell behind their studio and were sent each class's newest record."
     );
     describe_histogram!(
         SCREENS_RECORD_AGE_SECONDS,
@@ -756,6 +763,11 @@ pub fn record_screens_event_sent(age: Duration) {
 /// Counts a wall cut or refused ([`SCREENS_CLIENTS_CUT`]).
 pub fn record_screens_client_cut(reason: &'static str) {
     counter!(SCREENS_CLIENTS_CUT, "reason" => reason).increment(1);
+}
+
+/// Counts a wall sent each class's newest after falling behind ([`SCREENS_WALLS_CAUGHT_UP`]).
+pub fn record_screens_wall_caught_up() {
+    counter!(SCREENS_WALLS_CAUGHT_UP).increment(1);
 }
 
 /// Sets the classes on the board ([`SCREENS_CLASSES`]).

@@ -123,9 +123,12 @@ fn pascal(snake: &str) -> String {
 /// The IAM actions the production code calls. SDK operations are found by their builder
 /// methods; object_store calls by the store operations it uses (a PUT, a multipart upload and
 /// its abort, a GET or HEAD, a DELETE, a LIST).
-fn actions_called() -> BTreeSet<String> {
+fn actions_called(under: &str) -> BTreeSet<String> {
     let mut sources = Vec::new();
     production_sources(&Path::new(ROOT).join("src"), &mut sources);
+    // The screen server runs under a role of its own (`ScreensTaskRole`).
+    let screens = Path::new(ROOT).join("src/screens");
+    sources.retain(|(path, _)| (under == "src/screens") == path.starts_with(&screens));
     let dynamodb_operations = [
         "batch_write_item",
         "put_item",
@@ -152,6 +155,7 @@ fn actions_called() -> BTreeSet<String> {
         "put_records",
         "register_stream_consumer",
         "describe_stream_consumer",
+        "deregister_stream_consumer",
     ];
     let object_store_calls: [(&str, &str); 8] = [
         (".put_opts(", "s3:PutObject"),
@@ -191,11 +195,11 @@ fn actions_called() -> BTreeSet<String> {
     actions
 }
 
-/// Actions the task role grants in its classpulse policy.
-fn actions_granted() -> BTreeSet<String> {
+/// Actions a role grants between `# {role}-policy-begin` and `# {role}-policy-end`.
+fn actions_granted(role: &str) -> BTreeSet<String> {
     let template = template();
-    let begin = template.find("# task-role-policy-begin").unwrap();
-    let end = template.find("# task-role-policy-end").unwrap();
+    let begin = template.find(&format!("# {role}-policy-begin")).unwrap();
+    let end = template.find(&format!("# {role}-policy-end")).unwrap();
     template[begin..end]
         .lines()
         .filter_map(|line| line.trim_start().strip_prefix("Action:"))
@@ -211,8 +215,8 @@ fn actions_granted() -> BTreeSet<String> {
 
 #[test]
 fn the_task_role_grants_exactly_the_calls_the_code_makes() {
-    let called = actions_called();
-    let granted = actions_granted();
+    let called = actions_called("src");
+    let granted = actions_granted("task-role");
     // Sanity: the scan sees what classpulse is known to call.
     for known in [
         "dynamodb:BatchWriteItem",
@@ -258,5 +262,35 @@ fn the_task_role_grants_exactly_the_calls_the_code_makes() {
     assert!(
         !granted.iter().any(|action| action.contains('*')),
         "{granted:?}"
+    );
+}
+
+#[test]
+fn the_screens_role_grants_exactly_the_calls_the_screen_server_makes() {
+    let called = actions_called("src/screens");
+    let granted = actions_granted("screens-role");
+    assert!(
+        called.contains("kinesis:SubscribeToShard"),
+        "the code scan missed the fan-out: {called:?}"
+    );
+    let missing: Vec<_> = called.difference(&granted).collect();
+    assert!(
+        missing.is_empty(),
+        "the screen server calls {missing:?}, which its role lacks"
+    );
+    // librdkafka's calls to MSK under IAM authentication, reading the live topic.
+    let indirect = [
+        "kafka-cluster:Connect",
+        "kafka-cluster:DescribeCluster",
+        "kafka-cluster:DescribeTopic",
+        "kafka-cluster:ReadData",
+    ];
+    let extra: Vec<_> = granted
+        .iter()
+        .filter(|action| !called.contains(*action) && !indirect.contains(&action.as_str()))
+        .collect();
+    assert!(
+        extra.is_empty(),
+        "the screens role grants {extra:?}, which nothing calls"
     );
 }

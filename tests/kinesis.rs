@@ -340,27 +340,7 @@ async fn splits_and_merges_while_producing_keep_every_event_and_each_classes_ord
     put_messages(&kinesis, &stream, thirds[0], 0).await;
 
     // Split shard 0 in two halves; its children are shards 2 and 3.
-    let shards = kinesis
-        .list_shards()
-        .stream_name(&stream)
-        .send()
-        .await
-        .unwrap();
-    let shard0 = shards.shards()[0].clone();
-    let range = shard0.hash_key_range().unwrap();
-    let (low, high): (u128, u128) = (
-        range.starting_hash_key().parse().unwrap(),
-        range.ending_hash_key().parse().unwrap(),
-    );
-    kinesis
-        .split_shard()
-        .stream_name(&stream)
-        .shard_to_split(shard0.shard_id())
-        .new_starting_hash_key((low + (high - low) / 2).to_string())
-        .send()
-        .await
-        .unwrap();
-    await_stream_active(&kinesis, &stream).await;
+    split_first_shard(&kinesis, &stream).await;
     put_messages(&kinesis, &stream, thirds[1], 0).await;
 
     // Merge the upper child of shard 0 with shard 1 (adjacent ranges) into shard 4.

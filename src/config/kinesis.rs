@@ -41,25 +41,31 @@ pub struct KinesisConfig {
     pub efo_consumer: Option<String>,
 }
 
+/// A Kinesis name: 1 to 128 of `[A-Za-z0-9_.-]`.
+fn valid_name(name: &str) -> bool {
+    (1..=128).contains(&name.len())
+        && name
+            .chars()
+            .all(|c| c.is_ascii_alphanumeric() || matches!(c, '_' | '.' | '-'))
+}
+
+/// A stream name, or a stream ARN (`arn:aws:kinesis:REGION:ACCOUNT:stream/NAME`).
+pub(super) fn valid_stream(stream: &str) -> bool {
+    if let Some(rest) = stream.strip_prefix("arn:") {
+        rest.contains(":kinesis:")
+            && rest
+                .rsplit_once(":stream/")
+                .is_some_and(|(_, name)| valid_name(name))
+    } else {
+        valid_name(stream)
+    }
+}
+
 impl Reader<'_> {
     /// Kinesis settings; the stream is required when `required`.
     pub(super) fn kinesis(&self, required: bool) -> Result<KinesisConfig, ConfigError> {
         let stream = self.raw("CLASSPULSE_KINESIS_STREAM").trim().to_owned();
-        let valid_name = |name: &str| {
-            (1..=128).contains(&name.len())
-                && name
-                    .chars()
-                    .all(|c| c.is_ascii_alphanumeric() || matches!(c, '_' | '.' | '-'))
-        };
-        let valid = if let Some(rest) = stream.strip_prefix("arn:") {
-            rest.contains(":kinesis:")
-                && rest
-                    .rsplit_once(":stream/")
-                    .is_some_and(|(_, name)| valid_name(name))
-        } else {
-            valid_name(&stream)
-        };
-        if (required || !stream.is_empty()) && !valid {
+        if (required || !stream.is_empty()) && !valid_stream(&stream) {
             return Err(self.error(
                 "CLASSPULSE_KINESIS_STREAM",
                 "a stream name (1 to 128 of [A-Za-z0-9_.-]) or arn:aws:kinesis:REGION:ACCOUNT:stream/NAME (required with CLASSPULSE_SOURCE=kinesis)",

@@ -142,8 +142,11 @@ pub struct AggregateConfig {
 /// The live records of the walls ([`crate::live`]).
 #[derive(Debug, Clone)]
 pub struct LiveConfig {
-    /// The Kafka topic they go to; `None`: the embedded walls only.
+    /// The Kafka topic they go to; `None`: not Kafka.
     pub topic: Option<String>,
+    /// The Kinesis stream they go to (a name or an ARN); `None`: not Kinesis. At most one of
+    /// the two is set; neither: the embedded walls only.
+    pub stream: Option<String>,
     /// How often a record of each class that changed is published.
     pub interval: Duration,
     /// Key of the tile ids; `None`: unset (the embedded walls use a fixed one).
@@ -153,8 +156,14 @@ pub struct LiveConfig {
 }
 
 impl LiveConfig {
-    /// The key tiles are made with when publishing to the live topic: required, as every
-    /// task must name a member alike (the screen server, which makes no tiles, needs none).
+    /// Whether live records leave the task (a live topic or stream), for screen servers.
+    pub fn published(&self) -> bool {
+        self.topic.is_some() || self.stream.is_some()
+    }
+
+    /// The key tiles are made with when publishing to the live topic or stream: required, as
+    /// every task must name a member alike (the screen server, which makes no tiles, needs
+    /// none).
     pub fn tile_key_for_topic(&self) -> Result<&str, ConfigError> {
         match (&self.tile_key, &self.tile_key_error) {
             (Some(key), _) => Ok(key),
@@ -176,7 +185,7 @@ impl LiveConfig {
 pub struct ScreensConfig {
     /// Key of the wall tokens; `None`: no token, on loopback only.
     pub key: Option<String>,
-    /// How far back the live topic is read at start.
+    /// How far back the live topic or stream is read at start.
     pub lookback: Duration,
     /// How long a final class stays on a wall.
     pub keep_final: Duration,
@@ -303,8 +312,8 @@ impl Config {
         let dynamodb = read.dynamodb()?;
         let simulator = read.simulator()?;
         let max_clock_skew = read.duration("CLASSPULSE_MAX_CLOCK_SKEW")?;
-        let live = read.live(&kafka)?;
-        let aggregates = read.aggregates(max_clock_skew, live.topic.is_some())?;
+        let live = read.live(&kafka, &kinesis)?;
+        let aggregates = read.aggregates(max_clock_skew, live.published())?;
         let members = read.members(&dynamodb)?;
         let screens = read.screens()?;
         Ok(Config {
@@ -461,6 +470,52 @@ mod tests {
         assert_eq!(config.shutdown_timeout, Duration::from_secs(25));
         assert_eq!(config.lake.max_bytes, 64 << 20);
         assert_eq!(config.http_addr, "127.0.0.1:9898".parse().unwrap());
+    }
+
+    #[test]
+    fn a_live_stream_is_a_stream_of_its_own_instead_of_a_topic() {
+        let config = Config::from_vars(&env(&[("CLASSPULSE_LIVE_STREAM", "studio-live")])).unwrap();
+        assert_eq!(config.live.stream.as_deref(), Some("studio-live"));
+        assert!(config.live.published());
+        assert!(
+            config.live.tile_key_for_topic().is_err(),
+            "a tile key is required"
+        );
+        assert_eq!(
+            config.aggregates.flush_interval, None,
+            "the walls read the stream"
+        );
+        let arn = "arn:aws:kinesis:us-east-1:123456789012:stream/studio-live";
+        assert!(Config::from_vars(&env(&[("CLASSPULSE_LIVE_STREAM", arn)])).is_ok());
+        for (pairs, says) in [
+            (
+                &[
+                    ("CLASSPULSE_LIVE_STREAM", "studio-live"),
+                    ("CLASSPULSE_LIVE_TOPIC", "studio-live"),
+                    ("CLASSPULSE_KAFKA_BROKERS", "127.0.0.1:9092"),
+                ][..],
+                "not both",
+            ),
+            (
+                &[
+                    ("CLASSPULSE_SOURCE", "kinesis"),
+                    ("CLASSPULSE_KINESIS_STREAM", "studio-events"),
+                    (
+                        "CLASSPULSE_LIVE_STREAM",
+                        "arn:aws:kinesis:us-east-1:123456789012:stream/studio-events",
+                    ),
+                ][..],
+                "must differ from CLASSPULSE_KINESIS_STREAM",
+            ),
+            (
+                &[("CLASSPULSE_LIVE_STREAM", "studio/live")][..],
+                "a stream name",
+            ),
+        ] {
+            let error = Config::from_vars(&env(pairs)).unwrap_err();
+            assert_eq!(error.variable, "CLASSPULSE_LIVE_STREAM");
+            assert!(error.to_string().contains(says), "{error}");
+        }
     }
 
     #[test]

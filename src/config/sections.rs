@@ -10,8 +10,8 @@ use chrono::{DateTime, Utc};
 
 use super::reader::{parse_lake_url, Reader};
 use super::{
-    AggregateConfig, AwsEndpoints, ConfigError, DynamoDbConfig, KafkaConfig, LakeConfig,
-    LiveConfig, MembersConfig, ScreensConfig, SimulatorConfig, SourceKind,
+    AggregateConfig, AwsEndpoints, ConfigError, DynamoDbConfig, KafkaConfig, KinesisConfig,
+    LakeConfig, LiveConfig, MembersConfig, ScreensConfig, SimulatorConfig, SourceKind,
 };
 use crate::aggregate::heart::{Formula, ZoneBasis};
 
@@ -99,8 +99,13 @@ impl Reader<'_> {
         })
     }
 
-    /// The live records: a topic needs brokers and a tile key.
-    pub(super) fn live(&self, kafka: &KafkaConfig) -> Result<LiveConfig, ConfigError> {
+    /// The live records: a topic needs brokers, a stream must not be the source's, and either
+    /// needs a tile key.
+    pub(super) fn live(
+        &self,
+        kafka: &KafkaConfig,
+        kinesis: &KinesisConfig,
+    ) -> Result<LiveConfig, ConfigError> {
         let topic = self.optional("CLASSPULSE_LIVE_TOPIC").map(str::to_owned);
         if let Some(topic) = &topic {
             let valid = topic.len() <= 249
@@ -120,6 +125,28 @@ impl Reader<'_> {
                 ));
             }
         }
+        let stream = self.optional("CLASSPULSE_LIVE_STREAM").map(str::to_owned);
+        if let Some(stream) = &stream {
+            if topic.is_some() {
+                return Err(self.error(
+                    "CLASSPULSE_LIVE_STREAM",
+                    "set CLASSPULSE_LIVE_TOPIC or CLASSPULSE_LIVE_STREAM, not both",
+                ));
+            }
+            if !super::kinesis::valid_stream(stream) {
+                return Err(self.error(
+                    "CLASSPULSE_LIVE_STREAM",
+                    "a stream name (1 to 128 of [A-Za-z0-9_.-]) or arn:aws:kinesis:REGION:ACCOUNT:stream/NAME",
+                ));
+            }
+            let name = |s: &str| s.rsplit_once(":stream/").map_or(s, |(_, n)| n).to_owned();
+            if !kinesis.stream.is_empty() && name(stream) == name(&kinesis.stream) {
+                return Err(self.error(
+                    "CLASSPULSE_LIVE_STREAM",
+                    "must differ from CLASSPULSE_KINESIS_STREAM (the source is never written to)",
+                ));
+            }
+        }
         let tile_key = self.optional("CLASSPULSE_LIVE_TILE_KEY").map(str::to_owned);
         let tile_key_error = tile_key
             .as_ref()
@@ -127,7 +154,7 @@ impl Reader<'_> {
             .then(|| {
                 self.error(
                     "CLASSPULSE_LIVE_TILE_KEY",
-                    "at least 16 characters, the same in every task (required with CLASSPULSE_LIVE_TOPIC)",
+                    "at least 16 characters, the same in every task (required with CLASSPULSE_LIVE_TOPIC or CLASSPULSE_LIVE_STREAM)",
                 )
             });
         if tile_key.is_some() {
@@ -137,6 +164,7 @@ impl Reader<'_> {
         }
         Ok(LiveConfig {
             topic,
+            stream,
             interval: self.duration("CLASSPULSE_LIVE_INTERVAL")?,
             tile_key,
             tile_key_error,

@@ -13,7 +13,7 @@ use tokio::time::Instant;
 
 use super::record::Version;
 
-/// Records a wall may fall behind by before it is cut (it reconnects and gets the newest).
+/// Records a wall may fall behind by before it is sent each class's newest instead.
 pub const WALL_QUEUE: usize = 16;
 
 /// One record as the walls get it: its JSON as published, and what orders it.

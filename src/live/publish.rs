@@ -1,8 +1,10 @@
-//! Where the aggregate stage puts live records: the live topic (`CLASSPULSE_LIVE_TOPIC`), or,
-//! in the embedded default, the board its own screens serve.
+//! Where the aggregate stage puts live records: the live topic (`CLASSPULSE_LIVE_TOPIC`), the
+//! live stream (`CLASSPULSE_LIVE_STREAM`, PutRecords), or, in the embedded default, the board
+//! its own screens serve.
 //!
 //! A wall shows a view, so the pipeline never waits on it: each class has at most one record
-//! waiting and one in flight, and a newer record replaces an unsent one
+//! waiting and one in flight (so a class's records reach the topic or stream in version
+//! order), and a newer record replaces an unsent one
 //! (`classpulse_live_records_superseded_total`). Memory stays at two records a class however
 //! long the broker is away. Only a class's final record is waited for
 //! ([`Publisher::publish_final`]): the stage's writer sends it after the checkpoint that
@@ -83,8 +85,14 @@ impl Shared {
     }
 }
 
+/// The most records in one PutRecords call (Kinesis's limit).
+const MAX_RECORDS_PER_PUT: usize = 500;
+/// The most bytes of data and keys in one PutRecords call (Kinesis allows 5 MiB).
+const MAX_BYTES_PER_PUT: usize = 4 << 20;
+
 enum Target {
-    Topic(Arc<Shared>),
+    /// A topic or a stream, sent by its task.
+    Queue(Arc<Shared>),
     Board(Board),
 }
 
@@ -120,8 +128,26 @@ impl Publisher {
         });
         tokio::spawn(send(Arc::clone(&shared), producer, topic.to_owned(), stop));
         Ok(Publisher {
-            target: Arc::new(Target::Topic(shared)),
+            target: Arc::new(Target::Queue(shared)),
         })
+    }
+
+    /// Records to the Kinesis stream `stream` (a name or an ARN), put by a task that runs
+    /// until `stop`: at most [`MAX_RECORDS_PER_PUT`] a call, partition key
+    /// `studio_id:class_id`, the records a call failed put again.
+    pub fn stream(
+        kinesis: aws_sdk_kinesis::Client,
+        stream: &str,
+        stop: CancellationToken,
+    ) -> Publisher {
+        let shared = Arc::new(Shared {
+            queue: Mutex::default(),
+            wake: Notify::new(),
+        });
+        tokio::spawn(put(Arc::clone(&shared), kinesis, stream.to_owned(), stop));
+        Publisher {
+            target: Arc::new(Target::Queue(shared)),
+        }
     }
 
     /// Hands `record` over without waiting.
@@ -133,7 +159,7 @@ impl Publisher {
                     metrics::record_live_records("published", 1);
                 }
             }
-            Target::Topic(shared) => shared.enqueue(
+            Target::Queue(shared) => shared.enqueue(
                 key.into(),
                 Entry {
                     version: record.version,
@@ -154,7 +180,7 @@ impl Publisher {
                     metrics::record_live_records("published", 1);
                 }
             }
-            Target::Topic(shared) => {
+            Target::Queue(shared) => {
                 let (told, delivered) = oneshot::channel();
                 shared.enqueue(
                     key.into(),
@@ -182,7 +208,26 @@ struct Sent {
     delivered: bool,
 }
 
-type Delivery = std::pin::Pin<Box<dyn std::future::Future<Output = Sent> + Send>>;
+type Delivery = std::pin::Pin<Box<dyn std::future::Future<Output = Vec<Sent>> + Send>>;
+
+/// Takes what a send came to: a delivered record tells its waiters, a failed one waits again.
+fn settle(shared: &Shared, sent: Vec<Sent>) {
+    for sent in sent {
+        let mut queue = shared.lock();
+        queue.in_flight.remove(&sent.key);
+        if sent.delivered {
+            metrics::record_live_records("published", 1);
+            for waiter in sent.entry.waiters {
+                let _ = waiter.send(());
+            }
+            metrics::set_live_pending(queue.waiting.len() + queue.in_flight.len());
+        } else {
+            metrics::record_live_records("failed", 1);
+            drop(queue);
+            shared.enqueue(sent.key, sent.entry);
+        }
+    }
+}
 
 /// Sends each class's waiting record once none of the class is in flight. A failed send is
 /// held for [`RETRY_AFTER`], then waits again (behind a newer record of its class, if one came).
@@ -205,22 +250,22 @@ async fn send(
                     if !delivered {
                         tokio::time::sleep(RETRY_AFTER).await;
                     }
-                    Sent {
+                    vec![Sent {
                         key,
                         entry,
                         delivered,
-                    }
+                    }]
                 }),
                 // librdkafka's queue is full, or the producer failed.
                 Err((error, _)) => {
                     tracing::debug!(error = %error, "live record not queued");
                     Box::pin(async move {
                         tokio::time::sleep(RETRY_AFTER).await;
-                        Sent {
+                        vec![Sent {
                             key,
                             entry,
                             delivered: false,
-                        }
+                        }]
                     })
                 }
             };
@@ -228,25 +273,114 @@ async fn send(
         }
         tokio::select! {
             _ = shared.wake.notified() => {}
-            Some(sent) = deliveries.next() => {
-                let mut queue = shared.lock();
-                queue.in_flight.remove(&sent.key);
-                if sent.delivered {
-                    metrics::record_live_records("published", 1);
-                    for waiter in sent.entry.waiters {
-                        let _ = waiter.send(());
-                    }
-                    metrics::set_live_pending(queue.waiting.len() + queue.in_flight.len());
-                } else {
-                    metrics::record_live_records("failed", 1);
-                    drop(queue);
-                    shared.enqueue(sent.key, sent.entry);
-                }
-            }
+            Some(sent) = deliveries.next() => settle(&shared, sent),
             _ = stop.cancelled() => break,
         }
     }
     let _ = tokio::task::spawn_blocking(move || producer.flush(Duration::from_secs(5))).await;
+}
+
+/// Puts each class's waiting record once none of the class is in flight, in calls of up to
+/// [`MAX_RECORDS_PER_PUT`] records. The records a call failed (throttled, or the call itself)
+/// are held for [`RETRY_AFTER`], then wait again.
+async fn put(
+    shared: Arc<Shared>,
+    kinesis: aws_sdk_kinesis::Client,
+    stream: String,
+    stop: CancellationToken,
+) {
+    let mut calls: FuturesUnordered<Delivery> = FuturesUnordered::new();
+    loop {
+        for chunk in put_calls(take_ready(&shared)) {
+            calls.push(Box::pin(put_records(
+                kinesis.clone(),
+                stream.clone(),
+                chunk,
+            )));
+        }
+        tokio::select! {
+            _ = shared.wake.notified() => {}
+            Some(sent) = calls.next() => settle(&shared, sent),
+            _ = stop.cancelled() => break,
+        }
+    }
+    // What is in flight is given 5 s to land.
+    let _ = tokio::time::timeout(Duration::from_secs(5), async {
+        while let Some(sent) = calls.next().await {
+            settle(&shared, sent);
+        }
+    })
+    .await;
+}
+
+/// `ready` in calls within Kinesis's limits of records and bytes.
+fn put_calls(ready: Vec<(Arc<str>, Entry)>) -> Vec<Vec<(Arc<str>, Entry)>> {
+    let mut calls: Vec<Vec<(Arc<str>, Entry)>> = Vec::new();
+    let mut bytes = 0;
+    for (key, entry) in ready {
+        let size = key.len() + entry.body.len();
+        match calls.last_mut() {
+            Some(call) if call.len() < MAX_RECORDS_PER_PUT && bytes + size <= MAX_BYTES_PER_PUT => {
+                bytes += size;
+                call.push((key, entry));
+            }
+            _ => {
+                bytes = size;
+                calls.push(vec![(key, entry)]);
+            }
+        }
+    }
+    calls
+}
+
+/// One PutRecords call; each record says whether it landed.
+async fn put_records(
+    kinesis: aws_sdk_kinesis::Client,
+    stream: String,
+    records: Vec<(Arc<str>, Entry)>,
+) -> Vec<Sent> {
+    use aws_sdk_kinesis::primitives::Blob;
+    use aws_sdk_kinesis::types::PutRecordsRequestEntry;
+    let entries: Vec<PutRecordsRequestEntry> = records
+        .iter()
+        .map(|(key, entry)| {
+            PutRecordsRequestEntry::builder()
+                .partition_key(&**key)
+                .data(Blob::new(entry.body.to_vec()))
+                .build()
+                .expect("the key and data are set")
+        })
+        .collect();
+    let request = kinesis.put_records().set_records(Some(entries));
+    let request = if stream.starts_with("arn:") {
+        request.stream_arn(&stream)
+    } else {
+        request.stream_name(&stream)
+    };
+    let landed: Vec<bool> = match request.send().await {
+        Ok(output) => {
+            let results = output.records();
+            (0..records.len())
+                .map(|i| results.get(i).is_some_and(|r| r.error_code().is_none()))
+                .collect()
+        }
+        Err(error) => {
+            tracing::debug!(error = %aws_sdk_kinesis::error::DisplayErrorContext(&error), "live records not put");
+            vec![false; records.len()]
+        }
+    };
+    if landed.iter().any(|landed| !landed) {
+        tokio::time::sleep(RETRY_AFTER).await;
+    }
+    records
+        .into_iter()
+        .zip(landed)
+        .map(|((key, entry), delivered)| Sent {
+            key,
+            entry,
+            delivered,
+        })
+        .collect()
 }
 
 /// The waiting records of classes with nothing in flight, now in flight.
@@ -308,5 +442,28 @@ mod tests {
         let queue = shared.lock();
         assert_eq!(queue.waiting.len(), 1);
         assert_eq!(queue.waiting[&key].version, Version(0, 16));
+    }
+
+    #[test]
+    fn puts_are_cut_at_500_records_and_at_4_mib() {
+        let many: Vec<(Arc<str>, Entry)> = (0..1_201)
+            .map(|i| (Arc::from(format!("s1:c{i}")), entry(i, Vec::new())))
+            .collect();
+        let sizes: Vec<usize> = put_calls(many).iter().map(Vec::len).collect();
+        assert_eq!(sizes, [500, 500, 201]);
+        let big = |i: u64| Entry {
+            version: Version(0, i),
+            body: Bytes::from(vec![b'x'; 1 << 20]),
+            waiters: Vec::new(),
+        };
+        let large: Vec<(Arc<str>, Entry)> = (0..9)
+            .map(|i| (Arc::from(format!("s1:c{i}")), big(i)))
+            .collect();
+        let sizes: Vec<usize> = put_calls(large).iter().map(Vec::len).collect();
+        assert_eq!(
+            sizes,
+            [3, 3, 3],
+            "three 1 MiB records and their keys a call"
+        );
     }
 }

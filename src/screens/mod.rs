@@ -1,7 +1,8 @@
 //! The screen server: every studio's wall, live.
 //!
-//! `classpulse screens` reads every partition of the live topic from `now -
-//! CLASSPULSE_SCREENS_LOOKBACK` ([`reader`]), keeps the newest record of every class on a
+//! `classpulse screens` reads every partition of the live topic ([`topic`]), or every shard of
+//! the live stream by enhanced fan-out ([`stream`]), from `now - CLASSPULSE_SCREENS_LOOKBACK`,
+//! keeps the newest record of every class on a
 //! [`Board`], and serves each studio's walls ([`wall_routes`]); the embedded default serves the
 //! same routes from `classpulse run`, its board filled by the aggregate stage.
 //!
@@ -15,12 +16,14 @@
 //! newer one. Each event's id names the version of every class the wall has been sent, so a
 //! wall reconnecting with `Last-Event-ID` (to this instance or another) gets only records
 //! newer than those: intermediate ones superseded meanwhile are skipped, the newest always
-//! comes. A wall more than [`WALL_QUEUE`](crate::live::board::WALL_QUEUE) records behind,
-//! or whose connection takes nothing for 10 s ([`listener`]), is cut and reconnects.
+//! comes. A wall more than [`WALL_QUEUE`](crate::live::board::WALL_QUEUE) records behind (a
+//! burst) is sent each class's newest record instead; one whose connection takes nothing for
+//! 10 s ([`listener`]) is cut and reconnects.
 
 pub mod access;
 pub mod listener;
-pub mod reader;
+pub mod stream;
+pub mod topic;
 
 use std::collections::BTreeMap;
 use std::convert::Infallible;
@@ -242,6 +245,8 @@ impl Drop for Seat {
 
 /// One wall's stream.
 struct Wall {
+    board: Board,
+    studio_id: String,
     queue: std::collections::VecDeque<Arc<Shown>>,
     receiver: tokio::sync::broadcast::Receiver<Arc<Shown>>,
     sent: BTreeMap<Box<str>, Version>,
@@ -268,9 +273,14 @@ impl Wall {
             tokio::select! {
                 received = self.receiver.recv() => match received {
                     Ok(shown) => self.queue.push_back(shown),
+                    // More records came at once than the channel holds (a burst after a
+                    // reshard or a slow read): what the wall missed is each class's newest,
+                    // which the board has.
                     Err(RecvError::Lagged(_)) => {
-                        metrics::record_screens_client_cut("behind");
-                        return None;
+                        metrics::record_screens_wall_caught_up();
+                        let (now, receiver) = self.board.watch(&self.studio_id);
+                        self.receiver = receiver;
+                        self.queue = now.into();
                     }
                     Err(RecvError::Closed) => return None,
                 },
@@ -333,6 +343,8 @@ async fn live(
     metrics::add_screens_clients(1);
     let (now, receiver) = walls.board.watch(&studio_id);
     let wall = Wall {
+        board: walls.board.clone(),
+        studio_id,
         queue: now.into(),
         receiver,
         sent,
@@ -371,16 +383,26 @@ pub async fn forget_old(board: Board, stop: CancellationToken) {
     }
 }
 
-/// `classpulse screens`: reads the live topic onto a board and serves its walls on
+/// Where a screen server reads live records from.
+enum Source<'a> {
+    Topic(&'a str),
+    Stream(&'a str),
+}
+
+/// `classpulse screens`: reads the live topic or stream onto a board and serves its walls on
 /// `CLASSPULSE_HTTP_ADDR` (with `/metrics`, `/healthz`, `/readyz`) until `shutdown`.
 pub async fn serve(
     config: &crate::config::Config,
     metrics_handle: metrics_exporter_prometheus::PrometheusHandle,
     shutdown: CancellationToken,
 ) -> Result<(), String> {
-    let topic = config.live.topic.as_deref().ok_or(
-        "classpulse screens reads CLASSPULSE_LIVE_TOPIC (on CLASSPULSE_KAFKA_BROKERS): set both",
-    )?;
+    let source = match (&config.live.topic, &config.live.stream) {
+        (Some(topic), _) => Source::Topic(topic),
+        (None, Some(stream)) => Source::Stream(stream),
+        (None, None) => return Err(
+            "classpulse screens reads CLASSPULSE_LIVE_TOPIC (on CLASSPULSE_KAFKA_BROKERS) or CLASSPULSE_LIVE_STREAM: set one".to_owned(),
+        ),
+    };
     let loopback = config.http_addr.ip().is_loopback();
     let access = Access::new(config.screens.key.as_deref(), loopback);
     if matches!(access, Access::Closed) {
@@ -390,7 +412,11 @@ pub async fn serve(
         ));
     }
     let health = Health::new();
-    reader::not_ready_yet(&health, topic, config.screens.lookback);
+    let lookback = config.screens.lookback;
+    match source {
+        Source::Topic(topic) => topic::not_ready_yet(&health, topic, lookback),
+        Source::Stream(stream) => stream::not_ready_yet(&health, stream, lookback),
+    }
     let board = Board::new(config.screens.keep_final);
     let stop = CancellationToken::new();
     let walls = Walls::new(
@@ -408,17 +434,22 @@ pub async fn serve(
     )
     .await
     .map_err(|error| format!("binding CLASSPULSE_HTTP_ADDR={}: {error}", config.http_addr))?;
-    tracing::info!(addr = %bound, topic, "http endpoints listening");
+    tracing::info!(addr = %bound, "http endpoints listening");
     tokio::spawn(forget_old(board.clone(), stop.clone()));
-    let read = reader::read(
-        &config.kafka,
-        topic,
-        config.screens.lookback,
-        board,
-        health,
-        shutdown,
-    )
-    .await;
+    let read = match source {
+        Source::Topic(topic) => {
+            topic::read(&config.kafka, topic, lookback, board, health, shutdown).await
+        }
+        Source::Stream(stream) => {
+            let sdk = crate::aws::sdk_config().await;
+            let kinesis = crate::aws::kinesis(&sdk, config.aws.kinesis.as_ref());
+            let consumer = stream::consumer_name();
+            stream::read(
+                kinesis, stream, &consumer, lookback, board, health, shutdown,
+            )
+            .await
+        }
+    };
     stop.cancel();
     read
 }

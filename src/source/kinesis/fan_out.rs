@@ -127,15 +127,7 @@ pub(super) async fn subscribe_shard(
             .shard_id(&shard.shard_id)
             .starting_position(position)
             .customize()
-            // A subscription streams for up to 5 minutes: no deadline on the whole call.
-            .config_override(
-                aws_sdk_kinesis::config::Builder::default().timeout_config(
-                    aws_config::timeout::TimeoutConfig::builder()
-                        .connect_timeout(Duration::from_secs(3))
-                        .disable_operation_attempt_timeout()
-                        .build(),
-                ),
-            )
+            .config_override(crate::aws::subscription_override())
             .send();
         // The attempt deadline is lifted for the stream, so the answer that opens it gets one
         // here: a hung server must not hold the shard's reader (and readiness) forever.

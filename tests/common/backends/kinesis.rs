@@ -46,6 +46,33 @@ pub async fn create_stream(kinesis: &aws_sdk_kinesis::Client, shards: i32) -> St
     stream
 }
 
+/// Splits the first shard listed of `stream` at the middle of its hash range and waits until
+/// the stream is active again; returns the shard split.
+pub async fn split_first_shard(kinesis: &aws_sdk_kinesis::Client, stream: &str) -> String {
+    let shards = kinesis
+        .list_shards()
+        .stream_name(stream)
+        .send()
+        .await
+        .unwrap();
+    let shard = shards.shards()[0].clone();
+    let range = shard.hash_key_range().unwrap();
+    let (low, high): (u128, u128) = (
+        range.starting_hash_key().parse().unwrap(),
+        range.ending_hash_key().parse().unwrap(),
+    );
+    kinesis
+        .split_shard()
+        .stream_name(stream)
+        .shard_to_split(shard.shard_id())
+        .new_starting_hash_key((low + (high - low) / 2).to_string())
+        .send()
+        .await
+        .unwrap();
+    await_stream_active(kinesis, stream).await;
+    shard.shard_id().to_owned()
+}
+
 /// Deletes `stream`, with any fan-out consumers registered on it.
 pub async fn delete_stream(kinesis: &aws_sdk_kinesis::Client, stream: &str) {
     kinesis
@@ -134,6 +161,18 @@ pub async fn put_messages(
 
 /// classpulse consuming `stream` as a worker of application `app` into `lake`, with short
 /// leases, shard syncs, polls, commits and checkpoints, so tests see progress within seconds.
+/// `command` talking to the Kinesis server at `endpoint` with the test credentials.
+pub fn with_local_kinesis<'a>(
+    command: &'a mut std::process::Command,
+    endpoint: &str,
+) -> &'a mut std::process::Command {
+    command
+        .env("AWS_ACCESS_KEY_ID", "test")
+        .env("AWS_SECRET_ACCESS_KEY", "test")
+        .env("AWS_REGION", "us-east-1")
+        .env("CLASSPULSE_KINESIS_ENDPOINT", endpoint)
+}
+
 pub fn kinesis_member(lake: &std::path::Path, stream: &str, app: &str) -> std::process::Command {
     let mut command = super::super::classpulse(lake);
     with_local_dynamodb(&mut command)
