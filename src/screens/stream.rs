@@ -122,10 +122,8 @@ pub async fn read(
     stop: CancellationToken,
 ) -> Result<(), String> {
     let since_ms = chrono::Utc::now().timestamp_millis() - lookback.as_millis() as i64;
-    let stream_arn = stream_arn(&kinesis, stream).await?;
-    let consumer_arn = tokio::select! {
-        registered = register(&kinesis, &stream_arn, consumer) => registered?,
-        _ = stop.cancelled() => return Ok(()),
+    let Some((stream_arn, consumer_arn)) = start(&kinesis, stream, consumer, &stop).await? else {
+        return Ok(());
     };
     tracing::info!(
         stream,
@@ -222,7 +220,57 @@ fn startable(shards: &[Shard], started: &HashSet<String>, ended: &HashSet<String
         .collect()
 }
 
-async fn stream_arn(kinesis: &Client, stream: &str) -> Result<String, String> {
+/// Why the reader could not start.
+enum StartError {
+    /// The stream is missing or may not be read: an operator's to fix.
+    Refused(String),
+    /// Anything else (throttled, a fault, the consumer not active yet): tried again.
+    Failed(String),
+}
+
+impl StartError {
+    fn of<E: ProvideErrorMetadata>(error: &E, message: String) -> StartError {
+        match error.code() {
+            Some(
+                "ResourceNotFoundException" | "AccessDeniedException" | "InvalidArgumentException",
+            ) => StartError::Refused(message),
+            _ => StartError::Failed(message),
+        }
+    }
+}
+
+/// The stream's and the consumer's ARNs, retrying what may pass until `stop` (`None`); a stream
+/// that is missing or may not be read ends the server with the reason.
+async fn start(
+    kinesis: &Client,
+    stream: &str,
+    consumer: &str,
+    stop: &CancellationToken,
+) -> Result<Option<(String, String)>, String> {
+    let mut backoff = Backoff::new(Duration::from_secs(1), Duration::from_secs(30));
+    loop {
+        let attempt = async {
+            let stream_arn = stream_arn(kinesis, stream).await?;
+            let consumer_arn = register(kinesis, &stream_arn, consumer).await?;
+            Ok::<_, StartError>((stream_arn, consumer_arn))
+        };
+        let failed = tokio::select! {
+            attempt = attempt => match attempt {
+                Ok(arns) => return Ok(Some(arns)),
+                Err(StartError::Refused(reason)) => return Err(reason),
+                Err(StartError::Failed(reason)) => reason,
+            },
+            _ = stop.cancelled() => return Ok(None),
+        };
+        tracing::warn!(stream, error = %failed, "live stream not started; trying again");
+        tokio::select! {
+            _ = tokio::time::sleep(backoff.next_delay()) => {}
+            _ = stop.cancelled() => return Ok(None),
+        }
+    }
+}
+
+async fn stream_arn(kinesis: &Client, stream: &str) -> Result<String, StartError> {
     if stream.starts_with("arn:") {
         return Ok(stream.to_owned());
     }
@@ -232,20 +280,25 @@ async fn stream_arn(kinesis: &Client, stream: &str) -> Result<String, String> {
         .send()
         .await
         .map_err(|e| {
-            format!(
+            let message = format!(
                 "live stream {stream}: DescribeStreamSummary: {}",
                 DisplayErrorContext(&e)
-            )
+            );
+            StartError::of(&e, message)
         })?;
     summary
         .stream_description_summary()
         .map(|summary| summary.stream_arn().to_owned())
-        .ok_or_else(|| format!("live stream {stream}: DescribeStreamSummary: no summary"))
+        .ok_or_else(|| {
+            StartError::Failed(format!(
+                "live stream {stream}: DescribeStreamSummary: no summary"
+            ))
+        })
 }
 
 /// Registers `name` on the stream (or finds it registered, by this task before a restart) and
 /// waits until it is active; returns its ARN.
-async fn register(kinesis: &Client, stream_arn: &str, name: &str) -> Result<String, String> {
+async fn register(kinesis: &Client, stream_arn: &str, name: &str) -> Result<String, StartError> {
     let failure = |call: &str, detail: String| {
         format!("live stream consumer {name}: {call}: {detail} (a stream has at most 20 consumers: docs/screens.md)")
     };
@@ -259,10 +312,11 @@ async fn register(kinesis: &Client, stream_arn: &str, name: &str) -> Result<Stri
         Ok(_) => tracing::info!(consumer = name, "live stream consumer registered"),
         Err(e) if e.code() == Some("ResourceInUseException") => {}
         Err(e) => {
-            return Err(failure(
+            let message = failure(
                 "RegisterStreamConsumer",
                 DisplayErrorContext(&e).to_string(),
-            ))
+            );
+            return Err(StartError::of(&e, message));
         }
     }
     let deadline = Instant::now() + REGISTER_DEADLINE;
@@ -274,10 +328,11 @@ async fn register(kinesis: &Client, stream_arn: &str, name: &str) -> Result<Stri
             .send()
             .await
             .map_err(|e| {
-                failure(
+                let message = failure(
                     "DescribeStreamConsumer",
                     DisplayErrorContext(&e).to_string(),
-                )
+                );
+                StartError::of(&e, message)
             })?;
         if let Some(consumer) = described.consumer_description() {
             if consumer.consumer_status().as_str() == "ACTIVE" {
@@ -285,10 +340,10 @@ async fn register(kinesis: &Client, stream_arn: &str, name: &str) -> Result<Stri
             }
         }
         if Instant::now() > deadline {
-            return Err(failure(
+            return Err(StartError::Failed(failure(
                 "DescribeStreamConsumer",
                 "not active after 120 s".to_owned(),
-            ));
+            )));
         }
         tokio::time::sleep(Duration::from_millis(500)).await;
     }
