@@ -705,19 +705,8 @@ async fn a_sigkill_and_replay_publish_no_other_values_under_a_version_and_the_wa
     // The wall: per class strictly growing versions across the kill, none repeated, ending
     // with the final result.
     let tiles = Tiles::new(TILE_KEY.as_bytes());
-    let mut by_class: BTreeMap<String, Vec<Value>> = BTreeMap::new();
-    for record in before.iter().chain(&after).map(SseEvent::json) {
-        by_class
-            .entry(record["class_id"].as_str().unwrap().to_owned())
-            .or_default()
-            .push(record);
-    }
+    let by_class = in_version_order(before.iter().chain(&after).map(SseEvent::json), "the wall");
     for (class_id, records) in &by_class {
-        let versions: Vec<(u64, u64)> = records.iter().map(version).collect();
-        assert!(
-            versions.windows(2).all(|pair| pair[0] < pair[1]),
-            "{class_id}: {versions:?}"
-        );
         assert_shows_result(
             &tiles,
             class_id,
@@ -855,12 +844,13 @@ fn stream_screen_server(lake: &Path, stream: &str) -> Command {
     command
 }
 
-/// The records of `events` by class, each class's versions checked to only grow.
-fn in_version_order(events: &[SseEvent], wall: &str) -> BTreeMap<String, Vec<Value>> {
+/// `records` by class, each class's versions checked to only grow.
+fn in_version_order(
+    records: impl Iterator<Item = Value>,
+    wall: &str,
+) -> BTreeMap<String, Vec<Value>> {
     let mut by_class: BTreeMap<String, Vec<Value>> = BTreeMap::new();
-    for event in events {
-        let record = event.json();
-        assert_eq!(record["studio_id"], "studio-0001");
+    for record in records {
         by_class
             .entry(record["class_id"].as_str().unwrap().to_owned())
             .or_default()
@@ -950,8 +940,15 @@ async fn on_a_live_stream_two_screen_servers_show_every_class_in_order_through_a
         |events| finals(events) == results.len(),
     );
     let tiles = Tiles::new(TILE_KEY.as_bytes());
-    let first_wall = in_version_order(&seen, "first wall");
-    let second_wall = in_version_order(&after_restart, "restarted wall");
+    let records = |events: &[SseEvent]| -> Vec<Value> {
+        let records: Vec<Value> = events.iter().map(SseEvent::json).collect();
+        for record in &records {
+            assert_eq!(record["studio_id"], "studio-0001");
+        }
+        records
+    };
+    let first_wall = in_version_order(records(&seen).into_iter(), "first wall");
+    let second_wall = in_version_order(records(&after_restart).into_iter(), "restarted wall");
     assert_eq!(
         first_wall.keys().collect::<Vec<_>>(),
         results.keys().collect::<Vec<_>>()
