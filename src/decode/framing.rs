@@ -1,22 +1,59 @@
 //! Framing: a message's events found by JSON structure alone (an array's elements, a
 //! stream's values), before any of them is parsed.
 
-/// Splits a JSON array into its elements by structure alone (strings and escapes skipped,
-/// brackets counted); each element is parsed on its own afterwards. `None` if the array is
-/// never closed. Anything after the closing bracket becomes one more (invalid) element.
-pub(super) fn split_array(payload: &[u8]) -> Option<Vec<&[u8]>> {
-    let mut elements = Vec::new();
-    let mut i = payload.iter().position(|b| *b == b'[')? + 1;
-    loop {
-        while i < payload.len() && payload[i].is_ascii_whitespace() {
-            i += 1;
+/// A JSON array's elements, cut one at a time by structure alone (strings and escapes skipped,
+/// brackets counted); each element is parsed on its own. A reader that has already read an
+/// element whole ends it where it stopped ([`Elements::end_at`]) rather than walking its bytes
+/// a second time; both cut exactly where the other would.
+pub(super) struct Elements<'a> {
+    payload: &'a [u8],
+    /// Where the next element, or the closing bracket, is looked for.
+    at: usize,
+}
+
+/// What [`Elements::next_start`] finds.
+pub(super) enum Next {
+    /// An element starts at this index.
+    Element(usize),
+    /// The array is closed: [`Elements::rest`] is what follows it.
+    Closed,
+    /// The payload ends with the array still open.
+    Truncated,
+}
+
+impl<'a> Elements<'a> {
+    /// The elements of the array opened by the payload's first `[`.
+    pub(super) fn new(payload: &'a [u8]) -> Option<Self> {
+        let at = payload.iter().position(|b| *b == b'[')? + 1;
+        Some(Self { payload, at })
+    }
+
+    pub(super) fn next_start(&mut self) -> Next {
+        self.at += whitespace_len(&self.payload[self.at..]);
+        match self.payload.get(self.at) {
+            None => Next::Truncated,
+            Some(b']') => Next::Closed,
+            Some(_) => Next::Element(self.at),
         }
-        match payload.get(i) {
-            None => return None,
-            Some(b']') => break,
-            Some(_) => {}
-        }
-        let start = i;
+    }
+
+    /// The element from `start` to `end`, a reader's end of it, when only whitespace and then
+    /// a comma or the closing bracket follow; `None` leaves it to [`Elements::end_by_structure`].
+    pub(super) fn end_at(&mut self, start: usize, end: usize) -> Option<&'a [u8]> {
+        let next = end + whitespace_len(&self.payload[end..]);
+        self.at = match self.payload.get(next)? {
+            b',' => next + 1,
+            b']' => next,
+            _ => return None,
+        };
+        Some(&self.payload[start..end])
+    }
+
+    /// The element from `start` to the first comma or bracket outside its strings and brackets;
+    /// `None` if the payload ends first.
+    pub(super) fn end_by_structure(&mut self, start: usize) -> Option<&'a [u8]> {
+        let payload = self.payload;
+        let mut i = start;
         let mut depth = 0usize;
         while i < payload.len() {
             match payload[i] {
@@ -31,18 +68,24 @@ pub(super) fn split_array(payload: &[u8]) -> Option<Vec<&[u8]>> {
             }
             i += 1;
         }
-        elements.push(trim_ascii(&payload[start..i.min(payload.len())]));
-        match payload.get(i) {
-            Some(b',') => i += 1,
-            Some(_) => {}
-            None => return None,
-        }
+        self.at = match payload.get(i)? {
+            b',' => i + 1,
+            _ => i,
+        };
+        Some(trim_ascii(&payload[start..i]))
     }
-    let rest = trim_ascii(&payload[i + 1..]);
-    if !rest.is_empty() {
-        elements.push(rest);
+
+    /// What follows the closing bracket, trimmed; anything there is one more (invalid) element.
+    pub(super) fn rest(&self) -> &'a [u8] {
+        trim_ascii(&self.payload[self.at + 1..])
     }
-    Some(elements)
+}
+
+fn whitespace_len(bytes: &[u8]) -> usize {
+    bytes
+        .iter()
+        .position(|b| !b.is_ascii_whitespace())
+        .unwrap_or(bytes.len())
 }
 
 /// Splits concatenated or newline-delimited JSON values by structure alone. An object or array
@@ -98,11 +141,14 @@ fn value_end(payload: &[u8], start: usize) -> usize {
 /// of the payload for an unterminated string.
 fn string_end(payload: &[u8], quote: usize) -> usize {
     let mut i = quote + 1;
-    while i < payload.len() {
+    while let Some(found) = payload
+        .get(i..)
+        .and_then(|rest| memchr::memchr2(b'"', b'\\', rest))
+    {
+        i += found;
         match payload[i] {
             b'\\' => i += 2,
-            b'"' => return i + 1,
-            _ => i += 1,
+            _ => return i + 1,
         }
     }
     payload.len()

@@ -5,14 +5,17 @@
 //! validated on its own, so one bad event never rejects its neighbours; every rejection gets a
 //! [`RejectReason`] from a fixed set and a detail naming the field.
 //!
-//! Each JSON member is read as a `Scalar`, which accepts any JSON value, so serde itself only
-//! fails on malformed JSON and duplicate members. All other rules are checked once, by the
-//! `check_*` functions, against the field table in [`crate::event`].
+//! Each JSON member is read as a `Scalar`, which accepts any JSON value, so reading only fails
+//! on malformed JSON and duplicate members. A plain event (no escapes, no nested values but
+//! `event_data`) is read in one pass by `scan`; anything else by serde, which also names what
+//! is malformed. All other rules are checked once, by the `check_*` functions, against the
+//! field table in [`crate::event`], whichever reader read the event.
 //!
 //! Here the [`Decoder`] (message after message, sharing each class's ids); `framing` finds a
 //! message's events, `validate` checks one event (`time` parses its timestamp, `wire` holds
-//! the types serde reads), `reject` names what was wrong, and `batch` cuts the outcome into
-//! [`DecodedBatch`]es for the aggregate stage and the sinks.
+//! the members as both readers fill them, `scan` is the one-pass reader), `reject` names what
+//! was wrong, and `batch` cuts the outcome into [`DecodedBatch`]es for the aggregate stage and
+//! the sinks.
 
 use std::collections::{HashMap, HashSet};
 use std::sync::Arc;
@@ -24,6 +27,7 @@ use crate::event::PerformanceEvent;
 mod batch;
 mod framing;
 mod reject;
+mod scan;
 mod time;
 mod validate;
 mod wire;
@@ -31,8 +35,9 @@ mod wire;
 pub use batch::{decode_batch, decode_stage, Closed, DecodedBatch, Downstream, Judge};
 pub use reject::{RejectReason, RejectedInput, Rejection};
 
-use framing::{split_array, split_stream, trim_ascii};
-use validate::{decode_event, EventContext};
+use framing::{split_stream, trim_ascii, Elements, Next};
+use validate::{decode_event, validate_event, EventContext};
+use wire::{WireData, WireEvent};
 
 /// One message as a source delivers it.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -123,6 +128,8 @@ impl Decoder {
             arrival_ms: message.timestamp_ms.unwrap_or(now_ms),
             offset: message.offset,
         };
+        // Where this message's outcomes start, should a truncated array take them back.
+        let before = (events.len(), rejected.len());
         let mut push_outcome =
             |index: Option<u32>, element: &[u8], outcome: Result<PerformanceEvent, Rejection>| {
                 match outcome {
@@ -141,21 +148,18 @@ impl Decoder {
                 let rejection = Rejection::new(RejectReason::NotJson, "message is empty");
                 rejected.push(whole_message_rejected(rejection));
             }
-            Some(b'[') => match split_array(payload) {
-                Some(elements) => {
-                    for (index, element) in elements.into_iter().enumerate() {
-                        let outcome = decode_event(element, &ctx, interner);
-                        push_outcome(Some(index as u32), element, outcome);
-                    }
-                }
-                None => {
+            Some(b'[') => {
+                if !decode_array(payload, &ctx, interner, &mut push_outcome) {
+                    // Cut off mid-array: none of its elements stand on their own.
+                    events.truncate(before.0);
+                    rejected.truncate(before.1);
                     let rejection = Rejection::new(
                         RejectReason::NotJson,
                         "batch array: not closed (truncated message?)",
                     );
                     rejected.push(whole_message_rejected(rejection));
                 }
-            },
+            }
             Some(_) => {
                 // One event, or several (newline-delimited or concatenated). A piece that is not
                 // JSON in a multi-line message means the structure cannot be trusted (a broken
@@ -196,6 +200,50 @@ impl Decoder {
             }
         }
     }
+}
+
+/// Decodes each element of the JSON array `payload` holds, handing its index, bytes and
+/// outcome to `push`; `false` if the array is never closed. An element the fast reader reads
+/// whole ends where the reader stopped; any other is cut by structure and decoded on its own.
+/// Anything after the closing bracket is one more (invalid) element.
+fn decode_array<'p>(
+    payload: &'p [u8],
+    ctx: &EventContext<'_>,
+    interner: &mut Interner,
+    push: &mut impl FnMut(Option<u32>, &'p [u8], Result<PerformanceEvent, Rejection>),
+) -> bool {
+    let Some(mut elements) = Elements::new(payload) else {
+        return false;
+    };
+    // The readers slice the text at ASCII bytes only, so one check of the whole payload covers
+    // every element; a payload that is not UTF-8 is cut by structure throughout.
+    let text = std::str::from_utf8(payload).ok();
+    let mut index = 0u32;
+    loop {
+        let start = match elements.next_start() {
+            Next::Element(start) => start,
+            Next::Closed => break,
+            Next::Truncated => return false,
+        };
+        let (mut wire, mut data) = (WireEvent::default(), WireData::default());
+        let scanned = text
+            .and_then(|text| scan::scan_event_at(text, start, &mut wire, &mut data))
+            .and_then(|end| elements.end_at(start, end));
+        let (element, outcome) = match scanned {
+            Some(element) => (element, validate_event(&wire, Some(&data), ctx, interner)),
+            None => match elements.end_by_structure(start) {
+                Some(element) => (element, decode_event(element, ctx, interner)),
+                None => return false,
+            },
+        };
+        push(Some(index), element, outcome);
+        index += 1;
+    }
+    let rest = elements.rest();
+    if !rest.is_empty() {
+        push(Some(index), rest, decode_event(rest, ctx, interner));
+    }
+    true
 }
 
 /// Shares the studio and class ids of the events decoded: one allocation per class, not two

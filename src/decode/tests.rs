@@ -767,6 +767,40 @@ proptest! {
     }
 
     #[test]
+    fn an_array_decodes_as_its_elements_would_alone(
+        batch in prop::collection::vec((arb_valid_event(), 0usize..5, 0usize..4), 1..12),
+    ) {
+        // Plain elements (read by the fast reader and ended where it stopped), escaped, pretty,
+        // invalid and non-JSON ones (cut by structure), between every kind of JSON whitespace.
+        let gaps = [" ", "\n", "\t ", "\r\n\u{c}"];
+        let elements: Vec<String> = batch.iter().map(|((event, _), kind, _)| match kind {
+            0 => event.to_string(),
+            1 => event.to_string().replacen("\"event_id\":\"", "\"event_id\":\"\\u0041", 1),
+            2 => serde_json::to_string_pretty(event).unwrap(),
+            3 => { let mut event = event.clone(); event["event_data"] = json!({}); event.to_string() }
+            _ => "nope".to_owned(),
+        }).collect();
+        let payload: String = elements.iter().zip(&batch).fold("[".to_owned(), |mut payload, (element, (_, _, gap))| {
+            if payload.len() > 1 { payload.push(','); }
+            payload.push_str(gaps[*gap]);
+            payload.push_str(element);
+            payload.push_str(gaps[*gap]);
+            payload
+        }) + "]";
+        let (events, rejected) = decode(payload.as_bytes());
+
+        let (mut alone_events, mut alone_rejected) = (Vec::new(), Vec::new());
+        for (index, element) in elements.iter().enumerate() {
+            let (events, rejected) = decode(element.as_bytes());
+            alone_events.extend(events);
+            alone_rejected.extend(rejected.into_iter().map(|r| (Some(index as u32), r.rejection, r.raw)));
+        }
+        prop_assert_eq!(format!("{events:?}"), format!("{alone_events:?}"));
+        let rejected: Vec<_> = rejected.into_iter().map(|r| (r.index, r.rejection, r.raw)).collect();
+        prop_assert_eq!(rejected, alone_rejected);
+    }
+
+    #[test]
     fn arrays_split_correctly_whatever_the_strings_hold(notes in prop::collection::vec(any::<String>(), 1..8)) {
         let elements: Vec<String> = notes.iter().map(|note| {
             let mut event = heart_rate();

@@ -6,6 +6,7 @@ use bytestring::ByteString;
 use chrono::DateTime;
 
 use super::reject::{serde_rejection, truncate_for_detail, RejectReason, Rejection};
+use super::scan::scan_event;
 use super::time::parse_rfc3339_millis;
 use super::wire::{Scalar, WireData, WireEvent};
 use super::{DecodeLimits, Interner};
@@ -25,14 +26,29 @@ pub(super) struct EventContext<'a> {
     pub(super) offset: u64,
 }
 
-/// Decodes and validates one event (a JSON object).
+/// Decodes and validates one event (a JSON object): the fast reader first, serde when it
+/// declines.
 pub(super) fn decode_event(
     bytes: &[u8],
     ctx: &EventContext<'_>,
     interner: &mut Interner,
 ) -> Result<PerformanceEvent, Rejection> {
-    let wire: WireEvent<'_> =
-        serde_json::from_slice(bytes).map_err(|e| serde_rejection("event", e))?;
+    let (mut wire, mut data) = (WireEvent::default(), WireData::default());
+    if scan_event(bytes, &mut wire, &mut data) {
+        return validate_event(&wire, Some(&data), ctx, interner);
+    }
+    let wire = serde_json::from_slice(bytes).map_err(|e| serde_rejection("event", e))?;
+    validate_event(&wire, None, ctx, interner)
+}
+
+/// Validates an event already read: `scanned_data` is its `event_data` when the fast reader
+/// read it, else `None` and the raw `event_data` is read here by serde.
+pub(super) fn validate_event(
+    wire: &WireEvent<'_>,
+    scanned_data: Option<&WireData<'_>>,
+    ctx: &EventContext<'_>,
+    interner: &mut Interner,
+) -> Result<PerformanceEvent, Rejection> {
     let event_id = check_string(&EVENT_ID, &wire.event_id)?;
     let event_type_name = check_string(&EVENT_TYPE, &wire.event_type)?;
     let event_time_ms = check_timestamp(&EVENT_CREATED, &wire.event_created)?;
@@ -63,9 +79,16 @@ pub(super) fn decode_event(
         )
     })?;
     let raw_data = wire.event_data.ok_or_else(|| missing("event_data"))?;
-    let data: WireData<'_> =
-        serde_json::from_str(raw_data.get()).map_err(|e| serde_rejection("event_data", e))?;
-    let metrics = check_event_data(event_type, &data)?;
+    let read_data: WireData<'_>;
+    let data = match scanned_data {
+        Some(data) => data,
+        None => {
+            read_data =
+                serde_json::from_str(raw_data).map_err(|e| serde_rejection("event_data", e))?;
+            &read_data
+        }
+    };
+    let metrics = check_event_data(event_type, data)?;
 
     if let Some(key) = ctx.key {
         if !key_matches(key, studio_id, class_id) {
@@ -104,7 +127,7 @@ pub(super) fn decode_event(
         device_id: device_id.map(share),
         schema_version: schema_version as u16,
         metrics,
-        event_data: RawJson::parsed(share(raw_data.get())),
+        event_data: RawJson::parsed(share(raw_data)),
         offset: ctx.offset,
         arrival_ms: ctx.arrival_ms,
         verdict: Verdict::Counted,
@@ -117,9 +140,9 @@ fn share(payload: &Bytes, text: &str) -> ByteString {
     let within = payload.as_ptr_range();
     let range = text.as_bytes().as_ptr_range();
     if within.start <= range.start && range.end <= within.end {
-        if let Ok(shared) = ByteString::try_from(payload.slice_ref(text.as_bytes())) {
-            return shared;
-        }
+        let shared = payload.slice_ref(text.as_bytes());
+        // SAFETY: the slice holds exactly the bytes of `text`, a `&str`, so it is UTF-8.
+        return unsafe { ByteString::from_bytes_unchecked(shared) };
     }
     ByteString::from(text)
 }
@@ -195,7 +218,8 @@ fn check_optional_string<'v>(
     } = spec.kind
     {
         // Ids are ASCII: count and check bytes, not chars.
-        let chars = if text.is_ascii() {
+        let ascii = text.is_ascii();
+        let chars = if ascii {
             text.len()
         } else {
             text.chars().count()
@@ -209,7 +233,7 @@ fn check_optional_string<'v>(
                 ),
             ));
         }
-        let all_allowed = if text.is_ascii() {
+        let all_allowed = if ascii {
             charset.allows_ascii(text.as_bytes())
         } else {
             text.chars().all(|c| charset.allows(c))

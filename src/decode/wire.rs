@@ -1,5 +1,5 @@
-//! The wire types: an event's members as serde reads them, each a [`Scalar`] that accepts
-//! any JSON value.
+//! The wire types: an event's members as serde and the one-pass reader (`scan`) read them,
+//! each a [`Scalar`] that accepts any JSON value.
 
 use std::borrow::Cow;
 use std::fmt;
@@ -91,7 +91,7 @@ impl<'de: 'a, 'a> Deserialize<'de> for Scalar<'a> {
 }
 
 /// The base members of an event; anything else at the top level is ignored.
-#[derive(Deserialize)]
+#[derive(Debug, Default, PartialEq, Deserialize)]
 pub(super) struct WireEvent<'a> {
     #[serde(default, borrow)]
     pub(super) event_id: Scalar<'a>,
@@ -109,12 +109,21 @@ pub(super) struct WireEvent<'a> {
     pub(super) device_id: Scalar<'a>,
     #[serde(default, borrow)]
     pub(super) schema_version: Scalar<'a>,
-    #[serde(default, borrow)]
-    pub(super) event_data: Option<&'a RawValue>,
+    /// The `event_data` value exactly as written.
+    #[serde(default, borrow, deserialize_with = "raw_text")]
+    pub(super) event_data: Option<&'a str>,
+}
+
+/// A member's value as its JSON text (`None` for `null`).
+fn raw_text<'de: 'a, 'a, D: Deserializer<'de>>(
+    deserializer: D,
+) -> Result<Option<&'a str>, D::Error> {
+    let raw: Option<&'de RawValue> = Deserialize::deserialize(deserializer)?;
+    Ok(raw.map(RawValue::get))
 }
 
 /// The known `event_data` members of every type; which ones count depends on the type.
-#[derive(Deserialize)]
+#[derive(Debug, Default, PartialEq, Deserialize)]
 pub(super) struct WireData<'a> {
     #[serde(default, borrow)]
     pub(super) bpm: Scalar<'a>,
