@@ -1,9 +1,14 @@
 //! The Kafka source against the local broker (started by `scripts/backends up`; skipped when
-//! it is not running): the pipeline (Kafka source -> decode -> aggregate stage -> null sink)
-//! against a bare rdkafka consumer that only counts messages, reading the same topic.
-//! Targets, on a topic pre-filled with at least 5 million events, 5 to a message: at least 80%
-//! of the bare consumer, and at least 150,000 events/s. Timed from the first message to the
-//! last, so that joining the group (seconds, on tansu) is not counted.
+//! it is not running), on a topic pre-filled with at least 5 million events, 5 to a message.
+//! Four rows read the same topic:
+//! (a) a bare rdkafka consumer that only counts messages,
+//! (b) the same consumer with serde_json validating every message and building nothing,
+//! (c) the pipeline: Kafka source -> decode -> aggregate stage -> null sink,
+//! (d) the same with the Parquet lake and its dead letters in a local directory.
+//! Criterion times each from the first message to the last (joining the group takes seconds
+//! on tansu); at the end the benchmark prints each row's CPU-seconds per million events (the
+//! whole process, user + system) beside the others, so that what classpulse adds over the
+//! floors (a) and (b) is read from one run. Target: at least 150,000 events/s for (c).
 
 use std::collections::HashMap;
 use std::time::{Duration, Instant};
@@ -13,11 +18,11 @@ use classpulse::config::KafkaConfig;
 use classpulse::decode::RawMessage;
 use classpulse::health::Health;
 use classpulse::source::kafka::KafkaSource;
-use criterion::{criterion_group, criterion_main, Criterion, Throughput};
+use criterion::{criterion_group, criterion_main, Criterion, SamplingMode, Throughput};
 use rdkafka::admin::{AdminClient, AdminOptions, NewTopic, TopicReplication};
 use rdkafka::consumer::{BaseConsumer, Consumer};
 use rdkafka::producer::{FutureProducer, FutureRecord};
-use rdkafka::{ClientConfig, Offset, TopicPartitionList};
+use rdkafka::{ClientConfig, Message, Offset, TopicPartitionList};
 
 mod support;
 
@@ -61,30 +66,63 @@ fn kafka(c: &mut Criterion) {
         started.elapsed()
     );
 
+    let mut cpu = support::CpuTable::default();
     let mut group = c.benchmark_group("kafka");
     group.throughput(Throughput::Elements(events));
+    // Each run reads the whole topic (seconds): ten runs of one read each.
     group.sample_size(10);
-    group.bench_function("bare_consumer_counting_messages", |b| {
-        b.iter_custom(|iterations| {
-            (0..iterations)
-                .map(|_| bare_consumer(&topic, messages.len()))
-                .sum()
-        })
-    });
-    group.bench_function("source_decode_aggregate_null_sink", |b| {
-        b.iter_custom(|iterations| {
-            (0..iterations)
-                .map(|_| runtime.block_on(pipeline(&topic, events)))
-                .sum()
-        })
-    });
+    group.sampling_mode(SamplingMode::Flat);
+    for (row, check) in [
+        ("bare_consumer_counting_messages", Check::Nothing),
+        ("bare_consumer_validating_json", Check::Json),
+    ] {
+        group.bench_function(row, |b| {
+            b.iter_custom(|iterations| {
+                let mut took = Duration::ZERO;
+                for _ in 0..iterations {
+                    let run = bare_consumer(&topic, messages.len(), check);
+                    cpu.record(row, run.cpu_seconds, events);
+                    took += run.wall;
+                }
+                took
+            })
+        });
+    }
+    for (row, sinks) in [
+        ("source_decode_aggregate_null_sink", support::Sinks::Null),
+        ("source_decode_aggregate_lake", support::Sinks::Lake),
+    ] {
+        group.bench_function(row, |b| {
+            b.iter_custom(|iterations| {
+                let mut took = Duration::ZERO;
+                for _ in 0..iterations {
+                    let run = runtime.block_on(pipeline(&topic, events, sinks));
+                    cpu.record(row, run.cpu_seconds, events);
+                    took += run.wall;
+                }
+                took
+            })
+        });
+    }
     group.finish();
+    cpu.print(
+        &format!("kafka benchmark, {events} events"),
+        "bare_consumer_counting_messages",
+    );
     runtime.block_on(delete(&topic));
 }
 
-/// Reads every message of `topic` from the beginning; returns the time from the first to the
-/// last.
-fn bare_consumer(topic: &str, messages: usize) -> Duration {
+/// What the bare consumer does with each message.
+#[derive(Clone, Copy)]
+enum Check {
+    /// Counts it.
+    Nothing,
+    /// Validates it as JSON with serde_json, building nothing (the decoder's floor).
+    Json,
+}
+
+/// Reads every message of `topic` from the beginning; measures from the first to the last.
+fn bare_consumer(topic: &str, messages: usize, check: Check) -> support::Run {
     let consumer: BaseConsumer = ClientConfig::new()
         .set("bootstrap.servers", BROKER)
         .set("group.id", "classpulse-bench-bare")
@@ -102,19 +140,27 @@ fn bare_consumer(topic: &str, messages: usize) -> Duration {
     let mut first = None;
     while read < messages {
         if let Some(message) = consumer.poll(Duration::from_millis(100)) {
-            message.unwrap();
-            first.get_or_insert_with(Instant::now);
+            let message = message.unwrap();
+            first.get_or_insert_with(|| (Instant::now(), support::cpu_seconds()));
+            if let Check::Json = check {
+                let parsed: serde::de::IgnoredAny =
+                    serde_json::from_slice(message.payload().unwrap()).unwrap();
+                std::hint::black_box(parsed);
+            }
             read += 1;
         }
     }
-    let took = first.map_or(Duration::ZERO, |first| first.elapsed());
+    let (first_at, first_cpu) = first.expect("the topic holds messages");
+    let run = support::Run {
+        wall: first_at.elapsed(),
+        cpu_seconds: support::cpu_seconds() - first_cpu,
+    };
     std::thread::spawn(move || drop(consumer));
-    took
+    run
 }
 
-/// Runs the pipeline on `topic` with a fresh group until it has decoded `events`; returns the
-/// time from the first message to the last event decoded.
-async fn pipeline(topic: &str, events: u64) -> Duration {
+/// Runs the pipeline on `topic` with a fresh group until it has decoded `events`, into `sinks`.
+async fn pipeline(topic: &str, events: u64, sinks: support::Sinks) -> support::Run {
     let kafka = KafkaConfig {
         brokers: BROKER.into(),
         topics: vec![topic.into()],
@@ -130,7 +176,7 @@ async fn pipeline(topic: &str, events: u64) -> Duration {
         aws_iam: false,
     };
     let source = KafkaSource::new(&kafka, 500, Health::new(), None).unwrap();
-    support::time_source_to_null_sink(Box::new(source), events).await
+    support::run_source(Box::new(source), events, sinks).await
 }
 
 /// The events of `messages`, regrouped per key (class) into JSON arrays of `per_message`

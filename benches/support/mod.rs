@@ -55,38 +55,157 @@ pub fn aggregate_stage(
     )
 }
 
+/// Where a measured run's events go after decode and the aggregate stage.
+#[derive(Clone, Copy, Debug)]
+pub enum Sinks {
+    /// A sink that drops everything.
+    Null,
+    /// The Parquet lake and its dead letters, in a local directory of the run's own, with the
+    /// default object limits (the events table is not on).
+    Lake,
+}
+
+/// What one run of a source through the pipeline measured.
+#[derive(Clone, Copy, Debug)]
+pub struct Run {
+    /// From the first event decoded to the last.
+    pub wall: Duration,
+    /// CPU-seconds of this whole process (user + system, from /proc) from the first event
+    /// decoded to the end of the drain: the lake's last objects and the final checkpoint are
+    /// work done for these events too.
+    pub cpu_seconds: f64,
+}
+
 /// Runs `source` through decode and the aggregate stage into a null sink until `events` are
 /// decoded; returns the time from the first event decoded to the last, so that start-up
-/// (joining a group, taking leases) is not counted. The stage checkpoints into a directory of
-/// this run's own: a checkpoint left by an earlier run would have it skip what that run
-/// counted.
+/// (joining a group, taking leases) is not counted.
 pub async fn time_source_to_null_sink(source: Box<dyn Source>, events: u64) -> Duration {
+    run_source(source, events, Sinks::Null).await.wall
+}
+
+/// Runs `source` through decode and the aggregate stage into `sinks` until `events` are
+/// decoded, then drains the pipeline. The stage checkpoints into a directory of this run's
+/// own (a checkpoint left by an earlier run would have it skip what that run counted), the
+/// lake's objects beside them as in the service.
+pub async fn run_source(source: Box<dyn Source>, events: u64, sinks: Sinks) -> Run {
     use classpulse::pipeline::Pipeline;
     use classpulse::sink::{NullSink, Sink};
     use tokio::time::Instant;
     let stats = Arc::new(Stats::default());
     let scratch = tempfile::tempdir().unwrap();
     let aggregates = aggregate_stage(scratch.path(), source.kind(), &stats);
-    let sinks: Vec<Box<dyn Sink>> = vec![Box::new(NullSink)];
+    let sinks: Vec<Box<dyn Sink>> = match sinks {
+        Sinks::Null => vec![Box::new(NullSink)],
+        Sinks::Lake => lake_sinks(scratch.path(), source.kind(), &stats),
+    };
     let pipeline = Pipeline::new(source, sinks, settings(), Arc::clone(&stats), Health::new())
         .with_aggregates(aggregates);
     let shutdown = tokio_util::sync::CancellationToken::new();
     let run = tokio::spawn(pipeline.run(shutdown.clone()));
     let mut first = None;
+    // Polled each millisecond (the timer's resolution): a wake-up costs microseconds, well
+    // under a thousandth of the CPU measured.
     loop {
         let decoded = Stats::get(&stats.events);
-        if decoded > 0 {
-            first.get_or_insert_with(Instant::now);
+        if decoded > 0 && first.is_none() {
+            first = Some((Instant::now(), cpu_seconds()));
         }
         if decoded >= events {
             break;
         }
-        tokio::time::sleep(Duration::from_micros(200)).await;
+        tokio::time::sleep(Duration::from_millis(1)).await;
     }
-    let took = first.map_or(Duration::ZERO, |first| first.elapsed());
+    let (first_at, first_cpu) = first.expect("at least one event decoded");
+    let wall = first_at.elapsed();
     shutdown.cancel();
     run.await.unwrap().unwrap();
-    took
+    Run {
+        wall,
+        cpu_seconds: cpu_seconds() - first_cpu,
+    }
+}
+
+/// The lake's sinks as the service builds them (events as Parquet, dead letters as zstd
+/// NDJSON) writing into the directory `root`.
+pub fn lake_sinks(
+    root: &std::path::Path,
+    source_kind: &'static str,
+    stats: &Arc<Stats>,
+) -> Vec<Box<dyn classpulse::sink::Sink>> {
+    use classpulse::sink::dead_letter::{DeadLetterFormat, NdjsonZstEncoder};
+    use classpulse::sink::lake::{LakeFormat, ParquetEncoder};
+    use classpulse::sink::object::{ObjectLimits, ObjectSink};
+    let vars: HashMap<String, String> = [(
+        "CLASSPULSE_LAKE_URL".to_owned(),
+        format!("file://{}", root.display()),
+    )]
+    .into();
+    let lake = Config::from_vars(&vars).unwrap().lake;
+    let writer = ObjectWriter::open(&lake, source_kind, Health::new(), Arc::clone(stats)).unwrap();
+    let limits = ObjectLimits::from_config(&lake);
+    vec![
+        Box::new(ObjectSink::new(
+            LakeFormat { source_kind },
+            ParquetEncoder::new,
+            writer.clone(),
+            limits,
+        )),
+        Box::new(ObjectSink::new(
+            DeadLetterFormat { source_kind },
+            NdjsonZstEncoder::new,
+            writer,
+            limits,
+        )),
+    ]
+}
+
+/// CPU-seconds this process has used (user + system).
+pub fn cpu_seconds() -> f64 {
+    classpulse::metrics::cpu_seconds().expect("CPU time from /proc/self/stat (Linux)")
+}
+
+/// CPU-seconds per million events of each row of a benchmark, gathered over its runs and
+/// printed side by side, so that the gaps between rows are read from one run.
+#[derive(Default)]
+pub struct CpuTable {
+    rows: Vec<(String, Vec<f64>)>,
+}
+
+impl CpuTable {
+    /// Records one run of `row`: `cpu_seconds` spent on `events`.
+    pub fn record(&mut self, row: &str, cpu_seconds: f64, events: u64) {
+        let per_million = cpu_seconds * 1e6 / events as f64;
+        match self.rows.iter_mut().find(|(name, _)| name == row) {
+            Some((_, runs)) => runs.push(per_million),
+            None => self.rows.push((row.to_owned(), vec![per_million])),
+        }
+    }
+
+    /// The median of `row`'s runs.
+    pub fn median(&self, row: &str) -> Option<f64> {
+        let (_, runs) = self.rows.iter().find(|(name, _)| name == row)?;
+        let mut sorted = runs.clone();
+        sorted.sort_by(f64::total_cmp);
+        Some(sorted[sorted.len() / 2])
+    }
+
+    /// Prints each row's median, lowest and highest, and each row's difference from `floor`.
+    pub fn print(&self, title: &str, floor: &str) {
+        eprintln!("{title}: CPU-seconds per million events (process user + system), median [lowest, highest] of the runs");
+        let floor_median = self.median(floor);
+        for (row, runs) in &self.rows {
+            let low = runs.iter().copied().fold(f64::INFINITY, f64::min);
+            let high = runs.iter().copied().fold(0.0, f64::max);
+            let median = self.median(row).unwrap();
+            let over = match floor_median {
+                Some(floor_median) if row != floor => {
+                    format!("  {:+.3} over {floor}", median - floor_median)
+                }
+                _ => String::new(),
+            };
+            eprintln!("  {row:<44} {median:>7.3} [{low:.3}, {high:.3}] over {} runs{over}", runs.len());
+        }
+    }
 }
 
 /// Decoder limits as configured by default.
