@@ -20,7 +20,6 @@ use classpulse::live::{Board, Publisher, Tiles};
 use classpulse::pipeline::{Pipeline, RunReport, Settings};
 use classpulse::profile::source::{Profiles, TableSource};
 use classpulse::screens::{wall_routes, Access, Walls};
-use classpulse::sink::dead_letter::{DeadLetterFormat, NdjsonZstEncoder};
 use classpulse::sink::dead_letter_topic::DeadLetterTopicSink;
 use classpulse::sink::dynamodb::aggregates::AggregatesTable;
 use classpulse::sink::dynamodb::events::{EventsTableSink, PackSettings, MAX_PAYLOAD_BYTES};
@@ -644,21 +643,7 @@ fn sinks(
     msk_iam: Option<&MskIam>,
     table_writers: &mut Vec<TableWriter>,
 ) -> anyhow::Result<Vec<Box<dyn Sink>>> {
-    let limits = ObjectLimits::from_config(&config.lake);
-    let mut sinks: Vec<Box<dyn Sink>> = vec![
-        Box::new(ObjectSink::new(
-            LakeFormat { source_kind },
-            ParquetEncoder::new,
-            lake.clone(),
-            limits,
-        )),
-        Box::new(ObjectSink::new(
-            DeadLetterFormat { source_kind },
-            NdjsonZstEncoder::new,
-            lake.clone(),
-            limits,
-        )),
-    ];
+    let mut sinks = classpulse::sink::lake_sinks(&config.lake, source_kind, lake);
     if let (Some(client), Some(table)) = (dynamodb, &config.dynamodb.events_table) {
         let (sink, table_writer) = events_table(config, client, table, health, lake);
         table_writers.push(table_writer);

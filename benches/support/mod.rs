@@ -38,13 +38,12 @@ pub fn aggregate_stage(
     source_kind: &'static str,
     stats: &Arc<Stats>,
 ) -> AggregateStage {
-    let vars: HashMap<String, String> = [(
-        "CLASSPULSE_LAKE_URL".to_owned(),
-        format!("file://{}", scratch.display()),
-    )]
-    .into();
-    let lake = Config::from_vars(&vars).unwrap().lake;
-    let writer = ObjectWriter::open(&lake, source_kind, Health::new(), Arc::clone(stats)).unwrap();
+    let (_, writer) = scratch_lake(scratch, source_kind, stats);
+    aggregate_stage_writing_to(writer, stats)
+}
+
+/// The aggregate stage with the default rules, checkpointing through `writer`.
+fn aggregate_stage_writing_to(writer: ObjectWriter, stats: &Arc<Stats>) -> AggregateStage {
     AggregateStage::new(
         Rules::default(),
         Duration::from_secs(30),
@@ -53,6 +52,22 @@ pub fn aggregate_stage(
         Health::new(),
         Arc::clone(stats),
     )
+}
+
+/// The lake's default configuration in the directory `root`, and its writer.
+fn scratch_lake(
+    root: &std::path::Path,
+    source_kind: &'static str,
+    stats: &Arc<Stats>,
+) -> (classpulse::config::LakeConfig, ObjectWriter) {
+    let vars: HashMap<String, String> = [(
+        "CLASSPULSE_LAKE_URL".to_owned(),
+        format!("file://{}", root.display()),
+    )]
+    .into();
+    let lake = Config::from_vars(&vars).unwrap().lake;
+    let writer = ObjectWriter::open(&lake, source_kind, Health::new(), Arc::clone(stats)).unwrap();
+    (lake, writer)
 }
 
 /// Where a measured run's events go after decode and the aggregate stage.
@@ -93,11 +108,12 @@ pub async fn run_source(source: Box<dyn Source>, events: u64, sinks: Sinks) -> R
     use tokio::time::Instant;
     let stats = Arc::new(Stats::default());
     let scratch = tempfile::tempdir().unwrap();
-    let aggregates = aggregate_stage(scratch.path(), source.kind(), &stats);
+    let (lake, writer) = scratch_lake(scratch.path(), source.kind(), &stats);
     let sinks: Vec<Box<dyn Sink>> = match sinks {
         Sinks::Null => vec![Box::new(NullSink)],
-        Sinks::Lake => lake_sinks(scratch.path(), source.kind(), &stats),
+        Sinks::Lake => classpulse::sink::lake_sinks(&lake, source.kind(), &writer),
     };
+    let aggregates = aggregate_stage_writing_to(writer, &stats);
     let pipeline = Pipeline::new(source, sinks, settings(), Arc::clone(&stats), Health::new())
         .with_aggregates(aggregates);
     let shutdown = tokio_util::sync::CancellationToken::new();
@@ -123,40 +139,6 @@ pub async fn run_source(source: Box<dyn Source>, events: u64, sinks: Sinks) -> R
         wall,
         cpu_seconds: cpu_seconds() - first_cpu,
     }
-}
-
-/// The lake's sinks as the service builds them (events as Parquet, dead letters as zstd
-/// NDJSON) writing into the directory `root`.
-pub fn lake_sinks(
-    root: &std::path::Path,
-    source_kind: &'static str,
-    stats: &Arc<Stats>,
-) -> Vec<Box<dyn classpulse::sink::Sink>> {
-    use classpulse::sink::dead_letter::{DeadLetterFormat, NdjsonZstEncoder};
-    use classpulse::sink::lake::{LakeFormat, ParquetEncoder};
-    use classpulse::sink::object::{ObjectLimits, ObjectSink};
-    let vars: HashMap<String, String> = [(
-        "CLASSPULSE_LAKE_URL".to_owned(),
-        format!("file://{}", root.display()),
-    )]
-    .into();
-    let lake = Config::from_vars(&vars).unwrap().lake;
-    let writer = ObjectWriter::open(&lake, source_kind, Health::new(), Arc::clone(stats)).unwrap();
-    let limits = ObjectLimits::from_config(&lake);
-    vec![
-        Box::new(ObjectSink::new(
-            LakeFormat { source_kind },
-            ParquetEncoder::new,
-            writer.clone(),
-            limits,
-        )),
-        Box::new(ObjectSink::new(
-            DeadLetterFormat { source_kind },
-            NdjsonZstEncoder::new,
-            writer,
-            limits,
-        )),
-    ]
 }
 
 /// CPU-seconds this process has used (user + system).
@@ -203,7 +185,10 @@ impl CpuTable {
                 }
                 _ => String::new(),
             };
-            eprintln!("  {row:<44} {median:>7.3} [{low:.3}, {high:.3}] over {} runs{over}", runs.len());
+            eprintln!(
+                "  {row:<44} {median:>7.3} [{low:.3}, {high:.3}] over {} runs{over}",
+                runs.len()
+            );
         }
     }
 }

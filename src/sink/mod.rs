@@ -18,7 +18,9 @@ use std::time::Duration;
 use async_trait::async_trait;
 use tokio::sync::mpsc;
 
+use crate::config::LakeConfig;
 use crate::decode::DecodedBatch;
+use crate::store::ObjectWriter;
 
 /// Why a sink stopped.
 #[derive(Debug, thiserror::Error)]
@@ -90,6 +92,32 @@ pub async fn run_sink(
     sink.flush_all().await?;
     tracing::debug!(sink = sink.name(), "sink drained");
     Ok(())
+}
+
+/// The lake's two sinks, both writing through `writer` within `lake`'s object limits: the
+/// valid events as Parquet and the dead letters as zstd NDJSON.
+pub fn lake_sinks(
+    lake: &LakeConfig,
+    source_kind: &'static str,
+    writer: &ObjectWriter,
+) -> Vec<Box<dyn Sink>> {
+    use dead_letter::{DeadLetterFormat, NdjsonZstEncoder};
+    use object::{ObjectLimits, ObjectSink};
+    let limits = ObjectLimits::from_config(lake);
+    vec![
+        Box::new(ObjectSink::new(
+            lake::LakeFormat { source_kind },
+            lake::ParquetEncoder::new,
+            writer.clone(),
+            limits,
+        )),
+        Box::new(ObjectSink::new(
+            DeadLetterFormat { source_kind },
+            NdjsonZstEncoder::new,
+            writer.clone(),
+            limits,
+        )),
+    ]
 }
 
 /// Accepts everything and holds nothing: for benchmarks of the rest of the pipeline.
