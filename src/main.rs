@@ -125,6 +125,12 @@ enum TablesCommand {
     Create,
 }
 
+/// With the `jemalloc` feature jemalloc serves Rust's allocations, and, its `malloc` replacing
+/// glibc's, librdkafka's as well.
+#[cfg(feature = "jemalloc")]
+#[global_allocator]
+static ALLOCATOR: tikv_jemallocator::Jemalloc = tikv_jemallocator::Jemalloc;
+
 fn main() -> ExitCode {
     classpulse::memory::limit_malloc_arenas();
     let cli = Cli::parse();

@@ -11,7 +11,7 @@ use std::time::Duration;
 /// Limits glibc to two arenas (plenty on ECS tasks of one or two vCPUs). Call before any thread
 /// starts; `MALLOC_ARENA_MAX`, if set, wins.
 pub fn limit_malloc_arenas() {
-    #[cfg(all(target_os = "linux", target_env = "gnu"))]
+    #[cfg(all(target_os = "linux", target_env = "gnu", not(feature = "jemalloc")))]
     if std::env::var_os("MALLOC_ARENA_MAX").is_none() {
         // SAFETY: mallopt only sets an allocator parameter, before other threads exist.
         unsafe {
@@ -32,7 +32,7 @@ pub fn trim_every(interval: Duration) {
     {
         return;
     }
-    #[cfg(all(target_os = "linux", target_env = "gnu"))]
+    #[cfg(all(target_os = "linux", target_env = "gnu", not(feature = "jemalloc")))]
     // SAFETY: malloc_trim is thread-safe; it returns free pages of every arena (a few ms).
     unsafe {
         libc::malloc_trim(0);
@@ -44,7 +44,7 @@ mod tests {
     use super::*;
 
     #[test]
-    #[cfg(all(target_os = "linux", target_env = "gnu"))]
+    #[cfg(all(target_os = "linux", target_env = "gnu", not(feature = "jemalloc")))]
     fn trimming_gives_freed_memory_back() {
         let rss = || crate::metrics::resident_memory_bytes().unwrap();
         // 200 MB in small blocks (below the mmap threshold), all freed but one in a hundred:
