@@ -618,6 +618,16 @@ impl SeenIds {
         }
     }
 
+    /// Lets go of a retired id that a sealed segment holds already (a late event found to be
+    /// a duplicate), so that it is not sealed a second time.
+    pub fn forget_retired(&mut self, id: u128) {
+        // Searched from the end: the id is one of the last retired.
+        if let Some(at) = self.retired.iter().rposition(|&held| held == id) {
+            self.retired.remove(at);
+            self.index.remove(&id);
+        }
+    }
+
     /// Retired ids held.
     pub fn retired_len(&self) -> usize {
         self.retired.len()

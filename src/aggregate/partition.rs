@@ -404,13 +404,20 @@ impl PartitionState {
                 Target::Final(class) => (late_unless_held(&mut class.late, id), class.stored_ids),
             };
             if verdict == Verdict::Late {
-                // Its id may have left the state already, in a segment not yet written.
+                // Its id may have left the state already, in a segment not yet written: a
+                // duplicate then, its id not held again.
                 if self
                     .outbox
                     .iter()
                     .any(|outgoing| outgoing.holds_id(&studio_id, &class_id, id))
                 {
                     verdict = Verdict::Duplicate;
+                    match &mut target {
+                        Target::Open(class) | Target::Closing(class) => {
+                            class.seen.forget_retired(id)
+                        }
+                        Target::Final(class) => class.late.forget_retired(id),
+                    }
                 } else if stored_ids {
                     unconfirmed.push(start + i);
                 }
@@ -504,7 +511,8 @@ impl PartitionState {
         std::mem::take(&mut self.unconfirmed)
     }
 
-    /// Makes duplicates of late events whose ids the stage found in their class's segments:
+    /// Makes duplicates of late events whose ids the stage found in their class's segments,
+    /// and lets go of the ids they left in their class (a segment holds them already):
     /// `found` indexes `events`, the slice given to [`PartitionState::apply`].
     pub fn confirm_duplicates(
         &mut self,
@@ -527,6 +535,17 @@ impl PartitionState {
                 .and_then(|entries| entries.iter_mut().find(|(hash, _, _)| *hash == id))
             {
                 entry.1 = false;
+            }
+            let key = format!("{}:{}", event.studio_id, event.class_id);
+            let held = if let Some(class) = self.classes.get_mut(&key) {
+                Some(&mut class.seen)
+            } else if let Some((class, _)) = self.closing.get_mut(&key) {
+                Some(&mut class.seen)
+            } else {
+                self.finalised.get_mut(&key).map(|class| &mut class.late)
+            };
+            if let Some(held) = held {
+                held.forget_retired(id);
             }
         }
     }

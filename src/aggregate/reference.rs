@@ -1174,6 +1174,10 @@ fn old_events_and_events_for_final_classes_are_late_and_old_copies_duplicates() 
         state.left_out[&6].iter().all(|(_, late, _)| !late),
         "a replay gives it the same verdict"
     );
+    assert!(
+        state.finalised["studio-1:class-1"].late.is_empty(),
+        "the ids of its late events found sealed are not held to be sealed again"
+    );
     assert_eq!(finalised[0].result.summary.hr_samples, 3);
 }
 
