@@ -1,6 +1,7 @@
 //! AWS clients and their errors. In production the SDK's default credential chain and region
 //! apply (the ECS task role); for local servers an endpoint override per service, and us-east-1
-//! when no region is configured.
+//! when no region is configured. Also the Kinesis calls that the source and the live screens
+//! both make to find a stream and register an enhanced fan-out consumer on it.
 
 use aws_config::meta::region::RegionProviderChain;
 use aws_config::{BehaviorVersion, SdkConfig};
@@ -136,5 +137,118 @@ where
         },
         SdkError::ConstructionFailure(_) => Failure::Invalid(detail()),
         _ => Failure::Transient(detail()),
+    }
+}
+
+/// A Kinesis call that failed while finding a stream or registering its consumer.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct StreamCallError {
+    /// The call, e.g. `RegisterStreamConsumer`.
+    pub call: &'static str,
+    /// What went wrong, as the SDK tells it.
+    pub detail: String,
+    /// The stream is missing or may not be read: an operator's to fix, not worth retrying.
+    pub refused: bool,
+}
+
+impl StreamCallError {
+    fn of<E, R>(call: &'static str, error: &SdkError<E, R>) -> StreamCallError
+    where
+        E: ProvideErrorMetadata + std::error::Error + 'static,
+        R: std::fmt::Debug,
+    {
+        StreamCallError {
+            call,
+            detail: aws_sdk_kinesis::error::DisplayErrorContext(error).to_string(),
+            refused: matches!(
+                error.code(),
+                Some(
+                    "ResourceNotFoundException"
+                        | "AccessDeniedException"
+                        | "InvalidArgumentException"
+                )
+            ),
+        }
+    }
+}
+
+impl std::fmt::Display for StreamCallError {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "{}: {}", self.call, self.detail)
+    }
+}
+
+/// How long a stream consumer may take to become active after it is registered.
+const CONSUMER_ACTIVE_DEADLINE: std::time::Duration = std::time::Duration::from_secs(120);
+
+/// The ARN of the Kinesis stream `stream`, a name or an ARN already.
+pub async fn stream_arn(
+    kinesis: &aws_sdk_kinesis::Client,
+    stream: &str,
+) -> Result<String, StreamCallError> {
+    if stream.starts_with("arn:") {
+        return Ok(stream.to_owned());
+    }
+    let summary = kinesis
+        .describe_stream_summary()
+        .stream_name(stream)
+        .send()
+        .await
+        .map_err(|e| StreamCallError::of("DescribeStreamSummary", &e))?;
+    summary
+        .stream_description_summary()
+        .map(|summary| summary.stream_arn().to_owned())
+        .ok_or_else(|| StreamCallError {
+            call: "DescribeStreamSummary",
+            detail: "no summary".to_owned(),
+            refused: false,
+        })
+}
+
+/// Registers the enhanced fan-out consumer `name` on the stream `stream_arn` (or finds it
+/// registered, by another task or an earlier run) and waits until it is active; returns its
+/// ARN.
+pub async fn register_stream_consumer(
+    kinesis: &aws_sdk_kinesis::Client,
+    stream_arn: &str,
+    name: &str,
+) -> Result<String, StreamCallError> {
+    match kinesis
+        .register_stream_consumer()
+        .stream_arn(stream_arn)
+        .consumer_name(name)
+        .send()
+        .await
+    {
+        Ok(_) => tracing::info!(
+            consumer = name,
+            stream = stream_arn,
+            "stream consumer registered"
+        ),
+        Err(e) if e.code() == Some("ResourceInUseException") => {}
+        Err(e) => return Err(StreamCallError::of("RegisterStreamConsumer", &e)),
+    }
+    let deadline = tokio::time::Instant::now() + CONSUMER_ACTIVE_DEADLINE;
+    loop {
+        let described = kinesis
+            .describe_stream_consumer()
+            .stream_arn(stream_arn)
+            .consumer_name(name)
+            .send()
+            .await
+            .map_err(|e| StreamCallError::of("DescribeStreamConsumer", &e))?;
+        if let Some(consumer) = described.consumer_description() {
+            if consumer.consumer_status().as_str() == "ACTIVE" {
+                return Ok(consumer.consumer_arn().to_owned());
+            }
+        }
+        if tokio::time::Instant::now() > deadline {
+            return Err(StreamCallError {
+                call: "DescribeStreamConsumer",
+                detail: format!("not active after {} s", CONSUMER_ACTIVE_DEADLINE.as_secs()),
+                refused: false,
+            });
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(500)).await;
     }
 }

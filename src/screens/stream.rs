@@ -13,7 +13,7 @@ use std::collections::HashSet;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use aws_sdk_kinesis::error::{DisplayErrorContext, ProvideErrorMetadata};
+use aws_sdk_kinesis::error::DisplayErrorContext;
 use aws_sdk_kinesis::primitives::DateTime;
 use aws_sdk_kinesis::types::{
     Shard, ShardIteratorType, StartingPosition, SubscribeToShardEventStream,
@@ -23,6 +23,7 @@ use tokio::sync::mpsc;
 use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 
+use crate::aws::{self, StreamCallError};
 use crate::health::Health;
 use crate::live::board::{Board, Refused};
 use crate::log_limit::LogLimiter;
@@ -38,8 +39,6 @@ const SUBSCRIBE_DEADLINE: Duration = Duration::from_secs(15);
 /// Kinesis sends an event every few seconds, records or not: a subscription silent this long
 /// is stuck, and is renewed.
 const SILENCE: Duration = Duration::from_secs(30);
-/// How long registering a consumer may take to become active.
-const REGISTER_DEADLINE: Duration = Duration::from_secs(120);
 
 /// The shards listed as closed (an ending sequence number), shared with their readers.
 #[derive(Clone, Default)]
@@ -229,12 +228,11 @@ enum StartError {
 }
 
 impl StartError {
-    fn of<E: ProvideErrorMetadata>(error: &E, message: String) -> StartError {
-        match error.code() {
-            Some(
-                "ResourceNotFoundException" | "AccessDeniedException" | "InvalidArgumentException",
-            ) => StartError::Refused(message),
-            _ => StartError::Failed(message),
+    fn of(error: StreamCallError, message: String) -> StartError {
+        if error.refused {
+            StartError::Refused(message)
+        } else {
+            StartError::Failed(message)
         }
     }
 }
@@ -250,8 +248,16 @@ async fn start(
     let mut backoff = Backoff::new(Duration::from_secs(1), Duration::from_secs(30));
     loop {
         let attempt = async {
-            let stream_arn = stream_arn(kinesis, stream).await?;
-            let consumer_arn = register(kinesis, &stream_arn, consumer).await?;
+            let stream_arn = aws::stream_arn(kinesis, stream).await.map_err(|error| {
+                let message = format!("live stream {stream}: {error}");
+                StartError::of(error, message)
+            })?;
+            let consumer_arn = aws::register_stream_consumer(kinesis, &stream_arn, consumer)
+                .await
+                .map_err(|error| {
+                    let message = format!("live stream consumer {consumer}: {error} (a stream has at most 20 consumers: docs/screens.md)");
+                    StartError::of(error, message)
+                })?;
             Ok::<_, StartError>((stream_arn, consumer_arn))
         };
         let failed = tokio::select! {
@@ -267,85 +273,6 @@ async fn start(
             _ = tokio::time::sleep(backoff.next_delay()) => {}
             _ = stop.cancelled() => return Ok(None),
         }
-    }
-}
-
-async fn stream_arn(kinesis: &Client, stream: &str) -> Result<String, StartError> {
-    if stream.starts_with("arn:") {
-        return Ok(stream.to_owned());
-    }
-    let summary = kinesis
-        .describe_stream_summary()
-        .stream_name(stream)
-        .send()
-        .await
-        .map_err(|e| {
-            let message = format!(
-                "live stream {stream}: DescribeStreamSummary: {}",
-                DisplayErrorContext(&e)
-            );
-            StartError::of(&e, message)
-        })?;
-    summary
-        .stream_description_summary()
-        .map(|summary| summary.stream_arn().to_owned())
-        .ok_or_else(|| {
-            StartError::Failed(format!(
-                "live stream {stream}: DescribeStreamSummary: no summary"
-            ))
-        })
-}
-
-/// Registers `name` on the stream (or finds it registered, by this task before a restart) and
-/// waits until it is active; returns its ARN.
-async fn register(kinesis: &Client, stream_arn: &str, name: &str) -> Result<String, StartError> {
-    let failure = |call: &str, detail: String| {
-        format!("live stream consumer {name}: {call}: {detail} (a stream has at most 20 consumers: docs/screens.md)")
-    };
-    match kinesis
-        .register_stream_consumer()
-        .stream_arn(stream_arn)
-        .consumer_name(name)
-        .send()
-        .await
-    {
-        Ok(_) => tracing::info!(consumer = name, "live stream consumer registered"),
-        Err(e) if e.code() == Some("ResourceInUseException") => {}
-        Err(e) => {
-            let message = failure(
-                "RegisterStreamConsumer",
-                DisplayErrorContext(&e).to_string(),
-            );
-            return Err(StartError::of(&e, message));
-        }
-    }
-    let deadline = Instant::now() + REGISTER_DEADLINE;
-    loop {
-        let described = kinesis
-            .describe_stream_consumer()
-            .stream_arn(stream_arn)
-            .consumer_name(name)
-            .send()
-            .await
-            .map_err(|e| {
-                let message = failure(
-                    "DescribeStreamConsumer",
-                    DisplayErrorContext(&e).to_string(),
-                );
-                StartError::of(&e, message)
-            })?;
-        if let Some(consumer) = described.consumer_description() {
-            if consumer.consumer_status().as_str() == "ACTIVE" {
-                return Ok(consumer.consumer_arn().to_owned());
-            }
-        }
-        if Instant::now() > deadline {
-            return Err(StartError::Failed(failure(
-                "DescribeStreamConsumer",
-                "not active after 120 s".to_owned(),
-            )));
-        }
-        tokio::time::sleep(Duration::from_millis(500)).await;
     }
 }
 

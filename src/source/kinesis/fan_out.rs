@@ -6,7 +6,6 @@ use std::time::Duration;
 use aws_sdk_kinesis::error::ProvideErrorMetadata;
 use aws_sdk_kinesis::primitives::DateTime;
 use aws_sdk_kinesis::types::ShardIteratorType;
-use tokio::time::Instant;
 
 use super::lease::Checkpoint;
 use super::reader::{hand_out, past_retention, reached_end, report_tip, Cursor, ShardRead, Start};
@@ -17,74 +16,15 @@ use crate::source::SourceError;
 /// Registers the stream consumer `name` (or finds it, registered by another task or an earlier
 /// run) and waits until it is active; returns its ARN.
 pub(super) async fn register_consumer(shared: &Shared, name: &str) -> Result<String, SourceError> {
-    let failure = |what: &str, error: &dyn std::fmt::Display| {
-        SourceError::Unavailable(format!(
-            "kinesis stream {}: {what}: {error}",
-            shared.config.stream
-        ))
+    let failure = |error: crate::aws::StreamCallError| {
+        SourceError::Unavailable(format!("kinesis stream {}: {error}", shared.config.stream))
     };
-    let stream_arn = if shared.config.stream.starts_with("arn:") {
-        shared.config.stream.clone()
-    } else {
-        let summary = shared
-            .kinesis
-            .describe_stream_summary()
-            .stream_name(&shared.config.stream)
-            .send()
-            .await
-            .map_err(|e| {
-                failure(
-                    "DescribeStreamSummary",
-                    &aws_sdk_kinesis::error::DisplayErrorContext(&e),
-                )
-            })?;
-        summary
-            .stream_description_summary()
-            .map(|summary| summary.stream_arn().to_owned())
-            .ok_or_else(|| failure("DescribeStreamSummary", &"no summary"))?
-    };
-    let registered = shared
-        .kinesis
-        .register_stream_consumer()
-        .stream_arn(&stream_arn)
-        .consumer_name(name)
-        .send()
-        .await;
-    match registered {
-        Ok(_) => tracing::info!(consumer = name, "stream consumer registered"),
-        Err(e) if e.code() == Some("ResourceInUseException") => {}
-        Err(e) => {
-            return Err(failure(
-                "RegisterStreamConsumer",
-                &aws_sdk_kinesis::error::DisplayErrorContext(&e),
-            ))
-        }
-    }
-    let deadline = Instant::now() + Duration::from_secs(120);
-    loop {
-        let described = shared
-            .kinesis
-            .describe_stream_consumer()
-            .stream_arn(&stream_arn)
-            .consumer_name(name)
-            .send()
-            .await
-            .map_err(|e| {
-                failure(
-                    "DescribeStreamConsumer",
-                    &aws_sdk_kinesis::error::DisplayErrorContext(&e),
-                )
-            })?;
-        if let Some(consumer) = described.consumer_description() {
-            if consumer.consumer_status().as_str() == "ACTIVE" {
-                return Ok(consumer.consumer_arn().to_owned());
-            }
-        }
-        if Instant::now() > deadline {
-            return Err(failure("stream consumer", &"not active after 120 s"));
-        }
-        tokio::time::sleep(Duration::from_millis(500)).await;
-    }
+    let stream_arn = crate::aws::stream_arn(&shared.kinesis, &shared.config.stream)
+        .await
+        .map_err(failure)?;
+    crate::aws::register_stream_consumer(&shared.kinesis, &stream_arn, name)
+        .await
+        .map_err(failure)
 }
 
 /// Enhanced fan-out: SubscribeToShard pushes records for up to 5 minutes per subscription; a
