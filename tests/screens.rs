@@ -442,9 +442,13 @@ async fn the_wall_page_in_a_browser_shows_the_newest_record_and_moves() {
     let url = format!("http://{}/studios/studio-0001", running.http);
     let mut browser = Browser::open(&url);
     // What the page shows: the class's version, the status line, each tile and each board
-    // (its places as read, numbers included), and whether it fits the screen unscrolled.
+    // (its places as read, numbers included), whether it fits the screen unscrolled, and the
+    // tiles' lines that do not fit on one line of their tile (cut short or wrapped).
     let shown = "JSON.stringify({ status: document.getElementById('status').textContent, \
         fits: document.documentElement.scrollHeight <= window.innerHeight, \
+        cut: [...document.querySelectorAll('.tile > div')].filter(d => d.scrollWidth > d.clientWidth \
+          || d.getBoundingClientRect().height > 1.5 * parseFloat(getComputedStyle(d).lineHeight)).map(d => d.textContent), \
+        lines: document.querySelectorAll('.tile > div').length, \
         classes: [...document.querySelectorAll('section.class')].map(s => ({ class: s.dataset.class, version: s.dataset.version, \
         tiles: [...s.querySelectorAll('.tile')].map(t => ({ tile: t.dataset.tile, hr: t.dataset.hr, zone: t.dataset.zone, \
         text: t.querySelector('.hr').textContent })), \
@@ -565,6 +569,12 @@ async fn the_wall_page_in_a_browser_shows_the_newest_record_and_moves() {
         true,
         "a class of {} members and its boards fit 1280 x 720 unscrolled",
         tiles.len()
+    );
+    assert!(second["lines"].as_u64().unwrap() >= 5 * tiles.len() as u64);
+    assert_eq!(
+        second["cut"],
+        json!([]),
+        "every line of every tile fits on one line"
     );
     if let Some(path) = std::env::var_os("CLASSPULSE_TEST_WALL_SCREENSHOT") {
         // Well into the class, so the figures have grown.
