@@ -698,21 +698,87 @@ impl PartialEq for SeenIds {
     }
 }
 
+/// The buckets and the retired ids, each list of ids as one byte string of 16 bytes an id
+/// (little-endian): fingerprints are random, so a variable-length integer would take 19 bytes
+/// of most of them and a loop per byte to write.
 impl Serialize for SeenIds {
     fn serialize<S: serde::Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
-        (&self.buckets, &self.retired).serialize(serializer)
+        let buckets: BTreeMap<i64, IdBytes> = self
+            .buckets
+            .iter()
+            .map(|(bucket_ms, ids)| (*bucket_ms, IdBytes::of(ids)))
+            .collect();
+        (buckets, IdBytes::of(&self.retired)).serialize(serializer)
     }
 }
 
 impl<'de> Deserialize<'de> for SeenIds {
     fn deserialize<D: serde::Deserializer<'de>>(deserializer: D) -> Result<SeenIds, D::Error> {
-        let (buckets, retired) =
-            <(BTreeMap<i64, Vec<u128>>, Vec<u128>)>::deserialize(deserializer)?;
+        let (buckets, retired) = <(BTreeMap<i64, ReadIds>, ReadIds)>::deserialize(deserializer)?;
+        Ok(SeenIds::from_parts(
+            buckets
+                .into_iter()
+                .map(|(bucket_ms, ids)| (bucket_ms, ids.0))
+                .collect(),
+            retired.0,
+        ))
+    }
+}
+
+impl SeenIds {
+    /// Ids counted by event-time bucket and retired ones, as a checkpoint holds them.
+    pub fn from_parts(buckets: BTreeMap<i64, Vec<u128>>, retired: Vec<u128>) -> SeenIds {
         let mut seen = SeenIds::from_buckets(buckets);
         for id in retired {
             seen.insert_retired(id);
         }
-        Ok(seen)
+        seen
+    }
+}
+
+/// Ids as one byte string, 16 bytes (little-endian) an id, to be written.
+struct IdBytes(Vec<u8>);
+
+impl IdBytes {
+    fn of(ids: &[u128]) -> IdBytes {
+        let mut bytes = Vec::with_capacity(ids.len() * 16);
+        for id in ids {
+            bytes.extend_from_slice(&id.to_le_bytes());
+        }
+        IdBytes(bytes)
+    }
+}
+
+impl Serialize for IdBytes {
+    fn serialize<S: serde::Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
+        serializer.serialize_bytes(&self.0)
+    }
+}
+
+/// Ids read from an [`IdBytes`] string.
+struct ReadIds(Vec<u128>);
+
+impl<'de> Deserialize<'de> for ReadIds {
+    fn deserialize<D: serde::Deserializer<'de>>(deserializer: D) -> Result<ReadIds, D::Error> {
+        struct Visitor;
+        impl serde::de::Visitor<'_> for Visitor {
+            type Value = ReadIds;
+            fn expecting(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+                f.write_str("event id fingerprints of 16 bytes each")
+            }
+            fn visit_bytes<E: serde::de::Error>(self, bytes: &[u8]) -> Result<ReadIds, E> {
+                if bytes.len() % 16 != 0 {
+                    return Err(E::invalid_length(bytes.len(), &self));
+                }
+                Ok(ReadIds(
+                    bytes
+                        .chunks_exact(16)
+                        .map(|id| u128::from_le_bytes(id.try_into().expect("chunks of 16")))
+                        .collect(),
+                ))
+            }
+        }
+        deserializer.deserialize_bytes(Visitor)
     }
 }
 

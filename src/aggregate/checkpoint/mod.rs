@@ -3,7 +3,7 @@
 //!
 //! Both start with their format version. This build writes [`VERSION`] and restores every
 //! checkpoint from [`OLDEST`] on: an earlier version keeps its reader in a module of its own
-//! (`v3` to `v6`), with the types as that version wrote them and an upgrade into a later
+//! (`v3` to `v7`), with the types as that version wrote them and an upgrade into a later
 //! version's form, so a restore runs the chain up to the newest. A checkpoint of a version newer than
 //! this build's (written by a newer build, met in a rolling deploy or after a rollback) is
 //! [`CheckpointError::Newer`]: the stage refuses its partition and never overwrites it
@@ -20,6 +20,7 @@ mod v3;
 mod v4;
 mod v5;
 mod v6;
+mod v7;
 
 use std::collections::BTreeMap;
 
@@ -30,11 +31,11 @@ use super::output::Outgoing;
 use super::partition::{FinalClass, PartitionState, Trigger};
 
 /// The checkpoint format this build writes.
-pub const VERSION: u32 = 7;
+pub const VERSION: u32 = 8;
 /// The oldest checkpoint format this build restores.
 pub const OLDEST: u32 = 3;
 /// The format of a class part handed to its home, written by this build.
-pub const PART_VERSION: u32 = 6;
+pub const PART_VERSION: u32 = 7;
 /// The oldest format of a class part this build merges.
 pub const OLDEST_PART: u32 = 3;
 
@@ -85,19 +86,50 @@ impl CheckpointError {
 }
 
 /// A partition's state as [`VERSION`] serialises it; `C` is the class state (borrowed when
-/// writing).
+/// writing), `F` a final class (of its own layout in versions 5 to 7).
 #[derive(Serialize, Deserialize)]
-struct Checkpoint<C> {
+struct Checkpoint<C, F = FinalClass> {
     version: u32,
     name: String,
     position: Option<u64>,
     clock_ms: i64,
     classes: Vec<C>,
-    finalised: BTreeMap<String, FinalClass>,
+    finalised: BTreeMap<String, F>,
     outbox: Vec<Outgoing>,
     left_out: BTreeMap<u64, Vec<(u128, bool, i64)>>,
     last_class: Option<String>,
     closing: Vec<(String, C, Trigger)>,
+}
+
+impl<C, F> Checkpoint<C, F> {
+    /// This build's form of an older version's checkpoint, each class and final class
+    /// upgraded.
+    fn upgrade(
+        self,
+        class: impl Fn(C) -> ClassState,
+        finalised: impl Fn(F) -> FinalClass,
+    ) -> Checkpoint<ClassState> {
+        Checkpoint {
+            version: VERSION,
+            name: self.name,
+            position: self.position,
+            clock_ms: self.clock_ms,
+            classes: self.classes.into_iter().map(&class).collect(),
+            finalised: self
+                .finalised
+                .into_iter()
+                .map(|(key, final_class)| (key, finalised(final_class)))
+                .collect(),
+            outbox: self.outbox,
+            left_out: self.left_out,
+            last_class: self.last_class,
+            closing: self
+                .closing
+                .into_iter()
+                .map(|(key, state, trigger)| (key, class(state), trigger))
+                .collect(),
+        }
+    }
 }
 
 /// A part of a class handed to its home, as [`PART_VERSION`] serialises it.
@@ -137,6 +169,7 @@ pub fn decode(bytes: &[u8], wall_ms: i64) -> Result<PartitionState, CheckpointEr
     let plain = zstd::stream::decode_all(bytes).map_err(CheckpointError::Compression)?;
     let checkpoint: Checkpoint<ClassState> = match version(&plain)? {
         VERSION => postcard::from_bytes(&plain).map_err(CheckpointError::Layout)?,
+        7 => v7::upgrade(v7::read(&plain)?),
         6 => v6::upgrade(v6::read(&plain)?),
         5 => v5::upgrade(v5::read(&plain)?),
         4 => v5::upgrade(v4::read(&plain)?.upgrade()),
@@ -189,6 +222,11 @@ pub fn decode_part(bytes: &[u8]) -> Result<(String, ClassState), CheckpointError
             let part: Part<ClassState> =
                 postcard::from_bytes(&plain).map_err(CheckpointError::Layout)?;
             Ok((part.partition, part.class))
+        }
+        6 => {
+            let part: Part<v7::ClassV7> =
+                postcard::from_bytes(&plain).map_err(CheckpointError::Layout)?;
+            Ok((part.partition, part.class.upgrade()))
         }
         5 => {
             let part: Part<v6::ClassV6> =
@@ -481,7 +519,8 @@ mod tests {
             assert_eq!(restored.position, scratch.position, "v{version}");
             assert_eq!(restored.clock_ms, scratch.clock_ms, "v{version}");
             assert!(restored.classes.is_empty() && restored.closing.is_empty());
-            let (written_restored, expected) = if version == VERSION {
+            // Version 7 differs from this build's only in how it lays out ids.
+            let (written_restored, expected) = if version >= 7 {
                 (written(&restored.outbox), expected.clone())
             } else {
                 (

@@ -8,10 +8,11 @@ use std::collections::BTreeMap;
 use serde::Deserialize;
 
 use super::v5::{ClassV5, MemberV5};
+use super::v7::{FinalClassV7, SeenIdsV7};
 use super::{Checkpoint, CheckpointError};
 use crate::aggregate::class::{Minute, SeenIds};
 use crate::aggregate::output::Outgoing;
-use crate::aggregate::partition::{FinalClass, Trigger};
+use crate::aggregate::partition::Trigger;
 
 /// [`ClassState`] as versions 3 and 4 wrote it (and class parts of format 3).
 #[derive(Deserialize)]
@@ -39,7 +40,7 @@ impl ClassV4 {
             max_time_ms: self.max_time_ms,
             first_event_ms: self.first_event_ms,
             last_event_ms: self.last_event_ms,
-            seen: SeenIds::from_buckets(self.seen),
+            seen: SeenIdsV7(SeenIds::from_buckets(self.seen)),
             stored_ids: self.home.is_some(),
             members: self.members,
             minutes: self.minutes,
@@ -72,7 +73,7 @@ pub(super) fn read(plain: &[u8]) -> Result<CheckpointV4, CheckpointError> {
 
 impl CheckpointV4 {
     /// Version 5's form.
-    pub(super) fn upgrade(self) -> Checkpoint<ClassV5> {
+    pub(super) fn upgrade(self) -> Checkpoint<ClassV5, FinalClassV7> {
         Checkpoint {
             version: super::VERSION,
             name: self.name,
@@ -83,10 +84,10 @@ impl CheckpointV4 {
                 .finalised
                 .into_iter()
                 .map(|(key, last_ms)| {
-                    let class = FinalClass {
+                    let class = FinalClassV7 {
                         last_ms,
                         stored_ids: false,
-                        late: SeenIds::default(),
+                        late: SeenIdsV7::default(),
                     };
                     (key, class)
                 })

@@ -8,8 +8,9 @@ use std::collections::BTreeMap;
 use serde::Deserialize;
 
 use super::v6::CardioV6;
+use super::v7::{FinalClassV7, SeenIdsV7};
 use super::{Checkpoint, CheckpointError};
-use crate::aggregate::class::{ClassState, HeartRate, MemberState, Minute, SeenIds, Stat, Weights};
+use crate::aggregate::class::{ClassState, HeartRate, MemberState, Minute, Stat, Weights};
 use crate::profile::Profile;
 
 /// [`HeartRate`] as versions 3 to 5 wrote it.
@@ -77,7 +78,7 @@ pub(super) struct ClassV5 {
     pub(super) max_time_ms: i64,
     pub(super) first_event_ms: i64,
     pub(super) last_event_ms: i64,
-    pub(super) seen: SeenIds,
+    pub(super) seen: SeenIdsV7,
     pub(super) stored_ids: bool,
     pub(super) members: BTreeMap<Box<str>, MemberV5>,
     pub(super) minutes: BTreeMap<i64, Minute>,
@@ -96,7 +97,7 @@ impl ClassV5 {
             max_time_ms: self.max_time_ms,
             first_event_ms: self.first_event_ms,
             last_event_ms: self.last_event_ms,
-            seen: self.seen,
+            seen: self.seen.0,
             stored_ids: self.stored_ids,
             members: upgrade_members(self.members),
             minutes: self.minutes,
@@ -110,30 +111,11 @@ impl ClassV5 {
     }
 }
 
-pub(super) fn read(plain: &[u8]) -> Result<Checkpoint<ClassV5>, CheckpointError> {
+pub(super) fn read(plain: &[u8]) -> Result<Checkpoint<ClassV5, FinalClassV7>, CheckpointError> {
     postcard::from_bytes(plain).map_err(CheckpointError::Layout)
 }
 
 /// This build's form.
-pub(super) fn upgrade(checkpoint: Checkpoint<ClassV5>) -> Checkpoint<ClassState> {
-    Checkpoint {
-        version: super::VERSION,
-        name: checkpoint.name,
-        position: checkpoint.position,
-        clock_ms: checkpoint.clock_ms,
-        classes: checkpoint
-            .classes
-            .into_iter()
-            .map(ClassV5::upgrade)
-            .collect(),
-        finalised: checkpoint.finalised,
-        outbox: checkpoint.outbox,
-        left_out: checkpoint.left_out,
-        last_class: checkpoint.last_class,
-        closing: checkpoint
-            .closing
-            .into_iter()
-            .map(|(key, class, trigger)| (key, class.upgrade(), trigger))
-            .collect(),
-    }
+pub(super) fn upgrade(checkpoint: Checkpoint<ClassV5, FinalClassV7>) -> Checkpoint<ClassState> {
+    checkpoint.upgrade(ClassV5::upgrade, FinalClassV7::upgrade)
 }

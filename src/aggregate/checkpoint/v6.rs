@@ -6,10 +6,9 @@ use std::collections::BTreeMap;
 
 use serde::Deserialize;
 
+use super::v7::{FinalClassV7, SeenIdsV7};
 use super::{Checkpoint, CheckpointError};
-use crate::aggregate::class::{
-    Cardio, ClassState, HeartRate, MemberState, Minute, SeenIds, Stat, Weights,
-};
+use crate::aggregate::class::{Cardio, ClassState, HeartRate, MemberState, Minute, Stat, Weights};
 use crate::aggregate::energy::Work;
 use crate::profile::Profile;
 
@@ -65,7 +64,7 @@ pub(super) struct ClassV6 {
     max_time_ms: i64,
     first_event_ms: i64,
     last_event_ms: i64,
-    seen: SeenIds,
+    seen: SeenIdsV7,
     stored_ids: bool,
     members: BTreeMap<Box<str>, MemberV6>,
     minutes: BTreeMap<i64, Minute>,
@@ -84,7 +83,7 @@ impl ClassV6 {
             max_time_ms: self.max_time_ms,
             first_event_ms: self.first_event_ms,
             last_event_ms: self.last_event_ms,
-            seen: self.seen,
+            seen: self.seen.0,
             stored_ids: self.stored_ids,
             members: self
                 .members
@@ -120,30 +119,11 @@ impl ClassV6 {
     }
 }
 
-pub(super) fn read(plain: &[u8]) -> Result<Checkpoint<ClassV6>, CheckpointError> {
+pub(super) fn read(plain: &[u8]) -> Result<Checkpoint<ClassV6, FinalClassV7>, CheckpointError> {
     postcard::from_bytes(plain).map_err(CheckpointError::Layout)
 }
 
 /// This build's form.
-pub(super) fn upgrade(checkpoint: Checkpoint<ClassV6>) -> Checkpoint<ClassState> {
-    Checkpoint {
-        version: super::VERSION,
-        name: checkpoint.name,
-        position: checkpoint.position,
-        clock_ms: checkpoint.clock_ms,
-        classes: checkpoint
-            .classes
-            .into_iter()
-            .map(ClassV6::upgrade)
-            .collect(),
-        finalised: checkpoint.finalised,
-        outbox: checkpoint.outbox,
-        left_out: checkpoint.left_out,
-        last_class: checkpoint.last_class,
-        closing: checkpoint
-            .closing
-            .into_iter()
-            .map(|(key, class, trigger)| (key, class.upgrade(), trigger))
-            .collect(),
-    }
+pub(super) fn upgrade(checkpoint: Checkpoint<ClassV6, FinalClassV7>) -> Checkpoint<ClassState> {
+    checkpoint.upgrade(ClassV6::upgrade, FinalClassV7::upgrade)
 }
