@@ -42,9 +42,9 @@
 //! variable, validated up front), [`metrics`] (every metric, declared once), [`http`]
 //! (`/metrics`, `/healthz`, `/readyz`), [`health`] (readiness), [`shutdown`] (signals),
 //! [`retry`] (backoff with jitter), [`log_limit`] (repeated warnings once per interval),
-//! [`memory`] (glibc arenas and trimming), [`schema`] (the JSON Schema of the contract),
-//! [`stats`] (totals for the progress line and summary), and [`redrive`] (dead letters sent
-//! through the pipeline again once their cause is fixed).
+//! [`schema`] (the JSON Schema of the contract), [`stats`] (totals for the progress line and
+//! summary), and [`redrive`] (dead letters sent through the pipeline again once their cause is
+//! fixed).
 
 pub mod ack;
 pub mod aggregate;
@@ -57,7 +57,6 @@ pub mod http;
 pub mod kafka;
 pub mod live;
 pub mod log_limit;
-pub mod memory;
 pub mod metrics;
 pub mod partitions;
 pub mod pipeline;

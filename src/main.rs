@@ -125,14 +125,12 @@ enum TablesCommand {
     Create,
 }
 
-/// With the `jemalloc` feature jemalloc serves Rust's allocations, and, its `malloc` replacing
-/// glibc's, librdkafka's as well.
-#[cfg(feature = "jemalloc")]
+/// jemalloc serves Rust's allocations and, its `malloc` replacing glibc's, librdkafka's:
+/// RSS stays flat without arena limits or trimming (decision 0021).
 #[global_allocator]
 static ALLOCATOR: tikv_jemallocator::Jemalloc = tikv_jemallocator::Jemalloc;
 
 fn main() -> ExitCode {
-    classpulse::memory::limit_malloc_arenas();
     let cli = Cli::parse();
     match cli.command {
         Command::Config { markdown: true } => {

@@ -33,9 +33,6 @@ use crate::sink::{run_sink, Sink, SinkError};
 use crate::source::{RawBatch, Source, SourceError};
 use crate::stats::Stats;
 
-/// How often freed memory is given back to the system (see [`crate::memory`]).
-const TRIM_INTERVAL: Duration = Duration::from_secs(30);
-
 /// How long the source waits for room downstream before it pauses fetching. Pausing is for a
 /// sink that is slow for seconds: librdkafka drops what it prefetched for a paused partition
 /// and fetches it again on resume, so pausing whenever the decoder is a moment behind would
@@ -215,7 +212,6 @@ impl Pipeline {
                 _ = housekeeping.tick() => {
                     metrics::set_batches_in_flight(acks.in_flight());
                     metrics::sample_process();
-                    crate::memory::trim_every(TRIM_INTERVAL);
                     progress.maybe_log(&acks);
                     report_stuck_partitions(&acks, &health, &mut stuck);
                 }

@@ -1,5 +1,5 @@
 #![allow(dead_code)] // each benchmark uses a different subset
-//! Realistic inputs for the benchmarks, made by the simulator.
+//! Realistic inputs for the benchmarks, made by the simulator, and the service's allocator.
 
 use std::collections::HashMap;
 use std::sync::Arc;
@@ -19,6 +19,10 @@ use classpulse::event::PerformanceEvent;
 use classpulse::source::simulator::Simulator;
 use classpulse::source::Source;
 use serde_json::value::RawValue;
+
+/// The allocator the service runs with (`src/main.rs`), so that the benchmarks measure it.
+#[global_allocator]
+static ALLOCATOR: tikv_jemallocator::Jemalloc = tikv_jemallocator::Jemalloc;
 
 /// Pipeline settings as configured by default (no progress line).
 pub fn settings() -> Settings {
