@@ -126,9 +126,17 @@ fn pascal(snake: &str) -> String {
 fn actions_called(under: &str) -> BTreeSet<String> {
     let mut sources = Vec::new();
     production_sources(&Path::new(ROOT).join("src"), &mut sources);
-    // The screen server runs under a role of its own (`ScreensTaskRole`).
+    // The screen server runs under a role of its own (`ScreensTaskRole`): its own code and the
+    // AWS helpers it shares with the task (`src/aws.rs`: a stream's ARN, its fan-out consumer).
     let screens = Path::new(ROOT).join("src/screens");
-    sources.retain(|(path, _)| (under == "src/screens") == path.starts_with(&screens));
+    let shared = Path::new(ROOT).join("src/aws.rs");
+    sources.retain(|(path, _)| {
+        if under == "src/screens" {
+            path.starts_with(&screens) || *path == shared
+        } else {
+            !path.starts_with(&screens)
+        }
+    });
     let dynamodb_operations = [
         "batch_write_item",
         "put_item",
