@@ -33,6 +33,14 @@ pub const SINK_WRITE_SECONDS: &str = "classpulse_sink_write_seconds";
 pub const SINK_RETRIES: &str = "classpulse_sink_retries_total";
 /// Bytes held in open objects or buffers. Labels: `sink`.
 pub const SINK_BUFFERED_BYTES: &str = "classpulse_sink_buffered_bytes";
+/// Lake hours compacted into one object, by outcome (`compacted`, `failed`).
+pub const LAKE_COMPACTIONS: &str = "classpulse_lake_compactions_total";
+/// Lake objects merged into compacted ones (and deleted).
+pub const LAKE_COMPACTED_OBJECTS: &str = "classpulse_lake_compacted_objects_total";
+/// Rows rewritten by compaction.
+pub const LAKE_COMPACTED_ROWS: &str = "classpulse_lake_compacted_rows_total";
+/// Time one compaction took, from its first read to its last delete.
+pub const LAKE_COMPACTION_SECONDS: &str = "classpulse_lake_compaction_seconds";
 /// Events per decoded batch.
 pub const BATCH_EVENTS: &str = "classpulse_batch_events";
 /// From `event_created` to durable in a sink (for dead letters, which may have no valid event
@@ -328,6 +336,26 @@ fn describe() {
         Unit::Bytes,
         "Bytes buffered in open objects, by sink."
     );
+    describe_counter!(
+        LAKE_COMPACTIONS,
+        Unit::Count,
+        "Lake hours of a partition merged into one object, by outcome (compacted, failed)."
+    );
+    describe_counter!(
+        LAKE_COMPACTED_OBJECTS,
+        Unit::Count,
+        "Lake objects merged into compacted objects and deleted."
+    );
+    describe_counter!(
+        LAKE_COMPACTED_ROWS,
+        Unit::Count,
+        "Lake rows rewritten by compaction."
+    );
+    describe_histogram!(
+        LAKE_COMPACTION_SECONDS,
+        Unit::Seconds,
+        "Time one lake compaction took."
+    );
     describe_histogram!(
         BATCH_EVENTS,
         Unit::Count,
@@ -480,6 +508,19 @@ pub fn record_sink_write(sink: &'static str, records: usize, bytes: usize, took:
     counter!(SINK_OBJECTS, "sink" => sink).increment(1);
     counter!(SINK_BYTES, "sink" => sink).increment(bytes as u64);
     histogram!(SINK_WRITE_SECONDS, "sink" => sink).record(took.as_secs_f64());
+}
+
+/// A lake hour merged from `objects` objects holding `rows` rows.
+pub fn record_lake_compaction(objects: usize, rows: usize, took: Duration) {
+    counter!(LAKE_COMPACTIONS, "outcome" => "compacted").increment(1);
+    counter!(LAKE_COMPACTED_OBJECTS).increment(objects as u64);
+    counter!(LAKE_COMPACTED_ROWS).increment(rows as u64);
+    histogram!(LAKE_COMPACTION_SECONDS).record(took.as_secs_f64());
+}
+
+/// A lake compaction given up (its objects stay as they were).
+pub fn record_lake_compaction_failed() {
+    counter!(LAKE_COMPACTIONS, "outcome" => "failed").increment(1);
 }
 
 /// End-to-end latencies of one durable write, as `(latency seconds, events)` buckets.

@@ -175,6 +175,10 @@ impl ObjectWriter {
     /// The objects of `partition` written with an index entry, as (hour, first, last). Entries
     /// that end before `from` (already committed) and entries whose object is missing (a
     /// crash between the two PUTs) are deleted, best effort.
+    ///
+    /// Compaction deletes an object only after the entry and the object that replace it are
+    /// written, so when an entry's object is found missing the index is listed again: whatever
+    /// replaced it is in the new listing.
     pub(crate) async fn written(
         &self,
         sink: &'static str,
@@ -184,16 +188,53 @@ impl ObjectWriter {
         from: u64,
     ) -> Vec<(i64, u64, u64)> {
         let directory = self.index_dir(folder, partition);
+        let mut checked = std::collections::HashSet::new();
+        let mut written = Vec::new();
+        loop {
+            let mut missing = false;
+            for key in self.list_retrying(sink, &directory).await {
+                if !checked.insert(key.clone()) {
+                    continue;
+                }
+                let Some((hour, first, last)) = key.filename().and_then(parse_index_entry) else {
+                    continue;
+                };
+                if last < from {
+                    let _ = self.store.delete(&key).await;
+                    continue;
+                }
+                // The entry is written before its object: keep it only if the object made it.
+                let object = self.key(folder, partition, hour, first, last, extension);
+                match self.store.head(&object).await {
+                    Ok(_) => written.push((hour, first, last)),
+                    Err(object_store::Error::NotFound { .. }) => {
+                        missing = true;
+                        let _ = self.store.delete(&key).await;
+                    }
+                    // Unknown: keep the events (a copy too many beats a missing one).
+                    Err(error) => {
+                        tracing::warn!(key = %object, error = %error, "cannot check an indexed object; its events are written again")
+                    }
+                }
+            }
+            if !missing {
+                return written;
+            }
+        }
+    }
+
+    /// Every key under `directory`, listing again with backoff until the store answers.
+    async fn list_retrying(&self, sink: &'static str, directory: &Path) -> Vec<Path> {
         let mut backoff = Backoff::new(Duration::from_millis(100), MAX_RETRY_DELAY);
-        let keys: Vec<Path> = loop {
+        loop {
             match self
                 .store
-                .list(Some(&directory))
+                .list(Some(directory))
                 .map_ok(|meta| meta.location)
                 .try_collect()
                 .await
             {
-                Ok(keys) => break keys,
+                Ok(keys) => return keys,
                 Err(error) => {
                     let reason = classify(&error);
                     metrics::record_sink_retry(sink, reason);
@@ -202,40 +243,7 @@ impl ObjectWriter {
                     tokio::time::sleep(backoff.next_delay()).await;
                 }
             }
-        };
-        let mut written = Vec::new();
-        for key in keys {
-            let Some(name) = key.filename() else { continue };
-            let mut parts = name.splitn(3, '-');
-            let (Some(last), Some(first), Some(hour)) = (parts.next(), parts.next(), parts.next())
-            else {
-                continue;
-            };
-            let (Ok(last), Ok(first), Ok(hour)) = (
-                last.parse::<u64>(),
-                first.parse::<u64>(),
-                hour.parse::<i64>(),
-            ) else {
-                continue;
-            };
-            if last < from {
-                let _ = self.store.delete(&key).await;
-                continue;
-            }
-            // The entry is written before its object: keep it only if the object made it.
-            let object = self.key(folder, partition, hour, first, last, extension);
-            match self.store.head(&object).await {
-                Ok(_) => written.push((hour, first, last)),
-                Err(object_store::Error::NotFound { .. }) => {
-                    let _ = self.store.delete(&key).await;
-                }
-                // Unknown: keep the events (a copy too many beats a missing one).
-                Err(error) => {
-                    tracing::warn!(key = %object, error = %error, "cannot check an indexed object; its events are written again")
-                }
-            }
         }
-        written
     }
 
     /// The totals this writer adds to.
@@ -359,6 +367,15 @@ impl ObjectWriter {
     }
 }
 
+/// The (hour, first, last) of a replay index entry's name, `{last}-{first}-{hour}`.
+fn parse_index_entry(name: &str) -> Option<(i64, u64, u64)> {
+    let mut parts = name.splitn(3, '-');
+    let last = parts.next()?.parse().ok()?;
+    let first = parts.next()?.parse().ok()?;
+    let hour = parts.next()?.parse().ok()?;
+    Some((hour, first, last))
+}
+
 /// A fixed-set reason for a failed write (metric label).
 pub fn classify(error: &object_store::Error) -> &'static str {
     match error {
@@ -461,6 +478,7 @@ mod tests {
             max_bytes: 1 << 20,
             max_age: Duration::from_secs(60),
             max_buffer_bytes: 1 << 20,
+            compact_after: None,
         };
         let writer = ObjectWriter::open(&lake, "kafka", Health::new(), Arc::default()).unwrap();
         let hour = DateTime::parse_from_rfc3339("2026-11-25T17:42:00Z")

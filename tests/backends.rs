@@ -339,24 +339,7 @@ async fn run_writes_the_lake_to_s3() {
     let s3 = s3_client().await;
     let bucket = unique_name("bucket");
     s3.create_bucket().bucket(&bucket).send().await.unwrap();
-    let scratch = tempfile::tempdir().unwrap();
-    let mut command = classpulse(scratch.path());
-    small_simulation(&mut command)
-        .env("CLASSPULSE_LAKE_URL", format!("s3://{bucket}/raw"))
-        .env("CLASSPULSE_S3_ENDPOINT", S3)
-        .env("AWS_ACCESS_KEY_ID", "test")
-        .env("AWS_SECRET_ACCESS_KEY", "test")
-        .env("AWS_REGION", "us-east-1")
-        .arg("run");
-    let output = tokio::task::spawn_blocking(move || command.output().unwrap())
-        .await
-        .unwrap();
-    let stdout = String::from_utf8_lossy(&output.stdout).to_string();
-    assert!(
-        output.status.success(),
-        "{stdout}\n{}",
-        String::from_utf8_lossy(&output.stderr)
-    );
+    let stdout = run_on_s3(&bucket, &[]).await;
 
     let rows = s3_lake_rows(&s3, &bucket, "raw/events/").await;
     assert!(rows > 0);
@@ -373,6 +356,150 @@ async fn run_writes_the_lake_to_s3() {
         "dead letters land beside the lake"
     );
     delete_bucket(&s3, &bucket).await;
+}
+
+#[tokio::test]
+async fn run_compacts_each_hour_of_the_lake_on_s3_into_an_object_a_partition() {
+    require(S3);
+    let s3 = s3_client().await;
+    let bucket = unique_name("bucket");
+    s3.create_bucket().bucket(&bucket).send().await.unwrap();
+    // Ten minutes across 17:00: hour 16 is over, and compacted, while hour 17 is written.
+    let stdout = run_on_s3(
+        &bucket,
+        &[
+            ("CLASSPULSE_SIM_STUDIOS", "3"),
+            ("CLASSPULSE_SIM_START", "2026-11-25T16:55:00Z"),
+            ("CLASSPULSE_SIM_DURATION", "10m"),
+            ("CLASSPULSE_LAKE_MAX_EVENTS", "300"),
+            ("CLASSPULSE_LAKE_COMPACT_AFTER", "1s"),
+        ],
+    )
+    .await;
+
+    // Every event once, compacted or not.
+    let rows = s3_lake_rows(&s3, &bucket, "raw/events/").await;
+    assert_eq!(rows as u64, expected_lake_rows(&stdout));
+    let keys = |prefix: &'static str| {
+        let (s3, bucket) = (s3.clone(), bucket.clone());
+        async move {
+            let listed = s3
+                .list_objects_v2()
+                .bucket(&bucket)
+                .prefix(prefix)
+                .send()
+                .await
+                .unwrap();
+            listed
+                .contents()
+                .iter()
+                .map(|o| o.key().unwrap().to_owned())
+                .collect::<Vec<_>>()
+        }
+    };
+    let partition_of = |key: &str| {
+        key.rsplit('/')
+            .next()
+            .unwrap()
+            .rsplitn(3, '-')
+            .nth(2)
+            .unwrap()
+            .to_owned()
+    };
+    let over = keys("raw/events/dt=2026-11-25/hour=16/").await;
+    let by_partition: BTreeSet<String> = over.iter().map(|k| partition_of(k)).collect();
+    assert_eq!(
+        by_partition.len(),
+        over.len(),
+        "one object a partition in the hour that is over: {over:?}"
+    );
+    let open = keys("raw/events/dt=2026-11-25/hour=17/").await;
+    assert!(
+        open.len() > over.len(),
+        "the hour still written keeps its objects: {open:?}"
+    );
+
+    // The merged objects: a row group per class, classes in order, their inputs gone.
+    for key in &over {
+        let body = s3
+            .get_object()
+            .bucket(&bucket)
+            .key(key)
+            .send()
+            .await
+            .unwrap();
+        let body = body.body.collect().await.unwrap().into_bytes();
+        let reader = parquet::file::reader::SerializedFileReader::new(body).unwrap();
+        use parquet::file::reader::FileReader;
+        let metadata = reader.metadata();
+        let footer = metadata.file_metadata().key_value_metadata().unwrap();
+        assert!(
+            footer
+                .iter()
+                .any(|kv| kv.key == "classpulse.compacted-from"),
+            "{key} is compacted"
+        );
+        let column = |name: &str| {
+            let schema = metadata.file_metadata().schema_descr();
+            schema
+                .columns()
+                .iter()
+                .position(|c| c.name() == name)
+                .unwrap()
+        };
+        let (studio, class) = (column("studio_id"), column("class_id"));
+        let classes: Vec<(Vec<u8>, Vec<u8>)> = metadata
+            .row_groups()
+            .iter()
+            .map(|group| {
+                let only = |column: usize| {
+                    let stats = group.column(column).statistics().unwrap();
+                    assert_eq!(
+                        stats.min_bytes_opt(),
+                        stats.max_bytes_opt(),
+                        "one class a row group"
+                    );
+                    stats.min_bytes_opt().unwrap().to_vec()
+                };
+                (only(studio), only(class))
+            })
+            .collect();
+        assert!(
+            classes.windows(2).all(|pair| pair[0] < pair[1]),
+            "each class once, in order"
+        );
+    }
+    let markers = keys("raw/_compact/").await;
+    assert!(
+        markers.is_empty(),
+        "no compaction left unfinished: {markers:?}"
+    );
+    delete_bucket(&s3, &bucket).await;
+}
+
+/// Runs the small simulation (with `settings` over it) into `s3://{bucket}/raw` on the local S3
+/// server; its standard output, once it has succeeded.
+async fn run_on_s3(bucket: &str, settings: &[(&str, &str)]) -> String {
+    let scratch = tempfile::tempdir().unwrap();
+    let mut command = classpulse(scratch.path());
+    small_simulation(&mut command)
+        .envs(settings.iter().copied())
+        .env("CLASSPULSE_LAKE_URL", format!("s3://{bucket}/raw"))
+        .env("CLASSPULSE_S3_ENDPOINT", S3)
+        .env("AWS_ACCESS_KEY_ID", "test")
+        .env("AWS_SECRET_ACCESS_KEY", "test")
+        .env("AWS_REGION", "us-east-1")
+        .arg("run");
+    let output = tokio::task::spawn_blocking(move || command.output().unwrap())
+        .await
+        .unwrap();
+    let stdout = String::from_utf8_lossy(&output.stdout).to_string();
+    assert!(
+        output.status.success(),
+        "{stdout}\n{}",
+        String::from_utf8_lossy(&output.stderr)
+    );
+    stdout
 }
 
 /// Runs `f` with the standard AWS credential variables set to the local servers' test keys.

@@ -409,6 +409,7 @@ async fn a_window_too_large_for_one_item_is_split_into_parts_dynamodb_accepts() 
             max_bytes: 1 << 20,
             max_age: Duration::from_secs(60),
             max_buffer_bytes: 1 << 20,
+            compact_after: None,
         },
         "kafka",
         classpulse::health::Health::new(),

@@ -77,6 +77,28 @@ pub struct LakeConfig {
     pub max_age: Duration,
     /// Bytes buffered across all open objects at most.
     pub max_buffer_bytes: usize,
+    /// How long after an hour's end a partition's objects of it are compacted; `None`: never.
+    pub compact_after: Option<Duration>,
+}
+
+#[cfg(test)]
+impl LakeConfig {
+    /// A lake in `directory` whose objects close after a second, compacted `compact_after`
+    /// past each hour if given.
+    pub(crate) fn in_directory(
+        directory: &std::path::Path,
+        compact_after: Option<Duration>,
+    ) -> LakeConfig {
+        LakeConfig {
+            location: LakeLocation::Local(directory.to_path_buf()),
+            s3_endpoint: None,
+            max_events: 1_000_000,
+            max_bytes: 64 << 20,
+            max_age: Duration::from_secs(1),
+            max_buffer_bytes: 256 << 20,
+            compact_after,
+        }
+    }
 }
 
 /// Endpoint overrides for AWS services other than S3 (which the lake holds). `None` in

@@ -53,7 +53,28 @@ impl Reader<'_> {
             max_bytes,
             max_age: self.duration("CLASSPULSE_LAKE_MAX_AGE")?,
             max_buffer_bytes,
+            compact_after: self.compact_after()?,
         })
+    }
+
+    /// `CLASSPULSE_LAKE_COMPACT_AFTER`: a duration or `off`.
+    fn compact_after(&self) -> Result<Option<Duration>, ConfigError> {
+        let name = "CLASSPULSE_LAKE_COMPACT_AFTER";
+        match self.optional(name) {
+            None => Ok(Some(Duration::from_secs(600))),
+            Some("off") => Ok(None),
+            Some(_) => self
+                .parse(
+                    name,
+                    "expected off, or a duration such as 30s, 10m or 1h, from 1s to 24h",
+                    |text| {
+                        super::parse_duration(text).filter(|d| {
+                            (Duration::from_secs(1)..=Duration::from_secs(86_400)).contains(d)
+                        })
+                    },
+                )
+                .map(Some),
+        }
     }
 
     /// Endpoint overrides of the AWS services besides S3.

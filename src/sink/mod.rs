@@ -6,6 +6,7 @@
 //! is durable; that is how the source learns what it may commit. Sinks retry transient failures
 //! themselves (with backoff and jitter) and return an error only when they cannot go on.
 
+pub mod compact;
 pub mod dead_letter;
 pub mod dead_letter_topic;
 pub mod dynamodb;
@@ -95,7 +96,8 @@ pub async fn run_sink(
 }
 
 /// The lake's two sinks, both writing through `writer` within `lake`'s object limits: the
-/// valid events as Parquet and the dead letters as zstd NDJSON.
+/// valid events as Parquet (each partition's hours compacted once over, unless
+/// `lake.compact_after` is `None`) and the dead letters as zstd NDJSON.
 pub fn lake_sinks(
     lake: &LakeConfig,
     source_kind: &'static str,
@@ -104,13 +106,17 @@ pub fn lake_sinks(
     use dead_letter::{DeadLetterFormat, NdjsonZstEncoder};
     use object::{ObjectLimits, ObjectSink};
     let limits = ObjectLimits::from_config(lake);
+    let mut events = ObjectSink::new(
+        lake::LakeFormat { source_kind },
+        lake::ParquetEncoder::new,
+        writer.clone(),
+        limits,
+    );
+    if let Some(after) = lake.compact_after {
+        events = events.compacting(compact::Compactor::start(writer.clone(), after));
+    }
     vec![
-        Box::new(ObjectSink::new(
-            lake::LakeFormat { source_kind },
-            lake::ParquetEncoder::new,
-            writer.clone(),
-            limits,
-        )),
+        Box::new(events),
         Box::new(ObjectSink::new(
             DeadLetterFormat { source_kind },
             NdjsonZstEncoder::new,

@@ -8,7 +8,7 @@
 //! named by the source positions they hold, so a replay that cuts at the same positions
 //! overwrites instead of duplicating.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, BTreeSet};
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -17,6 +17,7 @@ use bytes::Bytes;
 use chrono::{DateTime, Utc};
 use tokio::time::Instant;
 
+use super::compact::{Compactor, Job};
 use super::{Sink, SinkError};
 use crate::ack::{AckToken, PartitionId};
 use crate::config::LakeConfig;
@@ -28,8 +29,12 @@ use crate::store::{ObjectWriter, HOUR_MS};
 pub trait Encoder: Send {
     /// Records appended so far.
     fn records(&self) -> usize;
-    /// Bytes this encoder holds in memory (what the object would be if cut now, roughly).
+    /// Bytes this encoder holds in memory (counted against the sink's buffer cap).
     fn buffered_bytes(&self) -> usize;
+    /// What the object would be if cut now, roughly (counted against the object size limit).
+    fn encoded_bytes(&self) -> usize {
+        self.buffered_bytes()
+    }
     /// Finishes the object. `metadata` is also attached to the object where the store allows.
     fn finish(self, metadata: &[(&'static str, String)]) -> Result<Bytes, String>;
 }
@@ -56,6 +61,9 @@ pub trait ObjectFormat: Send + 'static {
         objects: &mut PartitionObjects<Self::Encoder>,
     ) -> Result<(), String>;
 }
+
+/// Hours before a turn's first record that it compacts if an earlier turn did not.
+const EARLIER_HOURS: i64 = 3;
 
 /// Limits that make an object close.
 #[derive(Debug, Clone, Copy)]
@@ -143,6 +151,14 @@ pub struct PartitionObjects<E> {
     generation: u64,
     /// Objects already written that a replay may meet again: (hour, first, last) positions.
     written: Vec<(i64, u64, u64)>,
+    /// The newest record time appended, and when a record last came.
+    newest_ms: i64,
+    last_append: Instant,
+    /// Hours to compact once over (those this turn wrote objects to, and the few before its
+    /// first record, which an earlier turn may have left uncompacted); and those compacted.
+    to_compact: BTreeSet<i64>,
+    compacted: BTreeSet<i64>,
+    seeded: bool,
 }
 
 impl<E: Encoder> PartitionObjects<E> {
@@ -157,6 +173,7 @@ impl<E: Encoder> PartitionObjects<E> {
     /// The open object for records whose time falls in the hour of `time_ms`.
     pub fn for_time(&mut self, time_ms: i64) -> &mut OpenObject<E> {
         let new_encoder = self.new_encoder;
+        self.newest_ms = self.newest_ms.max(time_ms);
         self.by_hour
             .entry(time_ms.div_euclid(HOUR_MS))
             .or_insert_with(|| OpenObject::new(new_encoder()))
@@ -171,6 +188,8 @@ pub struct ObjectSink<F: ObjectFormat> {
     new_encoder: fn() -> F::Encoder,
     /// Open objects by partition.
     partitions: BTreeMap<PartitionId, PartitionObjects<F::Encoder>>,
+    /// Merges each partition's hour of objects into one once it is over (the lake only).
+    compactor: Option<Compactor>,
 }
 
 impl<F: ObjectFormat> ObjectSink<F> {
@@ -187,6 +206,39 @@ impl<F: ObjectFormat> ObjectSink<F> {
             limits,
             new_encoder,
             partitions: BTreeMap::new(),
+            compactor: None,
+        }
+    }
+
+    /// The same sink, handing each partition's hours to `compactor` once they are over.
+    pub fn compacting(mut self, compactor: Compactor) -> ObjectSink<F> {
+        self.compactor = Some(compactor);
+        self
+    }
+
+    /// Offers the compactor every hour that is over: no object of it open, and its end
+    /// `after` behind the partition's newest record, or the partition idle that long.
+    fn compact_due(&mut self) {
+        let Some(compactor) = &self.compactor else {
+            return;
+        };
+        let after_ms = compactor.after.as_millis() as i64;
+        for (partition, objects) in &mut self.partitions {
+            let idle = objects.last_append.elapsed() >= compactor.after;
+            let due: Vec<i64> = objects
+                .to_compact
+                .iter()
+                .copied()
+                .filter(|hour| !objects.by_hour.contains_key(hour))
+                .filter(|hour| idle || (hour + 1) * HOUR_MS + after_ms <= objects.newest_ms)
+                .collect();
+            for hour in due {
+                if !compactor.offer(Job::Compact(partition.clone(), hour)) {
+                    return;
+                }
+                objects.to_compact.remove(&hour);
+                objects.compacted.insert(hour);
+            }
         }
     }
 
@@ -254,6 +306,14 @@ impl<F: ObjectFormat> ObjectSink<F> {
     ) -> Result<(), SinkError> {
         for (partition, hour, object) in objects {
             flush_one::<F>(&self.writer, &partition, hour, object).await?;
+            if self.compactor.is_some() {
+                // An hour is compacted once a turn: objects of its stragglers stay apart.
+                if let Some(objects) = self.partitions.get_mut(&partition) {
+                    if !objects.compacted.contains(&hour) {
+                        objects.to_compact.insert(hour);
+                    }
+                }
+            }
         }
         // Partitions stay known with no open object: seeing one anew lists its replay index
         // (and prunes it to the position read), which is for a new turn only.
@@ -383,6 +443,11 @@ impl<F: ObjectFormat> Sink for ObjectSink<F> {
                     new_encoder,
                     generation: batch.generation,
                     written: Vec::new(),
+                    newest_ms: i64::MIN,
+                    last_append: Instant::now(),
+                    to_compact: BTreeSet::new(),
+                    compacted: BTreeSet::new(),
+                    seeded: false,
                 });
             if objects.generation != batch.generation {
                 // Objects of an earlier turn are never committed and this turn replays them:
@@ -391,11 +456,21 @@ impl<F: ObjectFormat> Sink for ObjectSink<F> {
             }
             objects.generation = batch.generation;
             objects.written = written;
+            objects.to_compact.clear();
+            objects.compacted.clear();
+            objects.seeded = false;
+            if let Some(compactor) = &self.compactor {
+                // A compaction a crash cut short is finished before this turn's own.
+                if !compactor.offer(Job::Resume(batch.partition.clone())) {
+                    tracing::warn!(partition = %batch.partition, "the compactor's queue is full; interrupted compactions wait for a later turn");
+                }
+            }
         }
         let objects = self
             .partitions
             .get_mut(&batch.partition)
             .expect("inserted above");
+        objects.last_append = Instant::now();
         // Past an indexed object's last position, this turn cannot meet it again.
         objects
             .written
@@ -406,15 +481,23 @@ impl<F: ObjectFormat> Sink for ObjectSink<F> {
                 sink: F::SINK,
                 detail,
             })?;
+        if self.compactor.is_some() && !objects.seeded && objects.newest_ms > i64::MIN {
+            // An earlier turn (a task replaced, scaled in) may have left its last hours
+            // uncompacted: a compaction of an hour already done lists one object and stops.
+            let hour = objects.newest_ms.div_euclid(HOUR_MS);
+            objects.to_compact.extend(hour - EARLIER_HOURS..hour);
+            objects.seeded = true;
+        }
         drop(batch);
         let limits = self.limits;
         let mut full = self.take(|o| {
             o.encoder.records() >= limits.max_records
-                || o.encoder.buffered_bytes() >= limits.max_bytes
+                || o.encoder.encoded_bytes() >= limits.max_bytes
         });
         full.extend(self.take_over_cap());
         if !full.is_empty() {
             self.flush(full).await?;
+            self.compact_due();
         }
         metrics::set_sink_buffered(F::SINK, self.buffered_bytes());
         Ok(())
@@ -433,13 +516,20 @@ impl<F: ObjectFormat> Sink for ObjectSink<F> {
         }
         let max_age = self.limits.max_age;
         let due = self.take(|o| o.opened_at.elapsed() >= max_age);
-        self.flush(due).await
+        self.flush(due).await?;
+        self.compact_due();
+        Ok(())
     }
 
     async fn flush_all(&mut self) -> Result<(), SinkError> {
         self.take(|o| !o.tokens.iter().any(AckToken::is_current));
         let all = self.take(|_| true);
-        self.flush(all).await
+        self.flush(all).await?;
+        self.compact_due();
+        if let Some(compactor) = &mut self.compactor {
+            compactor.stop().await;
+        }
+        Ok(())
     }
 }
 
@@ -449,7 +539,6 @@ mod tests {
     use object_store::{ObjectStoreExt, PutPayload};
 
     use super::*;
-    use crate::config::LakeLocation;
     use crate::health::Health;
 
     /// A lake sink on a fresh directory (objects close after 1 s), fed one valid event at
@@ -470,21 +559,23 @@ mod tests {
             F: FnOnce(ObjectWriter) -> Fut,
             Fut: std::future::Future<Output = ()>,
         {
+            Harness::start_compacting(None, before).await
+        }
+
+        /// The same, compacting each hour `compact_after` past its end, if given.
+        async fn start_compacting<F, Fut>(compact_after: Option<Duration>, before: F) -> Harness
+        where
+            F: FnOnce(ObjectWriter) -> Fut,
+            Fut: std::future::Future<Output = ()>,
+        {
             use crate::sink::lake::{LakeFormat, ParquetEncoder};
             use crate::sink::run_sink;
 
             let directory = tempfile::tempdir().unwrap();
-            let lake = LakeConfig {
-                location: LakeLocation::Local(directory.path().to_path_buf()),
-                s3_endpoint: None,
-                max_events: 1_000_000,
-                max_bytes: 64 << 20,
-                max_age: Duration::from_secs(1),
-                max_buffer_bytes: 256 << 20,
-            };
+            let lake = LakeConfig::in_directory(directory.path(), compact_after);
             let writer = ObjectWriter::open(&lake, "kafka", Health::new(), Arc::default()).unwrap();
             before(writer.clone()).await;
-            let sink = ObjectSink::new(
+            let mut sink = ObjectSink::new(
                 LakeFormat {
                     source_kind: "kafka",
                 },
@@ -492,6 +583,12 @@ mod tests {
                 writer.clone(),
                 ObjectLimits::from_config(&lake),
             );
+            if let Some(after) = compact_after {
+                sink = sink.compacting(crate::sink::compact::Compactor::start(
+                    writer.clone(),
+                    after,
+                ));
+            }
             let (input, receiver) = tokio::sync::mpsc::channel(4);
             let driver = tokio::spawn(run_sink(Box::new(sink), receiver));
             Harness {
@@ -505,16 +602,23 @@ mod tests {
 
         /// Sends one valid event at offset 7 of `events/0`, event time 2025-11-25T17:00Z.
         async fn send_event(&self) {
+            self.send(7, 1_764_090_000_000).await;
+        }
+
+        /// Sends one valid event at `offset` of `events/0` with event time `time_ms`.
+        async fn send(&self, offset: u64, time_ms: i64) {
             use crate::decode::decode_batch;
             use crate::decode::{DecodeLimits, RawMessage};
             use crate::source::RawBatch;
 
-            let event = r#"{"event_id":"e1","event_type":"heart_rate","event_created":1764090000000,"studio_id":"s1","class_id":"c1","member_id":"m1","event_data":{"bpm":120}}"#;
+            let event = format!(
+                r#"{{"event_id":"e{offset}","event_type":"heart_rate","event_created":{time_ms},"studio_id":"s1","class_id":"c1","member_id":"m1","event_data":{{"bpm":120}}}}"#
+            );
             let raw = RawBatch {
                 partition: PartitionId::new("events", 0),
                 generation: 0,
                 messages: vec![RawMessage {
-                    offset: 7,
+                    offset,
                     timestamp_ms: None,
                     key: None,
                     payload: Some(Bytes::from(event)),
@@ -522,7 +626,7 @@ mod tests {
             };
             let limits = DecodeLimits {
                 max_message_bytes: 1 << 20,
-                max_clock_skew_ms: 60_000,
+                max_clock_skew_ms: i64::MAX / 2,
             };
             for batch in decode_batch(
                 &mut crate::decode::Decoder::default(),
@@ -539,8 +643,30 @@ mod tests {
 
         /// Objects written to the event's hour.
         fn objects_written(&self) -> usize {
-            std::fs::read_dir(self.directory.path().join("events/dt=2025-11-25/hour=17"))
-                .map_or(0, Iterator::count)
+            self.objects_in("events/dt=2025-11-25/hour=17")
+        }
+
+        /// Objects written to `folder`.
+        fn objects_in(&self, folder: &str) -> usize {
+            std::fs::read_dir(self.directory.path().join(folder)).map_or(0, Iterator::count)
+        }
+
+        /// Waits until the sink has acknowledged everything sent so far.
+        async fn until_acknowledged(&self, through: u64) {
+            let deadline = Instant::now() + Duration::from_secs(20);
+            while !self
+                .partitions
+                .acks()
+                .take_committable()
+                .iter()
+                .any(|(_, next)| *next > through)
+            {
+                assert!(
+                    Instant::now() < deadline,
+                    "position {through} was not written"
+                );
+                tokio::time::sleep(Duration::from_millis(50)).await;
+            }
         }
 
         /// Closes the input and waits for the sink to finish (it flushes what is open).
@@ -596,6 +722,34 @@ mod tests {
             0,
             "nothing written for a partition its next owner replays"
         );
+    }
+
+    #[tokio::test]
+    async fn an_hour_is_compacted_once_the_partition_is_past_it() {
+        let mut sink = Harness::start_compacting(Some(Duration::from_secs(60)), |_| async {}).await;
+        let hour_start = 1_764_090_000_000;
+        // Two objects of the hour (each cut by age), then one of the next hour past the delay.
+        sink.send(1, hour_start + 1_000).await;
+        sink.until_acknowledged(1).await;
+        sink.send(2, hour_start + 2_000).await;
+        sink.until_acknowledged(2).await;
+        let folder = "events/dt=2025-11-25/hour=17";
+        assert_eq!(sink.objects_in(folder), 2);
+        sink.send(3, hour_start + HOUR_MS + 61_000).await;
+        let deadline = Instant::now() + Duration::from_secs(20);
+        while sink.objects_in(folder) != 1 {
+            assert!(Instant::now() < deadline, "the hour was not compacted");
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+        let names: Vec<String> = std::fs::read_dir(sink.directory.path().join(folder))
+            .unwrap()
+            .map(|entry| entry.unwrap().file_name().into_string().unwrap())
+            .collect();
+        assert_eq!(
+            names,
+            vec![format!("kafka-events-0-{:020}-{:020}.parquet", 1, 2)]
+        );
+        sink.close().await;
     }
 
     #[tokio::test]

@@ -519,6 +519,7 @@ pub(crate) mod tests {
             max_bytes: 1 << 20,
             max_age: Duration::from_secs(1),
             max_buffer_bytes: 1 << 20,
+            compact_after: None,
         };
         ObjectWriter::open(&lake, "kafka", Health::new(), Arc::default()).unwrap()
     }

@@ -879,6 +879,7 @@ mod tests {
                     max_bytes: 1 << 20,
                     max_age: Duration::from_secs(1),
                     max_buffer_bytes: 1 << 20,
+                    compact_after: None,
                 };
                 ObjectWriter::open(&lake, "kafka", crate::health::Health::new(), Arc::default())
                     .unwrap()

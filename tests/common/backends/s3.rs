@@ -68,6 +68,7 @@ pub fn s3_lake(bucket: &str, prefix: &str) -> classpulse::config::LakeConfig {
         max_bytes: 64 << 20,
         max_age: Duration::from_secs(60),
         max_buffer_bytes: 256 << 20,
+        compact_after: None,
     }
 }
 
