@@ -44,6 +44,14 @@ impl Target {
         }
     }
 
+    /// The lake folder of an hour its members compact during the run, if they do.
+    fn compacted_hour(&self) -> Option<&'static str> {
+        match self {
+            Target::Kafka { .. } => Some("dt=2026-11-25/hour=23"),
+            Target::Kinesis { .. } => None,
+        }
+    }
+
     /// A member of `group` (a consumer group, or a Kinesis application) writing into `lake`,
     /// whose classes end by the wall-clock idle rule once the stream is drained. The rule must
     /// not fire during the chaos (a class gone quiet for longer is final, and its later events
@@ -51,7 +59,13 @@ impl Target {
     /// waits for the dead one's leases to expire.
     fn member(&self, lake: &std::path::Path, group: &str) -> std::process::Command {
         match self {
-            Target::Kafka { topic } => finalising_kafka_member(lake, topic, group),
+            Target::Kafka { topic } => {
+                // Each hour is compacted a second after it is over: kills land in
+                // compactions too.
+                let mut command = finalising_kafka_member(lake, topic, group);
+                command.env("CLASSPULSE_LAKE_COMPACT_AFTER", "1s");
+                command
+            }
             Target::Kinesis { stream, .. } => {
                 let mut command = kinesis_member(lake, stream, group);
                 command
@@ -140,13 +154,23 @@ async fn crash_loop(target: &Target, messages: &[RawMessage], groups: [String; 2
     );
     assert_eq!(chaos_ids, clean_ids);
     assert_same_aggregates(chaos.path(), clean.path());
+    if let Some(hour) = target.compacted_hour() {
+        for lake in [chaos.path(), clean.path()] {
+            let objects = files_under(&lake.join("events").join(hour), ".parquet");
+            assert!(
+                objects.len() <= PARTITIONS as usize,
+                "the hour that is over is an object a partition: {objects:?}"
+            );
+        }
+    }
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn twenty_kills_of_a_kafka_member_lose_nothing_duplicate_nothing_and_keep_aggregates_exact() {
     require(KAFKA);
     let (admin, topic) = create_topic(PARTITIONS).await;
-    let messages = simulated_messages(21, "2026-11-25T23:00:00Z").await;
+    // Across midnight: the day's last hour is compacted while the next one is read.
+    let messages = simulated_messages(21, "2026-11-25T23:58:30Z").await;
     let target = Target::Kafka {
         topic: topic.clone(),
     };
