@@ -17,8 +17,6 @@
 //! The merged object is a function of its inputs alone, so two compactors of the same inputs
 //! write the same bytes under the same key. See decision 0022.
 
-use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use arrow_array::RecordBatch;
@@ -438,30 +436,21 @@ pub struct Compactor {
     pub after: Duration,
     jobs: Option<mpsc::Sender<Job>>,
     worker: Option<tokio::task::JoinHandle<()>>,
-    stopping: Arc<AtomicBool>,
 }
 
 impl Compactor {
     /// A compactor writing through `writer`, on a task of its own.
     pub fn start(writer: ObjectWriter, after: Duration) -> Compactor {
         let (jobs, mut queue) = mpsc::channel(QUEUE);
-        let stopping = Arc::new(AtomicBool::new(false));
-        let worker = tokio::spawn({
-            let stopping = Arc::clone(&stopping);
-            async move {
-                while let Some(job) = queue.recv().await {
-                    if stopping.load(Ordering::Relaxed) {
-                        break;
-                    }
-                    run(&writer, &job, &stopping).await;
-                }
+        let worker = tokio::spawn(async move {
+            while let Some(job) = queue.recv().await {
+                run(&writer, &job).await;
             }
         });
         Compactor {
             after,
             jobs: Some(jobs),
             worker: Some(worker),
-            stopping,
         }
     }
 
@@ -472,9 +461,9 @@ impl Compactor {
             .is_some_and(|jobs| jobs.try_send(job).is_ok())
     }
 
-    /// Runs the queued compactions for at most `DRAIN_BUDGET`, then lets the one under way
-    /// finish and drops the rest: a drain must end in time, and the partition's next turn
-    /// compacts the hours left.
+    /// Runs the queued compactions for at most `DRAIN_BUDGET`, then stops where it is (every
+    /// step is safe to cut): a drain must end in time, and the partitions' next turns compact
+    /// the hours left and finish a compaction cut short.
     pub async fn stop(&mut self) {
         self.jobs = None;
         let Some(mut worker) = self.worker.take() else {
@@ -484,14 +473,14 @@ impl Compactor {
             .await
             .is_err()
         {
-            self.stopping.store(true, Ordering::Relaxed);
-            let _ = worker.await;
+            worker.abort();
+            tracing::info!("lake compactions left to the partitions' next turns");
         }
     }
 }
 
 /// Runs one job, retrying what may pass; a job that cannot be done is logged and counted.
-async fn run(writer: &ObjectWriter, job: &Job, stopping: &AtomicBool) {
+async fn run(writer: &ObjectWriter, job: &Job) {
     let mut delay = Duration::from_millis(500);
     for attempt in 1..=ATTEMPTS {
         let outcome = match job {
@@ -502,11 +491,7 @@ async fn run(writer: &ObjectWriter, job: &Job, stopping: &AtomicBool) {
         };
         match outcome {
             Ok(()) => return,
-            Err(error)
-                if error.is_retryable()
-                    && attempt < ATTEMPTS
-                    && !stopping.load(Ordering::Relaxed) =>
-            {
+            Err(error) if error.is_retryable() && attempt < ATTEMPTS => {
                 tracing::warn!(?job, %error, attempt, "lake compaction failed, retrying");
                 tokio::time::sleep(delay).await;
                 delay *= 2;
@@ -522,6 +507,8 @@ async fn run(writer: &ObjectWriter, job: &Job, stopping: &AtomicBool) {
 
 #[cfg(test)]
 mod tests {
+    use std::sync::Arc;
+
     use object_store::PutPayload;
     use proptest::prelude::*;
 
