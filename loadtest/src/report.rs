@@ -315,7 +315,7 @@ impl Report<'_> {
         );
         if let Some(h) = &v.lake_latency_ms {
             let q = |p: f64| format!("{:.2} s", h.value_at_quantile(p) as f64 / 1000.0);
-            let _ = writeln!(md, "| the lake object holding it written (hdrhistogram, every event) | {} | {} | {} | {} | {:.2} s |", q(0.5), q(0.9), q(0.99), q(0.999), h.max() as f64 / 1000.0);
+            let _ = writeln!(md, "| the lake object holding it written (hdrhistogram, every event in an object not merged with others) | {} | {} | {} | {} | {:.2} s |", q(0.5), q(0.9), q(0.99), q(0.999), h.max() as f64 / 1000.0);
         }
         if let Some(h) = &self.visible_latency {
             let q = |p: f64| format!("{:.2} s", h.value_at_quantile(p) as f64 / 1000.0);

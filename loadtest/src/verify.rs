@@ -64,7 +64,8 @@ pub struct Verdict {
     pub table_items: u64,
     /// How selectively a class-hour and a member-day read the lake.
     pub lake_selectivity: Option<crate::selectivity::Figures>,
-    /// Milliseconds from first send to the lake object's write, per event.
+    /// Milliseconds from first send to the lake object's write, per event in an object not
+    /// merged by compaction.
     #[serde(skip)]
     pub lake_latency_ms: Option<hdrhistogram::Histogram<u64>>,
     pub differences: Vec<String>,
@@ -338,6 +339,12 @@ async fn check_lake(
         selectivity.row_groups(key, &bytes)?;
         let builder = ParquetRecordBatchReaderBuilder::try_new(bytes)
             .with_context(|| format!("reading {key}"))?;
+        // A merged hour was written when it was merged, not when its events first landed.
+        let merged = builder
+            .metadata()
+            .file_metadata()
+            .key_value_metadata()
+            .is_some_and(|kv| kv.iter().any(|kv| kv.key == "classpulse.compacted-from"));
         let mut names = vec!["event_id", "late"];
         names.extend(crate::selectivity::COLUMNS);
         let columns = leaf_indexes(builder.parquet_schema(), &names, key)?;
@@ -372,6 +379,7 @@ async fn check_lake(
                     });
                 }
                 if let Some(sent) = sends
+                    .filter(|_| !merged)
                     .and_then(|s| s.0.get(index as usize))
                     .filter(|t| **t != u32::MAX)
                 {
