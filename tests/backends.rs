@@ -439,6 +439,12 @@ async fn run_compacts_each_hour_of_the_lake_on_s3_into_an_object_a_partition() {
                 .any(|kv| kv.key == "classpulse.compacted-from"),
             "{key} is compacted"
         );
+        let count = footer
+            .iter()
+            .find(|kv| kv.key == "classpulse.record-count")
+            .and_then(|kv| kv.value.clone());
+        let rows = metadata.file_metadata().num_rows().to_string();
+        assert_eq!(count, Some(rows), "{key}'s footer counts its rows");
         let column = |name: &str| {
             let schema = metadata.file_metadata().schema_descr();
             schema

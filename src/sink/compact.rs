@@ -102,8 +102,8 @@ struct Group {
 }
 
 /// Merges lake objects, each holding one row group per class in (studio, class) order, into
-/// one: a row group per class, rows in (member, time, position) order. Returns the object,
-/// its rows and its row groups.
+/// one: a row group per class, rows in (member, time, position) order, its footer holding
+/// `metadata` and its record count. Returns the object, its rows and its row groups.
 pub fn merge(
     inputs: &[(String, Bytes)],
     metadata: &[(&'static str, String)],
@@ -190,7 +190,8 @@ pub fn merge(
         writer.flush().map_err(parquet)?;
         row_groups = writer.flushed_row_groups().len();
     }
-    for (name, value) in metadata {
+    let count = ("record-count", rows.to_string());
+    for (name, value) in std::iter::once(&count).chain(metadata) {
         writer
             .append_key_value_metadata(KeyValue::new(format!("classpulse.{name}"), value.clone()));
     }
@@ -283,7 +284,7 @@ pub async fn compact_hour(
     let mut max_time: Option<String> = None;
     for input in &inputs {
         let body = store.get(&input.key).await?.bytes().await?;
-        let (low, high) = footer_times(&body);
+        let [low, high] = footer_values(&body, ["classpulse.min-time", "classpulse.max-time"]);
         min_time = [min_time, low].into_iter().flatten().min();
         max_time = [max_time, high].into_iter().flatten().max();
         bodies.push((input.key.to_string(), body));
@@ -333,20 +334,20 @@ pub async fn compact_hour(
     }))
 }
 
-/// The footer's event-time range (`classpulse.min-time`, `classpulse.max-time`), if written.
-fn footer_times(body: &Bytes) -> (Option<String>, Option<String>) {
-    let Ok(reader) = ArrowReaderMetadata::load(body, ArrowReaderOptions::new()) else {
-        return (None, None);
-    };
-    let value = |name: &str| {
+/// The values of the footer's keys `names`, each if written.
+fn footer_values<const N: usize>(body: &Bytes, names: [&str; N]) -> [Option<String>; N] {
+    let reader = ArrowReaderMetadata::load(body, ArrowReaderOptions::new()).ok();
+    names.map(|name| {
         reader
+            .as_ref()?
             .metadata()
             .file_metadata()
-            .key_value_metadata()
-            .and_then(|kv| kv.iter().find(|kv| kv.key == name))
-            .and_then(|kv| kv.value.clone())
-    };
-    (value("classpulse.min-time"), value("classpulse.max-time"))
+            .key_value_metadata()?
+            .iter()
+            .find(|kv| kv.key == name)?
+            .value
+            .clone()
+    })
 }
 
 /// Deletes the inputs merged into `merged`, then their index entries.
@@ -685,6 +686,12 @@ mod tests {
             .await
             .unwrap();
         assert_eq!(groups(&body), groups(&encode(&events)));
+        let [count] = footer_values(&body, ["classpulse.record-count"]);
+        assert_eq!(
+            count.as_deref(),
+            Some("90"),
+            "the footer counts the merged rows"
+        );
 
         // A replay of these positions skips what the merged object holds.
         let written = writer.written(SINK, FOLDER, EXTENSION, &mine, 0).await;
