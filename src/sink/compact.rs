@@ -101,16 +101,30 @@ struct Group {
     index: usize,
 }
 
+/// A merged object and what it holds.
+#[derive(Debug)]
+pub struct Merged {
+    /// The Parquet object.
+    pub body: Bytes,
+    /// Rows it holds.
+    pub rows: usize,
+    /// Row groups it holds.
+    pub row_groups: usize,
+    /// Its footer's `classpulse.*` entries (keys without the prefix): its record count and
+    /// event-time range, then the `metadata` it was given.
+    pub metadata: Vec<(&'static str, String)>,
+}
+
 /// Merges lake objects, each holding one row group per class in (studio, class) order, into
-/// one: a row group per class, rows in (member, time, position) order, its footer holding
-/// `metadata` and its record count. Returns the object, its rows and its row groups.
+/// one: a row group per class, rows in (member, time, position) order.
 pub fn merge(
     inputs: &[(String, Bytes)],
     metadata: &[(&'static str, String)],
-) -> Result<(Bytes, usize, usize), CompactError> {
+) -> Result<Merged, CompactError> {
     let parquet = |e: parquet::errors::ParquetError| CompactError::Parquet(e.to_string());
     let mut readers = Vec::with_capacity(inputs.len());
     let mut groups = Vec::new();
+    let (mut min_time, mut max_time): (Option<String>, Option<String>) = (None, None);
     for (input, (name, bytes)) in inputs.iter().enumerate() {
         let refused = |detail: String| CompactError::Input {
             object: name.clone(),
@@ -122,6 +136,18 @@ pub fn merge(
             return Err(refused("not the lake's schema".into()));
         }
         let file = reader.metadata();
+        let footer = |key: &str| {
+            let entries = file.file_metadata().key_value_metadata()?;
+            entries.iter().find(|kv| kv.key == key)?.value.clone()
+        };
+        min_time = [min_time, footer("classpulse.min-time")]
+            .into_iter()
+            .flatten()
+            .min();
+        max_time = [max_time, footer("classpulse.max-time")]
+            .into_iter()
+            .flatten()
+            .max();
         let column = |name: &str| {
             file.file_metadata()
                 .schema_descr()
@@ -190,13 +216,23 @@ pub fn merge(
         writer.flush().map_err(parquet)?;
         row_groups = writer.flushed_row_groups().len();
     }
-    let count = ("record-count", rows.to_string());
-    for (name, value) in std::iter::once(&count).chain(metadata) {
+    let mut footer = vec![
+        ("record-count", rows.to_string()),
+        ("min-time", min_time.unwrap_or_default()),
+        ("max-time", max_time.unwrap_or_default()),
+    ];
+    footer.extend(metadata.iter().cloned());
+    for (name, value) in &footer {
         writer
             .append_key_value_metadata(KeyValue::new(format!("classpulse.{name}"), value.clone()));
     }
-    let bytes = writer.into_inner().map_err(parquet)?;
-    Ok((Bytes::from(bytes), rows, row_groups))
+    let body = writer.into_inner().map_err(parquet)?;
+    Ok(Merged {
+        body: Bytes::from(body),
+        rows,
+        row_groups,
+        metadata: footer,
+    })
 }
 
 /// The lake objects of `partition` in the folder of `hour`, in position order.
@@ -279,43 +315,37 @@ pub async fn compact_hour(
     let listed: String = inputs.iter().map(|i| format!("{}\n", i.key)).collect();
     store.put(&marker, Bytes::from(listed).into()).await?;
 
+    let started = Instant::now();
     let mut bodies = Vec::with_capacity(inputs.len());
-    let mut min_time: Option<String> = None;
-    let mut max_time: Option<String> = None;
     for input in &inputs {
         let body = store.get(&input.key).await?.bytes().await?;
-        let [low, high] = footer_values(&body, ["classpulse.min-time", "classpulse.max-time"]);
-        min_time = [min_time, low].into_iter().flatten().min();
-        max_time = [max_time, high].into_iter().flatten().max();
         bodies.push((input.key.to_string(), body));
     }
-    let mut metadata = vec![
+    let metadata = vec![
         ("source", writer.source_kind().to_owned()),
         ("stream", partition.stream.to_string()),
         ("partition", partition.index.to_string()),
         ("first-position", first.to_string()),
         ("last-position", last.to_string()),
-        ("min-time", min_time.unwrap_or_default()),
-        ("max-time", max_time.unwrap_or_default()),
         ("compacted-from", inputs.len().to_string()),
         ("schema-version", "1".to_owned()),
         ("classpulse-version", env!("CARGO_PKG_VERSION").to_owned()),
     ];
-    let started = Instant::now();
-    let merged = tokio::task::spawn_blocking({
-        let metadata = metadata.clone();
-        move || merge(&bodies, &metadata)
-    })
-    .await
-    .map_err(|e| CompactError::Parquet(format!("the merge did not finish: {e}")))?;
-    let (body, rows, row_groups) = match merged {
+    let merged = tokio::task::spawn_blocking(move || merge(&bodies, &metadata))
+        .await
+        .map_err(|e| CompactError::Parquet(format!("the merge did not finish: {e}")))?;
+    let Merged {
+        body,
+        rows,
+        row_groups,
+        metadata,
+    } = match merged {
         Ok(merged) => merged,
         Err(error) => {
             let _ = store.delete(&marker).await;
             return Err(error);
         }
     };
-    metadata.insert(0, ("record-count", rows.to_string()));
 
     // The merged object's index entry before the object, as the sink writes its own: a replay
     // of these positions skips what the merged object holds.
@@ -332,22 +362,6 @@ pub async fn compact_hour(
         rows,
         row_groups,
     }))
-}
-
-/// The values of the footer's keys `names`, each if written.
-fn footer_values<const N: usize>(body: &Bytes, names: [&str; N]) -> [Option<String>; N] {
-    let reader = ArrowReaderMetadata::load(body, ArrowReaderOptions::new()).ok();
-    names.map(|name| {
-        reader
-            .as_ref()?
-            .metadata()
-            .file_metadata()
-            .key_value_metadata()?
-            .iter()
-            .find(|kv| kv.key == name)?
-            .value
-            .clone()
-    })
 }
 
 /// Deletes the inputs merged into `merged`, then their index entries.
@@ -548,7 +562,7 @@ mod tests {
                 parts.push((format!("part-{start}"), encode(&events[start..cut])));
                 start = cut;
             }
-            let (merged, rows, row_groups) = merge(&parts, &[]).unwrap();
+            let Merged { body: merged, rows, row_groups, .. } = merge(&parts, &[]).unwrap();
             let expected = groups(&encode(&events));
             prop_assert_eq!(rows, events.len());
             prop_assert_eq!(row_groups, expected.len());
@@ -588,6 +602,13 @@ mod tests {
         let lake = LakeConfig::in_directory(directory.path(), None);
         let writer = ObjectWriter::open(&lake, "kafka", Health::new(), Arc::default()).unwrap();
         (directory, writer)
+    }
+
+    /// The value of the footer's key `name`, if written.
+    fn footer_value(body: &Bytes, name: &str) -> Option<String> {
+        let reader = ArrowReaderMetadata::load(body, ArrowReaderOptions::new()).ok()?;
+        let entries = reader.metadata().file_metadata().key_value_metadata()?;
+        entries.iter().find(|kv| kv.key == name)?.value.clone()
     }
 
     const HOUR: i64 = 1_764_090_000_000 / HOUR_MS;
@@ -686,7 +707,7 @@ mod tests {
             .await
             .unwrap();
         assert_eq!(groups(&body), groups(&encode(&events)));
-        let [count] = footer_values(&body, ["classpulse.record-count"]);
+        let count = footer_value(&body, "classpulse.record-count");
         assert_eq!(
             count.as_deref(),
             Some("90"),

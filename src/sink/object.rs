@@ -151,14 +151,14 @@ pub struct PartitionObjects<E> {
     generation: u64,
     /// Objects already written that a replay may meet again: (hour, first, last) positions.
     written: Vec<(i64, u64, u64)>,
-    /// The newest record time appended, and when a record last came.
+    /// The newest record time appended this turn (`i64::MIN` before its first), and when a
+    /// record last came.
     newest_ms: i64,
     last_append: Instant,
     /// Hours to compact once over (those this turn wrote objects to, and the few before its
     /// first record, which an earlier turn may have left uncompacted); and those compacted.
     to_compact: BTreeSet<i64>,
     compacted: BTreeSet<i64>,
-    seeded: bool,
 }
 
 impl<E: Encoder> PartitionObjects<E> {
@@ -447,7 +447,6 @@ impl<F: ObjectFormat> Sink for ObjectSink<F> {
                     last_append: Instant::now(),
                     to_compact: BTreeSet::new(),
                     compacted: BTreeSet::new(),
-                    seeded: false,
                 });
             if objects.generation != batch.generation {
                 // Objects of an earlier turn are never committed and this turn replays them:
@@ -456,9 +455,9 @@ impl<F: ObjectFormat> Sink for ObjectSink<F> {
             }
             objects.generation = batch.generation;
             objects.written = written;
+            objects.newest_ms = i64::MIN;
             objects.to_compact.clear();
             objects.compacted.clear();
-            objects.seeded = false;
             if let Some(compactor) = &self.compactor {
                 // A compaction a crash cut short is finished before this turn's own.
                 if !compactor.offer(Job::Resume(batch.partition.clone())) {
@@ -471,6 +470,7 @@ impl<F: ObjectFormat> Sink for ObjectSink<F> {
             .get_mut(&batch.partition)
             .expect("inserted above");
         objects.last_append = Instant::now();
+        let first_records = objects.newest_ms == i64::MIN;
         // Past an indexed object's last position, this turn cannot meet it again.
         objects
             .written
@@ -481,12 +481,11 @@ impl<F: ObjectFormat> Sink for ObjectSink<F> {
                 sink: F::SINK,
                 detail,
             })?;
-        if self.compactor.is_some() && !objects.seeded && objects.newest_ms > i64::MIN {
+        if self.compactor.is_some() && first_records && objects.newest_ms > i64::MIN {
             // An earlier turn (a task replaced, scaled in) may have left its last hours
             // uncompacted: a compaction of an hour already done lists one object and stops.
             let hour = objects.newest_ms.div_euclid(HOUR_MS);
             objects.to_compact.extend(hour - EARLIER_HOURS..hour);
-            objects.seeded = true;
         }
         drop(batch);
         let limits = self.limits;
