@@ -43,14 +43,16 @@
 //! (`/metrics`, `/healthz`, `/readyz`), [`health`] (readiness), [`shutdown`] (signals),
 //! [`retry`] (backoff with jitter), [`log_limit`] (repeated warnings once per interval),
 //! [`schema`] (the JSON Schema of the contract), [`stats`] (totals for the progress line and
-//! summary), and [`redrive`] (dead letters sent through the pipeline again once their cause is
-//! fixed).
+//! summary), [`redrive`] (dead letters sent through the pipeline again once their cause is
+//! fixed), and [`erasure`] (the erasure list every stage consults, and `classpulse erase`,
+//! which removes an erased member's data from the store and the tables).
 
 pub mod ack;
 pub mod aggregate;
 pub mod aws;
 pub mod config;
 pub mod decode;
+pub mod erasure;
 pub mod event;
 pub mod health;
 pub mod http;

@@ -73,6 +73,11 @@ enum Command {
     /// `redrive`, flagged late) and the events table, unless their id is there already. Uses
     /// the lake, table and limit settings of CLASSPULSE_* as `run` does.
     Redrive(RedriveArgs),
+    /// Erase members' data on request: puts them on the erasure list (every task leaves them
+    /// out from then on), then removes their rows from the lake's closed objects, their dead
+    /// letters, results and live documents, and their items in the DynamoDB tables. Prints
+    /// what it found and changed; a second run finds nothing. See docs/erasure.md.
+    Erase(EraseArgs),
     /// DynamoDB tables.
     Tables {
         #[command(subcommand)]
@@ -112,6 +117,19 @@ struct RedriveArgs {
     #[arg(long = "reason")]
     reasons: Vec<String>,
     /// Decode again and report what would be written; write nothing.
+    #[arg(long)]
+    dry_run: bool,
+}
+
+#[derive(clap::Args)]
+struct EraseArgs {
+    /// A member to erase (repeatable).
+    #[arg(long = "member")]
+    members: Vec<String>,
+    /// A file of member ids to erase, one a line (blank lines and lines from `#` left out).
+    #[arg(long)]
+    from_file: Option<std::path::PathBuf>,
+    /// Find and count what would be removed; change nothing (the list included).
     #[arg(long)]
     dry_run: bool,
 }
@@ -180,6 +198,21 @@ fn main() -> ExitCode {
             };
             init_logging(&config);
             block_on(redrive(config, args))
+        }
+        Command::Erase(args) => {
+            let config = match Config::from_env() {
+                Ok(config) => config,
+                Err(error) => return config_error(&error),
+            };
+            let members = match erase_members(&args) {
+                Ok(members) => members,
+                Err(error) => {
+                    eprintln!("classpulse erase: {error}");
+                    return ExitCode::from(CONFIG_ERROR_EXIT_CODE);
+                }
+            };
+            init_logging(&config);
+            block_on(erase(config, members, args.dry_run))
         }
         Command::Run => {
             let config = match Config::from_env() {
@@ -320,6 +353,128 @@ fn init_logging(config: &Config) {
     }
 }
 
+/// The members an erase run is given, each checked by the event contract's rule.
+fn erase_members(args: &EraseArgs) -> Result<std::collections::BTreeSet<String>, String> {
+    let mut members: Vec<(String, String)> = args
+        .members
+        .iter()
+        .map(|member| (format!("--member {member:?}"), member.clone()))
+        .collect();
+    if let Some(path) = &args.from_file {
+        let text = std::fs::read_to_string(path)
+            .map_err(|e| format!("cannot read {}: {e}", path.display()))?;
+        for (number, line) in text.lines().enumerate() {
+            let line = line.trim();
+            if !line.is_empty() && !line.starts_with('#') {
+                members.push((
+                    format!("{} line {}", path.display(), number + 1),
+                    line.to_owned(),
+                ));
+            }
+        }
+    }
+    if members.is_empty() {
+        return Err("no member given: use --member ID (repeatable) or --from-file F".into());
+    }
+    members
+        .into_iter()
+        .map(|(place, member)| {
+            classpulse::erasure::check_member_id(&member)
+                .map(|()| member)
+                .map_err(|rule| format!("{place}: not a member id: {rule}"))
+        })
+        .collect()
+}
+
+async fn erase(
+    config: Config,
+    members: std::collections::BTreeSet<String>,
+    dry_run: bool,
+) -> anyhow::Result<()> {
+    use classpulse::erasure::{job, ErasureKey};
+    let health = Health::new();
+    let stats = Arc::new(Stats::default());
+    let lake = ObjectWriter::open(&config.lake, "erase", health, stats)?;
+    let client = match (
+        &config.dynamodb.events_table,
+        &config.dynamodb.aggregates_table,
+    ) {
+        (None, None) => None,
+        _ => Some(classpulse::aws::dynamodb(
+            &classpulse::aws::sdk_config().await,
+            config.aws.dynamodb.as_ref(),
+            classpulse::aws::Retries::Sdk,
+        )),
+    };
+    let tables = job::Tables {
+        client,
+        events: config.dynamodb.events_table.clone(),
+        aggregates: config.dynamodb.aggregates_table.clone(),
+    };
+    let key = ErasureKey::new(config.lake.erasure_key.as_deref());
+    println!(
+        "classpulse erase{}: {} members, in {}{}",
+        if dry_run { " (dry run)" } else { "" },
+        members.len(),
+        describe_lake(&config.lake.location),
+        [
+            &config.dynamodb.events_table,
+            &config.dynamodb.aggregates_table
+        ]
+        .into_iter()
+        .flatten()
+        .map(|table| format!(" and table {table}"))
+        .collect::<String>(),
+    );
+    // Every task reads the list within the refresh interval; what it held then is written
+    // within a lake object's age, or an events-table item's window and delay.
+    let held = config
+        .lake
+        .max_age
+        .max(config.dynamodb.pack_window + config.aggregates.watermark_delay);
+    let settle = config.lake.erasure_refresh + held + std::time::Duration::from_secs(3);
+    if !dry_run {
+        println!(
+            "  looks again {} s after the members are on the list (every task has read it and written what it held)",
+            settle.as_secs()
+        );
+    }
+    let request = job::Request {
+        members,
+        dry_run,
+        settle,
+    };
+    let report = job::erase(&lake, &key, &tables, &request).await?;
+    print!("{report}");
+    if report.not_found > 0 {
+        println!(
+            "  no data of these members was found (an id that matches nobody is not an error)"
+        );
+    }
+    if !report.unfinished.is_empty() {
+        println!(
+            "  {} objects are unfinished: run the same command again after CLASSPULSE_LAKE_COMPACT_AFTER",
+            report.unfinished.len()
+        );
+    }
+    Ok(())
+}
+
+/// The erasure list, read before the pipeline starts and again every refresh.
+async fn suppression(
+    config: &Config,
+    lake: &ObjectWriter,
+    shutdown: &CancellationToken,
+) -> classpulse::erasure::Suppression {
+    classpulse::erasure::Suppression::start(
+        lake.clone(),
+        classpulse::erasure::ErasureKey::new(config.lake.erasure_key.as_deref()),
+        config.lake.erasure_refresh,
+        shutdown.clone(),
+    )
+    .await
+}
+
 async fn run(config: Config) -> anyhow::Result<()> {
     let health = Health::new();
     let stats = Arc::new(Stats::default());
@@ -407,6 +562,7 @@ async fn run(config: Config) -> anyhow::Result<()> {
         &mut table_writers,
     )?;
     tracing::info!(source = source.kind(), lake = %describe_lake(&config.lake.location), "classpulse starting");
+    let erased = suppression(&config, &lake, &shutdown).await;
     let pipeline = Pipeline::new(
         source,
         sinks,
@@ -414,7 +570,8 @@ async fn run(config: Config) -> anyhow::Result<()> {
         Arc::clone(&stats),
         health,
     )
-    .with_aggregates(aggregates);
+    .with_aggregates(aggregates.with_suppression(erased.clone()))
+    .with_suppression(erased);
     let report = pipeline.run(shutdown).await;
     profiles_stop.cancel();
     walls_stop.cancel();
@@ -806,6 +963,7 @@ async fn redrive(config: Config, args: RedriveArgs) -> anyhow::Result<()> {
         sinks.push(Box::new(sink));
     }
     let shutdown = shutdown::on_signals().context("installing signal handlers")?;
+    let erased = suppression(&config, &lake, &shutdown).await;
     let report = Pipeline::new(
         Box::new(source),
         sinks,
@@ -814,6 +972,7 @@ async fn redrive(config: Config, args: RedriveArgs) -> anyhow::Result<()> {
         health,
     )
     .with_judge(redrive::judge(in_lake))
+    .with_suppression(erased)
     .run(shutdown)
     .await?;
     println!(

@@ -77,6 +77,8 @@ pub const DRAIN_SECONDS: &str = "classpulse_drain_seconds";
 
 /// Events left out of the aggregates as duplicates (and out of the lake).
 pub const EVENTS_DUPLICATE: &str = "classpulse_events_duplicate_total";
+/// Events and rejected inputs of erased members, left out everywhere.
+pub const EVENTS_ERASED: &str = "classpulse_events_erased_total";
 /// Events left out of the aggregates as late (kept in the lake, flagged).
 pub const EVENTS_LATE: &str = "classpulse_events_late_total";
 /// Classes with open aggregate state.
@@ -231,6 +233,11 @@ fn describe() {
         EVENTS_DUPLICATE,
         Unit::Count,
         "Events with an event_id already counted for their class: left out of aggregates and lake."
+    );
+    describe_counter!(
+        EVENTS_ERASED,
+        Unit::Count,
+        "Events and rejected inputs of members on the erasure list: left out of the lake, the tables, the aggregates and the dead letters."
     );
     describe_counter!(
         EVENTS_LATE,
@@ -682,6 +689,13 @@ pub fn record_verdicts(duplicate: u64, late: u64) {
     }
     if late > 0 {
         counter!(EVENTS_LATE).increment(late);
+    }
+}
+
+/// Counts events and rejected inputs of erased members left out ([`EVENTS_ERASED`]).
+pub fn record_erased(count: u64) {
+    if count > 0 {
+        counter!(EVENTS_ERASED).increment(count);
     }
 }
 

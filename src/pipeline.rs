@@ -25,6 +25,7 @@ use tokio_util::sync::CancellationToken;
 use crate::ack::{AckTracker, PartitionId};
 use crate::aggregate::stage::{AggregateError, AggregateStage};
 use crate::decode::{decode_stage, Closed, DecodeLimits, Downstream, Judge};
+use crate::erasure::Suppression;
 use crate::health::Health;
 use crate::metrics;
 use crate::partitions::Partitions;
@@ -130,6 +131,7 @@ pub struct Pipeline {
     partitions: Partitions,
     aggregates: Option<AggregateStage>,
     judge: Option<Judge>,
+    suppression: Suppression,
 }
 
 impl Pipeline {
@@ -150,7 +152,14 @@ impl Pipeline {
             partitions: Partitions::new(AckTracker::new()),
             aggregates: None,
             judge: None,
+            suppression: Suppression::none(),
         }
+    }
+
+    /// Leaves out the events of the members on `suppression`'s erasure list.
+    pub fn with_suppression(mut self, suppression: Suppression) -> Pipeline {
+        self.suppression = suppression;
+        self
     }
 
     /// Judges every event with `judge` (instead of an aggregate stage) before the sinks.
@@ -177,6 +186,7 @@ impl Pipeline {
             partitions,
             aggregates,
             judge,
+            suppression,
         } = self;
         let acks = partitions.acks().clone();
         let source_kind = source.kind();
@@ -185,6 +195,7 @@ impl Pipeline {
             sinks,
             aggregates,
             judge,
+            suppression,
             &settings,
             &partitions,
             &stats,
@@ -281,10 +292,12 @@ struct Stages {
 impl Stages {
     /// Spawns a task per sink, the aggregate stage (if any) and the decoder, joined by bounded
     /// channels of `settings.channel_capacity` batches.
+    #[allow(clippy::too_many_arguments)] // the stages' inputs, each named at its one call
     fn spawn(
         sinks: Vec<Box<dyn Sink>>,
         aggregates: Option<AggregateStage>,
         judge: Option<Judge>,
+        suppression: Suppression,
         settings: &Settings,
         partitions: &Partitions,
         stats: &Arc<Stats>,
@@ -322,6 +335,7 @@ impl Stages {
             Arc::clone(stats),
             source_kind,
             judge,
+            suppression,
         ));
         Stages {
             raw,

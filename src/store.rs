@@ -479,6 +479,8 @@ mod tests {
             max_age: Duration::from_secs(60),
             max_buffer_bytes: 1 << 20,
             compact_after: None,
+            erasure_key: None,
+            erasure_refresh: std::time::Duration::from_secs(60),
         };
         let writer = ObjectWriter::open(&lake, "kafka", Health::new(), Arc::default()).unwrap();
         let hour = DateTime::parse_from_rfc3339("2026-11-25T17:42:00Z")

@@ -410,6 +410,8 @@ async fn a_window_too_large_for_one_item_is_split_into_parts_dynamodb_accepts() 
             max_age: Duration::from_secs(60),
             max_buffer_bytes: 1 << 20,
             compact_after: None,
+            erasure_key: None,
+            erasure_refresh: std::time::Duration::from_secs(60),
         },
         "kafka",
         classpulse::health::Health::new(),

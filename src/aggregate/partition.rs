@@ -774,6 +774,26 @@ impl PartitionState {
         results
     }
 
+    /// Leaves out the members `erased` names (the erasure list): their state in open and
+    /// closing classes, their lines and leaderboard places in results waiting in the outbox.
+    /// Returns how many member states and results it changed.
+    pub fn forget(&mut self, erased: &mut dyn FnMut(&str) -> bool) -> usize {
+        let mut changed = 0;
+        let classes = self.classes.values_mut();
+        let closing = self.closing.values_mut().map(|(class, _)| class);
+        for class in classes.chain(closing) {
+            let before = class.members.len();
+            class.members.retain(|member_id, _| !erased(member_id));
+            changed += before - class.members.len();
+        }
+        for outgoing in &mut self.outbox {
+            if let Outgoing::Result(result) = outgoing {
+                changed += usize::from(crate::erasure::rewrite::class_result(result, erased));
+            }
+        }
+        changed
+    }
+
     /// Live results of every open class (tests compare them with the final ones).
     #[cfg(test)]
     pub fn live_results(&self, rules: &Rules) -> Vec<ClassResult> {

@@ -79,6 +79,10 @@ pub struct LakeConfig {
     pub max_buffer_bytes: usize,
     /// How long after an hour's end a partition's objects of it are compacted; `None`: never.
     pub compact_after: Option<Duration>,
+    /// Key of the erasure list's hashes; `None`: the built-in key.
+    pub erasure_key: Option<String>,
+    /// How often a task reads the erasure list again.
+    pub erasure_refresh: Duration,
 }
 
 #[cfg(test)]
@@ -97,6 +101,8 @@ impl LakeConfig {
             max_age: Duration::from_secs(1),
             max_buffer_bytes: 256 << 20,
             compact_after,
+            erasure_key: None,
+            erasure_refresh: Duration::from_secs(60),
         }
     }
 }
@@ -561,6 +567,7 @@ mod tests {
             "CLASSPULSE_MEMBERS_FILE",
             "CLASSPULSE_LIVE_TILE_KEY",
             "CLASSPULSE_SCREENS_KEY",
+            "CLASSPULSE_ERASURE_KEY",
         ];
         for spec in VARS.iter().filter(|spec| !free_text.contains(&spec.name)) {
             let result = Config::from_vars(&env(&[(spec.name, "not a valid value ☃")]));

@@ -54,7 +54,21 @@ impl Reader<'_> {
             max_age: self.duration("CLASSPULSE_LAKE_MAX_AGE")?,
             max_buffer_bytes,
             compact_after: self.compact_after()?,
+            erasure_key: self.erasure_key()?,
+            erasure_refresh: self.duration("CLASSPULSE_ERASURE_REFRESH")?,
         })
+    }
+
+    /// `CLASSPULSE_ERASURE_KEY`: at least 16 characters, if set.
+    fn erasure_key(&self) -> Result<Option<String>, ConfigError> {
+        let key = self.optional("CLASSPULSE_ERASURE_KEY").map(str::to_owned);
+        if key.as_ref().is_some_and(|key| key.len() < 16) {
+            return Err(self.error(
+                "CLASSPULSE_ERASURE_KEY",
+                "at least 16 characters, the same for every task and erase run",
+            ));
+        }
+        Ok(key)
     }
 
     /// `CLASSPULSE_LAKE_COMPACT_AFTER`: a duration or `off`.

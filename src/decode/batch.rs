@@ -9,6 +9,7 @@ use tokio::sync::mpsc;
 
 use super::{DecodeLimits, Decoder, RejectReason, RejectedInput};
 use crate::ack::{AckToken, AckTracker, PartitionId};
+use crate::erasure::{Screen, Suppression};
 use crate::event::{EventType, PerformanceEvent, Verdict};
 use crate::metrics;
 use crate::source::RawBatch;
@@ -65,8 +66,10 @@ pub async fn decode_stage(
     stats: Arc<Stats>,
     source_kind: &'static str,
     judge: Option<Judge>,
+    suppression: Suppression,
 ) -> Result<(), Closed> {
     let mut decoder = Decoder::default();
+    let mut screen = Screen::new(suppression);
     while let Some(raw) = input.recv().await {
         let now_ms = Utc::now().timestamp_millis();
         metrics::record_message_ages(
@@ -78,6 +81,9 @@ pub async fn decode_stage(
         );
         for mut batch in decode_batch(&mut decoder, raw, &limits, batch_max_events, now_ms, &acks) {
             record_decoded(&stats, source_kind, &batch);
+            if screen.refresh() {
+                metrics::record_erased(screen_out(&mut screen, &mut batch));
+            }
             if let Some(judge) = &judge {
                 let (mut duplicate, mut late) = (0, 0);
                 for event in &mut batch.events {
@@ -150,6 +156,30 @@ pub fn decode_batch(
         cut(&mut first_offset, last, &mut events, &mut rejected);
     }
     batches
+}
+
+/// Leaves out of `batch` the events and rejected inputs of erased members (a rejected input
+/// when its `member_id` can be read); returns how many.
+fn screen_out(screen: &mut Screen, batch: &mut DecodedBatch) -> u64 {
+    let before = batch.events.len() + batch.rejected.len();
+    batch
+        .events
+        .retain(|event| !screen.erased(&event.member_id));
+    batch.rejected.retain(|rejected| {
+        member_id_in(&rejected.raw).is_none_or(|member_id| !screen.erased(member_id))
+    });
+    (before - batch.events.len() - batch.rejected.len()) as u64
+}
+
+/// The first `"member_id": "..."` string in `raw`, however malformed the rest: what a rejected
+/// input says of its member.
+pub(crate) fn member_id_in(raw: &[u8]) -> Option<&str> {
+    const NAME: &[u8] = b"\"member_id\"";
+    let at = memchr::memmem::find(raw, NAME)? + NAME.len();
+    let rest = raw[at..].trim_ascii_start().strip_prefix(b":")?;
+    let value = rest.trim_ascii_start().strip_prefix(b"\"")?;
+    let end = memchr::memchr(b'"', value)?;
+    std::str::from_utf8(&value[..end]).ok()
 }
 
 fn record_decoded(stats: &Stats, source_kind: &'static str, batch: &DecodedBatch) {

@@ -32,10 +32,12 @@ mod time;
 mod validate;
 mod wire;
 
+pub(crate) use batch::member_id_in;
 pub use batch::{decode_batch, decode_stage, Closed, DecodedBatch, Downstream, Judge};
 pub use reject::{RejectReason, RejectedInput, Rejection};
 
 use framing::{split_stream, trim_ascii, Elements, Next};
+pub(crate) use validate::check_field;
 use validate::{decode_event, validate_event, EventContext};
 use wire::{WireData, WireEvent};
 

@@ -196,6 +196,12 @@ fn bad_type(spec: &FieldSpec, expected: &str, found: &Scalar<'_>) -> Rejection {
 }
 
 /// Checks a required string field.
+/// Checks `text` against a required string field's rule, as an event's field is checked
+/// (`classpulse erase` checks the member ids it is given this way).
+pub(crate) fn check_field(spec: &FieldSpec, text: &str) -> Result<(), Rejection> {
+    check_string(spec, &Scalar::Str(text.into())).map(|_| ())
+}
+
 fn check_string<'v>(spec: &FieldSpec, value: &'v Scalar<'_>) -> Result<&'v str, Rejection> {
     check_optional_string(spec, value)?.ok_or_else(|| missing(spec.name))
 }

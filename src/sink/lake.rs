@@ -282,8 +282,8 @@ impl ParquetEncoder {
     }
 }
 
-/// How lake objects are written: by the sink, and by compaction.
-pub(super) fn writer_properties() -> WriterProperties {
+/// How lake objects are written: by the sink, by compaction and by an erasure.
+pub(crate) fn writer_properties() -> WriterProperties {
     let ids = |column: &str| ColumnPath::from(column);
     WriterProperties::builder()
         // Level 1 measured 30% faster than 3 and, on this data, smaller (benches/lake.rs).

@@ -42,6 +42,7 @@ use super::partition::{Finalised, PartitionState};
 use super::Rules;
 use crate::ack::{AckToken, PartitionId};
 use crate::decode::DecodedBatch;
+use crate::erasure::{Screen, Suppression};
 use crate::health::Health;
 use crate::live::{Publisher, Tiles};
 use crate::metrics;
@@ -111,6 +112,8 @@ struct Owned {
     leftovers: Vec<Path>,
     /// Members of open classes whose profile is not known yet: `(class key, member id)`.
     waiting: Vec<(String, Box<str>)>,
+    /// The version of the erasure list the state was last screened with.
+    screened: u64,
 }
 
 /// The aggregate stage.
@@ -146,6 +149,8 @@ pub struct AggregateStage {
     profiles: Option<Profiles>,
     /// Where live records go for the walls; `None`: nowhere.
     walls: Option<Walls>,
+    /// The erasure list: erased members are left out of the state and of every result.
+    erased: Screen,
 }
 
 /// The walls' channel of the stage.
@@ -188,6 +193,41 @@ impl AggregateStage {
             jobs_done: Arc::default(),
             profiles: None,
             walls: None,
+            erased: Screen::new(Suppression::none()),
+        }
+    }
+
+    /// Leaves the members on `list` out of the state and every result, from the moment the
+    /// stage reads them on it (a restored state included).
+    pub fn with_suppression(mut self, list: Suppression) -> AggregateStage {
+        self.erased = Screen::new(list);
+        self
+    }
+
+    /// Screens every partition's state with the erasure list's newest version it has not been
+    /// screened with (a list that changed, a state just restored).
+    fn forget_erased(&mut self) {
+        self.erased.refresh();
+        let version = self.erased.version();
+        if version == 0 {
+            return;
+        }
+        for owned in self.partitions.values_mut() {
+            if owned.screened == version {
+                continue;
+            }
+            let erased = &mut self.erased;
+            let changed = owned
+                .state
+                .forget(&mut |member_id| erased.erased(member_id));
+            owned.screened = version;
+            if changed > 0 {
+                owned.dirty = true;
+                owned
+                    .waiting
+                    .retain(|(_, member_id)| !self.erased.erased(member_id));
+                tracing::info!(partition = %owned.state.name, changed, "erased members left out of the aggregate state");
+            }
         }
     }
 
@@ -267,7 +307,9 @@ impl AggregateStage {
             tokio::select! {
                 batch = input.recv() => match batch {
                     Some(mut batch) => {
-                        if !self.apply(&mut batch).await? {
+                        let applied = self.apply(&mut batch).await?;
+                        self.forget_erased();
+                        if !applied {
                             // Refused: replayed by the build that reads its checkpoint.
                             batch.ack.fail();
                             continue;
@@ -279,8 +321,12 @@ impl AggregateStage {
                     }
                     None => break,
                 },
-                _ = walls_tick.tick(), if walls_every.is_some() => self.publish_live(),
+                _ = walls_tick.tick(), if walls_every.is_some() => {
+                    self.forget_erased();
+                    self.publish_live();
+                }
                 _ = tick.tick() => {
+                    self.forget_erased();
                     let done = self.jobs_done.load(Ordering::Acquire);
                     self.in_flight.retain(|segment| segment.job > done);
                     self.release_revoked(&registry);
@@ -520,6 +566,8 @@ pub(crate) mod tests {
             max_age: Duration::from_secs(1),
             max_buffer_bytes: 1 << 20,
             compact_after: None,
+            erasure_key: None,
+            erasure_refresh: std::time::Duration::from_secs(60),
         };
         ObjectWriter::open(&lake, "kafka", Health::new(), Arc::default()).unwrap()
     }

@@ -300,6 +300,7 @@ impl AggregateStage {
                 recheck: HashMap::new(),
                 leftovers: Vec::new(),
                 waiting: Vec::new(),
+                screened: 0,
             });
         };
         let mut state =
@@ -328,6 +329,7 @@ impl AggregateStage {
             recheck: HashMap::new(),
             leftovers: Vec::new(),
             waiting: Vec::new(),
+            screened: 0,
         })
     }
 

@@ -880,6 +880,8 @@ mod tests {
                     max_age: Duration::from_secs(1),
                     max_buffer_bytes: 1 << 20,
                     compact_after: None,
+                    erasure_key: None,
+                    erasure_refresh: std::time::Duration::from_secs(60),
                 };
                 ObjectWriter::open(&lake, "kafka", crate::health::Health::new(), Arc::default())
                     .unwrap()

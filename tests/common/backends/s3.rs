@@ -69,6 +69,8 @@ pub fn s3_lake(bucket: &str, prefix: &str) -> classpulse::config::LakeConfig {
         max_age: Duration::from_secs(60),
         max_buffer_bytes: 256 << 20,
         compact_after: None,
+        erasure_key: None,
+        erasure_refresh: std::time::Duration::from_secs(60),
     }
 }
 
