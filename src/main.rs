@@ -460,19 +460,21 @@ async fn erase(
     Ok(())
 }
 
-/// The erasure list, read before the pipeline starts and again every refresh.
-async fn suppression(
+/// The erasure list, read as the pipeline starts (its decoder waits for it) and again every
+/// refresh.
+fn suppression(
     config: &Config,
     lake: &ObjectWriter,
+    health: &Health,
     shutdown: &CancellationToken,
 ) -> classpulse::erasure::Suppression {
     classpulse::erasure::Suppression::start(
         lake.clone(),
         classpulse::erasure::ErasureKey::new(config.lake.erasure_key.as_deref()),
         config.lake.erasure_refresh,
+        health.clone(),
         shutdown.clone(),
     )
-    .await
 }
 
 async fn run(config: Config) -> anyhow::Result<()> {
@@ -562,7 +564,7 @@ async fn run(config: Config) -> anyhow::Result<()> {
         &mut table_writers,
     )?;
     tracing::info!(source = source.kind(), lake = %describe_lake(&config.lake.location), "classpulse starting");
-    let erased = suppression(&config, &lake, &shutdown).await;
+    let erased = suppression(&config, &lake, &health, &shutdown);
     let pipeline = Pipeline::new(
         source,
         sinks,
@@ -963,7 +965,7 @@ async fn redrive(config: Config, args: RedriveArgs) -> anyhow::Result<()> {
         sinks.push(Box::new(sink));
     }
     let shutdown = shutdown::on_signals().context("installing signal handlers")?;
-    let erased = suppression(&config, &lake, &shutdown).await;
+    let erased = suppression(&config, &lake, &health, &shutdown);
     let report = Pipeline::new(
         Box::new(source),
         sinks,

@@ -614,12 +614,18 @@ async fn an_unreachable_s3_is_reported_and_nothing_is_lost_once_it_is_back() {
         "late-bucket",
         "test",
     ));
-    // The first thing written or read is the lake's or the aggregates' checkpoints.
+    // The first thing read is the erasure list (the decoder waits for it); then the lake's or
+    // the aggregates' checkpoints are written or read.
     let report = await_not_ready(&running, "not ready: transient").await;
     assert!(
-        ["raw/events", "raw/dead-letters", "raw/checkpoints"]
-            .iter()
-            .any(|key| report.contains(key)),
+        [
+            "raw/_erasure",
+            "raw/events",
+            "raw/dead-letters",
+            "raw/checkpoints",
+        ]
+        .iter()
+        .any(|key| report.contains(key)),
         "{report}"
     );
 

@@ -368,6 +368,29 @@ async fn an_erased_member_is_gone_everywhere_and_stays_gone() {
     assert_eq!(reported(&stdout, "objects rewritten"), 0, "{stdout}");
 
     step("second run");
+    // A redrive of every dead letter writes nothing of theirs.
+    tokio::task::spawn_blocking({
+        let mut command = classpulse(scratch.path());
+        // Dead letters are filed by the hour they were received: this one.
+        let now = chrono::Utc::now();
+        let (from, to) = (
+            now - chrono::Duration::hours(1),
+            now + chrono::Duration::hours(1),
+        );
+        servers.apply(&mut command).args([
+            "redrive",
+            "--from",
+            &from.to_rfc3339(),
+            "--to",
+            &to.to_rfc3339(),
+        ]);
+        move || run_to_end(&mut command)
+    })
+    .await
+    .unwrap();
+    servers.mirror(&s3, &mirror).await;
+    assert_gone(&mirror, &dynamodb, &servers, &member, "after a redrive").await;
+    step("redriven");
     // An erase killed once it has planned (its rewrites under way or not), and run again,
     // ends as one run would.
     let mut killed = servers.erase(scratch.path(), &[&other]);

@@ -890,6 +890,68 @@ mod tests {
         event(id, "m1", time, EventType::HeartRate, metrics, offset)
     }
 
+    /// Two members' heart-rate samples in one class, and one member's in another.
+    fn two_members() -> Vec<PerformanceEvent> {
+        let mut events: Vec<PerformanceEvent> =
+            (0..6).map(|i| sample(&format!("a{i}"), i)).collect();
+        for event in events.iter_mut().skip(3) {
+            event.member_id = "m2".into();
+        }
+        let mut other = sample("b0", 6);
+        other.class_id = Arc::from("class-2");
+        events.push(other);
+        events
+    }
+
+    #[test]
+    fn an_erased_member_leaves_open_classes_and_waiting_results() {
+        let rules = Rules::default();
+        let mut state = PartitionState::new("events/0".to_owned());
+        state.apply(&mut two_members(), 6, &rules, 0);
+        assert_eq!(state.forget(&mut |member| member == "m9"), 0);
+        assert_eq!(
+            state.forget(&mut |member| member == "m1"),
+            2,
+            "m1 in two open classes"
+        );
+        let members: Vec<&str> = state
+            .classes
+            .values()
+            .flat_map(|class| class.members.keys().map(|id| &**id))
+            .collect();
+        assert_eq!(members, ["m2"]);
+
+        // Results waiting in the outbox lose the member too, with their places on the boards.
+        let mut state = PartitionState::new("events/0".to_owned());
+        state.apply(&mut two_members(), 6, &rules, 0);
+        state.finalise_all(&rules);
+        let results = |state: &PartitionState| -> Vec<ClassResult> {
+            state
+                .outbox
+                .iter()
+                .filter_map(|o| match o {
+                    Outgoing::Result(result) => Some((**result).clone()),
+                    _ => None,
+                })
+                .collect()
+        };
+        assert!(results(&state)
+            .iter()
+            .any(|r| r.members.iter().any(|m| &*m.member_id == "m1")));
+        assert_eq!(state.forget(&mut |member| member == "m1"), 2);
+        for result in results(&state) {
+            assert!(result.members.iter().all(|m| &*m.member_id != "m1"));
+            let json = serde_json::to_string(&result.summary).unwrap();
+            assert!(!json.contains("\"m1\""), "{json}");
+            assert_eq!(result.summary.members, result.members.len() as u64);
+        }
+        assert_eq!(
+            state.forget(&mut |member| member == "m1"),
+            0,
+            "nothing left to forget"
+        );
+    }
+
     /// A class whose backlog arrives in a burst behind its partition's clock: read in one
     /// batch, split in two with a sweep between, or restored from a checkpoint mid-burst, its
     /// events get the same verdicts.

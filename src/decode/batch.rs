@@ -70,6 +70,7 @@ pub async fn decode_stage(
 ) -> Result<(), Closed> {
     let mut decoder = Decoder::default();
     let mut screen = Screen::new(suppression);
+    screen.loaded().await;
     while let Some(raw) = input.recv().await {
         let now_ms = Utc::now().timestamp_millis();
         metrics::record_message_ages(

@@ -25,8 +25,9 @@ use tokio::sync::watch;
 use tokio_util::sync::CancellationToken;
 
 use crate::event::MEMBER_ID;
+use crate::health::Health;
 use crate::retry::Backoff;
-use crate::store::ObjectWriter;
+use crate::store::{self, ObjectWriter};
 
 /// The suppression list's folder in the store.
 pub const LIST_FOLDER: &str = "_erasure/members";
@@ -153,9 +154,17 @@ pub async fn record(writer: &ObjectWriter, hashes: &[MemberHash]) -> object_stor
     Ok(())
 }
 
-/// The list as the running stages see it, read again every refresh interval.
+/// Health component (readiness) of the list's first read.
+const HEALTH: &str = "erasure_list";
+
+/// The list as the running stages see it, read again every refresh interval. Until its first
+/// read it is unknown: [`Screen::loaded`] waits for it.
 #[derive(Debug, Clone)]
-pub struct Suppression(watch::Receiver<Arc<Suppressed>>);
+pub struct Suppression {
+    list: watch::Receiver<Option<Arc<Suppressed>>>,
+    /// Stands in for the list while it is unknown.
+    empty: Arc<Suppressed>,
+}
 
 impl Suppression {
     /// No member erased.
@@ -165,39 +174,52 @@ impl Suppression {
 
     /// A fixed list (tests, and runs without a lake to read it from).
     pub fn fixed(list: Suppressed) -> Suppression {
-        let (sender, receiver) = watch::channel(Arc::new(list));
+        let empty = Arc::new(Suppressed::new(list.key.clone(), HashSet::new()));
+        let (sender, receiver) = watch::channel(Some(Arc::new(list)));
         // Dropping the sender leaves the last value readable.
         drop(sender);
-        Suppression(receiver)
+        Suppression {
+            list: receiver,
+            empty,
+        }
     }
 
-    /// Reads the list (retrying until the store answers: a task must not count a member's
-    /// events before it knows whether they are erased), then reads it again every `refresh`
-    /// until `shutdown`.
-    pub async fn start(
+    /// Reads the list in the background, retrying until the store answers (the task is not
+    /// ready meanwhile, and the decoder waits: a task must not count a member's events before
+    /// it knows whether they are erased), then again every `refresh` until `shutdown`.
+    pub fn start(
         writer: ObjectWriter,
         key: ErasureKey,
         refresh: Duration,
+        health: Health,
         shutdown: CancellationToken,
     ) -> Suppression {
-        let mut backoff = Backoff::new(Duration::from_millis(200), Duration::from_secs(10));
-        let first = loop {
-            match load(&writer, &key).await {
-                Ok(list) => break list,
-                Err(error) => {
-                    tracing::warn!(error = %error, attempt = backoff.attempts() + 1, "cannot read the erasure list, retrying");
-                    tokio::select! {
-                        _ = shutdown.cancelled() => break Suppressed::new(key.clone(), HashSet::new()),
-                        _ = tokio::time::sleep(backoff.next_delay()) => {}
+        let empty = Arc::new(Suppressed::new(key.clone(), HashSet::new()));
+        let (sender, receiver) = watch::channel(None);
+        tokio::spawn(async move {
+            let mut backoff = Backoff::new(Duration::from_millis(200), Duration::from_secs(10));
+            let first = loop {
+                match load(&writer, &key).await {
+                    Ok(list) => break list,
+                    Err(error) => {
+                        let folder = writer.path(LIST_FOLDER);
+                        health.not_ready(
+                            HEALTH,
+                            format!("{} reading {folder}: {error}", store::classify(&error)),
+                        );
+                        tracing::warn!(error = %error, attempt = backoff.attempts() + 1, "cannot read the erasure list, retrying");
+                        tokio::select! {
+                            _ = shutdown.cancelled() => return,
+                            _ = tokio::time::sleep(backoff.next_delay()) => {}
+                        }
                     }
                 }
+            };
+            health.ready(HEALTH);
+            if !first.is_empty() {
+                tracing::info!(members = first.len(), "erasure list read");
             }
-        };
-        if !first.is_empty() {
-            tracing::info!(members = first.len(), "erasure list read");
-        }
-        let (sender, receiver) = watch::channel(Arc::new(first));
-        tokio::spawn(async move {
+            sender.send_replace(Some(Arc::new(first)));
             loop {
                 tokio::select! {
                     _ = shutdown.cancelled() => return,
@@ -205,9 +227,13 @@ impl Suppression {
                 }
                 match load(&writer, &key).await {
                     Ok(list) => {
-                        if list.hashes != sender.borrow().hashes {
+                        let changed = sender
+                            .borrow()
+                            .as_ref()
+                            .is_none_or(|known| known.hashes != list.hashes);
+                        if changed {
                             tracing::info!(members = list.len(), "erasure list changed");
-                            sender.send_replace(Arc::new(list));
+                            sender.send_replace(Some(Arc::new(list)));
                         }
                     }
                     Err(error) => {
@@ -216,12 +242,24 @@ impl Suppression {
                 }
             }
         });
-        Suppression(receiver)
+        Suppression {
+            list: receiver,
+            empty,
+        }
     }
 
-    /// The list now.
+    /// The list now (empty while it is unknown).
     pub fn current(&self) -> Arc<Suppressed> {
-        Arc::clone(&self.0.borrow())
+        self.list
+            .borrow()
+            .as_ref()
+            .map_or_else(|| Arc::clone(&self.empty), Arc::clone)
+    }
+
+    /// Waits until the list has been read once (at once if it has, or if it never will be:
+    /// the task reading it stopped).
+    pub async fn loaded(&mut self) {
+        let _ = self.list.wait_for(Option::is_some).await;
     }
 }
 
@@ -252,6 +290,12 @@ impl Screen {
     /// new one; 0 while the list is empty.
     pub fn version(&self) -> u64 {
         self.version
+    }
+
+    /// Waits until the list has been read once, then takes it up.
+    pub async fn loaded(&mut self) {
+        self.list.loaded().await;
+        self.refresh();
     }
 
     /// Takes up the list's newest version; returns whether any member is on it.
@@ -324,12 +368,15 @@ mod tests {
 
     #[test]
     fn a_screen_takes_up_a_new_list_and_forgets_its_verdicts() {
-        let (sender, receiver) = watch::channel(Arc::new(list_of(&[])));
-        let mut screen = Screen::new(Suppression(receiver));
+        let (sender, receiver) = watch::channel(Some(Arc::new(list_of(&[]))));
+        let mut screen = Screen::new(Suppression {
+            list: receiver,
+            empty: Arc::new(list_of(&[])),
+        });
         assert!(!screen.refresh());
         assert_eq!(screen.version(), 0);
         assert!(!screen.erased("m00010004"));
-        sender.send_replace(Arc::new(list_of(&["m00010004"])));
+        sender.send_replace(Some(Arc::new(list_of(&["m00010004"]))));
         assert!(!screen.erased("m00010004"), "the old list until refreshed");
         assert!(screen.refresh());
         assert_eq!(screen.version(), 1);

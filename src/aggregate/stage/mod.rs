@@ -204,16 +204,18 @@ impl AggregateStage {
         self
     }
 
-    /// Screens every partition's state with the erasure list's newest version it has not been
-    /// screened with (a list that changed, a state just restored).
-    fn forget_erased(&mut self) {
+    /// Screens each partition's state with the erasure list's newest version: a state not yet
+    /// screened with it (the list changed, a state was restored), or, `every_state`, each one
+    /// (before results are written: a class part handed over by another partition may hold
+    /// state counted before that partition read the list).
+    fn forget_erased(&mut self, every_state: bool) {
         self.erased.refresh();
         let version = self.erased.version();
         if version == 0 {
             return;
         }
         for owned in self.partitions.values_mut() {
-            if owned.screened == version {
+            if owned.screened == version && !every_state {
                 continue;
             }
             let erased = &mut self.erased;
@@ -308,7 +310,7 @@ impl AggregateStage {
                 batch = input.recv() => match batch {
                     Some(mut batch) => {
                         let applied = self.apply(&mut batch).await?;
-                        self.forget_erased();
+                        self.forget_erased(false);
                         if !applied {
                             // Refused: replayed by the build that reads its checkpoint.
                             batch.ack.fail();
@@ -322,11 +324,11 @@ impl AggregateStage {
                     None => break,
                 },
                 _ = walls_tick.tick(), if walls_every.is_some() => {
-                    self.forget_erased();
+                    self.forget_erased(false);
                     self.publish_live();
                 }
                 _ = tick.tick() => {
-                    self.forget_erased();
+                    self.forget_erased(false);
                     let done = self.jobs_done.load(Ordering::Acquire);
                     self.in_flight.retain(|segment| segment.job > done);
                     self.release_revoked(&registry);
@@ -334,6 +336,7 @@ impl AggregateStage {
                     self.bind_waiting();
                     self.sweep(&registry);
                     self.close_classes(false).await;
+                    self.forget_erased(true);
                     if live_every.is_some_and(|interval| last_live.elapsed() >= interval) {
                         self.write_live(&jobs).await?;
                         last_live = Instant::now();
@@ -357,6 +360,7 @@ impl AggregateStage {
             self.record_finalised(finalised);
             self.close_classes(true).await;
         }
+        self.forget_erased(true);
         self.checkpoint(&jobs).await?;
         drop(jobs);
         match writer.await {
