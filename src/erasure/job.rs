@@ -11,7 +11,8 @@
 //! 3. each object that holds their rows is rewritten without them under its own key (one PUT:
 //!    readers see the old object or the new one); the lake is listed again for objects that
 //!    came meanwhile (a compaction's, a task's) until a listing brings none;
-//! 4. their results go: member lines, places on leaderboards (`erased`), live documents, and in
+//! 4. their results go: member lines, places on leaderboards (`erased`), live documents, their
+//!    state in class parts handed between partitions (`checkpoints/classes/`), and in
 //!    the aggregates table their `member#` items, the `summary` and `live` items' places and
 //!    their observed maximum; their events-table items (a Query on `pk`) are deleted;
 //! 5. dead letters whose raw input names them are removed;
@@ -36,6 +37,7 @@ use serde::{Deserialize, Serialize};
 
 use super::rewrite::{self, Candidate, FOOTER_TAIL};
 use super::{record, ErasureKey, MemberHash};
+use crate::aggregate::checkpoint;
 use crate::aggregate::output::{ClassResult, ClassSummary, MemberSummary};
 use crate::profile::source::{observed_key, OBSERVED_SORT_KEY};
 use crate::sink::dynamodb::{Item, PARTITION_KEY, SORT_KEY};
@@ -693,6 +695,7 @@ async fn erase_results(
         }
         aliases.extend(class_aliases);
     }
+    erase_class_parts(writer, members, studio, class, dry_run, report).await?;
     let live_key = writer.path(&format!("aggregates/live/{studio}-{class}.json"));
     if let Some(body) = get_if_exists(&*store, &live_key).await? {
         match serde_json::from_slice::<ClassResult>(&body) {
@@ -709,6 +712,60 @@ async fn erase_results(
                 }
             }
             Err(error) => report.refused.push(format!("{live_key} ({error})")),
+        }
+    }
+    Ok(())
+}
+
+/// The parts of the class that partitions handed to its home through the class directory
+/// (`checkpoints/classes/{source}-{stream}/{studio}/{class}/part-*`), without `members`' state.
+async fn erase_class_parts(
+    writer: &ObjectWriter,
+    members: &BTreeSet<String>,
+    studio: &str,
+    class: &str,
+    dry_run: bool,
+    report: &mut Report,
+) -> Result<(), EraseError> {
+    let store = writer.store();
+    let streams = store
+        .list_with_delimiter(Some(&writer.path("checkpoints/classes")))
+        .await?;
+    for stream in streams.common_prefixes {
+        let directory = Path::from(format!("{stream}/{studio}/{class}"));
+        let parts: Vec<ObjectMeta> = store
+            .list(Some(&directory))
+            .try_filter(|meta| {
+                let name = meta.location.filename().unwrap_or_default();
+                futures::future::ready(name.starts_with("part-"))
+            })
+            .try_collect()
+            .await?;
+        for part in parts {
+            let Some(body) = get_if_exists(&*store, &part.location).await? else {
+                continue;
+            };
+            let (partition, mut state) = match checkpoint::decode_part(&body) {
+                Ok(decoded) => decoded,
+                Err(error) => {
+                    report.refused.push(format!("{} ({error})", part.location));
+                    continue;
+                }
+            };
+            let before = state.members.len();
+            state
+                .members
+                .retain(|member_id, _| !members.contains(&**member_id));
+            let removed = before - state.members.len();
+            if removed == 0 {
+                continue;
+            }
+            report.member_lines_removed += removed;
+            if !dry_run {
+                let body = checkpoint::encode_part(&partition, &state);
+                store.put(&part.location, body.into()).await?;
+                report.results_rewritten += 1;
+            }
         }
     }
     Ok(())
@@ -1053,6 +1110,79 @@ mod tests {
             Some("kafka-performance-events-3")
         );
         assert_eq!(partition_of("no positions.parquet"), None);
+    }
+
+    #[tokio::test]
+    async fn a_class_part_handed_over_loses_the_member_and_keeps_the_others() {
+        use crate::aggregate::partition::PartitionState;
+        use crate::aggregate::reference::event;
+        use crate::aggregate::Rules;
+        use crate::event::{EventType, Metrics};
+
+        let directory = tempfile::tempdir().unwrap();
+        let lake = crate::config::LakeConfig::in_directory(directory.path(), None);
+        let writer = ObjectWriter::open(
+            &lake,
+            "kafka",
+            crate::health::Health::new(),
+            std::sync::Arc::new(crate::stats::Stats::default()),
+        )
+        .unwrap();
+        let mut events: Vec<_> = (0..4)
+            .map(|i| {
+                let metrics = Metrics {
+                    bpm: Some(140.0),
+                    ..Metrics::default()
+                };
+                let member = if i < 2 { "m1" } else { "m2" };
+                let time = 1_764_090_000_000 + i as i64 * 1_000;
+                event(
+                    &format!("e{i}"),
+                    member,
+                    time,
+                    EventType::HeartRate,
+                    metrics,
+                    i,
+                )
+            })
+            .collect();
+        let mut state = PartitionState::new("events/1".to_owned());
+        state.apply(&mut events, 3, &Rules::default(), 0);
+        let class = state.classes.values().next().unwrap();
+        let (studio, class_id) = (class.studio_id.to_string(), class.class_id.to_string());
+        let key = writer.path(&format!(
+            "checkpoints/classes/kafka-events/{studio}/{class_id}/part-1.postcard.zst"
+        ));
+        let body = checkpoint::encode_part("events/1", class);
+        writer.store().put(&key, body.into()).await.unwrap();
+
+        let members: BTreeSet<String> = ["m1".to_owned()].into();
+        let mut report = Report::default();
+        erase_class_parts(&writer, &members, &studio, &class_id, false, &mut report)
+            .await
+            .unwrap();
+        assert_eq!(
+            (report.member_lines_removed, report.results_rewritten),
+            (1, 1)
+        );
+        let body = writer
+            .store()
+            .get(&key)
+            .await
+            .unwrap()
+            .bytes()
+            .await
+            .unwrap();
+        let (partition, part) = checkpoint::decode_part(&body).unwrap();
+        assert_eq!(partition, "events/1");
+        let left: Vec<&str> = part.members.keys().map(|id| &**id).collect();
+        assert_eq!(left, ["m2"]);
+
+        let mut again = Report::default();
+        erase_class_parts(&writer, &members, &studio, &class_id, false, &mut again)
+            .await
+            .unwrap();
+        assert_eq!(again, Report::default(), "a second pass finds nothing");
     }
 
     #[test]
