@@ -447,8 +447,15 @@ async fn erase(
     let report = job::erase(&lake, &key, &tables, &request).await?;
     print!("{report}");
     if report.not_found > 0 {
+        let nowhere: Vec<&str> = request
+            .members
+            .iter()
+            .filter(|member| !report.found.contains(*member))
+            .map(String::as_str)
+            .collect();
         println!(
-            "  no data of these members was found (an id that matches nobody is not an error)"
+            "  found nowhere  {} (an id that matches nobody is not an error; it stays on the list)",
+            nowhere.join(", ")
         );
     }
     if !report.unfinished.is_empty() {

@@ -475,18 +475,37 @@ fn an_id_that_matches_nobody_says_so_and_exits_0() {
     let scratch = tempfile::tempdir().unwrap();
     let lake = scratch.path().join("lake");
     run_to_end(small_simulation(&mut classpulse(&lake)).arg("run"));
-    let stdout = run_to_end(
-        classpulse(&lake)
+    let before = lake_events(&lake);
+    let member = before.values().next().unwrap().clone();
+    let erase = |members: &[&str]| {
+        let mut command = classpulse(&lake);
+        command
             .env("CLASSPULSE_ERASURE_REFRESH", "1s")
             .env("CLASSPULSE_LAKE_MAX_AGE", "1s")
             .env("CLASSPULSE_DYNAMODB_PACK_WINDOW", "1s")
             .env("CLASSPULSE_WATERMARK_DELAY", "1s")
-            .args(["erase", "--member", "m99999999"]),
-    );
+            .arg("erase");
+        for member in members {
+            command.args(["--member", member]);
+        }
+        run_to_end(&mut command)
+    };
+    let stdout = erase(&["m99999999"]);
     assert!(stdout.contains("1 found nowhere"), "{stdout}");
     assert!(
-        stdout.contains("an id that matches nobody is not an error"),
+        stdout.contains("found nowhere  m99999999 (an id that matches nobody is not an error"),
         "{stdout}"
     );
     assert_eq!(reported(&stdout, "rows removed"), 0);
+    assert_eq!(lake_events(&lake), before, "nothing changed");
+
+    // With a member who is there: only the other is named.
+    let stdout = erase(&[&member, "m99999998"]);
+    assert!(stdout.contains("found nowhere  m99999998 ("), "{stdout}");
+    assert!(stdout.contains("1 found nowhere"), "{stdout}");
+    let theirs = before.values().filter(|m| **m == member).count();
+    assert_eq!(reported(&stdout, "rows removed"), theirs as u64, "{stdout}");
+    let after = lake_events(&lake);
+    assert_eq!(after.len(), before.len() - theirs);
+    assert!(after.values().all(|m| *m != member));
 }

@@ -132,19 +132,9 @@ pub struct Report {
     pub unfinished: Vec<String>,
     /// Members on no row, line or item anywhere.
     pub not_found: usize,
-}
-
-impl Report {
-    /// Whether the run changed (or, in a dry run, would change) anything.
-    pub fn found_anything(&self) -> bool {
-        self.rows_removed
-            + self.member_lines_removed
-            + self.leaders_replaced
-            + self.dead_letters_removed
-            + self.event_items_deleted
-            + self.aggregate_items_changed
-            > 0
-    }
+    /// The members found somewhere (printed, never logged).
+    #[serde(skip)]
+    pub found: BTreeSet<String>,
 }
 
 impl fmt::Display for Report {
@@ -266,11 +256,7 @@ pub async fn erase(
     report.classes = pass.classes.len();
 
     // 6. Done: the plan goes, the log stays.
-    report.not_found = if report.found_anything() {
-        0
-    } else {
-        members.len()
-    };
+    report.not_found = members.len() - report.found.len();
     if !request.dry_run {
         if report.unfinished.is_empty() {
             for hash in &hashes {
@@ -572,6 +558,7 @@ async fn rewrite_lake_object(
         }
     };
     report.rows_removed += rewritten.removed;
+    report.found.extend(rewritten.members.iter().cloned());
     for class in &rewritten.classes {
         classes
             .entry(class.clone())
@@ -668,8 +655,9 @@ async fn erase_results(
         };
         let mut class_aliases = BTreeSet::new();
         match rewrite::member_lines(&body, members) {
-            Ok(Some((kept, removed, found))) => {
+            Ok(Some((kept, removed, found, theirs))) => {
                 report.member_lines_removed += removed;
+                report.found.extend(theirs);
                 class_aliases = found;
                 if !dry_run {
                     store.put(&lines_key, kept.into()).await?;
@@ -753,6 +741,8 @@ async fn erase_class_parts(
                 }
             };
             let before = state.members.len();
+            let before_ids: BTreeSet<String> =
+                state.members.keys().map(|id| id.to_string()).collect();
             state
                 .members
                 .retain(|member_id, _| !members.contains(&**member_id));
@@ -761,6 +751,13 @@ async fn erase_class_parts(
                 continue;
             }
             report.member_lines_removed += removed;
+            report.found.extend(
+                members
+                    .iter()
+                    .filter(|member| !state.members.contains_key(member.as_str()))
+                    .filter(|member| before_ids.contains(member.as_str()))
+                    .cloned(),
+            );
             if !dry_run {
                 let body = checkpoint::encode_part(&partition, &state);
                 store.put(&part.location, body.into()).await?;
@@ -845,6 +842,9 @@ async fn erase_event_items(
             }
         }
         report.event_items_deleted += keys.len();
+        if !keys.is_empty() {
+            report.found.insert(member.clone());
+        }
         if !dry_run {
             delete_items(client, table, keys).await?;
         }
@@ -919,14 +919,18 @@ async fn erase_aggregate_items(
     };
     let mut deletes = Vec::new();
     for member in members {
-        deletes.push(key(observed_key(member), OBSERVED_SORT_KEY.to_owned()));
+        deletes.push((
+            member,
+            key(observed_key(member), OBSERVED_SORT_KEY.to_owned()),
+        ));
         for (studio, class) in classes.keys() {
-            deletes.push(key(format!("{studio}#{class}"), format!("member#{member}")));
+            let item = key(format!("{studio}#{class}"), format!("member#{member}"));
+            deletes.push((member, item));
         }
     }
     // Only the items that exist count as changed.
     let mut existing = Vec::new();
-    for item in deletes {
+    for (member, item) in deletes {
         let found = client
             .get_item()
             .table_name(table)
@@ -937,6 +941,7 @@ async fn erase_aggregate_items(
             .await
             .map_err(|e| table_error(table, e))?;
         if found.item.is_some() {
+            report.found.insert(member.clone());
             existing.push(item);
         }
     }
@@ -1083,8 +1088,9 @@ async fn erase_dead_letters(
         let members = members.clone();
         let outcome = off_the_runtime(move || rewrite::dead_letters(&body, &members)).await?;
         match outcome {
-            Ok(Some((kept, removed))) => {
+            Ok(Some((kept, removed, found))) => {
                 report.dead_letters_removed += removed;
+                report.found.extend(found);
                 if !dry_run {
                     store.put(&meta.location, kept.into()).await?;
                     report.dead_letter_objects_rewritten += 1;

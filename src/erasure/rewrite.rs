@@ -153,6 +153,8 @@ pub struct Rewritten {
     pub classes: BTreeSet<(String, String)>,
     /// Dates (`YYYY-MM-DD`, UTC) of the rows left out.
     pub dates: BTreeSet<String>,
+    /// The members whose rows were left out.
+    pub members: BTreeSet<String>,
     /// Its user metadata, as the lake writes it.
     pub metadata: Vec<(&'static str, String)>,
 }
@@ -171,6 +173,7 @@ pub fn lake_object(body: &Bytes, members: &BTreeSet<String>) -> Result<Option<Re
     let (mut removed, mut kept) = (0, 0);
     let mut classes = BTreeSet::new();
     let mut dates = BTreeSet::new();
+    let mut found = BTreeSet::new();
     for index in 0..reader.metadata().num_row_groups() {
         let rows = reader.metadata().row_group(index).num_rows().max(1) as usize;
         let batches =
@@ -206,6 +209,9 @@ pub fn lake_object(body: &Bytes, members: &BTreeSet<String>) -> Result<Option<Re
                     })
                     .ok_or("no event_created column")?;
                 for row in (0..batch.num_rows()).filter(|row| !keep.value(*row)) {
+                    if !found.contains(member.value(row)) {
+                        found.insert(member.value(row).to_owned());
+                    }
                     classes.insert((studio.value(row).to_owned(), class.value(row).to_owned()));
                     let date = chrono::DateTime::from_timestamp_millis(created.value(row))
                         .unwrap_or_default();
@@ -265,34 +271,38 @@ pub fn lake_object(body: &Bytes, members: &BTreeSet<String>) -> Result<Option<Re
         removed,
         classes,
         dates,
+        members: found,
         metadata,
     }))
 }
 
 /// A zstd NDJSON object of dead letters without the lines whose raw input names one of
-/// `members`; `None` when none does.
+/// `members`, how many it left out and whose they were; `None` when none does.
 pub fn dead_letters(
     body: &[u8],
     members: &BTreeSet<String>,
-) -> Result<Option<(Bytes, usize)>, String> {
+) -> Result<Option<(Bytes, usize, BTreeSet<String>)>, String> {
     let text = zstd::decode_all(body).map_err(|e| format!("not zstd: {e}"))?;
     let mut kept = Vec::with_capacity(text.len());
+    let mut found = BTreeSet::new();
     let mut removed = 0;
     for line in text.split_inclusive(|byte| *byte == b'\n') {
         if line.trim_ascii().is_empty() {
             continue;
         }
-        if letter_member(line).is_some_and(|member| members.contains(&member)) {
-            removed += 1;
-        } else {
-            kept.extend_from_slice(line);
+        match letter_member(line) {
+            Some(member) if members.contains(&member) => {
+                removed += 1;
+                found.insert(member);
+            }
+            _ => kept.extend_from_slice(line),
         }
     }
     if removed == 0 {
         return Ok(None);
     }
     let body = zstd::encode_all(kept.as_slice(), 3).map_err(|e| e.to_string())?;
-    Ok(Some((Bytes::from(body), removed)))
+    Ok(Some((Bytes::from(body), removed, found)))
 }
 
 /// The member a dead letter's raw input names, if it can be read.
@@ -309,15 +319,13 @@ fn letter_member(line: &[u8]) -> Option<String> {
     member_id_in(&raw).map(str::to_owned)
 }
 
-/// A class's member lines (NDJSON of [`MemberSummary`]) without `members`' lines, and the
-/// aliases the removed lines had; `None` when no line is theirs.
-pub fn member_lines(
-    body: &[u8],
-    members: &BTreeSet<String>,
-) -> Result<Option<(Bytes, usize, BTreeSet<String>)>, String> {
+/// A class's member lines (NDJSON of [`MemberSummary`]) without `members`' lines: the body,
+/// how many lines it left out, the aliases and the ids of the members they were; `None` when
+/// no line is theirs.
+pub fn member_lines(body: &[u8], members: &BTreeSet<String>) -> Result<Option<Lines>, String> {
     let mut kept = Vec::with_capacity(body.len());
     let mut removed = 0;
-    let mut aliases = BTreeSet::new();
+    let (mut aliases, mut theirs) = (BTreeSet::new(), BTreeSet::new());
     for line in body.lines() {
         let line = line.map_err(|e| e.to_string())?;
         if line.trim().is_empty() {
@@ -328,12 +336,16 @@ pub fn member_lines(
         if members.contains(&*member.member_id) {
             removed += 1;
             aliases.extend(member.alias.map(String::from));
+            theirs.insert(member.member_id.into());
         } else {
             writeln!(kept, "{line}").map_err(|e| e.to_string())?;
         }
     }
-    Ok((removed > 0).then(|| (Bytes::from(kept), removed, aliases)))
+    Ok((removed > 0).then(|| (Bytes::from(kept), removed, aliases, theirs)))
 }
+
+/// What [`member_lines`] gives: the body, lines left out, their aliases and member ids.
+pub type Lines = (Bytes, usize, BTreeSet<String>, BTreeSet<String>);
 
 /// Replaces on `summary`'s leaderboards each member `erased` names (by id, or by one of
 /// `aliases`, the names their profiles gave them) with [`ERASED`]; returns how many places it
@@ -470,8 +482,11 @@ mod tests {
     fn a_rewritten_object_holds_every_other_row_as_it_was() {
         let object = lake();
         let before = groups(&object);
-        let rewritten = lake_object(&object, &members(&["m2"])).unwrap().unwrap();
+        let rewritten = lake_object(&object, &members(&["m2", "m9"]))
+            .unwrap()
+            .unwrap();
         assert_eq!(rewritten.removed, 3);
+        assert_eq!(rewritten.members, members(&["m2"]), "m9 has no rows");
         assert_eq!(
             rewritten.classes,
             [("s1", "c1"), ("s1", "c2"), ("s2", "c1")]
@@ -512,8 +527,8 @@ mod tests {
             r#"{"reason":"bad_format","raw":"{\"member_id\": \"m3\"}"}"#,
         ];
         let body = zstd::encode_all(lines.join("\n").as_bytes(), 3).unwrap();
-        let (kept, removed) = dead_letters(&body, &members(&["m2"])).unwrap().unwrap();
-        assert_eq!(removed, 1);
+        let (kept, removed, found) = dead_letters(&body, &members(&["m2"])).unwrap().unwrap();
+        assert_eq!((removed, found), (1, members(&["m2"])));
         let text = String::from_utf8(zstd::decode_all(&kept[..]).unwrap()).unwrap();
         assert_eq!(text, format!("{}\n{}", lines[1], lines[2]));
         assert!(dead_letters(&body, &members(&["m9"])).unwrap().is_none());
