@@ -5,7 +5,8 @@
 //!
 //! 1. the members go on the list (from then on no task writes them again, once it has read the
 //!    list: within `CLASSPULSE_ERASURE_REFRESH`);
-//! 2. every lake object's footer and `member_id` bloom filters are read (two ranged GETs), and
+//! 2. every lake object's footer and `member_id` bloom filters are read (one or two ranged
+//!    GETs), and
 //!    the classes the members may be in are kept in a plan under `_erasure/pending/` (keyed by
 //!    the members' hashes), so that a run cut short finds them again once their rows are gone;
 //! 3. each object that holds their rows is rewritten without them under its own key (one PUT:
@@ -19,9 +20,9 @@
 //! 6. the plan is deleted and a log entry (counts and times, no member) written under
 //!    `_erasure/log/`.
 //!
-//! An object a compaction was merging when it was rewritten, or written by a task that had not
-//! read the list yet, may hold the rows again: the report names such objects and a later run
-//! finishes them.
+//! Steps 2 to 5 run again once every task has read the list and written what it held before
+//! ([`Request::settle`]). An object a compaction was merging when it was rewritten may hold the
+//! rows again in the merged object: the report names it, and a later run finishes it.
 
 use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::fmt;
@@ -40,6 +41,7 @@ use super::{record, ErasureKey, MemberHash};
 use crate::aggregate::checkpoint;
 use crate::aggregate::output::{ClassResult, ClassSummary, MemberSummary};
 use crate::profile::source::{observed_key, OBSERVED_SORT_KEY};
+use crate::sink::compact;
 use crate::sink::dynamodb::{Item, PARTITION_KEY, SORT_KEY};
 use crate::store::ObjectWriter;
 
@@ -572,58 +574,10 @@ async fn rewrite_lake_object(
         .put("erase", &key, rewritten.body, &rewritten.metadata)
         .await;
     report.objects_rewritten += 1;
-    if in_compaction(writer, &key).await? {
+    if compact::under_way(writer, &key).await? {
         report.unfinished.push(key.to_string());
     }
     Ok(())
-}
-
-/// Whether a compaction marker of `key`'s partition and hour exists (a compaction that may
-/// have read the object before it was rewritten).
-async fn in_compaction(writer: &ObjectWriter, key: &Path) -> Result<bool, EraseError> {
-    let (Some(name), Some(date)) = (key.filename(), date_of(key)) else {
-        return Ok(false);
-    };
-    let hour = key
-        .parts()
-        .find_map(|part| part.as_ref().strip_prefix("hour=").map(str::to_owned));
-    let (Some(hour), Some(partition)) = (hour, partition_of(name)) else {
-        return Ok(false);
-    };
-    let Ok(day) = NaiveDate::parse_from_str(&date, "%Y-%m-%d") else {
-        return Ok(false);
-    };
-    let Some(start) = day
-        .and_hms_opt(hour.parse().unwrap_or(0), 0, 0)
-        .map(|time| time.and_utc().timestamp_millis())
-    else {
-        return Ok(false);
-    };
-    let markers = writer.path(&format!("_compact/events/{partition}"));
-    // Markers are named by the epoch hour.
-    let epoch_hour = start / 3_600_000;
-    let pending = writer
-        .store()
-        .list(Some(&markers))
-        .try_filter(|meta| {
-            let marker_hour = meta
-                .location
-                .filename()
-                .and_then(|name| name.split('-').next())
-                .and_then(|hour| hour.parse::<i64>().ok());
-            futures::future::ready(marker_hour == Some(epoch_hour))
-        })
-        .try_collect::<Vec<_>>()
-        .await?;
-    Ok(!pending.is_empty())
-}
-
-/// `{source}-{stream}-{partition}` of an object name `{source}-{stream}-{partition}-{first}-{last}.parquet`.
-fn partition_of(name: &str) -> Option<&str> {
-    let stem = name.strip_suffix(".parquet")?;
-    let (rest, _last) = stem.rsplit_once('-')?;
-    let (partition, _first) = rest.rsplit_once('-')?;
-    Some(partition)
 }
 
 /// The class's result objects (members, summary) of each date it may be filed under (the
@@ -741,23 +695,18 @@ async fn erase_class_parts(
                 }
             };
             let before = state.members.len();
-            let before_ids: BTreeSet<String> =
-                state.members.keys().map(|id| id.to_string()).collect();
-            state
-                .members
-                .retain(|member_id, _| !members.contains(&**member_id));
+            state.members.retain(|member_id, _| {
+                let theirs = members.contains(&**member_id);
+                if theirs {
+                    report.found.insert(member_id.to_string());
+                }
+                !theirs
+            });
             let removed = before - state.members.len();
             if removed == 0 {
                 continue;
             }
             report.member_lines_removed += removed;
-            report.found.extend(
-                members
-                    .iter()
-                    .filter(|member| !state.members.contains_key(member.as_str()))
-                    .filter(|member| before_ids.contains(member.as_str()))
-                    .cloned(),
-            );
             if !dry_run {
                 let body = checkpoint::encode_part(&partition, &state);
                 store.put(&part.location, body.into()).await?;
@@ -1106,17 +1055,6 @@ async fn erase_dead_letters(
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    #[test]
-    fn an_object_name_gives_its_partition() {
-        assert_eq!(
-            partition_of(
-                "kafka-performance-events-3-00000000000000000010-00000000000000000020.parquet"
-            ),
-            Some("kafka-performance-events-3")
-        );
-        assert_eq!(partition_of("no positions.parquet"), None);
-    }
 
     #[tokio::test]
     async fn a_class_part_handed_over_loses_the_member_and_keeps_the_others() {

@@ -290,6 +290,49 @@ fn marker_dir(writer: &ObjectWriter, partition: &PartitionId) -> Path {
     ))
 }
 
+/// Whether a compaction of the hour the lake object `key` belongs to is under way (its marker
+/// exists): it may have read the object before a change to it, and write the old rows again.
+pub async fn under_way(writer: &ObjectWriter, key: &Path) -> object_store::Result<bool> {
+    let Some((partition, hour)) = place_of(key) else {
+        return Ok(false);
+    };
+    let markers = writer.path(&format!("_compact/{FOLDER}/{partition}"));
+    let pending: Vec<_> = writer
+        .store()
+        .list(Some(&markers))
+        .try_filter(|meta| {
+            let marker_hour = meta
+                .location
+                .filename()
+                .and_then(|name| name.split('-').next()?.parse::<i64>().ok());
+            futures::future::ready(marker_hour == Some(hour))
+        })
+        .try_collect()
+        .await?;
+    Ok(!pending.is_empty())
+}
+
+/// The `{source}-{stream}-{partition}` and epoch hour of a lake object's key,
+/// `.../dt=YYYY-MM-DD/hour=HH/{source}-{stream}-{partition}-{first}-{last}.parquet`.
+fn place_of(key: &Path) -> Option<(String, i64)> {
+    let folder = |name: &str| {
+        key.parts()
+            .find_map(|part| part.as_ref().strip_prefix(name).map(str::to_owned))
+    };
+    let start = chrono::NaiveDateTime::parse_from_str(
+        &format!("{} {}:00", folder("dt=")?, folder("hour=")?),
+        "%Y-%m-%d %H:%M",
+    )
+    .ok()?;
+    let stem = key.filename()?.strip_suffix(".parquet")?;
+    let (rest, _last) = stem.rsplit_once('-')?;
+    let (partition, _first) = rest.rsplit_once('-')?;
+    Some((
+        partition.to_owned(),
+        start.and_utc().timestamp_millis() / crate::store::HOUR_MS,
+    ))
+}
+
 /// Merges the objects of `partition`'s `hour` into one; `None` when there is nothing to merge
 /// (one object or none).
 pub async fn compact_hour(
@@ -533,6 +576,51 @@ mod tests {
     use crate::health::Health;
     use crate::sink::lake::tests::{arrivals, encode, event, groups};
     use crate::store::HOUR_MS;
+
+    #[tokio::test]
+    async fn a_compaction_is_under_way_while_its_hours_marker_exists() {
+        let (_directory, writer) = lake();
+        let partition = PartitionId::new("performance-events", 3);
+        let hour = 490_000;
+        let key = writer.key(FOLDER, &partition, hour, 10, 20, EXTENSION);
+        assert!(!under_way(&writer, &key).await.unwrap());
+        let marker = Path::from(format!(
+            "{}/{hour}-{:020}-{:020}",
+            marker_dir(&writer, &partition),
+            0,
+            20
+        ));
+        writer
+            .store()
+            .put(&marker, Bytes::new().into())
+            .await
+            .unwrap();
+        assert!(under_way(&writer, &key).await.unwrap());
+        let next_hour = writer.key(FOLDER, &partition, hour + 1, 30, 40, EXTENSION);
+        assert!(!under_way(&writer, &next_hour).await.unwrap());
+    }
+
+    #[test]
+    fn an_object_key_gives_its_partition_and_hour() {
+        let key = Path::from(
+            "lake/events/dt=2026-11-25/hour=17/kafka-performance-events-3-00000000000000000010-00000000000000000020.parquet",
+        );
+        let hour = chrono::DateTime::parse_from_rfc3339("2026-11-25T17:00:00Z")
+            .unwrap()
+            .timestamp_millis()
+            / HOUR_MS;
+        assert_eq!(
+            place_of(&key),
+            Some(("kafka-performance-events-3".to_owned(), hour))
+        );
+        assert_eq!(
+            place_of(&Path::from(
+                "lake/events/dt=2026-11-25/hour=17/no positions.parquet"
+            )),
+            None
+        );
+        assert_eq!(place_of(&Path::from("lake/events/x-1-2-3.parquet")), None);
+    }
 
     #[test]
     fn positions_are_read_from_a_partitions_object_names_only() {
